@@ -1,0 +1,300 @@
+//! `gateway.toml` → typed configuration, checked once here at the binary's edge.
+//!
+//! Each crate owns the types of its own sections (the worker its `[proxy]`, `[header_routing]`,
+//! `[[route]]`, `[services]`); this module owns `[server]`, the whole-file parse, the checks that
+//! span sections, and errors that name the file, line and column.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use worker::settings::{duration, HeaderRouting, ProxySettings, RouteRule, Services};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: processes and sockets.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[proxy]`.
+    #[serde(default)]
+    pub proxy: ProxySettings,
+    /// `[header_routing]`.
+    #[serde(default)]
+    pub header_routing: HeaderRouting,
+    /// `[[route]]` rules, in file order.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteRule>,
+    /// `[services.NAME]`.
+    #[serde(default)]
+    pub services: Services,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// `"auto"` (one per CPU) or a number.
+    pub workers: Workers,
+    /// `listen(2)` backlog per slot socket.
+    pub backlog: i32,
+    /// Longest graceful stop.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// A worker silent for this long is killed and respawned.
+    #[serde(with = "duration")]
+    pub worker_timeout: Duration,
+    /// Pin worker i to CPU i.
+    pub cpu_affinity: bool,
+    /// Run workers as this user.
+    pub user: Option<String>,
+    /// Run workers with this group.
+    pub group: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            workers: Workers::Auto,
+            backlog: 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            worker_timeout: Duration::from_secs(30),
+            cpu_affinity: false,
+            user: None,
+            group: None,
+        }
+    }
+}
+
+/// `workers = "auto" | N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per CPU this process may run on.
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("workers is \"auto\" or a number"))? {
+            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
+            Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!("workers = {n}: must be between 1 and 1024"))),
+            Raw::S(s) => Err(serde::de::Error::custom(format!("workers = {s:?}: must be \"auto\" or a number"))),
+        }
+    }
+}
+
+impl Workers {
+    /// The number of worker processes this means on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Workers::Count(n) => n,
+        }
+    }
+}
+
+/// A configuration error, with where it is when that is known.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line and column, when the error points into the file.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text; `path` is only used in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            position: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        config.check().map_err(|message| ConfigError { path: path.to_path_buf(), position: None, message })?;
+        Ok(config)
+    }
+
+    /// Checks that span sections (serde already checked each value on its own).
+    fn check(&self) -> Result<(), String> {
+        if self.server.listen.is_empty() {
+            return Err("server.listen: at least one address is required".into());
+        }
+        if self.server.backlog < 1 {
+            return Err("server.backlog: must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.proxy.retry_budget) {
+            return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !self.services.get(&r.service).is_some_and(|s| s.instances.is_some()) {
+                return Err(format!(
+                    "route[{i}].service = {:?}: no [services.{}] with instances is configured",
+                    r.service, r.service
+                ));
+            }
+        }
+        for (name, s) in &self.services {
+            if s.instances.is_none() {
+                return Err(format!("services.{name}: instances is required (there is no service discovery configured)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the supervisor runs with.
+    pub fn supervisor_settings(&self) -> supervisor::Settings {
+        let s = &self.server;
+        supervisor::Settings {
+            listen: s.listen.clone(),
+            workers: s.workers.resolve(),
+            backlog: s.backlog,
+            shutdown_timeout: s.shutdown_timeout,
+            worker_timeout: s.worker_timeout,
+            cpu_affinity: s.cpu_affinity,
+            user: s.user.clone(),
+            group: s.group.clone(),
+        }
+    }
+
+    /// A one-screen summary, for `zkgate check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let s = &self.server;
+        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+        out += &format!("listen      {}\n", listen.join(", "));
+        out += &format!(
+            "workers     {} ({:?}), backlog {}, shutdown_timeout {:?}\n",
+            s.workers.resolve(),
+            s.workers,
+            s.backlog,
+            s.shutdown_timeout
+        );
+        out += &format!(
+            "proxy       {:?}, connect {:?}, request {:?}, retries {}\n",
+            self.proxy.load_balance, self.proxy.connect_timeout, self.proxy.request_timeout, self.proxy.retries
+        );
+        let h = &self.header_routing;
+        if h.enabled {
+            out += &format!("header      {} with headers {} + {}\n", h.mount, h.service_header, h.path_header);
+        } else {
+            out += "header      routing disabled\n";
+        }
+        for r in &self.routes {
+            out += &format!(
+                "route       {}{} -> {}{}\n",
+                r.host.as_deref().unwrap_or("*"),
+                r.path_prefix,
+                r.service,
+                if r.strip_prefix { " (prefix stripped)" } else { "" }
+            );
+        }
+        for (name, svc) in &self.services {
+            let instances: Vec<String> = svc
+                .instances
+                .iter()
+                .flatten()
+                .map(|i| if i.weight == 1 { i.address.clone() } else { format!("{} (weight {})", i.address, i.weight) })
+                .collect();
+            let lb = svc.load_balance.unwrap_or(self.proxy.load_balance);
+            out += &format!("service     {name}: {:?}, static: {}\n", lb, instances.join(", "));
+        }
+        out
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("gw.toml"), text)
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.server.workers, Workers::Auto);
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(2));
+        assert!(c.header_routing.enabled);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_file_line_and_column() {
+        let e = parse("[server]\nlisten = [\"127.0.0.1:1\"]\nworkerz = 2\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("gw.toml:3:1: unknown field `workerz`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_position() {
+        let e = parse("[proxy]\nconnect_timeout = \"2 parsecs\"\n").unwrap_err();
+        assert_eq!(e.position, Some((2, 19)), "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = parse("[services.a]\ninstances = [\"10.0.0.1\"]\n").unwrap_err();
+        assert!(e.message.contains("port is required"), "{e}");
+        let e = parse("[[route]]\npath_prefix = \"users\"\nservice = \"a\"\n").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
+        let e = parse("[server]\nworkers = 0\n").unwrap_err();
+        assert!(e.message.contains("between 1 and 1024"), "{e}");
+    }
+
+    #[test]
+    fn a_route_to_a_service_without_instances_is_an_error() {
+        let e = parse("[[route]]\npath_prefix = \"/a\"\nservice = \"missing\"\n").unwrap_err();
+        assert!(e.to_string().contains("route[0].service"), "{e}");
+    }
+
+    #[test]
+    fn instances_take_both_forms() {
+        let c = parse("[services.user]\ninstances = [\"127.0.0.1:9001\", { address = \"127.0.0.1:9002\", weight = 3 }]\n").unwrap();
+        let i = c.services["user"].instances.as_ref().unwrap();
+        assert_eq!((i[0].weight, i[1].weight), (1, 3));
+    }
+}

@@ -1,0 +1,100 @@
+//! Load balancing: one strategy per file behind the [`Balancer`] trait.
+//!
+//! Strategies see only a list of [`Instance`]s (address and weight), never ZooKeeper or HTTP.
+//! A balancer is built for one instance list and lives inside the immutable route table, so it
+//! is replaced with the list; its state is atomics, so picking never takes a lock.
+//! Weight 0 means "no traffic" for every strategy.
+
+mod consistent_hash;
+mod least_request;
+mod random;
+mod round_robin;
+mod weighted;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routes::Instance;
+
+pub use consistent_hash::{hash_key, ConsistentHash};
+pub use least_request::LeastRequest;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use weighted::Weighted;
+
+/// The strategies `load_balance` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// A uniformly random instance.
+    Random,
+    /// Smooth weighted round-robin (nginx's): interleaves, never bursts one instance.
+    Weighted,
+    /// Power of two choices on in-flight requests (scaled by weight).
+    LeastRequest,
+    /// A hash ring on a request key (header, cookie or client IP).
+    ConsistentHash,
+}
+
+/// What a strategy may use to choose.
+pub struct PickContext<'a> {
+    /// The request's hash key, for [`Strategy::ConsistentHash`]; `None` picks at random.
+    pub key: Option<u64>,
+    /// Instances that must not be chosen (ejected, or already tried by this request).
+    pub skip: &'a dyn Fn(usize) -> bool,
+}
+
+impl PickContext<'_> {
+    /// A context that skips nothing.
+    pub fn any() -> PickContext<'static> {
+        PickContext { key: None, skip: &|_| false }
+    }
+}
+
+/// A selection strategy over one fixed list of instances.
+pub trait Balancer: Send + Sync {
+    /// Index of the chosen instance, or `None` when no instance may take traffic.
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// A request to instance `idx` started (for strategies that count in-flight requests).
+    fn started(&self, _idx: usize) {}
+
+    /// A request to instance `idx` ended.
+    fn finished(&self, _idx: usize) {}
+}
+
+/// Builds the balancer for `strategy` over `instances`.
+pub fn build(strategy: Strategy, instances: &[Instance]) -> Box<dyn Balancer> {
+    match strategy {
+        Strategy::RoundRobin => Box::new(RoundRobin::new(instances)),
+        Strategy::Random => Box::new(Random::new(instances)),
+        Strategy::Weighted => Box::new(Weighted::new(instances)),
+        Strategy::LeastRequest => Box::new(LeastRequest::new(instances)),
+        Strategy::ConsistentHash => Box::new(ConsistentHash::new(instances)),
+    }
+}
+
+/// Indices of instances with a non-zero weight.
+fn eligible(instances: &[Instance]) -> Vec<usize> {
+    instances.iter().enumerate().filter(|(_, i)| i.weight > 0).map(|(n, _)| n).collect()
+}
+
+#[cfg(test)]
+pub(crate) fn counts(b: &dyn Balancer, n: usize, len: usize) -> Vec<usize> {
+    let mut c = vec![0; len];
+    for _ in 0..n {
+        c[b.pick(&PickContext::any()).unwrap()] += 1;
+    }
+    c
+}
+
+#[cfg(test)]
+pub(crate) fn weighted_list(weights: &[u32]) -> Vec<Instance> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Instance { address: format!("10.0.0.{}:80", i + 1), weight: *w })
+        .collect()
+}

@@ -1,0 +1,152 @@
+//! # zkgate worker
+//!
+//! The data plane of one worker process: it knows nothing of `fork`. [`run`] builds a
+//! current-thread tokio runtime (one event loop per process, so one per core), loads the route
+//! table, serves HTTP on the sockets it was given and stops gracefully on SIGTERM.
+//!
+//! # Layout
+//! - [`settings`]: the typed `[proxy]`, `[header_routing]`, `[[route]]`, `[services]` settings.
+//! - [`routes`]: the immutable [`routes::RouteTable`] (services → instances), swapped whole.
+//! - [`router`]: request → service and upstream path (header mode, `[[route]]` rules).
+//! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
+//! - [`upstream`]: the pooled client to instances and its timeouts.
+//! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
+//! - [`proxy`]: the request path composed from the above, and the JSON error answers.
+//! - [`server`]: accept loops, connection limits, graceful drain.
+
+pub mod balance;
+pub mod headers;
+pub mod proxy;
+pub mod router;
+pub mod routes;
+pub mod server;
+pub mod settings;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::routes::{RouteTable, Service, Source};
+use crate::settings::{HeaderRouting, ProxySettings, RouteRule, Services};
+
+/// The route table as every request sees it: swapped whole, read without a lock.
+pub type SharedTable = Arc<ArcSwap<RouteTable>>;
+
+/// How often a worker tells its supervisor it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Everything one worker runs with, handed down by the binary.
+#[derive(Debug)]
+pub struct Settings {
+    /// The worker's slot (for logs and metrics).
+    pub slot: usize,
+    /// Listening sockets inherited from the supervisor (non-blocking).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// `[proxy]`.
+    pub proxy: ProxySettings,
+    /// `[header_routing]`.
+    pub header_routing: HeaderRouting,
+    /// `[[route]]`.
+    pub routes: Vec<RouteRule>,
+    /// `[services]`.
+    pub services: Services,
+    /// Longest graceful drain after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// Events a worker reports to whoever runs it (the supervisor, through the binary).
+pub trait Lifecycle: Send + Sync {
+    /// The worker accepts connections and has routes loaded.
+    fn ready(&self);
+    /// The event loop is alive; called every second.
+    fn heartbeat(&self);
+}
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tokio runtime could not be built.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// An inherited socket could not be registered with the runtime.
+    #[error("cannot use listening socket: {0}")]
+    Listener(std::io::Error),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs a worker until SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
+pub fn run(settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Runtime)?;
+    rt.block_on(serve(settings, lifecycle))
+}
+
+/// Builds the table of services with static instances.
+pub fn static_table(services: &Services, default: balance::Strategy) -> RouteTable {
+    RouteTable::new(services.iter().filter_map(|(name, s)| {
+        let instances = s.instances.clone()?;
+        Some(Service::new(name.clone(), instances, Source::Static, s.load_balance.unwrap_or(default)))
+    }))
+}
+
+async fn serve(settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let mut quit = signal(SignalKind::quit()).map_err(Error::Signals)?;
+
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(static_table(&settings.services, settings.proxy.load_balance)));
+    let router = router::Router::new(&settings.header_routing, &settings.routes);
+    let proxy = Arc::new(proxy::Proxy::new(table.clone(), router, settings.proxy.clone(), settings.services.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = server::Server::new(proxy, &settings.proxy, stop_rx);
+
+    let mut accept_loops = Vec::new();
+    for l in settings.listeners {
+        let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
+        accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
+    }
+    let (services, instances) = table.load().counts();
+    log::info!("worker slot {} (pid {}): serving {services} services, {instances} instances", settings.slot, std::process::id());
+    lifecycle.ready();
+    let beat = lifecycle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tick.tick().await;
+            beat.heartbeat();
+        }
+    });
+
+    let fast = tokio::select! {
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        _ = quit.recv() => true,
+    };
+    if fast {
+        log::info!("worker slot {}: SIGQUIT: exiting now", settings.slot);
+        return Ok(());
+    }
+    log::info!(
+        "worker slot {}: draining {} connections (up to {:?})",
+        settings.slot,
+        server.connections.active(),
+        settings.shutdown_timeout
+    );
+    let _ = stop_tx.send(true);
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    let drained = tokio::select! {
+        _ = server.connections.wait_idle() => true,
+        _ = tokio::time::sleep(settings.shutdown_timeout) => false,
+        _ = quit.recv() => false,
+    };
+    if !drained {
+        log::warn!("worker slot {}: {} connections still open at shutdown", settings.slot, server.connections.active());
+    }
+    Ok(())
+}

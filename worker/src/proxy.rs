@@ -1,0 +1,381 @@
+//! The request path: route → pick an instance → forward (retrying a refused connection on
+//! another instance) → clean the response. Each step is a named function below; errors become
+//! short JSON answers with the status an operator expects from a gateway.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::balance::{hash_key, PickContext};
+use crate::headers;
+use crate::router::{request_host, RouteError, Router, Target};
+use crate::routes::Service;
+use crate::settings::{HashOn, ProxySettings, Services};
+use crate::upstream::{error_chain, Body, BoxError, Upstream, UpstreamError};
+use crate::SharedTable;
+
+/// Fewest retries allowed at once whatever the budget, so a quiet worker can still retry.
+const MIN_RETRY_CONCURRENCY: usize = 3;
+
+/// Why a request was answered by the gateway itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route, or a route to a service nobody registered: 404.
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    /// The service is not in the route table: 404.
+    #[error("unknown service")]
+    UnknownService(String),
+    /// The service has no instance that may take traffic: 503.
+    #[error("no healthy instance")]
+    NoInstance(String),
+    /// The instance failed: 502; timed out: 504.
+    #[error("{1}")]
+    Upstream(String, UpstreamError),
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(RouteError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(_, UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn service(&self) -> Option<&str> {
+        match self {
+            ProxyError::UnknownService(s) | ProxyError::NoInstance(s) | ProxyError::Upstream(s, _) => Some(s),
+            ProxyError::Route(_) => None,
+        }
+    }
+
+    /// The JSON answer: `{"error": "...", "service": "..."}`.
+    pub fn into_response(self) -> Response<Body> {
+        let message = match &self {
+            ProxyError::Upstream(_, UpstreamError::Timeout(_)) => "upstream timeout".to_string(),
+            ProxyError::Upstream(..) => "upstream failure".to_string(),
+            other => other.to_string(),
+        };
+        json_response(self.status(), &message, self.service())
+    }
+}
+
+/// A small JSON error body, for the proxy and the server's own refusals.
+pub fn json_response(status: StatusCode, error: &str, service: Option<&str>) -> Response<Body> {
+    let mut body = serde_json::json!({ "error": error });
+    if let Some(s) = service {
+        body["service"] = serde_json::Value::from(s);
+    }
+    let mut resp = Response::new(full(format!("{body}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed()
+}
+
+/// Everything a worker needs to proxy requests; shared by all its connections.
+pub struct Proxy {
+    table: SharedTable,
+    router: Router,
+    upstream: Upstream,
+    settings: ProxySettings,
+    services: Services,
+    worker: HeaderValue,
+    active: AtomicUsize,
+    retrying: AtomicUsize,
+}
+
+impl Proxy {
+    /// Builds the proxy of one worker.
+    pub fn new(table: SharedTable, router: Router, settings: ProxySettings, services: Services) -> Self {
+        Proxy {
+            table,
+            router,
+            upstream: Upstream::new(&settings),
+            settings,
+            services,
+            worker: HeaderValue::from(std::process::id()),
+            active: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+        }
+    }
+
+    /// Answers one client request; never fails (errors are answered with their status).
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = match self.proxy(req, client).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                match &e {
+                    ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
+                    ProxyError::NoInstance(svc) => log::warn!("service {svc}: {method} {path}: no instance may take traffic"),
+                    _ => log::debug!("{method} {path} from {client}: {e}"),
+                }
+                e.into_response()
+            }
+        };
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        resp
+    }
+
+    async fn proxy(&self, mut req: Request<Incoming>, client: SocketAddr) -> Result<Response<Body>, ProxyError> {
+        let target = self.router.route(req.uri(), req.headers())?;
+        let table = self.table.load_full();
+        let service = table.get(&target.service).cloned().ok_or_else(|| ProxyError::UnknownService(target.service.clone()))?;
+        let key = self.hash_key(&service, &req, client);
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        // A request without a body can be rebuilt for a retry; one with a body cannot (it streams).
+        let replayable = body_is_empty(&parts.headers) && upgrade.is_none();
+        let mut body = Some(body.map_err(BoxError::from).boxed());
+        let mut tried: Vec<usize> = Vec::new();
+        let mut _retry: Option<RetryGuard<'_>> = None;
+        loop {
+            let idx = self.pick(&service, key, &tried)?;
+            tried.push(idx);
+            let instance = &service.instances[idx];
+            let b = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
+            let outgoing = self.prepare(&parts, b, &target, &instance.address, client, upgrade.is_some());
+            let inflight = InFlight::start(service.clone(), idx);
+            match self.upstream.send(outgoing).await {
+                Ok(resp) => return Ok(self.respond(resp, parts.version, &instance.address, inflight, upgrade)),
+                Err(UpstreamError::Connect(e)) if replayable && self.may_retry(&service, tried.len()) => {
+                    log::warn!("service {}: instance {}: {e}; retrying on another instance", service.name, instance.address);
+                    _retry.get_or_insert_with(|| RetryGuard::new(&self.retrying));
+                    continue;
+                }
+                Err(e) => return Err(ProxyError::Upstream(service.name.clone(), e)),
+            }
+        }
+    }
+
+    fn pick(&self, service: &Service, key: Option<u64>, tried: &[usize]) -> Result<usize, ProxyError> {
+        let skip = |i: usize| tried.contains(&i);
+        service
+            .balancer
+            .pick(&PickContext { key, skip: &skip })
+            .ok_or_else(|| ProxyError::NoInstance(service.name.clone()))
+    }
+
+    /// Whether one more attempt is allowed: within `retries`, and within the retry budget (a
+    /// share of the worker's active requests) so a dying service is not hammered.
+    fn may_retry(&self, service: &Service, attempts: usize) -> bool {
+        if attempts > self.settings.retries || attempts >= service.instances.len() {
+            return false;
+        }
+        let active = self.active.load(Ordering::Relaxed);
+        let budget = ((active as f64 * self.settings.retry_budget) as usize).max(MIN_RETRY_CONCURRENCY);
+        self.retrying.load(Ordering::Relaxed) < budget
+    }
+
+    fn hash_key(&self, service: &Service, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+        let hash_on = self
+            .services
+            .get(&service.name)
+            .and_then(|s| s.hash_on.as_ref())
+            .unwrap_or(&self.settings.hash_on);
+        match hash_on {
+            HashOn::ClientIp => Some(hash_key(client.ip().to_string().as_bytes())),
+            HashOn::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
+            HashOn::Cookie(name) => cookie(req.headers(), name).map(|v| hash_key(v.as_bytes())),
+        }
+    }
+
+    /// The request as the instance receives it.
+    fn prepare(&self, parts: &http::request::Parts, body: Body, target: &Target, address: &str, client: SocketAddr, upgrade: bool) -> Request<Body> {
+        let mut headers = parts.headers.clone();
+        let original_host = request_host(&parts.uri, &headers);
+        let upgrade_proto = headers.get(header::UPGRADE).cloned();
+        headers::remove_hop_by_hop(&mut headers);
+        if let (true, Some(proto)) = (upgrade, upgrade_proto) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto);
+        }
+        headers::add_forwarded(&mut headers, client.ip(), original_host.as_deref());
+        if !self.settings.preserve_host || !headers.contains_key(header::HOST) {
+            if let Ok(h) = HeaderValue::from_str(address) {
+                headers.insert(header::HOST, h);
+            }
+        }
+        let uri = format!("http://{address}{}", target.path);
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// The response as the client receives it.
+    fn respond(&self, resp: Response<Incoming>, version: http::Version, address: &str, inflight: InFlight, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        // The client speaks its own HTTP version with us, whatever the instance spoke.
+        parts.version = version;
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            if let Some(client_side) = upgrade {
+                let mut up = Response::from_parts(parts.clone(), ());
+                let upstream_side = hyper::upgrade::on(&mut up);
+                tokio::spawn(tunnel(client_side, upstream_side, address.to_string()));
+            }
+        } else {
+            headers::remove_hop_by_hop(&mut parts.headers);
+        }
+        headers::append_via(&mut parts.headers);
+        if self.settings.debug_headers {
+            if let Ok(v) = HeaderValue::from_str(address) {
+                parts.headers.insert("x-zkgate-instance", v);
+            }
+            parts.headers.insert("x-zkgate-worker", self.worker.clone());
+        }
+        let body = InFlightBody { inner: body, _inflight: inflight }.map_err(BoxError::from).boxed();
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and instance connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, address: String) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            log::warn!("instance {address}: upgrade failed: {}", error_chain(&e));
+            return;
+        }
+    };
+    let mut c = hyper_util::rt::TokioIo::new(client);
+    let mut u = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        log::debug!("instance {address}: upgraded connection closed: {e}");
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn body_is_empty(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Counts a request as retrying while it is, for the retry budget.
+struct RetryGuard<'a>(&'a AtomicUsize);
+
+impl<'a> RetryGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        RetryGuard(counter)
+    }
+}
+
+impl Drop for RetryGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request against its instance (for `least_request`) until its response body ends.
+struct InFlight {
+    service: Arc<Service>,
+    idx: usize,
+}
+
+impl InFlight {
+    fn start(service: Arc<Service>, idx: usize) -> Self {
+        service.balancer.started(idx);
+        InFlight { service, idx }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.service.balancer.finished(self.idx);
+    }
+}
+
+/// A response body that keeps its [`InFlight`] alive while it streams.
+struct InFlightBody {
+    inner: Incoming,
+    _inflight: InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; sid=xyz; sidx=2".parse().unwrap());
+        assert_eq!(cookie(&h, "sid"), Some("xyz"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn errors_map_to_the_statuses_operators_expect() {
+        let cases = [
+            (ProxyError::Route(RouteError::NoRoute), 404),
+            (ProxyError::Route(RouteError::BadRequest("x".into())), 400),
+            (ProxyError::UnknownService("s".into()), 404),
+            (ProxyError::NoInstance("s".into()), 503),
+            (ProxyError::Upstream("s".into(), UpstreamError::Connect("refused".into())), 502),
+            (ProxyError::Upstream("s".into(), UpstreamError::Timeout(std::time::Duration::from_secs(1))), 504),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.status().as_u16(), code);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The router: from a request to the service it goes to and the path it is forwarded with.
+//!
+//! Two modes, tried in this order:
+//! - header routing (the seed's): under `mount`, the `service_name` header names the service and
+//!   `api_name` the upstream path. `api_name` must be an origin-form path (starts with `/`), so a
+//!   client can choose the path on an instance but never the instance's host;
+//! - `[[route]]` rules on host and path prefix, first match wins, with optional prefix stripping.
+
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Uri};
+
+use crate::settings::{HeaderRouting, RouteRule};
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Service name.
+    pub service: String,
+    /// Path and query to send to the instance.
+    pub path: PathAndQuery,
+}
+
+/// Why a request cannot be routed; each maps to a status in [`crate::proxy`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No rule matches (404).
+    #[error("no route for this request")]
+    NoRoute,
+    /// Header routing with a missing or malformed header (400).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// The compiled routing rules of a worker.
+#[derive(Debug, Clone)]
+pub struct Router {
+    header: Option<HeaderRouting>,
+    rules: Vec<RouteRule>,
+}
+
+impl Router {
+    /// Builds a router from the configuration.
+    pub fn new(header: &HeaderRouting, rules: &[RouteRule]) -> Self {
+        Router { header: header.enabled.then(|| header.clone()), rules: rules.to_vec() }
+    }
+
+    /// Routes one request.
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<Target, RouteError> {
+        let path = uri.path();
+        if let Some(h) = &self.header {
+            if prefix_matches(&h.mount, path) {
+                return route_by_headers(h, headers);
+            }
+        }
+        let host = request_host(uri, headers);
+        for rule in &self.rules {
+            if let Some(want) = &rule.host {
+                if !host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(want)) {
+                    continue;
+                }
+            }
+            if !prefix_matches(&rule.path_prefix, path) {
+                continue;
+            }
+            let forwarded = if rule.strip_prefix { strip(&rule.path_prefix, uri) } else { path_and_query(uri) };
+            return Ok(Target { service: rule.service.clone(), path: forwarded });
+        }
+        Err(RouteError::NoRoute)
+    }
+}
+
+fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, RouteError> {
+    let header = |name: &str| -> Result<&str, RouteError> {
+        let v = headers
+            .get(name)
+            .ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
+        v.to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| RouteError::BadRequest(format!("header {name} is empty or not ASCII")))
+    };
+    let service = header(&h.service_header)?;
+    let api = header(&h.path_header)?;
+    if !api.starts_with('/') || api.starts_with("//") {
+        return Err(RouteError::BadRequest(format!(
+            "header {} must be a path starting with '/', got {api:?}",
+            h.path_header
+        )));
+    }
+    let path: PathAndQuery = api
+        .parse()
+        .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path_header)))?;
+    Ok(Target { service: service.to_string(), path })
+}
+
+/// `prefix` matches `path` when equal, or when `path` continues it at a segment boundary.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.is_empty() || prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+fn strip(prefix: &str, uri: &Uri) -> PathAndQuery {
+    let rest = uri.path().strip_prefix(prefix.trim_end_matches('/')).unwrap_or(uri.path());
+    let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+    let full = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest,
+    };
+    // Built from an already valid path and query, minus a prefix: still valid.
+    full.parse().unwrap_or_else(|_| PathAndQuery::from_static("/"))
+}
+
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// The request's host without port: from an absolute-form URI, else the `Host` header.
+pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    if let Some(h) = uri.host() {
+        return Some(h.to_string());
+    }
+    let raw = headers.get(http::header::HOST)?.to_str().ok()?;
+    let auth: http::uri::Authority = raw.parse().ok()?;
+    Some(auth.host().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(
+            &HeaderRouting::default(),
+            &[
+                RouteRule { host: Some("api.example.com".into()), path_prefix: "/users".into(), service: "user".into(), strip_prefix: true },
+                RouteRule { host: None, path_prefix: "/users".into(), service: "user-public".into(), strip_prefix: false },
+                RouteRule { host: None, path_prefix: "/static/".into(), service: "static".into(), strip_prefix: false },
+            ],
+        )
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Result<Target, RouteError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        router().route(&uri.parse().unwrap(), &h)
+    }
+
+    #[test]
+    fn header_mode_takes_service_and_path_from_headers() {
+        let t = req("/services", &[("service_name", "service_1"), ("api_name", "/user?id=1")]).unwrap();
+        assert_eq!(t.service, "service_1");
+        assert_eq!(t.path.as_str(), "/user?id=1");
+        assert!(req("/services/anything", &[("service_name", "s"), ("api_name", "/")]).is_ok());
+    }
+
+    #[test]
+    fn header_mode_refuses_anything_but_an_origin_path() {
+        for bad in ["http://evil.example/", "//evil.example/x", "evil.example:80", "user"] {
+            let e = req("/services", &[("service_name", "s"), ("api_name", bad)]).unwrap_err();
+            assert!(matches!(e, RouteError::BadRequest(_)), "{bad}: {e:?}");
+        }
+        assert!(matches!(req("/services", &[("api_name", "/")]), Err(RouteError::BadRequest(_))));
+    }
+
+    #[test]
+    fn rules_match_host_then_prefix_at_segment_boundaries_and_strip() {
+        let t = req("/users/7?x=1", &[("host", "API.example.com:8080")]).unwrap();
+        assert_eq!((t.service.as_str(), t.path.as_str()), ("user", "/7?x=1"));
+        let t = req("/users", &[("host", "api.example.com")]).unwrap();
+        assert_eq!(t.path.as_str(), "/");
+        let t = req("/users/7", &[("host", "other")]).unwrap();
+        assert_eq!((t.service.as_str(), t.path.as_str()), ("user-public", "/users/7"));
+        assert_eq!(req("/usersx", &[]), Err(RouteError::NoRoute));
+        assert_eq!(req("/static/a.css", &[]).unwrap().service, "static");
+        assert_eq!(req("/servicesx", &[]), Err(RouteError::NoRoute));
+    }
+}

@@ -1,0 +1,165 @@
+//! The client side: accept loops on the slot's sockets and one hyper HTTP/1.1 connection task
+//! per client, with the limits that keep a worker alive under hostile or excessive traffic.
+//!
+//! Shutdown is explicit: a `watch` channel flips to `true`, accept loops take what is already
+//! queued on their socket and close it, and every connection finishes its in-flight request
+//! (hyper's graceful shutdown closes idle keep-alive connections and answers the current request
+//! with `Connection: close`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::proxy::Proxy;
+use crate::settings::ProxySettings;
+
+/// Connections being served by this worker, and a way to wait until there are none.
+#[derive(Default)]
+pub struct Connections {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl Connections {
+    /// How many client connections are open.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // Drop the returned guard here: it must not be held across an await.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+struct ConnGuard(Arc<Connections>);
+
+impl ConnGuard {
+    fn new(c: Arc<Connections>) -> Self {
+        c.active.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(c)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What every connection task shares.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    http: http1::Builder,
+    limit: Arc<Semaphore>,
+    /// Open connections.
+    pub connections: Arc<Connections>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Server {
+    /// Prepares the HTTP/1.1 settings from `[proxy]`.
+    pub fn new(proxy: Arc<Proxy>, settings: &ProxySettings, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(settings.header_read_timeout)
+            // hyper answers 431 when the head does not fit; its floor is 8 KiB.
+            .max_buf_size(settings.max_header_bytes.max(8192));
+        Arc::new(Server {
+            proxy,
+            http,
+            limit: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            connections: Arc::default(),
+            shutdown,
+        })
+    }
+
+    /// Accepts on `listener` until shutdown, then serves what is already queued and closes it.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Beyond max_connections, stop accepting: clients wait in the kernel queue instead of
+            // the worker running out of descriptors.
+            let permit = tokio::select! {
+                p = self.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stopped(&mut shutdown) => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.clone().spawn_connection(stream, peer, Some(permit)),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the queue keeps the clients.
+                    log::warn!("accept on {:?}: {e}", listener.local_addr().ok());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        self.drain_queue(listener);
+    }
+
+    /// Takes every connection already queued on the socket, then closes this worker's copy of it.
+    fn drain_queue(self: Arc<Self>, listener: TcpListener) {
+        let Ok(std) = listener.into_std() else { return };
+        while let Ok((stream, peer)) = std.accept() {
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                self.clone().spawn_connection(stream, peer, None);
+            }
+        }
+    }
+
+    fn spawn_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+        let _ = stream.set_nodelay(true);
+        let guard = ConnGuard::new(self.connections.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _permit = permit;
+            let proxy = self.proxy.clone();
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            });
+            let conn = self.http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(conn);
+            let mut shutdown = self.shutdown.clone();
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                log::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,80 @@
+//! The upstream side: one pooled hyper-util client per worker.
+//!
+//! Keep-alive connections to instances are reused across requests of this worker (each worker
+//! has its own pool: the price of processes, visible in per-worker figures). Connect and idle
+//! timeouts are the client's; the request timeout (until response headers) is the proxy's.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::settings::ProxySettings;
+
+/// Error type of bodies passing through the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of requests to instances and of responses to clients.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Why a request to an instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connection could not be made: nothing was sent, so the request may be retried.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// The connection broke or the instance sent something that is not HTTP.
+    #[error("{0}")]
+    Failed(String),
+    /// No response headers within `request_timeout`.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A worker's client to every instance.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    request_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client with the proxy's timeouts.
+    pub fn new(settings: &ProxySettings) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(http);
+        Upstream { client, request_timeout: settings.request_timeout }
+    }
+
+    /// Sends a request (its URI absolute, naming the instance) and waits for the response head.
+    pub async fn send(&self, req: http::Request<Body>) -> Result<http::Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
+        }
+    }
+}
+
+/// "a: b: c" from an error and its sources: hyper's top-level messages alone say little.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
