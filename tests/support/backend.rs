@@ -1,0 +1,182 @@
+//! A small real HTTP/1.1 backend that answers with its own name, used by the tests and the demo.
+//!
+//! Std only, one thread per connection, keep-alive honoured. Answers every request with a JSON
+//! body naming the backend and echoing the request (method, path, headers, body length), so a
+//! test can see exactly what the gateway forwarded. Special paths:
+//! `/slow/<ms>` waits before answering; `/status/<code>` answers with that status;
+//! `/bytes/<n>` streams n bytes of body (chunked).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running backend; stops accepting when dropped.
+pub struct Backend {
+    /// Name the backend answers with.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Requests answered so far.
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    /// Starts a backend named `name` on a free loopback port.
+    pub fn start(name: &str) -> Backend {
+        Backend::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a backend named `name` on `addr`.
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, s, h) = (name.to_string(), stop.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (n, h) = (n.clone(), h.clone());
+                std::thread::spawn(move || serve(conn, &n, &h));
+            }
+        });
+        Backend { name: name.to_string(), addr, stop, hits }
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag and closes the socket.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let mut headers = Vec::new();
+        let (mut length, mut chunked, mut close) = (0usize, false, false);
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                match k.as_str() {
+                    "content-length" => length = v.parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                    "connection" => close = v.eq_ignore_ascii_case("close"),
+                    _ => {}
+                }
+                headers.push((k, v));
+            }
+        }
+        let received = if chunked { read_chunked(&mut reader) } else { drain(&mut reader, length) };
+        let Some(received) = received else { return };
+        hits.fetch_add(1, Ordering::Relaxed);
+        let mut status = 200u16;
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|s| s.parse::<u64>().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        if let Some(code) = path.strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()) {
+            status = code;
+        }
+        if let Some(n) = path.strip_prefix("/bytes/").and_then(|s| s.parse::<u64>().ok()) {
+            if stream_bytes(&mut writer, n).is_err() {
+                return;
+            }
+            continue;
+        }
+        let hdrs: Vec<String> = headers
+            .iter()
+            .map(|(k, v)| format!("{:?}:{:?}", k, v))
+            .collect();
+        let body = format!(
+            "{{\"backend\":{:?},\"method\":{:?},\"path\":{:?},\"received\":{},\"headers\":{{{}}}}}\n",
+            name,
+            method,
+            path,
+            received,
+            hdrs.join(",")
+        );
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-backend: {name}\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        if writer.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn drain(reader: &mut impl Read, mut n: usize) -> Option<u64> {
+    let mut buf = [0u8; 65536];
+    let total = n as u64;
+    while n > 0 {
+        let k = reader.read(&mut buf[..n.min(65536)]).ok()?;
+        if k == 0 {
+            return None;
+        }
+        n -= k;
+    }
+    Some(total)
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<u64> {
+    let mut total = 0u64;
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok()?;
+        let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        if n == 0 {
+            let mut end = String::new();
+            reader.read_line(&mut end).ok()?;
+            return Some(total);
+        }
+        total += drain(reader, n)?;
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf).ok()?;
+    }
+}
+
+fn stream_bytes(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
+    w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/octet-stream\r\n\r\n")?;
+    let chunk = vec![b'x'; 64 * 1024];
+    while n > 0 {
+        let k = n.min(chunk.len() as u64) as usize;
+        write!(w, "{k:x}\r\n")?;
+        w.write_all(&chunk[..k])?;
+        w.write_all(b"\r\n")?;
+        n -= k as u64;
+    }
+    w.write_all(b"0\r\n\r\n")
+}

@@ -1,0 +1,262 @@
+//! Test harness: the real `zkgate` binary on real loopback sockets, real backends, real signals.
+//! Everything started here is stopped by its saved PID when the handle drops, even when a test
+//! fails.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod http;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub use backend::Backend;
+
+/// Retries `$cond` until it holds or `$secs` seconds pass, then fails with the message.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($secs:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64($secs as f64);
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }};
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The built binary.
+pub fn zkgate() -> &'static str {
+    env!("CARGO_BIN_EXE_zkgate")
+}
+
+/// A running gateway: the supervisor process and its log.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+/// Builder for [`Gateway`].
+pub struct GatewayBuilder {
+    body: String,
+    workers: usize,
+    port: u16,
+    env: Vec<(String, String)>,
+}
+
+impl Gateway {
+    /// A gateway whose `gateway.toml` is `[server]` (listen, workers, timeouts) plus `body`.
+    pub fn with(body: &str) -> GatewayBuilder {
+        GatewayBuilder { body: body.to_string(), workers: 2, port: free_port(), env: Vec::new() }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends a signal to the supervisor.
+    pub fn signal(&self, s: Signal) {
+        kill(self.pid(), s).expect("signal supervisor");
+    }
+
+    /// Worker pids (the supervisor's children), sorted.
+    pub fn workers(&self) -> Vec<i32> {
+        let pid = self.pid().as_raw();
+        let mut v: Vec<i32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| !is_zombie(*p))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Rewrites gateway.toml (for reload tests).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap()
+    }
+
+    /// Waits for the supervisor to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` through the gateway.
+    pub fn get(&self, path: &str) -> std::io::Result<http::Response> {
+        http::request(self.port, "GET", path, &[], b"")
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+impl GatewayBuilder {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// The full configuration file this builder writes.
+    pub fn config(&self) -> String {
+        server_section(self.port, self.workers) + &self.body
+    }
+
+    /// Starts the gateway and waits until every worker is ready.
+    pub fn start(self) -> Gateway {
+        let g = self.spawn();
+        let expect = format!("all {} workers ready", self_workers(&g));
+        assert_eventually!(20, g.log().contains(&expect), "gateway did not become ready:\n{}", g.log());
+        g
+    }
+
+    /// Starts the gateway without waiting.
+    pub fn spawn(self) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, self.config()).unwrap();
+        let log_path = dir.path().join("zkgate.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(zkgate());
+        cmd.arg("run").arg("-c").arg(&config_path).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null());
+        cmd.env("RUST_LOG", "info");
+        cmd.env_remove("NOTIFY_SOCKET");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn zkgate");
+        Gateway { child: Some(child), port: self.port, dir, config_path, log_path }
+    }
+}
+
+fn self_workers(g: &Gateway) -> usize {
+    let text = g.config_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("workers = ").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(1)
+}
+
+/// The `[server]` section every test gateway uses: loopback, short timeouts.
+pub fn server_section(port: u16, workers: usize) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = {workers}\nshutdown_timeout = \"10s\"\nworker_timeout = \"10s\"\n\n"
+    )
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        let workers = self.workers();
+        let Some(mut child) = self.child.take() else { return };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        for w in workers {
+            let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
+        }
+        let _ = child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- zkgate log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Writes `text` to a file in `dir` and returns its path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Outcome of a bounded request loop.
+#[derive(Debug, Default, Clone)]
+pub struct LoopStats {
+    pub ok: usize,
+    pub failed: usize,
+    pub refused: usize,
+    pub errors: Vec<String>,
+    pub bodies: Vec<String>,
+}
+
+/// Runs `GET path` in a loop in a thread until `stop` flips or `max` requests or `secs` pass.
+pub fn request_loop(port: u16, path: &'static str, max: usize, secs: u64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<LoopStats> {
+    std::thread::spawn(move || {
+        let mut s = LoopStats::default();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        for _ in 0..max {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+                break;
+            }
+            match http::request(port, "GET", path, &[], b"") {
+                Ok(r) if r.status == 200 => {
+                    s.ok += 1;
+                    s.bodies.push(r.body_text());
+                }
+                Ok(r) => {
+                    s.failed += 1;
+                    s.errors.push(format!("status {}: {}", r.status, r.body_text()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => s.refused += 1,
+                Err(e) => {
+                    s.failed += 1;
+                    s.errors.push(e.to_string());
+                }
+            }
+        }
+        s
+    })
+}
