@@ -42,6 +42,8 @@ impl supervisor::App for Gateway {
             routes: c.routes.clone(),
             services: c.services.clone(),
             shutdown_timeout: c.server.shutdown_timeout,
+            zookeeper: c.zookeeper.clone(),
+            cache: c.cache.clone(),
         };
         match worker::run(settings, Arc::new(PipeLifecycle(ctx.control))) {
             Ok(()) => 0,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use worker::settings::{duration, HeaderRouting, ProxySettings, RouteRule, Services};
+use worker::settings::{duration, CacheSettings, HeaderRouting, ProxySettings, RouteRule, Services, ZkSettings};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +31,12 @@ pub struct Config {
     /// `[services.NAME]`.
     #[serde(default)]
     pub services: Services,
+    /// `[zookeeper]`; absent: static services only.
+    #[serde(default)]
+    pub zookeeper: Option<ZkSettings>,
+    /// `[cache]`.
+    #[serde(default)]
+    pub cache: CacheSettings,
 }
 
 /// `[server]`.
@@ -163,18 +169,26 @@ impl Config {
         if !(0.0..=1.0).contains(&self.proxy.retry_budget) {
             return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
         }
+        if let Some(zk) = &self.zookeeper {
+            check_hosts(&zk.hosts).map_err(|e| format!("zookeeper.hosts: {e}"))?;
+            return Ok(());
+        }
+        // Without discovery every routed service must have static instances.
         for (i, r) in self.routes.iter().enumerate() {
             if !self.services.get(&r.service).is_some_and(|s| s.instances.is_some()) {
                 return Err(format!(
-                    "route[{i}].service = {:?}: no [services.{}] with instances is configured",
+                    "route[{i}].service = {:?}: no [services.{}] with instances, and no [zookeeper] to discover it",
                     r.service, r.service
                 ));
             }
         }
         for (name, s) in &self.services {
             if s.instances.is_none() {
-                return Err(format!("services.{name}: instances is required (there is no service discovery configured)"));
+                return Err(format!("services.{name}: instances is required when there is no [zookeeper]"));
             }
+        }
+        if self.cache.snapshot.is_some() {
+            return Err("cache.snapshot: only meaningful with [zookeeper]".into());
         }
         Ok(())
     }
@@ -226,6 +240,15 @@ impl Config {
                 if r.strip_prefix { " (prefix stripped)" } else { "" }
             );
         }
+        if let Some(zk) = &self.zookeeper {
+            out += &format!(
+                "zookeeper   {} root {} format {:?}, session {:?}, keep_last_on_empty {}\n",
+                zk.hosts, zk.root, zk.format, zk.session_timeout, zk.keep_last_on_empty
+            );
+        }
+        if let Some(s) = &self.cache.snapshot {
+            out += &format!("snapshot    {}\n", s.display());
+        }
         for (name, svc) in &self.services {
             let instances: Vec<String> = svc
                 .instances
@@ -234,10 +257,34 @@ impl Config {
                 .map(|i| if i.weight == 1 { i.address.clone() } else { format!("{} (weight {})", i.address, i.weight) })
                 .collect();
             let lb = svc.load_balance.unwrap_or(self.proxy.load_balance);
-            out += &format!("service     {name}: {:?}, static: {}\n", lb, instances.join(", "));
+            if svc.instances.is_some() {
+                out += &format!("service     {name}: {:?}, static: {}\n", lb, instances.join(", "));
+            } else {
+                out += &format!("service     {name}: {:?}, discovered\n", lb);
+            }
         }
         out
     }
+}
+
+/// `host:port[,host:port…][/chroot]`, every host with a port.
+fn check_hosts(hosts: &str) -> Result<(), String> {
+    let (list, chroot) = match hosts.find('/') {
+        Some(i) => (&hosts[..i], Some(&hosts[i..])),
+        None => (hosts, None),
+    };
+    if list.trim().is_empty() {
+        return Err("no host given".into());
+    }
+    for h in list.split(',') {
+        worker::routes::Instance::validate(h.trim()).map_err(|e| format!("{e} in {hosts:?}"))?;
+    }
+    if let Some(c) = chroot {
+        if c.len() > 1 && c.ends_with('/') {
+            return Err(format!("chroot {c:?} must not end with '/'"));
+        }
+    }
+    Ok(())
 }
 
 /// 1-based line and column of a byte offset.
@@ -289,6 +336,16 @@ mod tests {
     fn a_route_to_a_service_without_instances_is_an_error() {
         let e = parse("[[route]]\npath_prefix = \"/a\"\nservice = \"missing\"\n").unwrap_err();
         assert!(e.to_string().contains("route[0].service"), "{e}");
+    }
+
+    #[test]
+    fn zookeeper_hosts_are_checked_and_allow_discovered_routes() {
+        let ok = parse("[zookeeper]\nhosts = \"127.0.0.1:2181,127.0.0.1:2182/chroot\"\nformat = \"nerve\"\n[[route]]\npath_prefix = \"/a\"\nservice = \"a\"\n[services.a]\nload_balance = \"weighted\"\n").unwrap();
+        assert_eq!(ok.zookeeper.unwrap().format, worker::formats::Format::Nerve);
+        let e = parse("[zookeeper]\nhosts = \"127.0.0.1\"\n").unwrap_err();
+        assert!(e.message.contains("zookeeper.hosts"), "{e}");
+        let e = parse("[zookeeper]\nhosts = \"127.0.0.1:2181\"\nformat = \"eureka\"\n").unwrap_err();
+        assert!(e.message.contains("unknown variant `eureka`"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,22 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Register an instance in ZooKeeper (as an ephemeral node, in the configured format) and keep
+    /// it registered until TERM/INT, then remove it.
+    Register {
+        /// Configuration file (its [zookeeper] section says where and in which format).
+        #[arg(short, long, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// Instance address, host:port.
+        #[arg(long)]
+        address: String,
+        /// Weight (written by formats that carry one: nerve).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
+        Command::Register { config, service, address, weight } => register(config, &service, &address, weight),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -84,4 +101,27 @@ fn run(path: PathBuf) -> anyhow::Result<u8> {
     let gateway = app::Gateway { path: path.clone(), config };
     let code = supervisor::run(settings, gateway).with_context(|| format!("starting with {}", path.display()))?;
     Ok(u8::try_from(code).unwrap_or(1))
+}
+
+fn register(path: PathBuf, service: &str, address: &str, weight: u32) -> anyhow::Result<u8> {
+    let config = Config::load(&path)?;
+    let zk = config.zookeeper.with_context(|| format!("{}: register needs a [zookeeper] section", path.display()))?;
+    let (host, port) = worker::register::split_address(address).map_err(anyhow::Error::msg)?;
+    if service.is_empty() || service.contains('/') {
+        anyhow::bail!("invalid service name {service:?}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        };
+        worker::register::register(&zk, service, &host, port, weight, stop).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
 }

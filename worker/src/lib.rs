@@ -13,14 +13,22 @@
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
 //! - [`proxy`]: the request path composed from the above, and the JSON error answers.
 //! - [`server`]: accept loops, connection limits, graceful drain.
+//! - [`discovery`]: the ZooKeeper session, watches, and the task that builds route tables.
+//! - [`formats`]: the four registry formats (registrator, curator, serverset, nerve).
+//! - [`snapshot`]: the on-disk copy of discovered routes, for starts without ZooKeeper.
+//! - [`register`]: `zkgate register`, the writer side of the formats.
 
 pub mod balance;
+pub mod discovery;
+pub mod formats;
 pub mod headers;
 pub mod proxy;
+pub mod register;
 pub mod router;
 pub mod routes;
 pub mod server;
 pub mod settings;
+pub mod snapshot;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -28,9 +36,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
 
 use crate::routes::{RouteTable, Service, Source};
-use crate::settings::{HeaderRouting, ProxySettings, RouteRule, Services};
+use crate::settings::{CacheSettings, HeaderRouting, ProxySettings, RouteRule, Services, ZkSettings};
 
 /// The route table as every request sees it: swapped whole, read without a lock.
 pub type SharedTable = Arc<ArcSwap<RouteTable>>;
@@ -55,6 +64,10 @@ pub struct Settings {
     pub services: Services,
     /// Longest graceful drain after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `[zookeeper]`; `None` for static services only.
+    pub zookeeper: Option<ZkSettings>,
+    /// `[cache]`.
+    pub cache: CacheSettings,
 }
 
 /// Events a worker reports to whoever runs it (the supervisor, through the binary).
@@ -93,7 +106,46 @@ pub fn static_table(services: &Services, default: balance::Strategy) -> RouteTab
     }))
 }
 
-async fn serve(settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
+/// Starts discovery when ZooKeeper is configured. The returned channel turns `Some(source)`
+/// once routes are loaded: at once for static services, else from ZooKeeper or, when it does
+/// not answer within `connect_timeout`, from the snapshot.
+fn start_discovery(settings: &Settings, table: SharedTable) -> watch::Receiver<Option<Source>> {
+    let (ready_tx, ready_rx) = watch::channel(None);
+    let Some(zk) = settings.zookeeper.clone() else {
+        let _ = ready_tx.send(Some(Source::Static));
+        return ready_rx;
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    // One worker writes the snapshot: N workers writing the same file would only add fsyncs.
+    let snapshot_tx = match (&settings.cache.snapshot, settings.slot) {
+        (Some(path), 0) => {
+            let (stx, srx) = watch::channel(Arc::default());
+            tokio::spawn(discovery::write_snapshots(path.clone(), srx));
+            Some(stx)
+        }
+        _ => None,
+    };
+    let registry = discovery::Registry::new(zk.keep_last_on_empty);
+    let builder = discovery::TableBuilder::new(&settings.services, settings.proxy.load_balance);
+    tokio::spawn(discovery::build_tables(rx, registry, builder, table, ready_tx, snapshot_tx));
+    let skip = settings.services.iter().filter(|(_, s)| s.instances.is_some()).map(|(n, _)| n.clone()).collect();
+    let connect_timeout = zk.connect_timeout;
+    tokio::spawn(Arc::new(discovery::Watcher::new(zk, skip, tx.clone())).run());
+    let (mut waiting, snapshot) = (ready_rx.clone(), settings.cache.snapshot.clone());
+    tokio::spawn(async move {
+        if tokio::time::timeout(connect_timeout, waiting.wait_for(Option::is_some)).await.is_err() {
+            match snapshot {
+                Some(path) => {
+                    discovery::load_snapshot(&path, &tx);
+                }
+                None => log::warn!("zookeeper did not answer within {connect_timeout:?} and no [cache] snapshot is configured: not ready until it does"),
+            }
+        }
+    });
+    ready_rx
+}
+
+async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
     let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut quit = signal(SignalKind::quit()).map_err(Error::Signals)?;
@@ -105,13 +157,19 @@ async fn serve(settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), 
     let server = server::Server::new(proxy, &settings.proxy, stop_rx);
 
     let mut accept_loops = Vec::new();
-    for l in settings.listeners {
+    for l in std::mem::take(&mut settings.listeners) {
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
         accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
     }
-    let (services, instances) = table.load().counts();
-    log::info!("worker slot {} (pid {}): serving {services} services, {instances} instances", settings.slot, std::process::id());
-    lifecycle.ready();
+    let mut ready = start_discovery(&settings, table.clone());
+    let (slot, ready_table, ready_life) = (settings.slot, table.clone(), lifecycle.clone());
+    tokio::spawn(async move {
+        if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
+            let (services, instances) = ready_table.load().counts();
+            log::info!("worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})", std::process::id());
+            ready_life.ready();
+        }
+    });
     let beat = lifecycle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);

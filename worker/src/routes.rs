@@ -132,6 +132,11 @@ impl RouteTable {
         RouteTable { services: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect() }
     }
 
+    /// Builds a table from already built services (unchanged ones keep their balancer state).
+    pub fn from_map(services: HashMap<String, Arc<Service>>) -> Self {
+        RouteTable { services }
+    }
+
     /// Looks a service up by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.get(name)

@@ -206,3 +206,54 @@ pub mod duration {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
 }
+
+/// `[zookeeper]`: where the registry is and how to read it. Absent: static services only.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZkSettings {
+    /// Connect string: `host:port[,host:port…][/chroot]`.
+    pub hosts: String,
+    /// Registry root: services are its children, instances their children.
+    #[serde(default = "default_root", deserialize_with = "absolute_path")]
+    pub root: String,
+    /// How instance nodes are written.
+    #[serde(default)]
+    pub format: crate::formats::Format,
+    /// ZooKeeper session timeout (the server clamps it to 2–20 ticks).
+    #[serde(default = "ten_seconds", with = "duration")]
+    pub session_timeout: Duration,
+    /// How long a starting worker waits for ZooKeeper before serving from the snapshot.
+    #[serde(default = "five_seconds", with = "duration")]
+    pub connect_timeout: Duration,
+    /// A service whose last instance vanishes keeps its last list (true) or answers 503 (false).
+    #[serde(default = "yes")]
+    pub keep_last_on_empty: bool,
+    /// ServerSet only: route to this `additionalEndpoints` entry instead of `serviceEndpoint`.
+    #[serde(default)]
+    pub serverset_endpoint: Option<String>,
+}
+
+fn default_root() -> String {
+    "/services".into()
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[cache]`: the disk snapshot of discovered routes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Where the route snapshot is written after each change and read when ZooKeeper is down at start.
+    #[serde(default)]
+    pub snapshot: Option<std::path::PathBuf>,
+}

@@ -1,0 +1,261 @@
+//! Registry formats: how each registrator writes an instance into ZooKeeper, read exactly as it
+//! writes it (`../shared/REGISTRY.md`), and written the same way by `zkgate register`.
+//!
+//! A node that does not parse yields an error naming why; the caller skips it with one warning.
+//! `Ok(None)` means the node parsed but must not take traffic (ServerSet not ALIVE, Curator
+//! `enabled: false`, no usable port).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::routes::Instance;
+
+/// The formats `zookeeper.format` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// gliderlabs/registrator: node name `ip:port`, optional JSON data.
+    #[default]
+    Registrator,
+    /// Apache Curator x-discovery `ServiceInstance` JSON.
+    Curator,
+    /// Finagle / Aurora ServerSet `member_*` JSON.
+    Serverset,
+    /// Airbnb Nerve JSON (or base64 path encoding).
+    Nerve,
+}
+
+impl Format {
+    /// Whether instance nodes must be read (registrator's names say everything).
+    pub fn needs_data(self) -> bool {
+        !matches!(self, Format::Registrator)
+    }
+
+    /// Whether a child node name can be an instance of this format at all.
+    pub fn accepts_name(self, name: &str) -> bool {
+        match self {
+            Format::Serverset => name
+                .strip_prefix("member_")
+                .map(|n| n.strip_prefix('-').unwrap_or(n))
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())),
+            _ => true,
+        }
+    }
+
+    /// Parses one instance node. `endpoint` picks a ServerSet `additionalEndpoints` entry.
+    pub fn parse(self, name: &str, data: &[u8], endpoint: Option<&str>) -> Result<Option<Instance>, String> {
+        match self {
+            Format::Registrator => registrator(name),
+            Format::Curator => curator(data),
+            Format::Serverset => serverset(data, endpoint),
+            Format::Nerve => nerve(name, data),
+        }
+    }
+
+    /// Node name (or sequential prefix) and data `zkgate register` writes for an instance, the way
+    /// the real registrator would. Returns (name, data, sequential).
+    pub fn encode(self, service: &str, host: &str, port: u16, weight: u32) -> (String, Vec<u8>, bool) {
+        let address = join_host_port(host, port);
+        match self {
+            Format::Registrator => {
+                let data = serde_json::json!({"Name": service, "IP": host, "PublicPort": port, "PrivatePort": port, "Tags": [], "Attrs": {}});
+                (address, data.to_string().into_bytes(), false)
+            }
+            Format::Curator => {
+                let id = format!("{:032x}", rand::random::<u128>());
+                let id = format!("{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..]);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let data = serde_json::json!({"name": service, "id": id, "address": host, "port": port, "sslPort": null,
+                    "payload": null, "registrationTimeUTC": now, "serviceType": "DYNAMIC", "uriSpec": null});
+                (id, data.to_string().into_bytes(), false)
+            }
+            Format::Serverset => {
+                let data = serde_json::json!({"serviceEndpoint": {"host": host, "port": port}, "additionalEndpoints": {}, "status": "ALIVE", "shard": 0});
+                ("member_".into(), data.to_string().into_bytes(), true)
+            }
+            Format::Nerve => {
+                let data = serde_json::json!({"host": host, "port": port, "name": address, "weight": weight});
+                (format!("{address}_"), data.to_string().into_bytes(), true)
+            }
+        }
+    }
+}
+
+/// `host:port`, bracketing IPv6 literals.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn instance(host: &str, port: u64, weight: u32) -> Result<Option<Instance>, String> {
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| format!("invalid port {port}"))?;
+    let address = join_host_port(host, port);
+    Instance::validate(&address)?;
+    Ok(Some(Instance { address, weight }))
+}
+
+fn registrator(name: &str) -> Result<Option<Instance>, String> {
+    Instance::validate(name).map_err(|e| format!("node name is not ip:port: {e}"))?;
+    Ok(Some(Instance::new(name)))
+}
+
+fn json(data: &[u8]) -> Result<Value, String> {
+    if data.is_empty() {
+        return Err("no data".into());
+    }
+    serde_json::from_slice(data).map_err(|e| format!("data is not JSON: {e}"))
+}
+
+fn curator(data: &[u8]) -> Result<Option<Instance>, String> {
+    let v = json(data)?;
+    if v.get("enabled").and_then(Value::as_bool) == Some(false) {
+        return Ok(None);
+    }
+    let address = v.get("address").and_then(Value::as_str).ok_or("missing \"address\"")?;
+    match v.get("port") {
+        Some(Value::Number(p)) => instance(address, p.as_u64().ok_or("invalid \"port\"")?, 1),
+        // Only an sslPort: we have no TLS upstreams, so this instance cannot be used.
+        Some(Value::Null) | None => Ok(None),
+        Some(_) => Err("invalid \"port\"".into()),
+    }
+}
+
+fn endpoint(v: &Value) -> Result<(String, u64), String> {
+    let host = v.get("host").and_then(Value::as_str).ok_or("endpoint without \"host\"")?;
+    let port = v.get("port").and_then(Value::as_u64).ok_or("endpoint without a valid \"port\"")?;
+    Ok((host.to_string(), port))
+}
+
+fn serverset(data: &[u8], named: Option<&str>) -> Result<Option<Instance>, String> {
+    let v = json(data)?;
+    let status = v.get("status").and_then(Value::as_str).ok_or("missing \"status\"")?;
+    if status != "ALIVE" {
+        return Ok(None);
+    }
+    let ep = match named {
+        Some(name) => v
+            .get("additionalEndpoints")
+            .and_then(|a| a.get(name))
+            .ok_or_else(|| format!("no additionalEndpoints.{name}"))?,
+        None => v.get("serviceEndpoint").ok_or("missing \"serviceEndpoint\"")?,
+    };
+    let (host, port) = endpoint(ep)?;
+    instance(&host, port, 1)
+}
+
+fn nerve(name: &str, data: &[u8]) -> Result<Option<Instance>, String> {
+    let decoded;
+    let data = match name.strip_prefix("base64_") {
+        Some(rest) => {
+            decoded = decode_path_encoding(rest)?;
+            &decoded[..]
+        }
+        None => data,
+    };
+    let v = json(data)?;
+    let host = v.get("host").and_then(Value::as_str).ok_or("missing \"host\"")?;
+    let port = v.get("port").and_then(Value::as_u64).ok_or("missing or invalid \"port\"")?;
+    let weight = match v.get("weight") {
+        None | Some(Value::Null) => 1,
+        Some(w) => w.as_u64().and_then(|w| u32::try_from(w).ok()).ok_or("invalid \"weight\" (an integer >= 0)")?,
+    };
+    instance(host, port, weight)
+}
+
+/// Nerve's `use_path_encoding`: `base64_<len>_<base64 of the JSON>_<seq>`.
+fn decode_path_encoding(rest: &str) -> Result<Vec<u8>, String> {
+    let (len, tail) = rest.split_once('_').ok_or("bad base64 path encoding")?;
+    let len: usize = len.parse().map_err(|_| "bad base64 path encoding length")?;
+    let encoded = tail.get(..len).ok_or("base64 path encoding shorter than its length")?;
+    base64_decode(encoded).ok_or_else(|| "invalid base64 in node name".to_string())
+}
+
+/// Standard and URL-safe base64, padding optional (Nerve uses URL-safe in names).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(r: Result<Option<Instance>, String>) -> Option<(String, u32)> {
+        r.unwrap().map(|i| (i.address, i.weight))
+    }
+
+    #[test]
+    fn registrator_reads_the_node_name() {
+        assert_eq!(addr(Format::Registrator.parse("10.0.0.5:8080", b"", None)), Some(("10.0.0.5:8080".into(), 1)));
+        assert!(Format::Registrator.parse("not-an-address", b"", None).is_err());
+    }
+
+    #[test]
+    fn curator_reads_service_instance_json_and_honours_enabled() {
+        let d = br#"{"name":"test","id":"ca2fff8e","address":"10.20.30.40","port":1234,"sslPort":null,"payload":null,"registrationTimeUTC":1325129459728,"serviceType":"DYNAMIC","uriSpec":{"parts":[]}}"#;
+        assert_eq!(addr(Format::Curator.parse("ca2fff8e", d, None)), Some(("10.20.30.40:1234".into(), 1)));
+        let off = br#"{"address":"10.0.0.1","port":80,"enabled":false}"#;
+        assert_eq!(addr(Format::Curator.parse("x", off, None)), None);
+        let ssl_only = br#"{"address":"10.0.0.1","port":null,"sslPort":443}"#;
+        assert_eq!(addr(Format::Curator.parse("x", ssl_only, None)), None);
+        assert!(Format::Curator.parse("x", b"{not json", None).is_err());
+    }
+
+    #[test]
+    fn serverset_takes_alive_members_and_named_endpoints() {
+        assert!(Format::Serverset.accepts_name("member_0000000001"));
+        assert!(Format::Serverset.accepts_name("member_-12"));
+        assert!(!Format::Serverset.accepts_name("lock_0001"));
+        assert!(!Format::Serverset.accepts_name("member_"));
+        let d = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"additionalEndpoints":{"http":{"host":"10.0.0.5","port":31001}},"status":"ALIVE","shard":0}"#;
+        assert_eq!(addr(Format::Serverset.parse("member_1", d, None)), Some(("10.0.0.5:31000".into(), 1)));
+        assert_eq!(addr(Format::Serverset.parse("member_1", d, Some("http"))), Some(("10.0.0.5:31001".into(), 1)));
+        let dead = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"status":"DEAD"}"#;
+        assert_eq!(addr(Format::Serverset.parse("member_1", dead, None)), None);
+    }
+
+    #[test]
+    fn nerve_reads_weight_and_path_encoding() {
+        let d = br#"{"host":"10.0.0.5","port":8080,"name":"i-abc","weight":10,"labels":{}}"#;
+        assert_eq!(addr(Format::Nerve.parse("i-abc_0000000003", d, None)), Some(("10.0.0.5:8080".into(), 10)));
+        // base64 of {"host":"10.0.0.6","port":80}
+        let b64 = "eyJob3N0IjoiMTAuMC4wLjYiLCJwb3J0Ijo4MH0=";
+        let name = format!("base64_{}_{}_0000000001", b64.len(), b64);
+        assert_eq!(addr(Format::Nerve.parse(&name, b"", None)), Some(("10.0.0.6:80".into(), 1)));
+        assert!(Format::Nerve.parse("x_1", br#"{"host":"h","port":80,"weight":-1}"#, None).is_err());
+    }
+
+    #[test]
+    fn what_register_writes_is_what_discovery_reads() {
+        for f in [Format::Registrator, Format::Curator, Format::Serverset, Format::Nerve] {
+            let (name, data, seq) = f.encode("svc", "127.0.0.1", 9001, 3);
+            let name = if seq { format!("{name}0000000007") } else { name };
+            assert!(f.accepts_name(&name), "{f:?} {name}");
+            let got = f.parse(&name, &data, None).unwrap().unwrap();
+            assert_eq!(got.address, "127.0.0.1:9001", "{f:?}");
+        }
+    }
+}
