@@ -260,3 +260,4 @@ pub fn request_loop(port: u16, path: &'static str, max: usize, secs: u64, stop: 
         s
     })
 }
+pub mod zk;

@@ -258,6 +258,8 @@ pub struct Watcher {
 struct Listed {
     instances: Vec<Instance>,
     watches: Vec<zk::OneshotWatcher>,
+    /// Nodes already warned about, so a relisting does not warn again.
+    warned: HashSet<String>,
 }
 
 impl Watcher {
@@ -327,7 +329,8 @@ impl Watcher {
         drop(listed);
         let _ = self.tx.send(Update::Full(full));
         for (name, l) in first {
-            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), l.map(|l| l.watches)));
+            let (watches, warned) = l.map(|l| (Some(l.watches), l.warned)).unwrap_or_default();
+            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), watches, warned));
             tasks.insert(name, task);
         }
         let mut root_event = Box::pin(root_watch.changed());
@@ -359,7 +362,7 @@ impl Watcher {
                     });
                     for name in names {
                         if !tasks.contains_key(&name) {
-                            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), None));
+                            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), None, HashSet::new()));
                             tasks.insert(name, task);
                         }
                     }
@@ -419,7 +422,7 @@ impl Watcher {
             Ok(x) => x,
             Err(zk::Error::NoNode) => {
                 let (_, w) = client.check_and_watch_stat(&path).await?;
-                return Ok(Listed { instances: Vec::new(), watches: vec![w] });
+                return Ok(Listed { instances: Vec::new(), watches: vec![w], warned: HashSet::new() });
             }
             Err(e) => return Err(e),
         };
@@ -463,14 +466,13 @@ impl Watcher {
                 }
             }
         }
-        *warned = bad;
-        Ok(Listed { instances, watches })
+        *warned = bad.clone();
+        Ok(Listed { instances, watches, warned: bad })
     }
 
     /// Watches one service until its task is aborted or the session ends.
-    async fn watch_service(self: Arc<Self>, client: zk::Client, name: String, mut watches: Option<Vec<zk::OneshotWatcher>>) {
+    async fn watch_service(self: Arc<Self>, client: zk::Client, name: String, mut watches: Option<Vec<zk::OneshotWatcher>>, mut warned: HashSet<String>) {
         let mut backoff = Backoff(0);
-        let mut warned = HashSet::new();
         loop {
             if let Some(ws) = watches.take() {
                 let mut fired: FuturesUnordered<_> = ws.into_iter().map(|w| w.changed()).collect();

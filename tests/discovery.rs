@@ -1,0 +1,235 @@
+//! End-to-end discovery: a real ZooKeeper (Debian's package), the real gateway with 2 workers,
+//! real backends, registrations written as Registrator / Curator / Finagle / Nerve write them.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::http::request;
+use support::zk::Zk;
+use support::{request_loop, Backend, Gateway};
+
+fn zk_config(zk: &Zk, extra: &str) -> String {
+    format!(
+        "[proxy]\ndebug_headers = true\nconnect_timeout = \"500ms\"\n\n[zookeeper]\nhosts = \"{}\"\nsession_timeout = \"4s\"\nconnect_timeout = \"2s\"\n{extra}\n",
+        zk.hosts()
+    )
+}
+
+fn via_headers(gw: &Gateway, service: &str, path: &str) -> std::io::Result<support::http::Response> {
+    request(gw.port, "GET", "/services", &[("service_name", service), ("api_name", path)], b"")
+}
+
+/// Which backends each worker routed `service` to, over `n` requests.
+fn backends_by_worker(gw: &Gateway, service: &str, n: usize) -> BTreeMap<String, BTreeSet<String>> {
+    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for _ in 0..n {
+        if let Ok(r) = via_headers(gw, service, "/") {
+            if r.status == 200 {
+                let w = r.header("x-zkgate-worker").unwrap_or("?").to_string();
+                m.entry(w).or_default().insert(r.backend());
+            }
+        }
+    }
+    m
+}
+
+/// True when every worker routed to `backend` within a few requests each.
+fn every_worker_uses(gw: &Gateway, service: &str, backend: &str) -> bool {
+    let workers: BTreeSet<String> = gw.workers().iter().map(|p| p.to_string()).collect();
+    let seen = backends_by_worker(gw, service, 40);
+    workers.iter().all(|w| seen.get(w).is_some_and(|s| s.contains(backend)))
+}
+
+fn no_worker_uses(gw: &Gateway, service: &str, backend: &str) -> bool {
+    backends_by_worker(gw, service, 40).values().all(|s| !s.contains(backend))
+}
+
+#[test]
+fn seed_scenarios_route_by_headers_round_robin_and_follow_a_stopped_instance() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let (a1, a2, b1) = (Backend::start("s1-a"), Backend::start("s1-b"), Backend::start("s2-a"));
+    c.register("service_1", &a1.address());
+    c.register("service_1", &a2.address());
+    c.register("service_2", &b1.address());
+    let gw = Gateway::with(&zk_config(&zk, "keep_last_on_empty = false")).workers(2).start();
+
+    let r = via_headers(&gw, "service_1", "/user?id=1").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/user?id=1");
+    assert_eq!(via_headers(&gw, "service_2", "/").unwrap().backend(), "s2-a");
+    // Round robin per worker: two consecutive requests to one worker reach both instances.
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut alternations = 0;
+    for _ in 0..40 {
+        let r = via_headers(&gw, "service_1", "/").unwrap();
+        let w = r.header("x-zkgate-worker").unwrap().to_string();
+        if let Some(prev) = last.insert(w, r.backend()) {
+            assert_ne!(prev, r.backend(), "a worker sent two requests in a row to one instance");
+            alternations += 1;
+        }
+    }
+    assert!(alternations >= 30, "{alternations}");
+
+    c.deregister("service_2", &b1.address());
+    assert_eventually!(10, via_headers(&gw, "service_2", "/").unwrap().status != 200, "service_2 still routed");
+    let r = via_headers(&gw, "service_2", "/").unwrap();
+    assert!(r.status == 503 || r.status == 404, "{}", r.status);
+    assert_eq!(via_headers(&gw, "service_1", "/").unwrap().status, 200);
+    assert!(gw.log().contains(&format!("service service_2: -{}", b1.address())), "{}", gw.log());
+}
+
+#[test]
+fn an_instance_added_or_removed_in_zookeeper_reaches_every_worker() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    c.register("web", &b1.address());
+    let gw = Gateway::with(&zk_config(&zk, "")).workers(2).start();
+    assert_eventually!(10, every_worker_uses(&gw, "web", "b1"), "b1 not routed by every worker");
+    c.register("web", &b2.address());
+    assert_eventually!(10, every_worker_uses(&gw, "web", "b2"), "b2 not used by every worker");
+    c.deregister("web", &b1.address());
+    assert_eventually!(10, no_worker_uses(&gw, "web", "b1"), "b1 still used after removal");
+    // Each worker logs the change once.
+    assert_eq!(gw.log_count(&format!("service web: +{} (2 instances)", b2.address())), 2, "{}", gw.log());
+}
+
+#[test]
+fn every_registry_format_routes_end_to_end_through_zkgate_register() {
+    for format in ["registrator", "curator", "serverset", "nerve"] {
+        let zk = Zk::standalone();
+        let (b1, b2) = (Backend::start(&format!("{format}-1")), Backend::start(&format!("{format}-2")));
+        let gw = Gateway::with(&zk_config(&zk, &format!("format = \"{format}\""))).workers(2).start();
+        let mut regs: Vec<_> = [&b1, &b2]
+            .iter()
+            .map(|b| {
+                std::process::Command::new(support::zkgate())
+                    .args(["register", "-c"])
+                    .arg(&gw.config_path)
+                    .args(["--service", "svc", "--address", &b.address(), "--weight", "2"])
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        assert_eventually!(10, every_worker_uses(&gw, "svc", &b1.name) && every_worker_uses(&gw, "svc", &b2.name), "{format}: not both routed:\n{}", gw.log());
+        // A clean stop of the registrator removes its instance.
+        kill(Pid::from_raw(regs[0].id() as i32), Signal::SIGTERM).unwrap();
+        let _ = regs[0].wait();
+        assert_eventually!(10, no_worker_uses(&gw, "svc", &b1.name), "{format}: stopped instance still used");
+        let _ = regs[1].kill();
+        let _ = regs[1].wait();
+    }
+}
+
+#[test]
+fn malformed_nodes_are_skipped_with_one_warning_and_the_rest_serve() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let b1 = Backend::start("good");
+    let good = format!("{{\"host\":\"127.0.0.1\",\"port\":{},\"weight\":1}}", b1.addr.port());
+    c.create("/services/svc/good_0000000001", good.as_bytes(), true);
+    c.create("/services/svc/bad_0000000002", b"{not json", true);
+    c.create("/services/svc/noport_0000000003", br#"{"host":"127.0.0.1"}"#, true);
+    let gw = Gateway::with(&zk_config(&zk, "format = \"nerve\"")).workers(2).start();
+    assert_eventually!(10, every_worker_uses(&gw, "svc", "good"), "good instance not routed");
+    for _ in 0..20 {
+        assert_eq!(via_headers(&gw, "svc", "/").unwrap().backend(), "good");
+    }
+    // A later change relists the service: the bad nodes must not be warned about again.
+    c.set("/services/svc/good_0000000001", good.as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(gw.log_count("skipping /services/svc/bad_0000000002: data is not JSON"), 2, "once per worker:\n{}", gw.log());
+    assert_eq!(gw.log_count("skipping /services/svc/noport_0000000003"), 2);
+    let r = via_headers(&gw, "nosuch", "/").unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["service"], "nosuch");
+}
+
+#[test]
+fn killing_the_ensemble_member_the_gateway_uses_loses_no_request() {
+    let mut zk = Zk::ensemble();
+    let c = zk.client();
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    c.register("web", &b1.address());
+    let gw = Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
+    let sid = gw
+        .log()
+        .lines()
+        .find_map(|l| l.split("session 0x").nth(1).and_then(|s| s.split_whitespace().next()).map(|s| format!("0x{s}")))
+        .expect("session id logged");
+    let member = zk.node_with_session(&sid).expect("member hosting the gateway's session");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = request_loop(gw.port, "/", 3000, 20, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    zk.kill(member);
+    std::thread::sleep(Duration::from_secs(3));
+    // Changes are still seen afterwards, through another member.
+    let c2 = support::zk::ZkClient::connect(&zk.hosts());
+    c2.register("web", &b2.address());
+    assert_eventually!(15, every_worker_uses(&gw, "web", "b2"), "change after failover not seen");
+    stop.store(true, Ordering::Relaxed);
+    let s = load.join().unwrap();
+    assert!(s.ok > 20, "{s:?}");
+    assert_eq!((s.failed, s.refused), (0, 0), "{:?}", s.errors);
+    drop(c);
+}
+
+#[test]
+fn zookeeper_down_keeps_serving_and_after_an_expired_session_the_gateway_resyncs() {
+    let mut zk = Zk::standalone();
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    {
+        // A persistent registration survives the outage; the test client's session does not.
+        let c = zk.client();
+        c.create(&format!("/services/web/{}", b1.address()), b"", false);
+    }
+    let gw = Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
+    assert_eventually!(10, every_worker_uses(&gw, "web", "b1"), "b1 not routed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = request_loop(gw.port, "/", 100_000, 30, stop.clone());
+    zk.kill(0);
+    // Longer than session_timeout (4s): the sessions expire.
+    std::thread::sleep(Duration::from_secs(7));
+    zk.restart(0);
+    let c = zk.client();
+    c.create(&format!("/services/web/{}", b2.address()), b"", true);
+    assert_eventually!(20, every_worker_uses(&gw, "web", "b2"), "change after the outage not seen:\n{}", gw.log());
+    stop.store(true, Ordering::Relaxed);
+    let s = load.join().unwrap();
+    assert!(s.ok > 20, "{s:?}");
+    assert_eq!((s.failed, s.refused), (0, 0), "{:?}", s.errors);
+    assert!(gw.log().contains("session ended") || gw.log().contains("session expired") || gw.log().contains("Expired"), "{}", gw.log());
+}
+
+#[test]
+fn a_gateway_started_while_zookeeper_is_down_serves_from_the_snapshot() {
+    let b1 = Backend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("routes.json");
+    let cache = format!("[cache]\nsnapshot = \"{}\"\n", snapshot.display());
+    {
+        let zk = Zk::standalone();
+        zk.client().register("web", &b1.address());
+        let gw = Gateway::with(&(zk_config(&zk, "") + &cache)).workers(2).start();
+        assert_eventually!(10, std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains(&b1.address())), "snapshot not written");
+        drop(gw);
+    }
+    // ZooKeeper is gone now; its port is closed.
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let body = format!(
+        "[proxy]\ndebug_headers = true\n\n[zookeeper]\nhosts = \"{dead}\"\nconnect_timeout = \"1s\"\n\n{cache}"
+    );
+    let gw = Gateway::with(&body).workers(2).start();
+    assert!(gw.log().contains("from snapshot"), "{}", gw.log());
+    for _ in 0..10 {
+        assert_eq!(via_headers(&gw, "web", "/").unwrap().backend(), "b1");
+    }
+}

@@ -1,0 +1,201 @@
+//! A real ZooKeeper from Debian's package for tests: standalone or a 3-node ensemble on free
+//! loopback ports, temp data dirs, stopped by saved PID on drop. Plus a client that writes the
+//! registry the way Registrator/Curator would.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zookeeper_client as zk;
+
+const CP: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+
+struct Node {
+    dir: PathBuf,
+    port: u16,
+    main: &'static str,
+    child: Option<Child>,
+}
+
+/// A running ZooKeeper (one node or three).
+pub struct Zk {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Zk {
+    /// One standalone server.
+    pub fn standalone() -> Zk {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let node = Node::configure(dir.path().join("1"), port, "", "org.apache.zookeeper.server.ZooKeeperServerMain", None);
+        let mut z = Zk { _dir: dir, nodes: vec![node] };
+        z.start_all();
+        z
+    }
+
+    /// A 3-node ensemble.
+    pub fn ensemble() -> Zk {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..9).map(|_| super::free_port()).collect();
+        let servers: String = (0..3).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, ports[3 + i], ports[6 + i])).collect();
+        let nodes = (0..3)
+            .map(|i| Node::configure(dir.path().join(format!("{}", i + 1)), ports[i], &servers, "org.apache.zookeeper.server.quorum.QuorumPeerMain", Some(i + 1)))
+            .collect();
+        let mut z = Zk { _dir: dir, nodes };
+        z.start_all();
+        z
+    }
+
+    fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            n.start();
+        }
+        for n in &self.nodes {
+            n.wait_ready();
+        }
+    }
+
+    /// The connect string.
+    pub fn hosts(&self) -> String {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Stops node `i` (KILL, as a crash).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Starts node `i` again on its data dir and port, and waits until it serves.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].start();
+        self.nodes[i].wait_ready();
+    }
+
+    /// Which node hosts the session `sid` (from the four-letter word `cons`).
+    pub fn node_with_session(&self, sid: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.child.is_some() && four_letter(n.port, "cons").contains(sid))
+    }
+
+    /// A client that writes the registry.
+    pub fn client(&self) -> ZkClient {
+        ZkClient::connect(&self.hosts())
+    }
+}
+
+impl Node {
+    fn configure(dir: PathBuf, port: u16, servers: &str, main: &'static str, myid: Option<usize>) -> Node {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        if let Some(id) = myid {
+            std::fs::write(dir.join("data/myid"), format!("{id}\n")).unwrap();
+        }
+        let cfg = format!(
+            "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\nmaxClientCnxns=0\n{servers}",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("zoo.cfg"), cfg).unwrap();
+        Node { dir, port, main, child: None }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("zookeeper.log")).unwrap();
+        let child = Command::new("java")
+            .args(["-Xmx256m", "-cp", CP, self.main])
+            .arg(self.dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("java (install Debian's zookeeper package: scripts/zookeeper install)");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if four_letter(self.port, "srvr").contains("Mode:") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("zookeeper on port {} did not start", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Zk {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+}
+
+fn four_letter(port: u16, cmd: &str) -> String {
+    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(cmd.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A blocking ZooKeeper client for tests, on its own runtime (the client's session task needs
+/// one running between calls).
+pub struct ZkClient {
+    rt: tokio::runtime::Runtime,
+    client: zk::Client,
+}
+
+impl ZkClient {
+    pub fn connect(hosts: &str) -> ZkClient {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let client = rt
+            .block_on(zk::Client::connector().with_session_timeout(Duration::from_secs(4)).connect(hosts))
+            .expect("test client connects");
+        ZkClient { rt, client }
+    }
+
+    /// Creates `path` (parents as persistent nodes) with `data`; ephemeral when asked.
+    pub fn create(&self, path: &str, data: &[u8], ephemeral: bool) {
+        let parent = &path[..path.rfind('/').unwrap()];
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        if !parent.is_empty() {
+            self.rt.block_on(self.client.mkdir(parent, &persistent)).unwrap();
+        }
+        let mode = if ephemeral { zk::CreateMode::Ephemeral } else { zk::CreateMode::Persistent };
+        self.rt.block_on(self.client.create(path, data, &mode.with_acls(zk::Acls::anyone_all()))).unwrap_or_else(|e| panic!("create {path}: {e}"));
+    }
+
+    /// Sets data on `path`.
+    pub fn set(&self, path: &str, data: &[u8]) {
+        self.rt.block_on(self.client.set_data(path, data, None)).unwrap();
+    }
+
+    /// Deletes `path`; a missing node is fine.
+    pub fn delete(&self, path: &str) {
+        match self.rt.block_on(self.client.delete(path, None)) {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) => panic!("delete {path}: {e}"),
+        }
+    }
+
+    /// Registers an instance as Registrator does: `<root>/<service>/<ip:port>`, ephemeral.
+    pub fn register(&self, service: &str, address: &str) {
+        self.create(&format!("/services/{service}/{address}"), b"", true);
+    }
+
+    /// Deregisters as Registrator does: the instance, then the service node if it is empty.
+    pub fn deregister(&self, service: &str, address: &str) {
+        self.delete(&format!("/services/{service}/{address}"));
+        let _ = self.rt.block_on(self.client.delete(&format!("/services/{service}"), None));
+    }
+}
