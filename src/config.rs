@@ -350,7 +350,9 @@ mod tests {
 
     #[test]
     fn instances_take_both_forms() {
-        let c = parse("[services.user]\ninstances = [\"127.0.0.1:9001\", { address = \"127.0.0.1:9002\", weight = 3 }]\n").unwrap();
+        let c =
+            parse("[services.user]\ninstances = [\"127.0.0.1:9001\", { address = \"127.0.0.1:9002\", weight = 3 }]\n")
+                .unwrap();
         let i = c.services["user"].instances.as_ref().unwrap();
         assert_eq!((i[0].weight, i[1].weight), (1, 3));
     }

@@ -119,7 +119,12 @@ fn every_registry_format_routes_end_to_end_through_zkgate_register() {
                     .unwrap()
             })
             .collect();
-        assert_eventually!(10, every_worker_uses(&gw, "svc", &b1.name) && every_worker_uses(&gw, "svc", &b2.name), "{format}: not both routed:\n{}", gw.log());
+        assert_eventually!(
+            10,
+            every_worker_uses(&gw, "svc", &b1.name) && every_worker_uses(&gw, "svc", &b2.name),
+            "{format}: not both routed:\n{}",
+            gw.log()
+        );
         // A clean stop of the registrator removes its instance.
         kill(Pid::from_raw(regs[0].id() as i32), Signal::SIGTERM).unwrap();
         let _ = regs[0].wait();
@@ -146,7 +151,12 @@ fn malformed_nodes_are_skipped_with_one_warning_and_the_rest_serve() {
     // A later change relists the service: the bad nodes must not be warned about again.
     c.set("/services/svc/good_0000000001", good.as_bytes());
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(gw.log_count("skipping /services/svc/bad_0000000002: data is not JSON"), 2, "once per worker:\n{}", gw.log());
+    assert_eq!(
+        gw.log_count("skipping /services/svc/bad_0000000002: data is not JSON"),
+        2,
+        "once per worker:\n{}",
+        gw.log()
+    );
     assert_eq!(gw.log_count("skipping /services/svc/noport_0000000003"), 2);
     let r = via_headers(&gw, "nosuch", "/").unwrap();
     assert_eq!(r.status, 404);
@@ -159,7 +169,8 @@ fn killing_the_ensemble_member_the_gateway_uses_loses_no_request() {
     let c = zk.client();
     let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
     c.register("web", &b1.address());
-    let gw = Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
+    let gw =
+        Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
     let sid = gw
         .log()
         .lines()
@@ -191,7 +202,8 @@ fn zookeeper_down_keeps_serving_and_after_an_expired_session_the_gateway_resyncs
         let c = zk.client();
         c.create(&format!("/services/web/{}", b1.address()), b"", false);
     }
-    let gw = Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
+    let gw =
+        Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
     assert_eventually!(10, every_worker_uses(&gw, "web", "b1"), "b1 not routed");
     let stop = Arc::new(AtomicBool::new(false));
     let load = request_loop(gw.port, "/", 100_000, 30, stop.clone());
@@ -206,7 +218,11 @@ fn zookeeper_down_keeps_serving_and_after_an_expired_session_the_gateway_resyncs
     let s = load.join().unwrap();
     assert!(s.ok > 20, "{s:?}");
     assert_eq!((s.failed, s.refused), (0, 0), "{:?}", s.errors);
-    assert!(gw.log().contains("session ended") || gw.log().contains("session expired") || gw.log().contains("Expired"), "{}", gw.log());
+    assert!(
+        gw.log().contains("session ended") || gw.log().contains("session expired") || gw.log().contains("Expired"),
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]
@@ -219,7 +235,11 @@ fn a_gateway_started_while_zookeeper_is_down_serves_from_the_snapshot() {
         let zk = Zk::standalone();
         zk.client().register("web", &b1.address());
         let gw = Gateway::with(&(zk_config(&zk, "") + &cache)).workers(2).start();
-        assert_eventually!(10, std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains(&b1.address())), "snapshot not written");
+        assert_eventually!(
+            10,
+            std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains(&b1.address())),
+            "snapshot not written"
+        );
         drop(gw);
     }
     // ZooKeeper is gone now; its port is closed.

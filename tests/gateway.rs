@@ -37,7 +37,8 @@ fn header_routing_forwards_api_name_and_refuses_anything_but_a_path() {
     let (b1, b2) = (Backend::start("s1-a"), Backend::start("s2-a"));
     let gw = Gateway::with(&(services("service_1", &[&b1]) + &services("service_2", &[&b2]))).start();
 
-    let r = request(gw.port, "GET", "/services", &[("service_name", "service_1"), ("api_name", "/user?id=1")], b"").unwrap();
+    let r = request(gw.port, "GET", "/services", &[("service_name", "service_1"), ("api_name", "/user?id=1")], b"")
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.backend(), "s1-a");
     assert_eq!(r.json()["path"], "/user?id=1");
@@ -65,7 +66,13 @@ fn forwarded_request_carries_proxy_headers_and_no_hop_by_hop_headers() {
         gw.port,
         "POST",
         "/submit",
-        &[("host", "api.example.com"), ("x-forwarded-for", "203.0.113.7"), ("connection", "close, x-private"), ("x-private", "1"), ("keep-alive", "5")],
+        &[
+            ("host", "api.example.com"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("connection", "close, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+        ],
         b"hello",
     )
     .unwrap();
@@ -109,7 +116,15 @@ fn killed_worker_is_respawned_without_refusing_connections() {
     let clients: Vec<_> = (0..4).map(|_| request_loop(gw.port, "/slow/5", 2000, 15, stop.clone())).collect();
     std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
-    assert_eventually!(10, { let w = gw.workers(); w.len() == 2 && !w.contains(&before[0]) }, "worker not respawned: {:?}", gw.workers());
+    assert_eventually!(
+        10,
+        {
+            let w = gw.workers();
+            w.len() == 2 && !w.contains(&before[0])
+        },
+        "worker not respawned: {:?}",
+        gw.workers()
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
@@ -129,7 +144,11 @@ fn ttin_adds_and_ttou_removes_a_worker_never_below_one() {
     let gw = Gateway::with(&(services("web", &[&b1]) + &route_all("web"))).workers(1).start();
     assert_eq!(gw.workers().len(), 1);
     gw.signal(Signal::SIGTTIN);
-    assert_eventually!(10, gw.workers().len() == 2 && gw.log().contains("worker slot 1 (pid"), "TTIN did not add a worker");
+    assert_eventually!(
+        10,
+        gw.workers().len() == 2 && gw.log().contains("worker slot 1 (pid"),
+        "TTIN did not add a worker"
+    );
     assert_eventually!(10, gw.log_count(") ready") >= 2, "new worker not ready");
     for _ in 0..20 {
         assert_eq!(gw.get("/").unwrap().status, 200);
@@ -169,7 +188,11 @@ fn hup_with_a_changed_instance_list_applies_it_without_a_failed_request() {
     gw.rewrite_config(&gw.config_text().replace(&b1.address(), &b2.address()));
     gw.signal(Signal::SIGHUP);
     assert_eventually!(15, gw.log().contains("in service on every worker"), "reload did not finish");
-    assert_eventually!(15, gw.workers().len() == 2 && gw.workers().iter().all(|p| !before.contains(p)), "old workers still there");
+    assert_eventually!(
+        15,
+        gw.workers().len() == 2 && gw.workers().iter().all(|p| !before.contains(p)),
+        "old workers still there"
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
@@ -219,7 +242,8 @@ fn check_accepts_a_good_file_and_names_line_column_and_key_of_a_bad_one() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("127.0.0.1:9002 (weight 3)") && text.contains("configuration is valid"), "{text}");
 
-    let bad = support::write_file(dir.path(), "bad.toml", "[server]\nworkers = 2\n\n[proxy]\nconect_timeout = \"2s\"\n");
+    let bad =
+        support::write_file(dir.path(), "bad.toml", "[server]\nworkers = 2\n\n[proxy]\nconect_timeout = \"2s\"\n");
     let out = std::process::Command::new(support::zkgate()).args(["check", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

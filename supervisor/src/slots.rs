@@ -57,9 +57,7 @@ fn open_one(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
 
 /// Reads `net.ipv4.tcp_migrate_req`; `None` where the kernel has no such setting (before 5.14).
 pub fn tcp_migrate_req() -> Option<bool> {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
-        .ok()
-        .map(|v| v.trim() != "0")
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok().map(|v| v.trim() != "0")
 }
 
 #[cfg(test)]

@@ -81,8 +81,8 @@ pub(crate) fn spawn_worker<A: App>(
     ids: Option<&Ids>,
     inherited: Inherited<'_>,
 ) -> Result<Child, Error> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-        .map_err(sys("pipe2"))?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(sys("pipe2"))?;
     let supervisor = nix::unistd::getpid();
     // SAFETY: the supervisor is single-threaded (it never starts a thread or a runtime), so the
     // child is a complete copy of the process and may run arbitrary code, allocate included.
@@ -96,8 +96,7 @@ pub(crate) fn spawn_worker<A: App>(
             let code = match prepare_child(supervisor, slot, settings, ids, &inherited) {
                 Ok(listeners) => {
                     let ctx = WorkerContext { slot, generation, listeners, control: ControlPipe(write) };
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.run_worker(ctx)))
-                        .unwrap_or(70)
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.run_worker(ctx))).unwrap_or(70)
                 }
                 Err(e) => {
                     log::error!("worker slot {slot}: cannot start: {e}");
@@ -158,12 +157,10 @@ fn prepare_child(
         // The supervisor died between fork and prctl.
         std::process::exit(0);
     }
-    let listeners = inherited
-        .own_sockets
-        .iter()
-        .map(TcpListener::try_clone)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Sys { what: "dup slot socket", source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)) })?;
+    let listeners =
+        inherited.own_sockets.iter().map(TcpListener::try_clone).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            Error::Sys { what: "dup slot socket", source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)) }
+        })?;
     for fd in &inherited.close {
         // SAFETY-free: closing a raw fd the supervisor owns; the owners are never dropped in the
         // child because it exits without returning into the supervisor's code.

@@ -190,7 +190,9 @@ impl<A: App> Supervisor<A> {
                 log::info!("supervisor: all workers exited; bye");
                 Some(0)
             }
-            Phase::Running if self.workers.is_empty() && self.slots.iter().filter(|s| s.sockets.is_some()).all(|s| s.fatal) => {
+            Phase::Running
+                if self.workers.is_empty() && self.slots.iter().filter(|s| s.sockets.is_some()).all(|s| s.fatal) =>
+            {
                 log::error!("supervisor: every worker slot failed fatally; no worker left, exiting");
                 self.notifier.send("STATUS=every worker failed fatally\nERRNO=1");
                 Some(1)
@@ -235,7 +237,8 @@ impl<A: App> Supervisor<A> {
             }
         };
         // The child closes every descriptor the supervisor owns and keeps duplicates of its own.
-        let mut close: Vec<RawFd> = self.slots.iter().filter_map(|s| s.sockets.as_ref()).flat_map(|s| s.raw_fds()).collect();
+        let mut close: Vec<RawFd> =
+            self.slots.iter().filter_map(|s| s.sockets.as_ref()).flat_map(|s| s.raw_fds()).collect();
         close.push(self.sigfd.as_raw_fd());
         close.extend(self.workers.iter().filter_map(|w| w.child.control_fd()).map(|f| f.as_raw_fd()));
         let inherited = Inherited { own_sockets: &own, close };
@@ -354,13 +357,20 @@ impl<A: App> Supervisor<A> {
             log::info!("worker slot {} (pid {pid}) {how} after {:.1}s", w.slot, lived.as_secs_f64());
             return;
         }
-        log::warn!("worker slot {} (pid {pid}, generation {}) {how} after {:.1}s", w.slot, w.generation, lived.as_secs_f64());
+        log::warn!(
+            "worker slot {} (pid {pid}, generation {}) {how} after {:.1}s",
+            w.slot,
+            w.generation,
+            lived.as_secs_f64()
+        );
         let slot_idx = w.slot;
         if self.slots[slot_idx].sockets.is_none() {
             return;
         }
         if code == Some(EXIT_FATAL) {
-            log::error!("worker slot {slot_idx}: fatal start-up error (exit code {EXIT_FATAL}); not respawning this slot");
+            log::error!(
+                "worker slot {slot_idx}: fatal start-up error (exit code {EXIT_FATAL}); not respawning this slot"
+            );
             self.slots[slot_idx].fatal = true;
             if w.role == Role::Incoming {
                 self.abort_roll(slot_idx);
@@ -482,13 +492,20 @@ impl<A: App> Supervisor<A> {
             }
         };
         if new.listen != self.settings.listen || new.backlog != self.settings.backlog {
-            log::warn!("reload: server.listen and server.backlog take effect on restart only; keeping the current sockets");
+            log::warn!(
+                "reload: server.listen and server.backlog take effect on restart only; keeping the current sockets"
+            );
         }
         if new.user != self.settings.user || new.group != self.settings.group {
             log::warn!("reload: server.user and server.group take effect on restart only");
         }
         let want = new.workers.max(1);
-        let keep_listen = (self.settings.listen.clone(), self.settings.backlog, self.settings.user.clone(), self.settings.group.clone());
+        let keep_listen = (
+            self.settings.listen.clone(),
+            self.settings.backlog,
+            self.settings.user.clone(),
+            self.settings.group.clone(),
+        );
         self.settings = Settings {
             listen: keep_listen.0,
             backlog: keep_listen.1,
@@ -530,7 +547,8 @@ impl<A: App> Supervisor<A> {
                 self.maybe_announce_ready();
                 return;
             }
-            let current = self.workers.iter().any(|w| w.slot == i && w.role == Role::Active && w.generation == self.generation);
+            let current =
+                self.workers.iter().any(|w| w.slot == i && w.role == Role::Active && w.generation == self.generation);
             if self.slots[i].sockets.is_none() || current {
                 self.roll = Some(i + 1);
                 continue;

@@ -115,10 +115,7 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize) {
             }
             continue;
         }
-        let hdrs: Vec<String> = headers
-            .iter()
-            .map(|(k, v)| format!("{:?}:{:?}", k, v))
-            .collect();
+        let hdrs: Vec<String> = headers.iter().map(|(k, v)| format!("{:?}:{:?}", k, v)).collect();
         let body = format!(
             "{{\"backend\":{:?},\"method\":{:?},\"path\":{:?},\"received\":{},\"headers\":{{{}}}}}\n",
             name,

@@ -185,9 +185,7 @@ impl GatewayBuilder {
 
 fn self_workers(g: &Gateway) -> usize {
     let text = g.config_text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("workers = ").and_then(|n| n.trim().parse().ok()))
-        .unwrap_or(1)
+    text.lines().find_map(|l| l.strip_prefix("workers = ").and_then(|n| n.trim().parse().ok())).unwrap_or(1)
 }
 
 /// The `[server]` section every test gateway uses: loopback, short timeouts.
@@ -233,7 +231,13 @@ pub struct LoopStats {
 }
 
 /// Runs `GET path` in a loop in a thread until `stop` flips or `max` requests or `secs` pass.
-pub fn request_loop(port: u16, path: &'static str, max: usize, secs: u64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<LoopStats> {
+pub fn request_loop(
+    port: u16,
+    path: &'static str,
+    max: usize,
+    secs: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<LoopStats> {
     std::thread::spawn(move || {
         let mut s = LoopStats::default();
         let deadline = Instant::now() + Duration::from_secs(secs);

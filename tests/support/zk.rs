@@ -30,7 +30,8 @@ impl Zk {
     pub fn standalone() -> Zk {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let node = Node::configure(dir.path().join("1"), port, "", "org.apache.zookeeper.server.ZooKeeperServerMain", None);
+        let node =
+            Node::configure(dir.path().join("1"), port, "", "org.apache.zookeeper.server.ZooKeeperServerMain", None);
         let mut z = Zk { _dir: dir, nodes: vec![node] };
         z.start_all();
         z
@@ -40,9 +41,18 @@ impl Zk {
     pub fn ensemble() -> Zk {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..9).map(|_| super::free_port()).collect();
-        let servers: String = (0..3).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, ports[3 + i], ports[6 + i])).collect();
+        let servers: String =
+            (0..3).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, ports[3 + i], ports[6 + i])).collect();
         let nodes = (0..3)
-            .map(|i| Node::configure(dir.path().join(format!("{}", i + 1)), ports[i], &servers, "org.apache.zookeeper.server.quorum.QuorumPeerMain", Some(i + 1)))
+            .map(|i| {
+                Node::configure(
+                    dir.path().join(format!("{}", i + 1)),
+                    ports[i],
+                    &servers,
+                    "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                    Some(i + 1),
+                )
+            })
             .collect();
         let mut z = Zk { _dir: dir, nodes };
         z.start_all();
@@ -140,7 +150,9 @@ impl Drop for Zk {
 }
 
 fn four_letter(port: u16, cmd: &str) -> String {
-    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else { return String::new() };
+    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else {
+        return String::new();
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.write_all(cmd.as_bytes());
     let mut out = String::new();
@@ -172,7 +184,9 @@ impl ZkClient {
             self.rt.block_on(self.client.mkdir(parent, &persistent)).unwrap();
         }
         let mode = if ephemeral { zk::CreateMode::Ephemeral } else { zk::CreateMode::Persistent };
-        self.rt.block_on(self.client.create(path, data, &mode.with_acls(zk::Acls::anyone_all()))).unwrap_or_else(|e| panic!("create {path}: {e}"));
+        self.rt
+            .block_on(self.client.create(path, data, &mode.with_acls(zk::Acls::anyone_all())))
+            .unwrap_or_else(|e| panic!("create {path}: {e}"));
     }
 
     /// Sets data on `path`.

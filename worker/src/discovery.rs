@@ -101,7 +101,10 @@ impl Registry {
         let gone: Vec<String> = self.services.keys().filter(|k| !all.contains_key(*k)).cloned().collect();
         for name in gone {
             if self.keep_last_on_empty {
-                log.push(format!("service {name}: gone from the registry; keeping its last {} instances (keep_last_on_empty)", self.services[&name].len()));
+                log.push(format!(
+                    "service {name}: gone from the registry; keeping its last {} instances (keep_last_on_empty)",
+                    self.services[&name].len()
+                ));
             } else {
                 self.services.remove(&name);
                 log.push(format!("service {name}: removed"));
@@ -125,13 +128,17 @@ impl Registry {
         }
         if list.is_empty() && self.keep_last_on_empty {
             if let Some(old) = old.filter(|o| !o.is_empty()) {
-                log.push(format!("service {name}: no instances left in the registry; keeping the last {} (keep_last_on_empty)", old.len()));
+                log.push(format!(
+                    "service {name}: no instances left in the registry; keeping the last {} (keep_last_on_empty)",
+                    old.len()
+                ));
                 return false;
             }
         }
         let before: HashSet<&str> = old.map(|o| o.iter().map(|i| i.address.as_str()).collect()).unwrap_or_default();
         let after: HashSet<&str> = list.iter().map(|i| i.address.as_str()).collect();
-        let mut diff: Vec<String> = list.iter().filter(|i| !before.contains(i.address.as_str())).map(|i| format!("+{}", i.address)).collect();
+        let mut diff: Vec<String> =
+            list.iter().filter(|i| !before.contains(i.address.as_str())).map(|i| format!("+{}", i.address)).collect();
         if let Some(old) = old {
             diff.extend(old.iter().filter(|i| !after.contains(i.address.as_str())).map(|i| format!("-{}", i.address)));
         }
@@ -155,7 +162,11 @@ pub struct TableBuilder {
 impl TableBuilder {
     /// Starts from the static services, which discovery never overrides.
     pub fn new(services: &Services, default: Strategy) -> Self {
-        let statics = crate::static_table(services, default).services().into_iter().map(|s| (s.name.clone(), s.clone())).collect();
+        let statics = crate::static_table(services, default)
+            .services()
+            .into_iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
         let strategies = services.iter().filter_map(|(n, s)| s.load_balance.map(|lb| (n.clone(), lb))).collect();
         TableBuilder { statics, strategies, default, current: HashMap::new() }
     }
@@ -167,7 +178,8 @@ impl TableBuilder {
             match registry.listing().get(name) {
                 Some(list) if !self.statics.contains_key(name) => {
                     let strategy = self.strategies.get(name).copied().unwrap_or(self.default);
-                    self.current.insert(name.clone(), Arc::new(Service::new(name.clone(), list.clone(), source, strategy)));
+                    self.current
+                        .insert(name.clone(), Arc::new(Service::new(name.clone(), list.clone(), source, strategy)));
                 }
                 _ => {
                     self.current.remove(name);
@@ -212,7 +224,9 @@ pub async fn build_tables(
                 let _ = ready.send(Some(src));
             }
         }
-        if let (Some(tx), true, Some(Source::Zookeeper)) = (&snapshot, !changed.is_empty() || from_zk, registry.source()) {
+        if let (Some(tx), true, Some(Source::Zookeeper)) =
+            (&snapshot, !changed.is_empty() || from_zk, registry.source())
+        {
             let _ = tx.send(Arc::new(registry.listing().clone()));
         }
     }
@@ -283,7 +297,10 @@ impl Watcher {
                 Ok(c) => c,
                 Err(e) => {
                     if !failing {
-                        log::warn!("zookeeper {}: cannot connect ({e}); serving the last known routes, retrying", self.settings.hosts);
+                        log::warn!(
+                            "zookeeper {}: cannot connect ({e}); serving the last known routes, retrying",
+                            self.settings.hosts
+                        );
                         failing = true;
                     }
                     tokio::time::sleep(backoff.next()).await;
@@ -315,7 +332,8 @@ impl Watcher {
         };
         let mut full = Listing::new();
         let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-        let mut listed: FuturesUnordered<_> = names.iter().map(|n| self.list_service_until_ok(&client, n.clone())).collect();
+        let mut listed: FuturesUnordered<_> =
+            names.iter().map(|n| self.list_service_until_ok(&client, n.clone())).collect();
         let mut first = Vec::new();
         while let Some((name, result)) = listed.next().await {
             match result {
@@ -361,9 +379,9 @@ impl Watcher {
                         keep
                     });
                     for name in names {
-                        if !tasks.contains_key(&name) {
-                            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), None, HashSet::new()));
-                            tasks.insert(name, task);
+                        if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(name) {
+                            let name = slot.key().clone();
+                            slot.insert(tokio::spawn(self.clone().watch_service(client.clone(), name, None, HashSet::new())));
                         }
                     }
                 }
@@ -416,7 +434,12 @@ impl Watcher {
 
     /// Lists one service with watches: its children, and each child's data where the format
     /// needs it. A missing service node is an empty service, watched for creation.
-    async fn list_service(&self, client: &zk::Client, name: &str, warned: &mut HashSet<String>) -> Result<Listed, zk::Error> {
+    async fn list_service(
+        &self,
+        client: &zk::Client,
+        name: &str,
+        warned: &mut HashSet<String>,
+    ) -> Result<Listed, zk::Error> {
         let path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
         let (children, watch) = match client.list_and_watch_children(&path).await {
             Ok(x) => x,
@@ -471,7 +494,13 @@ impl Watcher {
     }
 
     /// Watches one service until its task is aborted or the session ends.
-    async fn watch_service(self: Arc<Self>, client: zk::Client, name: String, mut watches: Option<Vec<zk::OneshotWatcher>>, mut warned: HashSet<String>) {
+    async fn watch_service(
+        self: Arc<Self>,
+        client: zk::Client,
+        name: String,
+        mut watches: Option<Vec<zk::OneshotWatcher>>,
+        mut warned: HashSet<String>,
+    ) {
         let mut backoff = Backoff(0);
         loop {
             if let Some(ws) = watches.take() {
@@ -509,7 +538,11 @@ pub fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>)
     match snapshot::load(path) {
         Ok(listing) => {
             let n: usize = listing.values().map(Vec::len).sum();
-            log::warn!("zookeeper unreachable at start: serving {} services, {n} instances from snapshot {}", listing.len(), path.display());
+            log::warn!(
+                "zookeeper unreachable at start: serving {} services, {n} instances from snapshot {}",
+                listing.len(),
+                path.display()
+            );
             let _ = tx.send(Update::Snapshot(listing));
             true
         }
@@ -522,7 +555,10 @@ pub fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>)
 
 /// A registry listing from `(service, [address…])` pairs, for tests and benches.
 pub fn listing(pairs: &[(&str, &[&str])]) -> Listing {
-    pairs.iter().map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect())).collect::<BTreeMap<_, _>>()
+    pairs
+        .iter()
+        .map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect()))
+        .collect::<BTreeMap<_, _>>()
 }
 
 #[cfg(test)]
@@ -577,10 +613,20 @@ mod tests {
     #[test]
     fn the_builder_keeps_static_services_and_unchanged_balancers() {
         let mut services = Services::new();
-        services.insert("static".into(), crate::settings::ServiceSettings { instances: Some(vec![Instance::new("127.0.0.1:1")]), ..Default::default() });
+        services.insert(
+            "static".into(),
+            crate::settings::ServiceSettings {
+                instances: Some(vec![Instance::new("127.0.0.1:1")]),
+                ..Default::default()
+            },
+        );
         let mut b = TableBuilder::new(&services, Strategy::RoundRobin);
         let mut r = Registry::new(true);
-        let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80"]), ("b", &["10.0.0.2:80"]), ("static", &["10.9.9.9:80"])])));
+        let (_, ch) = r.apply(Update::Full(listing(&[
+            ("a", &["10.0.0.1:80"]),
+            ("b", &["10.0.0.2:80"]),
+            ("static", &["10.9.9.9:80"]),
+        ])));
         let t1 = b.build(&r, &ch);
         assert_eq!(t1.get("static").unwrap().instances[0].address, "127.0.0.1:1", "static wins");
         let (_, ch) = r.apply(svc("a", &["10.0.0.3:80"]));

@@ -64,7 +64,9 @@ impl Format {
             Format::Curator => {
                 let id = format!("{:032x}", rand::random::<u128>());
                 let id = format!("{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..]);
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 let data = serde_json::json!({"name": service, "id": id, "address": host, "port": port, "sslPort": null,
                     "payload": null, "registrationTimeUTC": now, "serviceType": "DYNAMIC", "uriSpec": null});
                 (id, data.to_string().into_bytes(), false)

@@ -150,7 +150,8 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let mut quit = signal(SignalKind::quit()).map_err(Error::Signals)?;
 
-    let table: SharedTable = Arc::new(ArcSwap::from_pointee(static_table(&settings.services, settings.proxy.load_balance)));
+    let table: SharedTable =
+        Arc::new(ArcSwap::from_pointee(static_table(&settings.services, settings.proxy.load_balance)));
     let router = router::Router::new(&settings.header_routing, &settings.routes);
     let proxy = Arc::new(proxy::Proxy::new(table.clone(), router, settings.proxy.clone(), settings.services.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -166,7 +167,10 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     tokio::spawn(async move {
         if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
             let (services, instances) = ready_table.load().counts();
-            log::info!("worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})", std::process::id());
+            log::info!(
+                "worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})",
+                std::process::id()
+            );
             ready_life.ready();
         }
     });

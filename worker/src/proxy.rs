@@ -122,7 +122,9 @@ impl Proxy {
             Err(e) => {
                 match &e {
                     ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
-                    ProxyError::NoInstance(svc) => log::warn!("service {svc}: {method} {path}: no instance may take traffic"),
+                    ProxyError::NoInstance(svc) => {
+                        log::warn!("service {svc}: {method} {path}: no instance may take traffic")
+                    }
                     _ => log::debug!("{method} {path} from {client}: {e}"),
                 }
                 e.into_response()
@@ -135,7 +137,8 @@ impl Proxy {
     async fn proxy(&self, mut req: Request<Incoming>, client: SocketAddr) -> Result<Response<Body>, ProxyError> {
         let target = self.router.route(req.uri(), req.headers())?;
         let table = self.table.load_full();
-        let service = table.get(&target.service).cloned().ok_or_else(|| ProxyError::UnknownService(target.service.clone()))?;
+        let service =
+            table.get(&target.service).cloned().ok_or_else(|| ProxyError::UnknownService(target.service.clone()))?;
         let key = self.hash_key(&service, &req, client);
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -154,7 +157,11 @@ impl Proxy {
             match self.upstream.send(outgoing).await {
                 Ok(resp) => return Ok(self.respond(resp, parts.version, &instance.address, inflight, upgrade)),
                 Err(UpstreamError::Connect(e)) if replayable && self.may_retry(&service, tried.len()) => {
-                    log::warn!("service {}: instance {}: {e}; retrying on another instance", service.name, instance.address);
+                    log::warn!(
+                        "service {}: instance {}: {e}; retrying on another instance",
+                        service.name,
+                        instance.address
+                    );
                     _retry.get_or_insert_with(|| RetryGuard::new(&self.retrying));
                     continue;
                 }
@@ -183,11 +190,8 @@ impl Proxy {
     }
 
     fn hash_key(&self, service: &Service, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
-        let hash_on = self
-            .services
-            .get(&service.name)
-            .and_then(|s| s.hash_on.as_ref())
-            .unwrap_or(&self.settings.hash_on);
+        let hash_on =
+            self.services.get(&service.name).and_then(|s| s.hash_on.as_ref()).unwrap_or(&self.settings.hash_on);
         match hash_on {
             HashOn::ClientIp => Some(hash_key(client.ip().to_string().as_bytes())),
             HashOn::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
@@ -196,7 +200,15 @@ impl Proxy {
     }
 
     /// The request as the instance receives it.
-    fn prepare(&self, parts: &http::request::Parts, body: Body, target: &Target, address: &str, client: SocketAddr, upgrade: bool) -> Request<Body> {
+    fn prepare(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        target: &Target,
+        address: &str,
+        client: SocketAddr,
+        upgrade: bool,
+    ) -> Request<Body> {
         let mut headers = parts.headers.clone();
         let original_host = request_host(&parts.uri, &headers);
         let upgrade_proto = headers.get(header::UPGRADE).cloned();
@@ -220,7 +232,14 @@ impl Proxy {
     }
 
     /// The response as the client receives it.
-    fn respond(&self, resp: Response<Incoming>, version: http::Version, address: &str, inflight: InFlight, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        version: http::Version,
+        address: &str,
+        inflight: InFlight,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         // The client speaks its own HTTP version with us, whatever the instance spoke.
         parts.version = version;

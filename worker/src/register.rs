@@ -27,7 +27,14 @@ pub enum RegisterError {
 }
 
 /// Registers `host:port` under `service` until `stop` resolves, then deregisters.
-pub async fn register(settings: &ZkSettings, service: &str, host: &str, port: u16, weight: u32, stop: impl Future<Output = ()>) -> Result<(), RegisterError> {
+pub async fn register(
+    settings: &ZkSettings,
+    service: &str,
+    host: &str,
+    port: u16,
+    weight: u32,
+    stop: impl Future<Output = ()>,
+) -> Result<(), RegisterError> {
     let err = |what: String| {
         let hosts = settings.hosts.clone();
         move |source| RegisterError::Zk { hosts, what, source }
@@ -52,12 +59,19 @@ pub async fn register(settings: &ZkSettings, service: &str, host: &str, port: u1
             // A previous session's node not yet expired: replace it with ours.
             Err(zk::Error::NodeExists) if !sequential => {
                 client.delete(&path, None).await.map_err(err(format!("replace {path}")))?;
-                client.create(&path, &data, &mode.with_acls(zk::Acls::anyone_all())).await.map_err(err(format!("create {path}")))?;
+                client
+                    .create(&path, &data, &mode.with_acls(zk::Acls::anyone_all()))
+                    .await
+                    .map_err(err(format!("create {path}")))?;
                 path.clone()
             }
             Err(e) => return Err(err(format!("create {path}"))(e)),
         };
-        log::info!("service {service}: registered {} as {created} ({:?} format)", join_host_port(host, port), settings.format);
+        log::info!(
+            "service {service}: registered {} as {created} ({:?} format)",
+            join_host_port(host, port),
+            settings.format
+        );
         let mut state = client.state_watcher();
         loop {
             tokio::select! {

@@ -71,9 +71,7 @@ impl Router {
 
 fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, RouteError> {
     let header = |name: &str| -> Result<&str, RouteError> {
-        let v = headers
-            .get(name)
-            .ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
+        let v = headers.get(name).ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
         v.to_str()
             .ok()
             .map(str::trim)
@@ -88,9 +86,8 @@ fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, Ro
             h.path_header
         )));
     }
-    let path: PathAndQuery = api
-        .parse()
-        .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path_header)))?;
+    let path: PathAndQuery =
+        api.parse().map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path_header)))?;
     Ok(Target { service: service.to_string(), path })
 }
 
@@ -138,8 +135,18 @@ mod tests {
         Router::new(
             &HeaderRouting::default(),
             &[
-                RouteRule { host: Some("api.example.com".into()), path_prefix: "/users".into(), service: "user".into(), strip_prefix: true },
-                RouteRule { host: None, path_prefix: "/users".into(), service: "user-public".into(), strip_prefix: false },
+                RouteRule {
+                    host: Some("api.example.com".into()),
+                    path_prefix: "/users".into(),
+                    service: "user".into(),
+                    strip_prefix: true,
+                },
+                RouteRule {
+                    host: None,
+                    path_prefix: "/users".into(),
+                    service: "user-public".into(),
+                    strip_prefix: false,
+                },
                 RouteRule { host: None, path_prefix: "/static/".into(), service: "static".into(), strip_prefix: false },
             ],
         )

@@ -51,7 +51,8 @@ pub enum SnapshotError {
 /// Reads a snapshot; every address is validated again (the file may have been edited).
 pub fn load(path: &Path) -> Result<Listing, SnapshotError> {
     let text = std::fs::read(path).map_err(|source| SnapshotError::Io { path: path.into(), source })?;
-    let file: File = serde_json::from_slice(&text).map_err(|e| SnapshotError::Invalid { path: path.into(), reason: e.to_string() })?;
+    let file: File = serde_json::from_slice(&text)
+        .map_err(|e| SnapshotError::Invalid { path: path.into(), reason: e.to_string() })?;
     if file.version != 1 {
         return Err(SnapshotError::Invalid { path: path.into(), reason: format!("unknown version {}", file.version) });
     }
@@ -74,7 +75,9 @@ pub fn write(path: &Path, listing: &Listing) -> Result<(), SnapshotError> {
         version: 1,
         services: listing
             .iter()
-            .map(|(k, v)| (k.clone(), v.iter().map(|i| Entry { address: i.address.clone(), weight: i.weight }).collect()))
+            .map(|(k, v)| {
+                (k.clone(), v.iter().map(|i| Entry { address: i.address.clone(), weight: i.weight }).collect())
+            })
             .collect(),
     };
     let body = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;

@@ -5,7 +5,7 @@
 //! Hashes are FNV-1a with a 64-bit finaliser, computed the same way in every worker and on every
 //! host, so all of them send a key to the same instance.
 
-use super::{random::pick_random, eligible, Balancer, PickContext};
+use super::{eligible, random::pick_random, Balancer, PickContext};
 use crate::routes::Instance;
 
 /// Ring points per unit of weight.

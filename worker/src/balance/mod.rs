@@ -92,9 +92,5 @@ pub(crate) fn counts(b: &dyn Balancer, n: usize, len: usize) -> Vec<usize> {
 
 #[cfg(test)]
 pub(crate) fn weighted_list(weights: &[u32]) -> Vec<Instance> {
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, w)| Instance { address: format!("10.0.0.{}:80", i + 1), weight: *w })
-        .collect()
+    weights.iter().enumerate().map(|(i, w)| Instance { address: format!("10.0.0.{}:80", i + 1), weight: *w }).collect()
 }

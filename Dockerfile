@@ -1,0 +1,20 @@
+# Build stage: the Rust toolchain, a release build of the zkgate binary.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin zkgate
+
+# Runtime: slim Debian, the binary, the default configuration, a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin zkgate \
+    && install -d -o zkgate -g zkgate /var/lib/zkgate
+COPY --from=build /src/target/release/zkgate /usr/bin/zkgate
+COPY gateway.toml /etc/zkgate/gateway.toml
+USER zkgate
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/zkgate"]
+CMD ["run", "-c", "/etc/zkgate/gateway.toml"]
