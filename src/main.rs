@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
-            writeln!(buf, "{} {:5} [{}] {}", buf.timestamp_millis(), record.level(), std::process::id(), record.args())
+            writeln!(buf, "{} {:5} [{}] {}", buf.timestamp_micros(), record.level(), std::process::id(), record.args())
         })
         .init();
 }

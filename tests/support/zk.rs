@@ -202,6 +202,26 @@ impl ZkClient {
         }
     }
 
+    /// Fills the registry with `services` × `per` Registrator-style persistent instances,
+    /// pipelining the creates.
+    pub fn populate(&self, services: usize, per: usize) {
+        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let persistent = &options;
+        self.rt.block_on(async {
+            let _ = self.client.mkdir("/services", persistent).await;
+            for chunk in (0..services).collect::<Vec<_>>().chunks(500) {
+                let svcs = chunk.iter().map(|s| format!("/services/s{s}"));
+                futures::future::join_all(svcs.map(|p| async move { self.client.create(&p, b"", persistent).await }))
+                    .await;
+                let nodes = chunk.iter().flat_map(|s| {
+                    (0..per).map(move |i| format!("/services/s{s}/10.{}.{}.{}:80", s / 256 % 256, s % 256, i + 1))
+                });
+                futures::future::join_all(nodes.map(|p| async move { self.client.create(&p, b"", persistent).await }))
+                    .await;
+            }
+        });
+    }
+
     /// Registers an instance as Registrator does: `<root>/<service>/<ip:port>`, ephemeral.
     pub fn register(&self, service: &str, address: &str) {
         self.create(&format!("/services/{service}/{address}"), b"", true);

@@ -72,6 +72,21 @@ impl Registry {
         let mut log = Vec::new();
         let mut changed = HashSet::new();
         match update {
+            Update::Full(all) if self.services.is_empty() => {
+                // First load: one summary line, not one per service (a registry may hold 10 000).
+                self.source = Some(Source::Zookeeper);
+                let n: usize = all.values().map(Vec::len).sum();
+                log.push(format!("zookeeper: loaded {} services, {n} instances", all.len()));
+                changed.extend(all.keys().cloned());
+                self.services = all
+                    .into_iter()
+                    .map(|(k, mut v)| {
+                        v.sort();
+                        v.dedup_by(|a, b| a.address == b.address);
+                        (k, v)
+                    })
+                    .collect();
+            }
             Update::Full(all) => {
                 self.source = Some(Source::Zookeeper);
                 self.replace_all(all, &mut log, &mut changed);
@@ -143,7 +158,7 @@ impl Registry {
             diff.extend(old.iter().filter(|i| !after.contains(i.address.as_str())).map(|i| format!("-{}", i.address)));
         }
         if diff.is_empty() {
-            diff.push("weights changed".into());
+            diff.push(if old.is_none() { "appeared".into() } else { "weights changed".into() });
         }
         log.push(format!("service {name}: {} ({} instances)", diff.join(" "), list.len()));
         self.services.insert(name.to_string(), list);
@@ -573,8 +588,11 @@ mod tests {
     fn changes_are_logged_once_as_a_diff() {
         let mut r = Registry::new(true);
         let (log, changed) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80", "10.0.0.2:80"])])));
-        assert_eq!(log, ["service svc1: +10.0.0.1:80 +10.0.0.2:80 (2 instances)"]);
+        assert_eq!(log, ["zookeeper: loaded 1 services, 2 instances"]);
         assert!(changed.contains("svc1"));
+        let (log, _) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80"]), ("svc2", &[])])));
+        assert_eq!(log, ["service svc1: -10.0.0.2:80 (1 instances)", "service svc2: appeared (0 instances)"]);
+        r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80"]));
         let (log, _) = r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
         assert_eq!(log, ["service svc1: +10.0.0.3:80 (3 instances)"]);
         let (log, changed) = r.apply(svc("svc1", &["10.0.0.3:80", "10.0.0.2:80", "10.0.0.1:80"]));
