@@ -8,7 +8,7 @@
 //! `BENCH_SERVICES` (default 10000) sizes the registry.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_macros, unused_imports)]
+#[allow(unused_macros, unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant, SystemTime};

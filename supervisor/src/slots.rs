@@ -34,6 +34,11 @@ impl SlotSockets {
         self.sockets.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
+    /// The sockets themselves (the child duplicates them after `fork`).
+    pub fn listeners(&self) -> &[TcpListener] {
+        &self.sockets
+    }
+
     /// Duplicates the sockets for a worker. The duplicates share the kernel socket (and its
     /// accept queue); the worker may close its copies without affecting the slot.
     pub fn try_clone(&self) -> std::io::Result<Vec<TcpListener>> {

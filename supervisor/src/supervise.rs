@@ -229,19 +229,13 @@ impl<A: App> Supervisor<A> {
 
     fn spawn(&mut self, slot: usize, role: Role) {
         let Some(sockets) = self.slots[slot].sockets.as_ref() else { return };
-        let own = match sockets.try_clone() {
-            Ok(own) => own,
-            Err(e) => {
-                log::error!("worker slot {slot}: cannot duplicate slot sockets: {e}");
-                return;
-            }
-        };
-        // The child closes every descriptor the supervisor owns and keeps duplicates of its own.
+        // The child duplicates its own slot's sockets, then closes every descriptor the
+        // supervisor owns: other slots' sockets, the signalfd, other workers' pipes.
         let mut close: Vec<RawFd> =
             self.slots.iter().filter_map(|s| s.sockets.as_ref()).flat_map(|s| s.raw_fds()).collect();
         close.push(self.sigfd.as_raw_fd());
         close.extend(self.workers.iter().filter_map(|w| w.child.control_fd()).map(|f| f.as_raw_fd()));
-        let inherited = Inherited { own_sockets: &own, close };
+        let inherited = Inherited { own_sockets: sockets.listeners(), close };
         match spawn::spawn_worker(&self.app, slot, self.generation, &self.settings, self.ids.as_ref(), inherited) {
             Ok(child) => {
                 log::info!("worker slot {slot} started: pid {} (generation {})", child.pid, self.generation);
@@ -263,7 +257,6 @@ impl<A: App> Supervisor<A> {
                 self.schedule_respawn(slot, Duration::ZERO);
             }
         }
-        // `own` (the parent's duplicates) drops here; the child has its own.
     }
 
     fn on_control(&mut self, pid: Pid) {

@@ -77,6 +77,7 @@ pub struct Server {
     /// Open connections.
     pub connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
+    header_read_timeout: Duration,
 }
 
 impl Server {
@@ -94,6 +95,7 @@ impl Server {
             limit: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             connections: Arc::default(),
             shutdown,
+            header_read_timeout: settings.header_read_timeout,
         })
     }
 
@@ -147,19 +149,83 @@ impl Server {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
             });
-            let conn = self.http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let first_read = Arc::new(Notify::new());
+            let io = FirstRead { inner: stream, seen: false, notify: first_read.clone() };
+            let conn = self.http.serve_connection(TokioIo::new(io), service).with_upgrades();
             tokio::pin!(conn);
             let mut shutdown = self.shutdown.clone();
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 _ = stopped(&mut shutdown) => {
+                    // hyper's graceful shutdown closes a connection that has not sent a byte yet;
+                    // a client that connected just before the shutdown would read EOF instead of
+                    // an answer. Give such a connection until its first bytes (or the header
+                    // timeout) before asking hyper to finish.
+                    let grace = tokio::time::sleep(self.header_read_timeout);
+                    tokio::select! {
+                        r = conn.as_mut() => return log_end(peer, r),
+                        _ = first_read.notified() => {}
+                        _ = grace => {}
+                    }
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
             };
-            if let Err(e) = result {
-                log::debug!("connection from {peer}: {e}");
-            }
+            log_end(peer, result);
         });
+    }
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        log::debug!("connection from {peer}: {e}");
+    }
+}
+
+/// A client socket that signals its first received bytes (see the shutdown comment above).
+struct FirstRead {
+    inner: TcpStream,
+    seen: bool,
+    notify: Arc<Notify>,
+}
+
+impl tokio::io::AsyncRead for FirstRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.seen && buf.filled().len() > before {
+            self.seen = true;
+            // notify_one stores a permit, so a waiter that arrives later still sees it.
+            self.notify.notify_one();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstRead {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
