@@ -13,6 +13,8 @@ RUN apt-get update \
     && install -d -o zkgate -g zkgate /var/lib/zkgate
 COPY --from=build /src/target/release/zkgate /usr/bin/zkgate
 COPY gateway.toml /etc/zkgate/gateway.toml
+# In a container the gateway must listen on all interfaces, not only on loopback.
+RUN sed -i 's/^listen = \["127.0.0.1:8080"\]/listen = ["0.0.0.0:8080"]/' /etc/zkgate/gateway.toml
 USER zkgate
 EXPOSE 8080
 STOPSIGNAL SIGTERM

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use zookeeper_client as zk;
 
-use crate::formats::{join_host_port, Format};
+use crate::formats::join_host_port;
 use crate::settings::ZkSettings;
 
 /// Why registration failed.
@@ -105,9 +105,4 @@ pub fn split_address(address: &str) -> Result<(String, u16), String> {
     let port = auth.port_u16().ok_or_else(|| format!("invalid address {address:?}: a port is required"))?;
     let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
     Ok((host, port))
-}
-
-/// Whether a format writes sequential nodes (for docs and tests).
-pub fn is_sequential(format: Format) -> bool {
-    format.encode("s", "127.0.0.1", 1, 1).2
 }
