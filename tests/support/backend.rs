@@ -21,6 +21,8 @@ pub struct Backend {
     stop: Arc<AtomicBool>,
     /// Requests answered so far.
     pub hits: Arc<AtomicUsize>,
+    /// While set, every request is answered 503 (a failing instance).
+    pub failing: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -35,18 +37,19 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (n, s, h) = (name.to_string(), stop.clone(), hits.clone());
+        let failing = Arc::new(AtomicBool::new(false));
+        let (n, s, h, f) = (name.to_string(), stop.clone(), hits.clone(), failing.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (n, h) = (n.clone(), h.clone());
-                std::thread::spawn(move || serve(conn, &n, &h));
+                let (n, h, f) = (n.clone(), h.clone(), f.clone());
+                std::thread::spawn(move || serve(conn, &n, &h, &f));
             }
         });
-        Backend { name: name.to_string(), addr, stop, hits }
+        Backend { name: name.to_string(), addr, stop, hits, failing }
     }
 
     /// `host:port`.
@@ -63,7 +66,7 @@ impl Drop for Backend {
     }
 }
 
-fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize) {
+fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
@@ -102,7 +105,21 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize) {
         let received = if chunked { read_chunked(&mut reader) } else { drain(&mut reader, length) };
         let Some(received) = received else { return };
         hits.fetch_add(1, Ordering::Relaxed);
-        let mut status = 200u16;
+        let mut status = if failing.load(Ordering::Relaxed) { 503u16 } else { 200 };
+        if path == "/ws" {
+            // An Upgrade endpoint: 101, then echo every byte back (enough to prove pass-through).
+            let _ = writer
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n");
+            let mut buf = [0u8; 4096];
+            let mut inner = reader.into_inner();
+            let _ = inner.set_read_timeout(Some(Duration::from_secs(10)));
+            while let Ok(n) = inner.read(&mut buf) {
+                if n == 0 || writer.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            return;
+        }
         if let Some(ms) = path.strip_prefix("/slow/").and_then(|s| s.parse::<u64>().ok()) {
             std::thread::sleep(Duration::from_millis(ms));
         }

@@ -13,6 +13,7 @@
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
 //! - [`proxy`]: the request path composed from the above, and the JSON error answers.
 //! - [`server`]: accept loops, connection limits, graceful drain.
+//! - [`health`]: passive outlier detection and active health checks.
 //! - [`discovery`]: the ZooKeeper session, watches, and the task that builds route tables.
 //! - [`formats`]: the four registry formats (registrator, curator, serverset, nerve).
 //! - [`snapshot`]: the on-disk copy of discovered routes, for starts without ZooKeeper.
@@ -22,6 +23,7 @@ pub mod balance;
 pub mod discovery;
 pub mod formats;
 pub mod headers;
+pub mod health;
 pub mod proxy;
 pub mod register;
 pub mod router;
@@ -161,6 +163,12 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     for l in std::mem::take(&mut settings.listeners) {
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
         accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
+    }
+    let checker = Arc::new(upstream::Upstream::new(&settings.proxy));
+    for (name, svc) in &settings.services {
+        if let Some(check) = svc.health_check.clone() {
+            tokio::spawn(health::run_checks(name.clone(), check, table.clone(), checker.clone()));
+        }
     }
     let mut ready = start_discovery(&settings, table.clone());
     let (slot, ready_table, ready_life) = (settings.slot, table.clone(), lifecycle.clone());

@@ -35,9 +35,12 @@ pub enum ProxyError {
     /// The service has no instance that may take traffic: 503.
     #[error("no healthy instance")]
     NoInstance(String),
-    /// The instance failed: 502; timed out: 504.
+    /// The instance failed: 502; timed out: 504; the body was too large: 413.
     #[error("{1}")]
     Upstream(String, UpstreamError),
+    /// `Content-Length` over `max_body_bytes`: 413.
+    #[error("request body too large")]
+    BodyTooLarge(String),
 }
 
 impl ProxyError {
@@ -47,13 +50,19 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
             ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_, UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
         }
     }
 
     fn service(&self) -> Option<&str> {
         match self {
-            ProxyError::UnknownService(s) | ProxyError::NoInstance(s) | ProxyError::Upstream(s, _) => Some(s),
+            ProxyError::UnknownService(s)
+            | ProxyError::NoInstance(s)
+            | ProxyError::Upstream(s, _)
+            | ProxyError::BodyTooLarge(s) => Some(s),
             ProxyError::Route(_) => None,
         }
     }
@@ -62,6 +71,7 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Body> {
         let message = match &self {
             ProxyError::Upstream(_, UpstreamError::Timeout(_)) => "upstream timeout".to_string(),
+            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) => "request body too large".to_string(),
             ProxyError::Upstream(..) => "upstream failure".to_string(),
             other => other.to_string(),
         };
@@ -142,9 +152,10 @@ impl Proxy {
         let key = self.hash_key(&service, &req, client);
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
+        let body = self.limit_body(&service, &parts.headers, body)?;
         // A request without a body can be rebuilt for a retry; one with a body cannot (it streams).
         let replayable = body_is_empty(&parts.headers) && upgrade.is_none();
-        let mut body = Some(body.map_err(BoxError::from).boxed());
+        let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut _retry: Option<RetryGuard<'_>> = None;
         loop {
@@ -154,7 +165,9 @@ impl Proxy {
             let b = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
             let outgoing = self.prepare(&parts, b, &target, &instance.address, client, upgrade.is_some());
             let inflight = InFlight::start(service.clone(), idx);
-            match self.upstream.send(outgoing).await {
+            let result = self.upstream.send(outgoing).await;
+            self.record(&service, idx, &result);
+            match result {
                 Ok(resp) => return Ok(self.respond(resp, parts.version, &instance.address, inflight, upgrade)),
                 Err(UpstreamError::Connect(e)) if replayable && self.may_retry(&service, tried.len()) => {
                     log::warn!(
@@ -170,11 +183,50 @@ impl Proxy {
         }
     }
 
+    /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
+    fn limit_body(&self, service: &Service, headers: &http::HeaderMap, body: Incoming) -> Result<Body, ProxyError> {
+        let max = self.settings.max_body_bytes;
+        if max == 0 {
+            return Ok(body.map_err(BoxError::from).boxed());
+        }
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge(service.name.clone()));
+        }
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        Ok(http_body_util::Limited::new(body, limit).boxed())
+    }
+
+    /// Feeds the outcome of one attempt to outlier detection.
+    fn record(&self, service: &Service, idx: usize, result: &Result<Response<Incoming>, UpstreamError>) {
+        let failed = match result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(UpstreamError::BodyTooLarge) => return,
+            Err(_) => true,
+        };
+        if !failed {
+            service.health.success(idx);
+        } else if let Some(span) = service.health.failure(idx, &self.settings.outlier) {
+            log::warn!(
+                "service {}: instance {} ejected for {}s after {} consecutive failures",
+                service.name,
+                service.instances[idx],
+                span.as_secs(),
+                self.settings.outlier.consecutive_failures
+            );
+        }
+    }
+
+    /// Picks among available instances not tried yet; when none is available (all ejected or
+    /// unhealthy), among every instance not tried yet: a degraded answer beats a 503 (Envoy's
+    /// panic mode).
     fn pick(&self, service: &Service, key: Option<u64>, tried: &[usize]) -> Result<usize, ProxyError> {
-        let skip = |i: usize| tried.contains(&i);
-        service
-            .balancer
-            .pick(&PickContext { key, skip: &skip })
+        let healthy = |i: usize| tried.contains(&i) || !service.health.available(i);
+        let untried = |i: usize| tried.contains(&i);
+        let balancer = &service.balancer;
+        balancer
+            .pick(&PickContext { key, skip: &healthy })
+            .or_else(|| balancer.pick(&PickContext { key, skip: &untried }))
             .ok_or_else(|| ProxyError::NoInstance(service.name.clone()))
     }
 

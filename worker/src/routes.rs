@@ -97,6 +97,8 @@ pub struct Service {
     pub strategy: Strategy,
     /// Selection state for `instances`.
     pub balancer: Box<dyn Balancer>,
+    /// Ejection and health-check state of `instances`, index-aligned.
+    pub health: crate::health::ServiceHealth,
 }
 
 impl fmt::Debug for Service {
@@ -116,7 +118,8 @@ impl Service {
         instances.sort();
         instances.dedup_by(|a, b| a.address == b.address);
         let balancer = balance::build(strategy, &instances);
-        Service { name: name.into(), instances, source, strategy, balancer }
+        let health = crate::health::ServiceHealth::new(instances.len());
+        Service { name: name.into(), instances, source, strategy, balancer, health }
     }
 }
 

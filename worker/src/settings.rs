@@ -44,6 +44,10 @@ pub struct ProxySettings {
     pub preserve_host: bool,
     /// Add `x-zkgate-instance` and `x-zkgate-worker` to responses.
     pub debug_headers: bool,
+    /// Largest request body accepted (413 beyond it); 0 means unlimited.
+    pub max_body_bytes: u64,
+    /// `[proxy.outlier]`: passive outlier detection.
+    pub outlier: crate::health::OutlierSettings,
 }
 
 impl Default for ProxySettings {
@@ -61,6 +65,8 @@ impl Default for ProxySettings {
             max_connections: 10000,
             preserve_host: true,
             debug_headers: false,
+            max_body_bytes: 0,
+            outlier: crate::health::OutlierSettings::default(),
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct ServiceSettings {
     /// What `consistent_hash` hashes on for this service (overrides `[proxy] hash_on`).
     #[serde(default)]
     pub hash_on: Option<HashOn>,
+    /// Optional active HTTP health check of every instance.
+    #[serde(default)]
+    pub health_check: Option<crate::health::HealthCheck>,
 }
 
 /// The request key `consistent_hash` uses: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.

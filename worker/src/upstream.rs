@@ -32,6 +32,9 @@ pub enum UpstreamError {
     /// No response headers within `request_timeout`.
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The client's body went over `max_body_bytes` while it streamed.
+    #[error("request body over max_body_bytes")]
+    BodyTooLarge,
 }
 
 /// A worker's client to every instance.
@@ -62,9 +65,21 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(UpstreamError::BodyTooLarge),
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }
+}
+
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// "a: b: c" from an error and its sources: hyper's top-level messages alone say little.

@@ -1,0 +1,266 @@
+//! End-to-end data plane: balancers from config, outlier ejection, retries, limits, slowloris,
+//! WebSocket pass-through and streaming with flat memory. Real binary, real sockets.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::http::request;
+use support::{request_loop, Backend, Gateway};
+
+fn service(name: &str, instances: &[String], extra: &str) -> String {
+    let list: Vec<String> =
+        instances.iter().map(|i| if i.starts_with('{') { i.clone() } else { format!("\"{i}\"") }).collect();
+    format!(
+        "[services.{name}]\ninstances = [{}]\n{extra}\n[[route]]\npath_prefix = \"/\"\nservice = \"{name}\"\n\n",
+        list.join(", ")
+    )
+}
+
+fn counts(gw: &Gateway, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let r = request(gw.port, "GET", "/", headers, b"").unwrap();
+        *m.entry(r.backend()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn weighted_balancer_follows_configured_weights_exactly() {
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let inst = [format!("{{ address = \"{}\", weight = 5 }}", a.address()), b.address(), c.address()];
+    let gw = Gateway::with(&service("web", &inst, "load_balance = \"weighted\"")).workers(1).start();
+    let seq: Vec<String> = (0..7).map(|_| gw.get("/").unwrap().backend()).collect();
+    // nginx's sequence for 5,1,1 is a a x a y a a (x, y: the weight-1 instances in address order).
+    let light: std::collections::BTreeSet<&str> = [seq[2].as_str(), seq[4].as_str()].into();
+    assert_eq!(light, ["b", "c"].into(), "{seq:?}");
+    assert!([0, 1, 3, 5, 6].iter().all(|i| seq[*i] == "a"), "smooth weighted round robin interleaves: {seq:?}");
+    let m = counts(&gw, 70, &[]);
+    assert_eq!((m["a"], m["b"], m["c"]), (50, 10, 10));
+}
+
+#[test]
+fn consistent_hash_on_a_header_keeps_each_key_on_one_instance() {
+    let bs: Vec<Backend> = (0..4).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let inst: Vec<String> = bs.iter().map(Backend::address).collect();
+    let body = service("web", &inst, "load_balance = \"consistent_hash\"\nhash_on = \"header:x-user\"");
+    let gw = Gateway::with(&body).workers(2).start();
+    let mut owners = BTreeMap::new();
+    for user in 0..40 {
+        let key = format!("user-{user}");
+        let first = request(gw.port, "GET", "/", &[("x-user", &key)], b"").unwrap().backend();
+        for _ in 0..3 {
+            assert_eq!(request(gw.port, "GET", "/", &[("x-user", &key)], b"").unwrap().backend(), first, "{key} moved");
+        }
+        *owners.entry(first).or_insert(0) += 1;
+    }
+    assert!(owners.len() >= 3, "keys spread over the instances: {owners:?}");
+}
+
+#[test]
+fn a_failing_instance_is_ejected_then_returns() {
+    let (good, bad) = (Backend::start("good"), Backend::start("bad"));
+    let body = format!(
+        "[proxy.outlier]\nconsecutive_failures = 3\nbase_ejection = \"1s\"\n\n{}",
+        service("web", &[good.address(), bad.address()], "")
+    );
+    let gw = Gateway::with(&body).workers(1).start();
+    bad.failing.store(true, Ordering::Relaxed);
+    let mut failures = 0;
+    for _ in 0..10 {
+        if gw.get("/").unwrap().status == 503 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 3, "three failures eject the instance");
+    assert_eventually!(
+        5,
+        gw.log().contains(&format!("instance {} ejected for 1s after 3 consecutive failures", bad.address())),
+        "no ejection logged"
+    );
+    let m = counts(&gw, 20, &[]);
+    assert_eq!(m.get("good"), Some(&20), "ejected instance gets nothing: {m:?}");
+    bad.failing.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = counts(&gw, 20, &[]);
+    assert_eq!(m.get("bad"), Some(&10), "back after its ejection: {m:?}");
+}
+
+#[test]
+fn a_refused_connection_is_retried_on_another_instance_with_no_client_error() {
+    let good = Backend::start("good");
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let gw = Gateway::with(&service("web", &[good.address(), dead], "")).workers(2).start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = request_loop(gw.port, "/", 200, 20, stop).join().unwrap();
+    assert_eq!(s.ok, 200, "{:?}", s.errors);
+    assert!(gw.log().contains("retrying on another instance"), "{}", gw.log());
+}
+
+#[test]
+fn active_health_checks_take_a_failing_instance_out_and_back() {
+    let (good, bad) = (Backend::start("good"), Backend::start("bad"));
+    let extra =
+        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }";
+    let body = format!(
+        "[proxy.outlier]\nconsecutive_failures = 0\n\n{}",
+        service("web", &[good.address(), bad.address()], extra)
+    );
+    let gw = Gateway::with(&body).workers(1).start();
+    bad.failing.store(true, Ordering::Relaxed);
+    assert_eventually!(5, gw.log().contains("unhealthy after 2 failed health checks"), "not marked unhealthy");
+    assert_eq!(counts(&gw, 10, &[]).get("good"), Some(&10));
+    bad.failing.store(false, Ordering::Relaxed);
+    assert_eventually!(5, gw.log().contains("healthy again"), "not marked healthy again");
+    assert_eq!(counts(&gw, 10, &[]).get("bad"), Some(&5));
+}
+
+#[test]
+fn oversize_headers_get_431_and_oversize_bodies_413() {
+    let b = Backend::start("b");
+    let body =
+        format!("[proxy]\nmax_header_bytes = 8192\nmax_body_bytes = 1000\n\n{}", service("web", &[b.address()], ""));
+    let gw = Gateway::with(&body).workers(1).start();
+    let big = "x".repeat(20_000);
+    let r = request(gw.port, "GET", "/", &[("x-big", &big)], b"").unwrap();
+    assert_eq!(r.status, 431);
+    let r = request(gw.port, "POST", "/", &[], &[b'y'; 2000]).unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "request body too large");
+    let r = request(gw.port, "POST", "/", &[], &[b'y'; 900]).unwrap();
+    assert_eq!((r.status, r.json()["received"].as_u64()), (200, Some(900)));
+    assert_eq!(b.hits.load(Ordering::Relaxed), 1, "refused requests never reach the instance");
+}
+
+#[test]
+fn a_slowloris_connection_is_closed_after_the_header_timeout_while_others_are_served() {
+    let b = Backend::start("b");
+    let body = format!("[proxy]\nheader_read_timeout = \"1s\"\n\n{}", service("web", &[b.address()], ""));
+    let gw = Gateway::with(&body).workers(1).start();
+    let mut slow = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n").unwrap();
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").unwrap().status, 200, "others are served meanwhile");
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "closed by the server, not by our read timeout ({took:?})");
+    assert!(!String::from_utf8_lossy(&buf).contains("200"), "no request was served on it");
+}
+
+#[test]
+fn more_clients_than_max_connections_wait_instead_of_failing() {
+    let b = Backend::start("b");
+    let body = format!("[proxy]\nmax_connections = 2\n\n{}", service("web", &[b.address()], ""));
+    let gw = Gateway::with(&body).workers(1).start();
+    let port = gw.port;
+    let clients: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || request(port, "GET", "/slow/300", &[], b"").map(|r| r.status)))
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().unwrap(), 200);
+    }
+}
+
+#[test]
+fn websocket_upgrade_passes_through_and_echoes() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"through the gateway"] {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples a worker's RSS while `f` runs; returns the peak in KiB.
+fn peak_rss_during(pid: i32, f: impl FnOnce()) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !s.load(Ordering::Relaxed) {
+            peak = peak.max(rss_kib(pid));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    });
+    f();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap()
+}
+
+const GIB: u64 = 1 << 30;
+
+#[test]
+fn a_gibibyte_streams_both_ways_through_a_worker_with_flat_memory() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let worker = gw.workers()[0];
+    let before = rss_kib(worker);
+
+    let down = peak_rss_during(worker, || {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.write_all(format!("GET /bytes/{GIB} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        assert!(total > GIB, "whole body received ({total} bytes with framing)");
+    });
+
+    let up = peak_rss_during(worker, || {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.write_all(
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {GIB}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let chunk = vec![b'u'; 1 << 20];
+        for _ in 0..1024 {
+            s.write_all(&chunk).unwrap();
+        }
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let r = support::http::parse(&resp).unwrap();
+        assert_eq!(r.json()["received"].as_u64(), Some(GIB));
+    });
+    eprintln!("worker RSS: {before} KiB before, peak {down} KiB downloading, {up} KiB uploading 1 GiB");
+    assert!(down < 50 * 1024 && up < 50 * 1024, "RSS must stay under 50 MiB: {down} / {up} KiB");
+}
