@@ -16,6 +16,19 @@ pub struct Gateway {
     pub path: PathBuf,
     /// The configuration new workers start with.
     pub config: Config,
+    /// The shared metrics region, mapped by the supervisor before the first fork.
+    pub shared: Option<supervisor::SharedMemory>,
+    /// How the supervisor's sockets are laid out: this many data sockets, then the admin
+    /// socket if true. Fixed at start: sockets are not reopened on reload.
+    pub sockets: (usize, bool),
+}
+
+impl Gateway {
+    /// A gateway for `config`, read from `path`.
+    pub fn new(path: PathBuf, config: Config) -> Self {
+        let sockets = (config.server.listen.len(), config.admin.is_some());
+        Gateway { path, config, shared: None, sockets }
+    }
 }
 
 /// Reports worker readiness and heartbeats on the supervisor's control pipe.
@@ -34,9 +47,28 @@ impl worker::Lifecycle for PipeLifecycle {
 impl supervisor::App for Gateway {
     fn run_worker(&self, ctx: WorkerContext) -> i32 {
         let c = &self.config;
+        let mut listeners = ctx.listeners;
+        // The supervisor opened the admin socket last (see Config::supervisor_settings); the
+        // token comes from the current configuration.
+        let admin_socket = if self.sockets.1 { listeners.pop() } else { None };
+        listeners.truncate(self.sockets.0);
+        let token = c.admin.as_ref().and_then(|a| a.token.clone());
+        let admin = admin_socket.map(|l| (l, token));
+        let metrics = match self.shared {
+            // SAFETY: the region was mapped with Metrics::size() bytes before the fork, page
+            // aligned and zero-filled, and is never unmapped.
+            Some(region) if region.len() >= worker::metrics::Metrics::size() => unsafe {
+                worker::metrics::Metrics::from_raw(region.as_ptr(), ctx.slot)
+            },
+            _ => worker::metrics::Metrics::local(ctx.slot),
+        };
         let settings = worker::Settings {
             slot: ctx.slot,
-            listeners: ctx.listeners,
+            listeners,
+            admin,
+            metrics,
+            generation: ctx.generation,
+            access_log: c.log.access,
             proxy: c.proxy.clone(),
             header_routing: c.header_routing.clone(),
             routes: c.routes.clone(),
@@ -59,6 +91,14 @@ impl supervisor::App for Gateway {
         log::info!("reload: {} is valid", self.path.display());
         self.config = config;
         Ok(self.config.supervisor_settings())
+    }
+
+    fn shared_memory_size(&self) -> usize {
+        worker::metrics::Metrics::size()
+    }
+
+    fn attach_shared(&mut self, region: supervisor::SharedMemory) {
+        self.shared = Some(region);
     }
 
     fn status(&self) -> String {

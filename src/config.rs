@@ -37,6 +37,21 @@ pub struct Config {
     /// `[cache]`.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// `[admin]`; absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<worker::admin::AdminSettings>,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One line per request (target `access`): client, method, path, status, bytes, service,
+    /// instance, duration.
+    pub access: bool,
 }
 
 /// `[server]`.
@@ -166,6 +181,17 @@ impl Config {
         if self.server.backlog < 1 {
             return Err("server.backlog: must be at least 1".into());
         }
+        if let Some(admin) = &self.admin {
+            if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
+                    admin.listen
+                ));
+            }
+            if self.server.listen.contains(&admin.listen) {
+                return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
+            }
+        }
         if !(0.0..=1.0).contains(&self.proxy.retry_budget) {
             return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
         }
@@ -193,11 +219,13 @@ impl Config {
         Ok(())
     }
 
-    /// What the supervisor runs with.
+    /// What the supervisor runs with. The admin address, if any, is the last listen address.
     pub fn supervisor_settings(&self) -> supervisor::Settings {
         let s = &self.server;
+        let mut listen = s.listen.clone();
+        listen.extend(self.admin.as_ref().map(|a| a.listen));
         supervisor::Settings {
-            listen: s.listen.clone(),
+            listen,
             workers: s.workers.resolve(),
             backlog: s.backlog,
             shutdown_timeout: s.shutdown_timeout,
@@ -245,6 +273,9 @@ impl Config {
                 "zookeeper   {} root {} format {:?}, session {:?}, keep_last_on_empty {}\n",
                 zk.hosts, zk.root, zk.format, zk.session_timeout, zk.keep_last_on_empty
             );
+        }
+        if let Some(a) = &self.admin {
+            out += &format!("admin       {}{}\n", a.listen, if a.token.is_some() { " (bearer token)" } else { "" });
         }
         if let Some(s) = &self.cache.snapshot {
             out += &format!("snapshot    {}\n", s.display());
@@ -346,6 +377,14 @@ mod tests {
         assert!(e.message.contains("zookeeper.hosts"), "{e}");
         let e = parse("[zookeeper]\nhosts = \"127.0.0.1:2181\"\nformat = \"eureka\"\n").unwrap_err();
         assert!(e.message.contains("unknown variant `eureka`"), "{e}");
+    }
+
+    #[test]
+    fn a_public_admin_listener_needs_a_token() {
+        let e = parse("[admin]\nlisten = \"0.0.0.0:9901\"\n").unwrap_err();
+        assert!(e.message.contains("admin.token"), "{e}");
+        assert!(parse("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n").is_ok());
+        assert!(parse("[admin]\n").is_ok(), "loopback by default");
     }
 
     #[test]

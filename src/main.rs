@@ -91,7 +91,7 @@ fn check(path: PathBuf) -> anyhow::Result<u8> {
 fn run(path: PathBuf) -> anyhow::Result<u8> {
     let config = Config::load(&path)?;
     let settings = config.supervisor_settings();
-    let gateway = app::Gateway { path: path.clone(), config };
+    let gateway = app::Gateway::new(path.clone(), config);
     let code = supervisor::run(settings, gateway).with_context(|| format!("starting with {}", path.display()))?;
     Ok(u8::try_from(code).unwrap_or(1))
 }

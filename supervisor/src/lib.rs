@@ -15,6 +15,7 @@
 //! - [`spawn`]: `fork`, what the child does before running the worker (signal mask, CPU pinning,
 //!   privilege drop), and the control pipe a worker reports readiness and heartbeats on.
 //! - [`signals`]: the signalfd the supervisor waits on, and what each signal means.
+//! - [`shared`]: the shared memory region mapped before the first fork (the application's layout).
 //! - [`notify`]: the systemd `sd_notify` protocol (`READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=`).
 //! - [`supervise`]: the event loop and the state of each slot: respawn with backoff, rolling
 //!   reload, adding and removing slots, graceful and fast stop, hung-worker detection.
@@ -22,6 +23,7 @@
 //! See `supervisor/README.md` for the slot state machine.
 
 pub mod notify;
+pub mod shared;
 pub mod signals;
 pub mod slots;
 pub mod spawn;
@@ -30,6 +32,7 @@ pub mod supervise;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use shared::SharedMemory;
 pub use spawn::{ControlPipe, WorkerContext};
 pub use supervise::run;
 
@@ -73,6 +76,14 @@ pub trait App {
     fn status(&self) -> String {
         String::new()
     }
+
+    /// Bytes of shared memory the application wants mapped before the first fork (0: none).
+    fn shared_memory_size(&self) -> usize {
+        0
+    }
+
+    /// Hands the application its shared memory region, once, before the first fork.
+    fn attach_shared(&mut self, _region: SharedMemory) {}
 }
 
 /// Errors that stop the supervisor from starting or running.

@@ -86,8 +86,12 @@ struct Supervisor<A: App> {
 
 /// Runs the supervisor until it is stopped. Returns the process exit code: 0 after a stop by
 /// signal, 1 when every slot failed fatally so no worker is left.
-pub fn run<A: App>(settings: Settings, app: A) -> Result<i32, Error> {
+pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
     let sigfd = signals::open()?;
+    let shared = app.shared_memory_size();
+    if shared > 0 {
+        app.attach_shared(crate::SharedMemory::map(shared)?);
+    }
     let ids = spawn::resolve_ids(settings.user.as_deref(), settings.group.as_deref())?;
     match slots::tcp_migrate_req() {
         Some(false) => log::warn!(

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use zookeeper_client as zk;
 
 use crate::balance::Strategy;
+use crate::metrics::{Metrics, ZkState};
 use crate::routes::{Instance, RouteTable, Service, Source};
 use crate::settings::{Services, ZkSettings};
 use crate::snapshot::{self, Listing};
@@ -281,6 +282,7 @@ pub struct Watcher {
     settings: ZkSettings,
     skip: HashSet<String>,
     tx: mpsc::UnboundedSender<Update>,
+    metrics: Metrics,
 }
 
 /// One listing of a service, and the watches that fire when it changes.
@@ -293,8 +295,13 @@ struct Listed {
 
 impl Watcher {
     /// `skip`: services with static instances, never looked up.
-    pub fn new(settings: ZkSettings, skip: HashSet<String>, tx: mpsc::UnboundedSender<Update>) -> Self {
-        Watcher { settings, skip, tx }
+    pub fn new(
+        settings: ZkSettings,
+        skip: HashSet<String>,
+        tx: mpsc::UnboundedSender<Update>,
+        metrics: Metrics,
+    ) -> Self {
+        Watcher { settings, skip, tx, metrics }
     }
 
     /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
@@ -311,6 +318,7 @@ impl Watcher {
             let client = match client {
                 Ok(c) => c,
                 Err(e) => {
+                    self.metrics.set_zk_state(ZkState::Lost);
                     if !failing {
                         log::warn!(
                             "zookeeper {}: cannot connect ({e}); serving the last known routes, retrying",
@@ -325,6 +333,7 @@ impl Watcher {
             log::info!("zookeeper {}: session 0x{:x} established", self.settings.hosts, client.session_id().0);
             failing = false;
             backoff = Backoff(0);
+            self.metrics.set_zk_state(ZkState::Connected);
             self.clone().session(client).await;
         }
     }
@@ -360,6 +369,7 @@ impl Watcher {
             }
         }
         drop(listed);
+        self.metrics.zk_resync();
         let _ = self.tx.send(Update::Full(full));
         for (name, l) in first {
             let (watches, warned) = l.map(|l| (Some(l.watches), l.warned)).unwrap_or_default();
@@ -384,6 +394,7 @@ impl Watcher {
                         }
                     };
                     root_event = Box::pin(w.changed());
+                    self.metrics.zk_event();
                     let names: HashSet<String> = names.into_iter().collect();
                     tasks.retain(|name, task| {
                         let keep = names.contains(name);
@@ -401,13 +412,20 @@ impl Watcher {
                     }
                 }
                 s = state.changed() => match s {
-                    zk::SessionState::Disconnected => log::warn!("zookeeper: disconnected; serving the last known routes while the client reconnects"),
-                    zk::SessionState::SyncConnected => log::info!("zookeeper: reconnected; session kept, watches restored"),
+                    zk::SessionState::Disconnected => {
+                        self.metrics.set_zk_state(ZkState::Disconnected);
+                        log::warn!("zookeeper: disconnected; serving the last known routes while the client reconnects");
+                    }
+                    zk::SessionState::SyncConnected => {
+                        self.metrics.set_zk_state(ZkState::Connected);
+                        log::info!("zookeeper: reconnected; session kept, watches restored");
+                    }
                     s if s.is_terminated() => break s,
                     _ => {}
                 },
             }
         };
+        self.metrics.set_zk_state(ZkState::Lost);
         log::warn!("zookeeper: session ended ({end}); opening a new session and resyncing, routes kept meanwhile");
         abort_all(tasks);
     }
@@ -529,6 +547,7 @@ impl Watcher {
             match self.list_service(&client, &name, &mut warned).await {
                 Ok(l) => {
                     backoff = Backoff(0);
+                    self.metrics.zk_event();
                     let _ = self.tx.send(Update::Service(name.clone(), l.instances));
                     watches = Some(l.watches);
                 }

@@ -13,17 +13,21 @@
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
 //! - [`proxy`]: the request path composed from the above, and the JSON error answers.
 //! - [`server`]: accept loops, connection limits, graceful drain.
+//! - [`admin`]: the admin API (`/healthz`, `/readyz`, `/routes`, `/workers`, `/metrics`).
+//! - [`metrics`]: counters and worker status in the supervisor's shared memory region.
 //! - [`health`]: passive outlier detection and active health checks.
 //! - [`discovery`]: the ZooKeeper session, watches, and the task that builds route tables.
 //! - [`formats`]: the four registry formats (registrator, curator, serverset, nerve).
 //! - [`snapshot`]: the on-disk copy of discovered routes, for starts without ZooKeeper.
 //! - [`register`]: `zkgate register`, the writer side of the formats.
 
+pub mod admin;
 pub mod balance;
 pub mod discovery;
 pub mod formats;
 pub mod headers;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod register;
 pub mod router;
@@ -70,6 +74,14 @@ pub struct Settings {
     pub zookeeper: Option<ZkSettings>,
     /// `[cache]`.
     pub cache: CacheSettings,
+    /// The admin listener (inherited like the others) and its bearer token.
+    pub admin: Option<(std::net::TcpListener, Option<String>)>,
+    /// Where this worker writes its counters.
+    pub metrics: metrics::Metrics,
+    /// Configuration generation (tells a crash-restart from a reload in the metrics).
+    pub generation: u64,
+    /// Log one line per request at info level (target `access`).
+    pub access_log: bool,
 }
 
 /// Events a worker reports to whoever runs it (the supervisor, through the binary).
@@ -113,6 +125,7 @@ pub fn static_table(services: &Services, default: balance::Strategy) -> RouteTab
 /// not answer within `connect_timeout`, from the snapshot.
 fn start_discovery(settings: &Settings, table: SharedTable) -> watch::Receiver<Option<Source>> {
     let (ready_tx, ready_rx) = watch::channel(None);
+    let metrics = settings.metrics;
     let Some(zk) = settings.zookeeper.clone() else {
         let _ = ready_tx.send(Some(Source::Static));
         return ready_rx;
@@ -132,7 +145,7 @@ fn start_discovery(settings: &Settings, table: SharedTable) -> watch::Receiver<O
     tokio::spawn(discovery::build_tables(rx, registry, builder, table, ready_tx, snapshot_tx));
     let skip = settings.services.iter().filter(|(_, s)| s.instances.is_some()).map(|(n, _)| n.clone()).collect();
     let connect_timeout = zk.connect_timeout;
-    tokio::spawn(Arc::new(discovery::Watcher::new(zk, skip, tx.clone())).run());
+    tokio::spawn(Arc::new(discovery::Watcher::new(zk, skip, tx.clone(), metrics)).run());
     let (mut waiting, snapshot) = (ready_rx.clone(), settings.cache.snapshot.clone());
     tokio::spawn(async move {
         if tokio::time::timeout(connect_timeout, waiting.wait_for(Option::is_some)).await.is_err() {
@@ -154,10 +167,19 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
 
     let table: SharedTable =
         Arc::new(ArcSwap::from_pointee(static_table(&settings.services, settings.proxy.load_balance)));
+    let metrics = settings.metrics;
+    metrics.started(settings.generation);
     let router = router::Router::new(&settings.header_routing, &settings.routes);
-    let proxy = Arc::new(proxy::Proxy::new(table.clone(), router, settings.proxy.clone(), settings.services.clone()));
+    let proxy = Arc::new(proxy::Proxy::new(
+        table.clone(),
+        router,
+        settings.proxy.clone(),
+        settings.services.clone(),
+        metrics,
+        settings.access_log,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = server::Server::new(proxy, &settings.proxy, stop_rx);
+    let server = server::Server::new(proxy, &settings.proxy, stop_rx.clone(), metrics);
 
     let mut accept_loops = Vec::new();
     for l in std::mem::take(&mut settings.listeners) {
@@ -171,6 +193,11 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         }
     }
     let mut ready = start_discovery(&settings, table.clone());
+    if let Some((listener, token)) = settings.admin.take() {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
+        let admin = admin::Admin { table: table.clone(), metrics, ready: ready.clone(), token, slot: settings.slot };
+        tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
+    }
     let (slot, ready_table, ready_life) = (settings.slot, table.clone(), lifecycle.clone());
     tokio::spawn(async move {
         if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
@@ -188,6 +215,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         loop {
             tick.tick().await;
             beat.heartbeat();
+            metrics.heartbeat();
         }
     });
 

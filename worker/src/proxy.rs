@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -14,6 +15,7 @@ use hyper::body::Incoming;
 
 use crate::balance::{hash_key, PickContext};
 use crate::headers;
+use crate::metrics::{Metrics, UNROUTED};
 use crate::router::{request_host, RouteError, Router, Target};
 use crate::routes::Service;
 use crate::settings::{HashOn, ProxySettings, Services};
@@ -105,11 +107,29 @@ pub struct Proxy {
     worker: HeaderValue,
     active: AtomicUsize,
     retrying: AtomicUsize,
+    metrics: Metrics,
+    unrouted: usize,
+    access_log: bool,
+}
+
+/// What the request path learned, for metrics and the access log.
+#[derive(Default)]
+struct Trace {
+    service: Option<Arc<Service>>,
+    instance: Option<String>,
+    latency: Option<Duration>,
 }
 
 impl Proxy {
     /// Builds the proxy of one worker.
-    pub fn new(table: SharedTable, router: Router, settings: ProxySettings, services: Services) -> Self {
+    pub fn new(
+        table: SharedTable,
+        router: Router,
+        settings: ProxySettings,
+        services: Services,
+        metrics: Metrics,
+        access_log: bool,
+    ) -> Self {
         Proxy {
             table,
             router,
@@ -119,15 +139,20 @@ impl Proxy {
             worker: HeaderValue::from(std::process::id()),
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
+            unrouted: metrics.service_index(UNROUTED),
+            metrics,
+            access_log,
         }
     }
 
     /// Answers one client request; never fails (errors are answered with their status).
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         self.active.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = match self.proxy(req, client).await {
+        let mut trace = Trace::default();
+        let resp = match self.proxy(req, client, &mut trace).await {
             Ok(resp) => resp,
             Err(e) => {
                 match &e {
@@ -141,14 +166,36 @@ impl Proxy {
             }
         };
         self.active.fetch_sub(1, Ordering::Relaxed);
+        let idx = match &trace.service {
+            Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
+            None => self.unrouted,
+        };
+        self.metrics.request(idx, resp.status().as_u16(), trace.latency);
+        if self.access_log {
+            let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            log::info!(
+                target: "access",
+                "{client} \"{method} {path}\" {} {bytes} service={} instance={} {:.1}ms",
+                resp.status().as_u16(),
+                trace.service.as_ref().map_or("-", |s| s.name.as_str()),
+                trace.instance.as_deref().unwrap_or("-"),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
         resp
     }
 
-    async fn proxy(&self, mut req: Request<Incoming>, client: SocketAddr) -> Result<Response<Body>, ProxyError> {
+    async fn proxy(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        trace: &mut Trace,
+    ) -> Result<Response<Body>, ProxyError> {
         let target = self.router.route(req.uri(), req.headers())?;
         let table = self.table.load_full();
         let service =
             table.get(&target.service).cloned().ok_or_else(|| ProxyError::UnknownService(target.service.clone()))?;
+        trace.service = Some(service.clone());
         let key = self.hash_key(&service, &req, client);
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -165,7 +212,10 @@ impl Proxy {
             let b = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
             let outgoing = self.prepare(&parts, b, &target, &instance.address, client, upgrade.is_some());
             let inflight = InFlight::start(service.clone(), idx);
+            trace.instance = Some(instance.address.clone());
+            let sent = Instant::now();
             let result = self.upstream.send(outgoing).await;
+            trace.latency = Some(sent.elapsed());
             self.record(&service, idx, &result);
             match result {
                 Ok(resp) => return Ok(self.respond(resp, parts.version, &instance.address, inflight, upgrade)),
@@ -176,6 +226,7 @@ impl Proxy {
                         instance.address
                     );
                     _retry.get_or_insert_with(|| RetryGuard::new(&self.retrying));
+                    self.metrics.retry();
                     continue;
                 }
                 Err(e) => return Err(ProxyError::Upstream(service.name.clone(), e)),
@@ -207,6 +258,7 @@ impl Proxy {
         if !failed {
             service.health.success(idx);
         } else if let Some(span) = service.health.failure(idx, &self.settings.outlier) {
+            self.metrics.ejection();
             log::warn!(
                 "service {}: instance {} ejected for {}s after {} consecutive failures",
                 service.name,

@@ -99,6 +99,8 @@ pub struct Service {
     pub balancer: Box<dyn Balancer>,
     /// Ejection and health-check state of `instances`, index-aligned.
     pub health: crate::health::ServiceHealth,
+    /// This service's row in the shared metrics (looked up once, on first use).
+    pub stats: std::sync::OnceLock<usize>,
 }
 
 impl fmt::Debug for Service {
@@ -119,7 +121,7 @@ impl Service {
         instances.dedup_by(|a, b| a.address == b.address);
         let balancer = balance::build(strategy, &instances);
         let health = crate::health::ServiceHealth::new(instances.len());
-        Service { name: name.into(), instances, source, strategy, balancer, health }
+        Service { name: name.into(), instances, source, strategy, balancer, health, stats: Default::default() }
     }
 }
 

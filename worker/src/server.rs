@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::settings::ProxySettings;
 
@@ -52,17 +53,19 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-struct ConnGuard(Arc<Connections>);
+struct ConnGuard(Arc<Connections>, Metrics);
 
 impl ConnGuard {
-    fn new(c: Arc<Connections>) -> Self {
+    fn new(c: Arc<Connections>, metrics: Metrics) -> Self {
         c.active.fetch_add(1, Ordering::Relaxed);
-        ConnGuard(c)
+        metrics.connections(1);
+        ConnGuard(c, metrics)
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.1.connections(-1);
         if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -78,11 +81,17 @@ pub struct Server {
     pub connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
     header_read_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl Server {
     /// Prepares the HTTP/1.1 settings from `[proxy]`.
-    pub fn new(proxy: Arc<Proxy>, settings: &ProxySettings, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        settings: &ProxySettings,
+        shutdown: watch::Receiver<bool>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .keep_alive(true)
@@ -96,6 +105,7 @@ impl Server {
             connections: Arc::default(),
             shutdown,
             header_read_timeout: settings.header_read_timeout,
+            metrics,
         })
     }
 
@@ -140,7 +150,7 @@ impl Server {
 
     fn spawn_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
         let _ = stream.set_nodelay(true);
-        let guard = ConnGuard::new(self.connections.clone());
+        let guard = ConnGuard::new(self.connections.clone(), self.metrics);
         tokio::spawn(async move {
             let _guard = guard;
             let _permit = permit;

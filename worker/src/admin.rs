@@ -1,0 +1,161 @@
+//! The admin listener: `/healthz`, `/readyz`, `/routes`, `/workers`, `/metrics`.
+//!
+//! Every worker serves it on its own SO_REUSEPORT copy of the admin socket, so any worker may
+//! answer a scrape; `/metrics` and `/workers` read the shared region and are exact across
+//! workers, `/routes` and `/readyz` describe the worker that answered (its pid and slot are in
+//! the answer). Loopback by default; with a `token`, every request needs `Authorization: Bearer`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::routes::Source;
+use crate::upstream::Body;
+use crate::SharedTable;
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where the admin API listens (keep it on loopback unless a token is set).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// When set, requests need `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// What the admin endpoints read.
+pub struct Admin {
+    /// The worker's route table.
+    pub table: SharedTable,
+    /// The shared metrics region.
+    pub metrics: Metrics,
+    /// `Some(source)` once routes are loaded.
+    pub ready: watch::Receiver<Option<Source>>,
+    /// Bearer token, if required.
+    pub token: Option<String>,
+    /// This worker's slot.
+    pub slot: usize,
+}
+
+/// Serves the admin API until shutdown.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let admin = admin.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.answer(&req)) }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+impl Admin {
+    fn answer<B>(&self, req: &Request<B>) -> Response<Body> {
+        if let Some(token) = &self.token {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+            if !ok {
+                let mut r =
+                    json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "missing or wrong bearer token"}));
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "GET only"}));
+        }
+        match req.uri().path() {
+            "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok", "pid": std::process::id()})),
+            "/readyz" => match *self.ready.borrow() {
+                Some(source) => json(StatusCode::OK, serde_json::json!({"ready": true, "source": source})),
+                None => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false})),
+            },
+            "/routes" => json(StatusCode::OK, self.routes()),
+            "/workers" => json(StatusCode::OK, self.metrics.workers_json()),
+            "/metrics" => {
+                let mut r = Response::new(full(self.metrics.prometheus()));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
+            _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        }
+    }
+
+    fn routes(&self) -> serde_json::Value {
+        let table = self.table.load();
+        let services: Vec<serde_json::Value> = table
+            .services()
+            .iter()
+            .map(|s| {
+                let instances: Vec<serde_json::Value> = s
+                    .instances
+                    .iter()
+                    .enumerate()
+                    .map(|(i, inst)| {
+                        serde_json::json!({
+                            "address": inst.address,
+                            "weight": inst.weight,
+                            "ejected": s.health.ejected(i),
+                            "healthy": !s.health.down(i),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"name": s.name, "source": s.source, "load_balance": s.strategy, "instances": instances})
+            })
+            .collect();
+        serde_json::json!({
+            "worker": {"pid": std::process::id(), "slot": self.slot},
+            "ready": self.ready.borrow().is_some(),
+            "zookeeper": self.metrics.zk_state().as_str(),
+            "services": services,
+        })
+    }
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed()
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(format!("{v}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,418 @@
+//! Metrics and worker status in shared memory: the one owner of the region the supervisor maps
+//! before forking. Each worker writes only its own slot (plain atomic adds); any worker
+//! answering a scrape sums every slot, so `/metrics` and `/workers` are exact across processes.
+//!
+//! Layout (`#[repr(C)]`, all atomics, zero = empty): a table of service names claimed by
+//! compare-and-swap, shared by all workers so one service has one index everywhere; then one
+//! [`WorkerStats`] per slot with per-service counters. Fixed capacity: services beyond
+//! [`MAX_SERVICES`] - 1 share the last row, named `_other`; slots beyond [`MAX_WORKERS`] share
+//! the last slot.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Worker slots with their own counters.
+pub const MAX_WORKERS: usize = 64;
+/// Services with their own counters (the last row is `_other`).
+pub const MAX_SERVICES: usize = 256;
+const NAME_LEN: usize = 120;
+/// Upper bounds (seconds) of the upstream latency histogram buckets.
+pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Name under which requests that matched no service are counted.
+pub const UNROUTED: &str = "_unrouted";
+const OTHER: &str = "_other";
+
+#[repr(C)]
+struct Name {
+    /// 0 free, 1 being written, 2 ready.
+    state: AtomicU32,
+    len: AtomicU32,
+    bytes: [AtomicU8; NAME_LEN],
+}
+
+#[repr(C)]
+struct ServiceStats {
+    by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// One worker slot's status and counters.
+#[repr(C)]
+pub struct WorkerStats {
+    pid: AtomicU32,
+    generation: AtomicU64,
+    started_ms: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    requests: AtomicU64,
+    active_connections: AtomicI64,
+    /// 0 no ZooKeeper, 1 connected, 2 disconnected, 3 session lost (resyncing).
+    zk_state: AtomicU32,
+    zk_events: AtomicU64,
+    zk_resyncs: AtomicU64,
+    ejections: AtomicU64,
+    retries: AtomicU64,
+    restarts: AtomicU64,
+    services: [ServiceStats; MAX_SERVICES],
+}
+
+/// The whole region.
+#[repr(C)]
+pub struct Region {
+    names: [Name; MAX_SERVICES],
+    workers: [WorkerStats; MAX_WORKERS],
+}
+
+/// ZooKeeper session state as `/routes` and `/metrics` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZkState {
+    /// No `[zookeeper]` configured.
+    None = 0,
+    /// Session connected.
+    Connected = 1,
+    /// Connection lost; session may still live; serving the last table.
+    Disconnected = 2,
+    /// Session expired or closed; a new one is being opened.
+    Lost = 3,
+}
+
+impl ZkState {
+    fn from_u32(v: u32) -> Self {
+        match v {
+            1 => ZkState::Connected,
+            2 => ZkState::Disconnected,
+            3 => ZkState::Lost,
+            _ => ZkState::None,
+        }
+    }
+
+    /// Lower-case name for JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZkState::None => "none",
+            ZkState::Connected => "connected",
+            ZkState::Disconnected => "disconnected",
+            ZkState::Lost => "session_lost",
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A worker's handle on the region: where it writes, and what it reads for scrapes.
+#[derive(Clone, Copy)]
+pub struct Metrics {
+    region: &'static Region,
+    slot: usize,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Metrics(slot {})", self.slot)
+    }
+}
+
+impl Metrics {
+    /// Bytes the region needs.
+    pub const fn size() -> usize {
+        std::mem::size_of::<Region>()
+    }
+
+    /// A handle on a region mapped by the supervisor.
+    ///
+    /// # Safety
+    /// `ptr` must point to at least [`Metrics::size`] zero-initialised (or previously written by
+    /// this module) bytes, aligned to 8, that stay mapped for the life of the process.
+    pub unsafe fn from_raw(ptr: *mut u8, slot: usize) -> Metrics {
+        // SAFETY: guaranteed by the caller; every field is an atomic, for which zero is valid.
+        let region = unsafe { &*(ptr as *const Region) };
+        Metrics { region, slot: slot.min(MAX_WORKERS - 1) }
+    }
+
+    /// A private region for a worker run without a supervisor (and for tests).
+    pub fn local(slot: usize) -> Metrics {
+        let layout = std::alloc::Layout::new::<Region>();
+        // SAFETY: the layout is non-zero sized; zeroed memory is a valid Region (all atomics);
+        // the allocation is leaked on purpose, so it lives as long as the process.
+        unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout);
+            assert!(!ptr.is_null(), "out of memory for the metrics region");
+            Metrics::from_raw(ptr, slot)
+        }
+    }
+
+    fn me(&self) -> &WorkerStats {
+        &self.region.workers[self.slot]
+    }
+
+    /// Records this worker's start in its slot; a start in the same generation as the previous
+    /// occupant is a restart after a crash (a reload starts a new generation).
+    pub fn started(&self, generation: u64) {
+        let me = self.me();
+        let prev = me.pid.swap(std::process::id(), Ordering::Relaxed);
+        let prev_gen = me.generation.swap(generation, Ordering::Relaxed);
+        if prev != 0 && prev_gen == generation {
+            me.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        me.started_ms.store(now_ms(), Ordering::Relaxed);
+        me.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        me.active_connections.store(0, Ordering::Relaxed);
+    }
+
+    /// The event loop is alive.
+    pub fn heartbeat(&self) {
+        self.me().heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A client connection opened (+1) or closed (-1).
+    pub fn connections(&self, delta: i64) {
+        self.me().active_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Client connections this worker has open.
+    pub fn active_connections(&self) -> i64 {
+        self.me().active_connections.load(Ordering::Relaxed)
+    }
+
+    /// The index of `service` in the shared name table (claimed on first use).
+    pub fn service_index(&self, service: &str) -> usize {
+        let name = &service.as_bytes()[..service.len().min(NAME_LEN)];
+        for (i, slot) in self.region.names.iter().enumerate().take(MAX_SERVICES - 1) {
+            loop {
+                match slot.state.load(Ordering::Acquire) {
+                    2 if read_name(slot) == name => return i,
+                    2 => break,
+                    1 => std::hint::spin_loop(),
+                    _ => {
+                        if slot.state.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                            for (b, v) in slot.bytes.iter().zip(name) {
+                                b.store(*v, Ordering::Relaxed);
+                            }
+                            slot.len.store(name.len() as u32, Ordering::Relaxed);
+                            slot.state.store(2, Ordering::Release);
+                            return i;
+                        }
+                    }
+                }
+            }
+        }
+        MAX_SERVICES - 1
+    }
+
+    /// A request answered with `status`; `latency` is the upstream time when one was asked.
+    pub fn request(&self, service_idx: usize, status: u16, latency: Option<Duration>) {
+        let me = self.me();
+        me.requests.fetch_add(1, Ordering::Relaxed);
+        let s = &me.services[service_idx.min(MAX_SERVICES - 1)];
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        s.by_class[class].fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = latency {
+            let secs = l.as_secs_f64();
+            if let Some(b) = BUCKETS.iter().position(|le| secs <= *le) {
+                s.buckets[b].fetch_add(1, Ordering::Relaxed);
+            }
+            s.count.fetch_add(1, Ordering::Relaxed);
+            s.sum_micros.fetch_add(l.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// An instance was ejected.
+    pub fn ejection(&self) {
+        self.me().ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was retried on another instance.
+    pub fn retry(&self) {
+        self.me().retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A ZooKeeper watch event or listing arrived.
+    pub fn zk_event(&self) {
+        self.me().zk_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A full resync of the registry was done.
+    pub fn zk_resync(&self) {
+        self.me().zk_resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The ZooKeeper session changed state.
+    pub fn set_zk_state(&self, s: ZkState) {
+        self.me().zk_state.store(s as u32, Ordering::Relaxed);
+    }
+
+    /// This worker's ZooKeeper session state.
+    pub fn zk_state(&self) -> ZkState {
+        ZkState::from_u32(self.me().zk_state.load(Ordering::Relaxed))
+    }
+
+    /// Every slot that has had a worker: the `/workers` answer.
+    pub fn workers_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .region
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0)
+            .map(|(i, w)| {
+                serde_json::json!({
+                    "slot": i,
+                    "pid": w.pid.load(Ordering::Relaxed),
+                    "generation": w.generation.load(Ordering::Relaxed),
+                    "started_unix_ms": w.started_ms.load(Ordering::Relaxed),
+                    "last_heartbeat_unix_ms": w.heartbeat_ms.load(Ordering::Relaxed),
+                    "requests": w.requests.load(Ordering::Relaxed),
+                    "active_connections": w.active_connections.load(Ordering::Relaxed),
+                    "restarts": w.restarts.load(Ordering::Relaxed),
+                    "zookeeper": ZkState::from_u32(w.zk_state.load(Ordering::Relaxed)).as_str(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "workers": rows })
+    }
+
+    /// Prometheus text format, summed over every slot.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let workers: Vec<(usize, &WorkerStats)> =
+            self.region.workers.iter().enumerate().filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0).collect();
+        let sum = |f: &dyn Fn(&WorkerStats) -> u64| workers.iter().map(|(_, w)| f(w)).sum::<u64>();
+        let names: Vec<(usize, String)> = self
+            .region
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.state.load(Ordering::Acquire) == 2)
+            .map(|(i, n)| (i, String::from_utf8_lossy(&read_name(n)).into_owned()))
+            .chain(std::iter::once((MAX_SERVICES - 1, OTHER.to_string())))
+            .collect();
+
+        out += "# HELP zkgate_requests_total Requests answered, by service and status class.\n";
+        out += "# TYPE zkgate_requests_total counter\n";
+        for (i, name) in &names {
+            for (c, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let n = sum(&|w| w.services[*i].by_class[c].load(Ordering::Relaxed));
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "zkgate_requests_total{{service=\"{}\",code_class=\"{class}\"}} {n}",
+                        escape(name)
+                    );
+                }
+            }
+        }
+        out += "# HELP zkgate_upstream_latency_seconds Time from sending a request to an instance to its response headers.\n";
+        out += "# TYPE zkgate_upstream_latency_seconds histogram\n";
+        for (i, name) in &names {
+            let count = sum(&|w| w.services[*i].count.load(Ordering::Relaxed));
+            if count == 0 {
+                continue;
+            }
+            let name = escape(name);
+            let mut cumulative = 0;
+            for (b, le) in BUCKETS.iter().enumerate() {
+                cumulative += sum(&|w| w.services[*i].buckets[b].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(out, "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}");
+            let micros = sum(&|w| w.services[*i].sum_micros.load(Ordering::Relaxed));
+            let _ = writeln!(out, "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}", micros as f64 / 1e6);
+            let _ = writeln!(out, "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}");
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, f: &dyn Fn(&WorkerStats) -> i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (slot, w) in &workers {
+                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", f(w));
+            }
+        };
+        gauge(&mut out, "zkgate_active_connections", "Client connections open, per worker slot.", "gauge", &|w| {
+            w.active_connections.load(Ordering::Relaxed)
+        });
+        let counter = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&WorkerStats) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (slot, w) in &workers {
+                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", f(w));
+            }
+        };
+        counter(&mut out, "zkgate_worker_requests_total", "Requests answered, per worker slot.", &|w| {
+            w.requests.load(Ordering::Relaxed)
+        });
+        counter(&mut out, "zkgate_worker_restarts_total", "Workers respawned after dying, per slot.", &|w| {
+            w.restarts.load(Ordering::Relaxed)
+        });
+        counter(&mut out, "zkgate_zookeeper_events_total", "ZooKeeper listings applied, per worker slot.", &|w| {
+            w.zk_events.load(Ordering::Relaxed)
+        });
+        counter(
+            &mut out,
+            "zkgate_zookeeper_resyncs_total",
+            "Full registry resyncs (new sessions), per worker slot.",
+            &|w| w.zk_resyncs.load(Ordering::Relaxed),
+        );
+        counter(&mut out, "zkgate_ejections_total", "Instances ejected by outlier detection, per worker slot.", &|w| {
+            w.ejections.load(Ordering::Relaxed)
+        });
+        counter(&mut out, "zkgate_retries_total", "Requests retried on another instance, per worker slot.", &|w| {
+            w.retries.load(Ordering::Relaxed)
+        });
+        gauge(
+            &mut out,
+            "zkgate_zookeeper_session_state",
+            "0 none, 1 connected, 2 disconnected, 3 session lost.",
+            "gauge",
+            &|w| i64::from(w.zk_state.load(Ordering::Relaxed)),
+        );
+        out
+    }
+}
+
+fn read_name(n: &Name) -> Vec<u8> {
+    let len = (n.len.load(Ordering::Relaxed) as usize).min(NAME_LEN);
+    n.bytes[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_workers_on_one_region_report_exact_totals() {
+        let a = Metrics::local(0);
+        // SAFETY: same live region as `a`, another slot, like a second worker process.
+        let b = unsafe { Metrics::from_raw(a.region as *const Region as *mut u8, 1) };
+        a.started(1);
+        b.started(1);
+        let (ia, ib) = (a.service_index("svc"), b.service_index("svc"));
+        assert_eq!(ia, ib, "one index per service across workers");
+        for _ in 0..3 {
+            a.request(ia, 200, Some(Duration::from_millis(3)));
+        }
+        b.request(ib, 503, Some(Duration::from_millis(30)));
+        let text = a.prometheus();
+        assert!(text.contains("zkgate_requests_total{service=\"svc\",code_class=\"2xx\"} 3"), "{text}");
+        assert!(text.contains("zkgate_requests_total{service=\"svc\",code_class=\"5xx\"} 1"), "{text}");
+        assert!(text.contains("zkgate_upstream_latency_seconds_bucket{service=\"svc\",le=\"0.005\"} 3"), "{text}");
+        assert!(text.contains("zkgate_upstream_latency_seconds_count{service=\"svc\"} 4"), "{text}");
+        assert_eq!(a.workers_json()["workers"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_restart_in_the_same_generation_counts_a_reload_does_not() {
+        let m = Metrics::local(0);
+        m.started(1);
+        m.started(1);
+        m.started(2);
+        assert!(m.prometheus().contains("zkgate_worker_restarts_total{slot=\"0\"} 1"));
+    }
+}
