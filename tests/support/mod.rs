@@ -59,12 +59,21 @@ pub struct GatewayBuilder {
     workers: usize,
     port: u16,
     env: Vec<(String, String)>,
+    worker_timeout: String,
+    server_extra: String,
 }
 
 impl Gateway {
     /// A gateway whose `gateway.toml` is `[server]` (listen, workers, timeouts) plus `body`.
     pub fn with(body: &str) -> GatewayBuilder {
-        GatewayBuilder { body: body.to_string(), workers: 2, port: free_port(), env: Vec::new() }
+        GatewayBuilder {
+            body: body.to_string(),
+            workers: 2,
+            port: free_port(),
+            env: Vec::new(),
+            worker_timeout: "10s".into(),
+            server_extra: String::new(),
+        }
     }
 
     pub fn pid(&self) -> Pid {
@@ -146,6 +155,17 @@ impl GatewayBuilder {
         self
     }
 
+    pub fn worker_timeout(mut self, t: &str) -> Self {
+        self.worker_timeout = t.into();
+        self
+    }
+
+    /// More `[server]` keys.
+    pub fn server_extra(mut self, keys: &str) -> Self {
+        self.server_extra = keys.into();
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -153,7 +173,9 @@ impl GatewayBuilder {
 
     /// The full configuration file this builder writes.
     pub fn config(&self) -> String {
-        server_section(self.port, self.workers) + &self.body
+        let server = server_section(self.port, self.workers)
+            .replace("worker_timeout = \"10s\"", &format!("worker_timeout = \"{}\"", self.worker_timeout));
+        server.trim_end().to_string() + "\n" + &self.server_extra + "\n" + &self.body
     }
 
     /// Starts the gateway and waits until every worker is ready.

