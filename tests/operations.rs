@@ -144,7 +144,7 @@ fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut gw = Gateway::with(&web(&[&b])).workers(2).env("NOTIFY_SOCKET", path.to_str().unwrap()).spawn();
-    let mut recv = || {
+    let recv = || {
         let mut buf = [0u8; 4096];
         let n = sock.recv(&mut buf).expect("a notify message");
         String::from_utf8_lossy(&buf[..n]).into_owned()
