@@ -201,7 +201,7 @@ impl Config {
         }
         // Without discovery every routed service must have static instances.
         for (i, r) in self.routes.iter().enumerate() {
-            if !self.services.get(&r.service).is_some_and(|s| s.instances.is_some()) {
+            if self.services.get(&r.service).is_none_or(|s| s.instances.is_none()) {
                 return Err(format!(
                     "route[{i}].service = {:?}: no [services.{}] with instances, and no [zookeeper] to discover it",
                     r.service, r.service
