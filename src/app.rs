@@ -102,7 +102,12 @@ impl supervisor::App for Gateway {
     }
 
     fn status(&self) -> String {
-        let instances: usize = self.config.services.values().filter_map(|s| s.instances.as_ref()).map(Vec::len).sum();
-        format!("{} services, {instances} static instances", self.config.services.len())
+        match self.shared {
+            // SAFETY: as in run_worker; slot 0 is only used as a reading handle here.
+            Some(region) if region.len() >= worker::metrics::Metrics::size() => unsafe {
+                worker::metrics::Metrics::from_raw(region.as_ptr(), 0).status_line()
+            },
+            _ => String::new(),
+        }
     }
 }

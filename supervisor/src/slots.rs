@@ -60,6 +60,69 @@ fn open_one(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+// asm-generic values (x86_64, aarch64, riscv, …); libc only exports them for Android.
+const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
+const SO_DETACH_REUSEPORT_BPF: nix::libc::c_int = 68;
+
+impl SlotSockets {
+    /// Steers new connections of every reuseport group this slot belongs to onto the first
+    /// `keep` sockets of the group (the kernel keeps a group's sockets in the order they started
+    /// listening, and slots only ever leave from the end). Used before a slot is removed: no new
+    /// connection lands on its socket, so closing it after its worker took the queue loses
+    /// nothing, with or without `tcp_migrate_req`.
+    ///
+    /// The program is classic BPF: `A = skb->hash % keep; return A`.
+    pub fn steer_to_first(&self, keep: usize) -> std::io::Result<()> {
+        use nix::libc::{sock_filter, sock_fprog, BPF_ABS, BPF_ALU, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W};
+        let keep = u32::try_from(keep.max(1)).unwrap_or(u32::MAX);
+        let mut prog = [
+            sock_filter {
+                code: (BPF_LD | BPF_W | BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: (nix::libc::SKF_AD_OFF + nix::libc::SKF_AD_RXHASH) as u32,
+            },
+            sock_filter { code: (BPF_ALU | BPF_MOD | BPF_K) as u16, jt: 0, jf: 0, k: keep },
+            // BPF_RET | BPF_A: return the accumulator.
+            sock_filter { code: (BPF_RET | 0x10) as u16, jt: 0, jf: 0, k: 0 },
+        ];
+        let fprog = sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+        for s in &self.sockets {
+            // SAFETY: a valid socket fd and a pointer to a sock_fprog that outlives the call.
+            let rc = unsafe {
+                nix::libc::setsockopt(
+                    s.as_raw_fd(),
+                    nix::libc::SOL_SOCKET,
+                    SO_ATTACH_REUSEPORT_CBPF,
+                    &fprog as *const sock_fprog as *const nix::libc::c_void,
+                    std::mem::size_of::<sock_fprog>() as nix::libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to the kernel's own hashing over every socket of the group.
+    pub fn clear_steering(&self) {
+        for s in &self.sockets {
+            let zero: nix::libc::c_int = 0;
+            // SAFETY: a valid socket fd and an int option value. ENOENT (nothing attached) is fine.
+            unsafe {
+                nix::libc::setsockopt(
+                    s.as_raw_fd(),
+                    nix::libc::SOL_SOCKET,
+                    SO_DETACH_REUSEPORT_BPF,
+                    &zero as *const nix::libc::c_int as *const nix::libc::c_void,
+                    std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
 /// Reads `net.ipv4.tcp_migrate_req`; `None` where the kernel has no such setting (before 5.14).
 pub fn tcp_migrate_req() -> Option<bool> {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok().map(|v| v.trim() != "0")
@@ -70,6 +133,27 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpStream;
+
+    #[test]
+    fn steering_sends_every_new_connection_to_the_first_sockets() {
+        let first = SlotSockets::open(&["127.0.0.1:0".parse().unwrap()], 64).unwrap();
+        let addr = first.sockets[0].local_addr().unwrap();
+        let second = SlotSockets::open(&[addr], 64).unwrap();
+        first.steer_to_first(1).unwrap();
+        let clients: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut on_second = 0;
+        while second.sockets[0].accept().is_ok() {
+            on_second += 1;
+        }
+        let mut on_first = 0;
+        while first.sockets[0].accept().is_ok() {
+            on_first += 1;
+        }
+        assert_eq!((on_first, on_second), (20, 0));
+        first.clear_steering();
+        drop(clients);
+    }
 
     #[test]
     fn two_slots_share_one_port_and_a_queued_connection_survives_a_closed_duplicate() {

@@ -25,6 +25,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// After a fast stop (QUIT) workers get this long before KILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(1);
+/// How often systemd's `STATUS=` line is refreshed (when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// Longest `poll` sleep: bounds how late a heartbeat check can be.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -82,6 +84,11 @@ struct Supervisor<A: App> {
     /// Whether systemd was told READY=1 for the current generation.
     announced_ready: bool,
     next_watchdog: Option<Instant>,
+    /// A BPF program steers connections away from removed slots still draining.
+    steering: bool,
+    /// When `STATUS=` is next refreshed, and what it said last.
+    next_status: Instant,
+    last_status: String,
 }
 
 /// Runs the supervisor until it is stopped. Returns the process exit code: 0 after a stop by
@@ -95,9 +102,9 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
     let ids = spawn::resolve_ids(settings.user.as_deref(), settings.group.as_deref())?;
     match slots::tcp_migrate_req() {
         Some(false) => log::warn!(
-            "net.ipv4.tcp_migrate_req is 0: connections queued on a removed worker's socket (TTOU) are reset; set it to 1 (see systemd/README.md)"
+            "net.ipv4.tcp_migrate_req is 0: zkgate steers connections away from a socket before removing it (TTOU), but a connection caught mid-handshake can still be reset; set it to 1 (see systemd/README.md)"
         ),
-        None => log::warn!("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): TTOU may reset queued connections"),
+        None => log::warn!("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): a TTOU may reset a connection caught mid-handshake"),
         Some(true) => {}
     }
     let mut slots = Vec::with_capacity(settings.workers);
@@ -125,6 +132,9 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
         roll: None,
         announced_ready: false,
         next_watchdog,
+        steering: false,
+        next_status: Instant::now() + STATUS_EVERY,
+        last_status: String::new(),
     };
     for i in 0..sup.slots.len() {
         sup.spawn(i, Role::Active);
@@ -352,6 +362,7 @@ impl<A: App> Supervisor<A> {
         let expected = matches!(w.role, Role::Draining { .. }) || matches!(self.phase, Phase::Stopping { .. });
         if expected {
             log::info!("worker slot {} (pid {pid}) {how} after {:.1}s", w.slot, lived.as_secs_f64());
+            self.forget_removed_slots();
             return;
         }
         log::warn!(
@@ -444,6 +455,14 @@ impl<A: App> Supervisor<A> {
                     let _ = kill(w.child.pid, Signal::SIGKILL);
                     w.killed = true;
                 }
+            }
+        }
+        if self.next_status <= now && self.announced_ready {
+            self.next_status = now + STATUS_EVERY;
+            let status = self.status_line();
+            if status != self.last_status {
+                self.notifier.send(&format!("STATUS={status}"));
+                self.last_status = status;
             }
         }
         if let Some(at) = self.next_watchdog {
@@ -595,6 +614,17 @@ impl<A: App> Supervisor<A> {
             return;
         }
         let Some(idx) = self.slots.iter().rposition(|s| s.sockets.is_some()) else { return };
+        // Steer new connections away from the leaving socket first (it is the last one of its
+        // reuseport groups), so that once its worker has taken its queue nothing new lands on it.
+        let keep = self.live_slots() - 1;
+        if let Some(first) = self.slots.iter().find_map(|s| s.sockets.as_ref()) {
+            match first.steer_to_first(keep) {
+                Ok(()) => self.steering = true,
+                Err(e) => log::warn!(
+                    "supervisor: cannot steer connections away from slot {idx} ({e}); its queue may be reset"
+                ),
+            }
+        }
         let deadline = Instant::now() + self.settings.shutdown_timeout;
         for w in self.workers.iter_mut().filter(|w| w.slot == idx) {
             w.role = Role::Draining { deadline };
@@ -603,15 +633,27 @@ impl<A: App> Supervisor<A> {
         let slot = &mut self.slots[idx];
         slot.sockets = None;
         slot.respawn_at = None;
-        // Drop trailing removed slots that have no worker left, so indices stay small.
-        while self.slots.last().is_some_and(|s| s.sockets.is_none()) && self.slots.len() > 1 {
+        self.settings.workers = self.live_slots();
+        log::info!("supervisor: removed worker slot {idx} ({} workers)", self.settings.workers);
+        self.forget_removed_slots();
+    }
+
+    /// Drops trailing removed slots whose workers are gone, and stops steering once no removed
+    /// slot has a worker left (its socket is then closed and out of the group).
+    fn forget_removed_slots(&mut self) {
+        while self.slots.len() > 1 && self.slots.last().is_some_and(|s| s.sockets.is_none()) {
             let last = self.slots.len() - 1;
             if self.workers.iter().any(|w| w.slot == last) {
                 break;
             }
             self.slots.pop();
         }
-        self.settings.workers = self.live_slots();
-        log::info!("supervisor: removed worker slot {idx} ({} workers)", self.settings.workers);
+        let retiring = self.workers.iter().any(|w| self.slots.get(w.slot).is_none_or(|s| s.sockets.is_none()));
+        if self.steering && !retiring {
+            if let Some(first) = self.slots.iter().find_map(|s| s.sockets.as_ref()) {
+                first.clear_steering();
+            }
+            self.steering = false;
+        }
     }
 }

@@ -217,6 +217,7 @@ pub async fn build_tables(
     table: SharedTable,
     ready: watch::Sender<Option<Source>>,
     snapshot: Option<watch::Sender<Arc<Listing>>>,
+    metrics: Metrics,
 ) {
     while let Some(first) = rx.recv().await {
         let mut changed = HashSet::new();
@@ -233,7 +234,10 @@ pub async fn build_tables(
             next = rx.try_recv().ok();
         }
         if !changed.is_empty() || table.load().counts().0 == 0 {
-            table.store(Arc::new(builder.build(&registry, &changed)));
+            let built = builder.build(&registry, &changed);
+            let (services, instances) = built.counts();
+            table.store(Arc::new(built));
+            metrics.set_routes(services, instances);
         }
         if ready.borrow().is_none() || (from_zk && *ready.borrow() == Some(Source::Snapshot)) {
             if let Some(src) = registry.source() {

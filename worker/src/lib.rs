@@ -142,7 +142,7 @@ fn start_discovery(settings: &Settings, table: SharedTable) -> watch::Receiver<O
     };
     let registry = discovery::Registry::new(zk.keep_last_on_empty);
     let builder = discovery::TableBuilder::new(&settings.services, settings.proxy.load_balance);
-    tokio::spawn(discovery::build_tables(rx, registry, builder, table, ready_tx, snapshot_tx));
+    tokio::spawn(discovery::build_tables(rx, registry, builder, table, ready_tx, snapshot_tx, metrics));
     let skip = settings.services.iter().filter(|(_, s)| s.instances.is_some()).map(|(n, _)| n.clone()).collect();
     let connect_timeout = zk.connect_timeout;
     tokio::spawn(Arc::new(discovery::Watcher::new(zk, skip, tx.clone(), metrics)).run());
@@ -202,6 +202,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     tokio::spawn(async move {
         if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
             let (services, instances) = ready_table.load().counts();
+            metrics.set_routes(services, instances);
             log::info!(
                 "worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})",
                 std::process::id()

@@ -55,6 +55,9 @@ pub struct WorkerStats {
     ejections: AtomicU64,
     retries: AtomicU64,
     restarts: AtomicU64,
+    /// Services and instances in this worker's current route table.
+    routed_services: AtomicU64,
+    routed_instances: AtomicU64,
     services: [ServiceStats; MAX_SERVICES],
 }
 
@@ -218,6 +221,22 @@ impl Metrics {
             s.count.fetch_add(1, Ordering::Relaxed);
             s.sum_micros.fetch_add(l.as_micros() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The route table now holds this many services and instances.
+    pub fn set_routes(&self, services: usize, instances: usize) {
+        self.me().routed_services.store(services as u64, Ordering::Relaxed);
+        self.me().routed_instances.store(instances as u64, Ordering::Relaxed);
+    }
+
+    /// A one-line summary for systemd's `STATUS=`: live workers and the largest route table.
+    pub fn status_line(&self) -> String {
+        let live: Vec<&WorkerStats> =
+            self.region.workers.iter().filter(|w| w.pid.load(Ordering::Relaxed) != 0).collect();
+        let services = live.iter().map(|w| w.routed_services.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let instances = live.iter().map(|w| w.routed_instances.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let requests: u64 = live.iter().map(|w| w.requests.load(Ordering::Relaxed)).sum();
+        format!("{services} services, {instances} instances, {requests} requests served")
     }
 
     /// An instance was ejected.

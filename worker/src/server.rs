@@ -132,18 +132,25 @@ impl Server {
                 }
             }
         }
-        self.drain_queue(listener);
+        self.drain_queue(listener).await;
     }
 
     /// Takes every connection already queued on the socket, then closes this worker's copy of it.
-    fn drain_queue(self: Arc<Self>, listener: TcpListener) {
+    /// A second pass a moment later catches handshakes that were completing during the first
+    /// (when the slot is being removed, the supervisor has already steered new ones elsewhere).
+    async fn drain_queue(self: Arc<Self>, listener: TcpListener) {
         let Ok(std) = listener.into_std() else { return };
-        while let Ok((stream, peer)) = std.accept() {
-            if stream.set_nonblocking(true).is_err() {
-                continue;
+        for pass in 0..2 {
+            if pass == 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if let Ok(stream) = TcpStream::from_std(stream) {
-                self.clone().spawn_connection(stream, peer, None);
+            while let Ok((stream, peer)) = std.accept() {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    self.clone().spawn_connection(stream, peer, None);
+                }
             }
         }
     }
