@@ -264,3 +264,24 @@ fn a_gibibyte_streams_both_ways_through_a_worker_with_flat_memory() {
     eprintln!("worker RSS: {before} KiB before, peak {down} KiB downloading, {up} KiB uploading 1 GiB");
     assert!(down < 50 * 1024 && up < 50 * 1024, "RSS must stay under 50 MiB: {down} / {up} KiB");
 }
+
+#[test]
+fn an_idle_keep_alive_client_connection_is_closed_after_idle_timeout() {
+    let b = Backend::start("b");
+    let body = format!(
+        "[proxy]\nidle_timeout = \"500ms\"\nheader_read_timeout = \"10s\"\n\n{}",
+        service("web", &[b.address()], "")
+    );
+    let gw = Gateway::with(&body).workers(1).start();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "first request served");
+    let idle_since = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = idle_since.elapsed();
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(5), "closed after {waited:?}");
+}

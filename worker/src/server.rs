@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +81,7 @@ pub struct Server {
     pub connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     metrics: Metrics,
 }
 
@@ -105,6 +106,7 @@ impl Server {
             connections: Arc::default(),
             shutdown,
             header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
             metrics,
         })
     }
@@ -167,12 +169,33 @@ impl Server {
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
             });
             let first_read = Arc::new(Notify::new());
-            let io = FirstRead { inner: stream, seen: false, notify: first_read.clone() };
+            let activity = Arc::new(AtomicU64::new(0));
+            let opened = tokio::time::Instant::now();
+            let io =
+                Tracked { inner: stream, seen: false, notify: first_read.clone(), activity: activity.clone(), opened };
             let conn = self.http.serve_connection(TokioIo::new(io), service).with_upgrades();
             tokio::pin!(conn);
             let mut shutdown = self.shutdown.clone();
+            let idle_for = |now: tokio::time::Instant| {
+                now.duration_since(opened).saturating_sub(Duration::from_millis(activity.load(Ordering::Relaxed)))
+            };
+            let idle_timeout = self.idle_timeout;
             let result = tokio::select! {
                 r = conn.as_mut() => r,
+                // A client connection with no bytes either way for idle_timeout is closed
+                // (hyper finishes a request still in flight first).
+                _ = async {
+                    loop {
+                        let idle = idle_for(tokio::time::Instant::now());
+                        if idle >= idle_timeout {
+                            return;
+                        }
+                        tokio::time::sleep(idle_timeout - idle).await;
+                    }
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
                 _ = stopped(&mut shutdown) => {
                     // hyper's graceful shutdown closes a connection that has not sent a byte yet;
                     // a client that connected just before the shutdown would read EOF instead of
@@ -199,14 +222,24 @@ fn log_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
     }
 }
 
-/// A client socket that signals its first received bytes (see the shutdown comment above).
-struct FirstRead {
+/// A client socket that signals its first received bytes (see the shutdown comment above) and
+/// records when it last moved a byte (for the idle timeout).
+struct Tracked {
     inner: TcpStream,
     seen: bool,
     notify: Arc<Notify>,
+    /// Milliseconds after `opened` of the last read or write.
+    activity: Arc<AtomicU64>,
+    opened: tokio::time::Instant,
 }
 
-impl tokio::io::AsyncRead for FirstRead {
+impl Tracked {
+    fn touch(&self) {
+        self.activity.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -214,22 +247,29 @@ impl tokio::io::AsyncRead for FirstRead {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if !self.seen && buf.filled().len() > before {
-            self.seen = true;
-            // notify_one stores a permit, so a waiter that arrives later still sees it.
-            self.notify.notify_one();
+        if buf.filled().len() > before {
+            self.touch();
+            if !self.seen {
+                self.seen = true;
+                // notify_one stores a permit, so a waiter that arrives later still sees it.
+                self.notify.notify_one();
+            }
         }
         r
     }
 }
 
-impl tokio::io::AsyncWrite for FirstRead {
+impl tokio::io::AsyncWrite for Tracked {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
     }
 
     fn poll_flush(

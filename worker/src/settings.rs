@@ -33,7 +33,8 @@ pub struct ProxySettings {
     /// A client must send its request headers within this time (slowloris protection).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
-    /// Idle keep-alive connections to instances are closed after this time.
+    /// Keep-alive connections, to instances and from clients, idle this long are closed (a
+    /// client waiting for its next request is also bound by `header_read_timeout`).
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers) accepted from a client.
