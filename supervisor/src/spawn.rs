@@ -162,8 +162,8 @@ fn prepare_child(
             Error::Sys { what: "dup slot socket", source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)) }
         })?;
     for fd in &inherited.close {
-        // SAFETY-free: closing a raw fd the supervisor owns; the owners are never dropped in the
-        // child because it exits without returning into the supervisor's code.
+        // Closing raw fds the supervisor owns is sound here: their owners are never dropped in
+        // the child, which exits without returning into the supervisor's code.
         let _ = nix::unistd::close(*fd);
     }
     if settings.cpu_affinity {

@@ -13,7 +13,7 @@
 //! restores its watches); an expired or closed session is replaced by a new one and a full
 //! resync. A node that does not parse is skipped with one warning naming its path.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -591,8 +591,9 @@ pub fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>)
     }
 }
 
-/// A registry listing from `(service, [address…])` pairs, for tests and benches.
-pub fn listing(pairs: &[(&str, &[&str])]) -> Listing {
+/// A registry listing from `(service, [address…])` pairs, for tests.
+#[cfg(test)]
+fn listing(pairs: &[(&str, &[&str])]) -> Listing {
     pairs
         .iter()
         .map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect()))

@@ -345,49 +345,42 @@ impl Metrics {
             let _ = writeln!(out, "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}", micros as f64 / 1e6);
             let _ = writeln!(out, "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}");
         }
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, f: &dyn Fn(&WorkerStats) -> i64| {
+        type Read = fn(&WorkerStats) -> i64;
+        let per_slot: [(&str, &str, &str, Read); 8] = [
+            ("zkgate_active_connections", "gauge", "Client connections open, per worker slot.", |w| {
+                w.active_connections.load(Ordering::Relaxed)
+            }),
+            ("zkgate_worker_requests_total", "counter", "Requests answered, per worker slot.", |w| {
+                w.requests.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_worker_restarts_total", "counter", "Workers respawned after dying, per slot.", |w| {
+                w.restarts.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_zookeeper_events_total", "counter", "ZooKeeper listings applied, per worker slot.", |w| {
+                w.zk_events.load(Ordering::Relaxed) as i64
+            }),
+            (
+                "zkgate_zookeeper_resyncs_total",
+                "counter",
+                "Full registry resyncs (new sessions), per worker slot.",
+                |w| w.zk_resyncs.load(Ordering::Relaxed) as i64,
+            ),
+            ("zkgate_ejections_total", "counter", "Instances ejected by outlier detection, per worker slot.", |w| {
+                w.ejections.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_retries_total", "counter", "Requests retried on another instance, per worker slot.", |w| {
+                w.retries.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_zookeeper_session_state", "gauge", "0 none, 1 connected, 2 disconnected, 3 session lost.", |w| {
+                i64::from(w.zk_state.load(Ordering::Relaxed))
+            }),
+        ];
+        for (name, kind, help, read) in per_slot {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (slot, w) in &workers {
-                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", f(w));
+                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
             }
-        };
-        gauge(&mut out, "zkgate_active_connections", "Client connections open, per worker slot.", "gauge", &|w| {
-            w.active_connections.load(Ordering::Relaxed)
-        });
-        let counter = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&WorkerStats) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (slot, w) in &workers {
-                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", f(w));
-            }
-        };
-        counter(&mut out, "zkgate_worker_requests_total", "Requests answered, per worker slot.", &|w| {
-            w.requests.load(Ordering::Relaxed)
-        });
-        counter(&mut out, "zkgate_worker_restarts_total", "Workers respawned after dying, per slot.", &|w| {
-            w.restarts.load(Ordering::Relaxed)
-        });
-        counter(&mut out, "zkgate_zookeeper_events_total", "ZooKeeper listings applied, per worker slot.", &|w| {
-            w.zk_events.load(Ordering::Relaxed)
-        });
-        counter(
-            &mut out,
-            "zkgate_zookeeper_resyncs_total",
-            "Full registry resyncs (new sessions), per worker slot.",
-            &|w| w.zk_resyncs.load(Ordering::Relaxed),
-        );
-        counter(&mut out, "zkgate_ejections_total", "Instances ejected by outlier detection, per worker slot.", &|w| {
-            w.ejections.load(Ordering::Relaxed)
-        });
-        counter(&mut out, "zkgate_retries_total", "Requests retried on another instance, per worker slot.", &|w| {
-            w.retries.load(Ordering::Relaxed)
-        });
-        gauge(
-            &mut out,
-            "zkgate_zookeeper_session_state",
-            "0 none, 1 connected, 2 disconnected, 3 session lost.",
-            "gauge",
-            &|w| i64::from(w.zk_state.load(Ordering::Relaxed)),
-        );
+        }
         out
     }
 }
