@@ -594,10 +594,7 @@ pub fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>)
 /// A registry listing from `(service, [address…])` pairs, for tests.
 #[cfg(test)]
 fn listing(pairs: &[(&str, &[&str])]) -> Listing {
-    pairs
-        .iter()
-        .map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect()))
-        .collect::<BTreeMap<_, _>>()
+    pairs.iter().map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect())).collect()
 }
 
 #[cfg(test)]
