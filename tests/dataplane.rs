@@ -285,3 +285,25 @@ fn an_idle_keep_alive_client_connection_is_closed_after_idle_timeout() {
     let waited = idle_since.elapsed();
     assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(5), "closed after {waited:?}");
 }
+
+#[test]
+fn h2c_clients_with_prior_knowledge_are_proxied_to_http1_instances() {
+    use http_body_util::{BodyExt, Empty};
+    let b = Backend::start("b");
+    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let (version, status, body) = rt.block_on(async {
+        let uri: hyper::Uri = format!("http://127.0.0.1:{}/over-h2?x=1", gw.port).parse().unwrap();
+        let resp = client.get(uri).await.expect("h2c request");
+        let (version, status) = (resp.version(), resp.status());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (version, status, body)
+    });
+    assert_eq!((version, status.as_u16()), (hyper::Version::HTTP_2, 200));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/over-h2?x=1");
+    assert_eq!(json["headers"]["host"], format!("127.0.0.1:{}", gw.port), "the :authority becomes Host");
+}

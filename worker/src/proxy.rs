@@ -322,10 +322,17 @@ impl Proxy {
             headers.insert(header::UPGRADE, proto);
         }
         headers::add_forwarded(&mut headers, client.ip(), original_host.as_deref());
-        if !self.settings.preserve_host || !headers.contains_key(header::HOST) {
-            if let Ok(h) = HeaderValue::from_str(address) {
-                headers.insert(header::HOST, h);
-            }
+        // HTTP/2 carries the host in :authority, not in a Host header.
+        let client_host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = match client_host {
+            Some(h) if self.settings.preserve_host => Some(h),
+            _ => HeaderValue::from_str(address).ok(),
+        };
+        if let Some(h) = host {
+            headers.insert(header::HOST, h);
         }
         let uri = format!("http://{address}{}", target.path);
         let mut req = Request::new(body);

@@ -1,5 +1,5 @@
-//! The client side: accept loops on the slot's sockets and one hyper HTTP/1.1 connection task
-//! per client, with the limits that keep a worker alive under hostile or excessive traffic.
+//! The client side: accept loops on the slot's sockets and one hyper connection task (HTTP/1.1,
+//! or h2c with prior knowledge) per client, with the limits that keep a worker alive under hostile or excessive traffic.
 //!
 //! Shutdown is explicit: a `watch` channel flips to `true`, accept loops take what is already
 //! queued on their socket and close it, and every connection finishes its in-flight request
@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -75,7 +75,7 @@ impl Drop for ConnGuard {
 /// What every connection task shares.
 pub struct Server {
     proxy: Arc<Proxy>,
-    http: http1::Builder,
+    http: auto::Builder<TokioExecutor>,
     limit: Arc<Semaphore>,
     /// Open connections.
     pub connections: Arc<Connections>,
@@ -93,12 +93,18 @@ impl Server {
         shutdown: watch::Receiver<bool>,
         metrics: Metrics,
     ) -> Arc<Self> {
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
+        // HTTP/1.1, and HTTP/2 with prior knowledge (h2c) when a client opens with its preface.
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(settings.header_read_timeout)
             // hyper answers 431 when the head does not fit; its floor is 8 KiB.
             .max_buf_size(settings.max_header_bytes.max(8192));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
         Arc::new(Server {
             proxy,
             http,
@@ -173,7 +179,7 @@ impl Server {
             let opened = tokio::time::Instant::now();
             let io =
                 Tracked { inner: stream, seen: false, notify: first_read.clone(), activity: activity.clone(), opened };
-            let conn = self.http.serve_connection(TokioIo::new(io), service).with_upgrades();
+            let conn = self.http.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
             let mut shutdown = self.shutdown.clone();
             let idle_for = |now: tokio::time::Instant| {
@@ -216,7 +222,7 @@ impl Server {
     }
 }
 
-fn log_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(e) = result {
         log::debug!("connection from {peer}: {e}");
     }
