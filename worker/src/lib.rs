@@ -186,10 +186,13 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
         accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
     }
-    let checker = Arc::new(upstream::Upstream::new(&settings.proxy));
-    for (name, svc) in &settings.services {
-        if let Some(check) = svc.health_check.clone() {
-            tokio::spawn(health::run_checks(name.clone(), check, table.clone(), checker.clone()));
+    let checks: Vec<_> =
+        settings.services.iter().filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?))).collect();
+    if !checks.is_empty() {
+        // Probes get their own pool, so they never queue behind client traffic.
+        let checker = Arc::new(upstream::Upstream::new(&settings.proxy));
+        for (name, check) in checks {
+            tokio::spawn(health::run_checks(name, check, table.clone(), checker.clone()));
         }
     }
     let mut ready = start_discovery(&settings, table.clone());

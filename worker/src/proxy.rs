@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
-use crate::balance::{hash_key, PickContext};
+use crate::balance::{hash_key, PickContext, Strategy};
 use crate::headers;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::router::{request_host, RouteError, Router, Target};
@@ -294,6 +294,9 @@ impl Proxy {
     }
 
     fn hash_key(&self, service: &Service, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+        if service.strategy != Strategy::ConsistentHash {
+            return None;
+        }
         let hash_on =
             self.services.get(&service.name).and_then(|s| s.hash_on.as_ref()).unwrap_or(&self.settings.hash_on);
         match hash_on {
