@@ -1,0 +1,94 @@
+//! The supervisor with applications that fail on purpose, in real processes: a fatal worker
+//! stops its slot and the supervisor exits non-zero; a crash-looping worker is respawned with
+//! backoff, not in a tight loop. The supervisor runs in a forked child so its signal mask and
+//! forks stay out of the test harness.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use supervisor::{App, Settings, SharedMemory, WorkerContext, EXIT_FATAL};
+
+/// Counts its workers in shared memory and exits each with `code`.
+struct Failing {
+    code: i32,
+    starts: SharedMemory,
+}
+
+impl App for Failing {
+    fn run_worker(&self, _ctx: WorkerContext) -> i32 {
+        // SAFETY: the region is 8+ bytes, page aligned, shared and never unmapped.
+        let counter = unsafe { &*(self.starts.as_ptr() as *const AtomicU64) };
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.code
+    }
+
+    fn reload(&mut self) -> Result<Settings, String> {
+        Err("not in this test".into())
+    }
+}
+
+fn settings(workers: usize) -> Settings {
+    Settings {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        workers,
+        backlog: 16,
+        shutdown_timeout: Duration::from_secs(2),
+        worker_timeout: Duration::from_secs(5),
+        cpu_affinity: false,
+        user: None,
+        group: None,
+    }
+}
+
+/// Runs a supervisor for `app` in a child process; returns its pid.
+fn spawn_supervisor(app: Failing, workers: usize) -> Pid {
+    // SAFETY: the child only runs the supervisor (which forks again and exits); it never
+    // returns into the test harness.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let code = supervisor::run(settings(workers), app).unwrap_or(99);
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    }
+}
+
+fn wait_exit(pid: Pid, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)).unwrap() {
+            WaitStatus::Exited(_, code) => return Some(code),
+            WaitStatus::Signaled(..) => return Some(-1),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+    None
+}
+
+fn starts(region: &SharedMemory) -> u64 {
+    // SAFETY: as in run_worker.
+    unsafe { &*(region.as_ptr() as *const AtomicU64) }.load(Ordering::SeqCst)
+}
+
+#[test]
+fn fatal_workers_stop_their_slots_and_a_crash_loop_backs_off() {
+    // Fatal: each slot's worker starts once, is not respawned, and the supervisor exits 1.
+    let region = SharedMemory::map(64).unwrap();
+    let pid = spawn_supervisor(Failing { code: EXIT_FATAL, starts: region }, 2);
+    assert_eq!(wait_exit(pid, Duration::from_secs(10)), Some(1), "the supervisor exits 1 with no worker left");
+    assert_eq!(starts(&region), 2, "a fatal slot is not respawned");
+
+    // Crash loop: respawns at 0, 100, 200, 400, 800, 1600 ms … — a handful in 2 s, not thousands.
+    let region = SharedMemory::map(64).unwrap();
+    let pid = spawn_supervisor(Failing { code: 1, starts: region }, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(pid, Duration::from_secs(10)), Some(0), "TERM stops a crash-looping supervisor cleanly");
+    let n = starts(&region);
+    assert!((4..=10).contains(&n), "{n} starts in 2 s");
+}
