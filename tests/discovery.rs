@@ -243,7 +243,8 @@ fn a_gateway_started_while_zookeeper_is_down_serves_from_the_snapshot() {
         drop(gw);
     }
     // ZooKeeper is gone now; its port is closed.
-    let dead = format!("127.0.0.1:{}", support::free_port());
+    let port = support::free_port();
+    let dead = format!("127.0.0.1:{port}");
     let body = format!(
         "[proxy]\ndebug_headers = true\n\n[zookeeper]\nhosts = \"{dead}\"\nconnect_timeout = \"1s\"\n\n{cache}"
     );
@@ -252,4 +253,30 @@ fn a_gateway_started_while_zookeeper_is_down_serves_from_the_snapshot() {
     for _ in 0..10 {
         assert_eq!(via_headers(&gw, "web", "/").unwrap().backend(), "b1");
     }
+    // The workers keep trying: once ZooKeeper answers, its listing replaces the snapshot.
+    let zk = Zk::standalone_on(port);
+    let b2 = Backend::start("b2");
+    zk.client().register("web", &b2.address());
+    assert_eventually!(
+        20,
+        every_worker_uses(&gw, "web", "b2") && no_worker_uses(&gw, "web", "b1"),
+        "zookeeper listing not taken over:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_chrooted_registry_is_read_relative_to_its_chroot() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let (b1, decoy) = (Backend::start("chrooted"), Backend::start("outside"));
+    c.register_under("/tenant-a/services", "web", &b1.address());
+    c.register("web", &decoy.address());
+    let body = format!(
+        "[proxy]\ndebug_headers = true\n\n[zookeeper]\nhosts = \"{}/tenant-a\"\nconnect_timeout = \"2s\"\n",
+        zk.hosts()
+    );
+    let gw = Gateway::with(&body).workers(2).start();
+    assert_eventually!(10, every_worker_uses(&gw, "web", "chrooted"), "chrooted instance not routed");
+    assert!(no_worker_uses(&gw, "web", "outside"), "the registry outside the chroot must not be read");
 }

@@ -28,8 +28,12 @@ pub struct Zk {
 impl Zk {
     /// One standalone server.
     pub fn standalone() -> Zk {
+        Zk::standalone_on(super::free_port())
+    }
+
+    /// One standalone server on `port`.
+    pub fn standalone_on(port: u16) -> Zk {
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
         let node =
             Node::configure(dir.path().join("1"), port, "", "org.apache.zookeeper.server.ZooKeeperServerMain", None);
         let mut z = Zk { _dir: dir, nodes: vec![node] };
@@ -224,7 +228,12 @@ impl ZkClient {
 
     /// Registers an instance as Registrator does: `<root>/<service>/<ip:port>`, ephemeral.
     pub fn register(&self, service: &str, address: &str) {
-        self.create(&format!("/services/{service}/{address}"), b"", true);
+        self.register_under("/services", service, address);
+    }
+
+    /// Registers an instance under another root (a chroot, say).
+    pub fn register_under(&self, root: &str, service: &str, address: &str) {
+        self.create(&format!("{root}/{service}/{address}"), b"", true);
     }
 
     /// Deregisters as Registrator does: the instance, then the service node if it is empty.
