@@ -171,6 +171,7 @@ impl Registry {
 pub struct TableBuilder {
     statics: HashMap<String, Arc<Service>>,
     strategies: HashMap<String, Strategy>,
+    weights: HashMap<String, std::collections::BTreeMap<String, u32>>,
     default: Strategy,
     current: HashMap<String, Arc<Service>>,
 }
@@ -184,7 +185,12 @@ impl TableBuilder {
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
         let strategies = services.iter().filter_map(|(n, s)| s.load_balance.map(|lb| (n.clone(), lb))).collect();
-        TableBuilder { statics, strategies, default, current: HashMap::new() }
+        let weights = services
+            .iter()
+            .filter(|(_, s)| !s.weights.is_empty())
+            .map(|(n, s)| (n.clone(), s.weights.clone()))
+            .collect();
+        TableBuilder { statics, strategies, weights, default, current: HashMap::new() }
     }
 
     /// Rebuilds the services in `changed` from `registry`; others keep their balancer state.
@@ -650,6 +656,19 @@ mod tests {
     }
 
     #[test]
+    fn configured_weights_override_a_discovered_services_weights() {
+        let mut services = Services::new();
+        let weights = [("10.0.0.2:80".to_string(), 5)].into_iter().collect();
+        services.insert("a".into(), crate::settings::ServiceSettings { weights, ..Default::default() });
+        let mut b = TableBuilder::new(&services, Strategy::Weighted);
+        let mut r = Registry::new(true);
+        let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])])));
+        let t = b.build(&r, &ch);
+        let w: Vec<u32> = t.get("a").unwrap().instances.iter().map(|i| i.weight).collect();
+        assert_eq!(w, [1, 5]);
+    }
+
+    #[test]
     fn the_builder_keeps_static_services_and_unchanged_balancers() {
         let mut services = Services::new();
         services.insert(
@@ -670,6 +689,7 @@ mod tests {
         assert_eq!(t1.get("static").unwrap().instances[0].address, "127.0.0.1:1", "static wins");
         let (_, ch) = r.apply(svc("a", &["10.0.0.3:80"]));
         let t2 = b.build(&r, &ch);
+        assert_eq!(t2.get("a").unwrap().instances[0].weight, 1);
         assert!(Arc::ptr_eq(t1.get("b").unwrap(), t2.get("b").unwrap()), "unchanged service reused");
         assert_eq!(t2.get("a").unwrap().instances[0].address, "10.0.0.3:80");
     }

@@ -148,6 +148,10 @@ pub struct ServiceSettings {
     /// Optional active HTTP health check of every instance.
     #[serde(default)]
     pub health_check: Option<crate::health::HealthCheck>,
+    /// Weights by instance address for a discovered service (Registrator and Curator carry
+    /// none); they override weights from the registry.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
 }
 
 /// The request key `consistent_hash` uses: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
