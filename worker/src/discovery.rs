@@ -200,8 +200,15 @@ impl TableBuilder {
             match registry.listing().get(name) {
                 Some(list) if !self.statics.contains_key(name) => {
                     let strategy = self.strategies.get(name).copied().unwrap_or(self.default);
-                    self.current
-                        .insert(name.clone(), Arc::new(Service::new(name.clone(), list.clone(), source, strategy)));
+                    let mut list = list.clone();
+                    if let Some(weights) = self.weights.get(name) {
+                        for i in &mut list {
+                            if let Some(w) = weights.get(&i.address) {
+                                i.weight = *w;
+                            }
+                        }
+                    }
+                    self.current.insert(name.clone(), Arc::new(Service::new(name.clone(), list, source, strategy)));
                 }
                 _ => {
                     self.current.remove(name);
