@@ -195,6 +195,23 @@ impl Config {
         if !(0.0..=1.0).contains(&self.proxy.retry_budget) {
             return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
         }
+        for (name, s) in &self.services {
+            if s.instances.is_some() && !s.weights.is_empty() {
+                return Err(format!(
+                    "services.{name}.weights: only for discovered services; give static instances a weight"
+                ));
+            }
+            if let Some(hc) = &s.health_check {
+                if !hc.path.starts_with('/') {
+                    return Err(format!("services.{name}.health_check.path = {:?}: must start with '/'", hc.path));
+                }
+                if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero() {
+                    return Err(format!(
+                        "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
+                    ));
+                }
+            }
+        }
         if let Some(zk) = &self.zookeeper {
             check_hosts(&zk.hosts).map_err(|e| format!("zookeeper.hosts: {e}"))?;
             return Ok(());
@@ -377,6 +394,15 @@ mod tests {
         assert!(e.message.contains("zookeeper.hosts"), "{e}");
         let e = parse("[zookeeper]\nhosts = \"127.0.0.1:2181\"\nformat = \"eureka\"\n").unwrap_err();
         assert!(e.message.contains("unknown variant `eureka`"), "{e}");
+    }
+
+    #[test]
+    fn service_options_are_checked() {
+        let e = parse("[services.a]\ninstances = [\"127.0.0.1:1\"]\nweights = { \"127.0.0.1:1\" = 2 }\n").unwrap_err();
+        assert!(e.message.contains("services.a.weights"), "{e}");
+        let e =
+            parse("[services.a]\ninstances = [\"127.0.0.1:1\"]\nhealth_check = { path = \"health\" }\n").unwrap_err();
+        assert!(e.message.contains("must start with '/'"), "{e}");
     }
 
     #[test]
