@@ -307,3 +307,40 @@ fn h2c_clients_with_prior_knowledge_are_proxied_to_http1_instances() {
     assert_eq!(json["path"], "/over-h2?x=1");
     assert_eq!(json["headers"]["host"], format!("127.0.0.1:{}", gw.port), "the :authority becomes Host");
 }
+
+#[test]
+fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let worker = gw.workers();
+    let hostile: [&[u8]; 6] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    ];
+    for raw in hostile {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(
+            resp.is_empty() || text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 505"),
+            "{:?} -> {text}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    // Both CL and TE: the body is read as chunked (RFC 9112 §6.1), never smuggled.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let r = support::http::parse(&resp).unwrap();
+    assert_eq!((r.status, r.json()["received"].as_u64()), (200, Some(5)));
+    assert_eq!(gw.workers(), worker, "no worker crashed");
+    assert_eq!(gw.get("/").unwrap().status, 200);
+}

@@ -55,6 +55,7 @@ impl ProxyError {
             ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -74,6 +75,7 @@ impl ProxyError {
         let message = match &self {
             ProxyError::Upstream(_, UpstreamError::Timeout(_)) => "upstream timeout".to_string(),
             ProxyError::Upstream(_, UpstreamError::BodyTooLarge) => "request body too large".to_string(),
+            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => "malformed request body".to_string(),
             ProxyError::Upstream(..) => "upstream failure".to_string(),
             other => other.to_string(),
         };
@@ -156,6 +158,9 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 match &e {
+                    ProxyError::Upstream(svc, err @ UpstreamError::ClientBody(_)) => {
+                        log::info!("service {svc}: {method} {path} from {client}: {err}")
+                    }
                     ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
                     ProxyError::NoInstance(svc) => {
                         log::warn!("service {svc}: {method} {path}: no instance may take traffic")
@@ -236,9 +241,12 @@ impl Proxy {
 
     /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
     fn limit_body(&self, service: &Service, headers: &http::HeaderMap, body: Incoming) -> Result<Body, ProxyError> {
+        // Tag the client's own body errors, so a malformed upload is the client's 400, not the
+        // instance's 502 (and does not count against the instance).
+        let body = body.map_err(|e| BoxError::from(ClientBodyError(e)));
         let max = self.settings.max_body_bytes;
         if max == 0 {
-            return Ok(body.map_err(BoxError::from).boxed());
+            return Ok(body.boxed());
         }
         let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
@@ -252,7 +260,7 @@ impl Proxy {
     fn record(&self, service: &Service, idx: usize, result: &Result<Response<Incoming>, UpstreamError>) {
         let failed = match result {
             Ok(resp) => resp.status().is_server_error(),
-            Err(UpstreamError::BodyTooLarge) => return,
+            Err(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => return,
             Err(_) => true,
         };
         if !failed {
@@ -423,6 +431,11 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
+
+/// An error reading the client's request body (as opposed to the instance failing).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(hyper::Error);
 
 /// Counts a request as retrying while it is, for the retry budget.
 struct RetryGuard<'a>(&'a AtomicUsize);

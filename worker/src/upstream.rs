@@ -35,6 +35,9 @@ pub enum UpstreamError {
     /// The client's body went over `max_body_bytes` while it streamed.
     #[error("request body over max_body_bytes")]
     BodyTooLarge,
+    /// The client's body was malformed or cut while it streamed (the client's fault).
+    #[error("{0}")]
+    ClientBody(String),
 }
 
 /// A worker's client to every instance.
@@ -66,6 +69,9 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(UpstreamError::BodyTooLarge),
+            Ok(Err(e)) if caused_by::<crate::proxy::ClientBodyError>(&e) => {
+                Err(UpstreamError::ClientBody(error_chain(&e)))
+            }
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }
