@@ -343,4 +343,5 @@ fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
     assert_eq!((r.status, r.json()["received"].as_u64()), (200, Some(5)));
     assert_eq!(gw.workers(), worker, "no worker crashed");
     assert_eq!(gw.get("/").unwrap().status, 200);
+    assert_eventually!(5, gw.log_count("closed: invalid HTTP") >= 3, "hostile input not logged:\n{}", gw.log());
 }

@@ -223,8 +223,14 @@ impl Server {
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-    if let Err(e) = result {
-        log::debug!("connection from {peer}: {e}");
+    let Err(e) = result else { return };
+    // Malformed or hostile HTTP and header timeouts are worth one line each; a client going
+    // away mid-connection is not.
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse() || h.is_parse_too_large() || h.is_timeout() => {
+            log::info!("connection from {peer} closed: {e}")
+        }
+        _ => log::debug!("connection from {peer}: {e}"),
     }
 }
 
