@@ -259,16 +259,22 @@ impl Config {
         let s = &self.server;
         let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
         out += &format!("listen      {}\n", listen.join(", "));
+        let workers = match s.workers {
+            Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
+            Workers::Count(n) => n.to_string(),
+        };
         out += &format!(
-            "workers     {} ({:?}), backlog {}, shutdown_timeout {:?}\n",
-            s.workers.resolve(),
-            s.workers,
+            "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\n",
             s.backlog,
-            s.shutdown_timeout
+            human(s.shutdown_timeout),
+            human(s.worker_timeout)
         );
         out += &format!(
-            "proxy       {:?}, connect {:?}, request {:?}, retries {}\n",
-            self.proxy.load_balance, self.proxy.connect_timeout, self.proxy.request_timeout, self.proxy.retries
+            "proxy       {}, connect {}, request {}, retries {}\n",
+            config_name(&self.proxy.load_balance),
+            human(self.proxy.connect_timeout),
+            human(self.proxy.request_timeout),
+            self.proxy.retries
         );
         let h = &self.header_routing;
         if h.enabled {
@@ -287,8 +293,12 @@ impl Config {
         }
         if let Some(zk) = &self.zookeeper {
             out += &format!(
-                "zookeeper   {} root {} format {:?}, session {:?}, keep_last_on_empty {}\n",
-                zk.hosts, zk.root, zk.format, zk.session_timeout, zk.keep_last_on_empty
+                "zookeeper   {} root {} format {}, session {}, keep_last_on_empty {}\n",
+                zk.hosts,
+                zk.root,
+                config_name(&zk.format),
+                human(zk.session_timeout),
+                zk.keep_last_on_empty
             );
         }
         if let Some(a) = &self.admin {
@@ -304,15 +314,26 @@ impl Config {
                 .flatten()
                 .map(|i| if i.weight == 1 { i.address.clone() } else { format!("{} (weight {})", i.address, i.weight) })
                 .collect();
-            let lb = svc.load_balance.unwrap_or(self.proxy.load_balance);
+            let lb = config_name(&svc.load_balance.unwrap_or(self.proxy.load_balance));
+            let check = svc.health_check.as_ref().map(|h| format!(", health check {}", h.path)).unwrap_or_default();
             if svc.instances.is_some() {
-                out += &format!("service     {name}: {:?}, static: {}\n", lb, instances.join(", "));
+                out += &format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "));
             } else {
-                out += &format!("service     {name}: {:?}, discovered\n", lb);
+                out += &format!("service     {name}: {lb}{check}, discovered\n");
             }
         }
         out
     }
+}
+
+/// How a value is written in gateway.toml (`round_robin`, not `RoundRobin`).
+fn config_name<T: serde::Serialize>(v: &T) -> String {
+    toml::Value::try_from(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// A duration as it is written in gateway.toml.
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 /// `host:port[,host:port…][/chroot]`, every host with a port.
