@@ -59,6 +59,7 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to listen on.
+    #[serde(deserialize_with = "worker::settings::listen_addr::list")]
     pub listen: Vec<SocketAddr>,
     /// `"auto"` (one per CPU) or a number.
     pub workers: Workers,

@@ -28,7 +28,7 @@ use crate::SharedTable;
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Where the admin API listens (keep it on loopback unless a token is set).
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "crate::settings::listen_addr::deserialize")]
     pub listen: std::net::SocketAddr,
     /// When set, requests need `Authorization: Bearer <token>`.
     #[serde(default)]

@@ -272,3 +272,28 @@ pub struct CacheSettings {
     #[serde(default)]
     pub snapshot: Option<std::path::PathBuf>,
 }
+
+/// Serde helpers for listen addresses: an IP and a port, with an error that shows the value.
+pub mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn parse<E: serde::de::Error>(s: &str) -> Result<SocketAddr, E> {
+        s.parse().map_err(|_| {
+            E::custom(format!(
+                "{s:?} is not an IP:port address (names are not resolved here; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"
+            ))
+        })
+    }
+
+    /// One address.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    /// A list of addresses.
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        Vec::<String>::deserialize(d)?.iter().map(|s| parse(s)).collect()
+    }
+}
