@@ -451,19 +451,12 @@ impl Watcher {
     /// registry, watched for creation.
     async fn list_root(&self, client: &zk::Client) -> Result<(Vec<String>, zk::OneshotWatcher), zk::Error> {
         let root = &self.settings.root;
-        match client.list_and_watch_children(root).await {
-            Ok((names, w)) => Ok((names.into_iter().filter(|n| !self.skip.contains(n)).collect(), w)),
-            Err(zk::Error::NoNode) => {
-                let (stat, w) = client.check_and_watch_stat(root).await?;
-                if stat.is_some() {
-                    // Created between the two calls: list again on the watch's event.
-                    log::debug!("zookeeper: {root} appeared while listing");
-                } else {
-                    log::warn!("zookeeper: registry root {root} does not exist yet; watching for it");
-                }
+        match children_or_creation(client, root).await? {
+            Children::Listed(names, w) => Ok((names.into_iter().filter(|n| !self.skip.contains(n)).collect(), w)),
+            Children::Missing(w) => {
+                log::warn!("zookeeper: registry root {root} does not exist yet; watching for it");
                 Ok((Vec::new(), w))
             }
-            Err(e) => Err(e),
         }
     }
 
@@ -491,13 +484,11 @@ impl Watcher {
         warned: &mut HashSet<String>,
     ) -> Result<Listed, zk::Error> {
         let path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
-        let (children, watch) = match client.list_and_watch_children(&path).await {
-            Ok(x) => x,
-            Err(zk::Error::NoNode) => {
-                let (_, w) = client.check_and_watch_stat(&path).await?;
+        let (children, watch) = match children_or_creation(client, &path).await? {
+            Children::Listed(children, w) => (children, w),
+            Children::Missing(w) => {
                 return Ok(Listed { instances: Vec::new(), watches: vec![w], warned: HashSet::new() });
             }
-            Err(e) => return Err(e),
         };
         let format = self.settings.format;
         let children: Vec<String> = children.into_iter().filter(|c| format.accepts_name(c)).collect();
@@ -574,6 +565,30 @@ impl Watcher {
                     tokio::time::sleep(backoff.next()).await;
                 }
             }
+        }
+    }
+}
+
+/// A node's children with a children watch, or, while the node does not exist, a watch that
+/// fires when it is created.
+enum Children {
+    Listed(Vec<String>, zk::OneshotWatcher),
+    Missing(zk::OneshotWatcher),
+}
+
+/// Lists `path` with a watch. A missing node gets an existence watch instead; if the node
+/// appears between the two calls, it is listed again, because an existence watch on a node that
+/// already exists would not fire for its children.
+async fn children_or_creation(client: &zk::Client, path: &str) -> Result<Children, zk::Error> {
+    loop {
+        match client.list_and_watch_children(path).await {
+            Ok((children, w)) => return Ok(Children::Listed(children, w)),
+            Err(zk::Error::NoNode) => {
+                if let (None, w) = client.check_and_watch_stat(path).await? {
+                    return Ok(Children::Missing(w));
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
 }
