@@ -280,3 +280,23 @@ fn requests_spread_over_every_worker() {
     }
     assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), workers, "SO_REUSEPORT spreads connections");
 }
+
+#[test]
+fn hup_applies_a_new_worker_count() {
+    let b1 = Backend::start("b1");
+    let gw = Gateway::with(&(services("web", &[&b1]) + &route_all("web"))).workers(2).start();
+    gw.rewrite_config(&gw.config_text().replace("workers = 2", "workers = 3"));
+    gw.signal(Signal::SIGHUP);
+    assert_eventually!(
+        15,
+        gw.log().contains("in service on every worker") && gw.workers().len() == 3,
+        "not 3 workers: {:?}",
+        gw.workers()
+    );
+    gw.rewrite_config(&gw.config_text().replace("workers = 3", "workers = 1"));
+    gw.signal(Signal::SIGHUP);
+    assert_eventually!(15, gw.workers().len() == 1, "not 1 worker: {:?}", gw.workers());
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").unwrap().backend(), "b1");
+    }
+}
