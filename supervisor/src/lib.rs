@@ -22,6 +22,8 @@
 //!
 //! See `supervisor/README.md` for the slot state machine.
 
+#![warn(missing_docs)]
+
 pub mod notify;
 pub mod shared;
 pub mod signals;

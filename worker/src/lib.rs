@@ -21,6 +21,8 @@
 //! - [`snapshot`]: the on-disk copy of discovered routes, for starts without ZooKeeper.
 //! - [`register`]: `zkgate register`, the writer side of the formats.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod balance;
 pub mod discovery;
