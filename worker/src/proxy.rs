@@ -149,7 +149,8 @@ impl Proxy {
 
     /// Answers one client request; never fails (errors are answered with their status).
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        // A guard, not a decrement at the end: hyper drops this future when the client leaves.
+        let _active = CountGuard::new(&self.active);
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -170,7 +171,6 @@ impl Proxy {
                 e.into_response()
             }
         };
-        self.active.fetch_sub(1, Ordering::Relaxed);
         let idx = match &trace.service {
             Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
             None => self.unrouted,
@@ -209,7 +209,7 @@ impl Proxy {
         let replayable = body_is_empty(&parts.headers) && upgrade.is_none();
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
-        let mut _retry: Option<RetryGuard<'_>> = None;
+        let mut _retry: Option<CountGuard<'_>> = None;
         loop {
             let idx = self.pick(&service, key, &tried)?;
             tried.push(idx);
@@ -230,7 +230,7 @@ impl Proxy {
                         service.name,
                         instance.address
                     );
-                    _retry.get_or_insert_with(|| RetryGuard::new(&self.retrying));
+                    _retry.get_or_insert_with(|| CountGuard::new(&self.retrying));
                     self.metrics.retry();
                     continue;
                 }
@@ -437,17 +437,17 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 #[error("client request body: {0}")]
 pub struct ClientBodyError(hyper::Error);
 
-/// Counts a request as retrying while it is, for the retry budget.
-struct RetryGuard<'a>(&'a AtomicUsize);
+/// Counts a request in `counter` (active, or retrying) for as long as it lives.
+struct CountGuard<'a>(&'a AtomicUsize);
 
-impl<'a> RetryGuard<'a> {
+impl<'a> CountGuard<'a> {
     fn new(counter: &'a AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
-        RetryGuard(counter)
+        CountGuard(counter)
     }
 }
 
-impl Drop for RetryGuard<'_> {
+impl Drop for CountGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
