@@ -171,11 +171,9 @@ fn more_clients_than_max_connections_wait_instead_of_failing() {
     }
 }
 
-#[test]
-fn websocket_upgrade_passes_through_and_echoes() {
-    let b = Backend::start("b");
-    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+/// Opens a WebSocket-style upgrade through the gateway and returns the upgraded stream.
+fn open_tunnel(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
     let mut head = Vec::new();
@@ -187,12 +185,39 @@ fn websocket_upgrade_passes_through_and_echoes() {
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
+    s
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg);
+}
+
+#[test]
+fn websocket_upgrade_passes_through_and_echoes() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let mut s = open_tunnel(gw.port);
     for msg in [&b"hello"[..], b"through the gateway"] {
-        s.write_all(msg).unwrap();
-        let mut got = vec![0u8; msg.len()];
-        s.read_exact(&mut got).unwrap();
-        assert_eq!(got, msg);
+        echo(&mut s, msg);
     }
+}
+
+#[test]
+fn an_open_websocket_survives_a_reload_and_its_worker_waits_for_it() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let old = gw.workers();
+    let mut s = open_tunnel(gw.port);
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(10, gw.log().contains("in service on every worker"), "reload did not finish");
+    std::thread::sleep(Duration::from_millis(300));
+    echo(&mut s, b"still here after the reload");
+    assert!(gw.workers().contains(&old[0]), "the old worker drains while the tunnel is open");
+    drop(s);
+    assert_eventually!(10, !gw.workers().contains(&old[0]), "old worker exits once the tunnel closed");
 }
 
 fn rss_kib(pid: i32) -> u64 {

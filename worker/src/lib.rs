@@ -172,6 +172,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let metrics = settings.metrics;
     metrics.started(settings.generation);
     let router = router::Router::new(&settings.header_routing, &settings.routes);
+    let connections = Arc::new(server::Connections::default());
     let proxy = Arc::new(proxy::Proxy::new(
         table.clone(),
         router,
@@ -179,9 +180,10 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         settings.services.clone(),
         metrics,
         settings.access_log,
+        connections.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = server::Server::new(proxy, &settings.proxy, stop_rx.clone(), metrics);
+    let server = server::Server::new(proxy, &settings.proxy, stop_rx.clone(), metrics, connections);
 
     let mut accept_loops = Vec::new();
     for l in std::mem::take(&mut settings.listeners) {

@@ -18,6 +18,7 @@ use crate::headers;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::router::{request_host, RouteError, Router, Target};
 use crate::routes::Service;
+use crate::server::{ConnGuard, Connections};
 use crate::settings::{HashOn, ProxySettings, Services};
 use crate::upstream::{error_chain, Body, BoxError, Upstream, UpstreamError};
 use crate::SharedTable;
@@ -112,6 +113,8 @@ pub struct Proxy {
     metrics: Metrics,
     unrouted: usize,
     access_log: bool,
+    /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
+    connections: Arc<Connections>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -131,6 +134,7 @@ impl Proxy {
         services: Services,
         metrics: Metrics,
         access_log: bool,
+        connections: Arc<Connections>,
     ) -> Self {
         Proxy {
             table,
@@ -144,6 +148,7 @@ impl Proxy {
             unrouted: metrics.service_index(UNROUTED),
             metrics,
             access_log,
+            connections,
         }
     }
 
@@ -370,7 +375,8 @@ impl Proxy {
             if let Some(client_side) = upgrade {
                 let mut up = Response::from_parts(parts.clone(), ());
                 let upstream_side = hyper::upgrade::on(&mut up);
-                tokio::spawn(tunnel(client_side, upstream_side, address.to_string()));
+                let guard = ConnGuard::new(self.connections.clone(), self.metrics);
+                tokio::spawn(tunnel(client_side, upstream_side, address.to_string(), guard));
             }
         } else {
             headers::remove_hop_by_hop(&mut parts.headers);
@@ -388,7 +394,12 @@ impl Proxy {
 }
 
 /// Copies bytes both ways between an upgraded client connection and instance connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, address: String) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    address: String,
+    _open: ConnGuard,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

@@ -53,10 +53,12 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-struct ConnGuard(Arc<Connections>, Metrics);
+/// Counts one open connection (client connection, or upgraded tunnel) until dropped.
+pub struct ConnGuard(Arc<Connections>, Metrics);
 
 impl ConnGuard {
-    fn new(c: Arc<Connections>, metrics: Metrics) -> Self {
+    /// Counts a connection in `c` and in the metrics.
+    pub fn new(c: Arc<Connections>, metrics: Metrics) -> Self {
         c.active.fetch_add(1, Ordering::Relaxed);
         metrics.connections(1);
         ConnGuard(c, metrics)
@@ -92,6 +94,7 @@ impl Server {
         settings: &ProxySettings,
         shutdown: watch::Receiver<bool>,
         metrics: Metrics,
+        connections: Arc<Connections>,
     ) -> Arc<Self> {
         // HTTP/1.1, and HTTP/2 with prior knowledge (h2c) when a client opens with its preface.
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -109,7 +112,7 @@ impl Server {
             proxy,
             http,
             limit: Arc::new(Semaphore::new(settings.max_connections.max(1))),
-            connections: Arc::default(),
+            connections,
             shutdown,
             header_read_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
