@@ -21,13 +21,17 @@ pub struct Gateway {
     /// How the supervisor's sockets are laid out: this many data sockets, then the admin
     /// socket if true. Fixed at start: sockets are not reopened on reload.
     pub sockets: (usize, bool),
+    /// The admin token at start, kept for the admin socket if a reload removes `[admin]` (the
+    /// socket stays until restart, and must not become open to anyone).
+    start_token: Option<String>,
 }
 
 impl Gateway {
     /// A gateway for `config`, read from `path`.
     pub fn new(path: PathBuf, config: Config) -> Self {
         let sockets = (config.server.listen.len(), config.admin.is_some());
-        Gateway { path, config, shared: None, sockets }
+        let start_token = config.admin.as_ref().and_then(|a| a.token.clone());
+        Gateway { path, config, shared: None, sockets, start_token }
     }
 }
 
@@ -52,7 +56,10 @@ impl supervisor::App for Gateway {
         // token comes from the current configuration.
         let admin_socket = if self.sockets.1 { listeners.pop() } else { None };
         listeners.truncate(self.sockets.0);
-        let token = c.admin.as_ref().and_then(|a| a.token.clone());
+        let token = match &c.admin {
+            Some(a) => a.token.clone(),
+            None => self.start_token.clone(),
+        };
         let admin = admin_socket.map(|l| (l, token));
         let metrics = match self.shared {
             // SAFETY: the region was mapped with Metrics::size() bytes before the fork, page
@@ -89,6 +96,9 @@ impl supervisor::App for Gateway {
     fn reload(&mut self) -> Result<supervisor::Settings, String> {
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
         log::info!("reload: {} is valid", self.path.display());
+        if self.sockets.1 && config.admin.is_none() {
+            log::warn!("reload: [admin] was removed; the admin listener stays (with its first token) until restart");
+        }
         self.config = config;
         Ok(self.config.supervisor_settings())
     }
