@@ -122,15 +122,7 @@ fn a_worker_whose_event_loop_stops_is_replaced_after_worker_timeout() {
         gw.log().contains(&format!("(pid {}) sent no heartbeat", before[0])),
         "hung worker not detected"
     );
-    assert_eventually!(
-        10,
-        {
-            let w = gw.workers();
-            w.len() == 2 && !w.contains(&before[0])
-        },
-        "hung worker not replaced: {:?}",
-        gw.workers()
-    );
+    gw.assert_replaced(before[0], 2);
     for _ in 0..20 {
         assert_eq!(gw.get("/").unwrap().status, 200);
     }

@@ -98,6 +98,19 @@ impl Gateway {
         v
     }
 
+    /// Waits until `old` is gone and `count` workers run again (a replacement was started).
+    pub fn assert_replaced(&self, old: i32, count: usize) {
+        assert_eventually!(
+            10,
+            {
+                let w = self.workers();
+                w.len() == count && !w.contains(&old)
+            },
+            "worker {old} not replaced: {:?}",
+            self.workers()
+        );
+    }
+
     /// Everything the gateway logged so far.
     pub fn log(&self) -> String {
         let mut s = String::new();
