@@ -3,7 +3,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,15 +118,11 @@ fn killed_worker_is_respawned_without_refusing_connections() {
     kill(Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
     gw.assert_replaced(before[0], 2);
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let ok: usize = stats.iter().map(|s| s.ok).sum();
-    let refused: usize = stats.iter().map(|s| s.refused).sum();
-    let failed: usize = stats.iter().map(|s| s.failed).sum();
-    assert!(ok > 50, "the loop made progress: {stats:?}");
-    assert_eq!(refused, 0, "no connection may be refused");
+    let s = support::stop_loops(&stop, clients);
+    assert!(s.ok > 50, "the loop made progress: {s:?}");
+    assert_eq!(s.refused, 0, "no connection may be refused");
     // Only what the killed worker had in flight may fail: at most one per client.
-    assert!(failed <= 4, "failed {failed}: {:?}", stats.iter().flat_map(|s| s.errors.clone()).collect::<Vec<_>>());
+    assert!(s.failed <= 4, "failed {}: {:?}", s.failed, s.errors);
     assert!(gw.log().contains(&format!("(pid {}", before[0])) && gw.log().contains("killed by signal SIGKILL"));
 }
 
@@ -186,14 +182,11 @@ fn hup_with_a_changed_instance_list_applies_it_without_a_failed_request() {
         "old workers still there"
     );
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let errors: Vec<_> = stats.iter().flat_map(|s| s.errors.clone()).collect();
-    assert!(errors.is_empty() && stats.iter().all(|s| s.refused == 0), "requests failed during reload: {errors:?}");
+    let s = support::stop_loops(&stop, clients);
+    assert!(s.errors.is_empty() && s.refused == 0, "requests failed during reload: {:?}", s.errors);
     let last: BTreeSet<String> = (0..10).map(|_| gw.get("/").unwrap().backend()).collect();
     assert_eq!(last, BTreeSet::from(["new".to_string()]));
-    let total: usize = stats.iter().map(|s| s.ok).sum();
-    assert!(total > 50, "{total}");
+    assert!(s.ok > 50, "{}", s.ok);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod support;
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,13 +192,9 @@ fn reload_and_scaling_under_load_lose_no_request() {
     gw.signal(Signal::SIGTTOU);
     assert_eventually!(10, gw.workers().len() == 2, "TTOU: {:?}", gw.workers());
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let errors: Vec<_> = stats.iter().flat_map(|s| s.errors.clone()).collect();
-    let refused: usize = stats.iter().map(|s| s.refused).sum();
-    let ok: usize = stats.iter().map(|s| s.ok).sum();
-    assert!(errors.is_empty() && refused == 0, "{} ok, errors {errors:?}, {refused} refused", ok);
-    assert!(ok > 100, "{ok}");
+    let s = support::stop_loops(&stop, clients);
+    assert!(s.errors.is_empty() && s.refused == 0, "{} ok, errors {:?}, {} refused", s.ok, s.errors, s.refused);
+    assert!(s.ok > 100, "{}", s.ok);
     assert_eq!(gw.get("/").unwrap().backend(), "new", "the new configuration is in force");
 }
 
@@ -279,10 +275,7 @@ fn removing_workers_under_connection_churn_resets_no_connection() {
         assert_eventually!(10, gw.workers().len() == 4 && gw.log_count(") ready") >= 5 + round, "round {round}: TTIN");
     }
     std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let stats: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let errors: Vec<_> = stats.iter().flat_map(|s| s.errors.clone()).collect();
-    let ok: usize = stats.iter().map(|s| s.ok).sum();
-    assert!(errors.is_empty() && stats.iter().all(|s| s.refused == 0), "{ok} ok, errors {errors:?}");
-    assert!(ok > 500, "{ok}");
+    let s = support::stop_loops(&stop, clients);
+    assert!(s.errors.is_empty() && s.refused == 0, "{} ok, errors {:?}", s.ok, s.errors);
+    assert!(s.ok > 500, "{}", s.ok);
 }

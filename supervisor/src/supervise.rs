@@ -516,19 +516,12 @@ impl<A: App> Supervisor<A> {
             log::warn!("reload: server.user and server.group take effect on restart only");
         }
         let want = new.workers.max(1);
-        let keep_listen = (
-            self.settings.listen.clone(),
-            self.settings.backlog,
-            self.settings.user.clone(),
-            self.settings.group.clone(),
-        );
-        self.settings = Settings {
-            listen: keep_listen.0,
-            backlog: keep_listen.1,
-            user: keep_listen.2,
-            group: keep_listen.3,
-            ..new
-        };
+        // Sockets and ids were set up at start; everything else takes the new values.
+        let old = std::mem::replace(&mut self.settings, new);
+        self.settings.listen = old.listen;
+        self.settings.backlog = old.backlog;
+        self.settings.user = old.user;
+        self.settings.group = old.group;
         self.generation += 1;
         self.announced_ready = false;
         // Slots marked fatal get another chance with the new configuration.

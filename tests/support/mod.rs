@@ -265,6 +265,20 @@ pub struct LoopStats {
     pub bodies: Vec<String>,
 }
 
+/// Stops the loops started with `stop` and sums what they saw (bodies are dropped).
+pub fn stop_loops(stop: &std::sync::atomic::AtomicBool, loops: Vec<std::thread::JoinHandle<LoopStats>>) -> LoopStats {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = LoopStats::default();
+    for l in loops {
+        let s = l.join().unwrap();
+        total.ok += s.ok;
+        total.failed += s.failed;
+        total.refused += s.refused;
+        total.errors.extend(s.errors);
+    }
+    total
+}
+
 /// Runs `GET path` in a loop in a thread until `stop` flips or `max` requests or `secs` pass.
 pub fn request_loop(
     port: u16,
