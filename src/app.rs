@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use supervisor::{ControlPipe, WorkerContext, EXIT_FATAL};
 
-use crate::config::Config;
+use crate::config::{self, Config};
 
 /// The gateway as the supervisor sees it: a configuration file and its last good parse.
 pub struct Gateway {
     /// Where the configuration is re-read from on reload.
     pub path: PathBuf,
     /// The configuration new workers start with.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// The shared metrics region, mapped by the supervisor before the first fork.
     pub shared: Option<supervisor::SharedMemory>,
     /// How the supervisor's sockets are laid out: this many data sockets, then the admin
@@ -31,7 +31,7 @@ impl Gateway {
     pub fn new(path: PathBuf, config: Config) -> Self {
         let sockets = (config.server.listen.len(), config.admin.is_some());
         let start_token = config.admin.as_ref().and_then(|a| a.token.clone());
-        Gateway { path, config, shared: None, sockets, start_token }
+        Gateway { path, config: Arc::new(config), shared: None, sockets, start_token }
     }
 }
 
@@ -52,7 +52,7 @@ impl supervisor::App for Gateway {
     fn run_worker(&self, ctx: WorkerContext) -> i32 {
         let c = &self.config;
         let mut listeners = ctx.listeners;
-        // The supervisor opened the admin socket last (see Config::supervisor_settings); the
+        // The supervisor opened the admin socket last (see config::supervisor_settings); the
         // token comes from the current configuration.
         let admin_socket = if self.sockets.1 { listeners.pop() } else { None };
         listeners.truncate(self.sockets.0);
@@ -73,16 +73,9 @@ impl supervisor::App for Gateway {
             slot: ctx.slot,
             listeners,
             admin,
+            config: self.config.clone(),
             metrics,
             generation: ctx.generation,
-            access_log: c.log.access,
-            proxy: c.proxy.clone(),
-            header_routing: c.header_routing.clone(),
-            routes: c.routes.clone(),
-            services: c.services.clone(),
-            shutdown_timeout: c.server.shutdown_timeout,
-            zookeeper: c.zookeeper.clone(),
-            cache: c.cache.clone(),
         };
         match worker::run(settings, Arc::new(PipeLifecycle(ctx.control))) {
             Ok(()) => 0,
@@ -94,13 +87,13 @@ impl supervisor::App for Gateway {
     }
 
     fn reload(&mut self) -> Result<supervisor::Settings, String> {
-        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let config = config::load(&self.path).map_err(|e| e.to_string())?;
         log::info!("reload: {} is valid", self.path.display());
         if self.sockets.1 && config.admin.is_none() {
             log::warn!("reload: [admin] was removed; the admin listener stays (with its first token) until restart");
         }
-        self.config = config;
-        Ok(self.config.supervisor_settings())
+        self.config = Arc::new(config);
+        Ok(config::supervisor_settings(&self.config))
     }
 
     fn shared_memory_size(&self) -> usize {

@@ -1,134 +1,14 @@
 //! `gateway.toml` → typed configuration, checked once here at the binary's edge.
 //!
-//! Each crate owns the types of its own sections (the worker its `[proxy]`, `[header_routing]`,
-//! `[[route]]`, `[services]`); this module owns `[server]`, the whole-file parse, the checks that
-//! span sections, and errors that name the file, line and column.
+//! The types and defaults live in `worker::config` (their one home); this module owns the
+//! whole-file parse, the checks that span sections, errors that name the file, line and
+//! column, the supervisor's part of the configuration and `zkgate check`'s summary.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use worker::settings::{duration, CacheSettings, HeaderRouting, ProxySettings, RouteRule, Services, ZkSettings};
-
-/// The whole file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`: processes and sockets.
-    #[serde(default)]
-    pub server: ServerConfig,
-    /// `[proxy]`.
-    #[serde(default)]
-    pub proxy: ProxySettings,
-    /// `[header_routing]`.
-    #[serde(default)]
-    pub header_routing: HeaderRouting,
-    /// `[[route]]` rules, in file order.
-    #[serde(default, rename = "route")]
-    pub routes: Vec<RouteRule>,
-    /// `[services.NAME]`.
-    #[serde(default)]
-    pub services: Services,
-    /// `[zookeeper]`; absent: static services only.
-    #[serde(default)]
-    pub zookeeper: Option<ZkSettings>,
-    /// `[cache]`.
-    #[serde(default)]
-    pub cache: CacheSettings,
-    /// `[admin]`; absent: no admin listener.
-    #[serde(default)]
-    pub admin: Option<worker::admin::AdminSettings>,
-    /// `[log]`.
-    #[serde(default)]
-    pub log: LogConfig,
-}
-
-/// `[log]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// One line per request (target `access`): client, method, path, status, bytes, service,
-    /// instance, duration.
-    pub access: bool,
-}
-
-/// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Addresses to listen on.
-    #[serde(deserialize_with = "worker::settings::listen_addr::list")]
-    pub listen: Vec<SocketAddr>,
-    /// `"auto"` (one per CPU) or a number.
-    pub workers: Workers,
-    /// `listen(2)` backlog per slot socket.
-    pub backlog: i32,
-    /// Longest graceful stop.
-    #[serde(with = "duration")]
-    pub shutdown_timeout: Duration,
-    /// A worker silent for this long is killed and respawned.
-    #[serde(with = "duration")]
-    pub worker_timeout: Duration,
-    /// Pin worker i to CPU i.
-    pub cpu_affinity: bool,
-    /// Run workers as this user.
-    pub user: Option<String>,
-    /// Run workers with this group.
-    pub group: Option<String>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
-            workers: Workers::Auto,
-            backlog: 1024,
-            shutdown_timeout: Duration::from_secs(30),
-            worker_timeout: Duration::from_secs(30),
-            cpu_affinity: false,
-            user: None,
-            group: None,
-        }
-    }
-}
-
-/// `workers = "auto" | N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
-    /// One per CPU this process may run on.
-    Auto,
-    /// Exactly this many.
-    Count(usize),
-}
-
-impl<'de> Deserialize<'de> for Workers {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(i64),
-            S(String),
-        }
-        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("workers is \"auto\" or a number"))? {
-            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
-            Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
-            Raw::N(n) => Err(serde::de::Error::custom(format!("workers = {n}: must be between 1 and 1024"))),
-            Raw::S(s) => Err(serde::de::Error::custom(format!("workers = {s:?}: must be \"auto\" or a number"))),
-        }
-    }
-}
-
-impl Workers {
-    /// The number of worker processes this means on this machine.
-    pub fn resolve(self) -> usize {
-        match self {
-            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Workers::Count(n) => n,
-        }
-    }
-}
+pub use worker::config::{Config, Workers};
 
 /// A configuration error, with where it is when that is known.
 #[derive(Debug)]
@@ -152,179 +32,177 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-impl Config {
-    /// Reads, parses and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            position: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        Config::parse(path, &text)
-    }
+/// Reads, parses and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
 
-    /// Parses and checks configuration text; `path` is only used in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            position: e.span().map(|s| line_col(text, s.start)),
-            message: e.message().trim().to_string(),
-        })?;
-        config.check().map_err(|message| ConfigError { path: path.to_path_buf(), position: None, message })?;
-        Ok(config)
-    }
+/// Parses and checks configuration text; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        position: e.span().map(|s| line_col(text, s.start)),
+        message: e.message().trim().to_string(),
+    })?;
+    check(&config).map_err(|message| ConfigError { path: path.to_path_buf(), position: None, message })?;
+    Ok(config)
+}
 
-    /// Checks that span sections (serde already checked each value on its own).
-    fn check(&self) -> Result<(), String> {
-        if self.server.listen.is_empty() {
-            return Err("server.listen: at least one address is required".into());
+/// Checks that span sections (serde already checked each value on its own).
+fn check(config: &Config) -> Result<(), String> {
+    if config.server.listen.is_empty() {
+        return Err("server.listen: at least one address is required".into());
+    }
+    if config.server.backlog < 1 {
+        return Err("server.backlog: must be at least 1".into());
+    }
+    if let Some(admin) = &config.admin {
+        if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
+                admin.listen
+            ));
         }
-        if self.server.backlog < 1 {
-            return Err("server.backlog: must be at least 1".into());
+        if config.server.listen.contains(&admin.listen) {
+            return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
         }
-        if let Some(admin) = &self.admin {
-            if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
+    }
+    if !(0.0..=1.0).contains(&config.proxy.retry_budget) {
+        return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
+    }
+    for (name, s) in &config.services {
+        if s.instances.is_some() && !s.weights.is_empty() {
+            return Err(format!(
+                "services.{name}.weights: only for discovered services; give static instances a weight"
+            ));
+        }
+        if let Some(hc) = &s.health_check {
+            if !hc.path.starts_with('/') {
+                return Err(format!("services.{name}.health_check.path = {:?}: must start with '/'", hc.path));
+            }
+            if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero() {
                 return Err(format!(
-                    "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
-                    admin.listen
-                ));
-            }
-            if self.server.listen.contains(&admin.listen) {
-                return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.proxy.retry_budget) {
-            return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
-        }
-        for (name, s) in &self.services {
-            if s.instances.is_some() && !s.weights.is_empty() {
-                return Err(format!(
-                    "services.{name}.weights: only for discovered services; give static instances a weight"
-                ));
-            }
-            if let Some(hc) = &s.health_check {
-                if !hc.path.starts_with('/') {
-                    return Err(format!("services.{name}.health_check.path = {:?}: must start with '/'", hc.path));
-                }
-                if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero() {
-                    return Err(format!(
-                        "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
-                    ));
-                }
-            }
-        }
-        if let Some(zk) = &self.zookeeper {
-            check_hosts(&zk.hosts).map_err(|e| format!("zookeeper.hosts: {e}"))?;
-            return Ok(());
-        }
-        // Without discovery every routed service must have static instances.
-        for (i, r) in self.routes.iter().enumerate() {
-            if self.services.get(&r.service).is_none_or(|s| s.instances.is_none()) {
-                return Err(format!(
-                    "route[{i}].service = {:?}: no [services.{}] with instances, and no [zookeeper] to discover it",
-                    r.service, r.service
+                    "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
                 ));
             }
         }
-        for (name, s) in &self.services {
-            if s.instances.is_none() {
-                return Err(format!("services.{name}: instances is required when there is no [zookeeper]"));
-            }
-        }
-        if self.cache.snapshot.is_some() {
-            return Err("cache.snapshot: only meaningful with [zookeeper]".into());
-        }
-        Ok(())
     }
-
-    /// What the supervisor runs with. The admin address, if any, is the last listen address.
-    pub fn supervisor_settings(&self) -> supervisor::Settings {
-        let s = &self.server;
-        let mut listen = s.listen.clone();
-        listen.extend(self.admin.as_ref().map(|a| a.listen));
-        supervisor::Settings {
-            listen,
-            workers: s.workers.resolve(),
-            backlog: s.backlog,
-            shutdown_timeout: s.shutdown_timeout,
-            worker_timeout: s.worker_timeout,
-            cpu_affinity: s.cpu_affinity,
-            user: s.user.clone(),
-            group: s.group.clone(),
+    if let Some(zk) = &config.zookeeper {
+        check_hosts(&zk.hosts).map_err(|e| format!("zookeeper.hosts: {e}"))?;
+        return Ok(());
+    }
+    // Without discovery every routed service must have static instances.
+    for (i, r) in config.routes.iter().enumerate() {
+        if config.services.get(&r.service).is_none_or(|s| s.instances.is_none()) {
+            return Err(format!(
+                "route[{i}].service = {:?}: no [services.{}] with instances, and no [zookeeper] to discover it",
+                r.service, r.service
+            ));
         }
     }
+    for (name, s) in &config.services {
+        if s.instances.is_none() {
+            return Err(format!("services.{name}: instances is required when there is no [zookeeper]"));
+        }
+    }
+    if config.cache.snapshot.is_some() {
+        return Err("cache.snapshot: only meaningful with [zookeeper]".into());
+    }
+    Ok(())
+}
 
-    /// A one-screen summary, for `zkgate check`.
-    pub fn summary(&self) -> String {
-        let mut out = String::new();
-        let s = &self.server;
-        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
-        out += &format!("listen      {}\n", listen.join(", "));
-        let workers = match s.workers {
-            Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
-            Workers::Count(n) => n.to_string(),
-        };
+/// What the supervisor runs with. The admin address, if any, is the last listen address.
+pub fn supervisor_settings(config: &Config) -> supervisor::Settings {
+    let s = &config.server;
+    let mut listen = s.listen.clone();
+    listen.extend(config.admin.as_ref().map(|a| a.listen));
+    supervisor::Settings {
+        listen,
+        workers: s.workers.resolve(),
+        backlog: s.backlog,
+        shutdown_timeout: s.shutdown_timeout,
+        worker_timeout: s.worker_timeout,
+        cpu_affinity: s.cpu_affinity,
+        user: s.user.clone(),
+        group: s.group.clone(),
+    }
+}
+
+/// A one-screen summary, for `zkgate check`.
+pub fn summary(config: &Config) -> String {
+    let mut out = String::new();
+    let s = &config.server;
+    let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+    out += &format!("listen      {}\n", listen.join(", "));
+    let workers = match s.workers {
+        Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
+        Workers::Count(n) => n.to_string(),
+    };
+    out += &format!(
+        "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\n",
+        s.backlog,
+        human(s.shutdown_timeout),
+        human(s.worker_timeout)
+    );
+    out += &format!(
+        "proxy       {}, connect {}, request {}, retries {}\n",
+        config_name(&config.proxy.load_balance),
+        human(config.proxy.connect_timeout),
+        human(config.proxy.request_timeout),
+        config.proxy.retries
+    );
+    let h = &config.header_routing;
+    if h.enabled {
+        out += &format!("header      {} with headers {} + {}\n", h.mount, h.service_header, h.path_header);
+    } else {
+        out += "header      routing disabled\n";
+    }
+    for r in &config.routes {
         out += &format!(
-            "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\n",
-            s.backlog,
-            human(s.shutdown_timeout),
-            human(s.worker_timeout)
+            "route       {}{} -> {}{}\n",
+            r.host.as_deref().unwrap_or("*"),
+            r.path_prefix,
+            r.service,
+            if r.strip_prefix { " (prefix stripped)" } else { "" }
         );
+    }
+    if let Some(zk) = &config.zookeeper {
         out += &format!(
-            "proxy       {}, connect {}, request {}, retries {}\n",
-            config_name(&self.proxy.load_balance),
-            human(self.proxy.connect_timeout),
-            human(self.proxy.request_timeout),
-            self.proxy.retries
+            "zookeeper   {} root {} format {}, session {}, keep_last_on_empty {}\n",
+            zk.hosts,
+            zk.root,
+            config_name(&zk.format),
+            human(zk.session_timeout),
+            zk.keep_last_on_empty
         );
-        let h = &self.header_routing;
-        if h.enabled {
-            out += &format!("header      {} with headers {} + {}\n", h.mount, h.service_header, h.path_header);
+    }
+    if let Some(a) = &config.admin {
+        out += &format!("admin       {}{}\n", a.listen, if a.token.is_some() { " (bearer token)" } else { "" });
+    }
+    if let Some(s) = &config.cache.snapshot {
+        out += &format!("snapshot    {}\n", s.display());
+    }
+    for (name, svc) in &config.services {
+        let instances: Vec<String> = svc
+            .instances
+            .iter()
+            .flatten()
+            .map(|i| if i.weight == 1 { i.address.clone() } else { format!("{} (weight {})", i.address, i.weight) })
+            .collect();
+        let lb = config_name(&svc.load_balance.unwrap_or(config.proxy.load_balance));
+        let check = svc.health_check.as_ref().map(|h| format!(", health check {}", h.path)).unwrap_or_default();
+        if svc.instances.is_some() {
+            out += &format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "));
         } else {
-            out += "header      routing disabled\n";
+            out += &format!("service     {name}: {lb}{check}, discovered\n");
         }
-        for r in &self.routes {
-            out += &format!(
-                "route       {}{} -> {}{}\n",
-                r.host.as_deref().unwrap_or("*"),
-                r.path_prefix,
-                r.service,
-                if r.strip_prefix { " (prefix stripped)" } else { "" }
-            );
-        }
-        if let Some(zk) = &self.zookeeper {
-            out += &format!(
-                "zookeeper   {} root {} format {}, session {}, keep_last_on_empty {}\n",
-                zk.hosts,
-                zk.root,
-                config_name(&zk.format),
-                human(zk.session_timeout),
-                zk.keep_last_on_empty
-            );
-        }
-        if let Some(a) = &self.admin {
-            out += &format!("admin       {}{}\n", a.listen, if a.token.is_some() { " (bearer token)" } else { "" });
-        }
-        if let Some(s) = &self.cache.snapshot {
-            out += &format!("snapshot    {}\n", s.display());
-        }
-        for (name, svc) in &self.services {
-            let instances: Vec<String> = svc
-                .instances
-                .iter()
-                .flatten()
-                .map(|i| if i.weight == 1 { i.address.clone() } else { format!("{} (weight {})", i.address, i.weight) })
-                .collect();
-            let lb = config_name(&svc.load_balance.unwrap_or(self.proxy.load_balance));
-            let check = svc.health_check.as_ref().map(|h| format!(", health check {}", h.path)).unwrap_or_default();
-            if svc.instances.is_some() {
-                out += &format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "));
-            } else {
-                out += &format!("service     {name}: {lb}{check}, discovered\n");
-            }
-        }
-        out
     }
+    out
 }
 
 /// How a value is written in gateway.toml (`round_robin`, not `RoundRobin`).
@@ -347,7 +225,7 @@ fn check_hosts(hosts: &str) -> Result<(), String> {
         return Err("no host given".into());
     }
     for h in list.split(',') {
-        worker::routes::Instance::validate(h.trim()).map_err(|e| format!("{e} in {hosts:?}"))?;
+        worker::table::Instance::validate(h.trim()).map_err(|e| format!("{e} in {hosts:?}"))?;
     }
     if let Some(c) = chroot {
         if c.len() > 1 && c.ends_with('/') {
@@ -368,9 +246,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use worker::config::{AdminSettings, Format, HealthCheck, ZkSettings};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("gw.toml"), text)
+        super::parse(Path::new("gw.toml"), text)
     }
 
     #[test]
@@ -411,7 +290,7 @@ mod tests {
     #[test]
     fn zookeeper_hosts_are_checked_and_allow_discovered_routes() {
         let ok = parse("[zookeeper]\nhosts = \"127.0.0.1:2181,127.0.0.1:2182/chroot\"\nformat = \"nerve\"\n[[route]]\npath_prefix = \"/a\"\nservice = \"a\"\n[services.a]\nload_balance = \"weighted\"\n").unwrap();
-        assert_eq!(ok.zookeeper.unwrap().format, worker::formats::Format::Nerve);
+        assert_eq!(ok.zookeeper.unwrap().format, Format::Nerve);
         let e = parse("[zookeeper]\nhosts = \"127.0.0.1\"\n").unwrap_err();
         assert!(e.message.contains("zookeeper.hosts"), "{e}");
         let e = parse("[zookeeper]\nhosts = \"127.0.0.1:2181\"\nformat = \"eureka\"\n").unwrap_err();
@@ -442,5 +321,44 @@ mod tests {
                 .unwrap();
         let i = c.services["user"].instances.as_ref().unwrap();
         assert_eq!((i[0].weight, i[1].weight), (1, 3));
+    }
+
+    /// The shipped gateway.toml, without its example sections, must mean exactly the defaults:
+    /// what it documents is what an operator gets by leaving a key out.
+    #[test]
+    fn the_shipped_gateway_toml_documents_the_real_defaults() {
+        let shipped = include_str!("../gateway.toml");
+        let c = parse(shipped).expect("gateway.toml parses");
+        let d = Config::default();
+        assert_eq!(c.server, d.server);
+        assert_eq!(c.proxy, d.proxy);
+        assert_eq!(c.header_routing, d.header_routing);
+        assert_eq!(c.log, d.log);
+        assert_eq!(c.admin, Some(AdminSettings::default()));
+        assert_eq!(c.cache, d.cache);
+        // The commented-out sections document defaults too: uncomment them and compare.
+        let uncommented = |section: &str| -> String {
+            let start = shipped.find(&format!("# [{section}]")).expect("section documented");
+            shipped[start..]
+                .lines()
+                .take_while(|l| l.starts_with("# "))
+                .map(|l| l.trim_start_matches("# "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let zk: Config = toml::from_str(&uncommented("zookeeper")).expect("[zookeeper] example parses");
+        let zk = zk.zookeeper.expect("zookeeper");
+        let want = ZkSettings {
+            hosts: zk.hosts.clone(),
+            serverset_endpoint: zk.serverset_endpoint.clone(),
+            ..Default::default()
+        };
+        assert_eq!(zk, want, "[zookeeper] comments show the defaults");
+        let line = shipped.lines().find(|l| l.starts_with("# health_check = ")).expect("health_check documented");
+        let hc: toml::Table = toml::from_str(line.trim_start_matches("# ")).expect("health_check example parses");
+        let hc: HealthCheck = hc["health_check"].clone().try_into().expect("health_check");
+        assert_eq!(hc, HealthCheck { path: hc.path.clone(), ..Default::default() });
+        let services = c.services.get("demo").expect("example service");
+        assert_eq!(services.load_balance, None);
     }
 }

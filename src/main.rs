@@ -11,8 +11,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-
 /// An HTTP gateway that finds its backends in ZooKeeper, run as a pre-fork server.
 #[derive(Parser)]
 #[command(name = "zkgate", version, about, long_about = None)]
@@ -82,24 +80,24 @@ fn init_logging() {
 }
 
 fn check(path: PathBuf) -> anyhow::Result<u8> {
-    let config = Config::load(&path)?;
-    print!("{}", config.summary());
+    let config = config::load(&path)?;
+    print!("{}", config::summary(&config));
     println!("{}: configuration is valid", path.display());
     Ok(0)
 }
 
 fn run(path: PathBuf) -> anyhow::Result<u8> {
-    let config = Config::load(&path)?;
-    let settings = config.supervisor_settings();
+    let config = config::load(&path)?;
+    let settings = config::supervisor_settings(&config);
     let gateway = app::Gateway::new(path.clone(), config);
     let code = supervisor::run(settings, gateway).with_context(|| format!("starting with {}", path.display()))?;
     Ok(u8::try_from(code).unwrap_or(1))
 }
 
 fn register(path: PathBuf, service: &str, address: &str, weight: u32) -> anyhow::Result<u8> {
-    let config = Config::load(&path)?;
+    let config = config::load(&path)?;
     let zk = config.zookeeper.with_context(|| format!("{}: register needs a [zookeeper] section", path.display()))?;
-    let (host, port) = worker::register::split_address(address).map_err(anyhow::Error::msg)?;
+    let (host, port) = worker::discovery::register::split_address(address).map_err(anyhow::Error::msg)?;
     if service.is_empty() || service.contains('/') {
         anyhow::bail!("invalid service name {service:?}");
     }
@@ -113,7 +111,7 @@ fn register(path: PathBuf, service: &str, address: &str, weight: u32) -> anyhow:
                 _ = int.recv() => {},
             }
         };
-        worker::register::register(&zk, service, &host, port, weight, stop).await?;
+        worker::discovery::register::register(&zk, service, &host, port, weight, stop).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)

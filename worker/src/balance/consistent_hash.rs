@@ -6,7 +6,7 @@
 //! host, so all of them send a key to the same instance.
 
 use super::{eligible, random::pick_random, Balancer, PickContext};
-use crate::routes::Instance;
+use crate::table::Instance;
 
 /// Ring points per unit of weight.
 const POINTS_PER_WEIGHT: u32 = 100;
@@ -70,7 +70,7 @@ mod tests {
     use crate::balance::weighted_list;
 
     fn owner(b: &ConsistentHash, key: u64) -> usize {
-        b.pick(&PickContext { key: Some(key), skip: &|_| false }).unwrap()
+        b.pick(&PickContext { key: Some(key), skip: &|_| false, load: &|_| 0 }).unwrap()
     }
 
     #[test]

@@ -2,34 +2,28 @@
 //!
 //! Two random eligible instances are compared and the one with fewer requests in flight wins
 //! (Envoy's default for `LEAST_REQUEST`). With unequal weights the score is
-//! weight / (active + 1), highest wins. The counts are this worker's own.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! weight / (active + 1), highest wins. The counts are this worker's own, read from the
+//! [`PickContext`] (the route table keeps them by address).
 
 use rand::Rng;
 
 use super::{eligible, Balancer, PickContext};
-use crate::routes::Instance;
+use crate::table::Instance;
 
 /// Power-of-two-choices over in-flight counts.
 pub struct LeastRequest {
     order: Vec<usize>,
     weights: Vec<u32>,
-    active: Vec<AtomicUsize>,
 }
 
 impl LeastRequest {
-    /// Counters at zero for `instances`.
+    /// A balancer over `instances`.
     pub fn new(instances: &[Instance]) -> Self {
-        LeastRequest {
-            order: eligible(instances),
-            weights: instances.iter().map(|i| i.weight).collect(),
-            active: instances.iter().map(|_| AtomicUsize::new(0)).collect(),
-        }
+        LeastRequest { order: eligible(instances), weights: instances.iter().map(|i| i.weight).collect() }
     }
 
-    fn score(&self, i: usize) -> f64 {
-        f64::from(self.weights[i]) / (self.active[i].load(Ordering::Relaxed) as f64 + 1.0)
+    fn score(&self, ctx: &PickContext<'_>, i: usize) -> f64 {
+        f64::from(self.weights[i]) / ((ctx.load)(i) as f64 + 1.0)
     }
 }
 
@@ -44,20 +38,8 @@ impl Balancer for LeastRequest {
                 let a = rng.random_range(0..n);
                 let b = (a + rng.random_range(1..n)) % n;
                 let (a, b) = (allowed[a], allowed[b]);
-                Some(if self.score(b) > self.score(a) { b } else { a })
+                Some(if self.score(ctx, b) > self.score(ctx, a) { b } else { a })
             }
-        }
-    }
-
-    fn started(&self, idx: usize) {
-        if let Some(c) = self.active.get(idx) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn finished(&self, idx: usize) {
-        if let Some(c) = self.active.get(idx) {
-            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
         }
     }
 }
@@ -67,21 +49,19 @@ mod tests {
     use super::*;
     use crate::balance::weighted_list;
 
+    fn pick_with(b: &LeastRequest, load: &[usize]) -> usize {
+        b.pick(&PickContext { key: None, skip: &|_| false, load: &|i| load[i] }).unwrap()
+    }
+
     #[test]
     fn a_busy_instance_is_avoided() {
         let b = LeastRequest::new(&weighted_list(&[1, 1]));
-        for _ in 0..10 {
-            b.started(0);
-        }
         for _ in 0..50 {
-            assert_eq!(b.pick(&PickContext::any()), Some(1));
-        }
-        for _ in 0..10 {
-            b.finished(0);
+            assert_eq!(pick_with(&b, &[10, 0]), 1);
         }
         let mut seen = [false; 2];
         for _ in 0..200 {
-            seen[b.pick(&PickContext::any()).unwrap()] = true;
+            seen[pick_with(&b, &[0, 0])] = true;
         }
         assert_eq!(seen, [true, true]);
     }
@@ -90,11 +70,8 @@ mod tests {
     fn weight_scales_the_score() {
         let b = LeastRequest::new(&weighted_list(&[10, 1]));
         // 10/(4+1) = 2 beats 1/(0+1) = 1 although instance 0 is busier.
-        for _ in 0..4 {
-            b.started(0);
-        }
         for _ in 0..50 {
-            assert_eq!(b.pick(&PickContext::any()), Some(0));
+            assert_eq!(pick_with(&b, &[4, 0]), 0);
         }
     }
 }

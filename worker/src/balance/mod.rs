@@ -2,7 +2,8 @@
 //!
 //! Strategies see only a list of [`Instance`]s (address and weight), never ZooKeeper or HTTP.
 //! A balancer is built for one instance list and lives inside the immutable route table, so it
-//! is replaced with the list; its state is atomics, so picking never takes a lock.
+//! is replaced with the list; its state is atomics, so picking never takes a lock. What must survive a
+//! list change (in-flight counts, health) lives in the route table, keyed by address.
 //! Weight 0 means "no traffic" for every strategy.
 
 mod consistent_hash;
@@ -13,7 +14,7 @@ mod weighted;
 
 use serde::{Deserialize, Serialize};
 
-use crate::routes::Instance;
+use crate::table::Instance;
 
 pub use consistent_hash::{hash_key, ConsistentHash};
 pub use least_request::LeastRequest;
@@ -44,12 +45,15 @@ pub struct PickContext<'a> {
     pub key: Option<u64>,
     /// Instances that must not be chosen (ejected, or already tried by this request).
     pub skip: &'a dyn Fn(usize) -> bool,
+    /// Requests in flight to an instance (for [`Strategy::LeastRequest`]). The count is the
+    /// route table's, kept by address across list changes, so a balancer holds no such state.
+    pub load: &'a dyn Fn(usize) -> usize,
 }
 
 impl PickContext<'_> {
-    /// A context that skips nothing.
+    /// A context that skips nothing and sees no load.
     pub fn any() -> PickContext<'static> {
-        PickContext { key: None, skip: &|_| false }
+        PickContext { key: None, skip: &|_| false, load: &|_| 0 }
     }
 }
 
@@ -57,12 +61,6 @@ impl PickContext<'_> {
 pub trait Balancer: Send + Sync {
     /// Index of the chosen instance, or `None` when no instance may take traffic.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
-
-    /// A request to instance `idx` started (for strategies that count in-flight requests).
-    fn started(&self, _idx: usize) {}
-
-    /// A request to instance `idx` ended.
-    fn finished(&self, _idx: usize) {}
 }
 
 /// Builds the balancer for `strategy` over `instances`.

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{eligible, Balancer, PickContext};
-use crate::routes::Instance;
+use crate::table::Instance;
 
 /// Cycles through the instances that have a non-zero weight.
 pub struct RoundRobin {
@@ -47,10 +47,10 @@ mod tests {
     fn a_skipped_instance_passes_its_turn() {
         let b = RoundRobin::new(&weighted_list(&[1, 1, 1]));
         let skip = |i: usize| i == 1;
-        let ctx = PickContext { key: None, skip: &skip };
+        let ctx = PickContext { key: None, skip: &skip, load: &|_| 0 };
         let seq: Vec<_> = (0..3).map(|_| b.pick(&ctx).unwrap()).collect();
         assert_eq!(seq, [0, 2, 2]);
         let all = |_: usize| true;
-        assert_eq!(b.pick(&PickContext { key: None, skip: &all }), None);
+        assert_eq!(b.pick(&PickContext { key: None, skip: &all, load: &|_| 0 }), None);
     }
 }

@@ -7,10 +7,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::routes::Instance;
+use tokio::sync::{mpsc, watch};
+
+use crate::discovery::update::Update;
+use crate::table::Instance;
 
 /// Discovered services and their instances.
 pub type Listing = BTreeMap<String, Vec<Instance>>;
@@ -95,6 +99,39 @@ pub fn write(path: &Path, listing: &Listing) -> Result<(), SnapshotError> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// Writes the snapshot whenever the listing changes; a slow disk only delays the file.
+pub async fn write_snapshots(path: std::path::PathBuf, mut rx: watch::Receiver<Arc<Listing>>) {
+    while rx.changed().await.is_ok() {
+        let listing = rx.borrow_and_update().clone();
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || write(&p, &listing)).await {
+            Ok(Ok(())) => log::debug!("snapshot written to {}", path.display()),
+            Ok(Err(e)) => log::warn!("cannot write route snapshot: {e}"),
+            Err(e) => log::warn!("snapshot writer: {e}"),
+        }
+    }
+}
+
+/// Loads the snapshot into the builder (when ZooKeeper did not answer in time at start).
+pub fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>) -> bool {
+    match load(path) {
+        Ok(listing) => {
+            let n: usize = listing.values().map(Vec::len).sum();
+            log::warn!(
+                "zookeeper unreachable at start: serving {} services, {n} instances from snapshot {}",
+                listing.len(),
+                path.display()
+            );
+            let _ = tx.send(Update::Snapshot(listing));
+            true
+        }
+        Err(e) => {
+            log::error!("zookeeper unreachable at start and no usable snapshot: {e}");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

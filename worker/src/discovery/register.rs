@@ -8,8 +8,8 @@ use std::future::Future;
 
 use zookeeper_client as zk;
 
-use crate::formats::join_host_port;
-use crate::settings::ZkSettings;
+use crate::config::ZkSettings;
+use crate::discovery::formats::join_host_port;
 
 /// Why registration failed.
 #[derive(Debug, thiserror::Error)]

@@ -14,30 +14,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::http::Body;
 use crate::metrics::Metrics;
-use crate::routes::Source;
-use crate::upstream::Body;
+use crate::table::Source;
 use crate::SharedTable;
-
-/// `[admin]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSettings {
-    /// Where the admin API listens (keep it on loopback unless a token is set).
-    #[serde(default = "default_listen", deserialize_with = "crate::settings::listen_addr::deserialize")]
-    pub listen: std::net::SocketAddr,
-    /// When set, requests need `Authorization: Bearer <token>`.
-    #[serde(default)]
-    pub token: Option<String>,
-}
-
-fn default_listen() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], 9901))
-}
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -132,7 +115,7 @@ impl Admin {
                         })
                     })
                     .collect();
-                serde_json::json!({"name": s.name, "source": s.source, "load_balance": s.strategy, "instances": instances})
+                serde_json::json!({"name": s.name, "source": s.source, "load_balance": s.policy.strategy, "instances": instances})
             })
             .collect();
         serde_json::json!({

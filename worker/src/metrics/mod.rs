@@ -8,65 +8,24 @@
 //! [`MAX_SERVICES`] - 1 share the last row, named `_other`; slots beyond [`MAX_WORKERS`] share
 //! the last slot.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+mod region;
+mod render;
+
+use region::{read_name, WorkerStats};
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Worker slots with their own counters.
 pub const MAX_WORKERS: usize = 64;
 /// Services with their own counters (the last row is `_other`).
 pub const MAX_SERVICES: usize = 256;
-const NAME_LEN: usize = 120;
+pub(crate) const NAME_LEN: usize = 120;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Name under which requests that matched no service are counted.
 pub const UNROUTED: &str = "_unrouted";
-const OTHER: &str = "_other";
-
-#[repr(C)]
-struct Name {
-    /// 0 free, 1 being written, 2 ready.
-    state: AtomicU32,
-    len: AtomicU32,
-    bytes: [AtomicU8; NAME_LEN],
-}
-
-#[repr(C)]
-struct ServiceStats {
-    by_class: [AtomicU64; 5],
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-/// One worker slot's status and counters.
-#[repr(C)]
-pub struct WorkerStats {
-    pid: AtomicU32,
-    generation: AtomicU64,
-    started_ms: AtomicU64,
-    heartbeat_ms: AtomicU64,
-    requests: AtomicU64,
-    active_connections: AtomicI64,
-    /// 0 no ZooKeeper, 1 connected, 2 disconnected, 3 session lost (resyncing).
-    zk_state: AtomicU32,
-    zk_events: AtomicU64,
-    zk_resyncs: AtomicU64,
-    ejections: AtomicU64,
-    retries: AtomicU64,
-    restarts: AtomicU64,
-    /// Services and instances in this worker's current route table.
-    routed_services: AtomicU64,
-    routed_instances: AtomicU64,
-    services: [ServiceStats; MAX_SERVICES],
-}
-
-/// The whole region.
-#[repr(C)]
-pub struct Region {
-    names: [Name; MAX_SERVICES],
-    workers: [WorkerStats; MAX_WORKERS],
-}
+pub(crate) const OTHER: &str = "_other";
 
 /// ZooKeeper session state as `/routes` and `/metrics` report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +68,7 @@ fn now_ms() -> u64 {
 /// A worker's handle on the region: where it writes, and what it reads for scrapes.
 #[derive(Clone, Copy)]
 pub struct Metrics {
-    region: &'static Region,
+    region: &'static region::Region,
     slot: usize,
 }
 
@@ -120,34 +79,6 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Bytes the region needs.
-    pub const fn size() -> usize {
-        std::mem::size_of::<Region>()
-    }
-
-    /// A handle on a region mapped by the supervisor.
-    ///
-    /// # Safety
-    /// `ptr` must point to at least [`Metrics::size`] zero-initialised (or previously written by
-    /// this module) bytes, aligned to 8, that stay mapped for the life of the process.
-    pub unsafe fn from_raw(ptr: *mut u8, slot: usize) -> Metrics {
-        // SAFETY: guaranteed by the caller; every field is an atomic, for which zero is valid.
-        let region = unsafe { &*(ptr as *const Region) };
-        Metrics { region, slot: slot.min(MAX_WORKERS - 1) }
-    }
-
-    /// A private region for a worker run without a supervisor (and for tests).
-    pub fn local(slot: usize) -> Metrics {
-        let layout = std::alloc::Layout::new::<Region>();
-        // SAFETY: the layout is non-zero sized; zeroed memory is a valid Region (all atomics);
-        // the allocation is leaked on purpose, so it lives as long as the process.
-        unsafe {
-            let ptr = std::alloc::alloc_zeroed(layout);
-            assert!(!ptr.is_null(), "out of memory for the metrics region");
-            Metrics::from_raw(ptr, slot)
-        }
-    }
-
     fn me(&self) -> &WorkerStats {
         &self.region.workers[self.slot]
     }
@@ -269,129 +200,10 @@ impl Metrics {
         ZkState::from_u32(self.me().zk_state.load(Ordering::Relaxed))
     }
 
-    /// Every slot that has had a worker: the `/workers` answer.
-    pub fn workers_json(&self) -> serde_json::Value {
-        let rows: Vec<serde_json::Value> = self
-            .region
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0)
-            .map(|(i, w)| {
-                serde_json::json!({
-                    "slot": i,
-                    "pid": w.pid.load(Ordering::Relaxed),
-                    "generation": w.generation.load(Ordering::Relaxed),
-                    "started_unix_ms": w.started_ms.load(Ordering::Relaxed),
-                    "last_heartbeat_unix_ms": w.heartbeat_ms.load(Ordering::Relaxed),
-                    "requests": w.requests.load(Ordering::Relaxed),
-                    "active_connections": w.active_connections.load(Ordering::Relaxed),
-                    "restarts": w.restarts.load(Ordering::Relaxed),
-                    "zookeeper": ZkState::from_u32(w.zk_state.load(Ordering::Relaxed)).as_str(),
-                })
-            })
-            .collect();
-        serde_json::json!({ "workers": rows })
+    /// A handle on the same region for another slot (as a second worker process has).
+    pub fn for_slot(&self, slot: usize) -> Metrics {
+        Metrics { region: self.region, slot: slot.min(MAX_WORKERS - 1) }
     }
-
-    /// Prometheus text format, summed over every slot.
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let workers: Vec<(usize, &WorkerStats)> =
-            self.region.workers.iter().enumerate().filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0).collect();
-        let sum = |f: &dyn Fn(&WorkerStats) -> u64| workers.iter().map(|(_, w)| f(w)).sum::<u64>();
-        let names: Vec<(usize, String)> = self
-            .region
-            .names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.state.load(Ordering::Acquire) == 2)
-            .map(|(i, n)| (i, String::from_utf8_lossy(&read_name(n)).into_owned()))
-            .chain(std::iter::once((MAX_SERVICES - 1, OTHER.to_string())))
-            .collect();
-
-        out += "# HELP zkgate_requests_total Requests answered, by service and status class.\n";
-        out += "# TYPE zkgate_requests_total counter\n";
-        for (i, name) in &names {
-            for (c, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-                let n = sum(&|w| w.services[*i].by_class[c].load(Ordering::Relaxed));
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "zkgate_requests_total{{service=\"{}\",code_class=\"{class}\"}} {n}",
-                        escape(name)
-                    );
-                }
-            }
-        }
-        out += "# HELP zkgate_upstream_latency_seconds Time from sending a request to an instance to its response headers.\n";
-        out += "# TYPE zkgate_upstream_latency_seconds histogram\n";
-        for (i, name) in &names {
-            let count = sum(&|w| w.services[*i].count.load(Ordering::Relaxed));
-            if count == 0 {
-                continue;
-            }
-            let name = escape(name);
-            let mut cumulative = 0;
-            for (b, le) in BUCKETS.iter().enumerate() {
-                cumulative += sum(&|w| w.services[*i].buckets[b].load(Ordering::Relaxed));
-                let _ = writeln!(
-                    out,
-                    "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(out, "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}");
-            let micros = sum(&|w| w.services[*i].sum_micros.load(Ordering::Relaxed));
-            let _ = writeln!(out, "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}", micros as f64 / 1e6);
-            let _ = writeln!(out, "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}");
-        }
-        type Read = fn(&WorkerStats) -> i64;
-        let per_slot: [(&str, &str, &str, Read); 8] = [
-            ("zkgate_active_connections", "gauge", "Client connections open, per worker slot.", |w| {
-                w.active_connections.load(Ordering::Relaxed)
-            }),
-            ("zkgate_worker_requests_total", "counter", "Requests answered, per worker slot.", |w| {
-                w.requests.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_worker_restarts_total", "counter", "Workers respawned after dying, per slot.", |w| {
-                w.restarts.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_zookeeper_events_total", "counter", "ZooKeeper listings applied, per worker slot.", |w| {
-                w.zk_events.load(Ordering::Relaxed) as i64
-            }),
-            (
-                "zkgate_zookeeper_resyncs_total",
-                "counter",
-                "Full registry resyncs (new sessions), per worker slot.",
-                |w| w.zk_resyncs.load(Ordering::Relaxed) as i64,
-            ),
-            ("zkgate_ejections_total", "counter", "Instances ejected by outlier detection, per worker slot.", |w| {
-                w.ejections.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_retries_total", "counter", "Requests retried on another instance, per worker slot.", |w| {
-                w.retries.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_zookeeper_session_state", "gauge", "0 none, 1 connected, 2 disconnected, 3 session lost.", |w| {
-                i64::from(w.zk_state.load(Ordering::Relaxed))
-            }),
-        ];
-        for (name, kind, help, read) in per_slot {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (slot, w) in &workers {
-                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
-            }
-        }
-        out
-    }
-}
-
-fn read_name(n: &Name) -> Vec<u8> {
-    let len = (n.len.load(Ordering::Relaxed) as usize).min(NAME_LEN);
-    n.bytes[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -401,8 +213,7 @@ mod tests {
     #[test]
     fn two_workers_on_one_region_report_exact_totals() {
         let a = Metrics::local(0);
-        // SAFETY: same live region as `a`, another slot, like a second worker process.
-        let b = unsafe { Metrics::from_raw(a.region as *const Region as *mut u8, 1) };
+        let b = a.for_slot(1);
         a.started(1);
         b.started(1);
         let (ia, ib) = (a.service_index("svc"), b.service_index("svc"));

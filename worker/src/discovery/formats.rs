@@ -5,25 +5,10 @@
 //! `Ok(None)` means the node parsed but must not take traffic (ServerSet not ALIVE, Curator
 //! `enabled: false`, no usable port).
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::routes::Instance;
-
-/// The formats `zookeeper.format` can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// gliderlabs/registrator: node name `ip:port`, optional JSON data.
-    #[default]
-    Registrator,
-    /// Apache Curator x-discovery `ServiceInstance` JSON.
-    Curator,
-    /// Finagle / Aurora ServerSet `member_*` JSON.
-    Serverset,
-    /// Airbnb Nerve JSON (or base64 path encoding).
-    Nerve,
-}
+pub use crate::config::Format;
+use crate::table::Instance;
 
 impl Format {
     /// Whether instance nodes must be read (registrator's names say everything).

@@ -9,7 +9,7 @@
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Uri};
 
-use crate::settings::{HeaderRouting, RouteRule};
+use crate::config::{HeaderRouting, RouteRule};
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Target {
     pub path: PathAndQuery,
 }
 
-/// Why a request cannot be routed; each maps to a status in [`crate::proxy`].
+/// Why a request cannot be routed; each maps to a status in [`crate::http::error`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// No rule matches (404).

@@ -6,19 +6,19 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::settings::ProxySettings;
+use crate::config::ProxySettings;
+use crate::http::Body;
 
-/// Error type of bodies passing through the proxy.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of requests to instances and of responses to clients.
-pub type Body = BoxBody<Bytes, BoxError>;
+/// An error reading the client's request body (as opposed to the instance failing), tagged
+/// where the body is handed to the upstream client so a malformed upload is the client's 400.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(pub hyper::Error);
 
 /// Why a request to an instance failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +69,7 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(UpstreamError::BodyTooLarge),
-            Ok(Err(e)) if caused_by::<crate::proxy::ClientBodyError>(&e) => {
-                Err(UpstreamError::ClientBody(error_chain(&e)))
-            }
+            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(UpstreamError::ClientBody(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }

@@ -1,0 +1,363 @@
+//! `gateway.toml` as typed sections: the one home of every configuration type.
+//!
+//! The binary reads the file into [`Config`], runs the checks that span sections and hands the
+//! supervisor its part; the worker receives the whole [`Config`] unchanged. Defaults live in
+//! [`defaults`] and nowhere else; [`values`] holds how single values are written.
+
+pub mod defaults;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::balance::Strategy;
+use crate::table::instance::Instance;
+pub use defaults::*;
+use values::absolute_path;
+pub use values::{duration, listen_addr, HashOn, Workers};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: processes and sockets (the supervisor's part).
+    pub server: ServerSettings,
+    /// `[proxy]`.
+    pub proxy: ProxySettings,
+    /// `[header_routing]`.
+    pub header_routing: HeaderRouting,
+    /// `[[route]]` rules, in file order.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteRule>,
+    /// `[services.NAME]`.
+    pub services: Services,
+    /// `[zookeeper]`; absent: static services only.
+    pub zookeeper: Option<ZkSettings>,
+    /// `[cache]`.
+    pub cache: CacheSettings,
+    /// `[admin]`; absent: no admin listener.
+    pub admin: Option<AdminSettings>,
+    /// `[log]`.
+    pub log: LogSettings,
+}
+
+/// `[server]`: the worker processes and their listening sockets.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Addresses to listen on.
+    #[serde(deserialize_with = "listen_addr::list")]
+    pub listen: Vec<SocketAddr>,
+    /// `"auto"` (one per CPU) or a number.
+    pub workers: Workers,
+    /// `listen(2)` backlog per slot socket.
+    pub backlog: i32,
+    /// Longest graceful stop, and longest drain of a replaced worker.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// A worker silent for this long is killed and respawned.
+    #[serde(with = "duration")]
+    pub worker_timeout: Duration,
+    /// Pin worker i to CPU i.
+    pub cpu_affinity: bool,
+    /// Run workers as this user.
+    pub user: Option<String>,
+    /// Run workers with this group.
+    pub group: Option<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: vec![DEFAULT_LISTEN],
+            workers: Workers::Auto,
+            backlog: DEFAULT_BACKLOG,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            worker_timeout: DEFAULT_WORKER_TIMEOUT,
+            cpu_affinity: false,
+            user: None,
+            group: None,
+        }
+    }
+}
+
+/// `[proxy]`: how requests are forwarded.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Default balancing strategy for every service.
+    pub load_balance: Strategy,
+    /// What `consistent_hash` hashes on.
+    pub hash_on: HashOn,
+    /// How many times a failed idempotent request is retried on another instance.
+    pub retries: usize,
+    /// Share of a worker's active requests that may be retries at once (Envoy's retry budget).
+    pub retry_budget: f64,
+    /// Time allowed to open a TCP connection to an instance.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response headers.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// A client must send its request headers within this time (slowloris protection).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Keep-alive connections, to instances and from clients, idle this long are closed (a
+    /// client waiting for its next request is also bound by `header_read_timeout`).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) accepted from a client.
+    pub max_header_bytes: usize,
+    /// Connections a worker serves at once; beyond it the worker stops accepting.
+    pub max_connections: usize,
+    /// Forward the client's `Host` header (true) or set it to the instance's address (false).
+    pub preserve_host: bool,
+    /// Add `x-zkgate-instance` and `x-zkgate-worker` to responses.
+    pub debug_headers: bool,
+    /// Largest request body accepted (413 beyond it); 0 means unlimited.
+    pub max_body_bytes: u64,
+    /// `[proxy.outlier]`: passive outlier detection.
+    pub outlier: OutlierSettings,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            load_balance: Strategy::RoundRobin,
+            hash_on: HashOn::ClientIp,
+            retries: DEFAULT_RETRIES,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            preserve_host: DEFAULT_PRESERVE_HOST,
+            debug_headers: DEFAULT_DEBUG_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            outlier: OutlierSettings::default(),
+        }
+    }
+}
+
+/// `[proxy.outlier]`: passive outlier detection (Envoy's consecutive-failure ejection).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSettings {
+    /// Consecutive failures (connect error, timeout or 5xx) that eject an instance; 0 disables.
+    pub consecutive_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times this.
+    #[serde(with = "duration")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(with = "duration")]
+    pub max_ejection: Duration,
+    /// Most of a service (in percent) that may be ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        OutlierSettings {
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+        }
+    }
+}
+
+/// `[header_routing]`: the seed's routing, where two headers name the service and the path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRouting {
+    /// Whether requests under `mount` are routed by headers.
+    pub enabled: bool,
+    /// Path prefix under which header routing applies.
+    #[serde(deserialize_with = "absolute_path")]
+    pub mount: String,
+    /// Header naming the service.
+    pub service_header: String,
+    /// Header giving the upstream path (and query); must start with `/`.
+    pub path_header: String,
+}
+
+impl Default for HeaderRouting {
+    fn default() -> Self {
+        HeaderRouting {
+            enabled: DEFAULT_HEADER_ROUTING,
+            mount: DEFAULT_MOUNT.into(),
+            service_header: DEFAULT_SERVICE_HEADER.into(),
+            path_header: DEFAULT_PATH_HEADER.into(),
+        }
+    }
+}
+
+/// One `[[route]]` rule. Rules are tried in order; the first match wins.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Match only this host (the `Host` header without port, case-insensitive).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Match paths equal to this prefix or continuing it with `/` or `?` (a prefix ending in
+    /// `/` matches anything below it): `/users` matches `/users/7` but not `/usersx`.
+    #[serde(default = "default_path_prefix", deserialize_with = "absolute_path")]
+    pub path_prefix: String,
+    /// The service requests go to.
+    pub service: String,
+    /// Remove `path_prefix` from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+fn default_path_prefix() -> String {
+    DEFAULT_PATH_PREFIX.into()
+}
+
+/// `[services.NAME]`: static instances and per-service options.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    /// Static instances. When present the service is never looked up in ZooKeeper.
+    pub instances: Option<Vec<Instance>>,
+    /// Balancing strategy for this service (overrides `[proxy] load_balance`).
+    pub load_balance: Option<Strategy>,
+    /// What `consistent_hash` hashes on for this service (overrides `[proxy] hash_on`).
+    pub hash_on: Option<HashOn>,
+    /// Optional active HTTP health check of every instance.
+    pub health_check: Option<HealthCheck>,
+    /// Weights by instance address for a discovered service (Registrator and Curator carry
+    /// none); they override weights from the registry.
+    pub weights: BTreeMap<String, u32>,
+}
+
+/// All services by name.
+pub type Services = BTreeMap<String, ServiceSettings>;
+
+/// `health_check = { path, interval, timeout, healthy, unhealthy }` of a service.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// Path probed with GET; a 2xx or 3xx answer is healthy. Required (the binary checks it).
+    pub path: String,
+    /// Time between probes of one instance (each worker adds ±10% jitter).
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Time a probe may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy instance back.
+    pub healthy: u32,
+    /// Consecutive failures that take an instance out.
+    pub unhealthy: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: String::new(),
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            healthy: DEFAULT_CHECK_HEALTHY,
+            unhealthy: DEFAULT_CHECK_UNHEALTHY,
+        }
+    }
+}
+
+/// The registry formats `zookeeper.format` can name (parsed in `discovery::formats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// gliderlabs/registrator: node name `ip:port`, optional JSON data.
+    #[default]
+    Registrator,
+    /// Apache Curator x-discovery `ServiceInstance` JSON.
+    Curator,
+    /// Finagle / Aurora ServerSet `member_*` JSON.
+    Serverset,
+    /// Airbnb Nerve JSON (or base64 path encoding).
+    Nerve,
+}
+
+/// `[zookeeper]`: where the registry is and how to read it. Absent: static services only.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZkSettings {
+    /// Connect string: `host:port[,host:port…][/chroot]`. Required (the binary checks it).
+    pub hosts: String,
+    /// Registry root: services are its children, instances their children.
+    #[serde(deserialize_with = "absolute_path")]
+    pub root: String,
+    /// How instance nodes are written.
+    pub format: Format,
+    /// ZooKeeper session timeout (the server clamps it to 2–20 ticks).
+    #[serde(with = "duration")]
+    pub session_timeout: Duration,
+    /// How long a starting worker waits for ZooKeeper before serving from the snapshot.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// A service whose last instance vanishes keeps its last list (true) or answers 503 (false).
+    pub keep_last_on_empty: bool,
+    /// ServerSet only: route to this `additionalEndpoints` entry instead of `serviceEndpoint`.
+    pub serverset_endpoint: Option<String>,
+}
+
+impl Default for ZkSettings {
+    fn default() -> Self {
+        ZkSettings {
+            hosts: String::new(),
+            root: DEFAULT_ZK_ROOT.into(),
+            format: Format::default(),
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            connect_timeout: DEFAULT_ZK_CONNECT_TIMEOUT,
+            keep_last_on_empty: DEFAULT_KEEP_LAST_ON_EMPTY,
+            serverset_endpoint: None,
+        }
+    }
+}
+
+/// `[cache]`: the disk snapshot of discovered routes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Where the route snapshot is written after each change and read at start.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// `[admin]`: the admin API listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where the admin API listens (keep it on loopback unless a token is set).
+    #[serde(deserialize_with = "listen_addr::deserialize")]
+    pub listen: SocketAddr,
+    /// When set, requests need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings { listen: DEFAULT_ADMIN_LISTEN, token: None }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// One line per request (target `access`): client, method, path, status, bytes, service,
+    /// instance, duration.
+    pub access: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { access: DEFAULT_ACCESS_LOG }
+    }
+}

@@ -1,0 +1,154 @@
+//! How values are written in `gateway.toml`: durations (`"500ms"`), listen addresses, absolute
+//! paths, the `consistent_hash` key and the worker count, each with an error that shows the
+//! value and the expected form.
+
+use serde::{Deserialize, Serialize};
+
+/// A path setting must be absolute: a prefix like `users` would never match a request.
+pub(crate) fn absolute_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.starts_with('/') {
+        return Err(serde::de::Error::custom(format!("{s:?} must start with '/'")));
+    }
+    if s.contains(['?', '#']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(serde::de::Error::custom(format!("{s:?} must be a plain path (no query, fragment or spaces)")));
+    }
+    Ok(s)
+}
+
+/// The request key `consistent_hash` uses: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The value of a request header.
+    Header(http::HeaderName),
+    /// The value of a cookie.
+    Cookie(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+impl std::str::FromStr for HashOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "client_ip" {
+            return Ok(HashOn::ClientIp);
+        }
+        if let Some(name) = s.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("invalid header name in hash_on {s:?}"));
+        }
+        if let Some(name) = s.strip_prefix("cookie:").filter(|n| !n.is_empty()) {
+            return Ok(HashOn::Cookie(name.to_string()));
+        }
+        Err(format!("invalid hash_on {s:?}: expected \"header:NAME\", \"cookie:NAME\" or \"client_ip\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HashOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HashOn::Header(h) => s.serialize_str(&format!("header:{h}")),
+            HashOn::Cookie(c) => s.serialize_str(&format!("cookie:{c}")),
+            HashOn::ClientIp => s.serialize_str("client_ip"),
+        }
+    }
+}
+
+/// Serde helpers for durations written the way operators write them: `"500ms"`, `"30s"`, `"2m"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `"500ms"`-style strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"30s\", \"2m\""))
+        })
+    }
+
+    /// Writes durations back in the same syntax.
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+/// Serde helpers for listen addresses: an IP and a port, with an error that shows the value.
+pub mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn parse<E: serde::de::Error>(s: &str) -> Result<SocketAddr, E> {
+        s.parse().map_err(|_| {
+            E::custom(format!(
+                "{s:?} is not an IP:port address (names are not resolved here; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"
+            ))
+        })
+    }
+
+    /// One address.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    /// A list of addresses.
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        Vec::<String>::deserialize(d)?.iter().map(|s| parse(s)).collect()
+    }
+}
+
+/// `workers = "auto" | N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// One per CPU this process may run on.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        let raw = Raw::deserialize(d).map_err(|_| serde::de::Error::custom("workers is \"auto\" or a number"))?;
+        match raw {
+            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
+            Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!("workers = {n}: must be between 1 and 1024"))),
+            Raw::S(s) => Err(serde::de::Error::custom(format!("workers = {s:?}: must be \"auto\" or a number"))),
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl Workers {
+    /// The number of worker processes this means on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Workers::Count(n) => n,
+        }
+    }
+}

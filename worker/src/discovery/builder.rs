@@ -1,0 +1,272 @@
+//! The one task that turns [`Update`]s into route tables: applies them in order, coalesces
+//! bursts, swaps each new table in, reports readiness once a listing (ZooKeeper's or the
+//! snapshot) is loaded, and feeds the snapshot writer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::discovery::snapshot::Listing;
+use crate::discovery::update::{Registry, Update};
+use crate::metrics::Metrics;
+use crate::table::{Clock, Policy, RouteTable, Service, Source};
+use crate::SharedTable;
+
+/// Turns a registry listing into services, reusing what did not change.
+pub struct TableBuilder {
+    config: Arc<Config>,
+    clock: Clock,
+    statics: HashMap<String, Arc<Service>>,
+    current: HashMap<String, Arc<Service>>,
+}
+
+impl TableBuilder {
+    /// Starts from the static services of `config`, which discovery never overrides.
+    pub fn new(config: Arc<Config>, clock: Clock) -> Self {
+        let statics =
+            RouteTable::statics(&config, &clock).services().into_iter().map(|s| (s.name.clone(), s.clone())).collect();
+        TableBuilder { config, clock, statics, current: HashMap::new() }
+    }
+
+    /// Rebuilds the services in `changed` from `registry`; others keep their balancer. A rebuilt
+    /// service keeps the health and in-flight state of every instance address it already had.
+    pub fn build(&mut self, registry: &Registry, changed: &HashSet<String>) -> RouteTable {
+        let source = registry.source().unwrap_or(Source::Zookeeper);
+        for name in changed {
+            match registry.listing().get(name) {
+                Some(list) if !self.statics.contains_key(name) => {
+                    let mut list = list.clone();
+                    if let Some(weights) = self.config.services.get(name).map(|s| &s.weights) {
+                        for i in &mut list {
+                            if let Some(w) = weights.get(&i.address) {
+                                i.weight = *w;
+                            }
+                        }
+                    }
+                    let policy = Policy::for_service(&self.config, name);
+                    let previous = self.current.get(name).map(Arc::as_ref);
+                    let service = Service::new(name.clone(), list, source, policy, &self.clock, previous);
+                    self.current.insert(name.clone(), Arc::new(service));
+                }
+                _ => {
+                    self.current.remove(name);
+                }
+            }
+        }
+        let mut all = self.current.clone();
+        all.extend(self.statics.iter().map(|(k, v)| (k.clone(), v.clone())));
+        RouteTable::from_map(all)
+    }
+}
+
+/// Where the builder's results go.
+pub struct Outputs {
+    /// The table requests read.
+    pub table: SharedTable,
+    /// `Some(source)` once routes are loaded.
+    pub ready: watch::Sender<Option<Source>>,
+    /// The snapshot writer, when this worker writes it.
+    pub snapshot: Option<watch::Sender<Arc<Listing>>>,
+    /// Route counts go to the metrics.
+    pub metrics: Metrics,
+}
+
+/// Applies updates and publishes tables.
+pub struct Builder {
+    registry: Registry,
+    tables: TableBuilder,
+    out: Outputs,
+}
+
+impl Builder {
+    /// A builder over an empty registry.
+    pub fn new(registry: Registry, tables: TableBuilder, out: Outputs) -> Self {
+        Builder { registry, tables, out }
+    }
+
+    /// Runs until every sender is gone. Everything already queued when a batch starts goes into
+    /// one table (a burst of events costs one build).
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            self.apply(batch);
+        }
+    }
+
+    /// Applies one batch of updates: logs each change, swaps in a new table if anything
+    /// changed, marks the worker ready, hands a live listing to the snapshot writer.
+    pub fn apply(&mut self, batch: Vec<Update>) {
+        let mut changed = HashSet::new();
+        let mut from_zk = false;
+        for update in batch {
+            from_zk |= !matches!(update, Update::Snapshot(_));
+            let (lines, names) = self.registry.apply(update);
+            for l in lines {
+                log::info!("{l}");
+            }
+            changed.extend(names);
+        }
+        let out = &self.out;
+        if !changed.is_empty() || out.table.load().counts().0 == 0 {
+            let built = self.tables.build(&self.registry, &changed);
+            let (services, instances) = built.counts();
+            out.table.store(Arc::new(built));
+            out.metrics.set_routes(services, instances);
+        }
+        let now = *out.ready.borrow();
+        if now.is_none() || (from_zk && now == Some(Source::Snapshot)) {
+            if let Some(src) = self.registry.source() {
+                let _ = out.ready.send(Some(src));
+            }
+        }
+        if let (Some(tx), true, Some(Source::Zookeeper)) =
+            (&out.snapshot, !changed.is_empty() || from_zk, self.registry.source())
+        {
+            let _ = tx.send(Arc::new(self.registry.listing().clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::Strategy;
+    use crate::config::ServiceSettings;
+    use crate::discovery::update::tests::listing;
+    use crate::table::Instance;
+    use arc_swap::ArcSwap;
+
+    fn svc(name: &str, addrs: &[&str]) -> Update {
+        Update::Service(name.into(), addrs.iter().map(|a| Instance::new(*a)).collect())
+    }
+
+    fn config_with(name: &str, s: ServiceSettings) -> Arc<Config> {
+        let mut c = Config::default();
+        c.services.insert(name.into(), s);
+        Arc::new(c)
+    }
+
+    #[test]
+    fn configured_weights_override_a_discovered_services_weights() {
+        let weights = [("10.0.0.2:80".to_string(), 5)].into_iter().collect();
+        let config =
+            config_with("a", ServiceSettings { weights, load_balance: Some(Strategy::Weighted), ..Default::default() });
+        let mut b = TableBuilder::new(config, Clock::system());
+        let mut r = Registry::new(true);
+        let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])])));
+        let t = b.build(&r, &ch);
+        let w: Vec<u32> = t.get("a").unwrap().instances.iter().map(|i| i.weight).collect();
+        assert_eq!(w, [1, 5]);
+    }
+
+    #[test]
+    fn the_builder_keeps_static_services_and_unchanged_balancers() {
+        let config = config_with(
+            "static",
+            ServiceSettings { instances: Some(vec![Instance::new("127.0.0.1:1")]), ..Default::default() },
+        );
+        let mut b = TableBuilder::new(config, Clock::system());
+        let mut r = Registry::new(true);
+        let (_, ch) = r.apply(Update::Full(listing(&[
+            ("a", &["10.0.0.1:80"]),
+            ("b", &["10.0.0.2:80"]),
+            ("static", &["10.9.9.9:80"]),
+        ])));
+        let t1 = b.build(&r, &ch);
+        assert_eq!(t1.get("static").unwrap().instances[0].address, "127.0.0.1:1", "static wins");
+        let (_, ch) = r.apply(svc("a", &["10.0.0.3:80"]));
+        let t2 = b.build(&r, &ch);
+        assert_eq!(t2.get("a").unwrap().instances[0].weight, 1);
+        assert!(Arc::ptr_eq(t1.get("b").unwrap(), t2.get("b").unwrap()), "unchanged service reused");
+        assert_eq!(t2.get("a").unwrap().instances[0].address, "10.0.0.3:80");
+    }
+
+    #[test]
+    fn an_ejected_instance_stays_ejected_when_a_sibling_registers() {
+        let mut config = Config::default();
+        config.proxy.outlier.consecutive_failures = 1;
+        let policy = config.proxy.outlier.clone();
+        let mut b = TableBuilder::new(Arc::new(config), Clock::system());
+        let mut r = Registry::new(true);
+        let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.3:80"])])));
+        let t1 = b.build(&r, &ch);
+        let a1 = t1.get("a").unwrap();
+        assert!(a1.health.failure(1, &policy).is_some(), "10.0.0.3 ejected");
+        // 10.0.0.2 registers and sorts between the two: 10.0.0.3 moves from index 1 to 2.
+        let (_, ch) = r.apply(svc("a", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+        let t2 = b.build(&r, &ch);
+        let a2 = t2.get("a").unwrap();
+        assert_eq!(a2.instances[2].address, "10.0.0.3:80");
+        assert!(a2.health.ejected(2), "still ejected after a sibling registered");
+        assert!(!a2.health.ejected(1) && !a2.health.ejected(0));
+    }
+
+    /// A builder under test and the ends it publishes to.
+    struct Harness {
+        builder: Builder,
+        table: SharedTable,
+        ready: watch::Receiver<Option<Source>>,
+        snapshot: Option<watch::Receiver<Arc<Listing>>>,
+    }
+
+    fn harness(snapshot: bool) -> Harness {
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
+        let (ready_tx, ready) = watch::channel(None);
+        let (snap_tx, snapshot) = if snapshot {
+            let (t, r) = watch::channel(Arc::default());
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let out = Outputs { table: table.clone(), ready: ready_tx, snapshot: snap_tx, metrics: Metrics::local(0) };
+        let config = Arc::new(Config::default());
+        let builder = Builder::new(Registry::new(true), TableBuilder::new(config, Clock::system()), out);
+        Harness { builder, table, ready, snapshot }
+    }
+
+    fn addresses(table: &SharedTable, service: &str) -> Vec<String> {
+        table.load().get(service).map(|s| s.instances.iter().map(|i| i.address.clone()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_snapshot_makes_a_worker_ready_and_zookeepers_listing_replaces_it() {
+        let Harness { builder: mut b, table, ready, snapshot } = harness(true);
+        let mut snap = snapshot.unwrap();
+        assert_eq!(*ready.borrow(), None, "not ready before any listing");
+        b.apply(vec![Update::Snapshot(listing(&[("a", &["10.0.0.9:80"])]))]);
+        assert_eq!(*ready.borrow(), Some(Source::Snapshot));
+        assert_eq!(addresses(&table, "a"), ["10.0.0.9:80"]);
+        assert!(!snap.has_changed().unwrap(), "a snapshot is never written back from itself");
+
+        b.apply(vec![Update::Full(listing(&[("a", &["10.0.0.1:80"])]))]);
+        assert_eq!(*ready.borrow(), Some(Source::Zookeeper), "the listing wins");
+        assert_eq!(addresses(&table, "a"), ["10.0.0.1:80"]);
+        assert!(snap.has_changed().unwrap());
+        assert_eq!(snap.borrow_and_update()["a"][0].address, "10.0.0.1:80");
+
+        b.apply(vec![Update::Snapshot(listing(&[("a", &["10.0.0.9:80"])]))]);
+        assert_eq!(addresses(&table, "a"), ["10.0.0.1:80"], "a late snapshot never overrides the live listing");
+        assert_eq!(*ready.borrow(), Some(Source::Zookeeper));
+    }
+
+    #[test]
+    fn a_burst_is_one_table_and_an_empty_registry_is_ready_too() {
+        let Harness { builder: mut b, table, ready, .. } = harness(false);
+        b.apply(vec![Update::Full(Listing::new())]);
+        assert_eq!(*ready.borrow(), Some(Source::Zookeeper), "an empty registry is a loaded registry");
+        let before = table.load_full();
+        b.apply(vec![
+            svc("a", &["10.0.0.1:80"]),
+            svc("a", &["10.0.0.1:80", "10.0.0.2:80"]),
+            svc("b", &["10.0.0.3:80"]),
+        ]);
+        assert!(!Arc::ptr_eq(&before, &table.load_full()));
+        assert_eq!(addresses(&table, "a"), ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(addresses(&table, "b"), ["10.0.0.3:80"]);
+    }
+}

@@ -1,0 +1,204 @@
+//! What the ZooKeeper side reports ([`Update`]) and the registry as this worker knows it
+//! ([`Registry`]): the rules for applying updates, and the log line each change deserves.
+//! Pure: no ZooKeeper, no I/O, so unit tests drive it directly.
+
+use std::collections::HashSet;
+
+use crate::discovery::snapshot::Listing;
+use crate::table::{Instance, Source};
+
+/// What the ZooKeeper side reports to the builder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A complete listing of the registry, after connecting or resyncing.
+    Full(Listing),
+    /// The snapshot, loaded because ZooKeeper was unreachable at start.
+    Snapshot(Listing),
+    /// One service's current instances.
+    Service(String, Vec<Instance>),
+    /// A service node is gone.
+    Removed(String),
+}
+
+/// The registry as this worker knows it, and the rules for applying updates to it. Pure: no
+/// ZooKeeper, no I/O, so unit tests drive it directly.
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: Listing,
+    source: Option<Source>,
+    keep_last_on_empty: bool,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(keep_last_on_empty: bool) -> Self {
+        Registry { services: Listing::new(), source: None, keep_last_on_empty }
+    }
+
+    /// Where the current listing came from (`None` until the first one).
+    pub fn source(&self) -> Option<Source> {
+        self.source
+    }
+
+    /// The current listing.
+    pub fn listing(&self) -> &Listing {
+        &self.services
+    }
+
+    /// Applies an update; returns the log lines describing what changed, and the names of the
+    /// services that changed.
+    pub fn apply(&mut self, update: Update) -> (Vec<String>, HashSet<String>) {
+        let mut log = Vec::new();
+        let mut changed = HashSet::new();
+        match update {
+            Update::Full(all) if self.services.is_empty() => {
+                // First load: one summary line, not one per service (a registry may hold 10 000).
+                self.source = Some(Source::Zookeeper);
+                let n: usize = all.values().map(Vec::len).sum();
+                log.push(format!("zookeeper: loaded {} services, {n} instances", all.len()));
+                changed.extend(all.keys().cloned());
+                self.services = all
+                    .into_iter()
+                    .map(|(k, mut v)| {
+                        v.sort();
+                        v.dedup_by(|a, b| a.address == b.address);
+                        (k, v)
+                    })
+                    .collect();
+            }
+            Update::Full(all) => {
+                self.source = Some(Source::Zookeeper);
+                self.replace_all(all, &mut log, &mut changed);
+            }
+            Update::Snapshot(all) => {
+                if self.source == Some(Source::Zookeeper) {
+                    return (log, changed); // ZooKeeper answered first: the snapshot is older.
+                }
+                self.source = Some(Source::Snapshot);
+                self.replace_all(all, &mut log, &mut changed);
+            }
+            Update::Service(name, list) => {
+                if self.set(&name, list, &mut log) {
+                    changed.insert(name);
+                }
+            }
+            Update::Removed(name) => {
+                if self.services.contains_key(&name) && self.set(&name, Vec::new(), &mut log) {
+                    changed.insert(name);
+                }
+            }
+        }
+        (log, changed)
+    }
+
+    fn replace_all(&mut self, all: Listing, log: &mut Vec<String>, changed: &mut HashSet<String>) {
+        let gone: Vec<String> = self.services.keys().filter(|k| !all.contains_key(*k)).cloned().collect();
+        for name in gone {
+            if self.keep_last_on_empty {
+                log.push(format!(
+                    "service {name}: gone from the registry; keeping its last {} instances (keep_last_on_empty)",
+                    self.services[&name].len()
+                ));
+            } else {
+                self.services.remove(&name);
+                log.push(format!("service {name}: removed"));
+                changed.insert(name);
+            }
+        }
+        for (name, list) in all {
+            if self.set(&name, list, log) {
+                changed.insert(name);
+            }
+        }
+    }
+
+    /// Sets one service's list; returns whether it changed.
+    fn set(&mut self, name: &str, mut list: Vec<Instance>, log: &mut Vec<String>) -> bool {
+        list.sort();
+        list.dedup_by(|a, b| a.address == b.address);
+        let old = self.services.get(name);
+        if old == Some(&list) {
+            return false;
+        }
+        if list.is_empty() && self.keep_last_on_empty {
+            if let Some(old) = old.filter(|o| !o.is_empty()) {
+                log.push(format!(
+                    "service {name}: no instances left in the registry; keeping the last {} (keep_last_on_empty)",
+                    old.len()
+                ));
+                return false;
+            }
+        }
+        let before: HashSet<&str> = old.map(|o| o.iter().map(|i| i.address.as_str()).collect()).unwrap_or_default();
+        let after: HashSet<&str> = list.iter().map(|i| i.address.as_str()).collect();
+        let mut diff: Vec<String> =
+            list.iter().filter(|i| !before.contains(i.address.as_str())).map(|i| format!("+{}", i.address)).collect();
+        if let Some(old) = old {
+            diff.extend(old.iter().filter(|i| !after.contains(i.address.as_str())).map(|i| format!("-{}", i.address)));
+        }
+        if diff.is_empty() {
+            diff.push(if old.is_none() { "appeared".into() } else { "weights changed".into() });
+        }
+        log.push(format!("service {name}: {} ({} instances)", diff.join(" "), list.len()));
+        self.services.insert(name.to_string(), list);
+        true
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A registry listing from `(service, [address…])` pairs.
+    pub(crate) fn listing(pairs: &[(&str, &[&str])]) -> Listing {
+        pairs.iter().map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect())).collect()
+    }
+
+    fn svc(name: &str, addrs: &[&str]) -> Update {
+        Update::Service(name.into(), addrs.iter().map(|a| Instance::new(*a)).collect())
+    }
+
+    #[test]
+    fn changes_are_logged_once_as_a_diff() {
+        let mut r = Registry::new(true);
+        let (log, changed) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80", "10.0.0.2:80"])])));
+        assert_eq!(log, ["zookeeper: loaded 1 services, 2 instances"]);
+        assert!(changed.contains("svc1"));
+        let (log, _) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80"]), ("svc2", &[])])));
+        assert_eq!(log, ["service svc1: -10.0.0.2:80 (1 instances)", "service svc2: appeared (0 instances)"]);
+        r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80"]));
+        let (log, _) = r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+        assert_eq!(log, ["service svc1: +10.0.0.3:80 (3 instances)"]);
+        let (log, changed) = r.apply(svc("svc1", &["10.0.0.3:80", "10.0.0.2:80", "10.0.0.1:80"]));
+        assert!(log.is_empty() && changed.is_empty(), "same set in another order is no change");
+        let (log, _) = r.apply(svc("svc1", &["10.0.0.3:80"]));
+        assert_eq!(log, ["service svc1: -10.0.0.1:80 -10.0.0.2:80 (1 instances)"]);
+    }
+
+    #[test]
+    fn keep_last_on_empty_keeps_the_last_list_and_false_empties_it() {
+        let mut keep = Registry::new(true);
+        keep.apply(svc("a", &["10.0.0.1:80"]));
+        keep.apply(Update::Removed("a".into()));
+        keep.apply(svc("a", &[]));
+        assert_eq!(keep.listing()["a"].len(), 1);
+        keep.apply(Update::Full(Listing::new()));
+        assert_eq!(keep.listing()["a"].len(), 1);
+
+        let mut strict = Registry::new(false);
+        strict.apply(svc("a", &["10.0.0.1:80"]));
+        strict.apply(Update::Removed("a".into()));
+        assert!(strict.listing()["a"].is_empty(), "known service with no instance: 503");
+        strict.apply(Update::Full(Listing::new()));
+        assert!(!strict.listing().contains_key("a"), "gone after a resync: 404");
+    }
+
+    #[test]
+    fn a_snapshot_never_overrides_a_live_listing() {
+        let mut r = Registry::new(true);
+        r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80"])])));
+        r.apply(Update::Snapshot(listing(&[("a", &["10.0.0.9:80"])])));
+        assert_eq!(r.listing()["a"][0].address, "10.0.0.1:80");
+        assert_eq!(r.source(), Some(Source::Zookeeper));
+    }
+}

@@ -1,0 +1,330 @@
+//! The ZooKeeper side of discovery for one worker: its session, the one-shot watches on the
+//! registry, and the [`Update`]s they turn into.
+//!
+//! ```text
+//! run ─ connect ─▶ session ─▶ initial_sync ─▶ watch_root ─┬─ relist root ─▶ reconcile (start/stop service tasks)
+//!  ▲                                                      └─ session state (disconnected / reconnected / ended)
+//!  └──────────── session ended: new session, full resync ◀─┘
+//! one watch_service task per service: wait for its watch ─▶ list_service ─▶ Update::Service
+//! ```
+//! Every watch is one-shot: after an event the node is listed again with a new watch and the
+//! full child set is diffed downstream; events are never counted (several changes collapse into
+//! one event). A disconnection keeps the table (the session lives on, the client fails over to
+//! another ensemble member and restores its watches); an expired or closed session is replaced
+//! by a new one and a full resync.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+
+use crate::config::ZkSettings;
+use crate::discovery::retry::{retry, Backoff};
+use crate::discovery::snapshot::Listing;
+use crate::discovery::update::Update;
+use crate::metrics::{Metrics, ZkState};
+use crate::table::Instance;
+
+/// The ZooKeeper side of discovery for one worker.
+pub struct Watcher {
+    settings: ZkSettings,
+    skip: HashSet<String>,
+    tx: mpsc::UnboundedSender<Update>,
+    metrics: Metrics,
+}
+
+/// One listing of a service, and the watches that fire when it changes.
+struct Listed {
+    instances: Vec<Instance>,
+    watches: Vec<zk::OneshotWatcher>,
+    /// Nodes that did not parse: full path, and why.
+    malformed: Vec<(String, String)>,
+}
+
+impl Listed {
+    /// Warns about each malformed node once: `warned` holds the nodes warned about in the
+    /// previous listing, so a relisting does not warn again but a node broken anew does.
+    fn warn_malformed(&self, service: &str, warned: &mut HashSet<String>) {
+        for (node, why) in &self.malformed {
+            if !warned.contains(node) {
+                log::warn!("service {service}: skipping {node}: {why}");
+            }
+        }
+        *warned = self.malformed.iter().map(|(node, _)| node.clone()).collect();
+    }
+}
+
+/// The per-service watch tasks of one session; dropping it stops them all.
+#[derive(Default)]
+struct ServiceTasks(HashMap<String, JoinHandle<()>>);
+
+impl Drop for ServiceTasks {
+    fn drop(&mut self) {
+        for t in self.0.values() {
+            t.abort();
+        }
+    }
+}
+
+impl Watcher {
+    /// `skip`: services with static instances, never looked up.
+    pub fn new(
+        settings: ZkSettings,
+        skip: HashSet<String>,
+        tx: mpsc::UnboundedSender<Update>,
+        metrics: Metrics,
+    ) -> Self {
+        Watcher { settings, skip, tx, metrics }
+    }
+
+    /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = Backoff::default();
+        let mut failing = false;
+        loop {
+            let client = match self.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics.set_zk_state(ZkState::Lost);
+                    if !failing {
+                        log::warn!(
+                            "zookeeper {}: cannot connect ({e}); serving the last known routes, retrying",
+                            self.settings.hosts
+                        );
+                        failing = true;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            log::info!("zookeeper {}: session 0x{:x} established", self.settings.hosts, client.session_id().0);
+            failing = false;
+            backoff.reset();
+            self.metrics.set_zk_state(ZkState::Connected);
+            self.clone().session(client).await;
+        }
+    }
+
+    async fn connect(&self) -> Result<zk::Client, zk::Error> {
+        zk::Client::connector()
+            .with_session_timeout(self.settings.session_timeout)
+            .with_connection_timeout(self.settings.connect_timeout)
+            .with_fail_eagerly()
+            .connect(&self.settings.hosts)
+            .await
+    }
+
+    /// One session: initial sync, then watch until the session ends.
+    async fn session(self: Arc<Self>, client: zk::Client) {
+        let what = format!("zookeeper: listing {}", self.settings.root);
+        let Some((names, root_watch)) = retry(&what, || self.list_root(&client)).await else { return };
+        let Some(mut tasks) = self.clone().initial_sync(&client, names).await else { return };
+        let end = self.watch_root(&client, root_watch, &mut tasks).await;
+        self.metrics.set_zk_state(ZkState::Lost);
+        log::warn!("zookeeper: session ended ({end}); opening a new session and resyncing, routes kept meanwhile");
+    }
+
+    /// Lists every service (pipelined), sends one [`Update::Full`], then starts a watch task per
+    /// service on the watches the listing set. `None`: the session ended during the sync.
+    async fn initial_sync(self: Arc<Self>, client: &zk::Client, names: Vec<String>) -> Option<ServiceTasks> {
+        let mut listed: FuturesUnordered<_> = names
+            .into_iter()
+            .map(|name| async {
+                let what = format!("service {name}: listing");
+                let l = retry(&what, || self.list_service(client, &name)).await;
+                (name, l)
+            })
+            .collect();
+        let mut full = Listing::new();
+        let mut first = Vec::new();
+        while let Some((name, l)) = listed.next().await {
+            let l = l?;
+            let mut warned = HashSet::new();
+            l.warn_malformed(&name, &mut warned);
+            full.insert(name.clone(), l.instances);
+            first.push((name, l.watches, warned));
+        }
+        drop(listed);
+        self.metrics.zk_resync();
+        let _ = self.tx.send(Update::Full(full));
+        let mut tasks = ServiceTasks::default();
+        for (name, watches, warned) in first {
+            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), Some(watches), warned));
+            tasks.0.insert(name, task);
+        }
+        Some(tasks)
+    }
+
+    /// Follows the service list and the session state until the session ends; returns why.
+    async fn watch_root(
+        self: &Arc<Self>,
+        client: &zk::Client,
+        root_watch: zk::OneshotWatcher,
+        tasks: &mut ServiceTasks,
+    ) -> zk::SessionState {
+        let mut state = client.state_watcher();
+        let mut root_event = Box::pin(root_watch.changed());
+        let what = format!("zookeeper: listing {}", self.settings.root);
+        loop {
+            tokio::select! {
+                event = &mut root_event => {
+                    if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                        return event.session_state;
+                    }
+                    let Some((names, w)) = retry(&what, || self.list_root(client)).await else {
+                        return zk::SessionState::Expired;
+                    };
+                    root_event = Box::pin(w.changed());
+                    self.metrics.zk_event();
+                    self.reconcile(client, names, tasks);
+                }
+                s = state.changed() => match s {
+                    zk::SessionState::Disconnected => {
+                        self.metrics.set_zk_state(ZkState::Disconnected);
+                        log::warn!("zookeeper: disconnected; serving the last known routes while the client reconnects");
+                    }
+                    zk::SessionState::SyncConnected => {
+                        self.metrics.set_zk_state(ZkState::Connected);
+                        log::info!("zookeeper: reconnected; session kept, watches restored");
+                    }
+                    s if s.is_terminated() => return s,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Stops the watch tasks of services gone from the root (reporting their removal) and
+    /// starts one for each new service.
+    fn reconcile(self: &Arc<Self>, client: &zk::Client, names: Vec<String>, tasks: &mut ServiceTasks) {
+        let names: HashSet<String> = names.into_iter().collect();
+        tasks.0.retain(|name, task| {
+            let keep = names.contains(name);
+            if !keep {
+                task.abort();
+                let _ = self.tx.send(Update::Removed(name.clone()));
+            }
+            keep
+        });
+        for name in names {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.0.entry(name) {
+                let name = slot.key().clone();
+                slot.insert(tokio::spawn(self.clone().watch_service(client.clone(), name, None, HashSet::new())));
+            }
+        }
+    }
+
+    /// Lists the root's children (service names) with a watch. A missing root is an empty
+    /// registry, watched for creation.
+    async fn list_root(&self, client: &zk::Client) -> Result<(Vec<String>, zk::OneshotWatcher), zk::Error> {
+        let root = &self.settings.root;
+        match children_or_creation(client, root).await? {
+            Children::Listed(names, w) => Ok((names.into_iter().filter(|n| !self.skip.contains(n)).collect(), w)),
+            Children::Missing(w) => {
+                log::warn!("zookeeper: registry root {root} does not exist yet; watching for it");
+                Ok((Vec::new(), w))
+            }
+        }
+    }
+
+    /// Lists one service with watches: its children, and each child's data where the format
+    /// needs it. A missing service node is an empty service, watched for creation. Malformed
+    /// nodes are left out and reported in [`Listed::malformed`].
+    async fn list_service(&self, client: &zk::Client, name: &str) -> Result<Listed, zk::Error> {
+        let path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
+        let (children, watch) = match children_or_creation(client, &path).await? {
+            Children::Listed(children, w) => (children, w),
+            Children::Missing(w) => {
+                return Ok(Listed { instances: Vec::new(), watches: vec![w], malformed: Vec::new() })
+            }
+        };
+        let format = self.settings.format;
+        let children: Vec<String> = children.into_iter().filter(|c| format.accepts_name(c)).collect();
+        let mut watches = vec![watch];
+        let data: Vec<Option<Vec<u8>>> = if format.needs_data() {
+            let reads = children.iter().map(|c| {
+                let p = format!("{path}/{c}");
+                async move { client.get_and_watch_data(&p).await }
+            });
+            let mut out = Vec::new();
+            for r in futures::future::join_all(reads).await {
+                match r {
+                    Ok((data, _stat, w)) => {
+                        watches.push(w);
+                        out.push(Some(data));
+                    }
+                    // Vanished between the listing and the read: the children watch fires too.
+                    Err(zk::Error::NoNode) => out.push(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            out
+        } else {
+            children.iter().map(|_| Some(Vec::new())).collect()
+        };
+        let mut instances = Vec::new();
+        let mut malformed = Vec::new();
+        for (child, data) in children.iter().zip(data) {
+            let Some(data) = data else { continue };
+            match format.parse(child, &data, self.settings.serverset_endpoint.as_deref()) {
+                Ok(Some(i)) => instances.push(i),
+                Ok(None) => {}
+                Err(why) => malformed.push((format!("{path}/{child}"), why)),
+            }
+        }
+        Ok(Listed { instances, watches, malformed })
+    }
+
+    /// Watches one service until its task is aborted or the session ends.
+    async fn watch_service(
+        self: Arc<Self>,
+        client: zk::Client,
+        name: String,
+        mut watches: Option<Vec<zk::OneshotWatcher>>,
+        mut warned: HashSet<String>,
+    ) {
+        let what = format!("service {name}: listing");
+        loop {
+            if let Some(ws) = watches.take() {
+                let mut fired: FuturesUnordered<_> = ws.into_iter().map(|w| w.changed()).collect();
+                match fired.next().await {
+                    Some(ev) if ev.event_type == zk::EventType::Session && ev.session_state.is_terminated() => return,
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+            let Some(l) = retry(&what, || self.list_service(&client, &name)).await else { return };
+            l.warn_malformed(&name, &mut warned);
+            self.metrics.zk_event();
+            let _ = self.tx.send(Update::Service(name.clone(), l.instances));
+            watches = Some(l.watches);
+        }
+    }
+}
+
+/// A node's children with a children watch, or, while the node does not exist, a watch that
+/// fires when it is created.
+enum Children {
+    Listed(Vec<String>, zk::OneshotWatcher),
+    Missing(zk::OneshotWatcher),
+}
+
+/// Lists `path` with a watch. A missing node gets an existence watch instead; if the node
+/// appears between the two calls, it is listed again, because an existence watch on a node that
+/// already exists would not fire for its children.
+async fn children_or_creation(client: &zk::Client, path: &str) -> Result<Children, zk::Error> {
+    loop {
+        match client.list_and_watch_children(path).await {
+            Ok((children, w)) => return Ok(Children::Listed(children, w)),
+            Err(zk::Error::NoNode) => {
+                if let (None, w) = client.check_and_watch_stat(path).await? {
+                    return Ok(Children::Missing(w));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

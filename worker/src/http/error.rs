@@ -1,0 +1,107 @@
+//! The gateway's own answers: why a request was not proxied ([`ProxyError`]) and the short
+//! JSON body with the status an operator expects from a gateway (404, 503, 502, 504 …).
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::http::router::RouteError;
+use crate::http::upstream::UpstreamError;
+use crate::http::Body;
+
+/// Why a request was answered by the gateway itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route, or a route to a service nobody registered: 404.
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    /// The service is not in the route table: 404.
+    #[error("unknown service")]
+    UnknownService(String),
+    /// The service has no instance that may take traffic: 503.
+    #[error("no healthy instance")]
+    NoInstance(String),
+    /// The instance failed: 502; timed out: 504; the body was too large: 413.
+    #[error("{1}")]
+    Upstream(String, UpstreamError),
+    /// `Content-Length` over `max_body_bytes`: 413.
+    #[error("request body too large")]
+    BodyTooLarge(String),
+}
+
+impl ProxyError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(RouteError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(_, UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The service the request was for, when it got that far.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            ProxyError::UnknownService(s)
+            | ProxyError::NoInstance(s)
+            | ProxyError::Upstream(s, _)
+            | ProxyError::BodyTooLarge(s) => Some(s),
+            ProxyError::Route(_) => None,
+        }
+    }
+
+    /// The JSON answer: `{"error": "...", "service": "..."}`.
+    pub fn into_response(self) -> Response<Body> {
+        let message = match &self {
+            ProxyError::Upstream(_, UpstreamError::Timeout(_)) => "upstream timeout".to_string(),
+            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) => "request body too large".to_string(),
+            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => "malformed request body".to_string(),
+            ProxyError::Upstream(..) => "upstream failure".to_string(),
+            other => other.to_string(),
+        };
+        json_response(self.status(), &message, self.service())
+    }
+}
+
+/// A small JSON error body, for the proxy and the server's own refusals.
+pub fn json_response(status: StatusCode, error: &str, service: Option<&str>) -> Response<Body> {
+    let mut body = serde_json::json!({ "error": error });
+    if let Some(s) = service {
+        body["service"] = serde_json::Value::from(s);
+    }
+    let mut resp = Response::new(full(format!("{body}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_statuses_operators_expect() {
+        let cases = [
+            (ProxyError::Route(RouteError::NoRoute), 404),
+            (ProxyError::Route(RouteError::BadRequest("x".into())), 400),
+            (ProxyError::UnknownService("s".into()), 404),
+            (ProxyError::NoInstance("s".into()), 503),
+            (ProxyError::Upstream("s".into(), UpstreamError::Connect("refused".into())), 502),
+            (ProxyError::Upstream("s".into(), UpstreamError::Timeout(std::time::Duration::from_secs(1))), 504),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.status().as_u16(), code);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Forwarding one request to a service: pick an instance, send, record the outcome for outlier
+//! detection, and retry on another instance when that is safe (a connection refused: nothing
+//! was sent, and the request has no body to replay) — within `retries` and the retry budget.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+use crate::balance::PickContext;
+use crate::config::ProxySettings;
+use crate::http::error::ProxyError;
+use crate::http::upstream::{Upstream, UpstreamError};
+use crate::http::Body;
+use crate::metrics::Metrics;
+use crate::table::Service;
+
+/// Fewest retries allowed at once whatever the budget, so a quiet worker can still retry.
+const MIN_RETRY_CONCURRENCY: usize = 3;
+
+/// Sends requests to instances; one per worker.
+pub struct Forwarder {
+    upstream: Upstream,
+    settings: ProxySettings,
+    metrics: Metrics,
+    /// Requests being handled by this worker (the retry budget is a share of them).
+    active: AtomicUsize,
+    /// Requests on their second or later attempt.
+    retrying: AtomicUsize,
+}
+
+/// What the attempts of one request learned, for metrics and the access log.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    /// The instance that answered last (or failed last).
+    pub instance: Option<String>,
+    /// Time until the last attempt's response head.
+    pub latency: Option<Duration>,
+}
+
+/// A response from an instance, with what it keeps alive while its body streams.
+pub struct Answered {
+    /// The instance's response.
+    pub response: Response<Incoming>,
+    /// The instance that answered.
+    pub address: String,
+    /// Counts the request in flight at the instance until the body is done.
+    pub inflight: InFlight,
+}
+
+impl Forwarder {
+    /// A forwarder with the proxy's timeouts and retry policy.
+    pub fn new(settings: &ProxySettings, metrics: Metrics) -> Self {
+        Forwarder {
+            upstream: Upstream::new(settings),
+            settings: settings.clone(),
+            metrics,
+            active: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a request as active for as long as the guard lives (a guard, not a decrement at
+    /// the end: hyper drops the request's future when the client leaves).
+    pub fn active(&self) -> CountGuard<'_> {
+        CountGuard::new(&self.active)
+    }
+
+    /// Sends the request to an instance of `service`, retrying when safe. `build` makes the
+    /// outgoing request for a body and an instance address; `replayable` says whether the
+    /// request may be sent again (no body, no upgrade).
+    pub async fn forward(
+        &self,
+        service: &Arc<Service>,
+        key: Option<u64>,
+        mut body: Option<Body>,
+        replayable: bool,
+        build: impl Fn(Body, &str) -> Request<Body>,
+        attempts: &mut Attempts,
+    ) -> Result<Answered, ProxyError> {
+        let mut tried: Vec<usize> = Vec::new();
+        let mut _retry: Option<CountGuard<'_>> = None;
+        loop {
+            let idx = self.pick(service, key, &tried)?;
+            tried.push(idx);
+            let address = &service.instances[idx].address;
+            let b = body.take().unwrap_or_else(|| Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
+            let inflight = InFlight::start(service.clone(), idx);
+            attempts.instance = Some(address.clone());
+            let sent = Instant::now();
+            let result = self.upstream.send(build(b, address)).await;
+            attempts.latency = Some(sent.elapsed());
+            self.record(service, idx, &result);
+            match result {
+                Ok(response) => return Ok(Answered { response, address: address.clone(), inflight }),
+                Err(UpstreamError::Connect(e)) if replayable && self.may_retry(service, tried.len()) => {
+                    log::warn!("service {}: instance {address}: {e}; retrying on another instance", service.name);
+                    _retry.get_or_insert_with(|| CountGuard::new(&self.retrying));
+                    self.metrics.retry();
+                }
+                Err(e) => return Err(ProxyError::Upstream(service.name.clone(), e)),
+            }
+        }
+    }
+
+    /// Picks among available instances not tried yet; when none is available (all ejected or
+    /// unhealthy), among every instance not tried yet: a degraded answer beats a 503 (Envoy's
+    /// panic mode).
+    fn pick(&self, service: &Service, key: Option<u64>, tried: &[usize]) -> Result<usize, ProxyError> {
+        let unavailable = |i: usize| tried.contains(&i) || !service.health.available(i);
+        let already_tried = |i: usize| tried.contains(&i);
+        let load = |i: usize| service.health.active(i);
+        let balancer = &service.balancer;
+        balancer
+            .pick(&PickContext { key, skip: &unavailable, load: &load })
+            .or_else(|| balancer.pick(&PickContext { key, skip: &already_tried, load: &load }))
+            .ok_or_else(|| ProxyError::NoInstance(service.name.clone()))
+    }
+
+    /// Whether one more attempt is allowed: within `retries`, and within the retry budget (a
+    /// share of the worker's active requests) so a dying service is not hammered.
+    fn may_retry(&self, service: &Service, attempts: usize) -> bool {
+        if attempts > self.settings.retries || attempts >= service.instances.len() {
+            return false;
+        }
+        let active = self.active.load(Ordering::Relaxed);
+        let budget = ((active as f64 * self.settings.retry_budget) as usize).max(MIN_RETRY_CONCURRENCY);
+        self.retrying.load(Ordering::Relaxed) < budget
+    }
+
+    /// Feeds the outcome of one attempt to outlier detection. Failures the client caused (a
+    /// body too large or malformed) say nothing about the instance.
+    fn record(&self, service: &Service, idx: usize, result: &Result<Response<Incoming>, UpstreamError>) {
+        let failed = match result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => return,
+            Err(_) => true,
+        };
+        if !failed {
+            service.health.success(idx);
+        } else if let Some(span) = service.health.failure(idx, &self.settings.outlier) {
+            self.metrics.ejection();
+            log::warn!(
+                "service {}: instance {} ejected for {}s after {} consecutive failures",
+                service.name,
+                service.instances[idx],
+                span.as_secs(),
+                self.settings.outlier.consecutive_failures
+            );
+        }
+    }
+}
+
+/// Counts a request in a counter (active, or retrying) for as long as it lives.
+pub struct CountGuard<'a>(&'a AtomicUsize);
+
+impl<'a> CountGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        CountGuard(counter)
+    }
+}
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request against its instance (for `least_request`) until its response body ends.
+pub struct InFlight {
+    service: Arc<Service>,
+    idx: usize,
+}
+
+impl InFlight {
+    fn start(service: Arc<Service>, idx: usize) -> Self {
+        service.health.started(idx);
+        InFlight { service, idx }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.service.health.finished(self.idx);
+    }
+}
+
+/// A response body that keeps its [`InFlight`] alive while it streams.
+pub struct InFlightBody {
+    inner: Incoming,
+    _inflight: InFlight,
+}
+
+impl InFlightBody {
+    /// Wraps `inner` so the instance counts the request until the body is done.
+    pub fn new(inner: Incoming, inflight: InFlight) -> Self {
+        InFlightBody { inner, _inflight: inflight }
+    }
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,38 @@
+//! The request path, in the order a request meets it:
+//!
+//! ```text
+//! server::Server::accept_loop ─▶ conn::serve (limits, idle, drain) ─▶ proxy::Proxy::handle
+//!   handle ─▶ proxy ─▶ answer_error ─▶ log_request
+//!   proxy  ─▶ route (router) ─▶ service (table) ─▶ forward (pick, upstream_request, retry) ─▶ respond
+//! ```
+//! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
+//! - [`server`]: accept loops on the slot's sockets, `max_connections`, the queue drain.
+//! - [`conn`]: one client connection (HTTP/1.1 or h2c), its idle timeout and graceful end.
+//! - [`proxy`]: the request path as named phases.
+//! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
+//! - [`router`]: request → service and upstream path.
+//! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
+//! - [`upstream`]: the pooled client to instances and its timeouts.
+//! - [`tunnel`]: upgraded connections (WebSocket) copied both ways.
+//! - [`error`]: the gateway's own answers.
+//! - [`health_check`]: active HTTP probes of instances.
+
+pub mod conn;
+pub mod connections;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod health_check;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod tunnel;
+pub mod upstream;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+
+/// Error type of bodies passing through the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of requests to instances and of responses to clients.
+pub type Body = BoxBody<Bytes, BoxError>;

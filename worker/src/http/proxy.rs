@@ -1,0 +1,303 @@
+//! The request path as named phases (Pingora's vocabulary, without a trait):
+//!
+//! ```text
+//! handle ─▶ proxy ─┬─ route            request → service name and upstream path (router)
+//!                  ├─ service          the service in the current route table
+//!                  ├─ request_body     the body, limited to max_body_bytes
+//!                  ├─ forward          pick, upstream_request, send, retry (forward.rs)
+//!                  └─ respond          the instance's response as the client receives it
+//!        ─▶ answer_error               the gateway's own answer when a phase failed
+//!        ─▶ log_request                metrics and the access log
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::balance::hash_key;
+use crate::config::{HashOn, ProxySettings};
+use crate::http::connections::{ConnGuard, Connections};
+use crate::http::error::ProxyError;
+use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody};
+use crate::http::headers;
+use crate::http::router::{request_host, Router, Target};
+use crate::http::tunnel::{is_upgrade, tunnel};
+use crate::http::upstream::{ClientBodyError, UpstreamError};
+use crate::http::{Body, BoxError};
+use crate::metrics::{Metrics, UNROUTED};
+use crate::table::Service;
+use crate::SharedTable;
+
+/// Everything a worker needs to proxy requests; shared by all its connections.
+pub struct Proxy {
+    table: SharedTable,
+    router: Router,
+    forwarder: Forwarder,
+    settings: ProxySettings,
+    worker: HeaderValue,
+    metrics: Metrics,
+    unrouted: usize,
+    access_log: bool,
+    /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
+    connections: Arc<Connections>,
+}
+
+/// What the request path learned, for metrics and the access log.
+#[derive(Default)]
+struct Trace {
+    service: Option<Arc<Service>>,
+    attempts: Attempts,
+}
+
+/// The request line as logged.
+struct RequestLine {
+    method: Method,
+    path: String,
+    client: SocketAddr,
+    started: Instant,
+}
+
+impl Proxy {
+    /// Builds the proxy of one worker.
+    pub fn new(
+        table: SharedTable,
+        router: Router,
+        settings: ProxySettings,
+        metrics: Metrics,
+        access_log: bool,
+        connections: Arc<Connections>,
+    ) -> Self {
+        Proxy {
+            table,
+            router,
+            forwarder: Forwarder::new(&settings, metrics),
+            settings,
+            worker: HeaderValue::from(std::process::id()),
+            unrouted: metrics.service_index(UNROUTED),
+            metrics,
+            access_log,
+            connections,
+        }
+    }
+
+    /// Answers one client request; never fails (errors are answered with their status).
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let _active = self.forwarder.active();
+        let line = RequestLine {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            client,
+            started: Instant::now(),
+        };
+        let mut trace = Trace::default();
+        let resp = match self.proxy(req, client, &mut trace).await {
+            Ok(resp) => resp,
+            Err(e) => self.answer_error(e, &line),
+        };
+        self.log_request(&line, &trace, &resp);
+        resp
+    }
+
+    async fn proxy(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        trace: &mut Trace,
+    ) -> Result<Response<Body>, ProxyError> {
+        let target = self.route(&req)?;
+        let service = self.service(&target)?;
+        trace.service = Some(service.clone());
+        let key = hash_on(&service, &req, client);
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let body = self.request_body(&service, &parts.headers, body)?;
+        // A request without a body can be sent again; one with a body cannot (it streams).
+        let replayable = body_is_empty(&parts.headers) && upgrade.is_none();
+        let build =
+            |body, address: &str| self.upstream_request(&parts, body, &target, address, client, upgrade.is_some());
+        let answered =
+            self.forwarder.forward(&service, key, Some(body), replayable, build, &mut trace.attempts).await?;
+        Ok(self.respond(answered, parts.version, upgrade))
+    }
+
+    /// Which service and upstream path the request goes to.
+    fn route(&self, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+        Ok(self.router.route(req.uri(), req.headers())?)
+    }
+
+    /// The service in the current table.
+    fn service(&self, target: &Target) -> Result<Arc<Service>, ProxyError> {
+        let table = self.table.load();
+        table.get(&target.service).cloned().ok_or_else(|| ProxyError::UnknownService(target.service.clone()))
+    }
+
+    /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
+    fn request_body(&self, service: &Service, headers: &http::HeaderMap, body: Incoming) -> Result<Body, ProxyError> {
+        // Tag the client's own body errors, so a malformed upload is the client's 400, not the
+        // instance's 502 (and does not count against the instance).
+        let body = body.map_err(|e| BoxError::from(ClientBodyError(e)));
+        let max = self.settings.max_body_bytes;
+        if max == 0 {
+            return Ok(body.boxed());
+        }
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge(service.name.clone()));
+        }
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        Ok(http_body_util::Limited::new(body, limit).boxed())
+    }
+
+    /// The request as the instance receives it.
+    fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        target: &Target,
+        address: &str,
+        client: SocketAddr,
+        upgrade: bool,
+    ) -> Request<Body> {
+        let mut headers = parts.headers.clone();
+        let original_host = request_host(&parts.uri, &headers);
+        let upgrade_proto = headers.get(header::UPGRADE).cloned();
+        headers::remove_hop_by_hop(&mut headers);
+        if let (true, Some(proto)) = (upgrade, upgrade_proto) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto);
+        }
+        headers::add_forwarded(&mut headers, client.ip(), original_host.as_deref());
+        // HTTP/2 carries the host in :authority, not in a Host header.
+        let client_host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = match client_host {
+            Some(h) if self.settings.preserve_host => Some(h),
+            _ => HeaderValue::from_str(address).ok(),
+        };
+        if let Some(h) = host {
+            headers.insert(header::HOST, h);
+        }
+        let uri = format!("http://{address}{}", target.path);
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// The response as the client receives it.
+    fn respond(
+        &self,
+        answered: Answered,
+        version: http::Version,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let Answered { response, address, inflight } = answered;
+        let (mut parts, body) = response.into_parts();
+        // The client speaks its own HTTP version with us, whatever the instance spoke.
+        parts.version = version;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_side) = upgrade {
+                let mut up = Response::from_parts(parts.clone(), ());
+                let upstream_side = hyper::upgrade::on(&mut up);
+                let guard = ConnGuard::new(self.connections.clone(), self.metrics);
+                tokio::spawn(tunnel(client_side, upstream_side, address.clone(), guard));
+            }
+        } else {
+            headers::remove_hop_by_hop(&mut parts.headers);
+        }
+        headers::append_via(&mut parts.headers);
+        if self.settings.debug_headers {
+            if let Ok(v) = HeaderValue::from_str(&address) {
+                parts.headers.insert("x-zkgate-instance", v);
+            }
+            parts.headers.insert("x-zkgate-worker", self.worker.clone());
+        }
+        let body = InFlightBody::new(body, inflight).map_err(BoxError::from).boxed();
+        Response::from_parts(parts, body)
+    }
+
+    /// The gateway's own answer, logged at the level the failure deserves.
+    fn answer_error(&self, e: ProxyError, line: &RequestLine) -> Response<Body> {
+        let RequestLine { method, path, client, .. } = line;
+        match &e {
+            ProxyError::Upstream(svc, err @ UpstreamError::ClientBody(_)) => {
+                log::info!("service {svc}: {method} {path} from {client}: {err}")
+            }
+            ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
+            ProxyError::NoInstance(svc) => log::warn!("service {svc}: {method} {path}: no instance may take traffic"),
+            _ => log::debug!("{method} {path} from {client}: {e}"),
+        }
+        e.into_response()
+    }
+
+    /// Counts the request in the metrics and writes the access log line.
+    fn log_request(&self, line: &RequestLine, trace: &Trace, resp: &Response<Body>) {
+        let idx = match &trace.service {
+            Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
+            None => self.unrouted,
+        };
+        self.metrics.request(idx, resp.status().as_u16(), trace.attempts.latency);
+        if self.access_log {
+            let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            log::info!(
+                target: "access",
+                "{} \"{} {}\" {} {bytes} service={} instance={} {:.1}ms",
+                line.client,
+                line.method,
+                line.path,
+                resp.status().as_u16(),
+                trace.service.as_ref().map_or("-", |s| s.name.as_str()),
+                trace.attempts.instance.as_deref().unwrap_or("-"),
+                line.started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+/// The `consistent_hash` key of a request (`None` for other strategies: resolved at table build).
+fn hash_on(service: &Service, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+    match service.policy.hash_on.as_ref()? {
+        HashOn::ClientIp => Some(hash_key(client.ip().to_string().as_bytes())),
+        HashOn::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
+        HashOn::Cookie(name) => cookie(req.headers(), name).map(|v| hash_key(v.as_bytes())),
+    }
+}
+
+fn body_is_empty(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; sid=xyz; sidx=2".parse().unwrap());
+        assert_eq!(cookie(&h, "sid"), Some("xyz"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+}

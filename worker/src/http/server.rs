@@ -1,0 +1,107 @@
+//! The client side: accept loops on the slot's sockets, one [`conn::serve`] task per client, and
+//! `max_connections`, which keeps a worker alive under excessive traffic.
+//!
+//! Shutdown is explicit: a `watch` channel flips to `true`, accept loops take what is already
+//! queued on their socket and close it, and every connection finishes its in-flight request
+//! (hyper's graceful shutdown closes idle keep-alive connections and answers the current request
+//! with `Connection: close`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ProxySettings;
+use crate::http::conn::{self, ConnSettings};
+use crate::http::connections::{stopped, ConnGuard, Connections};
+use crate::http::proxy::Proxy;
+use crate::metrics::Metrics;
+
+/// What every connection task shares.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnSettings>,
+    limit: Arc<Semaphore>,
+    /// Open connections.
+    pub connections: Arc<Connections>,
+    shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
+}
+
+impl Server {
+    /// A server for `proxy` with the limits of `[proxy]`.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        settings: &ProxySettings,
+        shutdown: watch::Receiver<bool>,
+        metrics: Metrics,
+        connections: Arc<Connections>,
+    ) -> Arc<Self> {
+        Arc::new(Server {
+            proxy,
+            conn: Arc::new(ConnSettings::new(settings)),
+            limit: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            connections,
+            shutdown,
+            metrics,
+        })
+    }
+
+    /// Accepts on `listener` until shutdown, then serves what is already queued and closes it.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Beyond max_connections, stop accepting: clients wait in the kernel queue instead of
+            // the worker running out of descriptors.
+            let permit = tokio::select! {
+                p = self.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stopped(&mut shutdown) => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.clone().spawn_connection(stream, peer, Some(permit)),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the queue keeps the clients.
+                    log::warn!("accept on {:?}: {e}", listener.local_addr().ok());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        self.drain_queue(listener).await;
+    }
+
+    /// Takes every connection already queued on the socket, then closes this worker's copy of it.
+    /// A second pass a moment later catches handshakes that were completing during the first
+    /// (when the slot is being removed, the supervisor has already steered new ones elsewhere).
+    async fn drain_queue(self: Arc<Self>, listener: TcpListener) {
+        let Ok(std) = listener.into_std() else { return };
+        for pass in 0..2 {
+            if pass == 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            while let Ok((stream, peer)) = std.accept() {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    self.clone().spawn_connection(stream, peer, None);
+                }
+            }
+        }
+    }
+
+    fn spawn_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+        let _ = stream.set_nodelay(true);
+        let guard = ConnGuard::new(self.connections.clone(), self.metrics);
+        let (proxy, settings, shutdown) = (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let _open = (guard, permit);
+            conn::serve(stream, peer, proxy, settings, shutdown).await;
+        });
+    }
+}

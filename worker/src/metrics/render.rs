@@ -1,0 +1,129 @@
+//! What scrapes read: `/workers` as JSON and `/metrics` in Prometheus text, summed over every
+//! slot of the shared region.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use super::region::{read_name, WorkerStats};
+use super::{Metrics, ZkState, BUCKETS, MAX_SERVICES, OTHER};
+
+impl Metrics {
+    /// Every slot that has had a worker: the `/workers` answer.
+    pub fn workers_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .region
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0)
+            .map(|(i, w)| {
+                serde_json::json!({
+                    "slot": i,
+                    "pid": w.pid.load(Ordering::Relaxed),
+                    "generation": w.generation.load(Ordering::Relaxed),
+                    "started_unix_ms": w.started_ms.load(Ordering::Relaxed),
+                    "last_heartbeat_unix_ms": w.heartbeat_ms.load(Ordering::Relaxed),
+                    "requests": w.requests.load(Ordering::Relaxed),
+                    "active_connections": w.active_connections.load(Ordering::Relaxed),
+                    "restarts": w.restarts.load(Ordering::Relaxed),
+                    "zookeeper": ZkState::from_u32(w.zk_state.load(Ordering::Relaxed)).as_str(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "workers": rows })
+    }
+
+    /// Prometheus text format, summed over every slot.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let workers: Vec<(usize, &WorkerStats)> =
+            self.region.workers.iter().enumerate().filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0).collect();
+        let sum = |f: &dyn Fn(&WorkerStats) -> u64| workers.iter().map(|(_, w)| f(w)).sum::<u64>();
+        let names: Vec<(usize, String)> = self
+            .region
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.state.load(Ordering::Acquire) == 2)
+            .map(|(i, n)| (i, String::from_utf8_lossy(&read_name(n)).into_owned()))
+            .chain(std::iter::once((MAX_SERVICES - 1, OTHER.to_string())))
+            .collect();
+
+        out += "# HELP zkgate_requests_total Requests answered, by service and status class.\n";
+        out += "# TYPE zkgate_requests_total counter\n";
+        for (i, name) in &names {
+            for (c, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let n = sum(&|w| w.services[*i].by_class[c].load(Ordering::Relaxed));
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "zkgate_requests_total{{service=\"{}\",code_class=\"{class}\"}} {n}",
+                        escape(name)
+                    );
+                }
+            }
+        }
+        out += "# HELP zkgate_upstream_latency_seconds Time from sending a request to an instance to its response headers.\n";
+        out += "# TYPE zkgate_upstream_latency_seconds histogram\n";
+        for (i, name) in &names {
+            let count = sum(&|w| w.services[*i].count.load(Ordering::Relaxed));
+            if count == 0 {
+                continue;
+            }
+            let name = escape(name);
+            let mut cumulative = 0;
+            for (b, le) in BUCKETS.iter().enumerate() {
+                cumulative += sum(&|w| w.services[*i].buckets[b].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(out, "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}");
+            let micros = sum(&|w| w.services[*i].sum_micros.load(Ordering::Relaxed));
+            let _ = writeln!(out, "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}", micros as f64 / 1e6);
+            let _ = writeln!(out, "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}");
+        }
+        type Read = fn(&WorkerStats) -> i64;
+        let per_slot: [(&str, &str, &str, Read); 8] = [
+            ("zkgate_active_connections", "gauge", "Client connections open, per worker slot.", |w| {
+                w.active_connections.load(Ordering::Relaxed)
+            }),
+            ("zkgate_worker_requests_total", "counter", "Requests answered, per worker slot.", |w| {
+                w.requests.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_worker_restarts_total", "counter", "Workers respawned after dying, per slot.", |w| {
+                w.restarts.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_zookeeper_events_total", "counter", "ZooKeeper listings applied, per worker slot.", |w| {
+                w.zk_events.load(Ordering::Relaxed) as i64
+            }),
+            (
+                "zkgate_zookeeper_resyncs_total",
+                "counter",
+                "Full registry resyncs (new sessions), per worker slot.",
+                |w| w.zk_resyncs.load(Ordering::Relaxed) as i64,
+            ),
+            ("zkgate_ejections_total", "counter", "Instances ejected by outlier detection, per worker slot.", |w| {
+                w.ejections.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_retries_total", "counter", "Requests retried on another instance, per worker slot.", |w| {
+                w.retries.load(Ordering::Relaxed) as i64
+            }),
+            ("zkgate_zookeeper_session_state", "gauge", "0 none, 1 connected, 2 disconnected, 3 session lost.", |w| {
+                i64::from(w.zk_state.load(Ordering::Relaxed))
+            }),
+        ];
+        for (name, kind, help, read) in per_slot {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (slot, w) in &workers {
+                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
+            }
+        }
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

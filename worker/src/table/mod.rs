@@ -1,0 +1,193 @@
+//! The route table: which instances each service has, as one immutable value.
+//!
+//! A new table is built for every change and swapped in whole (see [`crate::SharedTable`]), so a
+//! request reads a consistent snapshot without a lock. The table knows nothing of HTTP or
+//! ZooKeeper; each service carries the balancer built for its instance list and the health
+//! state of its instances, which a rebuilt service takes over by address.
+//!
+//! - [`instance`]: the leaf type [`Instance`] (address, weight).
+//! - [`health`]: per-instance state (ejection, health check, in-flight count) and its [`Clock`].
+
+pub mod health;
+pub mod instance;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::balance::{self, Balancer, Strategy};
+use crate::config::{Config, HashOn};
+pub use health::{Clock, ServiceHealth};
+pub use instance::Instance;
+
+/// Where a service's instance list came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `[services.X] instances` in gateway.toml.
+    Static,
+    /// A live ZooKeeper listing.
+    Zookeeper,
+    /// The disk snapshot, while ZooKeeper has not answered yet.
+    Snapshot,
+}
+
+/// How a service balances: resolved from `[proxy]` and `[services.NAME]` once, when the table
+/// is built, so the request path never looks the configuration up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// What `consistent_hash` hashes on (`None` for other strategies: nothing to compute).
+    pub hash_on: Option<HashOn>,
+}
+
+impl Policy {
+    /// The policy `config` gives service `name`.
+    pub fn for_service(config: &Config, name: &str) -> Self {
+        let own = config.services.get(name);
+        let strategy = own.and_then(|s| s.load_balance).unwrap_or(config.proxy.load_balance);
+        let hash_on = (strategy == Strategy::ConsistentHash)
+            .then(|| own.and_then(|s| s.hash_on.clone()).unwrap_or_else(|| config.proxy.hash_on.clone()));
+        Policy { strategy, hash_on }
+    }
+
+    /// A policy with `strategy` and the default hash key.
+    pub fn new(strategy: Strategy) -> Self {
+        let hash_on = (strategy == Strategy::ConsistentHash).then_some(HashOn::ClientIp);
+        Policy { strategy, hash_on }
+    }
+}
+
+/// A service as routed: its instances and the balancer over them.
+pub struct Service {
+    /// The service name, as the router names it.
+    pub name: String,
+    /// Instances, sorted by address so that every worker sees the same order.
+    pub instances: Vec<Instance>,
+    /// Where the list came from.
+    pub source: Source,
+    /// How it balances.
+    pub policy: Policy,
+    /// Selection state for `instances`.
+    pub balancer: Box<dyn Balancer>,
+    /// Ejection, health-check and in-flight state of `instances`, index-aligned.
+    pub health: ServiceHealth,
+    /// This service's row in the shared metrics (looked up once, on first use).
+    pub stats: std::sync::OnceLock<usize>,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("instances", &self.instances)
+            .field("source", &self.source)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Service {
+    /// Builds a service over `instances` (sorted and deduplicated here). Instances `previous`
+    /// knew keep their health and in-flight state.
+    pub fn new(
+        name: impl Into<String>,
+        mut instances: Vec<Instance>,
+        source: Source,
+        policy: Policy,
+        clock: &Clock,
+        previous: Option<&Service>,
+    ) -> Self {
+        instances.sort();
+        instances.dedup_by(|a, b| a.address == b.address);
+        let balancer = balance::build(policy.strategy, &instances);
+        let health = ServiceHealth::carry(&instances, previous.map(|p| (p.instances.as_slice(), &p.health)), clock);
+        Service { name: name.into(), instances, source, policy, balancer, health, stats: Default::default() }
+    }
+}
+
+/// An immutable snapshot of every routable service.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    services: HashMap<String, Arc<Service>>,
+}
+
+impl RouteTable {
+    /// Builds a table from services.
+    pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
+        RouteTable { services: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect() }
+    }
+
+    /// The services with static instances in `config`.
+    pub fn statics(config: &Config, clock: &Clock) -> Self {
+        RouteTable::new(config.services.iter().filter_map(|(name, s)| {
+            let instances = s.instances.clone()?;
+            Some(Service::new(name.clone(), instances, Source::Static, Policy::for_service(config, name), clock, None))
+        }))
+    }
+
+    /// Builds a table from already built services (unchanged ones keep their balancer state).
+    pub fn from_map(services: HashMap<String, Arc<Service>>) -> Self {
+        RouteTable { services }
+    }
+
+    /// Looks a service up by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(name)
+    }
+
+    /// Services sorted by name (for `/routes`, logs and snapshots).
+    pub fn services(&self) -> Vec<&Arc<Service>> {
+        let mut v: Vec<_> = self.services.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Number of services and of instances over all services.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.services.len(), self.services.values().map(|s| s.instances.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_sort_and_deduplicate_their_instances() {
+        let s = Service::new(
+            "svc",
+            vec![Instance::new("10.0.0.2:80"), Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")],
+            Source::Static,
+            Policy::new(Strategy::RoundRobin),
+            &Clock::system(),
+            None,
+        );
+        let addrs: Vec<_> = s.instances.iter().map(|i| i.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn hash_on_is_resolved_per_service_at_build() {
+        let mut config = Config::default();
+        config.proxy.hash_on = HashOn::Cookie("sid".into());
+        config.services.insert(
+            "h".into(),
+            crate::config::ServiceSettings {
+                load_balance: Some(Strategy::ConsistentHash),
+                hash_on: Some(HashOn::ClientIp),
+                ..Default::default()
+            },
+        );
+        config.services.insert(
+            "c".into(),
+            crate::config::ServiceSettings { load_balance: Some(Strategy::ConsistentHash), ..Default::default() },
+        );
+        assert_eq!(Policy::for_service(&config, "h").hash_on, Some(HashOn::ClientIp));
+        assert_eq!(Policy::for_service(&config, "c").hash_on, Some(HashOn::Cookie("sid".into())));
+        assert_eq!(Policy::for_service(&config, "other").hash_on, None, "round_robin hashes nothing");
+    }
+}
