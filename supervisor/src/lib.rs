@@ -17,8 +17,9 @@
 //! - [`signals`]: the signalfd the supervisor waits on, and what each signal means.
 //! - [`shared`]: the shared memory region mapped before the first fork (the application's layout).
 //! - [`notify`]: the systemd `sd_notify` protocol (`READY=1`, `RELOADING=1`, `STOPPING=1`, `STATUS=`).
-//! - [`supervise`]: the event loop and the state of each slot: respawn with backoff, rolling
-//!   reload, adding and removing slots, graceful and fast stop, hung-worker detection.
+//! - [`supervise`]: the event loop and the state of each slot and worker, with one file per
+//!   verb: exits and respawn backoff, rolling reload, adding and removing slots, timers (drain
+//!   deadlines, hung workers, stop, systemd status).
 //!
 //! See `supervisor/README.md` for the slot state machine.
 
