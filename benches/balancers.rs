@@ -45,7 +45,7 @@ fn main() {
     for lb in ["round_robin", "random", "weighted", "least_request", "consistent_hash"] {
         let mut row = Vec::new();
         for n in [2, 50] {
-            let gw = Gateway::with(&config(lb, &backends[..n])).workers(1).start();
+            let gw = Gateway::with(config(lb, &backends[..n])).workers(1).start();
             let rps = wrk(gw.port, &secs);
             row.push(rps);
         }
@@ -53,7 +53,7 @@ fn main() {
     }
     // Workers per core: the same load through 1 and 2 workers (wrk shares the 2 cores).
     for workers in [1, 2] {
-        let gw = Gateway::with(&config("round_robin", &backends[..2])).workers(workers).start();
+        let gw = Gateway::with(config("round_robin", &backends[..2])).workers(workers).start();
         println!("round_robin, 2 instances, {workers} worker(s): {} req/s", wrk(gw.port, &secs));
     }
 }

@@ -34,7 +34,11 @@ fn log_time(line: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146097 + doe - 719468;
     let secs = days * 86400 + h * 3600 + mi * 60 + s;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_micros(micros as u64))
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(secs as u64)
+            + Duration::from_micros(micros as u64),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -45,8 +49,10 @@ fn main() {
     let zk = Zk::standalone();
     let c = zk.client();
     c.register("bench", "127.0.0.1:9");
-    let config =
-        format!("[zookeeper]\nhosts = \"{}\"\nsession_timeout = \"10s\"\nconnect_timeout = \"5s\"\n", zk.hosts());
+    let config = format!(
+        "[zookeeper]\nhosts = \"{}\"\nsession_timeout = \"10s\"\nconnect_timeout = \"5s\"\n",
+        zk.hosts()
+    );
     let gw = Gateway::with(&config).workers(2).env("RUST_LOG", "info").start();
     let workers = gw.workers().len();
 
@@ -58,7 +64,8 @@ fn main() {
         c.register("bench", &addr);
         let deadline = Instant::now() + Duration::from_secs(10);
         let applied = loop {
-            let lines: Vec<String> = gw.log().lines().filter(|l| l.contains(&needle)).map(String::from).collect();
+            let lines: Vec<String> =
+                gw.log().lines().filter(|l| l.contains(&needle)).map(String::from).collect();
             if lines.len() >= workers {
                 break lines;
             }
@@ -78,7 +85,8 @@ fn main() {
     );
     drop(gw);
 
-    let services: usize = std::env::var("BENCH_SERVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let services: usize =
+        std::env::var("BENCH_SERVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let t = Instant::now();
     c.populate(services, 10);
     println!("populated {services} services x 10 instances in {:.1}s", t.elapsed().as_secs_f64());
@@ -88,7 +96,11 @@ fn main() {
         let pid = line.split('[').nth(1).and_then(|s| s.split(']').next()).unwrap_or("?");
         let started = log
             .lines()
-            .find(|l| l.contains(&format!("[{pid}]")) && l.contains("session") && l.contains("established"))
+            .find(|l| {
+                l.contains(&format!("[{pid}]"))
+                    && l.contains("session")
+                    && l.contains("established")
+            })
             .and_then(log_time);
         if let (Some(a), Some(b)) = (started, log_time(line)) {
             println!(

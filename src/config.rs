@@ -24,7 +24,9 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.path.display(), self.message),
         }
     }
@@ -49,7 +51,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         position: e.span().map(|s| line_col(text, s.start)),
         message: e.message().trim().to_string(),
     })?;
-    check(&config).map_err(|message| ConfigError { path: path.to_path_buf(), position: None, message })?;
+    check(&config).map_err(|message| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message,
+    })?;
     Ok(config)
 }
 
@@ -83,9 +89,13 @@ fn check(config: &Config) -> Result<(), String> {
         }
         if let Some(hc) = &s.health_check {
             if !hc.path.starts_with('/') {
-                return Err(format!("services.{name}.health_check.path = {:?}: must start with '/'", hc.path));
+                return Err(format!(
+                    "services.{name}.health_check.path = {:?}: must start with '/'",
+                    hc.path
+                ));
             }
-            if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero() {
+            if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero()
+            {
                 return Err(format!(
                     "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
                 ));
@@ -107,7 +117,9 @@ fn check(config: &Config) -> Result<(), String> {
     }
     for (name, s) in &config.services {
         if s.instances.is_none() {
-            return Err(format!("services.{name}: instances is required when there is no [zookeeper]"));
+            return Err(format!(
+                "services.{name}: instances is required when there is no [zookeeper]"
+            ));
         }
     }
     if config.cache.snapshot.is_some() {
@@ -158,7 +170,10 @@ pub fn summary(config: &Config) -> String {
     );
     let h = &config.header_routing;
     if h.enabled {
-        out += &format!("header      {} with headers {} + {}\n", h.mount, h.service_header, h.path_header);
+        out += &format!(
+            "header      {} with headers {} + {}\n",
+            h.mount, h.service_header, h.path_header
+        );
     } else {
         out += "header      routing disabled\n";
     }
@@ -182,7 +197,11 @@ pub fn summary(config: &Config) -> String {
         );
     }
     if let Some(a) = &config.admin {
-        out += &format!("admin       {}{}\n", a.listen, if a.token.is_some() { " (bearer token)" } else { "" });
+        out += &format!(
+            "admin       {}{}\n",
+            a.listen,
+            if a.token.is_some() { " (bearer token)" } else { "" }
+        );
     }
     if let Some(s) = &config.cache.snapshot {
         out += &format!("snapshot    {}\n", s.display());
@@ -192,10 +211,20 @@ pub fn summary(config: &Config) -> String {
             .instances
             .iter()
             .flatten()
-            .map(|i| if i.weight == 1 { i.address.clone() } else { format!("{} (weight {})", i.address, i.weight) })
+            .map(|i| {
+                if i.weight == 1 {
+                    i.address.clone()
+                } else {
+                    format!("{} (weight {})", i.address, i.weight)
+                }
+            })
             .collect();
         let lb = config_name(&svc.load_balance.unwrap_or(config.proxy.load_balance));
-        let check = svc.health_check.as_ref().map(|h| format!(", health check {}", h.path)).unwrap_or_default();
+        let check = svc
+            .health_check
+            .as_ref()
+            .map(|h| format!(", health check {}", h.path))
+            .unwrap_or_default();
         if svc.instances.is_some() {
             out += &format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "));
         } else {
@@ -293,16 +322,22 @@ mod tests {
         assert_eq!(ok.zookeeper.unwrap().format, Format::Nerve);
         let e = parse("[zookeeper]\nhosts = \"127.0.0.1\"\n").unwrap_err();
         assert!(e.message.contains("zookeeper.hosts"), "{e}");
-        let e = parse("[zookeeper]\nhosts = \"127.0.0.1:2181\"\nformat = \"eureka\"\n").unwrap_err();
+        let e =
+            parse("[zookeeper]\nhosts = \"127.0.0.1:2181\"\nformat = \"eureka\"\n").unwrap_err();
         assert!(e.message.contains("unknown variant `eureka`"), "{e}");
     }
 
     #[test]
     fn service_options_are_checked() {
-        let e = parse("[services.a]\ninstances = [\"127.0.0.1:1\"]\nweights = { \"127.0.0.1:1\" = 2 }\n").unwrap_err();
+        let e = parse(
+            "[services.a]\ninstances = [\"127.0.0.1:1\"]\nweights = { \"127.0.0.1:1\" = 2 }\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("services.a.weights"), "{e}");
-        let e =
-            parse("[services.a]\ninstances = [\"127.0.0.1:1\"]\nhealth_check = { path = \"health\" }\n").unwrap_err();
+        let e = parse(
+            "[services.a]\ninstances = [\"127.0.0.1:1\"]\nhealth_check = { path = \"health\" }\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("must start with '/'"), "{e}");
     }
 
@@ -346,7 +381,8 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        let zk: Config = toml::from_str(&uncommented("zookeeper")).expect("[zookeeper] example parses");
+        let zk: Config =
+            toml::from_str(&uncommented("zookeeper")).expect("[zookeeper] example parses");
         let zk = zk.zookeeper.expect("zookeeper");
         let want = ZkSettings {
             hosts: zk.hosts.clone(),
@@ -354,8 +390,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(zk, want, "[zookeeper] comments show the defaults");
-        let line = shipped.lines().find(|l| l.starts_with("# health_check = ")).expect("health_check documented");
-        let hc: toml::Table = toml::from_str(line.trim_start_matches("# ")).expect("health_check example parses");
+        let line = shipped
+            .lines()
+            .find(|l| l.starts_with("# health_check = "))
+            .expect("health_check documented");
+        let hc: toml::Table =
+            toml::from_str(line.trim_start_matches("# ")).expect("health_check example parses");
         let hc: HealthCheck = hc["health_check"].clone().try_into().expect("health_check");
         assert_eq!(hc, HealthCheck { path: hc.path.clone(), ..Default::default() });
         let services = c.services.get("demo").expect("example service");

@@ -58,7 +58,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
-        Command::Register { config, service, address, weight } => register(config, &service, &address, weight),
+        Command::Register { config, service, address, weight } => {
+            register(config, &service, &address, weight)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -74,7 +76,14 @@ fn main() -> ExitCode {
 fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
-            writeln!(buf, "{} {:5} [{}] {}", buf.timestamp_micros(), record.level(), std::process::id(), record.args())
+            writeln!(
+                buf,
+                "{} {:5} [{}] {}",
+                buf.timestamp_micros(),
+                record.level(),
+                std::process::id(),
+                record.args()
+            )
         })
         .init();
 }
@@ -90,18 +99,25 @@ fn run(path: PathBuf) -> anyhow::Result<u8> {
     let config = config::load(&path)?;
     let settings = config::supervisor_settings(&config);
     let gateway = app::Gateway::new(path.clone(), config);
-    let code = supervisor::run(settings, gateway).with_context(|| format!("starting with {}", path.display()))?;
+    let code = supervisor::run(settings, gateway)
+        .with_context(|| format!("starting with {}", path.display()))?;
     Ok(u8::try_from(code).unwrap_or(1))
 }
 
 fn register(path: PathBuf, service: &str, address: &str, weight: u32) -> anyhow::Result<u8> {
     let config = config::load(&path)?;
-    let zk = config.zookeeper.with_context(|| format!("{}: register needs a [zookeeper] section", path.display()))?;
-    let (host, port) = worker::discovery::register::split_address(address).map_err(anyhow::Error::msg)?;
+    let zk = config
+        .zookeeper
+        .with_context(|| format!("{}: register needs a [zookeeper] section", path.display()))?;
+    let (host, port) =
+        worker::discovery::register::split_address(address).map_err(anyhow::Error::msg)?;
     if service.is_empty() || service.contains('/') {
         anyhow::bail!("invalid service name {service:?}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

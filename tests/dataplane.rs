@@ -11,15 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::http::request;
-use support::{request_loop, Backend, Gateway};
+use support::{request_loop, Backend, Gateway, Toml};
 
-fn service(name: &str, instances: &[String], extra: &str) -> String {
-    let list: Vec<String> =
-        instances.iter().map(|i| if i.starts_with('{') { i.clone() } else { format!("\"{i}\"") }).collect();
-    format!(
-        "[services.{name}]\ninstances = [{}]\n{extra}\n[[route]]\npath_prefix = \"/\"\nservice = \"{name}\"\n\n",
-        list.join(", ")
-    )
+/// Service `name` on these instances with more keys, and every path routed to it.
+fn service(name: &str, instances: &[String], extra: &str) -> Toml {
+    Toml::new().service(name, instances, extra).route_all(name)
 }
 
 fn counts(gw: &Gateway, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, usize> {
@@ -34,13 +30,17 @@ fn counts(gw: &Gateway, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, 
 #[test]
 fn weighted_balancer_follows_configured_weights_exactly() {
     let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
-    let inst = [format!("{{ address = \"{}\", weight = 5 }}", a.address()), b.address(), c.address()];
-    let gw = Gateway::with(&service("web", &inst, "load_balance = \"weighted\"")).workers(1).start();
+    let inst =
+        [format!("{{ address = \"{}\", weight = 5 }}", a.address()), b.address(), c.address()];
+    let gw = Gateway::with(service("web", &inst, "load_balance = \"weighted\"")).workers(1).start();
     let seq: Vec<String> = (0..7).map(|_| gw.get("/").unwrap().backend()).collect();
     // nginx's sequence for 5,1,1 is a a x a y a a (x, y: the weight-1 instances in address order).
     let light: std::collections::BTreeSet<&str> = [seq[2].as_str(), seq[4].as_str()].into();
     assert_eq!(light, ["b", "c"].into(), "{seq:?}");
-    assert!([0, 1, 3, 5, 6].iter().all(|i| seq[*i] == "a"), "smooth weighted round robin interleaves: {seq:?}");
+    assert!(
+        [0, 1, 3, 5, 6].iter().all(|i| seq[*i] == "a"),
+        "smooth weighted round robin interleaves: {seq:?}"
+    );
     let m = counts(&gw, 70, &[]);
     assert_eq!((m["a"], m["b"], m["c"]), (50, 10, 10));
 }
@@ -49,14 +49,19 @@ fn weighted_balancer_follows_configured_weights_exactly() {
 fn consistent_hash_on_a_header_keeps_each_key_on_one_instance() {
     let bs: Vec<Backend> = (0..4).map(|i| Backend::start(&format!("b{i}"))).collect();
     let inst: Vec<String> = bs.iter().map(Backend::address).collect();
-    let body = service("web", &inst, "load_balance = \"consistent_hash\"\nhash_on = \"header:x-user\"");
+    let body =
+        service("web", &inst, "load_balance = \"consistent_hash\"\nhash_on = \"header:x-user\"");
     let gw = Gateway::with(&body).workers(2).start();
     let mut owners = BTreeMap::new();
     for user in 0..40 {
         let key = format!("user-{user}");
         let first = request(gw.port, "GET", "/", &[("x-user", &key)], b"").unwrap().backend();
         for _ in 0..3 {
-            assert_eq!(request(gw.port, "GET", "/", &[("x-user", &key)], b"").unwrap().backend(), first, "{key} moved");
+            assert_eq!(
+                request(gw.port, "GET", "/", &[("x-user", &key)], b"").unwrap().backend(),
+                first,
+                "{key} moved"
+            );
         }
         *owners.entry(first).or_insert(0) += 1;
     }
@@ -66,11 +71,9 @@ fn consistent_hash_on_a_header_keeps_each_key_on_one_instance() {
 #[test]
 fn a_failing_instance_is_ejected_then_returns() {
     let (good, bad) = (Backend::start("good"), Backend::start("bad"));
-    let body = format!(
-        "[proxy.outlier]\nconsecutive_failures = 3\nbase_ejection = \"1s\"\n\n{}",
-        service("web", &[good.address(), bad.address()], "")
-    );
-    let gw = Gateway::with(&body).workers(1).start();
+    let body = service("web", &[good.address(), bad.address()], "")
+        .section("[proxy.outlier]", "consecutive_failures = 3\nbase_ejection = \"1s\"");
+    let gw = Gateway::with(&body).workers(1).admin().start();
     bad.failing.store(true, Ordering::Relaxed);
     let mut failures = 0;
     for _ in 0..10 {
@@ -79,24 +82,30 @@ fn a_failing_instance_is_ejected_then_returns() {
         }
     }
     assert_eq!(failures, 3, "three failures eject the instance");
-    assert_eventually!(
-        5,
-        gw.log().contains(&format!("instance {} ejected for 1s after 3 consecutive failures", bad.address())),
-        "no ejection logged"
-    );
+    assert_eq!(gw.metric("zkgate_ejections_total", ""), 1);
+    assert!(gw.log().contains(&format!(
+        "instance {} ejected for 1s after 3 consecutive failures",
+        bad.address()
+    )));
+    let ejected_at = Instant::now();
     let m = counts(&gw, 20, &[]);
     assert_eq!(m.get("good"), Some(&20), "ejected instance gets nothing: {m:?}");
     bad.failing.store(false, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(1200));
+    // Wait for the ejection to expire: the first request that reaches `bad` again.
+    assert_eventually!(5, counts(&gw, 2, &[]).contains_key("bad"), "never back after its ejection");
+    assert!(
+        ejected_at.elapsed() >= Duration::from_millis(900),
+        "back before its 1 s ejection ended"
+    );
     let m = counts(&gw, 20, &[]);
-    assert_eq!(m.get("bad"), Some(&10), "back after its ejection: {m:?}");
+    assert_eq!(m.get("bad"), Some(&10), "back in the rotation: {m:?}");
 }
 
 #[test]
 fn a_refused_connection_is_retried_on_another_instance_with_no_client_error() {
     let good = Backend::start("good");
     let dead = format!("127.0.0.1:{}", support::free_port());
-    let gw = Gateway::with(&service("web", &[good.address(), dead], "")).workers(2).start();
+    let gw = Gateway::with(service("web", &[good.address(), dead], "")).workers(2).start();
     let stop = Arc::new(AtomicBool::new(false));
     let s = request_loop(gw.port, "/", 200, 20, stop).join().unwrap();
     assert_eq!(s.ok, 200, "{:?}", s.errors);
@@ -108,13 +117,15 @@ fn active_health_checks_take_a_failing_instance_out_and_back() {
     let (good, bad) = (Backend::start("good"), Backend::start("bad"));
     let extra =
         "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", healthy = 2, unhealthy = 2 }";
-    let body = format!(
-        "[proxy.outlier]\nconsecutive_failures = 0\n\n{}",
-        service("web", &[good.address(), bad.address()], extra)
-    );
+    let body = service("web", &[good.address(), bad.address()], extra)
+        .section("[proxy.outlier]", "consecutive_failures = 0");
     let gw = Gateway::with(&body).workers(1).start();
     bad.failing.store(true, Ordering::Relaxed);
-    assert_eventually!(5, gw.log().contains("unhealthy after 2 failed health checks"), "not marked unhealthy");
+    assert_eventually!(
+        5,
+        gw.log().contains("unhealthy after 2 failed health checks"),
+        "not marked unhealthy"
+    );
     assert_eq!(counts(&gw, 10, &[]).get("good"), Some(&10));
     bad.failing.store(false, Ordering::Relaxed);
     assert_eventually!(5, gw.log().contains("healthy again"), "not marked healthy again");
@@ -125,7 +136,7 @@ fn active_health_checks_take_a_failing_instance_out_and_back() {
 fn oversize_headers_get_431_and_oversize_bodies_413() {
     let b = Backend::start("b");
     let body =
-        format!("[proxy]\nmax_header_bytes = 8192\nmax_body_bytes = 1000\n\n{}", service("web", &[b.address()], ""));
+        service("web", &[b.address()], "").proxy("max_header_bytes = 8192\nmax_body_bytes = 1000");
     let gw = Gateway::with(&body).workers(1).start();
     let big = "x".repeat(20_000);
     let r = request(gw.port, "GET", "/", &[("x-big", &big)], b"").unwrap();
@@ -141,7 +152,7 @@ fn oversize_headers_get_431_and_oversize_bodies_413() {
 #[test]
 fn a_slowloris_connection_is_closed_after_the_header_timeout_while_others_are_served() {
     let b = Backend::start("b");
-    let body = format!("[proxy]\nheader_read_timeout = \"1s\"\n\n{}", service("web", &[b.address()], ""));
+    let body = service("web", &[b.address()], "").proxy("header_read_timeout = \"1s\"");
     let gw = Gateway::with(&body).workers(1).start();
     let mut slow = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n").unwrap();
@@ -153,18 +164,25 @@ fn a_slowloris_connection_is_closed_after_the_header_timeout_while_others_are_se
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(8), "closed by the server, not by our read timeout ({took:?})");
+    assert!(
+        took < Duration::from_secs(8),
+        "closed by the server, not by our read timeout ({took:?})"
+    );
     assert!(!String::from_utf8_lossy(&buf).contains("200"), "no request was served on it");
 }
 
 #[test]
 fn more_clients_than_max_connections_wait_instead_of_failing() {
     let b = Backend::start("b");
-    let body = format!("[proxy]\nmax_connections = 2\n\n{}", service("web", &[b.address()], ""));
+    let body = service("web", &[b.address()], "").proxy("max_connections = 2");
     let gw = Gateway::with(&body).workers(1).start();
     let port = gw.port;
     let clients: Vec<_> = (0..6)
-        .map(|_| std::thread::spawn(move || request(port, "GET", "/slow/300", &[], b"").map(|r| r.status)))
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/slow/300", &[], b"").map(|r| r.status)
+            })
+        })
         .collect();
     for c in clients {
         assert_eq!(c.join().unwrap().unwrap(), 200);
@@ -198,7 +216,7 @@ fn echo(s: &mut TcpStream, msg: &[u8]) {
 #[test]
 fn websocket_upgrade_passes_through_and_echoes() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let gw = Gateway::with(service("web", &[b.address()], "")).workers(1).start();
     let mut s = open_tunnel(gw.port);
     for msg in [&b"hello"[..], b"through the gateway"] {
         echo(&mut s, msg);
@@ -208,23 +226,37 @@ fn websocket_upgrade_passes_through_and_echoes() {
 #[test]
 fn an_open_websocket_survives_a_reload_and_its_worker_waits_for_it() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let gw = Gateway::with(service("web", &[b.address()], "")).workers(1).start();
     let old = gw.workers();
     let mut s = open_tunnel(gw.port);
     gw.signal(nix::sys::signal::Signal::SIGHUP);
-    assert_eventually!(10, gw.log().contains("in service on every worker"), "reload did not finish");
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eventually!(
+        10,
+        gw.log().contains("in service on every worker"),
+        "reload did not finish"
+    );
+    assert_eventually!(
+        10,
+        gw.log().contains(&format!("(pid {}) replaced: draining", old[0])),
+        "old worker not draining"
+    );
     echo(&mut s, b"still here after the reload");
     assert!(gw.workers().contains(&old[0]), "the old worker drains while the tunnel is open");
     drop(s);
-    assert_eventually!(10, !gw.workers().contains(&old[0]), "old worker exits once the tunnel closed");
+    assert_eventually!(
+        10,
+        !gw.workers().contains(&old[0]),
+        "old worker exits once the tunnel closed"
+    );
 }
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -251,13 +283,16 @@ const GIB: u64 = 1 << 30;
 #[test]
 fn a_gibibyte_streams_both_ways_through_a_worker_with_flat_memory() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let gw = Gateway::with(service("web", &[b.address()], "")).workers(1).start();
     let worker = gw.workers()[0];
     let before = rss_kib(worker);
 
     let down = peak_rss_during(worker, || {
         let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-        s.write_all(format!("GET /bytes/{GIB} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        s.write_all(
+            format!("GET /bytes/{GIB} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
@@ -286,17 +321,17 @@ fn a_gibibyte_streams_both_ways_through_a_worker_with_flat_memory() {
         let r = support::http::parse(&resp).unwrap();
         assert_eq!(r.json()["received"].as_u64(), Some(GIB));
     });
-    eprintln!("worker RSS: {before} KiB before, peak {down} KiB downloading, {up} KiB uploading 1 GiB");
+    eprintln!(
+        "worker RSS: {before} KiB before, peak {down} KiB downloading, {up} KiB uploading 1 GiB"
+    );
     assert!(down < 50 * 1024 && up < 50 * 1024, "RSS must stay under 50 MiB: {down} / {up} KiB");
 }
 
 #[test]
 fn an_idle_keep_alive_client_connection_is_closed_after_idle_timeout() {
     let b = Backend::start("b");
-    let body = format!(
-        "[proxy]\nidle_timeout = \"500ms\"\nheader_read_timeout = \"10s\"\n\n{}",
-        service("web", &[b.address()], "")
-    );
+    let body = service("web", &[b.address()], "")
+        .proxy("idle_timeout = \"500ms\"\nheader_read_timeout = \"10s\"");
     let gw = Gateway::with(&body).workers(1).start();
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -308,15 +343,19 @@ fn an_idle_keep_alive_client_connection_is_closed_after_idle_timeout() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     let waited = idle_since.elapsed();
-    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
 }
 
 #[test]
 fn h2c_clients_with_prior_knowledge_are_proxied_to_http1_instances() {
     use http_body_util::{BodyExt, Empty};
     let b = Backend::start("b");
-    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let gw = Gateway::with(service("web", &[b.address()], "")).workers(1).start();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Empty<bytes::Bytes>>();
@@ -330,13 +369,17 @@ fn h2c_clients_with_prior_knowledge_are_proxied_to_http1_instances() {
     assert_eq!((version, status.as_u16()), (hyper::Version::HTTP_2, 200));
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["path"], "/over-h2?x=1");
-    assert_eq!(json["headers"]["host"], format!("127.0.0.1:{}", gw.port), "the :authority becomes Host");
+    assert_eq!(
+        json["headers"]["host"],
+        format!("127.0.0.1:{}", gw.port),
+        "the :authority becomes Host"
+    );
 }
 
 #[test]
 fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&service("web", &[b.address()], "")).workers(1).start();
+    let gw = Gateway::with(service("web", &[b.address()], "")).workers(1).start();
     let worker = gw.workers();
     let hostile: [&[u8]; 6] = [
         b"GARBAGE\r\n\r\n",
@@ -368,5 +411,10 @@ fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
     assert_eq!((r.status, r.json()["received"].as_u64()), (200, Some(5)));
     assert_eq!(gw.workers(), worker, "no worker crashed");
     assert_eq!(gw.get("/").unwrap().status, 200);
-    assert_eventually!(5, gw.log_count("closed: invalid HTTP") >= 3, "hostile input not logged:\n{}", gw.log());
+    assert_eventually!(
+        5,
+        gw.log_count("closed: invalid HTTP") >= 3,
+        "hostile input not logged:\n{}",
+        gw.log()
+    );
 }

@@ -12,16 +12,18 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::http::request;
 use support::zk::Zk;
-use support::{request_loop, Backend, Gateway};
+use support::{request_loop, wait_for_progress, Backend, Gateway, Toml};
 
-fn zk_config(zk: &Zk, extra: &str) -> String {
-    format!(
-        "[proxy]\ndebug_headers = true\nconnect_timeout = \"500ms\"\n\n[zookeeper]\nhosts = \"{}\"\nsession_timeout = \"4s\"\nconnect_timeout = \"2s\"\n{extra}\n",
-        zk.hosts()
-    )
+/// Discovery from `zk` with debug headers (which worker answered) and more `[zookeeper]` keys.
+fn zk_config(zk: &Zk, extra: &str) -> Toml {
+    Toml::new().proxy("debug_headers = true\nconnect_timeout = \"500ms\"").zookeeper(zk, extra)
 }
 
-fn via_headers(gw: &Gateway, service: &str, path: &str) -> std::io::Result<support::http::Response> {
+fn via_headers(
+    gw: &Gateway,
+    service: &str,
+    path: &str,
+) -> std::io::Result<support::http::Response> {
     request(gw.port, "GET", "/services", &[("service_name", service), ("api_name", path)], b"")
 }
 
@@ -58,7 +60,7 @@ fn seed_scenarios_route_by_headers_round_robin_and_follow_a_stopped_instance() {
     c.register("service_1", &a1.address());
     c.register("service_1", &a2.address());
     c.register("service_2", &b1.address());
-    let gw = Gateway::with(&zk_config(&zk, "keep_last_on_empty = false")).workers(2).start();
+    let gw = Gateway::with(zk_config(&zk, "keep_last_on_empty = false")).workers(2).start();
 
     let r = via_headers(&gw, "service_1", "/user?id=1").unwrap();
     assert_eq!(r.status, 200);
@@ -78,7 +80,11 @@ fn seed_scenarios_route_by_headers_round_robin_and_follow_a_stopped_instance() {
     assert!(alternations >= 30, "{alternations}");
 
     c.deregister("service_2", &b1.address());
-    assert_eventually!(10, via_headers(&gw, "service_2", "/").unwrap().status != 200, "service_2 still routed");
+    assert_eventually!(
+        10,
+        via_headers(&gw, "service_2", "/").unwrap().status != 200,
+        "service_2 still routed"
+    );
     let r = via_headers(&gw, "service_2", "/").unwrap();
     assert!(r.status == 503 || r.status == 404, "{}", r.status);
     assert_eq!(via_headers(&gw, "service_1", "/").unwrap().status, 200);
@@ -91,22 +97,29 @@ fn an_instance_added_or_removed_in_zookeeper_reaches_every_worker() {
     let c = zk.client();
     let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
     c.register("web", &b1.address());
-    let gw = Gateway::with(&zk_config(&zk, "")).workers(2).start();
+    let gw = Gateway::with(zk_config(&zk, "")).workers(2).start();
     assert_eventually!(10, every_worker_uses(&gw, "web", "b1"), "b1 not routed by every worker");
     c.register("web", &b2.address());
     assert_eventually!(10, every_worker_uses(&gw, "web", "b2"), "b2 not used by every worker");
     c.deregister("web", &b1.address());
     assert_eventually!(10, no_worker_uses(&gw, "web", "b1"), "b1 still used after removal");
     // Each worker logs the change once.
-    assert_eq!(gw.log_count(&format!("service web: +{} (2 instances)", b2.address())), 2, "{}", gw.log());
+    assert_eq!(
+        gw.log_count(&format!("service web: +{} (2 instances)", b2.address())),
+        2,
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]
 fn every_registry_format_routes_end_to_end_through_zkgate_register() {
     for format in ["registrator", "curator", "serverset", "nerve"] {
         let zk = Zk::standalone();
-        let (b1, b2) = (Backend::start(&format!("{format}-1")), Backend::start(&format!("{format}-2")));
-        let gw = Gateway::with(&zk_config(&zk, &format!("format = \"{format}\""))).workers(2).start();
+        let (b1, b2) =
+            (Backend::start(&format!("{format}-1")), Backend::start(&format!("{format}-2")));
+        let gw =
+            Gateway::with(zk_config(&zk, &format!("format = \"{format}\""))).workers(2).start();
         let mut regs: Vec<_> = [&b1, &b2]
             .iter()
             .map(|b| {
@@ -128,7 +141,11 @@ fn every_registry_format_routes_end_to_end_through_zkgate_register() {
         // A clean stop of the registrator removes its instance.
         kill(Pid::from_raw(regs[0].id() as i32), Signal::SIGTERM).unwrap();
         let _ = regs[0].wait();
-        assert_eventually!(10, no_worker_uses(&gw, "svc", &b1.name), "{format}: stopped instance still used");
+        assert_eventually!(
+            10,
+            no_worker_uses(&gw, "svc", &b1.name),
+            "{format}: stopped instance still used"
+        );
         let _ = regs[1].kill();
         let _ = regs[1].wait();
     }
@@ -143,14 +160,20 @@ fn malformed_nodes_are_skipped_with_one_warning_and_the_rest_serve() {
     c.create("/services/svc/good_0000000001", good.as_bytes(), true);
     c.create("/services/svc/bad_0000000002", b"{not json", true);
     c.create("/services/svc/noport_0000000003", br#"{"host":"127.0.0.1"}"#, true);
-    let gw = Gateway::with(&zk_config(&zk, "format = \"nerve\"")).workers(2).start();
+    let gw = Gateway::with(zk_config(&zk, "format = \"nerve\"")).workers(2).admin().start();
     assert_eventually!(10, every_worker_uses(&gw, "svc", "good"), "good instance not routed");
     for _ in 0..20 {
         assert_eq!(via_headers(&gw, "svc", "/").unwrap().backend(), "good");
     }
-    // A later change relists the service: the bad nodes must not be warned about again.
+    // A later change relists the service: the bad nodes must not be warned about again. Wait
+    // until both workers have relisted (their event counters moved) before counting warnings.
+    let events = gw.metric("zkgate_zookeeper_events_total", "");
     c.set("/services/svc/good_0000000001", good.as_bytes());
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eventually!(
+        10,
+        gw.metric("zkgate_zookeeper_events_total", "") >= events + 2,
+        "no relist seen"
+    );
     assert_eq!(
         gw.log_count("skipping /services/svc/bad_0000000002: data is not JSON"),
         2,
@@ -169,19 +192,31 @@ fn killing_the_ensemble_member_the_gateway_uses_loses_no_request() {
     let c = zk.client();
     let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
     c.register("web", &b1.address());
-    let gw =
-        Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
+    let gw = Gateway::with(zk_config(&zk, "").route_all("web")).workers(2).admin().start();
     let sid = gw
         .log()
         .lines()
-        .find_map(|l| l.split("session 0x").nth(1).and_then(|s| s.split_whitespace().next()).map(|s| format!("0x{s}")))
+        .find_map(|l| {
+            l.split("session 0x")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .map(|s| format!("0x{s}"))
+        })
         .expect("session id logged");
     let member = zk.node_with_session(&sid).expect("member hosting the gateway's session");
     let stop = Arc::new(AtomicBool::new(false));
     let load = request_loop(gw.port, "/", 3000, 20, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_progress(&b1.hits, 20);
     zk.kill(member);
-    std::thread::sleep(Duration::from_secs(3));
+    // The worker whose session lived there fails over to another member, keeping its session.
+    assert_eventually!(
+        15,
+        gw.log().contains("zookeeper: reconnected")
+            && gw.metric("zkgate_zookeeper_session_state", "") == 2,
+        "no failover seen:\n{}",
+        gw.admin_get("/metrics").body_text()
+    );
+    wait_for_progress(&b1.hits, 20);
     // Changes are still seen afterwards, through another member.
     let c2 = support::zk::ZkClient::connect(&zk.hosts());
     c2.register("web", &b2.address());
@@ -202,24 +237,47 @@ fn zookeeper_down_keeps_serving_and_after_an_expired_session_the_gateway_resyncs
         let c = zk.client();
         c.create(&format!("/services/web/{}", b1.address()), b"", false);
     }
-    let gw =
-        Gateway::with(&(zk_config(&zk, "") + "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n")).workers(2).start();
+    let gw = Gateway::with(zk_config(&zk, "").route_all("web")).workers(2).admin().start();
     assert_eventually!(10, every_worker_uses(&gw, "web", "b1"), "b1 not routed");
+    let resyncs = gw.metric("zkgate_zookeeper_resyncs_total", "");
     let stop = Arc::new(AtomicBool::new(false));
     let load = request_loop(gw.port, "/", 100_000, 30, stop.clone());
     zk.kill(0);
-    // Longer than session_timeout (4s): the sessions expire.
-    std::thread::sleep(Duration::from_secs(7));
+    let down = std::time::Instant::now();
+    // Both workers notice the outage (2 = disconnected, 3 = session lost).
+    assert_eventually!(
+        10,
+        gw.metric("zkgate_zookeeper_session_state", "") >= 4,
+        "outage not noticed"
+    );
+    // The scenario: an outage longer than session_timeout (4 s), so the sessions expire.
+    let outage = Duration::from_secs(7);
+    std::thread::sleep(outage.saturating_sub(down.elapsed()));
+    wait_for_progress(&b1.hits, 20);
     zk.restart(0);
+    // Each worker finds its session expired, opens a new one and resyncs the whole registry.
+    assert_eventually!(
+        20,
+        gw.metric("zkgate_zookeeper_resyncs_total", "") >= resyncs + 2,
+        "no resync after the expired sessions:\n{}",
+        gw.log()
+    );
     let c = zk.client();
     c.create(&format!("/services/web/{}", b2.address()), b"", true);
-    assert_eventually!(20, every_worker_uses(&gw, "web", "b2"), "change after the outage not seen:\n{}", gw.log());
+    assert_eventually!(
+        20,
+        every_worker_uses(&gw, "web", "b2"),
+        "change after the outage not seen:\n{}",
+        gw.log()
+    );
     stop.store(true, Ordering::Relaxed);
     let s = load.join().unwrap();
     assert!(s.ok > 20, "{s:?}");
     assert_eq!((s.failed, s.refused), (0, 0), "{:?}", s.errors);
     assert!(
-        gw.log().contains("session ended") || gw.log().contains("session expired") || gw.log().contains("Expired"),
+        gw.log().contains("session ended")
+            || gw.log().contains("session expired")
+            || gw.log().contains("Expired"),
         "{}",
         gw.log()
     );
@@ -230,11 +288,11 @@ fn a_gateway_started_while_zookeeper_is_down_serves_from_the_snapshot() {
     let b1 = Backend::start("b1");
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("routes.json");
-    let cache = format!("[cache]\nsnapshot = \"{}\"\n", snapshot.display());
+
     {
         let zk = Zk::standalone();
         zk.client().register("web", &b1.address());
-        let gw = Gateway::with(&(zk_config(&zk, "") + &cache)).workers(2).start();
+        let gw = Gateway::with(zk_config(&zk, "").snapshot(&snapshot)).workers(2).start();
         assert_eventually!(
             10,
             std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains(&b1.address())),
@@ -245,9 +303,10 @@ fn a_gateway_started_while_zookeeper_is_down_serves_from_the_snapshot() {
     // ZooKeeper is gone now; its port is closed.
     let port = support::free_port();
     let dead = format!("127.0.0.1:{port}");
-    let body = format!(
-        "[proxy]\ndebug_headers = true\n\n[zookeeper]\nhosts = \"{dead}\"\nconnect_timeout = \"1s\"\n\n{cache}"
-    );
+    let body = Toml::new()
+        .proxy("debug_headers = true")
+        .zookeeper_at(&dead, "connect_timeout = \"1s\"")
+        .snapshot(&snapshot);
     let gw = Gateway::with(&body).workers(2).start();
     assert!(gw.log().contains("from snapshot"), "{}", gw.log());
     for _ in 0..10 {
@@ -272,11 +331,18 @@ fn a_chrooted_registry_is_read_relative_to_its_chroot() {
     let (b1, decoy) = (Backend::start("chrooted"), Backend::start("outside"));
     c.register_under("/tenant-a/services", "web", &b1.address());
     c.register("web", &decoy.address());
-    let body = format!(
-        "[proxy]\ndebug_headers = true\n\n[zookeeper]\nhosts = \"{}/tenant-a\"\nconnect_timeout = \"2s\"\n",
-        zk.hosts()
-    );
+    let chrooted = format!("{}/tenant-a", zk.hosts());
+    let body = Toml::new()
+        .proxy("debug_headers = true")
+        .zookeeper_at(&chrooted, "connect_timeout = \"2s\"");
     let gw = Gateway::with(&body).workers(2).start();
-    assert_eventually!(10, every_worker_uses(&gw, "web", "chrooted"), "chrooted instance not routed");
-    assert!(no_worker_uses(&gw, "web", "outside"), "the registry outside the chroot must not be read");
+    assert_eventually!(
+        10,
+        every_worker_uses(&gw, "web", "chrooted"),
+        "chrooted instance not routed"
+    );
+    assert!(
+        no_worker_uses(&gw, "web", "outside"),
+        "the registry outside the chroot must not be read"
+    );
 }

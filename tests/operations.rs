@@ -12,41 +12,25 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::http::request;
-use support::{request_loop, Backend, Gateway};
+use support::{metric_sum, request_loop, wait_for_progress, Backend, Gateway, Toml};
 
-fn web(b: &[&Backend]) -> String {
-    let list: Vec<String> = b.iter().map(|b| format!("\"{}\"", b.address())).collect();
-    format!(
-        "[services.web]\ninstances = [{}]\n\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n\n",
-        list.join(", ")
-    )
-}
-
-fn admin(token: Option<&str>) -> (u16, String) {
-    let port = support::free_port();
-    let token = token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default();
-    (port, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{token}\n"))
+/// Every path to service `web` on these backends.
+fn web(b: &[&Backend]) -> Toml {
+    Toml::new().backends("web", b).route_all("web")
 }
 
 fn admin_get(port: u16, path: &str, token: Option<&str>) -> support::http::Response {
     let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+    let headers: Vec<(&str, &str)> =
+        auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
     request(port, "GET", path, &headers, b"").unwrap()
-}
-
-/// Sum of every sample of `metric` whose labels contain `labels`.
-fn metric_sum(text: &str, metric: &str, labels: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]
 fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
     let b = Backend::start("b");
-    let (port, section) = admin(Some("s3cret"));
-    let gw = Gateway::with(&(section + &web(&[&b]))).workers(2).start();
+    let port = support::free_port();
+    let gw = Gateway::with(web(&[&b]).admin(port, Some("s3cret"))).workers(2).start();
     let r = admin_get(port, "/healthz", None);
     assert_eq!(r.status, 401);
     assert_eq!(admin_get(port, "/healthz", Some("wrong")).status, 401);
@@ -67,13 +51,19 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
     );
 
     let workers = admin_get(port, "/workers", Some("s3cret")).json();
-    let pids: Vec<i32> =
-        workers["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap() as i32).collect();
+    let pids: Vec<i32> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect();
     let mut sorted = pids.clone();
     sorted.sort();
     assert_eq!(sorted, gw.workers());
     for w in workers["workers"].as_array().unwrap() {
-        for key in ["slot", "started_unix_ms", "last_heartbeat_unix_ms", "requests", "active_connections"] {
+        for key in
+            ["slot", "started_unix_ms", "last_heartbeat_unix_ms", "requests", "active_connections"]
+        {
             assert!(w.get(key).is_some(), "{key} missing in {w}");
         }
     }
@@ -83,8 +73,10 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
 #[test]
 fn metrics_totals_equal_the_requests_sent_across_two_workers() {
     let b = Backend::start("b");
-    let (port, section) = admin(None);
-    let gw = Gateway::with(&(section + "[proxy]\ndebug_headers = true\n\n" + &web(&[&b]))).workers(2).start();
+    let port = support::free_port();
+    let gw = Gateway::with(web(&[&b]).admin(port, None).proxy("debug_headers = true"))
+        .workers(2)
+        .start();
     let mut by_worker = std::collections::BTreeSet::new();
     for _ in 0..60 {
         let r = gw.get("/ok").unwrap();
@@ -95,18 +87,38 @@ fn metrics_totals_equal_the_requests_sent_across_two_workers() {
         assert_eq!(gw.get("/status/503").unwrap().status, 503);
     }
     for _ in 0..25 {
-        let r = request(gw.port, "GET", "/services", &[("service_name", "nope"), ("api_name", "/")], b"").unwrap();
+        let r = request(
+            gw.port,
+            "GET",
+            "/services",
+            &[("service_name", "nope"), ("api_name", "/")],
+            b"",
+        )
+        .unwrap();
         assert_eq!(r.status, 404);
     }
     assert_eq!(by_worker.len(), 2, "both workers served requests");
     // Any worker may answer the scrape; every answer must hold the exact totals.
     for _ in 0..6 {
         let text = admin_get(port, "/metrics", None).body_text();
-        assert_eq!(metric_sum(&text, "zkgate_requests_total", "service=\"web\",code_class=\"2xx\""), 60, "{text}");
-        assert_eq!(metric_sum(&text, "zkgate_requests_total", "service=\"web\",code_class=\"5xx\""), 15);
-        assert_eq!(metric_sum(&text, "zkgate_requests_total", "service=\"_unrouted\",code_class=\"4xx\""), 25);
+        assert_eq!(
+            metric_sum(&text, "zkgate_requests_total", "service=\"web\",code_class=\"2xx\""),
+            60,
+            "{text}"
+        );
+        assert_eq!(
+            metric_sum(&text, "zkgate_requests_total", "service=\"web\",code_class=\"5xx\""),
+            15
+        );
+        assert_eq!(
+            metric_sum(&text, "zkgate_requests_total", "service=\"_unrouted\",code_class=\"4xx\""),
+            25
+        );
         assert_eq!(metric_sum(&text, "zkgate_worker_requests_total", ""), 100);
-        assert_eq!(metric_sum(&text, "zkgate_upstream_latency_seconds_count", "service=\"web\""), 75);
+        assert_eq!(
+            metric_sum(&text, "zkgate_upstream_latency_seconds_count", "service=\"web\""),
+            75
+        );
         assert!(text.contains("# TYPE zkgate_upstream_latency_seconds histogram"));
     }
 }
@@ -114,7 +126,7 @@ fn metrics_totals_equal_the_requests_sent_across_two_workers() {
 #[test]
 fn a_worker_whose_event_loop_stops_is_replaced_after_worker_timeout() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&web(&[&b])).workers(2).worker_timeout("2s").start();
+    let gw = Gateway::with(web(&[&b])).workers(2).worker_timeout("2s").start();
     let before = gw.workers();
     kill(Pid::from_raw(before[0]), Signal::SIGSTOP).unwrap();
     assert_eventually!(
@@ -135,7 +147,8 @@ fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
     let path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut gw = Gateway::with(&web(&[&b])).workers(2).env("NOTIFY_SOCKET", path.to_str().unwrap()).spawn();
+    let mut gw =
+        Gateway::with(web(&[&b])).workers(2).env("NOTIFY_SOCKET", path.to_str().unwrap()).spawn();
     // Periodic STATUS= refreshes may come in between; the state messages must come in order.
     let recv = || loop {
         let mut buf = [0u8; 4096];
@@ -146,7 +159,10 @@ fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
         }
     };
     let ready = recv();
-    assert!(ready.starts_with("READY=1\nSTATUS=2/2 workers ready; 1 services, 1 instances"), "{ready}");
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=2/2 workers ready; 1 services, 1 instances"),
+        "{ready}"
+    );
     gw.signal(Signal::SIGHUP);
     let reloading = recv();
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
@@ -159,14 +175,25 @@ fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
 #[test]
 fn workers_drop_to_the_configured_user_when_started_as_root() {
     let b = Backend::start("b");
-    let mut gw = Gateway::with(&web(&[&b])).workers(2).server_extra("user = \"nobody\"\ngroup = \"nogroup\"\n").spawn();
+    let mut gw = Gateway::with(web(&[&b]))
+        .workers(2)
+        .server_extra("user = \"nobody\"\ngroup = \"nogroup\"\n")
+        .spawn();
     if nix::unistd::getuid().is_root() {
-        assert_eventually!(10, gw.log().contains("all 2 workers ready"), "not ready:\n{}", gw.log());
+        assert_eventually!(
+            10,
+            gw.log().contains("all 2 workers ready"),
+            "not ready:\n{}",
+            gw.log()
+        );
         let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
         for w in gw.workers() {
             let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
             let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-            assert!(uid.split_whitespace().skip(1).all(|u| u == nobody.to_string()), "worker {w}: {uid}");
+            assert!(
+                uid.split_whitespace().skip(1).all(|u| u == nobody.to_string()),
+                "worker {w}: {uid}"
+            );
         }
         assert_eq!(gw.get("/").unwrap().status, 200, "a worker without privileges still serves");
     } else {
@@ -179,21 +206,37 @@ fn workers_drop_to_the_configured_user_when_started_as_root() {
 #[test]
 fn reload_and_scaling_under_load_lose_no_request() {
     let (b1, b2) = (Backend::start("old"), Backend::start("new"));
-    let gw = Gateway::with(&web(&[&b1])).workers(2).start();
+    let gw = Gateway::with(web(&[&b1])).workers(2).start();
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4).map(|_| request_loop(gw.port, "/slow/1", 100_000, 60, stop.clone())).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let clients: Vec<_> =
+        (0..4).map(|_| request_loop(gw.port, "/slow/1", 100_000, 60, stop.clone())).collect();
+    wait_for_progress(&b1.hits, 50);
     gw.rewrite_config(&gw.config_text().replace(&b1.address(), &b2.address()));
     gw.signal(Signal::SIGHUP);
-    assert_eventually!(15, gw.log().contains("in service on every worker"), "reload did not finish");
+    assert_eventually!(
+        15,
+        gw.log().contains("in service on every worker"),
+        "reload did not finish"
+    );
     gw.signal(Signal::SIGTTIN);
-    assert_eventually!(10, gw.workers().len() == 3 && gw.log_count(") ready") >= 5, "TTIN: {:?}", gw.workers());
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eventually!(
+        10,
+        gw.workers().len() == 3 && gw.log_count(") ready") >= 5,
+        "TTIN: {:?}",
+        gw.workers()
+    );
+    wait_for_progress(&b2.hits, 50);
     gw.signal(Signal::SIGTTOU);
     assert_eventually!(10, gw.workers().len() == 2, "TTOU: {:?}", gw.workers());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_progress(&b2.hits, 50);
     let s = support::stop_loops(&stop, clients);
-    assert!(s.errors.is_empty() && s.refused == 0, "{} ok, errors {:?}, {} refused", s.ok, s.errors, s.refused);
+    assert!(
+        s.errors.is_empty() && s.refused == 0,
+        "{} ok, errors {:?}, {} refused",
+        s.ok,
+        s.errors,
+        s.refused
+    );
     assert!(s.ok > 100, "{}", s.ok);
     assert_eq!(gw.get("/").unwrap().backend(), "new", "the new configuration is in force");
 }
@@ -201,7 +244,9 @@ fn reload_and_scaling_under_load_lose_no_request() {
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/zkgate.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/zkgate.service"))
+            .unwrap();
     // Point the unit at the built binary so verify can check the executables exist.
     let unit = unit.replace("/usr/bin/zkgate", support::zkgate());
     let path = dir.path().join("zkgate.service");
@@ -228,7 +273,7 @@ fn the_dockerfile_passes_hadolint() {
 #[test]
 fn cpu_affinity_pins_each_worker_to_one_cpu() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&web(&[&b])).workers(2).server_extra("cpu_affinity = true\n").start();
+    let gw = Gateway::with(web(&[&b])).workers(2).server_extra("cpu_affinity = true\n").start();
     let allowed = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
@@ -246,35 +291,47 @@ fn cpu_affinity_pins_each_worker_to_one_cpu() {
 #[test]
 fn the_access_log_has_one_line_per_request_with_service_instance_and_status() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&(String::from("[log]\naccess = true\n\n") + &web(&[&b]))).workers(1).start();
+    let gw = Gateway::with(web(&[&b]).section("[log]", "access = true")).workers(1).start();
     assert_eq!(gw.get("/hello?x=1").unwrap().status, 200);
-    let r = request(gw.port, "GET", "/services", &[("service_name", "nope"), ("api_name", "/")], b"").unwrap();
+    let r =
+        request(gw.port, "GET", "/services", &[("service_name", "nope"), ("api_name", "/")], b"")
+            .unwrap();
     assert_eq!(r.status, 404);
     assert_eventually!(5, gw.log_count("\"GET /") >= 2, "no access lines:\n{}", gw.log());
     let log = gw.log();
     let line = log.lines().find(|l| l.contains("\"GET /hello\"")).unwrap();
     assert!(
-        line.contains(" 200 ") && line.contains("service=web") && line.contains(&format!("instance={}", b.address())),
+        line.contains(" 200 ")
+            && line.contains("service=web")
+            && line.contains(&format!("instance={}", b.address())),
         "{line}"
     );
-    assert!(log.lines().any(|l| l.contains("\"GET /services\" 404") && l.contains("service=-")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("\"GET /services\" 404") && l.contains("service=-")),
+        "{log}"
+    );
 }
 
 #[test]
 fn removing_workers_under_connection_churn_resets_no_connection() {
     let b = Backend::start("b");
-    let gw = Gateway::with(&web(&[&b])).workers(4).start();
+    let gw = Gateway::with(web(&[&b])).workers(4).start();
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..6).map(|_| request_loop(gw.port, "/", 1_000_000, 60, stop.clone())).collect();
+    let clients: Vec<_> =
+        (0..6).map(|_| request_loop(gw.port, "/", 1_000_000, 60, stop.clone())).collect();
     for round in 0..3 {
-        std::thread::sleep(Duration::from_millis(200));
+        wait_for_progress(&b.hits, 100);
         gw.signal(Signal::SIGTTOU);
         assert_eventually!(10, gw.workers().len() == 3, "round {round}: TTOU");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_for_progress(&b.hits, 100);
         gw.signal(Signal::SIGTTIN);
-        assert_eventually!(10, gw.workers().len() == 4 && gw.log_count(") ready") >= 5 + round, "round {round}: TTIN");
+        assert_eventually!(
+            10,
+            gw.workers().len() == 4 && gw.log_count(") ready") >= 5 + round,
+            "round {round}: TTIN"
+        );
     }
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_progress(&b.hits, 100);
     let s = support::stop_loops(&stop, clients);
     assert!(s.errors.is_empty() && s.refused == 0, "{} ok, errors {:?}", s.ok, s.errors);
     assert!(s.ok > 500, "{}", s.ok);

@@ -27,9 +27,15 @@ impl SharedMemory {
     pub fn map(len: usize) -> Result<Self, Error> {
         let size = NonZeroUsize::new(len.max(1)).expect("non-zero");
         // SAFETY: an anonymous mapping touches no existing memory; we own the result.
-        let ptr =
-            unsafe { mmap_anonymous(None, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED) }
-                .map_err(sys("mmap"))?;
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }
+        .map_err(sys("mmap"))?;
         Ok(SharedMemory { ptr: ptr.cast(), len })
     }
 

@@ -24,7 +24,9 @@ impl SlotSockets {
     pub fn open(addrs: &[SocketAddr], backlog: i32) -> Result<Self, Error> {
         let sockets = addrs
             .iter()
-            .map(|addr| open_one(*addr, backlog).map_err(|source| Error::Listen { addr: *addr, source }))
+            .map(|addr| {
+                open_one(*addr, backlog).map_err(|source| Error::Listen { addr: *addr, source })
+            })
             .collect::<Result<_, _>>()?;
         Ok(SlotSockets { sockets })
     }
@@ -67,7 +69,9 @@ impl SlotSockets {
     ///
     /// The program is classic BPF: `A = skb->hash % keep; return A`.
     pub fn steer_to_first(&self, keep: usize) -> std::io::Result<()> {
-        use nix::libc::{sock_filter, sock_fprog, BPF_ABS, BPF_ALU, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W};
+        use nix::libc::{
+            sock_filter, sock_fprog, BPF_ABS, BPF_ALU, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W,
+        };
         let keep = u32::try_from(keep.max(1)).unwrap_or(u32::MAX);
         let mut prog = [
             sock_filter {

@@ -82,7 +82,8 @@ pub(crate) fn spawn_worker<A: App>(
     inherited: Inherited<'_>,
 ) -> Result<Child, Error> {
     let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(sys("pipe2"))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(sys("pipe2"))?;
     let supervisor = nix::unistd::getpid();
     // SAFETY: the supervisor is single-threaded (it never starts a thread or a runtime), so the
     // child is a complete copy of the process and may run arbitrary code, allocate included.
@@ -95,8 +96,10 @@ pub(crate) fn spawn_worker<A: App>(
             drop(read);
             let code = match prepare_child(supervisor, slot, settings, ids, &inherited) {
                 Ok(listeners) => {
-                    let ctx = WorkerContext { slot, generation, listeners, control: ControlPipe(write) };
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.run_worker(ctx))).unwrap_or(70)
+                    let ctx =
+                        WorkerContext { slot, generation, listeners, control: ControlPipe(write) };
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.run_worker(ctx)))
+                        .unwrap_or(70)
                 }
                 Err(e) => {
                     log::error!("worker slot {slot}: cannot start: {e}");
@@ -150,16 +153,22 @@ fn prepare_child(
     ids: Option<&Ids>,
     inherited: &Inherited<'_>,
 ) -> Result<Vec<TcpListener>, Error> {
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(sys("sigprocmask"))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(sys("sigprocmask"))?;
     // If the supervisor is killed outright, its workers must not linger holding the port.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(sys("prctl(PR_SET_PDEATHSIG)"))?;
     if nix::unistd::getppid() != supervisor {
         // The supervisor died between fork and prctl.
         std::process::exit(0);
     }
-    let listeners =
-        inherited.own_sockets.iter().map(TcpListener::try_clone).collect::<Result<Vec<_>, _>>().map_err(|e| {
-            Error::Sys { what: "dup slot socket", source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)) }
+    let listeners = inherited
+        .own_sockets
+        .iter()
+        .map(TcpListener::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Sys {
+            what: "dup slot socket",
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
         })?;
     for fd in &inherited.close {
         // Closing raw fds the supervisor owns is sound here: their owners are never dropped in
@@ -179,7 +188,8 @@ fn pin_to_cpu(slot: usize) {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     let me = Pid::from_raw(0);
     let Ok(allowed) = sched_getaffinity(me) else { return };
-    let cpus: Vec<usize> = (0..CpuSet::count()).filter(|c| allowed.is_set(*c).unwrap_or(false)).collect();
+    let cpus: Vec<usize> =
+        (0..CpuSet::count()).filter(|c| allowed.is_set(*c).unwrap_or(false)).collect();
     if cpus.is_empty() {
         return;
     }

@@ -80,7 +80,11 @@ fn fatal_workers_stop_their_slots_and_a_crash_loop_backs_off() {
     // Fatal: each slot's worker starts once, is not respawned, and the supervisor exits 1.
     let region = SharedMemory::map(64).unwrap();
     let pid = spawn_supervisor(Failing { code: EXIT_FATAL, starts: region }, 2);
-    assert_eq!(wait_exit(pid, Duration::from_secs(10)), Some(1), "the supervisor exits 1 with no worker left");
+    assert_eq!(
+        wait_exit(pid, Duration::from_secs(10)),
+        Some(1),
+        "the supervisor exits 1 with no worker left"
+    );
     assert_eq!(starts(&region), 2, "a fatal slot is not respawned");
 
     // Crash loop: respawns at 0, 100, 200, 400, 800, 1600 ms … — a handful in 2 s, not thousands.
@@ -88,7 +92,11 @@ fn fatal_workers_stop_their_slots_and_a_crash_loop_backs_off() {
     let pid = spawn_supervisor(Failing { code: 1, starts: region }, 1);
     std::thread::sleep(Duration::from_secs(2));
     kill(pid, Signal::SIGTERM).unwrap();
-    assert_eq!(wait_exit(pid, Duration::from_secs(10)), Some(0), "TERM stops a crash-looping supervisor cleanly");
+    assert_eq!(
+        wait_exit(pid, Duration::from_secs(10)),
+        Some(0),
+        "TERM stops a crash-looping supervisor cleanly"
+    );
     let n = starts(&region);
     assert!((4..=10).contains(&n), "{n} starts in 2 s");
 }

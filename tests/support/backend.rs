@@ -79,7 +79,8 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool) 
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (method, path) =
+            (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
         let mut headers = Vec::new();
         let (mut length, mut chunked, mut close) = (0usize, false, false);
         loop {

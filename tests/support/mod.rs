@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod config;
 pub mod http;
 
 use std::io::Read;
@@ -16,12 +17,25 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use backend::Backend;
+pub use config::Toml;
 
-/// Retries `$cond` until it holds or `$secs` seconds pass, then fails with the message.
+/// How much longer than written every wait may take: `ZKGATE_TEST_PATIENCE=3` on a slow CI
+/// machine triples them (linkerd's `RUST_TEST_PATIENCE_MS`, as a factor). Never shortens a wait.
+pub fn patience() -> f64 {
+    std::env::var("ZKGATE_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| *f >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// Retries `$cond` until it holds or `$secs` seconds (times [`patience`]) pass, then fails with
+/// the message.
 #[macro_export]
 macro_rules! assert_eventually {
     ($secs:expr, $cond:expr, $($msg:tt)+) => {{
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64($secs as f64);
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs_f64($secs as f64 * $crate::support::patience());
         loop {
             if $cond {
                 break;
@@ -48,6 +62,8 @@ pub fn zkgate() -> &'static str {
 pub struct Gateway {
     pub child: Option<Child>,
     pub port: u16,
+    /// The admin API's port, when the builder asked for one.
+    pub admin: Option<u16>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
@@ -56,6 +72,7 @@ pub struct Gateway {
 /// Builder for [`Gateway`].
 pub struct GatewayBuilder {
     body: String,
+    admin: Option<u16>,
     workers: usize,
     port: u16,
     env: Vec<(String, String)>,
@@ -65,9 +82,10 @@ pub struct GatewayBuilder {
 
 impl Gateway {
     /// A gateway whose `gateway.toml` is `[server]` (listen, workers, timeouts) plus `body`.
-    pub fn with(body: &str) -> GatewayBuilder {
+    pub fn with(body: impl std::fmt::Display) -> GatewayBuilder {
         GatewayBuilder {
             body: body.to_string(),
+            admin: None,
             workers: 2,
             port: free_port(),
             env: Vec::new(),
@@ -109,6 +127,18 @@ impl Gateway {
             "worker {old} not replaced: {:?}",
             self.workers()
         );
+    }
+
+    /// `GET path` on the admin API (the builder must have asked for `.admin()`).
+    pub fn admin_get(&self, path: &str) -> http::Response {
+        let port = self.admin.expect("Gateway::with(..).admin() for admin requests");
+        http::request(port, "GET", path, &[], b"").expect("admin API answers")
+    }
+
+    /// Sum over every sample of `metric` whose labels contain `labels` ("" for all), from
+    /// `/metrics`: exact across workers, a better oracle than log text.
+    pub fn metric(&self, metric: &str, labels: &str) -> u64 {
+        metric_sum(&self.admin_get("/metrics").body_text(), metric, labels)
     }
 
     /// Everything the gateway logged so far.
@@ -168,6 +198,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// An admin listener on a free port, so the test can read `/metrics` and `/workers`.
+    pub fn admin(mut self) -> Self {
+        self.admin = Some(free_port());
+        self
+    }
+
     pub fn worker_timeout(mut self, t: &str) -> Self {
         self.worker_timeout = t.into();
         self
@@ -186,16 +222,30 @@ impl GatewayBuilder {
 
     /// The full configuration file this builder writes.
     pub fn config(&self) -> String {
-        let server = server_section(self.port, self.workers)
-            .replace("worker_timeout = \"10s\"", &format!("worker_timeout = \"{}\"", self.worker_timeout));
-        server.trim_end().to_string() + "\n" + &self.server_extra + "\n" + &self.body
+        let server = server_section(self.port, self.workers).replace(
+            "worker_timeout = \"10s\"",
+            &format!("worker_timeout = \"{}\"", self.worker_timeout),
+        );
+        let admin = self.admin.map(|p| Toml::new().admin(p, None).to_string()).unwrap_or_default();
+        server.trim_end().to_string()
+            + "\n"
+            + &self.server_extra
+            + "\n"
+            + &self.body
+            + "\n"
+            + &admin
     }
 
     /// Starts the gateway and waits until every worker is ready.
     pub fn start(self) -> Gateway {
         let g = self.spawn();
         let expect = format!("all {} workers ready", self_workers(&g));
-        assert_eventually!(20, g.log().contains(&expect), "gateway did not become ready:\n{}", g.log());
+        assert_eventually!(
+            20,
+            g.log().contains(&expect),
+            "gateway did not become ready:\n{}",
+            g.log()
+        );
         g
     }
 
@@ -207,20 +257,34 @@ impl GatewayBuilder {
         let log_path = dir.path().join("zkgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(zkgate());
-        cmd.arg("run").arg("-c").arg(&config_path).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null());
         cmd.env("RUST_LOG", "info");
         cmd.env_remove("NOTIFY_SOCKET");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn zkgate");
-        Gateway { child: Some(child), port: self.port, dir, config_path, log_path }
+        Gateway {
+            child: Some(child),
+            port: self.port,
+            admin: self.admin,
+            dir,
+            config_path,
+            log_path,
+        }
     }
 }
 
 fn self_workers(g: &Gateway) -> usize {
     let text = g.config_text();
-    text.lines().find_map(|l| l.strip_prefix("workers = ").and_then(|n| n.trim().parse().ok())).unwrap_or(1)
+    text.lines()
+        .find_map(|l| l.strip_prefix("workers = ").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(1)
 }
 
 /// The `[server]` section every test gateway uses: loopback, short timeouts.
@@ -248,6 +312,28 @@ impl Drop for Gateway {
     }
 }
 
+/// Sum of every sample of `metric` whose labels contain `labels`.
+pub fn metric_sum(text: &str, metric: &str, labels: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Waits until `counter` (a backend's `hits`) grew by `n`: load is flowing. Tests wait for this
+/// instead of sleeping "long enough" before and after a disruption.
+pub fn wait_for_progress(counter: &std::sync::atomic::AtomicUsize, n: usize) {
+    let start = counter.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eventually!(
+        15,
+        counter.load(std::sync::atomic::Ordering::Relaxed) >= start + n,
+        "load made no progress: {} requests in 15 s, wanted {n}",
+        counter.load(std::sync::atomic::Ordering::Relaxed) - start
+    );
+}
+
 /// Writes `text` to a file in `dir` and returns its path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -266,7 +352,10 @@ pub struct LoopStats {
 }
 
 /// Stops the loops started with `stop` and sums what they saw (bodies are dropped).
-pub fn stop_loops(stop: &std::sync::atomic::AtomicBool, loops: Vec<std::thread::JoinHandle<LoopStats>>) -> LoopStats {
+pub fn stop_loops(
+    stop: &std::sync::atomic::AtomicBool,
+    loops: Vec<std::thread::JoinHandle<LoopStats>>,
+) -> LoopStats {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = LoopStats::default();
     for l in loops {

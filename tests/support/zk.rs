@@ -34,8 +34,13 @@ impl Zk {
     /// One standalone server on `port`.
     pub fn standalone_on(port: u16) -> Zk {
         let dir = tempfile::tempdir().unwrap();
-        let node =
-            Node::configure(dir.path().join("1"), port, "", "org.apache.zookeeper.server.ZooKeeperServerMain", None);
+        let node = Node::configure(
+            dir.path().join("1"),
+            port,
+            "",
+            "org.apache.zookeeper.server.ZooKeeperServerMain",
+            None,
+        );
         let mut z = Zk { _dir: dir, nodes: vec![node] };
         z.start_all();
         z
@@ -45,8 +50,9 @@ impl Zk {
     pub fn ensemble() -> Zk {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..9).map(|_| super::free_port()).collect();
-        let servers: String =
-            (0..3).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, ports[3 + i], ports[6 + i])).collect();
+        let servers: String = (0..3)
+            .map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, ports[3 + i], ports[6 + i]))
+            .collect();
         let nodes = (0..3)
             .map(|i| {
                 Node::configure(
@@ -90,7 +96,9 @@ impl Zk {
 
     /// Which node hosts the session `sid` (from the four-letter word `cons`).
     pub fn node_with_session(&self, sid: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.child.is_some() && four_letter(n.port, "cons").contains(sid))
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && four_letter(n.port, "cons").contains(sid))
     }
 
     /// A client that writes the registry.
@@ -100,7 +108,13 @@ impl Zk {
 }
 
 impl Node {
-    fn configure(dir: PathBuf, port: u16, servers: &str, main: &'static str, myid: Option<usize>) -> Node {
+    fn configure(
+        dir: PathBuf,
+        port: u16,
+        servers: &str,
+        main: &'static str,
+        myid: Option<usize>,
+    ) -> Node {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         if let Some(id) = myid {
             std::fs::write(dir.join("data/myid"), format!("{id}\n")).unwrap();
@@ -114,7 +128,11 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("zookeeper.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("zookeeper.log"))
+            .unwrap();
         let child = Command::new("java")
             .args(["-Xmx256m", "-cp", CP, self.main])
             .arg(self.dir.join("zoo.cfg"))
@@ -154,7 +172,9 @@ impl Drop for Zk {
 }
 
 fn four_letter(port: u16, cmd: &str) -> String {
-    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+    else {
         return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -173,9 +193,15 @@ pub struct ZkClient {
 
 impl ZkClient {
     pub fn connect(hosts: &str) -> ZkClient {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let client = rt
-            .block_on(zk::Client::connector().with_session_timeout(Duration::from_secs(4)).connect(hosts))
+            .block_on(
+                zk::Client::connector().with_session_timeout(Duration::from_secs(4)).connect(hosts),
+            )
             .expect("test client connects");
         ZkClient { rt, client }
     }
@@ -215,13 +241,19 @@ impl ZkClient {
             let _ = self.client.mkdir("/services", persistent).await;
             for chunk in (0..services).collect::<Vec<_>>().chunks(500) {
                 let svcs = chunk.iter().map(|s| format!("/services/s{s}"));
-                futures::future::join_all(svcs.map(|p| async move { self.client.create(&p, b"", persistent).await }))
-                    .await;
+                futures::future::join_all(
+                    svcs.map(|p| async move { self.client.create(&p, b"", persistent).await }),
+                )
+                .await;
                 let nodes = chunk.iter().flat_map(|s| {
-                    (0..per).map(move |i| format!("/services/s{s}/10.{}.{}.{}:80", s / 256 % 256, s % 256, i + 1))
+                    (0..per).map(move |i| {
+                        format!("/services/s{s}/10.{}.{}.{}:80", s / 256 % 256, s % 256, i + 1)
+                    })
                 });
-                futures::future::join_all(nodes.map(|p| async move { self.client.create(&p, b"", persistent).await }))
-                    .await;
+                futures::future::join_all(
+                    nodes.map(|p| async move { self.client.create(&p, b"", persistent).await }),
+                )
+                .await;
             }
         });
     }

@@ -88,7 +88,10 @@ pub enum Error {
 
 /// Runs a worker until SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
 pub fn run(settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
     rt.block_on(serve(settings, lifecycle))
 }
 
@@ -114,26 +117,41 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         connections.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
+    let server =
+        http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
 
     let mut accept_loops = Vec::new();
     for l in std::mem::take(&mut settings.listeners) {
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
         accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
     }
-    let checks: Vec<_> =
-        config.services.iter().filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?))).collect();
+    let checks: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?)))
+        .collect();
     if !checks.is_empty() {
         // Probes get their own pool, so they never queue behind client traffic.
         let checker = Arc::new(http::upstream::Upstream::new(&config.proxy));
         for (name, check) in checks {
-            tokio::spawn(http::health_check::run_checks(name, check, table.clone(), checker.clone()));
+            tokio::spawn(http::health_check::run_checks(
+                name,
+                check,
+                table.clone(),
+                checker.clone(),
+            ));
         }
     }
     let mut ready = discovery::start(&config, settings.slot, table.clone(), clock, metrics);
     if let Some((listener, token)) = settings.admin.take() {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
-        let admin = admin::Admin { table: table.clone(), metrics, ready: ready.clone(), token, slot: settings.slot };
+        let admin = admin::Admin {
+            table: table.clone(),
+            metrics,
+            ready: ready.clone(),
+            token,
+            slot: settings.slot,
+        };
         tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
     }
     let (slot, ready_table, ready_life) = (settings.slot, table.clone(), lifecycle.clone());
@@ -183,7 +201,11 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         _ = quit.recv() => false,
     };
     if !drained {
-        log::warn!("worker slot {}: {} connections still open at shutdown", settings.slot, server.connections.active());
+        log::warn!(
+            "worker slot {}: {} connections still open at shutdown",
+            settings.slot,
+            server.connections.active()
+        );
     }
     Ok(())
 }

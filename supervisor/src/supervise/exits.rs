@@ -53,7 +53,11 @@ impl<A: App> Supervisor<A> {
         let expected = matches!(w.phase, Phase::Draining { .. } | Phase::Killed { respawn: false })
             || matches!(self.mode, Mode::Stopping { .. });
         if expected {
-            log::info!("worker slot {} (pid {pid}) {how} after {:.1}s", w.slot, lived.as_secs_f64());
+            log::info!(
+                "worker slot {} (pid {pid}) {how} after {:.1}s",
+                w.slot,
+                lived.as_secs_f64()
+            );
             self.forget_removed_slots();
             return;
         }
@@ -68,7 +72,9 @@ impl<A: App> Supervisor<A> {
             return;
         }
         // A reload's replacement that died before it was ready: the roll stops there.
-        let was_incoming = w.phase == Phase::Starting && self.roll == Some(slot_idx) && w.generation == self.generation;
+        let was_incoming = w.phase == Phase::Starting
+            && self.roll == Some(slot_idx)
+            && w.generation == self.generation;
         if code == Some(EXIT_FATAL) {
             log::error!(
                 "worker slot {slot_idx}: fatal start-up error (exit code {EXIT_FATAL}); not respawning this slot"
@@ -89,7 +95,10 @@ impl<A: App> Supervisor<A> {
         let (delay, failures) = respawn_delay(slot.failures, lived);
         slot.failures = failures;
         if !delay.is_zero() {
-            log::warn!("worker slot {slot_idx} is crash-looping: respawn in {}ms", delay.as_millis());
+            log::warn!(
+                "worker slot {slot_idx} is crash-looping: respawn in {}ms",
+                delay.as_millis()
+            );
         }
         self.schedule_respawn(slot_idx, delay);
         self.on_timers();

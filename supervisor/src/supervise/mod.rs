@@ -169,7 +169,9 @@ impl<A: App> Supervisor<A> {
             if let Some(code) = self.exit_code() {
                 return code;
             }
-            let timeout = self.next_deadline().map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
+            let timeout = self
+                .next_deadline()
+                .map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
             let (sig_ready, pipes_ready) = self.wait(timeout);
             if sig_ready {
                 for cmd in signals::drain(&self.sigfd) {
@@ -196,13 +198,19 @@ impl<A: App> Supervisor<A> {
                 pids.push(w.child.pid);
             }
         }
-        let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::ZERO);
+        let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::ZERO);
         match nix::poll::poll(&mut fds, ms) {
             Ok(0) | Err(_) => (false, Vec::new()),
             Ok(_) => {
                 let readable = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
                 let sig = readable(&fds[0]);
-                let ready = fds[1..].iter().zip(pids).filter(|(f, _)| readable(f)).map(|(_, p)| p).collect();
+                let ready = fds[1..]
+                    .iter()
+                    .zip(pids)
+                    .filter(|(f, _)| readable(f))
+                    .map(|(_, p)| p)
+                    .collect();
                 (sig, ready)
             }
         }
@@ -215,9 +223,12 @@ impl<A: App> Supervisor<A> {
                 Some(0)
             }
             Mode::Running
-                if self.workers.is_empty() && self.slots.iter().filter(|s| s.sockets.is_some()).all(|s| s.fatal) =>
+                if self.workers.is_empty()
+                    && self.slots.iter().filter(|s| s.sockets.is_some()).all(|s| s.fatal) =>
             {
-                log::error!("supervisor: every worker slot failed fatally; no worker left, exiting");
+                log::error!(
+                    "supervisor: every worker slot failed fatally; no worker left, exiting"
+                );
                 self.notifier.send("STATUS=every worker failed fatally\nERRNO=1");
                 Some(1)
             }
@@ -242,7 +253,9 @@ impl<A: App> Supervisor<A> {
         match (cmd, self.mode) {
             (Command::Reap, _) => self.reap(),
             (Command::GracefulStop, Mode::Running) => self.stop(false),
-            (Command::GracefulStop | Command::FastStop, Mode::Stopping { fast: false, .. }) => self.stop(true),
+            (Command::GracefulStop | Command::FastStop, Mode::Stopping { fast: false, .. }) => {
+                self.stop(true)
+            }
             (Command::FastStop, Mode::Running) => self.stop(true),
             (_, Mode::Stopping { .. }) => {}
             (Command::Reload, Mode::Running) => self.reload(),
@@ -256,14 +269,31 @@ impl<A: App> Supervisor<A> {
         let Some(sockets) = self.slots[slot].sockets.as_ref() else { return };
         // The child duplicates its own slot's sockets, then closes every descriptor the
         // supervisor owns: other slots' sockets, the signalfd, other workers' pipes.
-        let mut close: Vec<RawFd> =
-            self.slots.iter().filter_map(|s| s.sockets.as_ref()).flat_map(|s| s.raw_fds()).collect();
+        let mut close: Vec<RawFd> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.sockets.as_ref())
+            .flat_map(|s| s.raw_fds())
+            .collect();
         close.push(self.sigfd.as_raw_fd());
-        close.extend(self.workers.iter().filter_map(|w| w.child.control_fd()).map(|f| f.as_raw_fd()));
+        close.extend(
+            self.workers.iter().filter_map(|w| w.child.control_fd()).map(|f| f.as_raw_fd()),
+        );
         let inherited = Inherited { own_sockets: sockets.listeners(), close };
-        match spawn::spawn_worker(&self.app, slot, self.generation, &self.settings, self.ids.as_ref(), inherited) {
+        match spawn::spawn_worker(
+            &self.app,
+            slot,
+            self.generation,
+            &self.settings,
+            self.ids.as_ref(),
+            inherited,
+        ) {
             Ok(child) => {
-                log::info!("worker slot {slot} started: pid {} (generation {})", child.pid, self.generation);
+                log::info!(
+                    "worker slot {slot} started: pid {} (generation {})",
+                    child.pid,
+                    self.generation
+                );
                 let now = Instant::now();
                 self.workers.push(Worker {
                     child,

@@ -53,7 +53,10 @@ impl<A: App> Supervisor<A> {
         while self.live_slots() < want {
             self.add_slot();
         }
-        log::info!("reload: generation {}: rolling {roll_until} workers, {want} in all", self.generation);
+        log::info!(
+            "reload: generation {}: rolling {roll_until} workers, {want} in all",
+            self.generation
+        );
         self.roll = Some(0);
         self.roll_step();
     }
@@ -67,13 +70,19 @@ impl<A: App> Supervisor<A> {
                 self.maybe_announce_ready();
                 return;
             }
-            let current = self.workers.iter().any(|w| w.slot == i && w.phase.live() && w.generation == self.generation);
+            let current = self
+                .workers
+                .iter()
+                .any(|w| w.slot == i && w.phase.live() && w.generation == self.generation);
             if self.slots[i].sockets.is_none() || current {
                 self.roll = Some(i + 1);
                 continue;
             }
             self.spawn(i);
-            let started = self.workers.iter().any(|w| w.slot == i && w.phase.live() && w.generation == self.generation);
+            let started = self
+                .workers
+                .iter()
+                .any(|w| w.slot == i && w.phase.live() && w.generation == self.generation);
             if !started {
                 // fork failed: skip this slot rather than stall the reload
                 self.roll = Some(i + 1);

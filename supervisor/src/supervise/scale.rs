@@ -26,7 +26,10 @@ impl<A: App> Supervisor<A> {
                     }
                 };
                 self.settings.workers = self.live_slots();
-                log::info!("supervisor: adding worker slot {idx} ({} workers)", self.settings.workers);
+                log::info!(
+                    "supervisor: adding worker slot {idx} ({} workers)",
+                    self.settings.workers
+                );
                 self.spawn(idx);
             }
             Err(e) => log::error!("supervisor: cannot add a worker: {e}"),
@@ -79,7 +82,8 @@ impl<A: App> Supervisor<A> {
             }
             self.slots.pop();
         }
-        let retiring = self.workers.iter().any(|w| self.slots.get(w.slot).is_none_or(|s| s.sockets.is_none()));
+        let retiring =
+            self.workers.iter().any(|w| self.slots.get(w.slot).is_none_or(|s| s.sockets.is_none()));
         if self.steering && !retiring {
             if let Some(first) = self.slots.iter().find_map(|s| s.sockets.as_ref()) {
                 first.clear_steering();

@@ -52,8 +52,14 @@ impl<A: App> Supervisor<A> {
         }
         if let Mode::Stopping { deadline, .. } = self.mode {
             if deadline <= now {
-                for w in self.workers.iter_mut().filter(|w| !matches!(w.phase, Phase::Killed { .. })) {
-                    log::warn!("worker slot {} (pid {}) did not stop in time: KILL", w.slot, w.child.pid);
+                for w in
+                    self.workers.iter_mut().filter(|w| !matches!(w.phase, Phase::Killed { .. }))
+                {
+                    log::warn!(
+                        "worker slot {} (pid {}) did not stop in time: KILL",
+                        w.slot,
+                        w.child.pid
+                    );
                     let _ = kill(w.child.pid, Signal::SIGKILL);
                     w.phase = Phase::Killed { respawn: false };
                 }
@@ -104,7 +110,8 @@ impl<A: App> Supervisor<A> {
         if self.announced_ready || self.roll.is_some() || !matches!(self.mode, Mode::Running) {
             return;
         }
-        let live: Vec<&Slot> = self.slots.iter().filter(|s| s.sockets.is_some() && !s.fatal).collect();
+        let live: Vec<&Slot> =
+            self.slots.iter().filter(|s| s.sockets.is_some() && !s.fatal).collect();
         let ready = (0..self.slots.len())
             .filter(|i| self.slots[*i].sockets.is_some() && !self.slots[*i].fatal)
             .all(|i| self.workers.iter().any(|w| w.slot == i && w.phase == Phase::Ready));

@@ -70,9 +70,12 @@ impl Admin {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
             if !ok {
-                let mut r =
-                    json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "missing or wrong bearer token"}));
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut r = json(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": "missing or wrong bearer token"}),
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
             }
         }
@@ -80,16 +83,23 @@ impl Admin {
             return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "GET only"}));
         }
         match req.uri().path() {
-            "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok", "pid": std::process::id()})),
+            "/healthz" => {
+                json(StatusCode::OK, serde_json::json!({"status": "ok", "pid": std::process::id()}))
+            }
             "/readyz" => match *self.ready.borrow() {
-                Some(source) => json(StatusCode::OK, serde_json::json!({"ready": true, "source": source})),
+                Some(source) => {
+                    json(StatusCode::OK, serde_json::json!({"ready": true, "source": source}))
+                }
                 None => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false})),
             },
             "/routes" => json(StatusCode::OK, self.routes()),
             "/workers" => json(StatusCode::OK, self.metrics.workers_json()),
             "/metrics" => {
                 let mut r = Response::new(full(self.metrics.prometheus()));
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
                 r
             }
             _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),

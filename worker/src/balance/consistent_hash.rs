@@ -6,7 +6,7 @@
 //! host, so all of them send a key to the same instance.
 
 use super::{eligible, random::pick_random, Balancer, PickContext};
-use crate::table::Instance;
+use crate::table::instance::Instance;
 
 /// Ring points per unit of weight.
 const POINTS_PER_WEIGHT: u32 = 100;
@@ -77,7 +77,8 @@ mod tests {
     fn adding_one_of_five_instances_moves_about_a_fifth_of_the_keys() {
         let four = ConsistentHash::new(&weighted_list(&[1, 1, 1, 1]));
         let five = ConsistentHash::new(&weighted_list(&[1, 1, 1, 1, 1]));
-        let keys: Vec<u64> = (0..10_000u32).map(|k| hash_key(format!("user-{k}").as_bytes())).collect();
+        let keys: Vec<u64> =
+            (0..10_000u32).map(|k| hash_key(format!("user-{k}").as_bytes())).collect();
         let moved = keys.iter().filter(|k| owner(&four, **k) != owner(&five, **k)).count();
         // Ideal is 2000; every moved key must have moved to the new instance.
         assert!((1400..2600).contains(&moved), "moved {moved} of 10000");

@@ -8,7 +8,7 @@
 use rand::Rng;
 
 use super::{eligible, Balancer, PickContext};
-use crate::table::Instance;
+use crate::table::instance::Instance;
 
 /// Power-of-two-choices over in-flight counts.
 pub struct LeastRequest {
@@ -19,7 +19,10 @@ pub struct LeastRequest {
 impl LeastRequest {
     /// A balancer over `instances`.
     pub fn new(instances: &[Instance]) -> Self {
-        LeastRequest { order: eligible(instances), weights: instances.iter().map(|i| i.weight).collect() }
+        LeastRequest {
+            order: eligible(instances),
+            weights: instances.iter().map(|i| i.weight).collect(),
+        }
     }
 
     fn score(&self, ctx: &PickContext<'_>, i: usize) -> f64 {

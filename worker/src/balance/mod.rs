@@ -14,7 +14,7 @@ mod weighted;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::Instance;
+use crate::table::instance::Instance;
 
 pub use consistent_hash::{hash_key, ConsistentHash};
 pub use least_request::LeastRequest;
@@ -90,5 +90,9 @@ pub(crate) fn counts(b: &dyn Balancer, n: usize, len: usize) -> Vec<usize> {
 
 #[cfg(test)]
 pub(crate) fn weighted_list(weights: &[u32]) -> Vec<Instance> {
-    weights.iter().enumerate().map(|(i, w)| Instance { address: format!("10.0.0.{}:80", i + 1), weight: *w }).collect()
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Instance { address: format!("10.0.0.{}:80", i + 1), weight: *w })
+        .collect()
 }

@@ -3,7 +3,7 @@
 use rand::Rng;
 
 use super::{eligible, Balancer, PickContext};
-use crate::table::Instance;
+use crate::table::instance::Instance;
 
 /// Picks uniformly among instances with a non-zero weight.
 pub struct Random {

@@ -78,7 +78,8 @@ pub const DEFAULT_CHECK_HEALTHY: u32 = 2;
 pub const DEFAULT_CHECK_UNHEALTHY: u32 = 3;
 
 /// `admin.listen`.
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
 
 /// `log.access`.
 pub const DEFAULT_ACCESS_LOG: bool = false;

@@ -11,7 +11,9 @@ pub(crate) fn absolute_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<St
         return Err(serde::de::Error::custom(format!("{s:?} must start with '/'")));
     }
     if s.contains(['?', '#']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(serde::de::Error::custom(format!("{s:?} must be a plain path (no query, fragment or spaces)")));
+        return Err(serde::de::Error::custom(format!(
+            "{s:?} must be a plain path (no query, fragment or spaces)"
+        )));
     }
     Ok(s)
 }
@@ -41,7 +43,9 @@ impl std::str::FromStr for HashOn {
         if let Some(name) = s.strip_prefix("cookie:").filter(|n| !n.is_empty()) {
             return Ok(HashOn::Cookie(name.to_string()));
         }
-        Err(format!("invalid hash_on {s:?}: expected \"header:NAME\", \"cookie:NAME\" or \"client_ip\""))
+        Err(format!(
+            "invalid hash_on {s:?}: expected \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
+        ))
     }
 }
 
@@ -71,7 +75,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"30s\", \"2m\""))
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
+            ))
         })
     }
 
@@ -124,12 +130,17 @@ impl<'de> Deserialize<'de> for Workers {
             N(i64),
             S(String),
         }
-        let raw = Raw::deserialize(d).map_err(|_| serde::de::Error::custom("workers is \"auto\" or a number"))?;
+        let raw = Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("workers is \"auto\" or a number"))?;
         match raw {
             Raw::S(s) if s == "auto" => Ok(Workers::Auto),
             Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
-            Raw::N(n) => Err(serde::de::Error::custom(format!("workers = {n}: must be between 1 and 1024"))),
-            Raw::S(s) => Err(serde::de::Error::custom(format!("workers = {s:?}: must be \"auto\" or a number"))),
+            Raw::N(n) => {
+                Err(serde::de::Error::custom(format!("workers = {n}: must be between 1 and 1024")))
+            }
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "workers = {s:?}: must be \"auto\" or a number"
+            ))),
         }
     }
 }

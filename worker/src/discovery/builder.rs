@@ -25,8 +25,11 @@ pub struct TableBuilder {
 impl TableBuilder {
     /// Starts from the static services of `config`, which discovery never overrides.
     pub fn new(config: Arc<Config>, clock: Clock) -> Self {
-        let statics =
-            RouteTable::statics(&config, &clock).services().into_iter().map(|s| (s.name.clone(), s.clone())).collect();
+        let statics = RouteTable::statics(&config, &clock)
+            .services()
+            .into_iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
         TableBuilder { config, clock, statics, current: HashMap::new() }
     }
 
@@ -47,7 +50,8 @@ impl TableBuilder {
                     }
                     let policy = Policy::for_service(&self.config, name);
                     let previous = self.current.get(name).map(Arc::as_ref);
-                    let service = Service::new(name.clone(), list, source, policy, &self.clock, previous);
+                    let service =
+                        Service::new(name.clone(), list, source, policy, &self.clock, previous);
                     self.current.insert(name.clone(), Arc::new(service));
                 }
                 _ => {
@@ -154,8 +158,14 @@ mod tests {
     #[test]
     fn configured_weights_override_a_discovered_services_weights() {
         let weights = [("10.0.0.2:80".to_string(), 5)].into_iter().collect();
-        let config =
-            config_with("a", ServiceSettings { weights, load_balance: Some(Strategy::Weighted), ..Default::default() });
+        let config = config_with(
+            "a",
+            ServiceSettings {
+                weights,
+                load_balance: Some(Strategy::Weighted),
+                ..Default::default()
+            },
+        );
         let mut b = TableBuilder::new(config, Clock::system());
         let mut r = Registry::new(true);
         let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])])));
@@ -168,7 +178,10 @@ mod tests {
     fn the_builder_keeps_static_services_and_unchanged_balancers() {
         let config = config_with(
             "static",
-            ServiceSettings { instances: Some(vec![Instance::new("127.0.0.1:1")]), ..Default::default() },
+            ServiceSettings {
+                instances: Some(vec![Instance::new("127.0.0.1:1")]),
+                ..Default::default()
+            },
         );
         let mut b = TableBuilder::new(config, Clock::system());
         let mut r = Registry::new(true);
@@ -182,7 +195,10 @@ mod tests {
         let (_, ch) = r.apply(svc("a", &["10.0.0.3:80"]));
         let t2 = b.build(&r, &ch);
         assert_eq!(t2.get("a").unwrap().instances[0].weight, 1);
-        assert!(Arc::ptr_eq(t1.get("b").unwrap(), t2.get("b").unwrap()), "unchanged service reused");
+        assert!(
+            Arc::ptr_eq(t1.get("b").unwrap(), t2.get("b").unwrap()),
+            "unchanged service reused"
+        );
         assert_eq!(t2.get("a").unwrap().instances[0].address, "10.0.0.3:80");
     }
 
@@ -223,14 +239,24 @@ mod tests {
         } else {
             (None, None)
         };
-        let out = Outputs { table: table.clone(), ready: ready_tx, snapshot: snap_tx, metrics: Metrics::local(0) };
+        let out = Outputs {
+            table: table.clone(),
+            ready: ready_tx,
+            snapshot: snap_tx,
+            metrics: Metrics::local(0),
+        };
         let config = Arc::new(Config::default());
-        let builder = Builder::new(Registry::new(true), TableBuilder::new(config, Clock::system()), out);
+        let builder =
+            Builder::new(Registry::new(true), TableBuilder::new(config, Clock::system()), out);
         Harness { builder, table, ready, snapshot }
     }
 
     fn addresses(table: &SharedTable, service: &str) -> Vec<String> {
-        table.load().get(service).map(|s| s.instances.iter().map(|i| i.address.clone()).collect()).unwrap_or_default()
+        table
+            .load()
+            .get(service)
+            .map(|s| s.instances.iter().map(|i| i.address.clone()).collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -250,7 +276,11 @@ mod tests {
         assert_eq!(snap.borrow_and_update()["a"][0].address, "10.0.0.1:80");
 
         b.apply(vec![Update::Snapshot(listing(&[("a", &["10.0.0.9:80"])]))]);
-        assert_eq!(addresses(&table, "a"), ["10.0.0.1:80"], "a late snapshot never overrides the live listing");
+        assert_eq!(
+            addresses(&table, "a"),
+            ["10.0.0.1:80"],
+            "a late snapshot never overrides the live listing"
+        );
         assert_eq!(*ready.borrow(), Some(Source::Zookeeper));
     }
 
@@ -258,7 +288,11 @@ mod tests {
     fn a_burst_is_one_table_and_an_empty_registry_is_ready_too() {
         let Harness { builder: mut b, table, ready, .. } = harness(false);
         b.apply(vec![Update::Full(Listing::new())]);
-        assert_eq!(*ready.borrow(), Some(Source::Zookeeper), "an empty registry is a loaded registry");
+        assert_eq!(
+            *ready.borrow(),
+            Some(Source::Zookeeper),
+            "an empty registry is a loaded registry"
+        );
         let before = table.load_full();
         b.apply(vec![
             svc("a", &["10.0.0.1:80"]),

@@ -28,7 +28,12 @@ impl Format {
     }
 
     /// Parses one instance node. `endpoint` picks a ServerSet `additionalEndpoints` entry.
-    pub fn parse(self, name: &str, data: &[u8], endpoint: Option<&str>) -> Result<Option<Instance>, String> {
+    pub fn parse(
+        self,
+        name: &str,
+        data: &[u8],
+        endpoint: Option<&str>,
+    ) -> Result<Option<Instance>, String> {
         match self {
             Format::Registrator => registrator(name),
             Format::Curator => curator(data),
@@ -39,7 +44,13 @@ impl Format {
 
     /// Node name (or sequential prefix) and data `zkgate register` writes for an instance, the way
     /// the real registrator would. Returns (name, data, sequential).
-    pub fn encode(self, service: &str, host: &str, port: u16, weight: u32) -> (String, Vec<u8>, bool) {
+    pub fn encode(
+        self,
+        service: &str,
+        host: &str,
+        port: u16,
+        weight: u32,
+    ) -> (String, Vec<u8>, bool) {
         let address = join_host_port(host, port);
         match self {
             Format::Registrator => {
@@ -48,7 +59,14 @@ impl Format {
             }
             Format::Curator => {
                 let id = format!("{:032x}", rand::random::<u128>());
-                let id = format!("{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..]);
+                let id = format!(
+                    "{}-{}-{}-{}-{}",
+                    &id[..8],
+                    &id[8..12],
+                    &id[12..16],
+                    &id[16..20],
+                    &id[20..]
+                );
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
@@ -81,7 +99,10 @@ fn instance(host: &str, port: u64, weight: u32) -> Result<Option<Instance>, Stri
     if host.is_empty() {
         return Err("empty host".into());
     }
-    let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| format!("invalid port {port}"))?;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("invalid port {port}"))?;
     let address = join_host_port(host, port);
     Instance::validate(&address)?;
     Ok(Some(Instance { address, weight }))
@@ -150,7 +171,10 @@ fn nerve(name: &str, data: &[u8]) -> Result<Option<Instance>, String> {
     let port = v.get("port").and_then(Value::as_u64).ok_or("missing or invalid \"port\"")?;
     let weight = match v.get("weight") {
         None | Some(Value::Null) => 1,
-        Some(w) => w.as_u64().and_then(|w| u32::try_from(w).ok()).ok_or("invalid \"weight\" (an integer >= 0)")?,
+        Some(w) => w
+            .as_u64()
+            .and_then(|w| u32::try_from(w).ok())
+            .ok_or("invalid \"weight\" (an integer >= 0)")?,
     };
     instance(host, port, weight)
 }
@@ -196,14 +220,20 @@ mod tests {
 
     #[test]
     fn registrator_reads_the_node_name() {
-        assert_eq!(addr(Format::Registrator.parse("10.0.0.5:8080", b"", None)), Some(("10.0.0.5:8080".into(), 1)));
+        assert_eq!(
+            addr(Format::Registrator.parse("10.0.0.5:8080", b"", None)),
+            Some(("10.0.0.5:8080".into(), 1))
+        );
         assert!(Format::Registrator.parse("not-an-address", b"", None).is_err());
     }
 
     #[test]
     fn curator_reads_service_instance_json_and_honours_enabled() {
         let d = br#"{"name":"test","id":"ca2fff8e","address":"10.20.30.40","port":1234,"sslPort":null,"payload":null,"registrationTimeUTC":1325129459728,"serviceType":"DYNAMIC","uriSpec":{"parts":[]}}"#;
-        assert_eq!(addr(Format::Curator.parse("ca2fff8e", d, None)), Some(("10.20.30.40:1234".into(), 1)));
+        assert_eq!(
+            addr(Format::Curator.parse("ca2fff8e", d, None)),
+            Some(("10.20.30.40:1234".into(), 1))
+        );
         let off = br#"{"address":"10.0.0.1","port":80,"enabled":false}"#;
         assert_eq!(addr(Format::Curator.parse("x", off, None)), None);
         let ssl_only = br#"{"address":"10.0.0.1","port":null,"sslPort":443}"#;
@@ -218,8 +248,14 @@ mod tests {
         assert!(!Format::Serverset.accepts_name("lock_0001"));
         assert!(!Format::Serverset.accepts_name("member_"));
         let d = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"additionalEndpoints":{"http":{"host":"10.0.0.5","port":31001}},"status":"ALIVE","shard":0}"#;
-        assert_eq!(addr(Format::Serverset.parse("member_1", d, None)), Some(("10.0.0.5:31000".into(), 1)));
-        assert_eq!(addr(Format::Serverset.parse("member_1", d, Some("http"))), Some(("10.0.0.5:31001".into(), 1)));
+        assert_eq!(
+            addr(Format::Serverset.parse("member_1", d, None)),
+            Some(("10.0.0.5:31000".into(), 1))
+        );
+        assert_eq!(
+            addr(Format::Serverset.parse("member_1", d, Some("http"))),
+            Some(("10.0.0.5:31001".into(), 1))
+        );
         let dead = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"status":"DEAD"}"#;
         assert_eq!(addr(Format::Serverset.parse("member_1", dead, None)), None);
     }
@@ -227,12 +263,17 @@ mod tests {
     #[test]
     fn nerve_reads_weight_and_path_encoding() {
         let d = br#"{"host":"10.0.0.5","port":8080,"name":"i-abc","weight":10,"labels":{}}"#;
-        assert_eq!(addr(Format::Nerve.parse("i-abc_0000000003", d, None)), Some(("10.0.0.5:8080".into(), 10)));
+        assert_eq!(
+            addr(Format::Nerve.parse("i-abc_0000000003", d, None)),
+            Some(("10.0.0.5:8080".into(), 10))
+        );
         // base64 of {"host":"10.0.0.6","port":80}
         let b64 = "eyJob3N0IjoiMTAuMC4wLjYiLCJwb3J0Ijo4MH0=";
         let name = format!("base64_{}_{}_0000000001", b64.len(), b64);
         assert_eq!(addr(Format::Nerve.parse(&name, b"", None)), Some(("10.0.0.6:80".into(), 1)));
-        assert!(Format::Nerve.parse("x_1", br#"{"host":"h","port":80,"weight":-1}"#, None).is_err());
+        assert!(Format::Nerve
+            .parse("x_1", br#"{"host":"h","port":80,"weight":-1}"#, None)
+            .is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! zookeeper::Watcher ── Update (Full / Service / Removed) ──▶ builder::Builder ──▶ RouteTable ──swap──▶ SharedTable
 //!   (session, one-shot watches)        ▲                       (update::Registry,      └──▶ snapshot::write_snapshots
-//! snapshot::load_snapshot ── Update::Snapshot ─┘                   TableBuilder)
+//! load_snapshot ─────────── Update::Snapshot ─┘                   TableBuilder)
 //! ```
 //! - [`update`]: the updates and the pure registry they are applied to.
 //! - [`builder`]: the one task that applies updates in order and publishes tables.
@@ -32,6 +32,7 @@ use crate::table::{Clock, Source};
 use crate::SharedTable;
 use builder::{Builder, Outputs, TableBuilder};
 use update::Registry;
+use update::Update;
 
 /// Starts discovery when ZooKeeper is configured. The returned channel turns `Some(source)`
 /// once routes are loaded: at once for static services, else from ZooKeeper or, when it does
@@ -59,10 +60,18 @@ pub fn start(
         _ => None,
     };
     let out = Outputs { table, ready: ready_tx, snapshot: snapshot_tx, metrics };
-    let builder = Builder::new(Registry::new(zk.keep_last_on_empty), TableBuilder::new(config.clone(), clock), out);
+    let builder = Builder::new(
+        Registry::new(zk.keep_last_on_empty),
+        TableBuilder::new(config.clone(), clock),
+        out,
+    );
     tokio::spawn(builder.run(rx));
-    let skip: HashSet<String> =
-        config.services.iter().filter(|(_, s)| s.instances.is_some()).map(|(n, _)| n.clone()).collect();
+    let skip: HashSet<String> = config
+        .services
+        .iter()
+        .filter(|(_, s)| s.instances.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
     let connect_timeout = zk.connect_timeout;
     tokio::spawn(Arc::new(zookeeper::Watcher::new(zk, skip, tx.clone(), metrics)).run());
     let (mut waiting, snapshot) = (ready_rx.clone(), config.cache.snapshot.clone());
@@ -70,7 +79,7 @@ pub fn start(
         if tokio::time::timeout(connect_timeout, waiting.wait_for(Option::is_some)).await.is_err() {
             match snapshot {
                 Some(path) => {
-                    snapshot::load_snapshot(&path, &tx);
+                    load_snapshot(&path, &tx);
                 }
                 None => log::warn!(
                     "zookeeper did not answer within {connect_timeout:?} and no [cache] snapshot is configured: not ready until it does"
@@ -79,4 +88,24 @@ pub fn start(
         }
     });
     ready_rx
+}
+
+/// Loads the snapshot into the builder (when ZooKeeper did not answer in time at start).
+fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>) -> bool {
+    match snapshot::load(path) {
+        Ok(listing) => {
+            let n: usize = listing.values().map(Vec::len).sum();
+            log::warn!(
+                "zookeeper unreachable at start: serving {} services, {n} instances from snapshot {}",
+                listing.len(),
+                path.display()
+            );
+            let _ = tx.send(Update::Snapshot(listing));
+            true
+        }
+        Err(e) => {
+            log::error!("zookeeper unreachable at start and no usable snapshot: {e}");
+            false
+        }
+    }
 }

@@ -51,22 +51,27 @@ pub async fn register(
         let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
         client.mkdir(&dir, &persistent).await.map_err(err(format!("create {dir}")))?;
         let (name, data, sequential) = settings.format.encode(service, host, port, weight);
-        let mode = if sequential { zk::CreateMode::EphemeralSequential } else { zk::CreateMode::Ephemeral };
-        let path = format!("{dir}/{name}");
-        let created = match client.create(&path, &data, &mode.with_acls(zk::Acls::anyone_all())).await {
-            Ok((_, seq)) if sequential => format!("{path}{seq}"),
-            Ok(_) => path.clone(),
-            // A previous session's node not yet expired: replace it with ours.
-            Err(zk::Error::NodeExists) if !sequential => {
-                client.delete(&path, None).await.map_err(err(format!("replace {path}")))?;
-                client
-                    .create(&path, &data, &mode.with_acls(zk::Acls::anyone_all()))
-                    .await
-                    .map_err(err(format!("create {path}")))?;
-                path.clone()
-            }
-            Err(e) => return Err(err(format!("create {path}"))(e)),
+        let mode = if sequential {
+            zk::CreateMode::EphemeralSequential
+        } else {
+            zk::CreateMode::Ephemeral
         };
+        let path = format!("{dir}/{name}");
+        let created =
+            match client.create(&path, &data, &mode.with_acls(zk::Acls::anyone_all())).await {
+                Ok((_, seq)) if sequential => format!("{path}{seq}"),
+                Ok(_) => path.clone(),
+                // A previous session's node not yet expired: replace it with ours.
+                Err(zk::Error::NodeExists) if !sequential => {
+                    client.delete(&path, None).await.map_err(err(format!("replace {path}")))?;
+                    client
+                        .create(&path, &data, &mode.with_acls(zk::Acls::anyone_all()))
+                        .await
+                        .map_err(err(format!("create {path}")))?;
+                    path.clone()
+                }
+                Err(e) => return Err(err(format!("create {path}"))(e)),
+            };
         log::info!(
             "service {service}: registered {} as {created} ({:?} format)",
             join_host_port(host, port),
@@ -101,8 +106,11 @@ pub async fn register(
 
 /// Parses `--address`: `host:port` (IPv6 in brackets).
 pub fn split_address(address: &str) -> Result<(String, u16), String> {
-    let auth: http::uri::Authority = address.parse().map_err(|e| format!("invalid address {address:?}: {e}"))?;
-    let port = auth.port_u16().ok_or_else(|| format!("invalid address {address:?}: a port is required"))?;
+    let auth: http::uri::Authority =
+        address.parse().map_err(|e| format!("invalid address {address:?}: {e}"))?;
+    let port = auth
+        .port_u16()
+        .ok_or_else(|| format!("invalid address {address:?}: a port is required"))?;
     let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
     Ok((host, port))
 }

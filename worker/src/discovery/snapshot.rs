@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::discovery::update::Update;
-use crate::table::Instance;
+use crate::table::instance::Instance;
 
 /// Discovered services and their instances.
 pub type Listing = BTreeMap<String, Vec<Instance>>;
@@ -54,17 +53,22 @@ pub enum SnapshotError {
 
 /// Reads a snapshot; every address is validated again (the file may have been edited).
 pub fn load(path: &Path) -> Result<Listing, SnapshotError> {
-    let text = std::fs::read(path).map_err(|source| SnapshotError::Io { path: path.into(), source })?;
+    let text =
+        std::fs::read(path).map_err(|source| SnapshotError::Io { path: path.into(), source })?;
     let file: File = serde_json::from_slice(&text)
         .map_err(|e| SnapshotError::Invalid { path: path.into(), reason: e.to_string() })?;
     if file.version != 1 {
-        return Err(SnapshotError::Invalid { path: path.into(), reason: format!("unknown version {}", file.version) });
+        return Err(SnapshotError::Invalid {
+            path: path.into(),
+            reason: format!("unknown version {}", file.version),
+        });
     }
     let mut out = Listing::new();
     for (service, entries) in file.services {
         let mut list = Vec::new();
         for e in entries {
-            Instance::validate(&e.address).map_err(|reason| SnapshotError::Invalid { path: path.into(), reason })?;
+            Instance::validate(&e.address)
+                .map_err(|reason| SnapshotError::Invalid { path: path.into(), reason })?;
             list.push(Instance { address: e.address, weight: e.weight });
         }
         out.insert(service, list);
@@ -80,13 +84,21 @@ pub fn write(path: &Path, listing: &Listing) -> Result<(), SnapshotError> {
         services: listing
             .iter()
             .map(|(k, v)| {
-                (k.clone(), v.iter().map(|i| Entry { address: i.address.clone(), weight: i.weight }).collect())
+                (
+                    k.clone(),
+                    v.iter()
+                        .map(|i| Entry { address: i.address.clone(), weight: i.weight })
+                        .collect(),
+                )
             })
             .collect(),
     };
     let body = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "snapshot".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -114,26 +126,6 @@ pub async fn write_snapshots(path: std::path::PathBuf, mut rx: watch::Receiver<A
     }
 }
 
-/// Loads the snapshot into the builder (when ZooKeeper did not answer in time at start).
-pub fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>) -> bool {
-    match load(path) {
-        Ok(listing) => {
-            let n: usize = listing.values().map(Vec::len).sum();
-            log::warn!(
-                "zookeeper unreachable at start: serving {} services, {n} instances from snapshot {}",
-                listing.len(),
-                path.display()
-            );
-            let _ = tx.send(Update::Snapshot(listing));
-            true
-        }
-        Err(e) => {
-            log::error!("zookeeper unreachable at start and no usable snapshot: {e}");
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +139,11 @@ mod tests {
         l.insert("svc".into(), vec![Instance { address: "10.0.0.1:80".into(), weight: 3 }]);
         write(&path, &l).unwrap();
         assert_eq!(load(&path).unwrap(), l);
-        std::fs::write(&path, "{\"version\":1,\"services\":{\"x\":[{\"address\":\"nope\",\"weight\":1}]}}").unwrap();
+        std::fs::write(
+            &path,
+            "{\"version\":1,\"services\":{\"x\":[{\"address\":\"nope\",\"weight\":1}]}}",
+        )
+        .unwrap();
         assert!(matches!(load(&path), Err(SnapshotError::Invalid { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }

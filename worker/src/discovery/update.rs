@@ -92,7 +92,8 @@ impl Registry {
     }
 
     fn replace_all(&mut self, all: Listing, log: &mut Vec<String>, changed: &mut HashSet<String>) {
-        let gone: Vec<String> = self.services.keys().filter(|k| !all.contains_key(*k)).cloned().collect();
+        let gone: Vec<String> =
+            self.services.keys().filter(|k| !all.contains_key(*k)).cloned().collect();
         for name in gone {
             if self.keep_last_on_empty {
                 log.push(format!(
@@ -129,12 +130,20 @@ impl Registry {
                 return false;
             }
         }
-        let before: HashSet<&str> = old.map(|o| o.iter().map(|i| i.address.as_str()).collect()).unwrap_or_default();
+        let before: HashSet<&str> =
+            old.map(|o| o.iter().map(|i| i.address.as_str()).collect()).unwrap_or_default();
         let after: HashSet<&str> = list.iter().map(|i| i.address.as_str()).collect();
-        let mut diff: Vec<String> =
-            list.iter().filter(|i| !before.contains(i.address.as_str())).map(|i| format!("+{}", i.address)).collect();
+        let mut diff: Vec<String> = list
+            .iter()
+            .filter(|i| !before.contains(i.address.as_str()))
+            .map(|i| format!("+{}", i.address))
+            .collect();
         if let Some(old) = old {
-            diff.extend(old.iter().filter(|i| !after.contains(i.address.as_str())).map(|i| format!("-{}", i.address)));
+            diff.extend(
+                old.iter()
+                    .filter(|i| !after.contains(i.address.as_str()))
+                    .map(|i| format!("-{}", i.address)),
+            );
         }
         if diff.is_empty() {
             diff.push(if old.is_none() { "appeared".into() } else { "weights changed".into() });
@@ -151,7 +160,10 @@ pub(crate) mod tests {
 
     /// A registry listing from `(service, [address…])` pairs.
     pub(crate) fn listing(pairs: &[(&str, &[&str])]) -> Listing {
-        pairs.iter().map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect())).collect()
+        pairs
+            .iter()
+            .map(|(s, a)| (s.to_string(), a.iter().map(|x| Instance::new(*x)).collect()))
+            .collect()
     }
 
     fn svc(name: &str, addrs: &[&str]) -> Update {
@@ -161,11 +173,15 @@ pub(crate) mod tests {
     #[test]
     fn changes_are_logged_once_as_a_diff() {
         let mut r = Registry::new(true);
-        let (log, changed) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80", "10.0.0.2:80"])])));
+        let (log, changed) =
+            r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80", "10.0.0.2:80"])])));
         assert_eq!(log, ["zookeeper: loaded 1 services, 2 instances"]);
         assert!(changed.contains("svc1"));
         let (log, _) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80"]), ("svc2", &[])])));
-        assert_eq!(log, ["service svc1: -10.0.0.2:80 (1 instances)", "service svc2: appeared (0 instances)"]);
+        assert_eq!(
+            log,
+            ["service svc1: -10.0.0.2:80 (1 instances)", "service svc2: appeared (0 instances)"]
+        );
         r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80"]));
         let (log, _) = r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
         assert_eq!(log, ["service svc1: +10.0.0.3:80 (3 instances)"]);

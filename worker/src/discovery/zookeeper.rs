@@ -100,7 +100,11 @@ impl Watcher {
                     continue;
                 }
             };
-            log::info!("zookeeper {}: session 0x{:x} established", self.settings.hosts, client.session_id().0);
+            log::info!(
+                "zookeeper {}: session 0x{:x} established",
+                self.settings.hosts,
+                client.session_id().0
+            );
             failing = false;
             backoff.reset();
             self.metrics.set_zk_state(ZkState::Connected);
@@ -120,7 +124,9 @@ impl Watcher {
     /// One session: initial sync, then watch until the session ends.
     async fn session(self: Arc<Self>, client: zk::Client) {
         let what = format!("zookeeper: listing {}", self.settings.root);
-        let Some((names, root_watch)) = retry(&what, || self.list_root(&client)).await else { return };
+        let Some((names, root_watch)) = retry(&what, || self.list_root(&client)).await else {
+            return;
+        };
         let Some(mut tasks) = self.clone().initial_sync(&client, names).await else { return };
         let end = self.watch_root(&client, root_watch, &mut tasks).await;
         self.metrics.set_zk_state(ZkState::Lost);
@@ -129,7 +135,11 @@ impl Watcher {
 
     /// Lists every service (pipelined), sends one [`Update::Full`], then starts a watch task per
     /// service on the watches the listing set. `None`: the session ended during the sync.
-    async fn initial_sync(self: Arc<Self>, client: &zk::Client, names: Vec<String>) -> Option<ServiceTasks> {
+    async fn initial_sync(
+        self: Arc<Self>,
+        client: &zk::Client,
+        names: Vec<String>,
+    ) -> Option<ServiceTasks> {
         let mut listed: FuturesUnordered<_> = names
             .into_iter()
             .map(|name| async {
@@ -152,7 +162,12 @@ impl Watcher {
         let _ = self.tx.send(Update::Full(full));
         let mut tasks = ServiceTasks::default();
         for (name, watches, warned) in first {
-            let task = tokio::spawn(self.clone().watch_service(client.clone(), name.clone(), Some(watches), warned));
+            let task = tokio::spawn(self.clone().watch_service(
+                client.clone(),
+                name.clone(),
+                Some(watches),
+                warned,
+            ));
             tasks.0.insert(name, task);
         }
         Some(tasks)
@@ -199,7 +214,12 @@ impl Watcher {
 
     /// Stops the watch tasks of services gone from the root (reporting their removal) and
     /// starts one for each new service.
-    fn reconcile(self: &Arc<Self>, client: &zk::Client, names: Vec<String>, tasks: &mut ServiceTasks) {
+    fn reconcile(
+        self: &Arc<Self>,
+        client: &zk::Client,
+        names: Vec<String>,
+        tasks: &mut ServiceTasks,
+    ) {
         let names: HashSet<String> = names.into_iter().collect();
         tasks.0.retain(|name, task| {
             let keep = names.contains(name);
@@ -212,17 +232,27 @@ impl Watcher {
         for name in names {
             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.0.entry(name) {
                 let name = slot.key().clone();
-                slot.insert(tokio::spawn(self.clone().watch_service(client.clone(), name, None, HashSet::new())));
+                slot.insert(tokio::spawn(self.clone().watch_service(
+                    client.clone(),
+                    name,
+                    None,
+                    HashSet::new(),
+                )));
             }
         }
     }
 
     /// Lists the root's children (service names) with a watch. A missing root is an empty
     /// registry, watched for creation.
-    async fn list_root(&self, client: &zk::Client) -> Result<(Vec<String>, zk::OneshotWatcher), zk::Error> {
+    async fn list_root(
+        &self,
+        client: &zk::Client,
+    ) -> Result<(Vec<String>, zk::OneshotWatcher), zk::Error> {
         let root = &self.settings.root;
         match children_or_creation(client, root).await? {
-            Children::Listed(names, w) => Ok((names.into_iter().filter(|n| !self.skip.contains(n)).collect(), w)),
+            Children::Listed(names, w) => {
+                Ok((names.into_iter().filter(|n| !self.skip.contains(n)).collect(), w))
+            }
             Children::Missing(w) => {
                 log::warn!("zookeeper: registry root {root} does not exist yet; watching for it");
                 Ok((Vec::new(), w))
@@ -238,11 +268,16 @@ impl Watcher {
         let (children, watch) = match children_or_creation(client, &path).await? {
             Children::Listed(children, w) => (children, w),
             Children::Missing(w) => {
-                return Ok(Listed { instances: Vec::new(), watches: vec![w], malformed: Vec::new() })
+                return Ok(Listed {
+                    instances: Vec::new(),
+                    watches: vec![w],
+                    malformed: Vec::new(),
+                })
             }
         };
         let format = self.settings.format;
-        let children: Vec<String> = children.into_iter().filter(|c| format.accepts_name(c)).collect();
+        let children: Vec<String> =
+            children.into_iter().filter(|c| format.accepts_name(c)).collect();
         let mut watches = vec![watch];
         let data: Vec<Option<Vec<u8>>> = if format.needs_data() {
             let reads = children.iter().map(|c| {
@@ -291,7 +326,12 @@ impl Watcher {
             if let Some(ws) = watches.take() {
                 let mut fired: FuturesUnordered<_> = ws.into_iter().map(|w| w.changed()).collect();
                 match fired.next().await {
-                    Some(ev) if ev.event_type == zk::EventType::Session && ev.session_state.is_terminated() => return,
+                    Some(ev)
+                        if ev.event_type == zk::EventType::Session
+                            && ev.session_state.is_terminated() =>
+                    {
+                        return
+                    }
                     Some(_) => {}
                     None => return,
                 }

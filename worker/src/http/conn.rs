@@ -44,7 +44,11 @@ impl ConnSettings {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
-        ConnSettings { http, header_read_timeout: settings.header_read_timeout, idle_timeout: settings.idle_timeout }
+        ConnSettings {
+            http,
+            header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
+        }
     }
 }
 
@@ -63,11 +67,18 @@ pub async fn serve(
     let first_read = Arc::new(Notify::new());
     let activity = Arc::new(AtomicU64::new(0));
     let opened = tokio::time::Instant::now();
-    let io = Tracked { inner: stream, seen: false, notify: first_read.clone(), activity: activity.clone(), opened };
+    let io = Tracked {
+        inner: stream,
+        seen: false,
+        notify: first_read.clone(),
+        activity: activity.clone(),
+        opened,
+    };
     let conn = settings.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle_for = |now: tokio::time::Instant| {
-        now.duration_since(opened).saturating_sub(Duration::from_millis(activity.load(Ordering::Relaxed)))
+        now.duration_since(opened)
+            .saturating_sub(Duration::from_millis(activity.load(Ordering::Relaxed)))
     };
     let idle_timeout = settings.idle_timeout;
     let result = tokio::select! {

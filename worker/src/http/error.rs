@@ -35,7 +35,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Route(RouteError::BadRequest(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => {
+                StatusCode::NOT_FOUND
+            }
             ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_, UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
@@ -61,8 +63,12 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Body> {
         let message = match &self {
             ProxyError::Upstream(_, UpstreamError::Timeout(_)) => "upstream timeout".to_string(),
-            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) => "request body too large".to_string(),
-            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => "malformed request body".to_string(),
+            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) => {
+                "request body too large".to_string()
+            }
+            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => {
+                "malformed request body".to_string()
+            }
             ProxyError::Upstream(..) => "upstream failure".to_string(),
             other => other.to_string(),
         };
@@ -98,7 +104,13 @@ mod tests {
             (ProxyError::UnknownService("s".into()), 404),
             (ProxyError::NoInstance("s".into()), 503),
             (ProxyError::Upstream("s".into(), UpstreamError::Connect("refused".into())), 502),
-            (ProxyError::Upstream("s".into(), UpstreamError::Timeout(std::time::Duration::from_secs(1))), 504),
+            (
+                ProxyError::Upstream(
+                    "s".into(),
+                    UpstreamError::Timeout(std::time::Duration::from_secs(1)),
+                ),
+                504,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.status().as_u16(), code);

@@ -88,7 +88,9 @@ impl Forwarder {
             let idx = self.pick(service, key, &tried)?;
             tried.push(idx);
             let address = &service.instances[idx].address;
-            let b = body.take().unwrap_or_else(|| Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
+            let b = body
+                .take()
+                .unwrap_or_else(|| Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
             let inflight = InFlight::start(service.clone(), idx);
             attempts.instance = Some(address.clone());
             let sent = Instant::now();
@@ -96,9 +98,16 @@ impl Forwarder {
             attempts.latency = Some(sent.elapsed());
             self.record(service, idx, &result);
             match result {
-                Ok(response) => return Ok(Answered { response, address: address.clone(), inflight }),
-                Err(UpstreamError::Connect(e)) if replayable && self.may_retry(service, tried.len()) => {
-                    log::warn!("service {}: instance {address}: {e}; retrying on another instance", service.name);
+                Ok(response) => {
+                    return Ok(Answered { response, address: address.clone(), inflight })
+                }
+                Err(UpstreamError::Connect(e))
+                    if replayable && self.may_retry(service, tried.len()) =>
+                {
+                    log::warn!(
+                        "service {}: instance {address}: {e}; retrying on another instance",
+                        service.name
+                    );
                     _retry.get_or_insert_with(|| CountGuard::new(&self.retrying));
                     self.metrics.retry();
                 }
@@ -110,7 +119,12 @@ impl Forwarder {
     /// Picks among available instances not tried yet; when none is available (all ejected or
     /// unhealthy), among every instance not tried yet: a degraded answer beats a 503 (Envoy's
     /// panic mode).
-    fn pick(&self, service: &Service, key: Option<u64>, tried: &[usize]) -> Result<usize, ProxyError> {
+    fn pick(
+        &self,
+        service: &Service,
+        key: Option<u64>,
+        tried: &[usize],
+    ) -> Result<usize, ProxyError> {
         let unavailable = |i: usize| tried.contains(&i) || !service.health.available(i);
         let already_tried = |i: usize| tried.contains(&i);
         let load = |i: usize| service.health.active(i);
@@ -128,13 +142,19 @@ impl Forwarder {
             return false;
         }
         let active = self.active.load(Ordering::Relaxed);
-        let budget = ((active as f64 * self.settings.retry_budget) as usize).max(MIN_RETRY_CONCURRENCY);
+        let budget =
+            ((active as f64 * self.settings.retry_budget) as usize).max(MIN_RETRY_CONCURRENCY);
         self.retrying.load(Ordering::Relaxed) < budget
     }
 
     /// Feeds the outcome of one attempt to outlier detection. Failures the client caused (a
     /// body too large or malformed) say nothing about the instance.
-    fn record(&self, service: &Service, idx: usize, result: &Result<Response<Incoming>, UpstreamError>) {
+    fn record(
+        &self,
+        service: &Service,
+        idx: usize,
+        result: &Result<Response<Incoming>, UpstreamError>,
+    ) {
         let failed = match result {
             Ok(resp) => resp.status().is_server_error(),
             Err(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => return,

@@ -15,10 +15,16 @@ use crate::http::upstream::Upstream;
 use crate::SharedTable;
 
 /// Probes every instance of `service` every `interval`, on whatever table is current.
-pub async fn run_checks(service: String, check: HealthCheck, table: SharedTable, client: Arc<Upstream>) {
+pub async fn run_checks(
+    service: String,
+    check: HealthCheck,
+    table: SharedTable,
+    client: Arc<Upstream>,
+) {
     loop {
         let jitter = check.interval.as_millis() as u64 / 10;
-        let wait = check.interval.as_millis() as u64 + rand::rng().random_range(0..=2 * jitter) - jitter;
+        let wait =
+            check.interval.as_millis() as u64 + rand::rng().random_range(0..=2 * jitter) - jitter;
         tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
         let Some(svc) = table.load().get(&service).cloned() else { continue };
         let probes = svc.instances.iter().map(|i| probe(&client, &i.address, &check));
@@ -26,7 +32,10 @@ pub async fn run_checks(service: String, check: HealthCheck, table: SharedTable,
         for (idx, ok) in results.into_iter().enumerate() {
             match svc.health.probe(idx, ok, &check) {
                 Some(true) => {
-                    log::info!("service {service}: instance {} healthy again (health check)", svc.instances[idx])
+                    log::info!(
+                        "service {service}: instance {} healthy again (health check)",
+                        svc.instances[idx]
+                    )
                 }
                 Some(false) => log::warn!(
                     "service {service}: instance {} unhealthy after {} failed health checks",
@@ -41,13 +50,18 @@ pub async fn run_checks(service: String, check: HealthCheck, table: SharedTable,
 
 /// One probe: a 2xx or 3xx answer within `timeout` is healthy.
 async fn probe(client: &Upstream, address: &str, check: &HealthCheck) -> bool {
-    let Ok(uri) = http::Uri::builder().scheme("http").authority(address).path_and_query(check.path.as_str()).build()
+    let Ok(uri) = http::Uri::builder()
+        .scheme("http")
+        .authority(address)
+        .path_and_query(check.path.as_str())
+        .build()
     else {
         return false;
     };
     let mut req = http::Request::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
     *req.uri_mut() = uri;
-    req.headers_mut().insert(http::header::USER_AGENT, http::HeaderValue::from_static("zkgate-health-check"));
+    req.headers_mut()
+        .insert(http::header::USER_AGENT, http::HeaderValue::from_static("zkgate-health-check"));
     match tokio::time::timeout(check.timeout, client.send(req)).await {
         Ok(Ok(resp)) => {
             let ok = resp.status().is_success() || resp.status().is_redirection();

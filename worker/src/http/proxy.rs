@@ -118,10 +118,13 @@ impl Proxy {
         let body = self.request_body(&service, &parts.headers, body)?;
         // A request without a body can be sent again; one with a body cannot (it streams).
         let replayable = body_is_empty(&parts.headers) && upgrade.is_none();
-        let build =
-            |body, address: &str| self.upstream_request(&parts, body, &target, address, client, upgrade.is_some());
-        let answered =
-            self.forwarder.forward(&service, key, Some(body), replayable, build, &mut trace.attempts).await?;
+        let build = |body, address: &str| {
+            self.upstream_request(&parts, body, &target, address, client, upgrade.is_some())
+        };
+        let answered = self
+            .forwarder
+            .forward(&service, key, Some(body), replayable, build, &mut trace.attempts)
+            .await?;
         Ok(self.respond(answered, parts.version, upgrade))
     }
 
@@ -133,11 +136,19 @@ impl Proxy {
     /// The service in the current table.
     fn service(&self, target: &Target) -> Result<Arc<Service>, ProxyError> {
         let table = self.table.load();
-        table.get(&target.service).cloned().ok_or_else(|| ProxyError::UnknownService(target.service.clone()))
+        table
+            .get(&target.service)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownService(target.service.clone()))
     }
 
     /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
-    fn request_body(&self, service: &Service, headers: &http::HeaderMap, body: Incoming) -> Result<Body, ProxyError> {
+    fn request_body(
+        &self,
+        service: &Service,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Body, ProxyError> {
         // Tag the client's own body errors, so a malformed upload is the client's 400, not the
         // instance's 502 (and does not count against the instance).
         let body = body.map_err(|e| BoxError::from(ClientBodyError(e)));
@@ -145,7 +156,9 @@ impl Proxy {
         if max == 0 {
             return Ok(body.boxed());
         }
-        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
             return Err(ProxyError::BodyTooLarge(service.name.clone()));
         }
@@ -232,7 +245,9 @@ impl Proxy {
                 log::info!("service {svc}: {method} {path} from {client}: {err}")
             }
             ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
-            ProxyError::NoInstance(svc) => log::warn!("service {svc}: {method} {path}: no instance may take traffic"),
+            ProxyError::NoInstance(svc) => {
+                log::warn!("service {svc}: {method} {path}: no instance may take traffic")
+            }
             _ => log::debug!("{method} {path} from {client}: {e}"),
         }
         e.into_response()
@@ -246,7 +261,11 @@ impl Proxy {
         };
         self.metrics.request(idx, resp.status().as_u16(), trace.attempts.latency);
         if self.access_log {
-            let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let bytes = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             log::info!(
                 target: "access",
                 "{} \"{} {}\" {} {bytes} service={} instance={} {:.1}ms",

@@ -20,7 +20,7 @@ pub struct Target {
     pub path: PathAndQuery,
 }
 
-/// Why a request cannot be routed; each maps to a status in [`crate::http::error`].
+/// Why a request cannot be routed; each maps to a status in the gateway's error answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// No rule matches (404).
@@ -62,7 +62,8 @@ impl Router {
             if !prefix_matches(&rule.path_prefix, path) {
                 continue;
             }
-            let forwarded = if rule.strip_prefix { strip(&rule.path_prefix, uri) } else { path_and_query(uri) };
+            let forwarded =
+                if rule.strip_prefix { strip(&rule.path_prefix, uri) } else { path_and_query(uri) };
             return Ok(Target { service: rule.service.clone(), path: forwarded });
         }
         Err(RouteError::NoRoute)
@@ -70,14 +71,15 @@ impl Router {
 }
 
 fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, RouteError> {
-    let header = |name: &str| -> Result<&str, RouteError> {
-        let v = headers.get(name).ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
-        v.to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| RouteError::BadRequest(format!("header {name} is empty or not ASCII")))
-    };
+    let header =
+        |name: &str| -> Result<&str, RouteError> {
+            let v = headers
+                .get(name)
+                .ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
+            v.to_str().ok().map(str::trim).filter(|v| !v.is_empty()).ok_or_else(|| {
+                RouteError::BadRequest(format!("header {name} is empty or not ASCII"))
+            })
+        };
     let service = header(&h.service_header)?;
     let api = header(&h.path_header)?;
     if !api.starts_with('/') || api.starts_with("//") {
@@ -86,8 +88,9 @@ fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, Ro
             h.path_header
         )));
     }
-    let path: PathAndQuery =
-        api.parse().map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path_header)))?;
+    let path: PathAndQuery = api.parse().map_err(|_| {
+        RouteError::BadRequest(format!("header {} is not a valid path", h.path_header))
+    })?;
     Ok(Target { service: service.to_string(), path })
 }
 
@@ -147,7 +150,12 @@ mod tests {
                     service: "user-public".into(),
                     strip_prefix: false,
                 },
-                RouteRule { host: None, path_prefix: "/static/".into(), service: "static".into(), strip_prefix: false },
+                RouteRule {
+                    host: None,
+                    path_prefix: "/static/".into(),
+                    service: "static".into(),
+                    strip_prefix: false,
+                },
             ],
         )
     }
@@ -162,7 +170,8 @@ mod tests {
 
     #[test]
     fn header_mode_takes_service_and_path_from_headers() {
-        let t = req("/services", &[("service_name", "service_1"), ("api_name", "/user?id=1")]).unwrap();
+        let t =
+            req("/services", &[("service_name", "service_1"), ("api_name", "/user?id=1")]).unwrap();
         assert_eq!(t.service, "service_1");
         assert_eq!(t.path.as_str(), "/user?id=1");
         assert!(req("/services/anything", &[("service_name", "s"), ("api_name", "/")]).is_ok());

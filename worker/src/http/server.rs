@@ -95,10 +95,16 @@ impl Server {
         }
     }
 
-    fn spawn_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+    fn spawn_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(self.connections.clone(), self.metrics);
-        let (proxy, settings, shutdown) = (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
+        let (proxy, settings, shutdown) =
+            (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             let _open = (guard, permit);
             conn::serve(stream, peer, proxy, settings, shutdown).await;

@@ -63,13 +63,20 @@ impl Upstream {
     }
 
     /// Sends a request (its URI absolute, naming the instance) and waits for the response head.
-    pub async fn send(&self, req: http::Request<Body>) -> Result<http::Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => Err(UpstreamError::BodyTooLarge),
-            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(UpstreamError::ClientBody(error_chain(&e))),
+            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+                Err(UpstreamError::BodyTooLarge)
+            }
+            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => {
+                Err(UpstreamError::ClientBody(error_chain(&e)))
+            }
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }

@@ -22,7 +22,8 @@ pub const MAX_WORKERS: usize = 64;
 pub const MAX_SERVICES: usize = 256;
 pub(crate) const NAME_LEN: usize = 120;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
-pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+pub const BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Name under which requests that matched no service are counted.
 pub const UNROUTED: &str = "_unrouted";
 pub(crate) const OTHER: &str = "_other";
@@ -122,7 +123,11 @@ impl Metrics {
                     2 => break,
                     1 => std::hint::spin_loop(),
                     _ => {
-                        if slot.state.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        if slot
+                            .state
+                            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                        {
                             for (b, v) in slot.bytes.iter().zip(name) {
                                 b.store(*v, Ordering::Relaxed);
                             }
@@ -164,8 +169,10 @@ impl Metrics {
     pub fn status_line(&self) -> String {
         let live: Vec<&WorkerStats> =
             self.region.workers.iter().filter(|w| w.pid.load(Ordering::Relaxed) != 0).collect();
-        let services = live.iter().map(|w| w.routed_services.load(Ordering::Relaxed)).max().unwrap_or(0);
-        let instances = live.iter().map(|w| w.routed_instances.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let services =
+            live.iter().map(|w| w.routed_services.load(Ordering::Relaxed)).max().unwrap_or(0);
+        let instances =
+            live.iter().map(|w| w.routed_instances.load(Ordering::Relaxed)).max().unwrap_or(0);
         let requests: u64 = live.iter().map(|w| w.requests.load(Ordering::Relaxed)).sum();
         format!("{services} services, {instances} instances, {requests} requests served")
     }
@@ -223,10 +230,22 @@ mod tests {
         }
         b.request(ib, 503, Some(Duration::from_millis(30)));
         let text = a.prometheus();
-        assert!(text.contains("zkgate_requests_total{service=\"svc\",code_class=\"2xx\"} 3"), "{text}");
-        assert!(text.contains("zkgate_requests_total{service=\"svc\",code_class=\"5xx\"} 1"), "{text}");
-        assert!(text.contains("zkgate_upstream_latency_seconds_bucket{service=\"svc\",le=\"0.005\"} 3"), "{text}");
-        assert!(text.contains("zkgate_upstream_latency_seconds_count{service=\"svc\"} 4"), "{text}");
+        assert!(
+            text.contains("zkgate_requests_total{service=\"svc\",code_class=\"2xx\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zkgate_requests_total{service=\"svc\",code_class=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zkgate_upstream_latency_seconds_bucket{service=\"svc\",le=\"0.005\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zkgate_upstream_latency_seconds_count{service=\"svc\"} 4"),
+            "{text}"
+        );
         assert_eq!(a.workers_json()["workers"].as_array().unwrap().len(), 2);
     }
 

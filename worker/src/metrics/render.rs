@@ -36,8 +36,13 @@ impl Metrics {
     /// Prometheus text format, summed over every slot.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
-        let workers: Vec<(usize, &WorkerStats)> =
-            self.region.workers.iter().enumerate().filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0).collect();
+        let workers: Vec<(usize, &WorkerStats)> = self
+            .region
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0)
+            .collect();
         let sum = |f: &dyn Fn(&WorkerStats) -> u64| workers.iter().map(|(_, w)| f(w)).sum::<u64>();
         let names: Vec<(usize, String)> = self
             .region
@@ -79,40 +84,71 @@ impl Metrics {
                     "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
                 );
             }
-            let _ = writeln!(out, "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}"
+            );
             let micros = sum(&|w| w.services[*i].sum_micros.load(Ordering::Relaxed));
-            let _ = writeln!(out, "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}", micros as f64 / 1e6);
-            let _ = writeln!(out, "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}",
+                micros as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}"
+            );
         }
         type Read = fn(&WorkerStats) -> i64;
         let per_slot: [(&str, &str, &str, Read); 8] = [
-            ("zkgate_active_connections", "gauge", "Client connections open, per worker slot.", |w| {
-                w.active_connections.load(Ordering::Relaxed)
-            }),
-            ("zkgate_worker_requests_total", "counter", "Requests answered, per worker slot.", |w| {
-                w.requests.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_worker_restarts_total", "counter", "Workers respawned after dying, per slot.", |w| {
-                w.restarts.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_zookeeper_events_total", "counter", "ZooKeeper listings applied, per worker slot.", |w| {
-                w.zk_events.load(Ordering::Relaxed) as i64
-            }),
+            (
+                "zkgate_active_connections",
+                "gauge",
+                "Client connections open, per worker slot.",
+                |w| w.active_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "zkgate_worker_requests_total",
+                "counter",
+                "Requests answered, per worker slot.",
+                |w| w.requests.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "zkgate_worker_restarts_total",
+                "counter",
+                "Workers respawned after dying, per slot.",
+                |w| w.restarts.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "zkgate_zookeeper_events_total",
+                "counter",
+                "ZooKeeper listings applied, per worker slot.",
+                |w| w.zk_events.load(Ordering::Relaxed) as i64,
+            ),
             (
                 "zkgate_zookeeper_resyncs_total",
                 "counter",
                 "Full registry resyncs (new sessions), per worker slot.",
                 |w| w.zk_resyncs.load(Ordering::Relaxed) as i64,
             ),
-            ("zkgate_ejections_total", "counter", "Instances ejected by outlier detection, per worker slot.", |w| {
-                w.ejections.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_retries_total", "counter", "Requests retried on another instance, per worker slot.", |w| {
-                w.retries.load(Ordering::Relaxed) as i64
-            }),
-            ("zkgate_zookeeper_session_state", "gauge", "0 none, 1 connected, 2 disconnected, 3 session lost.", |w| {
-                i64::from(w.zk_state.load(Ordering::Relaxed))
-            }),
+            (
+                "zkgate_ejections_total",
+                "counter",
+                "Instances ejected by outlier detection, per worker slot.",
+                |w| w.ejections.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "zkgate_retries_total",
+                "counter",
+                "Requests retried on another instance, per worker slot.",
+                |w| w.retries.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "zkgate_zookeeper_session_state",
+                "gauge",
+                "0 none, 1 connected, 2 disconnected, 3 session lost.",
+                |w| i64::from(w.zk_state.load(Ordering::Relaxed)),
+            ),
         ];
         for (name, kind, help, read) in per_slot {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

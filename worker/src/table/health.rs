@@ -76,9 +76,15 @@ pub struct ServiceHealth {
 impl ServiceHealth {
     /// State for `instances`: an address the previous list (and its health) knew keeps its
     /// state, a new one starts healthy.
-    pub fn carry(instances: &[Instance], previous: Option<(&[Instance], &ServiceHealth)>, clock: &Clock) -> Self {
+    pub fn carry(
+        instances: &[Instance],
+        previous: Option<(&[Instance], &ServiceHealth)>,
+        clock: &Clock,
+    ) -> Self {
         let known: HashMap<&str, &Arc<InstanceState>> = match previous {
-            Some((list, health)) => list.iter().map(|i| i.address.as_str()).zip(&health.states).collect(),
+            Some((list, health)) => {
+                list.iter().map(|i| i.address.as_str()).zip(&health.states).collect()
+            }
             None => HashMap::new(),
         };
         let states = instances
@@ -90,18 +96,24 @@ impl ServiceHealth {
 
     /// Every instance healthy.
     pub fn new(instances: usize, clock: &Clock) -> Self {
-        ServiceHealth { clock: clock.clone(), states: (0..instances).map(|_| Default::default()).collect() }
+        ServiceHealth {
+            clock: clock.clone(),
+            states: (0..instances).map(|_| Default::default()).collect(),
+        }
     }
 
     /// Whether instance `idx` may take traffic now.
     pub fn available(&self, idx: usize) -> bool {
         let Some(s) = self.states.get(idx) else { return false };
-        !s.down.load(Ordering::Relaxed) && s.ejected_until.load(Ordering::Relaxed) <= self.clock.now_ms()
+        !s.down.load(Ordering::Relaxed)
+            && s.ejected_until.load(Ordering::Relaxed) <= self.clock.now_ms()
     }
 
     /// Whether `idx` is ejected now (for `/routes`).
     pub fn ejected(&self, idx: usize) -> bool {
-        self.states.get(idx).is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > self.clock.now_ms())
+        self.states
+            .get(idx)
+            .is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > self.clock.now_ms())
     }
 
     /// Whether the health check has taken `idx` out.
@@ -124,7 +136,8 @@ impl ServiceHealth {
     /// A request to `idx` ended (its response body is done or dropped).
     pub fn finished(&self, idx: usize) {
         if let Some(s) = self.states.get(idx) {
-            let _ = s.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            let _ =
+                s.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
         }
     }
 
@@ -141,7 +154,8 @@ impl ServiceHealth {
     pub fn failure(&self, idx: usize, policy: &OutlierSettings) -> Option<Duration> {
         let s = self.states.get(idx)?;
         let n = s.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if policy.consecutive_failures == 0 || n < policy.consecutive_failures || self.ejected(idx) {
+        if policy.consecutive_failures == 0 || n < policy.consecutive_failures || self.ejected(idx)
+        {
             return None;
         }
         let total = self.states.len();
@@ -184,7 +198,11 @@ mod tests {
     use super::*;
 
     fn policy() -> OutlierSettings {
-        OutlierSettings { consecutive_failures: 3, base_ejection: Duration::from_millis(50), ..Default::default() }
+        OutlierSettings {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_millis(50),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -204,7 +222,11 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(h.failure(0, &policy()), None);
         }
-        assert_eq!(h.failure(0, &policy()), Some(Duration::from_millis(100)), "second ejection is longer");
+        assert_eq!(
+            h.failure(0, &policy()),
+            Some(Duration::from_millis(100)),
+            "second ejection is longer"
+        );
     }
 
     #[test]
@@ -250,7 +272,11 @@ mod tests {
         h.started(0);
         assert!(h.ejected(1));
         // A sibling registers between the two: positions shift, state must not.
-        let after = vec![Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80"), Instance::new("10.0.0.3:80")];
+        let after = vec![
+            Instance::new("10.0.0.1:80"),
+            Instance::new("10.0.0.2:80"),
+            Instance::new("10.0.0.3:80"),
+        ];
         let carried = ServiceHealth::carry(&after, Some((&before, &h)), &clock);
         assert!(carried.ejected(2), "10.0.0.3 stays ejected");
         assert!(!carried.ejected(1), "the newcomer starts healthy");

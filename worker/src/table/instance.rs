@@ -24,7 +24,8 @@ impl Instance {
 
     /// Checks that `address` is a `host:port` authority usable in an upstream URI.
     pub fn validate(address: &str) -> Result<(), String> {
-        let auth: http::uri::Authority = address.parse().map_err(|e| format!("invalid address {address:?}: {e}"))?;
+        let auth: http::uri::Authority =
+            address.parse().map_err(|e| format!("invalid address {address:?}: {e}"))?;
         if auth.port_u16().is_none() {
             return Err(format!("invalid address {address:?}: a port is required (host:port)"));
         }
@@ -58,7 +59,9 @@ impl<'de> Deserialize<'de> for Instance {
             1
         }
         let (address, weight) = match Form::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("an instance is \"host:port\" or { address = \"host:port\", weight = N }")
+            serde::de::Error::custom(
+                "an instance is \"host:port\" or { address = \"host:port\", weight = N }",
+            )
         })? {
             Form::Plain(a) => (a, 1),
             Form::Full { address, weight } => (address, weight),

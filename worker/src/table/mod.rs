@@ -49,8 +49,9 @@ impl Policy {
     pub fn for_service(config: &Config, name: &str) -> Self {
         let own = config.services.get(name);
         let strategy = own.and_then(|s| s.load_balance).unwrap_or(config.proxy.load_balance);
-        let hash_on = (strategy == Strategy::ConsistentHash)
-            .then(|| own.and_then(|s| s.hash_on.clone()).unwrap_or_else(|| config.proxy.hash_on.clone()));
+        let hash_on = (strategy == Strategy::ConsistentHash).then(|| {
+            own.and_then(|s| s.hash_on.clone()).unwrap_or_else(|| config.proxy.hash_on.clone())
+        });
         Policy { strategy, hash_on }
     }
 
@@ -104,8 +105,20 @@ impl Service {
         instances.sort();
         instances.dedup_by(|a, b| a.address == b.address);
         let balancer = balance::build(policy.strategy, &instances);
-        let health = ServiceHealth::carry(&instances, previous.map(|p| (p.instances.as_slice(), &p.health)), clock);
-        Service { name: name.into(), instances, source, policy, balancer, health, stats: Default::default() }
+        let health = ServiceHealth::carry(
+            &instances,
+            previous.map(|p| (p.instances.as_slice(), &p.health)),
+            clock,
+        );
+        Service {
+            name: name.into(),
+            instances,
+            source,
+            policy,
+            balancer,
+            health,
+            stats: Default::default(),
+        }
     }
 }
 
@@ -118,14 +131,23 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds a table from services.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
-        RouteTable { services: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect() }
+        RouteTable {
+            services: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect(),
+        }
     }
 
     /// The services with static instances in `config`.
     pub fn statics(config: &Config, clock: &Clock) -> Self {
         RouteTable::new(config.services.iter().filter_map(|(name, s)| {
             let instances = s.instances.clone()?;
-            Some(Service::new(name.clone(), instances, Source::Static, Policy::for_service(config, name), clock, None))
+            Some(Service::new(
+                name.clone(),
+                instances,
+                Source::Static,
+                Policy::for_service(config, name),
+                clock,
+                None,
+            ))
         }))
     }
 
@@ -160,7 +182,11 @@ mod tests {
     fn services_sort_and_deduplicate_their_instances() {
         let s = Service::new(
             "svc",
-            vec![Instance::new("10.0.0.2:80"), Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")],
+            vec![
+                Instance::new("10.0.0.2:80"),
+                Instance::new("10.0.0.1:80"),
+                Instance::new("10.0.0.2:80"),
+            ],
             Source::Static,
             Policy::new(Strategy::RoundRobin),
             &Clock::system(),
@@ -184,10 +210,17 @@ mod tests {
         );
         config.services.insert(
             "c".into(),
-            crate::config::ServiceSettings { load_balance: Some(Strategy::ConsistentHash), ..Default::default() },
+            crate::config::ServiceSettings {
+                load_balance: Some(Strategy::ConsistentHash),
+                ..Default::default()
+            },
         );
         assert_eq!(Policy::for_service(&config, "h").hash_on, Some(HashOn::ClientIp));
         assert_eq!(Policy::for_service(&config, "c").hash_on, Some(HashOn::Cookie("sid".into())));
-        assert_eq!(Policy::for_service(&config, "other").hash_on, None, "round_robin hashes nothing");
+        assert_eq!(
+            Policy::for_service(&config, "other").hash_on,
+            None,
+            "round_robin hashes nothing"
+        );
     }
 }
