@@ -76,6 +76,7 @@ impl supervisor::App for Gateway {
             config: self.config.clone(),
             metrics,
             generation: ctx.generation,
+            replacing: ctx.replacing,
         };
         match worker::run(settings, Arc::new(PipeLifecycle(ctx.control))) {
             Ok(()) => 0,
@@ -102,6 +103,13 @@ impl supervisor::App for Gateway {
 
     fn attach_shared(&mut self, region: supervisor::SharedMemory) {
         self.shared = Some(region);
+    }
+
+    fn slot_retired(&mut self, slot: usize) {
+        if let Some(region) = self.shared.filter(|r| r.len() >= worker::metrics::Metrics::size()) {
+            // SAFETY: as in run_worker; the supervisor writes only the retired slot's row.
+            unsafe { worker::metrics::Metrics::from_raw(region.as_ptr(), slot) }.retire();
+        }
     }
 
     fn status(&self) -> String {

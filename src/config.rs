@@ -122,9 +122,6 @@ fn check(config: &Config) -> Result<(), String> {
             ));
         }
     }
-    if config.cache.snapshot.is_some() {
-        return Err("cache.snapshot: only meaningful with [zookeeper]".into());
-    }
     Ok(())
 }
 
@@ -203,8 +200,12 @@ pub fn summary(config: &Config) -> String {
             if a.token.is_some() { " (bearer token)" } else { "" }
         );
     }
-    if let Some(s) = &config.cache.snapshot {
-        out += &format!("snapshot    {}\n", s.display());
+    match (&config.cache.snapshot, &config.zookeeper) {
+        (Some(s), Some(_)) => out += &format!("snapshot    {}\n", s.display()),
+        (Some(s), None) => {
+            out += &format!("snapshot    {} (unused without [zookeeper])\n", s.display())
+        }
+        _ => {}
     }
     for (name, svc) in &config.services {
         let instances: Vec<String> = svc
@@ -370,7 +371,13 @@ mod tests {
         assert_eq!(c.header_routing, d.header_routing);
         assert_eq!(c.log, d.log);
         assert_eq!(c.admin, Some(AdminSettings::default()));
-        assert_eq!(c.cache, d.cache);
+        assert_eq!(d.cache.snapshot, None, "no snapshot unless configured");
+        let shipped_snapshot = c.cache.snapshot.as_deref().map(|p| p.display().to_string());
+        assert_eq!(
+            shipped_snapshot.as_deref(),
+            Some("/var/lib/zkgate/routes.json"),
+            "shipped enabled"
+        );
         // The commented-out sections document defaults too: uncomment them and compare.
         let uncommented = |section: &str| -> String {
             let start = shipped.find(&format!("# [{section}]")).expect("section documented");

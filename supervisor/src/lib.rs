@@ -87,6 +87,10 @@ pub trait App {
 
     /// Hands the application its shared memory region, once, before the first fork.
     fn attach_shared(&mut self, _region: SharedMemory) {}
+
+    /// Slot `slot` was removed (TTOU) and its last worker has exited: per-slot figures (the
+    /// application's `/workers`, gauges) should stop showing it. A later TTIN may reuse it.
+    fn slot_retired(&mut self, _slot: usize) {}
 }
 
 /// Errors that stop the supervisor from starting or running.

@@ -20,15 +20,49 @@ pub struct SlotSockets {
 }
 
 impl SlotSockets {
-    /// Opens, binds and listens on one socket per address.
-    pub fn open(addrs: &[SocketAddr], backlog: i32) -> Result<Self, Error> {
+    /// Opens and binds one socket per address. `listen`: start listening now (the slots opened
+    /// at start, whose queues should hold clients until the first workers are ready). A slot
+    /// added later (TTIN) is only bound: a bound TCP socket is not in the port's reuseport group,
+    /// so no connection is hashed to it until its worker, once ready, calls `listen` itself.
+    pub fn open(addrs: &[SocketAddr], backlog: i32, listen: bool) -> Result<Self, Error> {
         let sockets = addrs
             .iter()
             .map(|addr| {
-                open_one(*addr, backlog).map_err(|source| Error::Listen { addr: *addr, source })
+                open_one(*addr, backlog, listen)
+                    .map_err(|source| Error::Listen { addr: *addr, source })
             })
             .collect::<Result<_, _>>()?;
         Ok(SlotSockets { sockets })
+    }
+
+    /// Refuses to share an address with another process. SO_REUSEPORT would let a second
+    /// gateway (same user) bind the same port and silently take half its connections; nginx and
+    /// HAProxy refuse instead. A plain bind without SO_REUSEPORT fails while anyone listens on
+    /// the address, so it is tried (and closed) before the slot sockets are opened.
+    pub fn ensure_unused(addrs: &[SocketAddr]) -> Result<(), Error> {
+        for addr in addrs.iter().filter(|a| a.port() != 0) {
+            let probe = || -> std::io::Result<()> {
+                let socket =
+                    Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))?;
+                socket.set_reuse_address(true)?;
+                if addr.is_ipv6() {
+                    socket.set_only_v6(true)?;
+                }
+                socket.bind(&(*addr).into())
+            };
+            if let Err(e) = probe() {
+                let source = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    std::io::Error::new(
+                        e.kind(),
+                        "address already in use (is another zkgate or server listening on it?)",
+                    )
+                } else {
+                    e
+                };
+                return Err(Error::Listen { addr: *addr, source });
+            }
+        }
+        Ok(())
     }
 
     /// Raw descriptors, so the child can tell its own sockets from its siblings'.
@@ -42,7 +76,7 @@ impl SlotSockets {
     }
 }
 
-fn open_one(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+fn open_one(addr: SocketAddr, backlog: i32, listen: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -52,7 +86,9 @@ fn open_one(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
+    if listen {
+        socket.listen(backlog)?;
+    }
     Ok(socket.into())
 }
 
@@ -134,9 +170,9 @@ mod tests {
 
     #[test]
     fn steering_sends_every_new_connection_to_the_first_sockets() {
-        let first = SlotSockets::open(&["127.0.0.1:0".parse().unwrap()], 64).unwrap();
+        let first = SlotSockets::open(&["127.0.0.1:0".parse().unwrap()], 64, true).unwrap();
         let addr = first.sockets[0].local_addr().unwrap();
-        let second = SlotSockets::open(&[addr], 64).unwrap();
+        let second = SlotSockets::open(&[addr], 64, true).unwrap();
         first.steer_to_first(1).unwrap();
         let clients: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -155,9 +191,10 @@ mod tests {
 
     #[test]
     fn two_slots_share_one_port_and_a_queued_connection_survives_a_closed_duplicate() {
-        let first = SlotSockets::open(&["127.0.0.1:0".parse().unwrap()], 16).unwrap();
+        let first = SlotSockets::open(&["127.0.0.1:0".parse().unwrap()], 16, true).unwrap();
         let port = first.sockets[0].local_addr().unwrap();
-        let second = SlotSockets::open(&[port], 16).expect("SO_REUSEPORT lets a second slot bind");
+        let second =
+            SlotSockets::open(&[port], 16, true).expect("SO_REUSEPORT lets a second slot bind");
         drop(second);
 
         // A worker's copy closing must not close the slot socket.

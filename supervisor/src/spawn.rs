@@ -29,8 +29,13 @@ pub struct WorkerContext {
     pub slot: usize,
     /// Configuration generation (incremented by each successful reload).
     pub generation: u64,
-    /// This slot's listening sockets (non-blocking), one per `listen` address, in order.
+    /// This slot's sockets (non-blocking), one per `listen` address, in order. A slot added at
+    /// runtime hands them over bound but not listening: the worker calls `listen` once it is
+    /// ready, which is when the kernel starts sending it connections.
     pub listeners: Vec<TcpListener>,
+    /// Another worker serves this slot meanwhile (a reload's replacement): this one must not
+    /// accept before it is ready, however long that takes — the old one keeps serving.
+    pub replacing: bool,
     /// Where to report readiness and heartbeats.
     pub control: ControlPipe,
 }
@@ -69,6 +74,8 @@ pub(crate) struct Child {
 pub(crate) struct Inherited<'a> {
     pub own_sockets: &'a [TcpListener],
     pub close: Vec<RawFd>,
+    /// See [`WorkerContext::replacing`].
+    pub replacing: bool,
 }
 
 /// Forks a worker for `slot`. Returns the child's pid and its control pipe's read end in the parent;
@@ -96,8 +103,13 @@ pub(crate) fn spawn_worker<A: App>(
             drop(read);
             let code = match prepare_child(supervisor, slot, settings, ids, &inherited) {
                 Ok(listeners) => {
-                    let ctx =
-                        WorkerContext { slot, generation, listeners, control: ControlPipe(write) };
+                    let ctx = WorkerContext {
+                        slot,
+                        generation,
+                        listeners,
+                        replacing: inherited.replacing,
+                        control: ControlPipe(write),
+                    };
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.run_worker(ctx)))
                         .unwrap_or(70)
                 }

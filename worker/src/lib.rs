@@ -52,7 +52,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub struct Settings {
     /// The worker's slot (for logs and metrics).
     pub slot: usize,
-    /// Listening sockets inherited from the supervisor (non-blocking).
+    /// Sockets inherited from the supervisor (non-blocking), listening or only bound: the
+    /// worker calls `listen` on them once its routes are loaded.
     pub listeners: Vec<std::net::TcpListener>,
     /// The admin socket (inherited like the others) and its bearer token.
     pub admin: Option<(std::net::TcpListener, Option<String>)>,
@@ -62,6 +63,9 @@ pub struct Settings {
     pub metrics: metrics::Metrics,
     /// Configuration generation (tells a crash-restart from a reload in the metrics).
     pub generation: u64,
+    /// Another worker serves this slot meanwhile (a reload's replacement): accept nothing
+    /// until the routes are loaded, however long ZooKeeper takes.
+    pub replacing: bool,
 }
 
 /// Events a worker reports to whoever runs it (the supervisor, through the binary).
@@ -95,99 +99,104 @@ pub fn run(settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Erro
     rt.block_on(serve(settings, lifecycle))
 }
 
-async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    let mut quit = signal(SignalKind::quit()).map_err(Error::Signals)?;
+/// How a worker was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// TERM or INT: finish what is in flight.
+    Graceful,
+    /// QUIT: exit now.
+    Fast,
+}
 
-    let config = settings.config.clone();
+/// The signals a worker obeys.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Error> {
+        let install = |kind| signal(kind).map_err(Error::Signals);
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            quit: install(SignalKind::quit())?,
+        })
+    }
+
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => Stop::Graceful,
+            _ = self.int.recv() => Stop::Graceful,
+            _ = self.quit.recv() => Stop::Fast,
+        }
+    }
+}
+
+async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
+    let mut signals = Signals::install()?;
+    let (slot, config, metrics) = (settings.slot, settings.config.clone(), settings.metrics);
     // One clock for every table this worker builds: carried ejection deadlines keep their meaning.
     let clock = Clock::system();
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &clock)));
-    let metrics = settings.metrics;
     metrics.started(settings.generation);
-    let router = http::router::Router::new(&config.header_routing, &config.routes);
+    let ready = discovery::start(&config, slot, table.clone(), clock, metrics);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::default());
     let proxy = Arc::new(http::proxy::Proxy::new(
         table.clone(),
-        router,
+        ready.clone(),
+        http::router::Router::new(&config.header_routing, &config.routes),
         config.proxy.clone(),
         metrics,
         config.log.access,
         connections.clone(),
     ));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
+    start_health_checks(&config, &table);
+    if let Some((listener, token)) = settings.admin.take() {
+        listen(&listener, config.server.backlog).map_err(Error::Listener)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
+        let admin =
+            admin::Admin { table: table.clone(), metrics, ready: ready.clone(), token, slot };
+        tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
+    }
+    start_heartbeat(lifecycle.clone(), metrics);
 
+    // Accept nothing before the routes are loaded: until then the slot's queue waits in the
+    // kernel (or, for a reload's replacement, the old worker keeps serving).
+    let unready_limit = match (&config.zookeeper, settings.replacing) {
+        (Some(zk), false) => Some(zk.connect_timeout),
+        _ => None,
+    };
+    let loaded = tokio::select! {
+        stop = signals.next() => {
+            log::info!("worker slot {slot}: stopped before accepting ({stop:?})");
+            return Ok(());
+        }
+        loaded = routes_loaded(ready.clone(), unready_limit) => loaded,
+    };
+    if !loaded {
+        log::warn!(
+            "worker slot {slot}: no routes after {unready_limit:?} (zookeeper silent, no snapshot): accepting anyway; discovered services answer 503 with Retry-After until they load"
+        );
+    }
     let mut accept_loops = Vec::new();
     for l in std::mem::take(&mut settings.listeners) {
+        listen(&l, config.server.backlog).map_err(Error::Listener)?;
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
         accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
     }
-    let checks: Vec<_> = config
-        .services
-        .iter()
-        .filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?)))
-        .collect();
-    if !checks.is_empty() {
-        // Probes get their own pool, so they never queue behind client traffic.
-        let checker = Arc::new(http::upstream::Upstream::new(&config.proxy));
-        for (name, check) in checks {
-            tokio::spawn(http::health_check::run_checks(
-                name,
-                check,
-                table.clone(),
-                checker.clone(),
-            ));
-        }
-    }
-    let mut ready = discovery::start(&config, settings.slot, table.clone(), clock, metrics);
-    if let Some((listener, token)) = settings.admin.take() {
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
-        let admin = admin::Admin {
-            table: table.clone(),
-            metrics,
-            ready: ready.clone(),
-            token,
-            slot: settings.slot,
-        };
-        tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
-    }
-    let (slot, ready_table, ready_life) = (settings.slot, table.clone(), lifecycle.clone());
-    tokio::spawn(async move {
-        if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
-            let (services, instances) = ready_table.load().counts();
-            metrics.set_routes(services, instances);
-            log::info!(
-                "worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})",
-                std::process::id()
-            );
-            ready_life.ready();
-        }
-    });
-    let beat = lifecycle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT);
-        loop {
-            tick.tick().await;
-            beat.heartbeat();
-            metrics.heartbeat();
-        }
-    });
+    tokio::spawn(report_ready(slot, ready, table, metrics, lifecycle));
 
-    let fast = tokio::select! {
-        _ = term.recv() => false,
-        _ = int.recv() => false,
-        _ = quit.recv() => true,
-    };
-    if fast {
-        log::info!("worker slot {}: SIGQUIT: exiting now", settings.slot);
+    if signals.next().await == Stop::Fast {
+        log::info!("worker slot {slot}: SIGQUIT: exiting now");
         return Ok(());
     }
     log::info!(
-        "worker slot {}: draining {} connections (up to {:?})",
-        settings.slot,
+        "worker slot {slot}: draining {} connections (up to {:?})",
         server.connections.active(),
         config.server.shutdown_timeout
     );
@@ -198,14 +207,79 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let drained = tokio::select! {
         _ = server.connections.wait_idle() => true,
         _ = tokio::time::sleep(config.server.shutdown_timeout) => false,
-        _ = quit.recv() => false,
+        _ = signals.next() => false,
     };
     if !drained {
         log::warn!(
-            "worker slot {}: {} connections still open at shutdown",
-            settings.slot,
+            "worker slot {slot}: {} connections still open at shutdown",
             server.connections.active()
         );
     }
     Ok(())
+}
+
+/// Starts listening (idempotent: the supervisor may already have): a socket of a slot added at
+/// runtime joins the port's reuseport group only now, when this worker can serve it.
+fn listen(listener: &std::net::TcpListener, backlog: i32) -> std::io::Result<()> {
+    socket2::SockRef::from(listener).listen(backlog)
+}
+
+/// Resolves `true` once routes are loaded, or `false` when `limit` passes first.
+async fn routes_loaded(
+    mut ready: tokio::sync::watch::Receiver<Option<table::Source>>,
+    limit: Option<Duration>,
+) -> bool {
+    let wait = async { ready.wait_for(Option::is_some).await.is_ok() };
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, wait).await.unwrap_or(false),
+        None => wait.await,
+    }
+}
+
+/// Tells the supervisor this worker is ready once its routes are loaded (it accepts already).
+async fn report_ready(
+    slot: usize,
+    mut ready: tokio::sync::watch::Receiver<Option<table::Source>>,
+    table: SharedTable,
+    metrics: metrics::Metrics,
+    lifecycle: Arc<dyn Lifecycle>,
+) {
+    if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
+        let (services, instances) = table.load().counts();
+        metrics.set_routes(services, instances);
+        log::info!(
+            "worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})",
+            std::process::id()
+        );
+        lifecycle.ready();
+    }
+}
+
+/// Active health checks, one task per checked service. Probes get their own pool, so they
+/// never queue behind client traffic.
+fn start_health_checks(config: &Config, table: &SharedTable) {
+    let checks: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?)))
+        .collect();
+    if checks.is_empty() {
+        return;
+    }
+    let checker = Arc::new(http::upstream::Upstream::new(&config.proxy));
+    for (name, check) in checks {
+        tokio::spawn(http::health_check::run_checks(name, check, table.clone(), checker.clone()));
+    }
+}
+
+/// Tells the supervisor (and `/workers`) every second that the event loop is alive.
+fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tick.tick().await;
+            lifecycle.heartbeat();
+            metrics.heartbeat();
+        }
+    });
 }

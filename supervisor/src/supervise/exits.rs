@@ -50,6 +50,11 @@ impl<A: App> Supervisor<A> {
             _ => "exited".to_string(),
         };
         let lived = w.started.elapsed();
+        let removed = self.slots.get(w.slot).is_none_or(|s| s.sockets.is_none());
+        if removed && !self.workers.iter().any(|o| o.slot == w.slot) {
+            // TTOU (or a stop): the slot is gone for good; its figures stop being reported.
+            self.app.slot_retired(w.slot);
+        }
         let expected = matches!(w.phase, Phase::Draining { .. } | Phase::Killed { respawn: false })
             || matches!(self.mode, Mode::Stopping { .. });
         if expected {

@@ -117,9 +117,10 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
         None => log::warn!("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): a TTOU may reset a connection caught mid-handshake"),
         Some(true) => {}
     }
+    slots::SlotSockets::ensure_unused(&settings.listen)?;
     let mut slots = Vec::with_capacity(settings.workers);
     for _ in 0..settings.workers.max(1) {
-        slots.push(Slot::open(&settings)?);
+        slots.push(Slot::open(&settings, true)?);
     }
     log::info!(
         "supervisor pid {}: listening on {} with {} workers",
@@ -153,9 +154,10 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
 }
 
 impl Slot {
-    fn open(settings: &Settings) -> Result<Self, Error> {
+    /// A slot's sockets; `listen` as in [`SlotSockets::open`].
+    fn open(settings: &Settings, listen: bool) -> Result<Self, Error> {
         Ok(Slot {
-            sockets: Some(SlotSockets::open(&settings.listen, settings.backlog)?),
+            sockets: Some(SlotSockets::open(&settings.listen, settings.backlog, listen)?),
             failures: 0,
             respawn_at: None,
             fatal: false,
@@ -279,7 +281,8 @@ impl<A: App> Supervisor<A> {
         close.extend(
             self.workers.iter().filter_map(|w| w.child.control_fd()).map(|f| f.as_raw_fd()),
         );
-        let inherited = Inherited { own_sockets: sockets.listeners(), close };
+        let replacing = self.workers.iter().any(|w| w.slot == slot && w.phase == Phase::Ready);
+        let inherited = Inherited { own_sockets: sockets.listeners(), close, replacing };
         match spawn::spawn_worker(
             &self.app,
             slot,

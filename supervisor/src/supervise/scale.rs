@@ -12,7 +12,7 @@ use crate::App;
 impl<A: App> Supervisor<A> {
     /// TTIN: a new slot (its own sockets) and its worker.
     pub(super) fn add_slot(&mut self) {
-        match Slot::open(&self.settings) {
+        match Slot::open(&self.settings, false) {
             Ok(slot) => {
                 // Reuse a removed slot's index so slot numbers stay dense.
                 let idx = match self.slots.iter().position(|s| s.sockets.is_none()) {

@@ -47,6 +47,9 @@ pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 /// `proxy.outlier.max_ejection_percent`.
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
 
+/// `proxy.outlier.slow_after`.
+pub const DEFAULT_SLOW_AFTER: Duration = Duration::from_secs(5);
+
 /// `header_routing.enabled`.
 pub const DEFAULT_HEADER_ROUTING: bool = true;
 /// `header_routing.mount`.

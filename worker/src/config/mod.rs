@@ -93,7 +93,9 @@ pub struct ProxySettings {
     pub load_balance: Strategy,
     /// What `consistent_hash` hashes on.
     pub hash_on: HashOn,
-    /// How many times a failed idempotent request is retried on another instance.
+    /// How many times a request is retried on another instance: after a refused connection
+    /// (nothing was sent), or for an idempotent request without a body after a reset or EOF
+    /// before any response.
     pub retries: usize,
     /// Share of a worker's active requests that may be retries at once (Envoy's retry budget).
     pub retry_budget: f64,
@@ -159,6 +161,11 @@ pub struct OutlierSettings {
     pub max_ejection: Duration,
     /// Most of a service (in percent) that may be ejected at once.
     pub max_ejection_percent: u32,
+    /// A request still without response headers after this long counts as one failure of its
+    /// instance (it keeps waiting for its answer up to `request_timeout`): a hung instance is
+    /// ejected after `consecutive_failures` such requests, within seconds. 0 disables.
+    #[serde(with = "duration")]
+    pub slow_after: Duration,
 }
 
 impl Default for OutlierSettings {
@@ -168,6 +175,7 @@ impl Default for OutlierSettings {
             base_ejection: DEFAULT_BASE_EJECTION,
             max_ejection: DEFAULT_MAX_EJECTION,
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            slow_after: DEFAULT_SLOW_AFTER,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! zookeeper::Watcher ── Update (Full / Service / Removed) ──▶ builder::Builder ──▶ RouteTable ──swap──▶ SharedTable
 //!   (session, one-shot watches)        ▲                       (update::Registry,      └──▶ snapshot::write_snapshots
-//! load_snapshot ─────────── Update::Snapshot ─┘                   TableBuilder)
+//! load_snapshot (at start) ─ Update::Snapshot ─┘                   TableBuilder)
 //! ```
 //! - [`update`]: the updates and the pure registry they are applied to.
 //! - [`builder`]: the one task that applies updates in order and publishes tables.
@@ -35,8 +35,9 @@ use update::Registry;
 use update::Update;
 
 /// Starts discovery when ZooKeeper is configured. The returned channel turns `Some(source)`
-/// once routes are loaded: at once for static services, else from ZooKeeper or, when it does
-/// not answer within `connect_timeout`, from the snapshot.
+/// once routes are loaded: at once for static services or when a snapshot is configured (serve
+/// stale at once), else when ZooKeeper's first listing arrives. ZooKeeper's listing always
+/// replaces the snapshot's.
 pub fn start(
     config: &Arc<Config>,
     slot: usize,
@@ -50,6 +51,10 @@ pub fn start(
         return ready_rx;
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(path) = &config.cache.snapshot {
+        // Queued before the watcher starts, so it can never arrive after ZooKeeper's listing.
+        load_snapshot(path, &tx);
+    }
     // One worker writes the snapshot: N workers writing the same file would only add fsyncs.
     let snapshot_tx = match (&config.cache.snapshot, slot) {
         (Some(path), 0) => {
@@ -60,52 +65,30 @@ pub fn start(
         _ => None,
     };
     let out = Outputs { table, ready: ready_tx, snapshot: snapshot_tx, metrics };
-    let builder = Builder::new(
-        Registry::new(zk.keep_last_on_empty),
-        TableBuilder::new(config.clone(), clock),
-        out,
-    );
-    tokio::spawn(builder.run(rx));
+    let registry = Registry::new(zk.keep_last_on_empty);
+    tokio::spawn(Builder::new(registry, TableBuilder::new(config.clone(), clock), out).run(rx));
     let skip: HashSet<String> = config
         .services
         .iter()
         .filter(|(_, s)| s.instances.is_some())
         .map(|(n, _)| n.clone())
         .collect();
-    let connect_timeout = zk.connect_timeout;
-    tokio::spawn(Arc::new(zookeeper::Watcher::new(zk, skip, tx.clone(), metrics)).run());
-    let (mut waiting, snapshot) = (ready_rx.clone(), config.cache.snapshot.clone());
-    tokio::spawn(async move {
-        if tokio::time::timeout(connect_timeout, waiting.wait_for(Option::is_some)).await.is_err() {
-            match snapshot {
-                Some(path) => {
-                    load_snapshot(&path, &tx);
-                }
-                None => log::warn!(
-                    "zookeeper did not answer within {connect_timeout:?} and no [cache] snapshot is configured: not ready until it does"
-                ),
-            }
-        }
-    });
+    tokio::spawn(Arc::new(zookeeper::Watcher::new(zk, skip, tx, metrics)).run());
     ready_rx
 }
 
-/// Loads the snapshot into the builder (when ZooKeeper did not answer in time at start).
-fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>) -> bool {
+/// Queues the snapshot for the builder: the worker serves it until ZooKeeper answers.
+fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>) {
     match snapshot::load(path) {
         Ok(listing) => {
             let n: usize = listing.values().map(Vec::len).sum();
-            log::warn!(
-                "zookeeper unreachable at start: serving {} services, {n} instances from snapshot {}",
+            log::info!(
+                "serving {} services, {n} instances from snapshot {} until zookeeper answers",
                 listing.len(),
                 path.display()
             );
             let _ = tx.send(Update::Snapshot(listing));
-            true
         }
-        Err(e) => {
-            log::error!("zookeeper unreachable at start and no usable snapshot: {e}");
-            false
-        }
+        Err(e) => log::warn!("no usable route snapshot ({e}); waiting for zookeeper"),
     }
 }

@@ -67,8 +67,13 @@ impl Registry {
                     .collect();
             }
             Update::Full(all) => {
+                // keep_last_on_empty is about the registry emptying a service; a service only
+                // the snapshot knew was simply not in the live registry any more.
+                let keep = self.keep_last_on_empty && self.source != Some(Source::Snapshot);
+                let saved = std::mem::replace(&mut self.keep_last_on_empty, keep);
                 self.source = Some(Source::Zookeeper);
                 self.replace_all(all, &mut log, &mut changed);
+                self.keep_last_on_empty = saved;
             }
             Update::Snapshot(all) => {
                 if self.source == Some(Source::Zookeeper) {
@@ -207,6 +212,17 @@ pub(crate) mod tests {
         assert!(strict.listing()["a"].is_empty(), "known service with no instance: 503");
         strict.apply(Update::Full(Listing::new()));
         assert!(!strict.listing().contains_key("a"), "gone after a resync: 404");
+    }
+
+    #[test]
+    fn zookeepers_first_listing_replaces_the_snapshot_whole() {
+        let mut r = Registry::new(true);
+        r.apply(Update::Snapshot(listing(&[("old", &["10.0.0.9:80"]), ("a", &["10.0.0.8:80"])])));
+        r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80"])])));
+        assert!(!r.listing().contains_key("old"), "a service gone while we were down is gone");
+        assert_eq!(r.listing()["a"][0].address, "10.0.0.1:80");
+        r.apply(Update::Full(Listing::new()));
+        assert_eq!(r.listing()["a"].len(), 1, "keep_last_on_empty applies between live listings");
     }
 
     #[test]

@@ -1,22 +1,25 @@
 //! One client connection: hyper serves it (HTTP/1.1, or h2c with prior knowledge), with an idle
 //! timeout when no byte moves either way, and a graceful end when the worker drains.
 //!
-//! hyper's graceful shutdown closes idle keep-alive connections and answers the current request
-//! with `Connection: close`; a connection that has not sent its first bytes yet gets until then
-//! (bounded by `header_read_timeout`) so a client that connected just before a drain still gets
-//! an answer.
+//! Draining never races a keep-alive client: every HTTP/1 answer from then on carries
+//! `Connection: close` (the client opens its next connection elsewhere), and an idle connection
+//! is closed only once it has been idle for [`DRAIN_IDLE_GRACE`] — a connection that has not
+//! sent its first bytes yet gets until `header_read_timeout`. HTTP/2 gets GOAWAY at once.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{self, HeaderValue};
+use http::{Request, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 use crate::http::connections::stopped;
@@ -52,6 +55,11 @@ impl ConnSettings {
     }
 }
 
+/// How long a draining worker leaves an idle keep-alive connection open. A client that sends
+/// its next request within it gets an answer with `Connection: close` instead of racing a close;
+/// only a connection idle for this long (or at `shutdown_timeout`) is closed under it.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves one client connection until it closes, idles out or the worker drains.
 pub async fn serve(
     stream: TcpStream,
@@ -60,54 +68,52 @@ pub async fn serve(
     settings: Arc<ConnSettings>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    let http2 = Arc::new(AtomicBool::new(false));
+    let (draining, h2) = (shutdown.clone(), http2.clone());
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (proxy, draining, h2) = (proxy.clone(), draining.clone(), h2.clone());
+        async move {
+            let http1 = req.version() < Version::HTTP_2;
+            if !http1 {
+                h2.store(true, Ordering::Relaxed);
+            }
+            let mut resp = proxy.handle(req, peer).await;
+            // Draining: this answer is the connection's last, and the client is told so.
+            if http1 && *draining.borrow() {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
-    let first_read = Arc::new(Notify::new());
-    let activity = Arc::new(AtomicU64::new(0));
-    let opened = tokio::time::Instant::now();
-    let io = Tracked {
-        inner: stream,
-        seen: false,
-        notify: first_read.clone(),
-        activity: activity.clone(),
-        opened,
-    };
+    let activity = Arc::new(Activity::default());
+    let io = Tracked { inner: stream, activity: activity.clone() };
     let conn = settings.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let idle_for = |now: tokio::time::Instant| {
-        now.duration_since(opened)
-            .saturating_sub(Duration::from_millis(activity.load(Ordering::Relaxed)))
-    };
     let idle_timeout = settings.idle_timeout;
     let result = tokio::select! {
         r = conn.as_mut() => r,
         // A client connection with no bytes either way for idle_timeout is closed
         // (hyper finishes a request still in flight first).
-        _ = async {
-            loop {
-                let idle = idle_for(tokio::time::Instant::now());
-                if idle >= idle_timeout {
-                    return;
-                }
-                tokio::time::sleep(idle_timeout - idle).await;
-            }
-        } => {
+        _ = activity.idle_reaches(idle_timeout) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
         _ = stopped(&mut shutdown) => {
-            // hyper's graceful shutdown closes a connection that has not sent a byte yet;
-            // a client that connected just before the shutdown would read EOF instead of
-            // an answer. Give such a connection until its first bytes (or the header
-            // timeout) before asking hyper to finish.
-            let grace = tokio::time::sleep(settings.header_read_timeout);
-            tokio::select! {
-                r = conn.as_mut() => return log_end(peer, r),
-                _ = first_read.notified() => {}
-                _ = grace => {}
+            if !http2.load(Ordering::Relaxed) {
+                // HTTP/1: busy connections end with their next answer (Connection: close). An
+                // idle one is closed only after a grace, so a client about to reuse it is not
+                // raced; one that has not sent a byte yet gets until its header timeout.
+                let grace = if activity.read_any() {
+                    DRAIN_IDLE_GRACE
+                } else {
+                    settings.header_read_timeout
+                };
+                tokio::select! {
+                    r = conn.as_mut() => return log_end(peer, r),
+                    _ = activity.idle_reaches(grace) => {}
+                }
             }
+            // HTTP/2: GOAWAY at once; streams in flight finish.
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -127,21 +133,57 @@ fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send
     }
 }
 
-/// A client socket that signals its first received bytes (see the shutdown comment above) and
-/// records when it last moved a byte (for the idle timeout).
-struct Tracked {
-    inner: TcpStream,
-    seen: bool,
-    notify: Arc<Notify>,
-    /// Milliseconds after `opened` of the last read or write.
-    activity: Arc<AtomicU64>,
+/// When a client connection last moved a byte, and whether it ever sent one.
+struct Activity {
     opened: tokio::time::Instant,
+    /// Milliseconds after `opened` of the last read or write.
+    last: AtomicU64,
+    read_any: AtomicBool,
 }
 
-impl Tracked {
-    fn touch(&self) {
-        self.activity.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            opened: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+            read_any: AtomicBool::new(false),
+        }
     }
+}
+
+impl Activity {
+    fn touch(&self, read: bool) {
+        self.last.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if read && !self.read_any.load(Ordering::Relaxed) {
+            self.read_any.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn read_any(&self) -> bool {
+        self.read_any.load(Ordering::Relaxed)
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    /// Resolves once no byte has moved either way for `limit`.
+    async fn idle_reaches(&self, limit: Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+/// A client socket that records its activity (for the idle timeout and the drain grace).
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
 }
 
 impl tokio::io::AsyncRead for Tracked {
@@ -153,12 +195,7 @@ impl tokio::io::AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.touch();
-            if !self.seen {
-                self.seen = true;
-                // notify_one stores a permit, so a waiter that arrives later still sees it.
-                self.notify.notify_one();
-            }
+            self.activity.touch(true);
         }
         r
     }
@@ -172,7 +209,7 @@ impl tokio::io::AsyncWrite for Tracked {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.touch(false);
         }
         r
     }

@@ -19,6 +19,10 @@ pub enum ProxyError {
     /// The service is not in the route table: 404.
     #[error("unknown service")]
     UnknownService(String),
+    /// The service is not in the table and this worker has not loaded its routes yet: 503
+    /// with `Retry-After` (a client must not take "not ready" for "no such service").
+    #[error("routes not loaded yet")]
+    NotReady(String),
     /// The service has no instance that may take traffic: 503.
     #[error("no healthy instance")]
     NoInstance(String),
@@ -38,7 +42,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => {
                 StatusCode::NOT_FOUND
             }
-            ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoInstance(_) | ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(_, UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -53,6 +57,7 @@ impl ProxyError {
         match self {
             ProxyError::UnknownService(s)
             | ProxyError::NoInstance(s)
+            | ProxyError::NotReady(s)
             | ProxyError::Upstream(s, _)
             | ProxyError::BodyTooLarge(s) => Some(s),
             ProxyError::Route(_) => None,
@@ -72,7 +77,11 @@ impl ProxyError {
             ProxyError::Upstream(..) => "upstream failure".to_string(),
             other => other.to_string(),
         };
-        json_response(self.status(), &message, self.service())
+        let mut resp = json_response(self.status(), &message, self.service());
+        if matches!(self, ProxyError::NotReady(_)) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -103,6 +112,7 @@ mod tests {
             (ProxyError::Route(RouteError::BadRequest("x".into())), 400),
             (ProxyError::UnknownService("s".into()), 404),
             (ProxyError::NoInstance("s".into()), 503),
+            (ProxyError::NotReady("s".into()), 503),
             (ProxyError::Upstream("s".into(), UpstreamError::Connect("refused".into())), 502),
             (
                 ProxyError::Upstream(

@@ -1,6 +1,7 @@
 //! Forwarding one request to a service: pick an instance, send, record the outcome for outlier
-//! detection, and retry on another instance when that is safe (a connection refused: nothing
-//! was sent, and the request has no body to replay) — within `retries` and the retry budget.
+//! detection, and retry on another instance when that is safe ([`Replay`]: a refused connection
+//! for any bodiless request; a reset or EOF before any response for idempotent ones) — within
+//! `retries` and the retry budget.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,15 +71,14 @@ impl Forwarder {
         CountGuard::new(&self.active)
     }
 
-    /// Sends the request to an instance of `service`, retrying when safe. `build` makes the
-    /// outgoing request for a body and an instance address; `replayable` says whether the
-    /// request may be sent again (no body, no upgrade).
+    /// Sends the request to an instance of `service`, retrying when `replay` allows. `build`
+    /// makes the outgoing request for a body and an instance address.
     pub async fn forward(
         &self,
         service: &Arc<Service>,
         key: Option<u64>,
         mut body: Option<Body>,
-        replayable: bool,
+        replay: Replay,
         build: impl Fn(Body, &str) -> Request<Body>,
         attempts: &mut Attempts,
     ) -> Result<Answered, ProxyError> {
@@ -94,16 +94,14 @@ impl Forwarder {
             let inflight = InFlight::start(service.clone(), idx);
             attempts.instance = Some(address.clone());
             let sent = Instant::now();
-            let result = self.upstream.send(build(b, address)).await;
+            let result = self.send(service, idx, build(b, address)).await;
             attempts.latency = Some(sent.elapsed());
             self.record(service, idx, &result);
             match result {
                 Ok(response) => {
                     return Ok(Answered { response, address: address.clone(), inflight })
                 }
-                Err(UpstreamError::Connect(e))
-                    if replayable && self.may_retry(service, tried.len()) =>
-                {
+                Err(e) if replay.allows(&e) && self.may_retry(service, tried.len()) => {
                     log::warn!(
                         "service {}: instance {address}: {e}; retrying on another instance",
                         service.name
@@ -114,6 +112,34 @@ impl Forwarder {
                 Err(e) => return Err(ProxyError::Upstream(service.name.clone(), e)),
             }
         }
+    }
+
+    /// Sends one attempt. A request still unanswered after `slow_after` counts as a failure of
+    /// its instance right then (and keeps waiting): a hung instance is found in seconds, not at
+    /// `request_timeout`, nor never when its clients give up first.
+    async fn send(
+        &self,
+        service: &Service,
+        idx: usize,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let slow_after = self.settings.outlier.slow_after;
+        let send = self.upstream.send(req);
+        if slow_after.is_zero() {
+            return send.await;
+        }
+        tokio::pin!(send);
+        tokio::select! {
+            r = &mut send => return r,
+            _ = tokio::time::sleep(slow_after) => {}
+        }
+        log::info!(
+            "service {}: instance {}: no response after {slow_after:?}; counted as a failure",
+            service.name,
+            service.instances[idx]
+        );
+        self.count_failure(service, idx);
+        send.await
     }
 
     /// Picks among available instances not tried yet; when none is available (all ejected or
@@ -160,9 +186,16 @@ impl Forwarder {
             Err(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => return,
             Err(_) => true,
         };
-        if !failed {
+        if failed {
+            self.count_failure(service, idx);
+        } else {
             service.health.success(idx);
-        } else if let Some(span) = service.health.failure(idx, &self.settings.outlier) {
+        }
+    }
+
+    /// One failure of instance `idx`; ejects it after enough in a row.
+    fn count_failure(&self, service: &Service, idx: usize) {
+        if let Some(span) = service.health.failure(idx, &self.settings.outlier) {
             self.metrics.ejection();
             log::warn!(
                 "service {}: instance {} ejected for {}s after {} consecutive failures",
@@ -171,6 +204,49 @@ impl Forwarder {
                 span.as_secs(),
                 self.settings.outlier.consecutive_failures
             );
+        }
+    }
+}
+
+/// When a request may be sent again to another instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// It has a body (streamed, gone) or is an upgrade: never.
+    Never,
+    /// No body, but not idempotent (a bodiless POST): only when nothing was sent (connect
+    /// failure).
+    IfNothingSent,
+    /// No body and idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE): also
+    /// after a reset or EOF before any response — never after response bytes, never after a
+    /// timeout (the instance may still be working on it).
+    IfNoResponse,
+}
+
+impl Replay {
+    /// The policy for a request.
+    pub fn for_request(method: &http::Method, bodiless: bool) -> Self {
+        use http::Method;
+        let idempotent = matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        match (bodiless, idempotent) {
+            (false, _) => Replay::Never,
+            (true, false) => Replay::IfNothingSent,
+            (true, true) => Replay::IfNoResponse,
+        }
+    }
+
+    fn allows(self, e: &UpstreamError) -> bool {
+        match e {
+            UpstreamError::Connect(_) => self != Replay::Never,
+            UpstreamError::Reset(_) => self == Replay::IfNoResponse,
+            _ => false,
         }
     }
 }
@@ -240,5 +316,23 @@ impl hyper::body::Body for InFlightBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_is_safe_is_replayed() {
+        let connect = UpstreamError::Connect("refused".into());
+        let reset = UpstreamError::Reset("eof".into());
+        let timeout = UpstreamError::Timeout(Duration::from_secs(1));
+        let get = Replay::for_request(&http::Method::GET, true);
+        assert!(get.allows(&connect) && get.allows(&reset) && !get.allows(&timeout));
+        let post = Replay::for_request(&http::Method::POST, true);
+        assert!(post.allows(&connect) && !post.allows(&reset));
+        let upload = Replay::for_request(&http::Method::PUT, false);
+        assert!(!upload.allows(&connect) && !upload.allows(&reset));
     }
 }

@@ -18,24 +18,27 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::watch;
 
 use crate::balance::hash_key;
 use crate::config::{HashOn, ProxySettings};
 use crate::http::connections::{ConnGuard, Connections};
 use crate::http::error::ProxyError;
-use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody};
+use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::headers;
 use crate::http::router::{request_host, Router, Target};
 use crate::http::tunnel::{is_upgrade, tunnel};
 use crate::http::upstream::{ClientBodyError, UpstreamError};
 use crate::http::{Body, BoxError};
 use crate::metrics::{Metrics, UNROUTED};
-use crate::table::Service;
+use crate::table::{Service, Source};
 use crate::SharedTable;
 
 /// Everything a worker needs to proxy requests; shared by all its connections.
 pub struct Proxy {
     table: SharedTable,
+    /// `Some` once routes are loaded (a listing or the snapshot).
+    ready: watch::Receiver<Option<Source>>,
     router: Router,
     forwarder: Forwarder,
     settings: ProxySettings,
@@ -66,6 +69,7 @@ impl Proxy {
     /// Builds the proxy of one worker.
     pub fn new(
         table: SharedTable,
+        ready: watch::Receiver<Option<Source>>,
         router: Router,
         settings: ProxySettings,
         metrics: Metrics,
@@ -74,6 +78,7 @@ impl Proxy {
     ) -> Self {
         Proxy {
             table,
+            ready,
             router,
             forwarder: Forwarder::new(&settings, metrics),
             settings,
@@ -117,13 +122,14 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let body = self.request_body(&service, &parts.headers, body)?;
         // A request without a body can be sent again; one with a body cannot (it streams).
-        let replayable = body_is_empty(&parts.headers) && upgrade.is_none();
+        let replay =
+            Replay::for_request(&parts.method, body_is_empty(&parts.headers) && upgrade.is_none());
         let build = |body, address: &str| {
             self.upstream_request(&parts, body, &target, address, client, upgrade.is_some())
         };
         let answered = self
             .forwarder
-            .forward(&service, key, Some(body), replayable, build, &mut trace.attempts)
+            .forward(&service, key, Some(body), replay, build, &mut trace.attempts)
             .await?;
         Ok(self.respond(answered, parts.version, upgrade))
     }
@@ -133,13 +139,16 @@ impl Proxy {
         Ok(self.router.route(req.uri(), req.headers())?)
     }
 
-    /// The service in the current table.
+    /// The service in the current table. Unknown before the routes are loaded is "not ready"
+    /// (503, retry), never "no such service" (404).
     fn service(&self, target: &Target) -> Result<Arc<Service>, ProxyError> {
-        let table = self.table.load();
-        table
-            .get(&target.service)
-            .cloned()
-            .ok_or_else(|| ProxyError::UnknownService(target.service.clone()))
+        if let Some(service) = self.table.load().get(&target.service) {
+            return Ok(service.clone());
+        }
+        if self.ready.borrow().is_none() {
+            return Err(ProxyError::NotReady(target.service.clone()));
+        }
+        Err(ProxyError::UnknownService(target.service.clone()))
     }
 
     /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.

@@ -26,7 +26,11 @@ pub enum UpstreamError {
     /// The TCP connection could not be made: nothing was sent, so the request may be retried.
     #[error("connect failed: {0}")]
     Connect(String),
-    /// The connection broke or the instance sent something that is not HTTP.
+    /// The connection was reset or closed before a response came (an instance that died, or a
+    /// pooled connection it closed as we sent): an idempotent request may be sent again.
+    #[error("connection lost before the response: {0}")]
+    Reset(String),
+    /// The instance sent something that is not HTTP, or the exchange failed otherwise.
     #[error("{0}")]
     Failed(String),
     /// No response headers within `request_timeout`.
@@ -77,9 +81,32 @@ impl Upstream {
             Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => {
                 Err(UpstreamError::ClientBody(error_chain(&e)))
             }
+            Ok(Err(e)) if lost_connection(&e) => Err(UpstreamError::Reset(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }
+}
+
+/// Whether the connection went away under the request (reset, EOF, a pooled connection closed
+/// by the instance) rather than the instance answering something malformed.
+fn lost_connection(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -96,6 +96,16 @@ impl Metrics {
         me.started_ms.store(now_ms(), Ordering::Relaxed);
         me.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         me.active_connections.store(0, Ordering::Relaxed);
+        me.retired.store(0, Ordering::Relaxed);
+    }
+
+    /// This slot was removed for good (TTOU) and its worker is gone: `/workers` and the
+    /// per-slot series stop listing it; its counters still count in the totals.
+    pub fn retire(&self) {
+        let me = self.me();
+        me.retired.store(1, Ordering::Relaxed);
+        me.active_connections.store(0, Ordering::Relaxed);
+        me.zk_state.store(0, Ordering::Relaxed);
     }
 
     /// The event loop is alive.
@@ -247,6 +257,18 @@ mod tests {
             "{text}"
         );
         assert_eq!(a.workers_json()["workers"].as_array().unwrap().len(), 2);
+        b.retire();
+        assert_eq!(
+            a.workers_json()["workers"].as_array().unwrap().len(),
+            1,
+            "retired slot not listed"
+        );
+        let text = a.prometheus();
+        assert!(!text.contains("zkgate_worker_requests_total{slot=\"1\"}"), "{text}");
+        assert!(
+            text.contains("zkgate_requests_total{service=\"svc\",code_class=\"5xx\"} 1"),
+            "a retired slot's requests still count: {text}"
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct WorkerStats {
     /// Services and instances in this worker's current route table.
     pub(super) routed_services: AtomicU64,
     pub(super) routed_instances: AtomicU64,
+    /// 1 once the slot was removed (TTOU) and its last worker exited: its counters still add
+    /// to the totals, but it is no longer listed per slot.
+    pub(super) retired: AtomicU32,
     pub(super) services: [ServiceStats; MAX_SERVICES],
 }
 
@@ -88,4 +91,11 @@ impl Metrics {
 pub(super) fn read_name(n: &Name) -> Vec<u8> {
     let len = (n.len.load(Ordering::Relaxed) as usize).min(NAME_LEN);
     n.bytes[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect()
+}
+
+impl WorkerStats {
+    /// Whether the slot was removed for good.
+    pub(super) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed) != 0
+    }
 }

@@ -15,7 +15,7 @@ impl Metrics {
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0)
+            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0 && !w.is_retired())
             .map(|(i, w)| {
                 serde_json::json!({
                     "slot": i,
@@ -152,7 +152,7 @@ impl Metrics {
         ];
         for (name, kind, help, read) in per_slot {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (slot, w) in &workers {
+            for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
                 let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
             }
         }
