@@ -127,7 +127,7 @@ fn register(path: PathBuf, service: &str, address: &str, weight: u32) -> anyhow:
                 _ = int.recv() => {},
             }
         };
-        worker::discovery::register::register(&zk, service, &host, port, weight, stop).await?;
+        worker::discovery::register::register(&zk, service, &host, port, weight, stop).await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)

@@ -346,3 +346,78 @@ fn a_chrooted_registry_is_read_relative_to_its_chroot() {
         "the registry outside the chroot must not be read"
     );
 }
+
+#[test]
+fn register_waits_for_zookeeper_and_registers_again_after_its_session_expired() {
+    let port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = format!("127.0.0.1:{port}");
+    let config = support::write_file(
+        dir.path(),
+        "gateway.toml",
+        &Toml::new()
+            .zookeeper_at(&hosts, "session_timeout = \"4s\"\nconnect_timeout = \"1s\"")
+            .to_string(),
+    );
+    let log = std::fs::File::create(dir.path().join("register.log")).unwrap();
+    let child = std::process::Command::new(support::zkgate())
+        .args(["register", "-c"])
+        .arg(&config)
+        .args(["--service", "web", "--address", "127.0.0.1:9999"])
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let register = support::Process::new(child);
+    let log = || std::fs::read_to_string(dir.path().join("register.log")).unwrap_or_default();
+    // ZooKeeper is not there yet: it warns once and keeps trying.
+    assert_eventually!(10, log().contains("cannot register"), "no warning:\n{}", log());
+    assert!(register.alive(), "register gave up:\n{}", log());
+    let mut zk = Zk::standalone_on(port);
+    let c = zk.client();
+    assert_eventually!(
+        15,
+        c.children("/services/web") == ["127.0.0.1:9999"],
+        "not registered:\n{}",
+        log()
+    );
+    assert_eventually!(5, log().contains("zookeeper reachable again"), "{}", log());
+    assert_eq!(log().matches("cannot register").count(), 1, "warned once:\n{}", log());
+    // An outage longer than the session: the node goes with it and comes back.
+    drop(c);
+    zk.kill(0);
+    std::thread::sleep(Duration::from_secs(6));
+    zk.restart(0);
+    assert_eventually!(
+        20,
+        log().contains("registering again"),
+        "session expiry not seen:\n{}",
+        log()
+    );
+    let c = zk.client();
+    assert_eventually!(
+        15,
+        log().matches("registered 127.0.0.1:9999 as").count() == 2
+            && c.children("/services/web") == ["127.0.0.1:9999"],
+        "not registered again:\n{}",
+        log()
+    );
+    // TERM: deregistered, and the empty service node removed, exit 0.
+    register.signal(Signal::SIGTERM);
+    assert_eq!(register.wait(Duration::from_secs(10)), Some(0), "{}", log());
+    assert!(c.children("/services").is_empty(), "{:?}\n{}", c.children("/services"), log());
+}
+
+#[test]
+fn a_worker_without_routes_answers_503_with_retry_after_never_404() {
+    // ZooKeeper never answers and there is no snapshot: after connect_timeout the workers
+    // accept anyway (a queue must not hang), and say "not ready", not "no such service".
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let body = Toml::new().zookeeper_at(&dead, "connect_timeout = \"1s\"").route_all("web");
+    let gw = Gateway::with(body).workers(1).spawn();
+    assert_eventually!(10, gw.log().contains("accepting anyway"), "{}", gw.log());
+    let r = gw.get("/").unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("1")), "{}", r.body_text());
+    let r = via_headers(&gw, "other", "/").unwrap();
+    assert_eq!(r.status, 503, "header routing too");
+}

@@ -345,3 +345,13 @@ fn hup_applies_a_new_worker_count() {
         assert_eq!(gw.get("/").unwrap().backend(), "b1");
     }
 }
+
+#[test]
+fn a_second_gateway_on_an_address_already_served_is_refused() {
+    let b1 = Backend::start("b1");
+    let first = Gateway::with(web(&[&b1])).workers(1).start();
+    let mut second = Gateway::with(web(&[&b1])).port(first.port).workers(1).spawn();
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(1), "{}", second.log());
+    assert!(second.log().contains("address already in use"), "{}", second.log());
+    assert_eq!(first.get("/").unwrap().backend(), "b1", "the first one still serves");
+}

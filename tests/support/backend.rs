@@ -195,3 +195,66 @@ fn stream_bytes(w: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
     }
     w.write_all(b"0\r\n\r\n")
 }
+
+/// An instance that dies mid-request: it reads each request, then closes the connection
+/// without a byte of answer — what a client of a backend killed during its request sees.
+pub struct Dying {
+    pub addr: SocketAddr,
+    /// Requests it took and dropped.
+    pub hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Dying {
+    pub fn start() -> Dying {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (hits, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (h, s) = (hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                // Read the head, then die.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                h.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Dying { addr, hits, stop }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Dying {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// A hung instance, as a SIGSTOPped process looks from outside: the kernel completes TCP
+/// handshakes into its listen queue and takes the request bytes, and nothing ever answers.
+pub struct Hung {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+}
+
+impl Hung {
+    pub fn start() -> Hung {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Hung { addr: listener.local_addr().unwrap(), _listener: listener }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod config;
 pub mod http;
+pub mod load;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -198,6 +199,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Listen on this port (a restart on the port a previous gateway used).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     /// An admin listener on a free port, so the test can read `/metrics` and `/workers`.
     pub fn admin(mut self) -> Self {
         self.admin = Some(free_port());
@@ -308,6 +315,48 @@ impl Drop for Gateway {
         let _ = child.wait();
         if std::thread::panicking() {
             eprintln!("---- zkgate log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A helper process (`zkgate register`, say), KILLed by its saved PID when dropped.
+pub struct Process(Option<Child>);
+
+impl Process {
+    pub fn new(child: Child) -> Self {
+        Process(Some(child))
+    }
+
+    pub fn alive(&self) -> bool {
+        self.0.as_ref().is_some_and(|c| kill(Pid::from_raw(c.id() as i32), None).is_ok())
+    }
+
+    pub fn signal(&self, s: Signal) {
+        if let Some(c) = &self.0 {
+            let _ = kill(Pid::from_raw(c.id() as i32), s);
+        }
+    }
+
+    /// Waits for the exit code.
+    pub fn wait(mut self, within: Duration) -> Option<i32> {
+        let mut child = self.0.take()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().ok()? {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.0 = Some(child);
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -219,6 +219,15 @@ impl ZkClient {
             .unwrap_or_else(|e| panic!("create {path}: {e}"));
     }
 
+    /// Children of `path` (none when it does not exist).
+    pub fn children(&self, path: &str) -> Vec<String> {
+        match self.rt.block_on(self.client.list_children(path)) {
+            Ok(c) => c,
+            Err(zk::Error::NoNode) => Vec::new(),
+            Err(e) => panic!("list {path}: {e}"),
+        }
+    }
+
     /// Sets data on `path`.
     pub fn set(&self, path: &str, data: &[u8]) {
         self.rt.block_on(self.client.set_data(path, data, None)).unwrap();

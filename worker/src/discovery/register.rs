@@ -2,7 +2,8 @@
 //! configured format's own registrator writes it, for as long as it runs.
 //!
 //! The node is ephemeral, so it disappears with the session if this process dies; on a clean
-//! stop it is deleted at once. After a session expiry it is created again in a new session.
+//! stop it is deleted at once. It never gives up: after a session expiry, or while ZooKeeper is
+//! unreachable, it retries with jittered backoff and registers again; only TERM/INT end it.
 
 use std::future::Future;
 
@@ -10,23 +11,12 @@ use zookeeper_client as zk;
 
 use crate::config::ZkSettings;
 use crate::discovery::formats::join_host_port;
+use crate::discovery::retry::Backoff;
 
-/// Why registration failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    /// ZooKeeper could not be reached or refused an operation.
-    #[error("zookeeper {hosts}: {what}: {source}")]
-    Zk {
-        /// The connect string.
-        hosts: String,
-        /// What was being done.
-        what: String,
-        /// The client's error.
-        source: zk::Error,
-    },
-}
-
-/// Registers `host:port` under `service` until `stop` resolves, then deregisters.
+/// Registers `host:port` under `service` until `stop` resolves, then deregisters. Never gives
+/// up: an unreachable ensemble, a lost connection or an expired session are retried with
+/// jittered backoff (warned about once when they start and once when they end), and the node is
+/// created again in every new session.
 pub async fn register(
     settings: &ZkSettings,
     service: &str,
@@ -34,73 +24,147 @@ pub async fn register(
     port: u16,
     weight: u32,
     stop: impl Future<Output = ()>,
-) -> Result<(), RegisterError> {
-    let err = |what: String| {
-        let hosts = settings.hosts.clone();
-        move |source| RegisterError::Zk { hosts, what, source }
-    };
+) {
     let dir = format!("{}/{service}", settings.root.trim_end_matches('/'));
+    let address = join_host_port(host, port);
     tokio::pin!(stop);
+    let mut backoff = Backoff::default();
+    let mut failing = false;
     loop {
-        let client = zk::Client::connector()
-            .with_session_timeout(settings.session_timeout)
-            .with_connection_timeout(settings.connect_timeout)
-            .connect(&settings.hosts)
-            .await
-            .map_err(err("connect".into()))?;
-        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        client.mkdir(&dir, &persistent).await.map_err(err(format!("create {dir}")))?;
-        let (name, data, sequential) = settings.format.encode(service, host, port, weight);
-        let mode = if sequential {
-            zk::CreateMode::EphemeralSequential
-        } else {
-            zk::CreateMode::Ephemeral
+        let attempt = async {
+            let client = connect(settings).await.map_err(|e| format!("connect: {e}"))?;
+            let created = create_node(&client, settings, &dir, service, host, port, weight).await?;
+            Ok::<_, String>((client, created))
         };
-        let path = format!("{dir}/{name}");
-        let created =
-            match client.create(&path, &data, &mode.with_acls(zk::Acls::anyone_all())).await {
-                Ok((_, seq)) if sequential => format!("{path}{seq}"),
-                Ok(_) => path.clone(),
-                // A previous session's node not yet expired: replace it with ours.
-                Err(zk::Error::NodeExists) if !sequential => {
-                    client.delete(&path, None).await.map_err(err(format!("replace {path}")))?;
-                    client
-                        .create(&path, &data, &mode.with_acls(zk::Acls::anyone_all()))
-                        .await
-                        .map_err(err(format!("create {path}")))?;
-                    path.clone()
+        let (client, created) = tokio::select! {
+            _ = &mut stop => return,
+            r = attempt => match r {
+                Ok(registered) => registered,
+                Err(e) => {
+                    if !failing {
+                        log::warn!("service {service}: cannot register {address} in zookeeper {} ({e}); retrying until it can", settings.hosts);
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
                 }
-                Err(e) => return Err(err(format!("create {path}"))(e)),
-            };
+            },
+        };
+        if std::mem::take(&mut failing) {
+            log::info!("service {service}: zookeeper reachable again");
+        }
+        backoff.reset();
         log::info!(
-            "service {service}: registered {} as {created} ({:?} format)",
-            join_host_port(host, port),
+            "service {service}: registered {address} as {created} ({:?} format)",
             settings.format
         );
-        let mut state = client.state_watcher();
-        loop {
-            tokio::select! {
-                _ = &mut stop => {
-                    match client.delete(&created, None).await {
-                        Ok(()) | Err(zk::Error::NoNode) => log::info!("service {service}: deregistered {created}"),
-                        Err(e) => log::warn!("service {service}: deregistering {created}: {e} (the node goes with the session)"),
-                    }
-                    // As Registrator does: the service node goes with its last instance.
-                    match client.delete(&dir, None).await {
-                        Ok(()) => log::info!("service {service}: removed {dir} (no instance left)"),
-                        Err(zk::Error::NotEmpty | zk::Error::NoNode) => {}
-                        Err(e) => log::debug!("service {service}: removing {dir}: {e}"),
-                    }
-                    return Ok(());
-                }
-                s = state.changed() => {
-                    if s.is_terminated() {
-                        log::warn!("service {service}: session ended ({s}); registering again");
-                        break;
-                    }
-                }
-            }
+        if !hold(&client, service, &created, &mut stop).await {
+            continue; // the session ended: register again in a new one
         }
+        deregister(&client, settings, service, &dir, &created).await;
+        return;
+    }
+}
+
+async fn connect(settings: &ZkSettings) -> Result<zk::Client, zk::Error> {
+    zk::Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .with_connection_timeout(settings.connect_timeout)
+        .connect(&settings.hosts)
+        .await
+}
+
+/// Creates the instance node (and its service node) as the format's registrator would.
+async fn create_node(
+    client: &zk::Client,
+    settings: &ZkSettings,
+    dir: &str,
+    service: &str,
+    host: &str,
+    port: u16,
+    weight: u32,
+) -> Result<String, String> {
+    let anyone = zk::Acls::anyone_all();
+    let persistent = zk::CreateMode::Persistent.with_acls(anyone);
+    client.mkdir(dir, &persistent).await.map_err(|e| format!("create {dir}: {e}"))?;
+    let (name, data, sequential) = settings.format.encode(service, host, port, weight);
+    let mode =
+        if sequential { zk::CreateMode::EphemeralSequential } else { zk::CreateMode::Ephemeral };
+    let path = format!("{dir}/{name}");
+    let options = mode.with_acls(anyone);
+    match client.create(&path, &data, &options).await {
+        Ok((_, seq)) if sequential => Ok(format!("{path}{seq}")),
+        Ok(_) => Ok(path),
+        // A previous session's node not yet expired: replace it with ours.
+        Err(zk::Error::NodeExists) if !sequential => {
+            client.delete(&path, None).await.map_err(|e| format!("replace {path}: {e}"))?;
+            client
+                .create(&path, &data, &options)
+                .await
+                .map_err(|e| format!("create {path}: {e}"))?;
+            Ok(path)
+        }
+        Err(e) => Err(format!("create {path}: {e}")),
+    }
+}
+
+/// Keeps the session until `stop` (returns true) or until it ends (false). A lost connection
+/// is warned about once; the node lives as long as the session does.
+async fn hold(
+    client: &zk::Client,
+    service: &str,
+    created: &str,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut state = client.state_watcher();
+    loop {
+        tokio::select! {
+            _ = stop.as_mut() => return true,
+            s = state.changed() => match s {
+                zk::SessionState::Disconnected => log::warn!(
+                    "service {service}: disconnected from zookeeper; {created} stays while the session lives, reconnecting"
+                ),
+                zk::SessionState::SyncConnected => {
+                    log::info!("service {service}: reconnected; {created} still registered")
+                }
+                s if s.is_terminated() => {
+                    log::warn!("service {service}: session ended ({s}); registering again");
+                    return false;
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Deletes the node, and the service node with its last instance (as Registrator does). Bounded
+/// by `connect_timeout`: if ZooKeeper is away, the node goes with the session.
+async fn deregister(
+    client: &zk::Client,
+    settings: &ZkSettings,
+    service: &str,
+    dir: &str,
+    created: &str,
+) {
+    let work = async {
+        match client.delete(created, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => {
+                log::info!("service {service}: deregistered {created}")
+            }
+            Err(e) => log::warn!(
+                "service {service}: deregistering {created}: {e} (the node goes with the session)"
+            ),
+        }
+        match client.delete(dir, None).await {
+            Ok(()) => log::info!("service {service}: removed {dir} (no instance left)"),
+            Err(zk::Error::NotEmpty | zk::Error::NoNode) => {}
+            Err(e) => log::debug!("service {service}: removing {dir}: {e}"),
+        }
+    };
+    if tokio::time::timeout(settings.connect_timeout, work).await.is_err() {
+        log::warn!("service {service}: zookeeper did not answer; {created} goes with the session");
     }
 }
 

@@ -43,7 +43,9 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::NoInstance(_) | ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream(_, UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -67,7 +69,9 @@ impl ProxyError {
     /// The JSON answer: `{"error": "...", "service": "..."}`.
     pub fn into_response(self) -> Response<Body> {
         let message = match &self {
-            ProxyError::Upstream(_, UpstreamError::Timeout(_)) => "upstream timeout".to_string(),
+            ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
+                "upstream timeout".to_string()
+            }
             ProxyError::Upstream(_, UpstreamError::BodyTooLarge) => {
                 "request body too large".to_string()
             }

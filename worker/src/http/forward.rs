@@ -94,7 +94,9 @@ impl Forwarder {
             let inflight = InFlight::start(service.clone(), idx);
             attempts.instance = Some(address.clone());
             let sent = Instant::now();
-            let result = self.send(service, idx, build(b, address)).await;
+            let give_up_when_slow =
+                replay == Replay::IfNoResponse && self.may_retry(service, tried.len());
+            let result = self.send(service, idx, build(b, address), give_up_when_slow).await;
             attempts.latency = Some(sent.elapsed());
             self.record(service, idx, &result);
             match result {
@@ -115,13 +117,16 @@ impl Forwarder {
     }
 
     /// Sends one attempt. A request still unanswered after `slow_after` counts as a failure of
-    /// its instance right then (and keeps waiting): a hung instance is found in seconds, not at
-    /// `request_timeout`, nor never when its clients give up first.
+    /// its instance right then: a hung instance is found in seconds, not at `request_timeout`,
+    /// nor never when its clients give up first. Then an attempt that may be retried
+    /// (`give_up_when_slow`: idempotent, bodiless, within the budget) is abandoned for another
+    /// instance, as nginx's `proxy_next_upstream timeout` does; any other keeps waiting.
     async fn send(
         &self,
         service: &Service,
         idx: usize,
         req: Request<Body>,
+        give_up_when_slow: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let slow_after = self.settings.outlier.slow_after;
         let send = self.upstream.send(req);
@@ -139,6 +144,9 @@ impl Forwarder {
             service.instances[idx]
         );
         self.count_failure(service, idx);
+        if give_up_when_slow {
+            return Err(UpstreamError::Slow(slow_after));
+        }
         send.await
     }
 
@@ -183,7 +191,10 @@ impl Forwarder {
     ) {
         let failed = match result {
             Ok(resp) => resp.status().is_server_error(),
-            Err(UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_)) => return,
+            // Client faults say nothing of the instance; a slow attempt was counted already.
+            Err(
+                UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_) | UpstreamError::Slow(_),
+            ) => return,
             Err(_) => true,
         };
         if failed {
@@ -245,7 +256,7 @@ impl Replay {
     fn allows(self, e: &UpstreamError) -> bool {
         match e {
             UpstreamError::Connect(_) => self != Replay::Never,
-            UpstreamError::Reset(_) => self == Replay::IfNoResponse,
+            UpstreamError::Reset(_) | UpstreamError::Slow(_) => self == Replay::IfNoResponse,
             _ => false,
         }
     }

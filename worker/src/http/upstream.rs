@@ -33,6 +33,9 @@ pub enum UpstreamError {
     /// The instance sent something that is not HTTP, or the exchange failed otherwise.
     #[error("{0}")]
     Failed(String),
+    /// No response headers within `slow_after`; the attempt was abandoned for another instance.
+    #[error("no response within {0:?} (slow_after)")]
+    Slow(Duration),
     /// No response headers within `request_timeout`.
     #[error("no response within {0:?}")]
     Timeout(Duration),
