@@ -21,6 +21,9 @@ pub struct Gateway {
     /// How the supervisor's sockets are laid out: this many data sockets, then the admin
     /// socket if true. Fixed at start: sockets are not reopened on reload.
     pub sockets: (usize, bool),
+    /// This gateway's `Via` pseudonym, drawn once before the first fork so every worker (and
+    /// every reload) shares it.
+    via: String,
     /// The admin token at start, kept for the admin socket if a reload removes `[admin]` (the
     /// socket stays until restart, and must not become open to anyone).
     start_token: Option<String>,
@@ -31,7 +34,11 @@ impl Gateway {
     pub fn new(path: PathBuf, config: Config) -> Self {
         let sockets = (config.server.listen.len(), config.admin.is_some());
         let start_token = config.admin.as_ref().and_then(|a| a.token.clone());
-        Gateway { path, config: Arc::new(config), shared: None, sockets, start_token }
+        // A random pseudonym per running gateway (std's RandomState is seeded from the OS).
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let via = format!("zkgate-{:08x}", random as u32);
+        Gateway { path, config: Arc::new(config), shared: None, sockets, start_token, via }
     }
 }
 
@@ -77,6 +84,7 @@ impl supervisor::App for Gateway {
             metrics,
             generation: ctx.generation,
             replacing: ctx.replacing,
+            via: self.via.clone(),
         };
         match worker::run(settings, Arc::new(PipeLifecycle(ctx.control))) {
             Ok(()) => 0,

@@ -34,6 +34,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Shortest admin token `check` accepts.
+const MIN_TOKEN_LEN: usize = 16;
+
 /// Reads, parses and checks a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -68,6 +71,13 @@ fn check(config: &Config) -> Result<(), String> {
         return Err("server.backlog: must be at least 1".into());
     }
     if let Some(admin) = &config.admin {
+        if let Some(token) = &admin.token {
+            if token.trim().len() < MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "admin.token: at least {MIN_TOKEN_LEN} characters and no spaces (a guessable token protects nothing)"
+                ));
+            }
+        }
         if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
             return Err(format!(
                 "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
@@ -82,6 +92,13 @@ fn check(config: &Config) -> Result<(), String> {
         return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
     }
     for (name, s) in &config.services {
+        if let Some(own) = s.instances.iter().flatten().find(|i| config.is_own_address(&i.address))
+        {
+            return Err(format!(
+                "services.{name}.instances: {} is this gateway's own address (a request loop)",
+                own.address
+            ));
+        }
         if s.instances.is_some() && !s.weights.is_empty() {
             return Err(format!(
                 "services.{name}.weights: only for discovered services; give static instances a weight"
@@ -101,6 +118,11 @@ fn check(config: &Config) -> Result<(), String> {
                 ));
             }
         }
+    }
+    supervisor::check_ids(config.server.user.as_deref(), config.server.group.as_deref())
+        .map_err(|e| format!("server.user/group: {e}"))?;
+    if config.proxy.outlier.max_ejection < config.proxy.outlier.base_ejection {
+        return Err("proxy.outlier.max_ejection: must not be below base_ejection".into());
     }
     if let Some(zk) = &config.zookeeper {
         check_hosts(&zk.hosts).map_err(|e| format!("zookeeper.hosts: {e}"))?;
@@ -312,6 +334,39 @@ mod tests {
     }
 
     #[test]
+    fn values_out_of_their_bounds_are_refused_with_their_position() {
+        for (text, line, what) in [
+            ("[server]\nworker_timeout = \"0s\"\n", 2, "between 2s and 1h"),
+            ("[server]\nshutdown_timeout = \"100000000000s\"\n", 2, "out of range"),
+            ("[proxy]\nretries = 1000\n", 2, "between 0 and 10"),
+            ("[proxy]\nmax_header_bytes = 10\n", 2, "between 1024"),
+            ("[server]\nbacklog = 0\n", 2, "between 1 and 65535"),
+            ("\n[proxy.outlier]\nmax_ejection_percent = 101\n", 3, "between 0 and 100"),
+            ("[zookeeper]\nhosts = \"127.0.0.1:1\"\nsession_timeout = \"1ms\"\n", 3, "between 1s"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.position.map(|p| p.0), Some(line), "{text}: {e}");
+            assert!(e.message.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_user_is_found_by_check() {
+        let e = parse("[server]\nuser = \"no-such-user-zkgate\"\n").unwrap_err();
+        assert!(
+            e.message.contains("server.user") && e.message.contains("no-such-user-zkgate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_instance_that_is_the_gateway_itself_is_refused() {
+        let e = parse("[server]\nlisten = [\"0.0.0.0:8080\"]\n[services.a]\ninstances = [\"127.0.0.1:8080\"]\n")
+            .unwrap_err();
+        assert!(e.message.contains("own address"), "{e}");
+    }
+
+    #[test]
     fn a_route_to_a_service_without_instances_is_an_error() {
         let e = parse("[[route]]\npath_prefix = \"/a\"\nservice = \"missing\"\n").unwrap_err();
         assert!(e.to_string().contains("route[0].service"), "{e}");
@@ -346,7 +401,11 @@ mod tests {
     fn a_public_admin_listener_needs_a_token() {
         let e = parse("[admin]\nlisten = \"0.0.0.0:9901\"\n").unwrap_err();
         assert!(e.message.contains("admin.token"), "{e}");
-        assert!(parse("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n").is_ok());
+        assert!(
+            parse("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret-s3cret-s3cret\"\n").is_ok()
+        );
+        let e = parse("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n").unwrap_err();
+        assert!(e.message.contains("at least 16"), "{e}");
         assert!(parse("[admin]\n").is_ok(), "loopback by default");
     }
 

@@ -19,8 +19,11 @@ fn web(b: &[&Backend]) -> Toml {
     Toml::new().backends("web", b).route_all("web")
 }
 
+const TOKEN: &str = "s3cret-admin-token";
+
 fn admin_get(port: u16, path: &str, token: Option<&str>) -> support::http::Response {
-    let auth = token.map(|t| format!("Bearer {t}"));
+    // The scheme is case-insensitive.
+    let auth = token.map(|t| format!("bEaReR {t}"));
     let headers: Vec<(&str, &str)> =
         auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
     request(port, "GET", path, &headers, b"").unwrap()
@@ -30,15 +33,15 @@ fn admin_get(port: u16, path: &str, token: Option<&str>) -> support::http::Respo
 fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
     let b = Backend::start("b");
     let port = support::free_port();
-    let gw = Gateway::with(web(&[&b]).admin(port, Some("s3cret"))).workers(2).start();
+    let gw = Gateway::with(web(&[&b]).admin(port, Some(TOKEN))).workers(2).start();
     let r = admin_get(port, "/healthz", None);
     assert_eq!(r.status, 401);
     assert_eq!(admin_get(port, "/healthz", Some("wrong")).status, 401);
-    assert_eq!(admin_get(port, "/healthz", Some("s3cret")).status, 200);
-    let r = admin_get(port, "/readyz", Some("s3cret"));
+    assert_eq!(admin_get(port, "/healthz", Some(TOKEN)).status, 200);
+    let r = admin_get(port, "/readyz", Some(TOKEN));
     assert_eq!((r.status, r.json()["ready"].as_bool()), (200, Some(true)));
 
-    let routes = admin_get(port, "/routes", Some("s3cret")).json();
+    let routes = admin_get(port, "/routes", Some(TOKEN)).json();
     assert!(gw.workers().contains(&(routes["worker"]["pid"].as_i64().unwrap() as i32)), "{routes}");
     assert_eq!(routes["zookeeper"], "none");
     let svc = &routes["services"][0];
@@ -50,7 +53,7 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
         serde_json::json!({"address": b.address(), "weight": 1, "ejected": false, "healthy": true})
     );
 
-    let workers = admin_get(port, "/workers", Some("s3cret")).json();
+    let workers = admin_get(port, "/workers", Some(TOKEN)).json();
     let pids: Vec<i32> = workers["workers"]
         .as_array()
         .unwrap()
@@ -67,7 +70,7 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
             assert!(w.get(key).is_some(), "{key} missing in {w}");
         }
     }
-    assert_eq!(admin_get(port, "/nope", Some("s3cret")).status, 404);
+    assert_eq!(admin_get(port, "/nope", Some(TOKEN)).status, 404);
 }
 
 #[test]

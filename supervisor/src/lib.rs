@@ -36,6 +36,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use shared::SharedMemory;
+
+/// Checks that `server.user` / `server.group` exist (for `zkgate check`: a typo must not wait
+/// for the first fork to show).
+pub fn check_ids(user: Option<&str>, group: Option<&str>) -> Result<(), Error> {
+    spawn::resolve_ids(user, group).map(|_| ())
+}
 pub use spawn::{ControlPipe, WorkerContext};
 pub use supervise::run;
 

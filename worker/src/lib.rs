@@ -63,6 +63,9 @@ pub struct Settings {
     pub metrics: metrics::Metrics,
     /// Configuration generation (tells a crash-restart from a reload in the metrics).
     pub generation: u64,
+    /// This gateway's pseudonym in `Via`, the same in every worker of one gateway and unique
+    /// per gateway: a request arriving with it has looped (508).
+    pub via: String,
     /// Another worker serves this slot meanwhile (a reload's replacement): accept nothing
     /// until the routes are loaded, however long ZooKeeper takes.
     pub replacing: bool,
@@ -144,15 +147,14 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let ready = discovery::start(&config, slot, table.clone(), clock, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::default());
-    let proxy = Arc::new(http::proxy::Proxy::new(
-        table.clone(),
-        ready.clone(),
-        http::router::Router::new(&config.header_routing, &config.routes),
-        config.proxy.clone(),
+    let shared = http::proxy::Shared {
+        table: table.clone(),
+        ready: ready.clone(),
         metrics,
-        config.log.access,
-        connections.clone(),
-    ));
+        connections: connections.clone(),
+    };
+    let router = http::router::Router::new(&config.header_routing, &config.routes);
+    let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
     start_health_checks(&config, &table);

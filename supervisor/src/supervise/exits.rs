@@ -1,13 +1,13 @@
 //! Worker exits: reaping, telling an expected exit (drain, stop) from a crash, and respawning a
 //! crashed slot at once the first time, then with exponential backoff while it crash-loops.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{Mode, Phase, Supervisor};
+use super::{after, Mode, Phase, Supervisor};
 use crate::{App, EXIT_FATAL};
 
 /// A slot that crash-loops waits this long before its second respawn, doubling up to [`BACKOFF_MAX`].
@@ -111,7 +111,7 @@ impl<A: App> Supervisor<A> {
 
     /// Respawns `slot` after `delay` (from the loop's timers).
     pub(super) fn schedule_respawn(&mut self, slot: usize, delay: Duration) {
-        self.slots[slot].respawn_at = Some(Instant::now() + delay);
+        self.slots[slot].respawn_at = Some(after(delay));
     }
 }
 

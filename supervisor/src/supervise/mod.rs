@@ -30,6 +30,13 @@ mod timers;
 /// Longest `poll` sleep: bounds how late a heartbeat check can be.
 const TICK: Duration = Duration::from_millis(250);
 
+/// `d` from now; a duration too large for the clock (config bounds prevent it) means "never"
+/// rather than a panic in the supervisor.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
 /// Where a worker is in its life; `supervisor/README.md` draws the same machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -2,11 +2,9 @@
 //! starts on the slot's socket beside the serving worker, and only once it is ready does the old
 //! one drain, so the slot never stops accepting.
 
-use std::time::Instant;
-
 use nix::sys::signal::{kill, Signal};
 
-use super::{Phase, Supervisor, Worker};
+use super::{after, Phase, Supervisor, Worker};
 use crate::App;
 
 impl<A: App> Supervisor<A> {
@@ -104,7 +102,7 @@ impl<A: App> Supervisor<A> {
     /// the slot (a reload's predecessor) drain; the roll moves on to the next slot.
     pub(super) fn promote(&mut self, idx: usize) {
         let (slot, generation) = (self.workers[idx].slot, self.workers[idx].generation);
-        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        let deadline = after(self.settings.shutdown_timeout);
         let older = |w: &&mut Worker| w.slot == slot && w.phase.live() && w.generation < generation;
         for w in self.workers.iter_mut().filter(older) {
             w.phase = Phase::Draining { deadline };

@@ -2,11 +2,9 @@
 //! leaving slot first has new connections steered away from its socket (a reuseport BPF
 //! program), then its worker takes what is queued and drains.
 
-use std::time::Instant;
-
 use nix::sys::signal::{kill, Signal};
 
-use super::{Phase, Slot, Supervisor};
+use super::{after, Phase, Slot, Supervisor};
 use crate::App;
 
 impl<A: App> Supervisor<A> {
@@ -54,7 +52,7 @@ impl<A: App> Supervisor<A> {
                 ),
             }
         }
-        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        let deadline = after(self.settings.shutdown_timeout);
         for w in self.workers.iter_mut().filter(|w| w.slot == idx) {
             w.phase = Phase::Draining { deadline };
             let _ = kill(w.child.pid, Signal::SIGTERM);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 
-use super::{Mode, Phase, Slot, Supervisor};
+use super::{after, Mode, Phase, Slot, Supervisor};
 use crate::App;
 
 /// After a fast stop (QUIT) workers get this long before KILL.
@@ -76,7 +76,8 @@ impl<A: App> Supervisor<A> {
         if let Some(at) = self.next_watchdog {
             if at <= now {
                 self.notifier.send("WATCHDOG=1");
-                self.next_watchdog = self.notifier.watchdog_interval().map(|i| now + i);
+                self.next_watchdog =
+                    self.notifier.watchdog_interval().map(|i| now.checked_add(i).unwrap_or(now));
             }
         }
     }
@@ -92,7 +93,7 @@ impl<A: App> Supervisor<A> {
             grace.as_secs_f64()
         );
         self.notifier.send("STOPPING=1");
-        self.mode = Mode::Stopping { deadline: Instant::now() + grace, fast };
+        self.mode = Mode::Stopping { deadline: after(grace), fast };
         self.roll = None;
         for w in &self.workers {
             let _ = kill(w.child.pid, signal);

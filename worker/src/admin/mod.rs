@@ -67,7 +67,7 @@ impl Admin {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
             if !ok {
                 let mut r = json(
@@ -146,6 +146,13 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares secrets without leaking where they differ through timing.

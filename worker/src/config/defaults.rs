@@ -38,6 +38,9 @@ pub const DEFAULT_DEBUG_HEADERS: bool = false;
 /// `proxy.max_body_bytes` (0: unlimited).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 0;
 
+/// `proxy.underscores_in_headers`.
+pub const DEFAULT_UNDERSCORES_IN_HEADERS: bool = false;
+
 /// `proxy.outlier.consecutive_failures`.
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 /// `proxy.outlier.base_ejection`.

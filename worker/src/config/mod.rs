@@ -45,6 +45,19 @@ pub struct Config {
     pub log: LogSettings,
 }
 
+impl Config {
+    /// Whether `address` (an instance) is one this gateway listens on: sending requests there
+    /// would loop. A wildcard listen address covers the loopback addresses on its port.
+    pub fn is_own_address(&self, address: &str) -> bool {
+        let Ok(addr) = address.parse::<SocketAddr>() else { return false };
+        let admin = self.admin.as_ref().map(|a| a.listen);
+        self.server.listen.iter().chain(admin.as_ref()).any(|l| {
+            *l == addr
+                || (l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback())
+        })
+    }
+}
+
 /// `[server]`: the worker processes and their listening sockets.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,12 +68,19 @@ pub struct ServerSettings {
     /// `"auto"` (one per CPU) or a number.
     pub workers: Workers,
     /// `listen(2)` backlog per slot socket.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 65535>")]
     pub backlog: i32,
     /// Longest graceful stop, and longest drain of a replaced worker.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 0, 3600000>"
+    )]
     pub shutdown_timeout: Duration,
     /// A worker silent for this long is killed and respawned.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 2000, 3600000>"
+    )]
     pub worker_timeout: Duration,
     /// Pin worker i to CPU i.
     pub cpu_affinity: bool,
@@ -96,25 +116,40 @@ pub struct ProxySettings {
     /// How many times a request is retried on another instance: after a refused connection
     /// (nothing was sent), or for an idempotent request without a body after a reset or EOF
     /// before any response.
+    #[serde(deserialize_with = "values::number_within::<_, _, 0, 10>")]
     pub retries: usize,
     /// Share of a worker's active requests that may be retries at once (Envoy's retry budget).
     pub retry_budget: f64,
     /// Time allowed to open a TCP connection to an instance.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 300000>"
+    )]
     pub connect_timeout: Duration,
     /// Time allowed from sending the request to receiving the response headers.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 3600000>"
+    )]
     pub request_timeout: Duration,
     /// A client must send its request headers within this time (slowloris protection).
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 3600000>"
+    )]
     pub header_read_timeout: Duration,
     /// Keep-alive connections, to instances and from clients, idle this long are closed (a
     /// client waiting for its next request is also bound by `header_read_timeout`).
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 86400000>"
+    )]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers) accepted from a client.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1024, 1048576>")]
     pub max_header_bytes: usize,
     /// Connections a worker serves at once; beyond it the worker stops accepting.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 1000000>")]
     pub max_connections: usize,
     /// Forward the client's `Host` header (true) or set it to the instance's address (false).
     pub preserve_host: bool,
@@ -122,6 +157,9 @@ pub struct ProxySettings {
     pub debug_headers: bool,
     /// Largest request body accepted (413 beyond it); 0 means unlimited.
     pub max_body_bytes: u64,
+    /// Forward request headers whose names contain `_` (nginx's `underscores_in_headers`).
+    /// Off: they are dropped, except the header-routing headers.
+    pub underscores_in_headers: bool,
     /// `[proxy.outlier]`: passive outlier detection.
     pub outlier: OutlierSettings,
 }
@@ -142,6 +180,7 @@ impl Default for ProxySettings {
             preserve_host: DEFAULT_PRESERVE_HOST,
             debug_headers: DEFAULT_DEBUG_HEADERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            underscores_in_headers: DEFAULT_UNDERSCORES_IN_HEADERS,
             outlier: OutlierSettings::default(),
         }
     }
@@ -152,19 +191,30 @@ impl Default for ProxySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierSettings {
     /// Consecutive failures (connect error, timeout or 5xx) that eject an instance; 0 disables.
+    #[serde(deserialize_with = "values::number_within::<_, _, 0, 1000>")]
     pub consecutive_failures: u32,
     /// First ejection time; the n-th ejection lasts n times this.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 86400000>"
+    )]
     pub base_ejection: Duration,
     /// Longest ejection.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 86400000>"
+    )]
     pub max_ejection: Duration,
     /// Most of a service (in percent) that may be ejected at once.
+    #[serde(deserialize_with = "values::number_within::<_, _, 0, 100>")]
     pub max_ejection_percent: u32,
     /// A request still without response headers after this long counts as one failure of its
     /// instance (it keeps waiting for its answer up to `request_timeout`): a hung instance is
     /// ejected after `consecutive_failures` such requests, within seconds. 0 disables.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 0, 3600000>"
+    )]
     pub slow_after: Duration,
 }
 
@@ -255,14 +305,22 @@ pub struct HealthCheck {
     /// Path probed with GET; a 2xx or 3xx answer is healthy. Required (the binary checks it).
     pub path: String,
     /// Time between probes of one instance (each worker adds ±10% jitter).
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 10, 3600000>"
+    )]
     pub interval: Duration,
     /// Time a probe may take.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 3600000>"
+    )]
     pub timeout: Duration,
     /// Consecutive successes that bring an unhealthy instance back.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 100>")]
     pub healthy: u32,
     /// Consecutive failures that take an instance out.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 100>")]
     pub unhealthy: u32,
 }
 
@@ -305,10 +363,16 @@ pub struct ZkSettings {
     /// How instance nodes are written.
     pub format: Format,
     /// ZooKeeper session timeout (the server clamps it to 2–20 ticks).
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1000, 600000>"
+    )]
     pub session_timeout: Duration,
     /// How long a starting worker waits for ZooKeeper before serving from the snapshot.
-    #[serde(with = "duration")]
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 1, 300000>"
+    )]
     pub connect_timeout: Duration,
     /// A service whose last instance vanishes keeps its last list (true) or answers 503 (false).
     pub keep_last_on_empty: bool,

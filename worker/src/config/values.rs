@@ -81,10 +81,44 @@ pub mod duration {
         })
     }
 
+    /// Parses a duration and checks it lies in `MIN_MS..=MAX_MS` milliseconds: a value far out
+    /// of range is refused with its position, instead of overflowing a deadline at runtime.
+    pub fn within<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        let v = deserialize(d)?;
+        let (min, max) = (Duration::from_millis(MIN_MS), Duration::from_millis(MAX_MS));
+        if v < min || v > max {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            return Err(serde::de::Error::custom(format!(
+                "{} is out of range: between {} and {}",
+                show(v),
+                if MIN_MS == 0 { "0s".to_string() } else { show(min) },
+                show(max)
+            )));
+        }
+        Ok(v)
+    }
+
     /// Writes durations back in the same syntax.
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
+}
+
+/// A number checked to lie in `MIN..=MAX`, refused with its position otherwise.
+pub fn number_within<'de, D, T, const MIN: i64, const MAX: i64>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    let v = i64::deserialize(d)?;
+    if !(MIN..=MAX).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range: between {MIN} and {MAX}"
+        )));
+    }
+    T::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is out of range")))
 }
 
 /// Serde helpers for listen addresses: an IP and a port, with an error that shows the value.

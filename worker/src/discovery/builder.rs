@@ -41,6 +41,16 @@ impl TableBuilder {
             match registry.listing().get(name) {
                 Some(list) if !self.statics.contains_key(name) => {
                     let mut list = list.clone();
+                    list.retain(|i| {
+                        let own = self.config.is_own_address(&i.address);
+                        if own {
+                            log::warn!(
+                                "service {name}: skipping instance {}: it is this gateway's own address (a request loop)",
+                                i.address
+                            );
+                        }
+                        !own
+                    });
                     if let Some(weights) = self.config.services.get(name).map(|s| &s.weights) {
                         for i in &mut list {
                             if let Some(w) = weights.get(&i.address) {

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 pub use crate::config::Format;
-use crate::table::Instance;
+use crate::table::instance::Instance;
 
 impl Format {
     /// Whether instance nodes must be read (registrator's names say everything).
@@ -95,22 +95,44 @@ pub fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-fn instance(host: &str, port: u64, weight: u32) -> Result<Option<Instance>, String> {
-    if host.is_empty() {
-        return Err("empty host".into());
+/// Largest weight a registry may give an instance (HAProxy's is 256, nginx's is unbounded;
+/// beyond this a weight says more about a bug than about capacity).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// An instance from a registry: an IP literal that can be connected to (not unspecified,
+/// multicast or broadcast) and a port 1–65535. Hostnames are refused: a registry entry must not
+/// make every worker resolve names an outsider may control.
+fn instance(host: &str, port: u64, weight: u64) -> Result<Option<Instance>, String> {
+    let ip: std::net::IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("host {host:?} is not an IP address"))?;
+    let unusable = ip.is_unspecified()
+        || ip.is_multicast()
+        || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if unusable {
+        return Err(format!("address {ip} cannot be connected to"));
     }
     let port = u16::try_from(port)
         .ok()
         .filter(|p| *p > 0)
-        .ok_or_else(|| format!("invalid port {port}"))?;
-    let address = join_host_port(host, port);
-    Instance::validate(&address)?;
-    Ok(Some(Instance { address, weight }))
+        .ok_or_else(|| format!("invalid port {port} (1-65535)"))?;
+    let weight = u32::try_from(weight)
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| format!("weight {weight} above {MAX_WEIGHT}"))?;
+    Ok(Some(Instance { address: std::net::SocketAddr::new(ip, port).to_string(), weight }))
 }
 
+/// A Registrator node name: exactly `ip:port` (`[v6]:port`), digits only in the port.
 fn registrator(name: &str) -> Result<Option<Instance>, String> {
-    Instance::validate(name).map_err(|e| format!("node name is not ip:port: {e}"))?;
-    Ok(Some(Instance::new(name)))
+    let (host, port) = name.rsplit_once(':').ok_or("node name is not ip:port")?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
+        return Err(format!("node name {name:?} is not ip:port (port {port:?})"));
+    }
+    let port: u64 = port.parse().map_err(|_| format!("invalid port in {name:?}"))?;
+    instance(host, port, 1).map_err(|e| format!("node name {name:?}: {e}"))
 }
 
 fn json(data: &[u8]) -> Result<Value, String> {
@@ -171,10 +193,7 @@ fn nerve(name: &str, data: &[u8]) -> Result<Option<Instance>, String> {
     let port = v.get("port").and_then(Value::as_u64).ok_or("missing or invalid \"port\"")?;
     let weight = match v.get("weight") {
         None | Some(Value::Null) => 1,
-        Some(w) => w
-            .as_u64()
-            .and_then(|w| u32::try_from(w).ok())
-            .ok_or("invalid \"weight\" (an integer >= 0)")?,
+        Some(w) => w.as_u64().ok_or("invalid \"weight\" (an integer >= 0)")?,
     };
     instance(host, port, weight)
 }
@@ -213,6 +232,41 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_registry_addresses_are_refused_in_every_format() {
+        for bad in [
+            "10.0.0.1:0",
+            ":80",
+            "10.0.0.1:+80",
+            "host.example:80",
+            "0.0.0.0:80",
+            "[::]:80",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+            "10.0.0.1:65536",
+            "10.0.0.1:80 ",
+            "10.0.0.1",
+        ] {
+            assert!(
+                Format::Registrator.parse(bad, b"", None).is_err(),
+                "registrator accepted {bad:?}"
+            );
+        }
+        assert_eq!(
+            addr(Format::Registrator.parse("[::1]:8080", b"", None)),
+            Some(("[::1]:8080".into(), 1))
+        );
+        let curator = |a: &str, p: u64| format!("{{\"address\":\"{a}\",\"port\":{p}}}");
+        assert!(Format::Curator.parse("id", curator("evil.example", 80).as_bytes(), None).is_err());
+        assert!(Format::Curator.parse("id", curator("0.0.0.0", 80).as_bytes(), None).is_err());
+        assert!(Format::Curator.parse("id", curator("10.0.0.1", 0).as_bytes(), None).is_err());
+        let nerve = |w: u64| format!("{{\"host\":\"10.0.0.1\",\"port\":80,\"weight\":{w}}}");
+        assert!(Format::Nerve.parse("i_1", nerve(MAX_WEIGHT as u64).as_bytes(), None).is_ok());
+        assert!(Format::Nerve.parse("i_1", nerve(MAX_WEIGHT as u64 + 1).as_bytes(), None).is_err());
+        let ss = br#"{"serviceEndpoint":{"host":"::","port":80},"status":"ALIVE"}"#;
+        assert!(Format::Serverset.parse("member_1", ss, None).is_err());
+    }
 
     fn addr(r: Result<Option<Instance>, String>) -> Option<(String, u32)> {
         r.unwrap().map(|i| (i.address, i.weight))

@@ -13,6 +13,10 @@ use crate::http::Body;
 /// Why a request was answered by the gateway itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// A request the gateway refuses before routing (status and why): a target that is not
+    /// origin-form (400), CONNECT (405), a transfer coding it cannot forward (501), a loop (508).
+    #[error("{1}")]
+    Refused(StatusCode, &'static str),
     /// No route, or a route to a service nobody registered: 404.
     #[error("{0}")]
     Route(#[from] RouteError),
@@ -38,6 +42,7 @@ impl ProxyError {
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Refused(status, _) => *status,
             ProxyError::Route(RouteError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => {
                 StatusCode::NOT_FOUND
@@ -62,7 +67,7 @@ impl ProxyError {
             | ProxyError::NotReady(s)
             | ProxyError::Upstream(s, _)
             | ProxyError::BodyTooLarge(s) => Some(s),
-            ProxyError::Route(_) => None,
+            ProxyError::Route(_) | ProxyError::Refused(..) => None,
         }
     }
 
@@ -82,12 +87,21 @@ impl ProxyError {
             other => other.to_string(),
         };
         let mut resp = json_response(self.status(), &message, self.service());
-        if matches!(self, ProxyError::NotReady(_)) {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::NotReady(_) => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::Refused(StatusCode::METHOD_NOT_ALLOWED, _) => {
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            }
+            _ => {}
         }
         resp
     }
 }
+
+/// Methods the gateway forwards (for `Allow`).
+pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
 
 /// A small JSON error body, for the proxy and the server's own refusals.
 pub fn json_response(status: StatusCode, error: &str, service: Option<&str>) -> Response<Body> {

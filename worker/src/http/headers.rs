@@ -22,8 +22,49 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// The `Via` token this gateway adds (RFC 9110 §7.6.3).
-const VIA: &str = "1.1 zkgate";
+
+/// The `Via` entry of a gateway: `1.1 <pseudonym>`, unique per running gateway so that a
+/// request coming back to the same gateway is recognised (508) while a chain of distinct
+/// gateways is not mistaken for a loop (RFC 9110 §7.6.3).
+pub fn via_entry(pseudonym: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("1.1 {pseudonym}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("1.1 zkgate"))
+}
+
+/// Whether the request already passed through this gateway.
+pub fn has_via(headers: &HeaderMap, entry: &HeaderValue) -> bool {
+    let Ok(mine) = entry.to_str() else { return false };
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == mine)
+}
+
+/// Which header names with `_` are forwarded. nginx drops them by default
+/// (`underscores_in_headers off`): CGI-style backends fold `X_Forwarded_For` and
+/// `X-Forwarded-For` into one variable, so an underscored copy could override ours.
+#[derive(Debug, Clone)]
+pub enum Underscores {
+    /// Forward them all (`proxy.underscores_in_headers = true`).
+    All,
+    /// Drop all but these (the header-routing headers, which the seed's clients send).
+    Only(Vec<HeaderName>),
+}
+
+/// Drops header names containing `_`, except those `keep` allows.
+pub fn remove_underscored(headers: &mut HeaderMap, keep: &Underscores) {
+    let Underscores::Only(allowed) = keep else { return };
+    let drop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && !allowed.contains(k))
+        .cloned()
+        .collect();
+    for name in drop {
+        headers.remove(name);
+    }
+}
 
 /// Removes hop-by-hop headers, and every header the `Connection` header lists.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -44,11 +85,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Adds what the instance should know about the original request.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Option<&str>) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
-    };
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    original_host: Option<&str>,
+    via: &HeaderValue,
+) {
+    // Every X-Forwarded-For line the client sent, joined (RFC 9110 §5.3), then this hop.
+    let mut hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let client = client.to_string();
+    hops.push(&client);
+    let xff = hops.join(", ");
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -56,7 +109,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Opt
     if let Some(h) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
-    append_via(headers);
+    append_via(headers, via);
     if !headers.contains_key(&X_REQUEST_ID) {
         if let Ok(v) = HeaderValue::from_str(&request_id()) {
             headers.insert(X_REQUEST_ID.clone(), v);
@@ -64,15 +117,9 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Opt
     }
 }
 
-/// Appends this hop to `Via`.
-pub fn append_via(headers: &mut HeaderMap) {
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {VIA}"),
-        None => VIA.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&via) {
-        headers.insert(header::VIA, v);
-    }
+/// Appends this hop to `Via` (every earlier line kept, in order).
+pub fn append_via(headers: &mut HeaderMap, entry: &HeaderValue) {
+    headers.append(header::VIA, entry.clone());
 }
 
 /// A random 128-bit id in hex, for requests that arrive without one.
@@ -83,6 +130,21 @@ fn request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscored_names_are_dropped_but_the_routing_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
+        h.insert("service_name", "web".parse().unwrap());
+        h.insert("x-ok", "1".parse().unwrap());
+        remove_underscored(
+            &mut h,
+            &Underscores::Only(vec![HeaderName::from_static("service_name")]),
+        );
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["service_name", "x-ok"]);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
@@ -102,14 +164,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
         h.insert("x-request-id", "abc".parse().unwrap());
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        h.append("x-forwarded-for", "198.51.100.7".parse().unwrap());
+        let via = via_entry("zkgate-test");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"), &via);
+        assert_eq!(
+            h["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1",
+            "every line joined"
+        );
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["via"], "1.1 zkgate");
+        assert_eq!(h["via"], "1.1 zkgate-test");
+        assert!(has_via(&h, &via) && !has_via(&h, &via_entry("zkgate-other")));
         assert_eq!(h["x-request-id"], "abc");
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, "::1".parse().unwrap(), None);
+        add_forwarded(&mut fresh, "::1".parse().unwrap(), None, &via);
         assert_eq!(fresh["x-forwarded-for"], "::1");
         assert_eq!(fresh["x-request-id"].len(), 32);
     }

@@ -14,16 +14,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::balance::hash_key;
-use crate::config::{HashOn, ProxySettings};
+use crate::config::{Config, HashOn, ProxySettings};
 use crate::http::connections::{ConnGuard, Connections};
-use crate::http::error::ProxyError;
+use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::headers;
 use crate::http::router::{request_host, Router, Target};
@@ -43,11 +43,27 @@ pub struct Proxy {
     forwarder: Forwarder,
     settings: ProxySettings,
     worker: HeaderValue,
+    /// This gateway's `Via` token (loop detection).
+    via: HeaderValue,
+    /// Headers with `_` forwarded anyway (the header-routing ones, or all when allowed).
+    keep_underscored: headers::Underscores,
     metrics: Metrics,
     unrouted: usize,
     access_log: bool,
     /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
     connections: Arc<Connections>,
+}
+
+/// What the proxy shares with the rest of the worker.
+pub struct Shared {
+    /// The route table.
+    pub table: SharedTable,
+    /// `Some` once routes are loaded.
+    pub ready: watch::Receiver<Option<Source>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Open connections (tunnels count).
+    pub connections: Arc<Connections>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -66,27 +82,30 @@ struct RequestLine {
 }
 
 impl Proxy {
-    /// Builds the proxy of one worker.
-    pub fn new(
-        table: SharedTable,
-        ready: watch::Receiver<Option<Source>>,
-        router: Router,
-        settings: ProxySettings,
-        metrics: Metrics,
-        access_log: bool,
-        connections: Arc<Connections>,
-    ) -> Self {
+    /// Builds the proxy of one worker. `via` is this gateway's pseudonym in `Via`.
+    pub fn new(shared: Shared, router: Router, config: &Config, via: &str) -> Self {
+        let keep_underscored = if config.proxy.underscores_in_headers {
+            headers::Underscores::All
+        } else {
+            let routing = &config.header_routing;
+            let names = [&routing.service_header, &routing.path_header];
+            headers::Underscores::Only(
+                names.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+            )
+        };
         Proxy {
-            table,
-            ready,
+            table: shared.table,
+            ready: shared.ready,
             router,
-            forwarder: Forwarder::new(&settings, metrics),
-            settings,
+            forwarder: Forwarder::new(&config.proxy, shared.metrics),
+            settings: config.proxy.clone(),
             worker: HeaderValue::from(std::process::id()),
-            unrouted: metrics.service_index(UNROUTED),
-            metrics,
-            access_log,
-            connections,
+            via: headers::via_entry(via),
+            keep_underscored,
+            unrouted: shared.metrics.service_index(UNROUTED),
+            metrics: shared.metrics,
+            access_log: config.log.access,
+            connections: shared.connections,
         }
     }
 
@@ -114,6 +133,9 @@ impl Proxy {
         client: SocketAddr,
         trace: &mut Trace,
     ) -> Result<Response<Body>, ProxyError> {
+        if let Some(answer) = self.request_filter(&req)? {
+            return Ok(answer);
+        }
         let target = self.route(&req)?;
         let service = self.service(&target)?;
         trace.service = Some(service.clone());
@@ -132,6 +154,50 @@ impl Proxy {
             .forward(&service, key, Some(body), replay, build, &mut trace.attempts)
             .await?;
         Ok(self.respond(answered, parts.version, upgrade))
+    }
+
+    /// What the gateway refuses or answers itself, before routing: only origin-form targets
+    /// (and absolute-form, whose path is used) are ever forwarded, so no request can make the
+    /// gateway build an upstream address of its choosing.
+    fn request_filter(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<Option<Response<Body>>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::Refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported",
+            ));
+        }
+        if req.uri().path() == "*" && req.method() == Method::OPTIONS {
+            // OPTIONS * asks about the server itself: the gateway answers.
+            let mut resp = Response::new(empty());
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            return Ok(Some(resp));
+        }
+        if !req.uri().path().starts_with('/') {
+            return Err(ProxyError::Refused(
+                StatusCode::BAD_REQUEST,
+                "the request target must be a path (origin-form)",
+            ));
+        }
+        if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
+            // Only chunked may be de-framed and re-framed; forwarding "gzip, chunked" as chunked
+            // would hand the instance a body in a coding it was never told about.
+            if !te.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")) {
+                return Err(ProxyError::Refused(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "transfer codings other than chunked are not supported",
+                ));
+            }
+        }
+        if headers::has_via(req.headers(), &self.via) {
+            return Err(ProxyError::Refused(
+                StatusCode::LOOP_DETECTED,
+                "request loop: it already passed through this gateway",
+            ));
+        }
+        Ok(None)
     }
 
     /// Which service and upstream path the request goes to.
@@ -187,29 +253,30 @@ impl Proxy {
     ) -> Request<Body> {
         let mut headers = parts.headers.clone();
         let original_host = request_host(&parts.uri, &headers);
+        // The authority that was routed on (absolute-form or :authority before Host).
+        let routed_authority = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| headers.get(header::HOST).cloned());
         let upgrade_proto = headers.get(header::UPGRADE).cloned();
         headers::remove_hop_by_hop(&mut headers);
         if let (true, Some(proto)) = (upgrade, upgrade_proto) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto);
         }
-        headers::add_forwarded(&mut headers, client.ip(), original_host.as_deref());
-        // HTTP/2 carries the host in :authority, not in a Host header.
-        let client_host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let host = match client_host {
+        headers::remove_underscored(&mut headers, &self.keep_underscored);
+        headers::add_forwarded(&mut headers, client.ip(), original_host.as_deref(), &self.via);
+        let host = match routed_authority {
             Some(h) if self.settings.preserve_host => Some(h),
             _ => HeaderValue::from_str(address).ok(),
         };
         if let Some(h) = host {
             headers.insert(header::HOST, h);
         }
-        let uri = format!("http://{address}{}", target.path);
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *req.uri_mut() = upstream_uri(address, &target.path);
         *req.headers_mut() = headers;
         req
     }
@@ -235,7 +302,7 @@ impl Proxy {
         } else {
             headers::remove_hop_by_hop(&mut parts.headers);
         }
-        headers::append_via(&mut parts.headers);
+        headers::append_via(&mut parts.headers, &self.via);
         if self.settings.debug_headers {
             if let Ok(v) = HeaderValue::from_str(&address) {
                 parts.headers.insert("x-zkgate-instance", v);
@@ -288,6 +355,23 @@ impl Proxy {
             );
         }
     }
+}
+
+/// The URI an instance is sent: built from parts (the instance's own address, an origin-form
+/// path), never by pasting strings, so nothing a client sends can change host or port. An
+/// address that does not parse (the table validates them) yields a URI with no authority, which
+/// the client refuses to send.
+fn upstream_uri(address: &str, path: &http::uri::PathAndQuery) -> http::Uri {
+    http::Uri::builder()
+        .scheme("http")
+        .authority(address)
+        .path_and_query(path.clone())
+        .build()
+        .unwrap_or_else(|_| http::Uri::from_static("/"))
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed()
 }
 
 /// The `consistent_hash` key of a request (`None` for other strategies: resolved at table build).
