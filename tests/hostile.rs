@@ -132,3 +132,181 @@ fn the_gateways_own_address_in_the_registry_is_skipped_with_a_warning() {
         assert_eq!(gw.get("/").unwrap().backend(), "b");
     }
 }
+
+fn read_head(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn open_tunnel(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head(&mut s).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// Whether the gateway closed `s` within `within` (EOF or reset on read).
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn tunnels_keep_their_connection_permit_and_close_when_idle() {
+    let b = Backend::start("b");
+    let body = web(&b).proxy("max_connections = 3\nidle_timeout = \"1s\"");
+    let gw = Gateway::with(body).workers(1).start();
+    let mut tunnels: Vec<TcpStream> = (0..3).map(|_| open_tunnel(gw.port)).collect();
+    // Three tunnels hold the three permits: a fourth connection waits in the kernel queue.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut byte = [0u8; 1];
+    let waited = s.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a 4th connection was served while 3 tunnels held the limit: {waited:?}"
+    );
+    // Idle tunnels close after idle_timeout, and the waiting client is served.
+    for t in &mut tunnels {
+        assert!(closed_within(t, Duration::from_secs(5)), "an idle tunnel stayed open");
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let r = String::from_utf8_lossy(&rest);
+    assert!(r.starts_with("TTP/1.1 200") || r.contains("200"), "{r}");
+}
+
+#[test]
+fn slow_clients_cannot_hold_a_worker() {
+    let b = Backend::start("b");
+    let body =
+        web(&b).proxy("max_connections = 4\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"");
+    let gw = Gateway::with(body).workers(1).start();
+    // Silent connections and an HTTP/2 preface dripped a byte at a time: all closed within the
+    // header timeout, counted from the accept.
+    let mut silent: Vec<TcpStream> =
+        (0..2).map(|_| TcpStream::connect(("127.0.0.1", gw.port)).unwrap()).collect();
+    let mut drip = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let dripper = {
+        let mut d = drip.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for byte in preface.iter().cycle().take(40) {
+                if d.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    for s in &mut silent {
+        assert!(closed_within(s, Duration::from_secs(4)), "a silent connection stayed open");
+    }
+    assert!(closed_within(&mut drip, Duration::from_secs(4)), "a dripping connection stayed open");
+    let _ = dripper.join();
+    // The worker serves again at once.
+    assert_eq!(
+        status_of(&raw(gw.port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")),
+        200
+    );
+    // A client that never reads a large answer is cut after idle_timeout without progress.
+    let mut lazy = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    lazy.write_all(b"GET /bytes/200000000 HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    lazy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = lazy.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(total < 200_000_000, "the whole answer went through to a client that did not read");
+}
+
+#[test]
+fn failures_the_client_causes_never_eject_an_instance() {
+    let b = Backend::start("b");
+    let body = web(&b)
+        .proxy("request_timeout = \"1s\"")
+        .section("[proxy.outlier]", "consecutive_failures = 1");
+    let gw = Gateway::with(body).workers(1).admin().start();
+    // A slow upload (2 s, request_timeout 1 s) is not the instance's delay: 200, no ejection.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    for byte in b"hello" {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(&[*byte]).unwrap();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert!(out.contains("\"received\":5"), "{out}");
+    // Clients that leave mid-body, bad targets, CONNECT: none counts against the instance.
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\npartial").unwrap();
+        drop(s);
+        raw(gw.port, b"GET * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        raw(gw.port, b"CONNECT a:1 HTTP/1.1\r\nhost: a:1\r\n\r\n");
+    }
+    assert_eq!(
+        status_of(&raw(gw.port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")),
+        200
+    );
+    assert_eq!(gw.metric("zkgate_ejections_total", ""), 0, "a client's fault ejected the instance");
+}
+
+#[test]
+fn one_http2_connection_cannot_open_more_upstream_connections_than_allowed() {
+    use http_body_util::{BodyExt, Empty};
+    let b = Backend::start("b");
+    let body = web(&b).proxy("max_connections_per_instance = 5\nmax_streams_per_connection = 64");
+    let gw = Gateway::with(body).workers(1).start();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let statuses: Vec<u16> = rt.block_on(async {
+        let requests = (0..60).map(|_| {
+            let client = client.clone();
+            let uri: hyper::Uri = format!("http://127.0.0.1:{}/slow/300", gw.port).parse().unwrap();
+            async move {
+                let resp = client.get(uri).await.expect("h2 request");
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                status
+            }
+        });
+        futures::future::join_all(requests).await
+    });
+    let peak = b.peak.load(Ordering::SeqCst);
+    assert!(peak <= 5, "the instance saw {peak} requests at once, limit 5");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(statuses.contains(&503), "the overflow is refused at once: {statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 5, "{statuses:?}");
+}

@@ -23,6 +23,8 @@ pub struct Backend {
     pub hits: Arc<AtomicUsize>,
     /// While set, every request is answered 503 (a failing instance).
     pub failing: Arc<AtomicBool>,
+    /// The most requests it ever had in progress at once.
+    pub peak: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -38,6 +40,8 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
+        let gauge = Arc::new(Gauge::default());
+        let peak = gauge.peak.clone();
         let (n, s, h, f) = (name.to_string(), stop.clone(), hits.clone(), failing.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -45,11 +49,11 @@ impl Backend {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (n, h, f) = (n.clone(), h.clone(), f.clone());
-                std::thread::spawn(move || serve(conn, &n, &h, &f));
+                let (n, h, f, g) = (n.clone(), h.clone(), f.clone(), gauge.clone());
+                std::thread::spawn(move || serve(conn, &n, &h, &f, &g));
             }
         });
-        Backend { name: name.to_string(), addr, stop, hits, failing }
+        Backend { name: name.to_string(), addr, stop, hits, failing, peak }
     }
 
     /// `host:port`.
@@ -66,7 +70,31 @@ impl Drop for Backend {
     }
 }
 
-fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool) {
+/// Requests in progress, and the most there ever were.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: Arc<AtomicUsize>,
+}
+
+/// One request in progress until dropped.
+struct InProgress<'a>(&'a Gauge);
+
+impl<'a> InProgress<'a> {
+    fn new(g: &'a Gauge) -> Self {
+        let now = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+        g.peak.fetch_max(now, Ordering::SeqCst);
+        InProgress(g)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool, gauge: &Gauge) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
@@ -106,6 +134,7 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool) 
         let received = if chunked { read_chunked(&mut reader) } else { drain(&mut reader, length) };
         let Some(received) = received else { return };
         hits.fetch_add(1, Ordering::Relaxed);
+        let _in_progress = InProgress::new(gauge);
         let mut status = if failing.load(Ordering::Relaxed) { 503u16 } else { 200 };
         if path == "/ws" {
             // An Upgrade endpoint: 101, then echo every byte back (enough to prove pass-through).

@@ -146,7 +146,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     metrics.started(settings.generation);
     let ready = discovery::start(&config, slot, table.clone(), clock, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let connections = Arc::new(Connections::default());
+    let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let shared = http::proxy::Shared {
         table: table.clone(),
         ready: ready.clone(),

@@ -31,6 +31,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 65536;
 /// `proxy.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10000;
+/// `proxy.max_streams_per_connection` (nginx's `http2_max_concurrent_streams`).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// `proxy.max_upstream_connections`.
+pub const DEFAULT_MAX_UPSTREAM_CONNECTIONS: usize = 10000;
+/// `proxy.max_connections_per_instance`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_INSTANCE: usize = 1024;
 /// `proxy.preserve_host`.
 pub const DEFAULT_PRESERVE_HOST: bool = true;
 /// `proxy.debug_headers`.

@@ -148,9 +148,21 @@ pub struct ProxySettings {
     /// Largest request head (request line and headers) accepted from a client.
     #[serde(deserialize_with = "values::number_within::<_, _, 1024, 1048576>")]
     pub max_header_bytes: usize,
-    /// Connections a worker serves at once; beyond it the worker stops accepting.
+    /// Connections a worker serves at once (upgraded tunnels included); beyond it the worker
+    /// stops accepting.
     #[serde(deserialize_with = "values::number_within::<_, _, 1, 1000000>")]
     pub max_connections: usize,
+    /// Concurrent HTTP/2 streams a client may open on one connection.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 10000>")]
+    pub max_streams_per_connection: u32,
+    /// Requests a worker has in flight to all instances at once (each holds an upstream
+    /// connection); beyond it, 503 at once (Envoy's circuit breakers).
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 1000000>")]
+    pub max_upstream_connections: usize,
+    /// Requests a worker has in flight to one instance at once; a full instance is skipped, and
+    /// when every instance is full the answer is 503.
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 1000000>")]
+    pub max_connections_per_instance: usize,
     /// Forward the client's `Host` header (true) or set it to the instance's address (false).
     pub preserve_host: bool,
     /// Add `x-zkgate-instance` and `x-zkgate-worker` to responses.
@@ -177,6 +189,9 @@ impl Default for ProxySettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_upstream_connections: DEFAULT_MAX_UPSTREAM_CONNECTIONS,
+            max_connections_per_instance: DEFAULT_MAX_CONNECTIONS_PER_INSTANCE,
             preserve_host: DEFAULT_PRESERVE_HOST,
             debug_headers: DEFAULT_DEBUG_HEADERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

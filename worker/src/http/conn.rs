@@ -5,10 +5,16 @@
 //! `Connection: close` (the client opens its next connection elsewhere), and an idle connection
 //! is closed only once it has been idle for [`DRAIN_IDLE_GRACE`] — a connection that has not
 //! sent its first bytes yet gets until `header_read_timeout`. HTTP/2 gets GOAWAY at once.
+//!
+//! Slow clients: the first complete request head must arrive within `header_read_timeout` of
+//! the accept, whatever the protocol (a silent connection, an HTTP/2 preface dripped a byte at
+//! a time); an HTTP/2 connection with no open stream for `idle_timeout` is closed (its pings
+//! do not keep it); a connection on which nothing moves for `idle_timeout` — a client that
+//! stops reading its answer — is closed, and with it the upstream request it held.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +28,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
-use crate::http::connections::stopped;
+use crate::http::connections::{stopped, Activity, ConnPermit, RequestGuard, Tracked};
+
 use crate::http::proxy::Proxy;
 
 /// How client connections are served; built once per worker from `[proxy]`.
@@ -46,7 +53,7 @@ impl ConnSettings {
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(settings.max_streams_per_connection);
         ConnSettings {
             http,
             header_read_timeout: settings.header_read_timeout,
@@ -67,11 +74,17 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     settings: Arc<ConnSettings>,
     mut shutdown: watch::Receiver<bool>,
+    permit: ConnPermit,
 ) {
     let http2 = Arc::new(AtomicBool::new(false));
-    let (draining, h2) = (shutdown.clone(), http2.clone());
-    let service = service_fn(move |req: Request<Incoming>| {
+    let activity = Arc::new(Activity::default());
+    let (draining, h2, requests) = (shutdown.clone(), http2.clone(), activity.clone());
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let (proxy, draining, h2) = (proxy.clone(), draining.clone(), h2.clone());
+        // An upgrade moves the connection's permit to its tunnel (see proxy).
+        req.extensions_mut().insert(permit.clone());
+        // Counts the request as open until its answer's body is done (HTTP/2 idleness).
+        let guard = RequestGuard::new(requests.clone());
         async move {
             let http1 = req.version() < Version::HTTP_2;
             if !http1 {
@@ -82,32 +95,60 @@ pub async fn serve(
             if http1 && *draining.borrow() {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|b| guard.wrap(b)))
         }
     });
-    let activity = Arc::new(Activity::default());
-    let io = Tracked { inner: stream, activity: activity.clone() };
+    let io = Tracked::new(stream, activity.clone());
     let conn = settings.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let idle_timeout = settings.idle_timeout;
+    let (idle_timeout, head_timeout) = (settings.idle_timeout, settings.header_read_timeout);
+    let idle = async {
+        loop {
+            if http2.load(Ordering::Relaxed) {
+                activity.requests_idle_reaches(idle_timeout).await;
+            } else {
+                activity.idle_reaches(idle_timeout).await;
+            }
+            // The protocol may have been learnt meanwhile: check again before acting.
+            let h2 = http2.load(Ordering::Relaxed);
+            if (h2 && activity.requests_idle_for() >= idle_timeout)
+                || (!h2 && activity.idle_for() >= idle_timeout)
+            {
+                return;
+            }
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        // A client connection with no bytes either way for idle_timeout is closed
-        // (hyper finishes a request still in flight first).
-        _ = activity.idle_reaches(idle_timeout) => {
+        // One deadline from accept to the first complete request head, whatever the protocol.
+        _ = async {
+            tokio::time::sleep(head_timeout).await;
+            if activity.requests_seen() {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            log::info!("connection from {peer} closed: no request head within {head_timeout:?}");
+            return;
+        }
+        _ = idle => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            // A request in flight may finish, but not a client that stopped reading its answer:
+            // nothing moving for another idle_timeout closes the connection (and the upstream
+            // request with it).
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = activity.idle_reaches(idle_timeout) => {
+                    log::info!("connection from {peer} closed: no progress for {idle_timeout:?}");
+                    return;
+                }
+            }
         }
         _ = stopped(&mut shutdown) => {
             if !http2.load(Ordering::Relaxed) {
                 // HTTP/1: busy connections end with their next answer (Connection: close). An
                 // idle one is closed only after a grace, so a client about to reuse it is not
                 // raced; one that has not sent a byte yet gets until its header timeout.
-                let grace = if activity.read_any() {
-                    DRAIN_IDLE_GRACE
-                } else {
-                    settings.header_read_timeout
-                };
+                let grace = if activity.read_any() { DRAIN_IDLE_GRACE } else { head_timeout };
                 tokio::select! {
                     r = conn.as_mut() => return log_end(peer, r),
                     _ = activity.idle_reaches(grace) => {}
@@ -130,101 +171,5 @@ fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send
             log::info!("connection from {peer} closed: {e}")
         }
         _ => log::debug!("connection from {peer}: {e}"),
-    }
-}
-
-/// When a client connection last moved a byte, and whether it ever sent one.
-struct Activity {
-    opened: tokio::time::Instant,
-    /// Milliseconds after `opened` of the last read or write.
-    last: AtomicU64,
-    read_any: AtomicBool,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            opened: tokio::time::Instant::now(),
-            last: AtomicU64::new(0),
-            read_any: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Activity {
-    fn touch(&self, read: bool) {
-        self.last.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if read && !self.read_any.load(Ordering::Relaxed) {
-            self.read_any.store(true, Ordering::Relaxed);
-        }
-    }
-
-    fn read_any(&self) -> bool {
-        self.read_any.load(Ordering::Relaxed)
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last)
-    }
-
-    /// Resolves once no byte has moved either way for `limit`.
-    async fn idle_reaches(&self, limit: Duration) {
-        loop {
-            let idle = self.idle_for();
-            if idle >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - idle).await;
-        }
-    }
-}
-
-/// A client socket that records its activity (for the idle timeout and the drain grace).
-struct Tracked {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl tokio::io::AsyncRead for Tracked {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch(true);
-        }
-        r
-    }
-}
-
-impl tokio::io::AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch(false);
-        }
-        r
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,21 +1,46 @@
 //! Open client connections (and upgraded tunnels), counted so that a draining worker can wait
 //! until none is left, and reported in the metrics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use bytes::Bytes;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::http::{Body, BoxError};
 
 use crate::metrics::Metrics;
 
-/// Connections being served by this worker, and a way to wait until there are none.
-#[derive(Default)]
+/// Connections being served by this worker, and a way to wait until there are none. It also
+/// holds the `max_connections` permits, so an upgraded tunnel keeps counting after its HTTP
+/// connection is gone.
 pub struct Connections {
     active: AtomicUsize,
     idle: Notify,
+    limit: Arc<Semaphore>,
 }
 
 impl Connections {
+    /// No connection open yet, at most `max` at once.
+    pub fn new(max: usize) -> Self {
+        Connections {
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            limit: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// Waits for a permit (the accept loop: beyond the limit, clients wait in the kernel queue).
+    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.limit.clone().acquire_owned().await.ok()
+    }
+
+    /// A permit if one is free now (a tunnel: refused when the worker is full).
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.limit.clone().try_acquire_owned().ok()
+    }
+
     /// How many client connections are open.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
@@ -29,6 +54,30 @@ impl Connections {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// A client connection's `max_connections` permit, reachable from its requests (as a request
+/// extension) so that an upgrade can move it to the tunnel that outlives the connection.
+#[derive(Clone)]
+pub struct ConnPermit(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnPermit {
+    /// Shares `permit` with the connection's requests.
+    pub fn new(permit: Option<OwnedSemaphorePermit>) -> Self {
+        ConnPermit(Arc::new(std::sync::Mutex::new(permit)))
+    }
+
+    /// Takes the permit (once).
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().ok()?.take()
+    }
+
+    /// Gives it back (the instance refused the upgrade: the connection goes on).
+    pub fn put_back(&self, permit: OwnedSemaphorePermit) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(permit);
         }
     }
 }
@@ -58,4 +107,199 @@ impl Drop for ConnGuard {
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     // Drop the returned guard here: it must not be held across an await.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// What moved on one connection and when: bytes either way (idle timeout, drain grace) and
+/// requests (the first head's deadline, HTTP/2 idleness).
+pub struct Activity {
+    opened: tokio::time::Instant,
+    /// Milliseconds after `opened` of the last read or write.
+    last: AtomicU64,
+    read_any: AtomicBool,
+    /// Requests open (handler running or answer streaming), and how many were ever seen.
+    open: AtomicUsize,
+    seen: AtomicBool,
+    /// Milliseconds after `opened` when the last open request ended.
+    quiet_since: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            opened: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+            read_any: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            quiet_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self, read: bool) {
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+        if read && !self.read_any.load(Ordering::Relaxed) {
+            self.read_any.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the client ever sent a byte.
+    pub fn read_any(&self) -> bool {
+        self.read_any.load(Ordering::Relaxed)
+    }
+
+    /// Whether a complete request head ever arrived.
+    pub fn requests_seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Time since a byte last moved either way.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    /// Time with no request open (zero while one is).
+    pub fn requests_idle_for(&self) -> Duration {
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.quiet_since.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(since)
+    }
+
+    /// Resolves once no byte has moved either way for `limit`.
+    pub async fn idle_reaches(&self, limit: Duration) {
+        wait_until(limit, || self.idle_for()).await
+    }
+
+    /// Resolves once no request has been open for `limit`.
+    pub async fn requests_idle_reaches(&self, limit: Duration) {
+        wait_until(limit, || self.requests_idle_for()).await
+    }
+}
+
+async fn wait_until(limit: Duration, elapsed: impl Fn() -> Duration) {
+    loop {
+        let idle = elapsed();
+        if idle >= limit {
+            return;
+        }
+        // A request may be open (elapsed zero): look again after a full period at most.
+        tokio::time::sleep(limit - idle).await;
+    }
+}
+
+/// One open request on a connection, from its head to the end of its answer.
+pub struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    /// Counts a request as open on `activity`.
+    pub fn new(activity: Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        if !activity.seen.load(Ordering::Relaxed) {
+            activity.seen.store(true, Ordering::Relaxed);
+        }
+        RequestGuard(activity)
+    }
+
+    /// The answer's body, which keeps the request open until it is done or dropped.
+    pub fn wrap(self, body: Body) -> Body {
+        use http_body_util::BodyExt;
+        GuardedBody { inner: body, _guard: self }.boxed()
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.quiet_since.store(a.now_ms(), Ordering::Relaxed);
+        a.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct GuardedBody {
+    inner: Body,
+    _guard: RequestGuard,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A socket (client connection, or either side of a tunnel) that records its activity.
+pub struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    /// Wraps `inner`, recording on `activity`.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch(true);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch(false);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::balance::PickContext;
 use crate::config::ProxySettings;
 use crate::http::error::ProxyError;
-use crate::http::upstream::{Upstream, UpstreamError};
+use crate::http::upstream::{BodySent, SentBody, Upstream, UpstreamError};
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::table::Service;
@@ -32,6 +33,8 @@ pub struct Forwarder {
     active: AtomicUsize,
     /// Requests on their second or later attempt.
     retrying: AtomicUsize,
+    /// `max_upstream_connections` permits: one per attempt in flight.
+    upstream_slots: Arc<Semaphore>,
 }
 
 /// What the attempts of one request learned, for metrics and the access log.
@@ -62,6 +65,7 @@ impl Forwarder {
             metrics,
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
+            upstream_slots: Arc::new(Semaphore::new(settings.max_upstream_connections)),
         }
     }
 
@@ -85,13 +89,20 @@ impl Forwarder {
         let mut tried: Vec<usize> = Vec::new();
         let mut _retry: Option<CountGuard<'_>> = None;
         loop {
+            // Bounded whatever the clients do (one h2 connection may carry many streams).
+            let Ok(slot) = self.upstream_slots.clone().try_acquire_owned() else {
+                return Err(ProxyError::Refused(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connection limit reached",
+                ));
+            };
             let idx = self.pick(service, key, &tried)?;
             tried.push(idx);
             let address = &service.instances[idx].address;
             let b = body
                 .take()
                 .unwrap_or_else(|| Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
-            let inflight = InFlight::start(service.clone(), idx);
+            let inflight = InFlight::start(service.clone(), idx, slot);
             attempts.instance = Some(address.clone());
             let sent = Instant::now();
             let give_up_when_slow =
@@ -129,14 +140,21 @@ impl Forwarder {
         give_up_when_slow: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let slow_after = self.settings.outlier.slow_after;
-        let send = self.upstream.send(req);
+        // The instance is judged from the moment the whole request is in its hands.
+        let sent = Arc::new(BodySent::default());
+        let req = req.map(|b| SentBody::new(b, sent.clone()).boxed());
+        let send = self.upstream.send_timed(req, &sent);
         if slow_after.is_zero() {
             return send.await;
         }
         tokio::pin!(send);
+        let slow = async {
+            sent.wait().await;
+            tokio::time::sleep(slow_after).await;
+        };
         tokio::select! {
             r = &mut send => return r,
-            _ = tokio::time::sleep(slow_after) => {}
+            _ = slow => {}
         }
         log::info!(
             "service {}: instance {}: no response after {slow_after:?}; counted as a failure",
@@ -159,8 +177,10 @@ impl Forwarder {
         key: Option<u64>,
         tried: &[usize],
     ) -> Result<usize, ProxyError> {
-        let unavailable = |i: usize| tried.contains(&i) || !service.health.available(i);
-        let already_tried = |i: usize| tried.contains(&i);
+        let limit = self.settings.max_connections_per_instance;
+        let full = |i: usize| service.health.active(i) >= limit;
+        let unavailable = |i: usize| tried.contains(&i) || !service.health.available(i) || full(i);
+        let already_tried = |i: usize| tried.contains(&i) || full(i);
         let load = |i: usize| service.health.active(i);
         let balancer = &service.balancer;
         balancer
@@ -278,16 +298,18 @@ impl Drop for CountGuard<'_> {
     }
 }
 
-/// Counts a request against its instance (for `least_request`) until its response body ends.
+/// Counts a request against its instance (`least_request`, the per-instance limit) and holds
+/// its upstream slot until its response body ends.
 pub struct InFlight {
     service: Arc<Service>,
     idx: usize,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl InFlight {
-    fn start(service: Arc<Service>, idx: usize) -> Self {
+    fn start(service: Arc<Service>, idx: usize, slot: OwnedSemaphorePermit) -> Self {
         service.health.started(idx);
-        InFlight { service, idx }
+        InFlight { service, idx, _slot: slot }
     }
 }
 

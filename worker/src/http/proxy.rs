@@ -18,11 +18,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
-use crate::http::connections::{ConnGuard, Connections};
+use crate::http::connections::{ConnGuard, ConnPermit, Connections};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::headers;
@@ -71,6 +71,14 @@ pub struct Shared {
 struct Trace {
     service: Option<Arc<Service>>,
     attempts: Attempts,
+}
+
+/// A requested upgrade: the client's side, and the permit its tunnel will hold (taken from
+/// the connection, which gets it back if the instance refuses).
+struct Upgrade {
+    client_side: hyper::upgrade::OnUpgrade,
+    permit: OwnedSemaphorePermit,
+    conn: Option<ConnPermit>,
 }
 
 /// The request line as logged.
@@ -140,7 +148,21 @@ impl Proxy {
         let service = self.service(&target)?;
         trace.service = Some(service.clone());
         let key = hash_on(&service, &req, client);
-        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let upgrade = match is_upgrade(&req) {
+            // A tunnel outlives this HTTP exchange: it takes over the connection's
+            // max_connections permit, so upgraded connections never exceed the limit.
+            true => {
+                let conn = req.extensions().get::<ConnPermit>().cloned();
+                let own = conn.as_ref().and_then(ConnPermit::take);
+                let permit =
+                    own.or_else(|| self.connections.try_permit()).ok_or(ProxyError::Refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "connection limit reached",
+                    ))?;
+                Some(Upgrade { client_side: hyper::upgrade::on(&mut req), permit, conn })
+            }
+            false => None,
+        };
         let (parts, body) = req.into_parts();
         let body = self.request_body(&service, &parts.headers, body)?;
         // A request without a body can be sent again; one with a body cannot (it streams).
@@ -286,21 +308,26 @@ impl Proxy {
         &self,
         answered: Answered,
         version: http::Version,
-        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        upgrade: Option<Upgrade>,
     ) -> Response<Body> {
         let Answered { response, address, inflight } = answered;
         let (mut parts, body) = response.into_parts();
         // The client speaks its own HTTP version with us, whatever the instance spoke.
         parts.version = version;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_side) = upgrade {
+            if let Some(Upgrade { client_side, permit, .. }) = upgrade {
                 let mut up = Response::from_parts(parts.clone(), ());
                 let upstream_side = hyper::upgrade::on(&mut up);
-                let guard = ConnGuard::new(self.connections.clone(), self.metrics);
-                tokio::spawn(tunnel(client_side, upstream_side, address.clone(), guard));
+                let open = (ConnGuard::new(self.connections.clone(), self.metrics), permit);
+                let idle = self.settings.idle_timeout;
+                tokio::spawn(tunnel(client_side, upstream_side, address.clone(), open, idle));
             }
         } else {
             headers::remove_hop_by_hop(&mut parts.headers);
+            // No tunnel after all: the connection goes on and keeps its permit.
+            if let Some(Upgrade { permit, conn: Some(conn), .. }) = upgrade {
+                conn.put_back(permit);
+            }
         }
         headers::append_via(&mut parts.headers, &self.via);
         if self.settings.debug_headers {

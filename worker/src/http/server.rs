@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::config::ProxySettings;
 use crate::http::conn::{self, ConnSettings};
-use crate::http::connections::{stopped, ConnGuard, Connections};
+use crate::http::connections::{stopped, ConnGuard, ConnPermit, Connections};
 use crate::http::proxy::Proxy;
 use crate::metrics::Metrics;
 
@@ -23,7 +23,6 @@ use crate::metrics::Metrics;
 pub struct Server {
     proxy: Arc<Proxy>,
     conn: Arc<ConnSettings>,
-    limit: Arc<Semaphore>,
     /// Open connections.
     pub connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
@@ -42,7 +41,6 @@ impl Server {
         Arc::new(Server {
             proxy,
             conn: Arc::new(ConnSettings::new(settings)),
-            limit: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             connections,
             shutdown,
             metrics,
@@ -56,7 +54,7 @@ impl Server {
             // Beyond max_connections, stop accepting: clients wait in the kernel queue instead of
             // the worker running out of descriptors.
             let permit = tokio::select! {
-                p = self.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                p = self.connections.permit() => match p { Some(p) => p, None => break },
                 _ = stopped(&mut shutdown) => break,
             };
             let accepted = tokio::select! {
@@ -106,8 +104,8 @@ impl Server {
         let (proxy, settings, shutdown) =
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         tokio::spawn(async move {
-            let _open = (guard, permit);
-            conn::serve(stream, peer, proxy, settings, shutdown).await;
+            let _open = guard;
+            conn::serve(stream, peer, proxy, settings, shutdown, ConnPermit::new(permit)).await;
         });
     }
 }

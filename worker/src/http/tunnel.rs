@@ -1,18 +1,27 @@
 //! Upgraded connections (WebSocket and other `Upgrade:` protocols): once the instance answers
 //! `101 Switching Protocols`, bytes are copied both ways until either side closes. A tunnel
-//! counts as an open connection, so a draining worker waits for it.
+//! counts as an open connection, so a draining worker waits for it, holds a `max_connections`
+//! permit, and closes after `idle_timeout` without a byte either way.
 
 use http::{header, Request};
 
-use crate::http::connections::ConnGuard;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::http::connections::{Activity, ConnGuard, Tracked};
 use crate::http::upstream::error_chain;
 
-/// Copies bytes both ways between an upgraded client connection and instance connection.
+/// Copies bytes both ways between an upgraded client connection and instance connection,
+/// until either side closes or nothing moves either way for `idle_timeout`. `_open` counts the
+/// tunnel as an open connection and holds its `max_connections` permit.
 pub async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     address: String,
-    _open: ConnGuard,
+    _open: (ConnGuard, OwnedSemaphorePermit),
+    idle_timeout: Duration,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -21,10 +30,18 @@ pub async fn tunnel(
             return;
         }
     };
-    let mut c = hyper_util::rt::TokioIo::new(client);
-    let mut u = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-        log::debug!("instance {address}: upgraded connection closed: {e}");
+    let activity = Arc::new(Activity::default());
+    let mut c = Tracked::new(hyper_util::rt::TokioIo::new(client), activity.clone());
+    let mut u = Tracked::new(hyper_util::rt::TokioIo::new(upstream), activity.clone());
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+            if let Err(e) = r {
+                log::debug!("instance {address}: upgraded connection closed: {e}");
+            }
+        }
+        _ = activity.idle_reaches(idle_timeout) => {
+            log::info!("instance {address}: upgraded connection idle for {idle_timeout:?}: closed");
+        }
     }
 }
 

@@ -6,10 +6,15 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
 
 use crate::config::ProxySettings;
 use crate::http::Body;
@@ -63,19 +68,42 @@ impl Upstream {
         http.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(settings.max_connections_per_instance)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(http);
         Upstream { client, request_timeout: settings.request_timeout }
     }
 
-    /// Sends a request (its URI absolute, naming the instance) and waits for the response head.
+    /// Sends a request (its URI absolute, naming the instance) and waits for the response head,
+    /// at most `request_timeout` (for bodiless requests such as health probes).
     pub async fn send(
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+        let sent = BodySent::default();
+        sent.mark();
+        self.send_timed(req, &sent).await
+    }
+
+    /// Sends a request whose body reports on `sent` when it is complete: `request_timeout`
+    /// counts from then, so a client uploading slowly is never taken for a slow instance.
+    pub async fn send_timed(
+        &self,
+        req: http::Request<Body>,
+        sent: &BodySent,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let timeout = self.request_timeout;
+        let deadline = async {
+            sent.wait().await;
+            tokio::time::sleep(timeout).await;
+        };
+        let result = tokio::select! {
+            r = self.client.request(req) => Ok(r),
+            _ = deadline => Err(()),
+        };
+        match result {
+            Err(()) => Err(UpstreamError::Timeout(timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
@@ -87,6 +115,74 @@ impl Upstream {
             Ok(Err(e)) if lost_connection(&e) => Err(UpstreamError::Reset(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
+    }
+}
+
+/// Tells when a request body has been handed over completely (a request without body: at
+/// once). Timers that judge the instance start there, not while the client is still uploading.
+#[derive(Debug, Default)]
+pub struct BodySent {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl BodySent {
+    /// The body is complete.
+    pub fn mark(&self) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the body is complete.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.done.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A request body that marks its [`BodySent`] when it ends.
+pub struct SentBody {
+    inner: Body,
+    sent: Arc<BodySent>,
+}
+
+impl SentBody {
+    /// Wraps `inner`; an already finished body (none at all) is marked at once.
+    pub fn new(inner: Body, sent: Arc<BodySent>) -> Self {
+        if inner.is_end_stream() {
+            sent.mark();
+        }
+        SentBody { inner, sent }
+    }
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = bytes::Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.sent.mark();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
