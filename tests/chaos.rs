@@ -44,6 +44,20 @@ fn registered_backends(zk: &Zk) -> (Backend, Backend, support::zk::ZkClient) {
     (b1, b2, c)
 }
 
+/// `rounds()` reloads, each waited for, with load flowing before, between and after.
+fn reload_rounds(gw: &Gateway, load: &Load) {
+    load.wait_for(400);
+    for round in 1..=rounds() {
+        gw.signal(Signal::SIGHUP);
+        assert_eventually!(
+            20,
+            gw.log_count("in service on every worker") >= round,
+            "round {round}: reload did not finish"
+        );
+        load.wait_for(400);
+    }
+}
+
 fn report(scenario: &str, tally: &support::load::Tally) {
     eprintln!("chaos {scenario}: {tally}");
 }
@@ -55,16 +69,7 @@ fn hup_with_zookeeper_routes_loses_no_request_even_for_unchecked_keep_alive() {
     let (_b1, _b2, _c) = registered_backends(&zk);
     let gw = Gateway::with(discovered_web(&zk)).workers(2).start();
     let load = Load::start(Spec::paced(gw.port, Reuse::Unchecked));
-    load.wait_for(400);
-    for round in 1..=rounds() {
-        gw.signal(Signal::SIGHUP);
-        assert_eventually!(
-            20,
-            gw.log_count("in service on every worker") >= round,
-            "round {round}: reload did not finish"
-        );
-        load.wait_for(400);
-    }
+    reload_rounds(&gw, &load);
     let tally = load.stop();
     report("HUP x rounds, zookeeper routes, unchecked keep-alive", &tally);
     assert_eq!(tally.lost(), 0, "{tally}");
@@ -137,16 +142,7 @@ fn hup_with_static_routes_loses_no_request_for_either_kind_of_keep_alive_client(
         let gw =
             Gateway::with(Toml::new().backends("web", &[&b]).route_all("web")).workers(2).start();
         let load = Load::start(Spec::paced(gw.port, reuse));
-        load.wait_for(400);
-        for round in 1..=rounds() {
-            gw.signal(Signal::SIGHUP);
-            assert_eventually!(
-                20,
-                gw.log_count("in service on every worker") >= round,
-                "round {round}: reload did not finish"
-            );
-            load.wait_for(400);
-        }
+        reload_rounds(&gw, &load);
         let tally = load.stop();
         report(&format!("HUP x rounds, static routes, {reuse:?} keep-alive"), &tally);
         assert_eq!(tally.lost(), 0, "{reuse:?}: {tally}");
