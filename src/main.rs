@@ -4,6 +4,11 @@
 mod app;
 mod config;
 
+/// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The
+/// supervisor allocates only from its single thread, so forking stays safe.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
