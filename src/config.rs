@@ -119,6 +119,7 @@ fn check(config: &Config) -> Result<(), String> {
             }
         }
     }
+    config.header_routing.check_names()?;
     supervisor::check_ids(config.server.user.as_deref(), config.server.group.as_deref())
         .map_err(|e| format!("server.user/group: {e}"))?;
     if config.proxy.outlier.max_ejection < config.proxy.outlier.base_ejection {

@@ -260,6 +260,20 @@ pub struct HeaderRouting {
     pub path_header: String,
 }
 
+impl HeaderRouting {
+    /// Both header names must be valid HTTP header names (the router parses them once).
+    pub fn check_names(&self) -> Result<(), String> {
+        for (key, name) in
+            [("service_header", &self.service_header), ("path_header", &self.path_header)]
+        {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("header_routing.{key} = {name:?}: not a valid header name"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for HeaderRouting {
     fn default() -> Self {
         HeaderRouting {

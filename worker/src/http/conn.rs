@@ -104,16 +104,14 @@ pub async fn serve(
     let (idle_timeout, head_timeout) = (settings.idle_timeout, settings.header_read_timeout);
     let idle = async {
         loop {
-            if http2.load(Ordering::Relaxed) {
+            let h2 = http2.load(Ordering::Relaxed);
+            if h2 {
                 activity.requests_idle_reaches(idle_timeout).await;
             } else {
                 activity.idle_reaches(idle_timeout).await;
             }
-            // The protocol may have been learnt meanwhile: check again before acting.
-            let h2 = http2.load(Ordering::Relaxed);
-            if (h2 && activity.requests_idle_for() >= idle_timeout)
-                || (!h2 && activity.idle_for() >= idle_timeout)
-            {
+            // The protocol may have been learnt meanwhile: act only on the right measure.
+            if h2 == http2.load(Ordering::Relaxed) {
                 return;
             }
         }

@@ -109,40 +109,23 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// What moved on one connection and when: bytes either way (idle timeout, drain grace) and
-/// requests (the first head's deadline, HTTP/2 idleness).
+/// What moved on one connection: bytes either way (idle timeout, drain grace) and requests
+/// (the first head's deadline, HTTP/2 idleness). Movements are counted, not timed — no clock
+/// read per read or write on the hot path; a waiter compares counts one period apart, so
+/// idleness is seen between one and two periods after the last movement.
+#[derive(Default)]
 pub struct Activity {
-    opened: tokio::time::Instant,
-    /// Milliseconds after `opened` of the last read or write.
-    last: AtomicU64,
+    moves: AtomicU64,
     read_any: AtomicBool,
-    /// Requests open (handler running or answer streaming), and how many were ever seen.
+    /// Requests open (handler running or answer streaming).
     open: AtomicUsize,
-    seen: AtomicBool,
-    /// Milliseconds after `opened` when the last open request ended.
-    quiet_since: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            opened: tokio::time::Instant::now(),
-            last: AtomicU64::new(0),
-            read_any: AtomicBool::new(false),
-            open: AtomicUsize::new(0),
-            seen: AtomicBool::new(false),
-            quiet_since: AtomicU64::new(0),
-        }
-    }
+    /// Request starts and ends.
+    requests: AtomicU64,
 }
 
 impl Activity {
-    fn now_ms(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64
-    }
-
     fn touch(&self, read: bool) {
-        self.last.store(self.now_ms(), Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
         if read && !self.read_any.load(Ordering::Relaxed) {
             self.read_any.store(true, Ordering::Relaxed);
         }
@@ -155,43 +138,30 @@ impl Activity {
 
     /// Whether a complete request head ever arrived.
     pub fn requests_seen(&self) -> bool {
-        self.seen.load(Ordering::Relaxed)
+        self.requests.load(Ordering::Relaxed) > 0
     }
 
-    /// Time since a byte last moved either way.
-    pub fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last)
-    }
-
-    /// Time with no request open (zero while one is).
-    pub fn requests_idle_for(&self) -> Duration {
-        if self.open.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let since = Duration::from_millis(self.quiet_since.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(since)
-    }
-
-    /// Resolves once no byte has moved either way for `limit`.
+    /// Resolves once a whole `limit` passed with no byte moving either way.
     pub async fn idle_reaches(&self, limit: Duration) {
-        wait_until(limit, || self.idle_for()).await
-    }
-
-    /// Resolves once no request has been open for `limit`.
-    pub async fn requests_idle_reaches(&self, limit: Duration) {
-        wait_until(limit, || self.requests_idle_for()).await
-    }
-}
-
-async fn wait_until(limit: Duration, elapsed: impl Fn() -> Duration) {
-    loop {
-        let idle = elapsed();
-        if idle >= limit {
-            return;
+        loop {
+            let before = self.moves.load(Ordering::Relaxed);
+            tokio::time::sleep(limit).await;
+            if self.moves.load(Ordering::Relaxed) == before {
+                return;
+            }
         }
-        // A request may be open (elapsed zero): look again after a full period at most.
-        tokio::time::sleep(limit - idle).await;
+    }
+
+    /// Resolves once a whole `limit` passed with no request open or started.
+    pub async fn requests_idle_reaches(&self, limit: Duration) {
+        loop {
+            let before = self.requests.load(Ordering::Relaxed);
+            tokio::time::sleep(limit).await;
+            let quiet = self.requests.load(Ordering::Relaxed) == before;
+            if quiet && self.open.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+        }
     }
 }
 
@@ -202,9 +172,7 @@ impl RequestGuard {
     /// Counts a request as open on `activity`.
     pub fn new(activity: Arc<Activity>) -> Self {
         activity.open.fetch_add(1, Ordering::Relaxed);
-        if !activity.seen.load(Ordering::Relaxed) {
-            activity.seen.store(true, Ordering::Relaxed);
-        }
+        activity.requests.fetch_add(1, Ordering::Relaxed);
         RequestGuard(activity)
     }
 
@@ -217,9 +185,8 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let a = &self.0;
-        a.quiet_since.store(a.now_ms(), Ordering::Relaxed);
-        a.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

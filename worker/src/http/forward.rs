@@ -139,22 +139,29 @@ impl Forwarder {
         req: Request<Body>,
         give_up_when_slow: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let slow_after = self.settings.outlier.slow_after;
-        // The instance is judged from the moment the whole request is in its hands.
+        let (slow_after, timeout) =
+            (self.settings.outlier.slow_after, self.settings.request_timeout);
+        // The instance is judged from the moment the whole request is in its hands: both
+        // deadlines count from the end of the body (at once for a request without one).
         let sent = Arc::new(BodySent::default());
         let req = req.map(|b| SentBody::new(b, sent.clone()).boxed());
-        let send = self.upstream.send_timed(req, &sent);
-        if slow_after.is_zero() {
-            return send.await;
-        }
-        tokio::pin!(send);
-        let slow = async {
-            sent.wait().await;
-            tokio::time::sleep(slow_after).await;
-        };
+        let response = self.upstream.request(req);
+        tokio::pin!(response);
         tokio::select! {
-            r = &mut send => return r,
-            _ = slow => {}
+            r = &mut response => return r,
+            _ = sent.wait() => {}
+        }
+        // One timer per attempt: first at slow_after (when set and shorter), then moved on to
+        // request_timeout.
+        let slow = !slow_after.is_zero() && slow_after < timeout;
+        let timer = tokio::time::sleep(if slow { slow_after } else { timeout });
+        tokio::pin!(timer);
+        tokio::select! {
+            r = &mut response => return r,
+            _ = &mut timer => {}
+        }
+        if !slow {
+            return Err(UpstreamError::Timeout(timeout));
         }
         log::info!(
             "service {}: instance {}: no response after {slow_after:?}; counted as a failure",
@@ -165,7 +172,12 @@ impl Forwarder {
         if give_up_when_slow {
             return Err(UpstreamError::Slow(slow_after));
         }
-        send.await
+        let deadline = timer.deadline() + (timeout - slow_after);
+        timer.as_mut().reset(deadline);
+        tokio::select! {
+            r = &mut response => r,
+            _ = &mut timer => Err(UpstreamError::Timeout(timeout)),
+        }
     }
 
     /// Picks among available instances not tried yet; when none is available (all ejected or

@@ -6,16 +6,18 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1). Names, not
+/// strings: a `&str` key is parsed again on every lookup.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -68,20 +70,23 @@ pub fn remove_underscored(headers: &mut HeaderMap, keep: &Underscores) {
 
 /// Removes hop-by-hop headers, and every header the `Connection` header lists.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 /// Adds what the instance should know about the original request.
@@ -111,9 +116,7 @@ pub fn add_forwarded(
     }
     append_via(headers, via);
     if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(&request_id()) {
-            headers.insert(X_REQUEST_ID.clone(), v);
-        }
+        headers.insert(X_REQUEST_ID.clone(), request_id());
     }
 }
 
@@ -123,8 +126,15 @@ pub fn append_via(headers: &mut HeaderMap, entry: &HeaderValue) {
 }
 
 /// A random 128-bit id in hex, for requests that arrive without one.
-fn request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = rand::random::<u128>();
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(id & 0xf) as usize];
+        id >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]

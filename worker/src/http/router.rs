@@ -7,7 +7,7 @@
 //! - `[[route]]` rules on host and path prefix, first match wins, with optional prefix stripping.
 
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, HeaderName, Uri};
 
 use crate::config::{HeaderRouting, RouteRule};
 
@@ -31,17 +31,33 @@ pub enum RouteError {
     BadRequest(String),
 }
 
+/// Header mode, compiled: the header names parsed once, not on every request.
+#[derive(Debug, Clone)]
+struct HeaderMode {
+    mount: String,
+    service: HeaderName,
+    path: HeaderName,
+}
+
 /// The compiled routing rules of a worker.
 #[derive(Debug, Clone)]
 pub struct Router {
-    header: Option<HeaderRouting>,
+    header: Option<HeaderMode>,
     rules: Vec<RouteRule>,
 }
 
 impl Router {
-    /// Builds a router from the configuration.
+    /// Builds a router from the configuration (header names that are not valid header names
+    /// are refused by `zkgate check`; here they disable header mode).
     pub fn new(header: &HeaderRouting, rules: &[RouteRule]) -> Self {
-        Router { header: header.enabled.then(|| header.clone()), rules: rules.to_vec() }
+        let mode = header.enabled.then(|| {
+            Some(HeaderMode {
+                mount: header.mount.clone(),
+                service: HeaderName::from_bytes(header.service_header.as_bytes()).ok()?,
+                path: HeaderName::from_bytes(header.path_header.as_bytes()).ok()?,
+            })
+        });
+        Router { header: mode.flatten(), rules: rules.to_vec() }
     }
 
     /// Routes one request.
@@ -70,9 +86,9 @@ impl Router {
     }
 }
 
-fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, RouteError> {
+fn route_by_headers(h: &HeaderMode, headers: &HeaderMap) -> Result<Target, RouteError> {
     let header =
-        |name: &str| -> Result<&str, RouteError> {
+        |name: &HeaderName| -> Result<&str, RouteError> {
             let v = headers
                 .get(name)
                 .ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
@@ -80,17 +96,17 @@ fn route_by_headers(h: &HeaderRouting, headers: &HeaderMap) -> Result<Target, Ro
                 RouteError::BadRequest(format!("header {name} is empty or not ASCII"))
             })
         };
-    let service = header(&h.service_header)?;
-    let api = header(&h.path_header)?;
+    let service = header(&h.service)?;
+    let api = header(&h.path)?;
     if !api.starts_with('/') || api.starts_with("//") {
         return Err(RouteError::BadRequest(format!(
             "header {} must be a path starting with '/', got {api:?}",
-            h.path_header
+            h.path
         )));
     }
-    let path: PathAndQuery = api.parse().map_err(|_| {
-        RouteError::BadRequest(format!("header {} is not a valid path", h.path_header))
-    })?;
+    let path: PathAndQuery = api
+        .parse()
+        .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path)))?;
     Ok(Target { service: service.to_string(), path })
 }
 

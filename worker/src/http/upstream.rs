@@ -76,44 +76,33 @@ impl Upstream {
     }
 
     /// Sends a request (its URI absolute, naming the instance) and waits for the response head,
-    /// at most `request_timeout` (for bodiless requests such as health probes).
+    /// at most `request_timeout` (health probes; the proxy times its attempts itself).
     pub async fn send(
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let sent = BodySent::default();
-        sent.mark();
-        self.send_timed(req, &sent).await
+        match tokio::time::timeout(self.request_timeout, self.request(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+        }
     }
 
-    /// Sends a request whose body reports on `sent` when it is complete: `request_timeout`
-    /// counts from then, so a client uploading slowly is never taken for a slow instance.
-    pub async fn send_timed(
+    /// Sends a request and waits for the response head, with no deadline of its own.
+    pub async fn request(
         &self,
         req: http::Request<Body>,
-        sent: &BodySent,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let timeout = self.request_timeout;
-        let deadline = async {
-            sent.wait().await;
-            tokio::time::sleep(timeout).await;
-        };
-        let result = tokio::select! {
-            r = self.client.request(req) => Ok(r),
-            _ = deadline => Err(()),
-        };
-        match result {
-            Err(()) => Err(UpstreamError::Timeout(timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
                 Err(UpstreamError::BodyTooLarge)
             }
-            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => {
+            Err(e) if caused_by::<ClientBodyError>(&e) => {
                 Err(UpstreamError::ClientBody(error_chain(&e)))
             }
-            Ok(Err(e)) if lost_connection(&e) => Err(UpstreamError::Reset(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
+            Err(e) if lost_connection(&e) => Err(UpstreamError::Reset(error_chain(&e))),
+            Err(e) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }
 }
