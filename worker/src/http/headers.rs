@@ -70,22 +70,28 @@ pub fn remove_underscored(headers: &mut HeaderMap, keep: &Underscores) {
 
 /// Removes hop-by-hop headers, and every header the `Connection` header lists.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    // One pass over the names present (a handful) instead of a hashed lookup per hop-by-hop
+    // name: most messages carry none or one of them.
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) {
+            found.push(name.clone());
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    if found.contains(&header::CONNECTION) {
+        let named = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+        found.extend(named);
     }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    for name in found {
+        headers.remove(name);
     }
 }
 

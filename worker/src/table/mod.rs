@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::balance::{self, Balancer, Strategy};
@@ -125,7 +126,7 @@ impl Service {
 /// An immutable snapshot of every routable service.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    services: HashMap<String, Arc<Service>>,
+    services: FxHashMap<String, Arc<Service>>,
 }
 
 impl RouteTable {
@@ -153,7 +154,7 @@ impl RouteTable {
 
     /// Builds a table from already built services (unchanged ones keep their balancer state).
     pub fn from_map(services: HashMap<String, Arc<Service>>) -> Self {
-        RouteTable { services }
+        RouteTable { services: services.into_iter().collect() }
     }
 
     /// Looks a service up by name.
