@@ -418,3 +418,26 @@ fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
         gw.log()
     );
 }
+
+#[test]
+fn upstream_connections_are_reused_and_idle_ones_expire() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(service("web", &[b.address()], "").proxy("idle_timeout = \"1s\""))
+        .workers(1)
+        .start();
+    for _ in 0..50 {
+        assert_eq!(gw.get("/").unwrap().status, 200);
+    }
+    let used = b.connections.load(Ordering::Relaxed);
+    assert!(used <= 2, "50 sequential requests opened {used} upstream connections");
+    // Idle longer than idle_timeout: the pooled connection is dropped, the next request opens
+    // a new one (and still succeeds).
+    assert_eventually!(
+        10,
+        {
+            std::thread::sleep(Duration::from_millis(1500));
+            gw.get("/").unwrap().status == 200 && b.connections.load(Ordering::Relaxed) > used
+        },
+        "an idle upstream connection was never replaced"
+    );
+}

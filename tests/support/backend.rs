@@ -25,6 +25,8 @@ pub struct Backend {
     pub failing: Arc<AtomicBool>,
     /// The most requests it ever had in progress at once.
     pub peak: Arc<AtomicUsize>,
+    /// Connections it accepted.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -42,6 +44,8 @@ impl Backend {
         let failing = Arc::new(AtomicBool::new(false));
         let gauge = Arc::new(Gauge::default());
         let peak = gauge.peak.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let (n, s, h, f) = (name.to_string(), stop.clone(), hits.clone(), failing.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -49,11 +53,12 @@ impl Backend {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let (n, h, f, g) = (n.clone(), h.clone(), f.clone(), gauge.clone());
                 std::thread::spawn(move || serve(conn, &n, &h, &f, &g));
             }
         });
-        Backend { name: name.to_string(), addr, stop, hits, failing, peak }
+        Backend { name: name.to_string(), addr, stop, hits, failing, peak, connections }
     }
 
     /// `host:port`.

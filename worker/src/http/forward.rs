@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::balance::PickContext;
 use crate::config::ProxySettings;
 use crate::http::error::ProxyError;
+use crate::http::pool::Lease;
 use crate::http::upstream::{BodySent, SentBody, Upstream, UpstreamError};
 use crate::http::Body;
 use crate::metrics::Metrics;
@@ -76,7 +77,7 @@ impl Forwarder {
     }
 
     /// Sends the request to an instance of `service`, retrying when `replay` allows. `build`
-    /// makes the outgoing request for a body and an instance address.
+    /// makes the outgoing request (origin-form, Host set) around a body, for an instance address.
     pub async fn forward(
         &self,
         service: &Arc<Service>,
@@ -102,17 +103,19 @@ impl Forwarder {
             let b = body
                 .take()
                 .unwrap_or_else(|| Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
-            let inflight = InFlight::start(service.clone(), idx, slot);
+            let mut inflight = InFlight::start(service.clone(), idx, slot);
             attempts.instance = Some(address.clone());
             let sent = Instant::now();
             let give_up_when_slow =
                 replay == Replay::IfNoResponse && self.may_retry(service, tried.len());
-            let result = self.send(service, idx, build(b, address), give_up_when_slow).await;
+            let result =
+                self.send(service, idx, address, build(b, address), give_up_when_slow).await;
             attempts.latency = Some(sent.elapsed());
-            self.record(service, idx, &result);
+            self.record(service, idx, result.as_ref().map(|(r, _)| r.status()));
             match result {
-                Ok(response) => {
-                    return Ok(Answered { response, address: address.clone(), inflight })
+                Ok((response, lease)) => {
+                    inflight.lease = Some(lease);
+                    return Ok(Answered { response, address: address.clone(), inflight });
                 }
                 Err(e) if replay.allows(&e) && self.may_retry(service, tried.len()) => {
                     log::warn!(
@@ -136,16 +139,17 @@ impl Forwarder {
         &self,
         service: &Service,
         idx: usize,
+        address: &str,
         req: Request<Body>,
         give_up_when_slow: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let (slow_after, timeout) =
             (self.settings.outlier.slow_after, self.settings.request_timeout);
         // The instance is judged from the moment the whole request is in its hands: both
         // deadlines count from the end of the body (at once for a request without one).
         let sent = Arc::new(BodySent::default());
         let req = req.map(|b| SentBody::new(b, sent.clone()).boxed());
-        let response = self.upstream.request(req);
+        let response = self.upstream.request(address, req);
         tokio::pin!(response);
         tokio::select! {
             r = &mut response => return r,
@@ -219,10 +223,10 @@ impl Forwarder {
         &self,
         service: &Service,
         idx: usize,
-        result: &Result<Response<Incoming>, UpstreamError>,
+        result: Result<http::StatusCode, &UpstreamError>,
     ) {
         let failed = match result {
-            Ok(resp) => resp.status().is_server_error(),
+            Ok(status) => status.is_server_error(),
             // Client faults say nothing of the instance; a slow attempt was counted already.
             Err(
                 UpstreamError::BodyTooLarge | UpstreamError::ClientBody(_) | UpstreamError::Slow(_),
@@ -311,17 +315,19 @@ impl Drop for CountGuard<'_> {
 }
 
 /// Counts a request against its instance (`least_request`, the per-instance limit) and holds
-/// its upstream slot until its response body ends.
+/// its upstream slot and connection until its response body ends.
 pub struct InFlight {
     service: Arc<Service>,
     idx: usize,
     _slot: OwnedSemaphorePermit,
+    /// The upstream connection; back to the pool if the body was read to its end.
+    lease: Option<Lease>,
 }
 
 impl InFlight {
     fn start(service: Arc<Service>, idx: usize, slot: OwnedSemaphorePermit) -> Self {
         service.health.started(idx);
-        InFlight { service, idx, _slot: slot }
+        InFlight { service, idx, _slot: slot, lease: None }
     }
 }
 
@@ -352,7 +358,17 @@ impl hyper::body::Body for InFlightBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let done = matches!(polled, std::task::Poll::Ready(None))
+            || (matches!(polled, std::task::Poll::Ready(Some(Ok(_))))
+                && self.inner.is_end_stream());
+        if done {
+            // Read to its end: the connection may carry the next request.
+            if let Some(lease) = self._inflight.lease.as_mut() {
+                lease.reusable();
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -50,23 +50,21 @@ pub async fn run_checks(
 
 /// One probe: a 2xx or 3xx answer within `timeout` is healthy.
 async fn probe(client: &Upstream, address: &str, check: &HealthCheck) -> bool {
-    let Ok(uri) = http::Uri::builder()
-        .scheme("http")
-        .authority(address)
-        .path_and_query(check.path.as_str())
-        .build()
-    else {
-        return false;
-    };
+    let Ok(uri) = http::Uri::try_from(check.path.as_str()) else { return false };
     let mut req = http::Request::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
     *req.uri_mut() = uri;
-    req.headers_mut()
-        .insert(http::header::USER_AGENT, http::HeaderValue::from_static("zkgate-health-check"));
-    match tokio::time::timeout(check.timeout, client.send(req)).await {
-        Ok(Ok(resp)) => {
+    let headers = req.headers_mut();
+    headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("zkgate-health-check"));
+    if let Ok(host) = http::HeaderValue::from_str(address) {
+        headers.insert(http::header::HOST, host);
+    }
+    match tokio::time::timeout(check.timeout, client.send(address, req)).await {
+        Ok(Ok((resp, mut lease))) => {
             let ok = resp.status().is_success() || resp.status().is_redirection();
-            // Read the body so the pooled connection can be reused.
-            let _ = resp.into_body().collect().await;
+            // Read the body so the connection can be reused.
+            if resp.into_body().collect().await.is_ok() {
+                lease.reusable();
+            }
             ok
         }
         _ => false,

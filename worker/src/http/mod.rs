@@ -12,7 +12,8 @@
 //! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
 //! - [`router`]: request → service and upstream path.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
-//! - [`upstream`]: the pooled client to instances and its timeouts.
+//! - [`upstream`]: the client to instances, its error classes and timeouts.
+//! - [`pool`]: the worker's own pool of HTTP/1.1 connections to instances.
 //! - [`tunnel`]: upgraded connections (WebSocket) copied both ways.
 //! - [`error`]: the gateway's own answers.
 //! - [`health_check`]: active HTTP probes of instances.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod health_check;
+pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -263,7 +263,9 @@ impl Proxy {
         Ok(http_body_util::Limited::new(body, limit).boxed())
     }
 
-    /// The request as the instance receives it.
+    /// The request as the instance receives it. Its URI is the origin-form path alone: the
+    /// connection it goes out on is the picked instance's (see `pool.rs`), so nothing a client
+    /// sends can choose another host or port.
     fn upstream_request(
         &self,
         parts: &http::request::Parts,
@@ -298,7 +300,7 @@ impl Proxy {
         }
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = upstream_uri(address, &target.path);
+        *req.uri_mut() = http::Uri::from(target.path.clone());
         *req.headers_mut() = headers;
         req
     }
@@ -382,19 +384,6 @@ impl Proxy {
             );
         }
     }
-}
-
-/// The URI an instance is sent: built from parts (the instance's own address, an origin-form
-/// path), never by pasting strings, so nothing a client sends can change host or port. An
-/// address that does not parse (the table validates them) yields a URI with no authority, which
-/// the client refuses to send.
-fn upstream_uri(address: &str, path: &http::uri::PathAndQuery) -> http::Uri {
-    http::Uri::builder()
-        .scheme("http")
-        .authority(address)
-        .path_and_query(path.clone())
-        .build()
-        .unwrap_or_else(|_| http::Uri::from_static("/"))
 }
 
 fn empty() -> Body {

@@ -1,4 +1,4 @@
-//! The upstream side: one pooled hyper-util client per worker.
+//! The upstream side: one client per worker, on its own connection pool (see `pool.rs`).
 //!
 //! Keep-alive connections to instances are reused across requests of this worker (each worker
 //! has its own pool: the price of processes, visible in per-worker figures). Connect and idle
@@ -11,12 +11,10 @@ use std::sync::Arc;
 
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
 use crate::config::ProxySettings;
+use crate::http::pool::{Lease, Pool, SendError};
 use crate::http::Body;
 
 /// An error reading the client's request body (as opposed to the instance failing), tagged
@@ -55,54 +53,55 @@ pub enum UpstreamError {
 /// A worker's client to every instance.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     request_timeout: Duration,
 }
 
 impl Upstream {
-    /// Builds the client with the proxy's timeouts.
+    /// A client with the proxy's timeouts and its own connection pool.
     pub fn new(settings: &ProxySettings) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(settings.max_connections_per_instance)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http);
-        Upstream { client, request_timeout: settings.request_timeout }
+        let pool = Pool::new(
+            settings.connect_timeout,
+            settings.idle_timeout,
+            settings.max_connections_per_instance,
+        );
+        Upstream { pool, request_timeout: settings.request_timeout }
     }
 
-    /// Sends a request (its URI absolute, naming the instance) and waits for the response head,
-    /// at most `request_timeout` (health probes; the proxy times its attempts itself).
+    /// Sends a request to `address` and waits for the response head, at most
+    /// `request_timeout` (health probes; the proxy times its attempts itself).
     pub async fn send(
         &self,
+        address: &str,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.request(req)).await {
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, self.request(address, req)).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
         }
     }
 
-    /// Sends a request and waits for the response head, with no deadline of its own.
+    /// Sends a request (origin-form URI, Host set) to `address` and waits for the response
+    /// head, with no deadline of its own. The lease returns the connection to the pool once
+    /// the response was read to its end.
     pub async fn request(
         &self,
+        address: &str,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match self.client.request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+    ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
+        match self.pool.send(address, req).await {
+            Ok(answer) => Ok(answer),
+            Err(SendError::Connect(e)) => Err(UpstreamError::Connect(e.to_string())),
+            Err(SendError::Http(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
                 Err(UpstreamError::BodyTooLarge)
             }
-            Err(e) if caused_by::<ClientBodyError>(&e) => {
+            Err(SendError::Http(e)) if caused_by::<ClientBodyError>(&e) => {
                 Err(UpstreamError::ClientBody(error_chain(&e)))
             }
-            Err(e) if lost_connection(&e) => Err(UpstreamError::Reset(error_chain(&e))),
-            Err(e) => Err(UpstreamError::Failed(error_chain(&e))),
+            Err(SendError::Http(e)) if lost_connection(&e) => {
+                Err(UpstreamError::Reset(error_chain(&e)))
+            }
+            Err(SendError::Http(e)) => Err(UpstreamError::Failed(error_chain(&e))),
         }
     }
 }
