@@ -8,7 +8,7 @@
 //! A request that found its pooled connection closed before a byte was written is sent again on
 //! a fresh connection (whatever its method: the instance never saw it).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::http::Body;
 
 /// Idle connections by instance address.
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<FxHashMap<String, Vec<Idle>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_instance: usize,
@@ -80,7 +80,7 @@ impl Pool {
     /// An empty pool; its sweeper runs on the current runtime for as long as the pool lives.
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
         let pool = Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(FxHashMap::default()),
             connect_timeout,
             idle_timeout,
             max_idle_per_instance: max_idle.max(1),
