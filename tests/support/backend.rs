@@ -176,8 +176,10 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool, 
             received,
             hdrs.join(",")
         );
+        // A HEAD answer carries the length of the body it does not send (RFC 9110 §9.3.2).
+        let payload = if method == "HEAD" { "" } else { body.as_str() };
         let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-backend: {name}\r\ncontent-length: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-backend: {name}\r\ncontent-length: {}\r\n{}\r\n{payload}",
             body.len(),
             if close { "connection: close\r\n" } else { "" }
         );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::balance::PickContext;
@@ -325,6 +325,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The connection was taken over (101 Switching Protocols): it never returns to the pool.
+    pub fn detach_connection(&mut self) {
+        self.lease = None;
+    }
+
     fn start(service: Arc<Service>, idx: usize, slot: OwnedSemaphorePermit) -> Self {
         service.health.started(idx);
         InFlight { service, idx, _slot: slot, lease: None }
@@ -345,7 +350,13 @@ pub struct InFlightBody {
 
 impl InFlightBody {
     /// Wraps `inner` so the instance counts the request until the body is done.
-    pub fn new(inner: Incoming, inflight: InFlight) -> Self {
+    pub fn new(inner: Incoming, mut inflight: InFlight) -> Self {
+        // No body at all (HEAD, 204, 304): complete already, whether or not it is ever polled.
+        if inner.is_end_stream() {
+            if let Some(lease) = inflight.lease.as_mut() {
+                lease.reusable();
+            }
+        }
         InFlightBody { inner, _inflight: inflight }
     }
 }

@@ -312,11 +312,12 @@ impl Proxy {
         version: http::Version,
         upgrade: Option<Upgrade>,
     ) -> Response<Body> {
-        let Answered { response, address, inflight } = answered;
+        let Answered { response, address, mut inflight } = answered;
         let (mut parts, body) = response.into_parts();
         // The client speaks its own HTTP version with us, whatever the instance spoke.
         parts.version = version;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            inflight.detach_connection();
             if let Some(Upgrade { client_side, permit, .. }) = upgrade {
                 let mut up = Response::from_parts(parts.clone(), ());
                 let upstream_side = hyper::upgrade::on(&mut up);
