@@ -176,5 +176,29 @@ pub fn split_address(address: &str) -> Result<(String, u16), String> {
         .port_u16()
         .ok_or_else(|| format!("invalid address {address:?}: a port is required"))?;
     let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    // Gateways read IP literals only from a registry (a name would make every worker resolve
+    // what the registry says): registering a name would register nothing anyone routes to.
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| format!("invalid address {address:?}: the host must be an IP address"))?;
+    if port == 0 || ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!(
+            "invalid address {address:?}: not an address instances can be reached at"
+        ));
+    }
     Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_a_gateway_will_route_to_can_be_registered() {
+        assert_eq!(split_address("10.0.0.5:8080"), Ok(("10.0.0.5".into(), 8080)));
+        assert_eq!(split_address("[::1]:80"), Ok(("::1".into(), 80)));
+        for bad in ["backend.local:80", "10.0.0.5", "0.0.0.0:80", "10.0.0.5:0"] {
+            assert!(split_address(bad).is_err(), "{bad}");
+        }
+    }
 }
