@@ -102,18 +102,29 @@ pub fn add_forwarded(
     original_host: Option<&str>,
     via: &HeaderValue,
 ) {
-    // Every X-Forwarded-For line the client sent, joined (RFC 9110 §5.3), then this hop.
-    let mut hops: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let client = client.to_string();
-    hops.push(&client);
-    let xff = hops.join(", ");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Every X-Forwarded-For line the client sent, joined (RFC 9110 §5.3), then this hop. The
+    // common case (none sent) formats the address into a stack buffer: one allocation.
+    let mut ip = [0u8; 64];
+    let ip_len = {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut ip[..]);
+        let _ = write!(cursor, "{client}");
+        cursor.position() as usize
+    };
+    let ip = &ip[..ip_len];
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined = Vec::with_capacity(64);
+        let sent = headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.as_bytes().trim_ascii());
+        for hop in sent.filter(|v| !v.is_empty()) {
+            joined.extend_from_slice(hop);
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(ip);
+        HeaderValue::from_bytes(&joined)
+    } else {
+        HeaderValue::from_bytes(ip)
+    };
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
