@@ -95,7 +95,13 @@ pub async fn serve(
             if http1 && *draining.borrow() {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok::<_, Infallible>(resp.map(|b| guard.wrap(b)))
+            // Only HTTP/2 idleness is measured in open streams: an HTTP/1 answer needs no
+            // wrapper (its connection's idleness is measured in bytes).
+            if http1 {
+                drop(guard);
+                return Ok::<_, Infallible>(resp);
+            }
+            Ok(resp.map(|b| guard.wrap(b)))
         }
     });
     let io = Tracked::new(stream, activity.clone());
