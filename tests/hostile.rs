@@ -310,3 +310,39 @@ fn one_http2_connection_cannot_open_more_upstream_connections_than_allowed() {
     assert!(statuses.contains(&503), "the overflow is refused at once: {statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 5, "{statuses:?}");
 }
+
+#[test]
+fn an_http2_connection_with_no_open_stream_is_closed_even_while_it_pings() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b).proxy("idle_timeout = \"1s\"")).workers(1).start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let closed_after = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let (mut client, mut conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let mut pings = conn.ping_pong().expect("ping handle");
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://127.0.0.1:{}/", gw.port)).body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let mut body = resp.await.expect("answer").into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        // No stream open from now on, but bytes keep moving: a ping every 200 ms.
+        let idle_since = std::time::Instant::now();
+        let pinger = tokio::spawn(async move {
+            loop {
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let closed = tokio::time::timeout(Duration::from_secs(6), conn).await;
+        pinger.abort();
+        drop(client);
+        closed.map(|_| idle_since.elapsed())
+    });
+    let after = closed_after.expect("the gateway kept an HTTP/2 connection with no stream open");
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before idle_timeout");
+}

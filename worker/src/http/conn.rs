@@ -108,16 +108,14 @@ pub async fn serve(
     let conn = settings.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let (idle_timeout, head_timeout) = (settings.idle_timeout, settings.header_read_timeout);
+    // Idle: nothing moved for a whole idle_timeout — bytes for HTTP/1, streams for HTTP/2
+    // (whose pings move bytes). The protocol is read each period: it is learnt with the first
+    // request.
     let idle = async {
         loop {
-            let h2 = http2.load(Ordering::Relaxed);
-            if h2 {
-                activity.requests_idle_reaches(idle_timeout).await;
-            } else {
-                activity.idle_reaches(idle_timeout).await;
-            }
-            // The protocol may have been learnt meanwhile: act only on the right measure.
-            if h2 == http2.load(Ordering::Relaxed) {
+            let before = activity.snapshot();
+            tokio::time::sleep(idle_timeout).await;
+            if activity.quiet_since(before, http2.load(Ordering::Relaxed)) {
                 return;
             }
         }

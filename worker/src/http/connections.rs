@@ -141,24 +141,28 @@ impl Activity {
         self.requests.load(Ordering::Relaxed) > 0
     }
 
+    /// What has moved so far (bytes, requests), to compare with later.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.moves.load(Ordering::Relaxed), self.requests.load(Ordering::Relaxed))
+    }
+
+    /// Whether nothing moved since `before`: no byte, or for `by_streams` (HTTP/2, whose pings
+    /// move bytes) no request started or ended and none open.
+    pub fn quiet_since(&self, before: (u64, u64), by_streams: bool) -> bool {
+        let (moves, requests) = self.snapshot();
+        if by_streams {
+            requests == before.1 && self.open.load(Ordering::Relaxed) == 0
+        } else {
+            moves == before.0
+        }
+    }
+
     /// Resolves once a whole `limit` passed with no byte moving either way.
     pub async fn idle_reaches(&self, limit: Duration) {
         loop {
             let before = self.moves.load(Ordering::Relaxed);
             tokio::time::sleep(limit).await;
             if self.moves.load(Ordering::Relaxed) == before {
-                return;
-            }
-        }
-    }
-
-    /// Resolves once a whole `limit` passed with no request open or started.
-    pub async fn requests_idle_reaches(&self, limit: Duration) {
-        loop {
-            let before = self.requests.load(Ordering::Relaxed);
-            tokio::time::sleep(limit).await;
-            let quiet = self.requests.load(Ordering::Relaxed) == before;
-            if quiet && self.open.load(Ordering::Relaxed) == 0 {
                 return;
             }
         }
