@@ -147,13 +147,19 @@ impl Forwarder {
             (self.settings.outlier.slow_after, self.settings.request_timeout);
         // The instance is judged from the moment the whole request is in its hands: both
         // deadlines count from the end of the body (at once for a request without one).
-        let sent = Arc::new(BodySent::default());
-        let req = req.map(|b| SentBody::new(b, sent.clone()).boxed());
+        // A request with a body is watched for its end; one without is complete already.
+        let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
+        let req = match &sent {
+            Some(sent) => req.map(|b| SentBody::new(b, sent.clone()).boxed()),
+            None => req,
+        };
         let response = self.upstream.request(address, req);
         tokio::pin!(response);
-        tokio::select! {
-            r = &mut response => return r,
-            _ = sent.wait() => {}
+        if let Some(sent) = &sent {
+            tokio::select! {
+                r = &mut response => return r,
+                _ = sent.wait() => {}
+            }
         }
         // One timer per attempt: first at slow_after (when set and shorter), then moved on to
         // request_timeout.
