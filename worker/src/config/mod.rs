@@ -126,7 +126,7 @@ pub struct ProxySettings {
         deserialize_with = "duration::within::<_, 1, 300000>"
     )]
     pub connect_timeout: Duration,
-    /// Time allowed from sending the request to receiving the response headers.
+    /// Time allowed from the end of the request body to the response headers.
     #[serde(
         serialize_with = "duration::serialize",
         deserialize_with = "duration::within::<_, 1, 3600000>"

@@ -2,7 +2,9 @@
 //!
 //! Keep-alive connections to instances are reused across requests of this worker (each worker
 //! has its own pool: the price of processes, visible in per-worker figures). Connect and idle
-//! timeouts are the client's; the request timeout (until response headers) is the proxy's.
+//! timeouts are the pool's; the proxy times each attempt itself (`slow_after`, then
+//! `request_timeout`, from the end of the request body) — `send` keeps a plain deadline for
+//! health probes.
 
 use std::time::Duration;
 
