@@ -70,25 +70,25 @@ impl Registry {
                 // keep_last_on_empty is about the registry emptying a service; a service only
                 // the snapshot knew was simply not in the live registry any more.
                 let keep = self.keep_last_on_empty && self.source != Some(Source::Snapshot);
-                let saved = std::mem::replace(&mut self.keep_last_on_empty, keep);
                 self.source = Some(Source::Zookeeper);
-                self.replace_all(all, &mut log, &mut changed);
-                self.keep_last_on_empty = saved;
+                self.replace_all(all, keep, &mut log, &mut changed);
             }
             Update::Snapshot(all) => {
                 if self.source == Some(Source::Zookeeper) {
                     return (log, changed); // ZooKeeper answered first: the snapshot is older.
                 }
                 self.source = Some(Source::Snapshot);
-                self.replace_all(all, &mut log, &mut changed);
+                self.replace_all(all, self.keep_last_on_empty, &mut log, &mut changed);
             }
             Update::Service(name, list) => {
-                if self.set(&name, list, &mut log) {
+                if self.set(&name, list, self.keep_last_on_empty, &mut log) {
                     changed.insert(name);
                 }
             }
             Update::Removed(name) => {
-                if self.services.contains_key(&name) && self.set(&name, Vec::new(), &mut log) {
+                if self.services.contains_key(&name)
+                    && self.set(&name, Vec::new(), self.keep_last_on_empty, &mut log)
+                {
                     changed.insert(name);
                 }
             }
@@ -96,11 +96,18 @@ impl Registry {
         (log, changed)
     }
 
-    fn replace_all(&mut self, all: Listing, log: &mut Vec<String>, changed: &mut HashSet<String>) {
+    /// Replaces the whole listing; `keep`: services gone or emptied keep their last list.
+    fn replace_all(
+        &mut self,
+        all: Listing,
+        keep: bool,
+        log: &mut Vec<String>,
+        changed: &mut HashSet<String>,
+    ) {
         let gone: Vec<String> =
             self.services.keys().filter(|k| !all.contains_key(*k)).cloned().collect();
         for name in gone {
-            if self.keep_last_on_empty {
+            if keep {
                 log.push(format!(
                     "service {name}: gone from the registry; keeping its last {} instances (keep_last_on_empty)",
                     self.services[&name].len()
@@ -112,21 +119,27 @@ impl Registry {
             }
         }
         for (name, list) in all {
-            if self.set(&name, list, log) {
+            if self.set(&name, list, keep, log) {
                 changed.insert(name);
             }
         }
     }
 
     /// Sets one service's list; returns whether it changed.
-    fn set(&mut self, name: &str, mut list: Vec<Instance>, log: &mut Vec<String>) -> bool {
+    fn set(
+        &mut self,
+        name: &str,
+        mut list: Vec<Instance>,
+        keep: bool,
+        log: &mut Vec<String>,
+    ) -> bool {
         list.sort();
         list.dedup_by(|a, b| a.address == b.address);
         let old = self.services.get(name);
         if old == Some(&list) {
             return false;
         }
-        if list.is_empty() && self.keep_last_on_empty {
+        if list.is_empty() && keep {
             if let Some(old) = old.filter(|o| !o.is_empty()) {
                 log.push(format!(
                     "service {name}: no instances left in the registry; keeping the last {} (keep_last_on_empty)",
