@@ -294,3 +294,74 @@ impl Hung {
         self.addr.to_string()
     }
 }
+
+/// An instance that answers each request with bytes a test scripts by path — framings and
+/// shapes a well-behaved backend never sends (until-close bodies, interim answers, bodies
+/// longer than declared, malformed chunks). Records every request head it received and counts
+/// its connections.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    /// Connections it accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Every request head received, in order.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What a scripted instance does with one request: the bytes it answers, and whether it then
+/// closes the connection.
+pub type Script = fn(path: &str) -> (Vec<u8>, bool);
+
+impl Scripted {
+    pub fn start(script: Script) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, h, s) = (connections.clone(), heads.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                c.fetch_add(1, Ordering::Relaxed);
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    let mut writer = conn.try_clone().unwrap();
+                    let mut reader = BufReader::new(conn);
+                    loop {
+                        let mut head = String::new();
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                            head.push_str(&line);
+                            line.clear();
+                        }
+                        if head.is_empty() {
+                            return;
+                        }
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        h.lock().unwrap().push(head);
+                        let (answer, close) = script(&path);
+                        if writer.write_all(&answer).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted { addr, connections, heads, stop }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}

@@ -98,3 +98,94 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A keep-alive client on one connection that reads each answer by its framing (never until
+/// close), so a test sees whether the connection survives every answer.
+pub struct KeepAlive {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        KeepAlive { stream, pending: Vec::new() }
+    }
+
+    /// Sends raw bytes (one or more requests).
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).expect("send");
+    }
+
+    /// Sends one request (`Host` added) and reads its answer.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        req += "\r\n";
+        self.send(req.as_bytes());
+        self.read(method == "HEAD").expect("an answer on the kept-alive connection")
+    }
+
+    /// Reads one answer (`head_request`: it has no body whatever it declares).
+    pub fn read(&mut self, head_request: bool) -> std::io::Result<Response> {
+        let end = loop {
+            if let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            self.fill()?;
+        };
+        let head = parse(&self.pending[..end])?;
+        let header = |n: &str| head.header(n).map(str::to_string);
+        let body_len = if head_request || head.status == 204 || head.status == 304 {
+            Some(0)
+        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            None
+        } else {
+            Some(header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        let total = match body_len {
+            Some(n) => {
+                while self.pending.len() < end + n {
+                    self.fill()?;
+                }
+                end + n
+            }
+            None => loop {
+                if let Some(p) = self.pending[end..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                    let stop = end + p + 5;
+                    // "0\r\n\r\n" inside data would be preceded by a chunk's CRLF, not a size line.
+                    break stop;
+                }
+                self.fill()?;
+            },
+        };
+        let raw: Vec<u8> = self.pending.drain(..total).collect();
+        parse(&raw)
+    }
+
+    /// Whether the gateway closed the connection (EOF or reset within `within`).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 1];
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            }
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pending.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}

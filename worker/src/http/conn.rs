@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
@@ -69,14 +68,16 @@ impl ConnSettings {
 pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves one client connection until it closes, idles out or the worker drains.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     settings: Arc<ConnSettings>,
     mut shutdown: watch::Receiver<bool>,
     permit: ConnPermit,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let http2 = Arc::new(AtomicBool::new(false));
     let activity = Arc::new(Activity::default());
     let (draining, h2, requests) = (shutdown.clone(), http2.clone(), activity.clone());

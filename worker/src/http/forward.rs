@@ -3,22 +3,22 @@
 //! for any bodiless request; a reset or EOF before any response for idempotent ones) — within
 //! `retries` and the retry budget.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
+use http::Response;
 use hyper::body::{Body as _, Incoming};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::balance::PickContext;
 use crate::config::ProxySettings;
 use crate::http::error::ProxyError;
-use crate::http::pool::Lease;
-use crate::http::upstream::{BodySent, SentBody, Upstream, UpstreamError};
-use crate::http::Body;
+use crate::http::pool::{IdleSet, Lease};
+use crate::http::upstream::{BodySent, Upstream, UpstreamError};
 use crate::metrics::Metrics;
 use crate::table::Service;
 
@@ -28,6 +28,8 @@ const MIN_RETRY_CONCURRENCY: usize = 3;
 /// Sends requests to instances; one per worker.
 pub struct Forwarder {
     upstream: Upstream,
+    /// The fast path's idle connections to instances (plain TCP, see `h1`).
+    plain: Arc<IdleSet<TcpStream>>,
     settings: ProxySettings,
     metrics: Metrics,
     /// Requests being handled by this worker (the retry budget is a share of them).
@@ -48,13 +50,25 @@ pub struct Attempts {
 }
 
 /// A response from an instance, with what it keeps alive while its body streams.
-pub struct Answered {
-    /// The instance's response.
-    pub response: Response<Incoming>,
+pub struct Answered<R> {
+    /// The instance's response (hyper's, or the fast path's head and connection).
+    pub response: R,
     /// The instance that answered.
     pub address: String,
     /// Counts the request in flight at the instance until the body is done.
     pub inflight: InFlight,
+}
+
+/// What an attempt returns: its status is what outlier detection judges.
+pub trait Answer {
+    /// The response status.
+    fn status(&self) -> http::StatusCode;
+}
+
+impl Answer for (Response<Incoming>, Lease) {
+    fn status(&self) -> http::StatusCode {
+        self.0.status()
+    }
 }
 
 impl Forwarder {
@@ -62,6 +76,7 @@ impl Forwarder {
     pub fn new(settings: &ProxySettings, metrics: Metrics) -> Self {
         Forwarder {
             upstream: Upstream::new(settings),
+            plain: IdleSet::new(settings.idle_timeout, settings.max_connections_per_instance),
             settings: settings.clone(),
             metrics,
             active: AtomicUsize::new(0),
@@ -76,17 +91,35 @@ impl Forwarder {
         CountGuard::new(&self.active)
     }
 
-    /// Sends the request to an instance of `service`, retrying when `replay` allows. `build`
-    /// makes the outgoing request (origin-form, Host set) around a body, for an instance address.
-    pub async fn forward(
+    /// The client to instances (the hyper path's attempts go through it).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The fast path's idle connections to instances.
+    pub fn plain_pool(&self) -> &IdleSet<TcpStream> {
+        &self.plain
+    }
+
+    /// The proxy's settings.
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
+    /// Sends the request to an instance of `service`, retrying when `replay` allows. `attempt`
+    /// makes one attempt on an instance address: the exchange, and — for a request with a
+    /// body — what tells when the body has been handed over (the timers start there).
+    pub async fn forward<'s, R: Answer, Fut>(
         &self,
-        service: &Arc<Service>,
+        service: &'s Arc<Service>,
         key: Option<u64>,
-        mut body: Option<Body>,
         replay: Replay,
-        build: impl Fn(Body, &str) -> Request<Body>,
+        mut attempt: impl FnMut(&'s str) -> (Fut, Option<Arc<BodySent>>),
         attempts: &mut Attempts,
-    ) -> Result<Answered, ProxyError> {
+    ) -> Result<Answered<R>, ProxyError>
+    where
+        Fut: Future<Output = Result<R, UpstreamError>>,
+    {
         let mut tried: Vec<usize> = Vec::new();
         let mut _retry: Option<CountGuard<'_>> = None;
         loop {
@@ -99,23 +132,19 @@ impl Forwarder {
             };
             let idx = self.pick(service, key, &tried)?;
             tried.push(idx);
-            let address = &service.instances[idx].address;
-            let b = body
-                .take()
-                .unwrap_or_else(|| Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
-            let mut inflight = InFlight::start(service.clone(), idx, slot);
-            attempts.instance = Some(address.clone());
+            let address: &'s str = &service.instances[idx].address;
+            let inflight = InFlight::start(service.clone(), idx, slot);
+            attempts.instance = Some(address.to_string());
             let sent = Instant::now();
             let give_up_when_slow =
                 replay == Replay::IfNoResponse && self.may_retry(service, tried.len());
-            let result =
-                self.send(service, idx, address, build(b, address), give_up_when_slow).await;
+            let (exchange, body_sent) = attempt(address);
+            let result = self.timed(service, idx, exchange, body_sent, give_up_when_slow).await;
             attempts.latency = Some(sent.elapsed());
-            self.record(service, idx, result.as_ref().map(|(r, _)| r.status()));
+            self.record(service, idx, result.as_ref().map(Answer::status));
             match result {
-                Ok((response, lease)) => {
-                    inflight.lease = Some(lease);
-                    return Ok(Answered { response, address: address.clone(), inflight });
+                Ok(response) => {
+                    return Ok(Answered { response, address: address.to_string(), inflight });
                 }
                 Err(e) if replay.allows(&e) && self.may_retry(service, tried.len()) => {
                     log::warn!(
@@ -130,32 +159,25 @@ impl Forwarder {
         }
     }
 
-    /// Sends one attempt. A request still unanswered after `slow_after` counts as a failure of
+    /// Times one attempt. A request still unanswered after `slow_after` counts as a failure of
     /// its instance right then: a hung instance is found in seconds, not at `request_timeout`,
     /// nor never when its clients give up first. Then an attempt that may be retried
     /// (`give_up_when_slow`: idempotent, bodiless, within the budget) is abandoned for another
     /// instance, as nginx's `proxy_next_upstream timeout` does; any other keeps waiting.
-    async fn send(
+    async fn timed<R>(
         &self,
         service: &Service,
         idx: usize,
-        address: &str,
-        req: Request<Body>,
+        response: impl Future<Output = Result<R, UpstreamError>>,
+        body_sent: Option<Arc<BodySent>>,
         give_up_when_slow: bool,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<R, UpstreamError> {
         let (slow_after, timeout) =
             (self.settings.outlier.slow_after, self.settings.request_timeout);
+        tokio::pin!(response);
         // The instance is judged from the moment the whole request is in its hands: both
         // deadlines count from the end of the body (at once for a request without one).
-        // A request with a body is watched for its end; one without is complete already.
-        let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
-        let req = match &sent {
-            Some(sent) => req.map(|b| SentBody::new(b, sent.clone()).boxed()),
-            None => req,
-        };
-        let response = self.upstream.request(address, req);
-        tokio::pin!(response);
-        if let Some(sent) = &sent {
+        if let Some(sent) = &body_sent {
             tokio::select! {
                 r = &mut response => return r,
                 _ = sent.wait() => {}
@@ -331,6 +353,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// Holds the upstream connection until the response body is done.
+    pub fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
     /// The connection was taken over (101 Switching Protocols): it never returns to the pool.
     pub fn detach_connection(&mut self) {
         self.lease = None;

@@ -35,13 +35,21 @@ pub fn via_entry(pseudonym: &str) -> HeaderValue {
 
 /// Whether the request already passed through this gateway.
 pub fn has_via(headers: &HeaderMap, entry: &HeaderValue) -> bool {
-    let Ok(mine) = entry.to_str() else { return false };
-    headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|hop| hop.split_whitespace().take(2).collect::<Vec<_>>().join(" ") == mine)
+    headers.get_all(header::VIA).iter().any(|v| via_lists(v.as_bytes(), entry))
+}
+
+/// Whether one `Via` value lists this gateway's entry (protocol and pseudonym, comments and
+/// spacing aside).
+pub fn via_lists(value: &[u8], entry: &HeaderValue) -> bool {
+    let mine = entry.as_bytes();
+    value.split(|b| *b == b',').any(|hop| {
+        let mut words = hop.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty());
+        let (Some(proto), Some(name)) = (words.next(), words.next()) else { return false };
+        mine.len() == proto.len() + 1 + name.len()
+            && mine.starts_with(proto)
+            && mine[proto.len()] == b' '
+            && mine.ends_with(name)
+    })
 }
 
 /// Which header names with `_` are forwarded. nginx drops them by default
@@ -53,6 +61,18 @@ pub enum Underscores {
     All,
     /// Drop all but these (the header-routing headers, which the seed's clients send).
     Only(Vec<HeaderName>),
+}
+
+impl Underscores {
+    /// Whether an underscored name is forwarded.
+    pub fn allows(&self, name: &[u8]) -> bool {
+        match self {
+            Underscores::All => true,
+            Underscores::Only(names) => {
+                names.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+            }
+        }
+    }
 }
 
 /// Drops header names containing `_`, except those `keep` allows.
@@ -144,6 +164,11 @@ pub fn append_via(headers: &mut HeaderMap, entry: &HeaderValue) {
 
 /// A random 128-bit id in hex, for requests that arrive without one.
 fn request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&request_id_bytes()).expect("hex digits are a valid header value")
+}
+
+/// A random 128-bit id as 32 hex digits.
+pub fn request_id_bytes() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = rand::random::<u128>();
     let mut buf = [0u8; 32];
@@ -151,7 +176,7 @@ fn request_id() -> HeaderValue {
         *b = HEX[(id & 0xf) as usize];
         id >>= 4;
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    buf
 }
 
 #[cfg(test)]

@@ -1,13 +1,17 @@
 //! The request path, in the order a request meets it:
 //!
 //! ```text
-//! server::Server::accept_loop ─▶ conn::serve (limits, idle, drain) ─▶ proxy::Proxy::handle
+//! server::Server::accept_loop ─▶ h1::serve (fast path) ─▶ on handover: conn::serve (hyper)
+//!   conn::serve (limits, idle, drain) ─▶ proxy::Proxy::handle
 //!   handle ─▶ proxy ─▶ answer_error ─▶ log_request
 //!   proxy  ─▶ route (router) ─▶ service (table) ─▶ forward (pick, upstream_request, retry) ─▶ respond
 //! ```
 //! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
 //! - [`server`]: accept loops on the slot's sockets, `max_connections`, the queue drain.
-//! - [`conn`]: one client connection (HTTP/1.1 or h2c), its idle timeout and graceful end.
+//! - [`h1`]: the fast path — HTTP/1.1 bodiless requests proxied without hyper; it hands any
+//!   other request (and its connection) to [`conn`].
+//! - [`conn`]: one client connection on hyper (HTTP/1.1 or h2c), its idle timeout and graceful
+//!   end.
 //! - [`proxy`]: the request path as named phases.
 //! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
 //! - [`router`]: request → service and upstream path.
@@ -22,6 +26,7 @@ pub mod conn;
 pub mod connections;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod health_check;
 pub mod pool;

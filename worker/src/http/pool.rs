@@ -6,7 +6,8 @@
 //! the pool only once its response body was read to the end; a connection the instance closed
 //! is dropped at checkout; idle ones expire after `idle_timeout`, swept in the background.
 //! A request that found its pooled connection closed before a byte was written is sent again on
-//! a fresh connection (whatever its method: the instance never saw it).
+//! a fresh connection (whatever its method: the instance never saw it). The idle set itself is
+//! generic: the fast path (`h1`) keeps its plain TCP connections in one too.
 
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -21,17 +22,95 @@ use tokio::time::Instant;
 
 use crate::http::Body;
 
-/// Idle connections by instance address.
-pub struct Pool {
-    idle: Mutex<FxHashMap<String, Vec<Idle>>>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle_per_instance: usize,
+/// A connection that can wait in an [`IdleSet`].
+pub trait Pooled: Send + 'static {
+    /// Whether it can still carry a request (the instance has not closed it).
+    fn is_usable(&self) -> bool;
 }
 
-struct Idle {
-    sender: SendRequest<Body>,
+impl Pooled for TcpStream {
+    /// Usable unless the instance closed it or sent something unasked. Readiness is what the
+    /// event loop already knows (no system call while nothing arrived).
+    fn is_usable(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+impl Pooled for SendRequest<Body> {
+    fn is_usable(&self) -> bool {
+        !self.is_closed() && self.is_ready()
+    }
+}
+
+/// Idle connections by instance address, shared by the hyper pool and the fast path's: a plain
+/// map behind an uncontended lock (each worker is one thread), at most `max_per_instance` per
+/// address, expired after `idle_timeout` — checked at checkout and swept in the background.
+pub struct IdleSet<C> {
+    idle: Mutex<FxHashMap<String, Vec<Idle<C>>>>,
+    idle_timeout: Duration,
+    max_per_instance: usize,
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+impl<C: Pooled> IdleSet<C> {
+    /// An empty set; its sweeper runs on the current runtime for as long as the set lives.
+    pub fn new(idle_timeout: Duration, max_per_instance: usize) -> Arc<Self> {
+        let set = Arc::new(IdleSet {
+            idle: Mutex::new(FxHashMap::default()),
+            idle_timeout,
+            max_per_instance: max_per_instance.max(1),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&set)));
+        }
+        set
+    }
+
+    /// The most recently used usable connection to `address`, if any.
+    pub fn take(&self, address: &str) -> Option<C> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(address)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request to `address` (closed instead when the set is full).
+    pub fn put(&self, address: &str, conn: C) {
+        if !conn.is_usable() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let entry = Idle { conn, since: Instant::now() };
+        match idle.get_mut(address) {
+            Some(list) if list.len() < self.max_per_instance => list.push(entry),
+            Some(_) => {}
+            None => {
+                idle.insert(address.to_string(), vec![entry]);
+            }
+        }
+    }
+}
+
+/// The hyper pool: idle senders, and how to open new connections.
+pub struct Pool {
+    idle: Arc<IdleSet<SendRequest<Body>>>,
+    connect_timeout: Duration,
 }
 
 /// Why a connection could not be had.
@@ -71,24 +150,15 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let (true, Some(sender)) = (self.reusable, self.sender.take()) {
-            self.pool.checkin(std::mem::take(&mut self.address), sender);
+            self.pool.idle.put(&self.address, sender);
         }
     }
 }
 
 impl Pool {
-    /// An empty pool; its sweeper runs on the current runtime for as long as the pool lives.
+    /// An empty pool.
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
-        let pool = Arc::new(Pool {
-            idle: Mutex::new(FxHashMap::default()),
-            connect_timeout,
-            idle_timeout,
-            max_idle_per_instance: max_idle.max(1),
-        });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep(Arc::downgrade(&pool)));
-        }
-        pool
+        Arc::new(Pool { idle: IdleSet::new(idle_timeout, max_idle), connect_timeout })
     }
 
     /// Sends `req` (origin-form URI, Host set) to `address` on a pooled or new connection.
@@ -98,7 +168,7 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lease), SendError> {
         let mut req = req;
-        let mut pooled = self.take_idle(address);
+        let mut pooled = self.idle.take(address);
         loop {
             let (mut sender, reused) = match pooled.take() {
                 Some(s) => (s, true),
@@ -119,7 +189,7 @@ impl Pool {
                     // another pooled connection or a fresh one.
                     Some(unsent) if reused => {
                         req = unsent;
-                        pooled = self.take_idle(address);
+                        pooled = self.idle.take(address);
                     }
                     _ => return Err(SendError::Http(e.into_error())),
                 },
@@ -127,37 +197,8 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, address: &str) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(address)?;
-        while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed()
-                && entry.sender.is_ready()
-                && entry.since.elapsed() < self.idle_timeout
-            {
-                return Some(entry.sender);
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, address: String, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
-        let Ok(mut idle) = self.idle.lock() else { return };
-        let list = idle.entry(address).or_default();
-        if list.len() < self.max_idle_per_instance {
-            list.push(Idle { sender, since: Instant::now() });
-        }
-    }
-
     async fn connect(&self, address: &str) -> Result<SendRequest<Body>, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| ConnectError::Connect(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(ConnectError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(address, self.connect_timeout).await.map_err(ConnectError::Connect)?;
         let (sender, conn) =
             http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
         // with_upgrades: a 101 answer hands the connection to a tunnel.
@@ -179,19 +220,28 @@ pub enum SendError {
     Http(hyper::Error),
 }
 
-/// Drops idle connections older than `idle_timeout`, every half of it, while the pool lives.
-async fn sweep(pool: Weak<Pool>) {
-    let period = match pool.upgrade() {
-        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
+/// Opens a TCP connection to an instance within `timeout`, with `TCP_NODELAY`.
+pub async fn connect(address: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Drops idle connections older than `idle_timeout`, every half of it, while the set lives.
+async fn sweep<C: Pooled>(set: Weak<IdleSet<C>>) {
+    let period = match set.upgrade() {
+        Some(s) => (s.idle_timeout / 2).max(Duration::from_millis(100)),
         None => return,
     };
     loop {
         tokio::time::sleep(period).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let Ok(mut idle) = pool.idle.lock() else { return };
-        let limit = pool.idle_timeout;
+        let Some(set) = set.upgrade() else { return };
+        let Ok(mut idle) = set.idle.lock() else { return };
+        let limit = set.idle_timeout;
         idle.retain(|_, list| {
-            list.retain(|e| !e.sender.is_closed() && e.since.elapsed() < limit);
+            list.retain(|e| e.since.elapsed() < limit && e.conn.is_usable());
             !list.is_empty()
         });
     }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
@@ -26,9 +27,10 @@ use crate::http::connections::{ConnGuard, ConnPermit, Connections};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::headers;
-use crate::http::router::{request_host, Router, Target};
+use crate::http::pool::Lease;
+use crate::http::router::{request_host, HyperRequest, RequestView, Router, Target};
 use crate::http::tunnel::{is_upgrade, tunnel};
-use crate::http::upstream::{ClientBodyError, UpstreamError};
+use crate::http::upstream::{BodySent, ClientBodyError, SentBody, UpstreamError};
 use crate::http::{Body, BoxError};
 use crate::metrics::{Metrics, UNROUTED};
 use crate::table::{Service, Source};
@@ -36,20 +38,20 @@ use crate::SharedTable;
 
 /// Everything a worker needs to proxy requests; shared by all its connections.
 pub struct Proxy {
-    table: SharedTable,
+    pub(crate) table: SharedTable,
     /// `Some` once routes are loaded (a listing or the snapshot).
-    ready: watch::Receiver<Option<Source>>,
-    router: Router,
-    forwarder: Forwarder,
-    settings: ProxySettings,
-    worker: HeaderValue,
+    pub(crate) ready: watch::Receiver<Option<Source>>,
+    pub(crate) router: Router,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) settings: ProxySettings,
+    pub(crate) worker: HeaderValue,
     /// This gateway's `Via` token (loop detection).
-    via: HeaderValue,
+    pub(crate) via: HeaderValue,
     /// Headers with `_` forwarded anyway (the header-routing ones, or all when allowed).
-    keep_underscored: headers::Underscores,
-    metrics: Metrics,
+    pub(crate) keep_underscored: headers::Underscores,
+    pub(crate) metrics: Metrics,
     unrouted: usize,
-    access_log: bool,
+    pub(crate) access_log: bool,
     /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
     connections: Arc<Connections>,
 }
@@ -68,9 +70,9 @@ pub struct Shared {
 
 /// What the request path learned, for metrics and the access log.
 #[derive(Default)]
-struct Trace {
-    service: Option<Arc<Service>>,
-    attempts: Attempts,
+pub(crate) struct Trace {
+    pub(crate) service: Option<Arc<Service>>,
+    pub(crate) attempts: Attempts,
 }
 
 /// A requested upgrade: the client's side, and the permit its tunnel will hold (taken from
@@ -81,12 +83,21 @@ struct Upgrade {
     conn: Option<ConnPermit>,
 }
 
-/// The request line as logged.
-struct RequestLine {
-    method: Method,
-    path: String,
+/// Where a request came from, as the instance is told.
+struct From<'a> {
     client: SocketAddr,
-    started: Instant,
+    /// The host it was sent to (`X-Forwarded-Host`).
+    host: Option<&'a str>,
+    /// It asks for an upgrade.
+    upgrade: bool,
+}
+
+/// The request line as logged.
+pub(crate) struct RequestLine<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) client: SocketAddr,
+    pub(crate) started: Instant,
 }
 
 impl Proxy {
@@ -120,18 +131,16 @@ impl Proxy {
     /// Answers one client request; never fails (errors are answered with their status).
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
         let _active = self.forwarder.active();
-        let line = RequestLine {
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            client,
-            started: Instant::now(),
-        };
+        let (method, path, started) =
+            (req.method().clone(), req.uri().path().to_string(), Instant::now());
+        let line = RequestLine { method: method.as_str(), path: &path, client, started };
         let mut trace = Trace::default();
         let resp = match self.proxy(req, client, &mut trace).await {
             Ok(resp) => resp,
             Err(e) => self.answer_error(e, &line),
         };
-        self.log_request(&line, &trace, &resp);
+        let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+        self.log_request(&line, &trace, resp.status(), bytes);
         resp
     }
 
@@ -144,10 +153,12 @@ impl Proxy {
         if let Some(answer) = self.request_filter(&req)? {
             return Ok(answer);
         }
-        let target = self.route(&req)?;
-        let service = self.service(&target)?;
+        let host = request_host(req.uri(), req.headers());
+        let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
+        let target = self.router.route_view(&view)?;
+        let service = self.service(&target.service)?;
         trace.service = Some(service.clone());
-        let key = hash_on(&service, &req, client);
+        let key = hash_on(&service, &view, client);
         let upgrade = match is_upgrade(&req) {
             // A tunnel outlives this HTTP exchange: it takes over the connection's
             // max_connections permit, so upgraded connections never exceed the limit.
@@ -168,13 +179,22 @@ impl Proxy {
         // A request without a body can be sent again; one with a body cannot (it streams).
         let replay =
             Replay::for_request(&parts.method, body_is_empty(&parts.headers) && upgrade.is_none());
-        let build = |body, address: &str| {
-            self.upstream_request(&parts, body, &target, address, client, upgrade.is_some())
+        let mut body = Some(body);
+        let upstream = self.forwarder.upstream();
+        let attempt = |address| {
+            let b = body.take().unwrap_or_else(empty);
+            let from = From { client, host: host.as_deref(), upgrade: upgrade.is_some() };
+            let req = self.upstream_request(&parts, b, &target, address, from);
+            // A request with a body is watched for its end; one without is complete already.
+            let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
+            let req = match &sent {
+                Some(sent) => req.map(|b| SentBody::new(b, sent.clone()).boxed()),
+                None => req,
+            };
+            (upstream.request(address, req), sent)
         };
-        let answered = self
-            .forwarder
-            .forward(&service, key, Some(body), replay, build, &mut trace.attempts)
-            .await?;
+        let answered =
+            self.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts).await?;
         Ok(self.respond(answered, parts.version, upgrade))
     }
 
@@ -222,21 +242,16 @@ impl Proxy {
         Ok(None)
     }
 
-    /// Which service and upstream path the request goes to.
-    fn route(&self, req: &Request<Incoming>) -> Result<Target, ProxyError> {
-        Ok(self.router.route(req.uri(), req.headers())?)
-    }
-
     /// The service in the current table. Unknown before the routes are loaded is "not ready"
     /// (503, retry), never "no such service" (404).
-    fn service(&self, target: &Target) -> Result<Arc<Service>, ProxyError> {
-        if let Some(service) = self.table.load().get(&target.service) {
+    pub(crate) fn service(&self, name: &str) -> Result<Arc<Service>, ProxyError> {
+        if let Some(service) = self.table.load().get(name) {
             return Ok(service.clone());
         }
         if self.ready.borrow().is_none() {
-            return Err(ProxyError::NotReady(target.service.clone()));
+            return Err(ProxyError::NotReady(name.to_string()));
         }
-        Err(ProxyError::UnknownService(target.service.clone()))
+        Err(ProxyError::UnknownService(name.to_string()))
     }
 
     /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
@@ -272,11 +287,10 @@ impl Proxy {
         body: Body,
         target: &Target,
         address: &str,
-        client: SocketAddr,
-        upgrade: bool,
+        from: From<'_>,
     ) -> Request<Body> {
+        let From { client, host: original_host, upgrade } = from;
         let mut headers = parts.headers.clone();
-        let original_host = request_host(&parts.uri, &headers);
         // The authority that was routed on (absolute-form or :authority before Host).
         let routed_authority = parts
             .uri
@@ -290,7 +304,7 @@ impl Proxy {
             headers.insert(header::UPGRADE, proto);
         }
         headers::remove_underscored(&mut headers, &self.keep_underscored);
-        headers::add_forwarded(&mut headers, client.ip(), original_host.as_deref(), &self.via);
+        headers::add_forwarded(&mut headers, client.ip(), original_host, &self.via);
         let host = match routed_authority {
             Some(h) if self.settings.preserve_host => Some(h),
             _ => HeaderValue::from_str(address).ok(),
@@ -308,11 +322,12 @@ impl Proxy {
     /// The response as the client receives it.
     fn respond(
         &self,
-        answered: Answered,
+        answered: Answered<(Response<Incoming>, Lease)>,
         version: http::Version,
         upgrade: Option<Upgrade>,
     ) -> Response<Body> {
-        let Answered { response, address, mut inflight } = answered;
+        let Answered { response: (response, lease), address, mut inflight } = answered;
+        inflight.hold(lease);
         let (mut parts, body) = response.into_parts();
         // The client speaks its own HTTP version with us, whatever the instance spoke.
         parts.version = version;
@@ -344,7 +359,7 @@ impl Proxy {
     }
 
     /// The gateway's own answer, logged at the level the failure deserves.
-    fn answer_error(&self, e: ProxyError, line: &RequestLine) -> Response<Body> {
+    pub(crate) fn answer_error(&self, e: ProxyError, line: &RequestLine<'_>) -> Response<Body> {
         let RequestLine { method, path, client, .. } = line;
         match &e {
             ProxyError::Upstream(svc, err @ UpstreamError::ClientBody(_)) => {
@@ -359,26 +374,29 @@ impl Proxy {
         e.into_response()
     }
 
-    /// Counts the request in the metrics and writes the access log line.
-    fn log_request(&self, line: &RequestLine, trace: &Trace, resp: &Response<Body>) {
+    /// Counts the request in the metrics and writes the access log line (`bytes`: the
+    /// answer's `Content-Length`, when it has one).
+    pub(crate) fn log_request(
+        &self,
+        line: &RequestLine<'_>,
+        trace: &Trace,
+        status: StatusCode,
+        bytes: Option<&str>,
+    ) {
         let idx = match &trace.service {
             Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
             None => self.unrouted,
         };
-        self.metrics.request(idx, resp.status().as_u16(), trace.attempts.latency);
+        self.metrics.request(idx, status.as_u16(), trace.attempts.latency);
         if self.access_log {
-            let bytes = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
             log::info!(
                 target: "access",
-                "{} \"{} {}\" {} {bytes} service={} instance={} {:.1}ms",
+                "{} \"{} {}\" {} {} service={} instance={} {:.1}ms",
                 line.client,
                 line.method,
                 line.path,
-                resp.status().as_u16(),
+                status.as_u16(),
+                bytes.unwrap_or("-"),
                 trace.service.as_ref().map_or("-", |s| s.name.as_str()),
                 trace.attempts.instance.as_deref().unwrap_or("-"),
                 line.started.elapsed().as_secs_f64() * 1e3
@@ -392,11 +410,15 @@ fn empty() -> Body {
 }
 
 /// The `consistent_hash` key of a request (`None` for other strategies: resolved at table build).
-fn hash_on(service: &Service, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+pub(crate) fn hash_on(
+    service: &Service,
+    req: &impl RequestView,
+    client: SocketAddr,
+) -> Option<u64> {
     match service.policy.hash_on.as_ref()? {
         HashOn::ClientIp => Some(hash_key(client.ip().to_string().as_bytes())),
-        HashOn::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
-        HashOn::Cookie(name) => cookie(req.headers(), name).map(|v| hash_key(v.as_bytes())),
+        HashOn::Header(name) => req.header(name).map(hash_key),
+        HashOn::Cookie(name) => cookie(req, name).map(hash_key),
     }
 }
 
@@ -407,14 +429,15 @@ fn body_is_empty(headers: &http::HeaderMap) -> bool {
             .is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
 }
 
-fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+fn cookie<'a>(req: &'a impl RequestView, name: &str) -> Option<&'a [u8]> {
+    req.headers(&header::COOKIE)
+        .flat_map(|v| v.split(|b| *b == b';'))
+        .filter_map(|kv| {
+            let kv = kv.trim_ascii();
+            let eq = kv.iter().position(|b| *b == b'=')?;
+            Some((&kv[..eq], &kv[eq + 1..]))
+        })
+        .find(|(k, _)| *k == name.as_bytes())
         .map(|(_, v)| v)
 }
 
@@ -426,7 +449,9 @@ mod tests {
     fn cookies_are_found_by_exact_name() {
         let mut h = http::HeaderMap::new();
         h.insert(header::COOKIE, "a=1; sid=xyz; sidx=2".parse().unwrap());
-        assert_eq!(cookie(&h, "sid"), Some("xyz"));
-        assert_eq!(cookie(&h, "missing"), None);
+        let uri = http::Uri::from_static("/");
+        let req = HyperRequest { uri: &uri, headers: &h, host: None };
+        assert_eq!(cookie(&req, "sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&req, "missing"), None);
     }
 }

@@ -62,40 +62,97 @@ impl Router {
 
     /// Routes one request.
     pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<Target, RouteError> {
-        let path = uri.path();
+        let host = request_host(uri, headers);
+        self.route_view(&HyperRequest { uri, headers, host: host.as_deref() })
+    }
+
+    /// Routes one request, whichever way it was parsed (hyper's types or the fast path's).
+    pub fn route_view(&self, req: &impl RequestView) -> Result<Target, RouteError> {
+        let path = req.path();
         if let Some(h) = &self.header {
             if prefix_matches(&h.mount, path) {
-                return route_by_headers(h, headers);
+                return route_by_headers(h, req);
             }
         }
-        let host = request_host(uri, headers);
         for rule in &self.rules {
             if let Some(want) = &rule.host {
-                if !host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(want)) {
+                if !req.host().is_some_and(|h| h.eq_ignore_ascii_case(want)) {
                     continue;
                 }
             }
             if !prefix_matches(&rule.path_prefix, path) {
                 continue;
             }
-            let forwarded =
-                if rule.strip_prefix { strip(&rule.path_prefix, uri) } else { path_and_query(uri) };
+            let forwarded = if rule.strip_prefix {
+                strip(&rule.path_prefix, path, req.query())
+            } else {
+                req.path_and_query()
+            };
             return Ok(Target { service: rule.service.clone(), path: forwarded });
         }
         Err(RouteError::NoRoute)
     }
 }
 
-fn route_by_headers(h: &HeaderMode, headers: &HeaderMap) -> Result<Target, RouteError> {
-    let header =
-        |name: &HeaderName| -> Result<&str, RouteError> {
-            let v = headers
-                .get(name)
-                .ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
-            v.to_str().ok().map(str::trim).filter(|v| !v.is_empty()).ok_or_else(|| {
-                RouteError::BadRequest(format!("header {name} is empty or not ASCII"))
-            })
-        };
+/// What the router (and the hash key) reads of a request: the hyper path's `Uri` and
+/// `HeaderMap`, or the fast path's parsed head, alike.
+pub trait RequestView {
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// The query, without `?`.
+    fn query(&self) -> Option<&str>;
+    /// Path and query as forwarded when no rule rewrites them.
+    fn path_and_query(&self) -> PathAndQuery;
+    /// The host the request was for, without port (see [`request_host`]).
+    fn host(&self) -> Option<&str>;
+    /// The first value of a header.
+    fn header(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// Every value of a header, in order.
+    fn headers<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+/// A request as hyper parsed it.
+pub struct HyperRequest<'a> {
+    /// Its URI.
+    pub uri: &'a Uri,
+    /// Its headers.
+    pub headers: &'a HeaderMap,
+    /// Its host, from [`request_host`].
+    pub host: Option<&'a str>,
+}
+
+impl RequestView for HyperRequest<'_> {
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+    fn path_and_query(&self) -> PathAndQuery {
+        self.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+    }
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn headers<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers.get_all(name).iter().map(|v| v.as_bytes())
+    }
+}
+
+fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, RouteError> {
+    let header = |name: &HeaderName| -> Result<&str, RouteError> {
+        let v = req
+            .header(name)
+            .ok_or_else(|| RouteError::BadRequest(format!("missing header {name}")))?;
+        // Visible ASCII only, as `HeaderValue::to_str`.
+        let ascii = v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b));
+        let v = std::str::from_utf8(v).ok().filter(|_| ascii).map(str::trim);
+        v.filter(|v| !v.is_empty())
+            .ok_or_else(|| RouteError::BadRequest(format!("header {name} is empty or not ASCII")))
+    };
     let service = header(&h.service)?;
     let api = header(&h.path)?;
     if !api.starts_with('/') || api.starts_with("//") {
@@ -121,10 +178,10 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-fn strip(prefix: &str, uri: &Uri) -> PathAndQuery {
-    let rest = uri.path().strip_prefix(prefix.trim_end_matches('/')).unwrap_or(uri.path());
+fn strip(prefix: &str, path: &str, query: Option<&str>) -> PathAndQuery {
+    let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
     let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
-    let full = match uri.query() {
+    let full = match query {
         Some(q) => format!("{rest}?{q}"),
         None => rest,
     };
@@ -132,18 +189,33 @@ fn strip(prefix: &str, uri: &Uri) -> PathAndQuery {
     full.parse().unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }
 
-fn path_and_query(uri: &Uri) -> PathAndQuery {
-    uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
-}
-
 /// The request's host without port: from an absolute-form URI, else the `Host` header.
 pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     if let Some(h) = uri.host() {
         return Some(h.to_string());
     }
-    let raw = headers.get(http::header::HOST)?.to_str().ok()?;
+    host_of(headers.get(http::header::HOST)?.as_bytes()).map(str::to_string)
+}
+
+/// The host of a `Host` value, without port; `None` when it is not a valid authority.
+pub fn host_of(raw: &[u8]) -> Option<&str> {
+    let raw = std::str::from_utf8(raw).ok()?;
+    // The common shape (a name or IPv4 address, maybe a port) without building an Authority.
+    let (host, port) = match raw.split_once(':') {
+        Some((host, port)) => {
+            (host, port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+        }
+        None => (raw, true),
+    };
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'-';
+    if port && !host.is_empty() && host.bytes().all(plain) {
+        return Some(host);
+    }
     let auth: http::uri::Authority = raw.parse().ok()?;
-    Some(auth.host().to_string())
+    let host = auth.host();
+    // The authority's host is a slice of `raw` (userinfo and port cut off).
+    let start = raw.find(host)?;
+    Some(&raw[start..start + host.len()])
 }
 
 #[cfg(test)]

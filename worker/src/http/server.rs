@@ -15,7 +15,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::config::ProxySettings;
 use crate::http::conn::{self, ConnSettings};
-use crate::http::connections::{stopped, ConnGuard, ConnPermit, Connections};
+use crate::http::connections::{stopped, ConnGuard, ConnPermit, Connections, Rewind};
+use crate::http::h1::{self, End};
 use crate::http::proxy::Proxy;
 use crate::metrics::Metrics;
 
@@ -105,6 +106,12 @@ impl Server {
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             let _open = guard;
+            let mut drain = shutdown.clone();
+            let (stream, read) = match h1::serve(stream, peer, &proxy, &mut drain).await {
+                End::Closed => return,
+                End::Handover(stream, read) => (stream, read),
+            };
+            let stream = Rewind::new(read, stream);
             conn::serve(stream, peer, proxy, settings, shutdown, ConnPermit::new(permit)).await;
         });
     }

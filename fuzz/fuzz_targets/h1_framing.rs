@@ -1,0 +1,84 @@
+//! The fast path's framing rules as a hostile client or a broken instance exercises them:
+//! - a request head the fast path takes is complete, bodiless, origin-form, and parses the same
+//!   whatever way its bytes were split across reads;
+//! - a response head's framing is one of the RFC 9112 cases, never a body of two lengths;
+//! - a chunked body decodes to the same data whatever the read boundaries, never reads past
+//!   its end, and what the gateway re-encodes decodes back to exactly that data.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use worker::http::h1::chunked::{encode, Decoder, LAST_CHUNK};
+use worker::http::h1::head::{parse_request, parse_response, Framing, Kind, Parse, RequestHead, ResponseHead};
+
+fn decode(input: &[u8], step: usize) -> (Result<usize, ()>, Vec<u8>, bool) {
+    let mut d = Decoder::default();
+    let mut data = Vec::new();
+    let mut used = 0;
+    for piece in input.chunks(step.max(1)) {
+        match d.decode(piece, |b| data.extend_from_slice(b)) {
+            Ok(n) => used += n,
+            Err(_) => return (Err(()), data, false),
+        }
+        if d.is_done() {
+            break;
+        }
+    }
+    (Ok(used), data, d.is_done())
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&split, input)) = input.split_first() else { return };
+    let split = usize::from(split);
+
+    // Request heads.
+    let mut head = RequestHead::default();
+    let whole = parse_request(input, &mut head);
+    if whole == Parse::Complete {
+        assert!(head.len <= input.len());
+        assert!(head.target.get(input).starts_with(b"/"));
+        for line in &head.lines {
+            assert_ne!(line.kind, Kind::TransferEncoding);
+            if line.kind == Kind::ContentLength {
+                assert_eq!(line.value.get(input), b"0");
+            }
+        }
+        // A prefix of a complete head is never taken as complete with another length.
+        let mut again = RequestHead::default();
+        let cut = split.min(input.len());
+        match parse_request(&input[..cut], &mut again) {
+            Parse::Complete => assert_eq!(again.len, head.len),
+            Parse::Partial | Parse::Handover => {}
+        }
+    }
+
+    // Response heads.
+    let mut resp = ResponseHead::default();
+    if let Ok(Some(())) = parse_response(input, split % 2 == 0, &mut resp) {
+        let lengths = resp.lines.iter().filter(|l| l.kind == Kind::ContentLength).count();
+        let chunked = resp.lines.iter().any(|l| l.kind == Kind::TransferEncoding);
+        match resp.framing {
+            Some(Framing::Length(_)) => assert!(lengths >= 1 && !chunked),
+            Some(Framing::Chunked) => assert!(chunked),
+            Some(Framing::UntilClose) => assert!(!resp.reusable && lengths == 0),
+            Some(Framing::Empty) => {}
+            None => panic!("complete head without framing"),
+        }
+    }
+
+    // Chunked bodies.
+    let (one, data, done) = decode(input, input.len());
+    let (split_result, split_data, split_done) = decode(input, split);
+    assert_eq!(one.is_ok(), split_result.is_ok(), "read boundaries changed the verdict");
+    if let (Ok(used), Ok(split_used)) = (one, split_result) {
+        assert_eq!((&data, done), (&split_data, split_done));
+        if done {
+            assert_eq!(used, split_used);
+            assert!(used <= input.len());
+            let mut out = Vec::new();
+            encode(&data, &mut out);
+            out.extend_from_slice(LAST_CHUNK);
+            let (again, redata, redone) = decode(&out, 7);
+            assert!(again.is_ok() && redone && redata == data);
+        }
+    }
+});

@@ -1,0 +1,138 @@
+//! One attempt of the fast path at an instance: a pooled or new plain TCP connection, the
+//! request head in one write, the response head read into the attempt's buffer.
+//!
+//! The task serving the client does all of it itself — no connection task, no channel between
+//! the two — which is most of what the fast path saves over hyper's client.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::http::forward::Answer;
+use crate::http::h1::head::{parse_response, ResponseHead};
+use crate::http::pool::{connect, IdleSet};
+use crate::http::upstream::UpstreamError;
+
+/// Largest response head accepted from an instance.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// An instance's answer: its head, the bytes read so far (head and the start of the body) and
+/// the connection the rest comes on.
+pub struct Exchange {
+    /// The connection to the instance.
+    pub conn: TcpStream,
+    /// The parsed head (offsets into `buf`).
+    pub head: ResponseHead,
+    /// What was read: the head, then perhaps body bytes.
+    pub buf: Vec<u8>,
+}
+
+impl Answer for Exchange {
+    fn status(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY)
+    }
+}
+
+/// How one attempt is made.
+pub struct Attempt<'a> {
+    /// Idle connections to instances.
+    pub pool: &'a IdleSet<TcpStream>,
+    /// `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// The whole request head.
+    pub request: Vec<u8>,
+    /// A HEAD request (its answer has no body whatever it declares).
+    pub head_request: bool,
+    /// Idempotent: may be sent again when a pooled connection turns out closed after the write.
+    pub idempotent: bool,
+}
+
+/// Why the exchange failed, and whether the instance can have seen the request.
+enum Failure {
+    /// The write failed, or the connection closed with no byte of answer.
+    Lost { written: bool, why: String },
+    /// Anything else.
+    Other(UpstreamError),
+}
+
+impl Attempt<'_> {
+    /// Sends the request to `address` and reads the response head (skipping interim 1xx).
+    /// A pooled connection the instance had closed is replaced by a fresh one — at once when
+    /// the write failed (nothing reached the instance), and for idempotent requests also when
+    /// the connection closed without a byte of answer.
+    pub async fn run(self, address: &str) -> Result<Exchange, UpstreamError> {
+        let mut pooled = self.pool.take(address);
+        loop {
+            let (mut conn, reused) = match pooled.take() {
+                Some(c) => (c, true),
+                None => {
+                    let c = connect(address, self.connect_timeout)
+                        .await
+                        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+                    (c, false)
+                }
+            };
+            match self.exchange(&mut conn).await {
+                Ok((head, buf)) => return Ok(Exchange { conn, head, buf }),
+                Err(Failure::Lost { written, why }) => {
+                    if reused && (!written || self.idempotent) {
+                        log::debug!("instance {address}: pooled connection closed ({why}); again");
+                        pooled = self.pool.take(address);
+                        continue;
+                    }
+                    return Err(UpstreamError::Reset(why));
+                }
+                Err(Failure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn exchange(&self, conn: &mut TcpStream) -> Result<(ResponseHead, Vec<u8>), Failure> {
+        conn.write_all(&self.request)
+            .await
+            .map_err(|e| Failure::Lost { written: false, why: e.to_string() })?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut head = ResponseHead::default();
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let n = match conn.read_buf(&mut buf).await {
+                Ok(n) => n,
+                Err(e) if buf.is_empty() => {
+                    return Err(Failure::Lost { written: true, why: e.to_string() })
+                }
+                Err(e) => return Err(Failure::Other(UpstreamError::Reset(e.to_string()))),
+            };
+            if n == 0 {
+                let why = "connection closed before the response head".to_string();
+                return Err(match buf.is_empty() {
+                    true => Failure::Lost { written: true, why },
+                    false => Failure::Other(UpstreamError::Reset(why)),
+                });
+            }
+            loop {
+                match parse_response(&buf, self.head_request, &mut head) {
+                    Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
+                        return Err(Failure::Other(UpstreamError::Failed(
+                            "response head too large".into(),
+                        )))
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(Failure::Other(UpstreamError::Failed(e.to_string()))),
+                    Ok(Some(())) if head.status == 101 => {
+                        return Err(Failure::Other(UpstreamError::Failed(
+                            "101 Switching Protocols to a request that asked no upgrade".into(),
+                        )))
+                    }
+                    // Interim answers (100, 103 …) are not forwarded: the final one follows.
+                    Ok(Some(())) if head.status < 200 => {
+                        buf.drain(..head.len);
+                    }
+                    Ok(Some(())) => return Ok((head, buf)),
+                }
+            }
+        }
+    }
+}
