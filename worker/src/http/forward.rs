@@ -43,18 +43,18 @@ pub struct Forwarder {
 /// What the attempts of one request learned, for metrics and the access log.
 #[derive(Debug, Default)]
 pub struct Attempts {
-    /// The instance that answered last (or failed last).
-    pub instance: Option<String>,
+    /// The instance that answered last (or failed last): its index in the service.
+    pub instance: Option<usize>,
     /// Time until the last attempt's response head.
     pub latency: Option<Duration>,
 }
 
 /// A response from an instance, with what it keeps alive while its body streams.
-pub struct Answered<R> {
+pub struct Answered<'s, R> {
     /// The instance's response (hyper's, or the fast path's head and connection).
     pub response: R,
     /// The instance that answered.
-    pub address: String,
+    pub address: &'s str,
     /// Counts the request in flight at the instance until the body is done.
     pub inflight: InFlight,
 }
@@ -116,11 +116,11 @@ impl Forwarder {
         replay: Replay,
         mut attempt: impl FnMut(&'s str) -> (Fut, Option<Arc<BodySent>>),
         attempts: &mut Attempts,
-    ) -> Result<Answered<R>, ProxyError>
+    ) -> Result<Answered<'s, R>, ProxyError>
     where
         Fut: Future<Output = Result<R, UpstreamError>>,
     {
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut _retry: Option<CountGuard<'_>> = None;
         loop {
             // Bounded whatever the clients do (one h2 connection may carry many streams).
@@ -130,11 +130,11 @@ impl Forwarder {
                     "upstream connection limit reached",
                 ));
             };
-            let idx = self.pick(service, key, &tried)?;
+            let idx = self.pick(service, key, tried.as_slice())?;
             tried.push(idx);
             let address: &'s str = &service.instances[idx].address;
             let inflight = InFlight::start(service.clone(), idx, slot);
-            attempts.instance = Some(address.to_string());
+            attempts.instance = Some(idx);
             let sent = Instant::now();
             let give_up_when_slow =
                 replay == Replay::IfNoResponse && self.may_retry(service, tried.len());
@@ -144,7 +144,7 @@ impl Forwarder {
             self.record(service, idx, result.as_ref().map(Answer::status));
             match result {
                 Ok(response) => {
-                    return Ok(Answered { response, address: address.to_string(), inflight });
+                    return Ok(Answered { response, address, inflight });
                 }
                 Err(e) if replay.allows(&e) && self.may_retry(service, tried.len()) => {
                     log::warn!(
@@ -280,6 +280,40 @@ impl Forwarder {
                 self.settings.outlier.consecutive_failures
             );
         }
+    }
+}
+
+/// Instances already tried for one request: inline for the first few (no allocation on the
+/// common path), a vector beyond.
+#[derive(Default)]
+struct Tried {
+    inline: [usize; 4],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    fn push(&mut self, idx: usize) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = idx;
+            self.len += 1;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.inline);
+            }
+            self.more.push(idx);
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self.more.is_empty() {
+            true => &self.inline[..self.len],
+            false => &self.more,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
     }
 }
 

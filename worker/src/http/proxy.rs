@@ -322,7 +322,7 @@ impl Proxy {
     /// The response as the client receives it.
     fn respond(
         &self,
-        answered: Answered<(Response<Incoming>, Lease)>,
+        answered: Answered<'_, (Response<Incoming>, Lease)>,
         version: http::Version,
         upgrade: Option<Upgrade>,
     ) -> Response<Body> {
@@ -338,7 +338,8 @@ impl Proxy {
                 let upstream_side = hyper::upgrade::on(&mut up);
                 let open = (ConnGuard::new(self.connections.clone(), self.metrics), permit);
                 let idle = self.settings.idle_timeout;
-                tokio::spawn(tunnel(client_side, upstream_side, address.clone(), open, idle));
+                let address = address.to_string();
+                tokio::spawn(tunnel(client_side, upstream_side, address, open, idle));
             }
         } else {
             headers::remove_hop_by_hop(&mut parts.headers);
@@ -349,7 +350,7 @@ impl Proxy {
         }
         headers::append_via(&mut parts.headers, &self.via);
         if self.settings.debug_headers {
-            if let Ok(v) = HeaderValue::from_str(&address) {
+            if let Ok(v) = HeaderValue::from_str(address) {
                 parts.headers.insert("x-zkgate-instance", v);
             }
             parts.headers.insert("x-zkgate-worker", self.worker.clone());
@@ -398,7 +399,12 @@ impl Proxy {
                 status.as_u16(),
                 bytes.unwrap_or("-"),
                 trace.service.as_ref().map_or("-", |s| s.name.as_str()),
-                trace.attempts.instance.as_deref().unwrap_or("-"),
+                trace
+                    .attempts
+                    .instance
+                    .zip(trace.service.as_ref())
+                    .and_then(|(i, s)| s.instances.get(i))
+                    .map_or("-", |i| i.address.as_str()),
                 line.started.elapsed().as_secs_f64() * 1e3
             );
         }

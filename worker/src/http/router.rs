@@ -199,18 +199,24 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 
 /// The host of a `Host` value, without port; `None` when it is not a valid authority.
 pub fn host_of(raw: &[u8]) -> Option<&str> {
-    let raw = std::str::from_utf8(raw).ok()?;
     // The common shape (a name or IPv4 address, maybe a port) without building an Authority.
-    let (host, port) = match raw.split_once(':') {
-        Some((host, port)) => {
-            (host, port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
-        }
-        None => (raw, true),
+    let colon = raw.iter().position(|b| *b == b':');
+    let (host, port) = match colon {
+        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        None => (raw, None),
     };
-    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'.' || b == b'-';
-    if port && !host.is_empty() && host.bytes().all(plain) {
-        return Some(host);
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-';
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+    });
+    if port_ok && !host.is_empty() && host.iter().all(plain) {
+        // ASCII by the check above.
+        return std::str::from_utf8(host).ok();
     }
+    let raw = std::str::from_utf8(raw).ok()?;
     let auth: http::uri::Authority = raw.parse().ok()?;
     let host = auth.host();
     // The authority's host is a slice of `raw` (userinfo and port cut off).

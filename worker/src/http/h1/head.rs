@@ -102,6 +102,14 @@ pub fn lists(value: &[u8], token: &str) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether a `Connection` value names any header beyond `close` and `keep-alive` (`Keep-Alive`
+/// is hop-by-hop anyway): only then is every line checked against it.
+pub fn names_headers(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
 /// Whether `name` is among the tokens of the `Connection` lines of `lines`.
 pub fn named_by_connection(buf: &[u8], lines: &[Line], name: &[u8]) -> bool {
     lines.iter().filter(|l| l.kind == Kind::Connection).any(|l| {
@@ -124,7 +132,7 @@ pub struct RequestHead {
     pub host: Option<usize>,
     /// The client asked to close after this exchange.
     pub close: bool,
-    /// Some line is hop-by-hop or named by `Connection` (checked per line only then).
+    /// A `Connection` line names other headers (each line is checked against it only then).
     pub connection_lists: bool,
 }
 
@@ -179,7 +187,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
             }
             Kind::Connection => {
                 head.close |= lists(value, "close");
-                head.connection_lists = true;
+                head.connection_lists |= names_headers(value);
             }
             _ => {}
         }

@@ -26,7 +26,9 @@ pub mod chunked;
 pub mod head;
 pub mod upstream;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +39,7 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use crate::http::conn::DRAIN_IDLE_GRACE;
 use crate::http::connections::stopped;
@@ -44,7 +47,8 @@ use crate::http::error::ProxyError;
 use crate::http::forward::{Answered, Replay};
 use crate::http::h1::chunked::{Decoder, LAST_CHUNK};
 use crate::http::h1::head::{
-    named_by_connection, parse_request, Framing, Kind, Parse, RequestHead,
+    named_by_connection, names_headers, parse_request, Framing, Kind, Parse, RequestHead,
+    ResponseHead,
 };
 use crate::http::h1::upstream::{Attempt, Exchange};
 use crate::http::headers;
@@ -60,6 +64,18 @@ pub enum End {
     /// To be served by hyper, starting with these bytes already read from it.
     Handover(TcpStream, Vec<u8>),
 }
+
+/// The buffers of an exchange with an instance, reused by the connection's next one.
+#[derive(Default)]
+struct Spare {
+    request: Vec<u8>,
+    response: Vec<u8>,
+    head: ResponseHead,
+}
+
+/// Largest response buffer kept between requests (a large body grew it; an idle keep-alive
+/// connection should not hold that).
+const SPARE_CAPACITY: usize = 16 * 1024;
 
 /// What became of one request.
 enum Step {
@@ -87,7 +103,11 @@ struct Conn<'p> {
     head: RequestHead,
     /// The outgoing request head, then the response head.
     out: Vec<u8>,
+    /// Buffers of the last exchange with an instance, for the next one.
+    spare: Option<Spare>,
     accepted: Instant,
+    /// When the last answer was sent (the keep-alive idle deadline counts from there).
+    idle_since: Instant,
     requests: u64,
     draining: bool,
 }
@@ -99,6 +119,7 @@ pub async fn serve(
     proxy: &Proxy,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
+    let accepted = Instant::now();
     let mut conn = Conn {
         proxy,
         stream,
@@ -107,12 +128,22 @@ pub async fn serve(
         buf: Vec::with_capacity(4096),
         head: RequestHead::default(),
         out: Vec::with_capacity(1024),
-        accepted: Instant::now(),
+        spare: None,
+        accepted,
+        idle_since: accepted,
         requests: 0,
         draining: *shutdown.borrow(),
     };
+    // One timer and one drain watch for the connection's life, not one per request: the timer
+    // is moved earlier when a deadline comes sooner, and when it fires late it is checked
+    // against the real deadline (a keep-alive connection costs no timer work per request).
+    let timer = tokio::time::sleep_until((accepted + proxy.settings.header_read_timeout).into());
+    tokio::pin!(timer);
+    let mut drain = shutdown.clone();
+    let stop = stopped(&mut drain);
+    tokio::pin!(stop);
     loop {
-        match conn.next_head(shutdown).await {
+        match conn.next_head(timer.as_mut(), stop.as_mut()).await {
             Next::Head => {}
             Next::Handover => {
                 log::debug!("connection from {peer}: request handed over to hyper");
@@ -129,6 +160,7 @@ pub async fn serve(
             let _ = conn.stream.shutdown().await;
             return End::Closed;
         }
+        conn.idle_since = Instant::now();
     }
 }
 
@@ -137,7 +169,11 @@ impl Conn<'_> {
     /// `header_read_timeout` of the accept; a later one within `idle_timeout` of the previous
     /// answer and `header_read_timeout` of its first byte; once draining, an idle connection
     /// gets [`DRAIN_IDLE_GRACE`] to send its next request (answered with `Connection: close`).
-    async fn next_head(&mut self, shutdown: &mut watch::Receiver<bool>) -> Next {
+    async fn next_head(
+        &mut self,
+        mut timer: Pin<&mut Sleep>,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Next {
         let settings = &self.proxy.settings;
         let max_head = settings.max_header_bytes.max(8192);
         let mut head_started: Option<Instant> = None;
@@ -155,16 +191,18 @@ impl Conn<'_> {
                     Parse::Partial => {}
                 }
             }
-            let now = Instant::now();
             let deadline = if self.requests == 0 {
                 self.accepted + settings.header_read_timeout
             } else if let Some(started) = head_started {
                 started + settings.header_read_timeout
             } else if self.draining {
-                now + DRAIN_IDLE_GRACE
+                self.idle_since.max(Instant::now()) + DRAIN_IDLE_GRACE
             } else {
-                now + settings.idle_timeout
+                self.idle_since + settings.idle_timeout
             };
+            if deadline < timer.deadline().into_std() {
+                timer.as_mut().reset(deadline.into());
+            }
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(4096);
             }
@@ -174,17 +212,22 @@ impl Conn<'_> {
                 r = self.stream.read_buf(&mut self.buf) => match r {
                     Ok(0) | Err(_) => return Next::Closed,
                     Ok(_) => {
-                        head_started.get_or_insert(now);
+                        head_started.get_or_insert_with(Instant::now);
                     }
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = timer.as_mut() => {
+                    if Instant::now() < deadline {
+                        // Fired for an earlier deadline that has since moved on.
+                        timer.as_mut().reset(deadline.into());
+                        continue;
+                    }
                     if self.requests == 0 || head_started.is_some() {
                         let limit = settings.header_read_timeout;
                         log::info!("connection from {} closed: no request head within {limit:?}", self.peer);
                     }
                     return Next::Closed;
                 }
-                _ = stopped(shutdown), if !draining => self.draining = true,
+                _ = stop.as_mut(), if !draining => self.draining = true,
             }
         }
     }
@@ -207,70 +250,85 @@ impl Conn<'_> {
         let line = RequestLine { method, path, client: self.peer, started };
         let close = head.close || draining;
         let mut trace = Trace::default();
-        let answered = async {
-            if head
-                .lines
-                .iter()
-                .any(|l| l.kind == Kind::Via && headers::via_lists(l.value.get(req), &proxy.via))
-            {
-                return Err(ProxyError::Refused(
-                    StatusCode::LOOP_DETECTED,
-                    "request loop: it already passed through this gateway",
-                ));
-            }
-            let routed = proxy.router.route_view(&view)?;
-            let service = proxy.service(&routed.service)?;
-            trace.service = Some(service.clone());
-            let key = hash_on(&service, &view, self.peer);
-            let base = request_head(proxy, &view, routed.path.as_str(), &self.ip, &mut self.out);
-            let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
-            let replay = Replay::for_request(&method_, true);
-            let idempotent = replay == Replay::IfNoResponse;
-            let settings = proxy.forwarder.settings();
-            let preserved = host_value.filter(|_| settings.preserve_host);
-            let attempt = |address| {
-                let address: &str = address;
-                let host: &[u8] = preserved.unwrap_or(address.as_bytes());
-                let mut request = Vec::with_capacity(base.len() + host.len() + 10);
-                request.extend_from_slice(base);
-                put(&mut request, b"host", host);
-                request.extend_from_slice(b"\r\n");
-                let attempt = Attempt {
-                    pool: proxy.forwarder.plain_pool(),
-                    connect_timeout: settings.connect_timeout,
-                    request,
-                    head_request: method_ == Method::HEAD,
-                    idempotent,
-                };
-                (attempt.run(address), None)
+        macro_rules! refuse {
+            ($e:expr, $close:expr) => {
+                return own_answer(
+                    proxy,
+                    &mut self.stream,
+                    &mut self.out,
+                    $e,
+                    (&line, &trace),
+                    $close,
+                )
+                .await
             };
-            let answered = proxy
-                .forwarder
-                .forward(&service, key, replay, attempt, &mut trace.attempts)
-                .await?;
-            Ok((answered, service))
         }
-        .await;
-        match answered {
-            Ok((answered, service)) => {
-                let status = StatusCode::from_u16(answered.response.head.status)
-                    .unwrap_or(StatusCode::BAD_GATEWAY);
-                let length = proxy.access_log.then(|| content_length(&answered.response));
-                match respond(proxy, &mut self.stream, answered, close, &mut self.out).await {
-                    Responded::Sent(step) => {
-                        proxy.log_request(&line, &trace, status, length.flatten().as_deref());
-                        step
-                    }
-                    Responded::Malformed(why) => {
-                        let e =
-                            ProxyError::Upstream(service.name.clone(), UpstreamError::Failed(why));
-                        own_answer(proxy, &mut self.stream, &mut self.out, e, (&line, &trace), true)
-                            .await
-                    }
-                }
+        let looped = head
+            .lines
+            .iter()
+            .any(|l| l.kind == Kind::Via && headers::via_lists(l.value.get(req), &proxy.via));
+        if looped {
+            let why = "request loop: it already passed through this gateway";
+            refuse!(ProxyError::Refused(StatusCode::LOOP_DETECTED, why), close);
+        }
+        let routed = match proxy.router.route_view(&view) {
+            Ok(routed) => routed,
+            Err(e) => refuse!(ProxyError::Route(e), close),
+        };
+        let service = match proxy.service(&routed.service) {
+            Ok(service) => service,
+            Err(e) => refuse!(e, close),
+        };
+        trace.service = Some(service.clone());
+        let key = hash_on(&service, &view, self.peer);
+        let base = request_head(proxy, &view, routed.path.as_str(), &self.ip, &mut self.out);
+        let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
+        let replay = Replay::for_request(&method_, true);
+        let idempotent = replay == Replay::IfNoResponse;
+        let settings = proxy.forwarder.settings();
+        let preserved = host_value.filter(|_| settings.preserve_host);
+        let mut spare = self.spare.take();
+        let attempt = |address| {
+            let address: &str = address;
+            let host: &[u8] = preserved.unwrap_or(address.as_bytes());
+            let Spare { mut request, response, head } = spare.take().unwrap_or_default();
+            request.clear();
+            request.extend_from_slice(base);
+            put(&mut request, b"host", host);
+            request.extend_from_slice(b"\r\n");
+            let attempt = Attempt {
+                pool: proxy.forwarder.plain_pool(),
+                connect_timeout: settings.connect_timeout,
+                request,
+                buf: response,
+                head,
+                head_request: method_ == Method::HEAD,
+                idempotent,
+            };
+            (attempt.run(address), None)
+        };
+        let answered = match proxy
+            .forwarder
+            .forward(&service, key, replay, attempt, &mut trace.attempts)
+            .await
+        {
+            Ok(answered) => answered,
+            Err(e) => refuse!(e, close),
+        };
+        let status =
+            StatusCode::from_u16(answered.response.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let length = proxy.access_log.then(|| content_length(&answered.response));
+        let (responded, spare) =
+            respond(proxy, &mut self.stream, answered, close, &mut self.out).await;
+        self.spare = spare;
+        match responded {
+            Responded::Sent(step) => {
+                proxy.log_request(&line, &trace, status, length.flatten().as_deref());
+                step
             }
-            Err(e) => {
-                own_answer(proxy, &mut self.stream, &mut self.out, e, (&line, &trace), close).await
+            Responded::Malformed(why) => {
+                let e = ProxyError::Upstream(service.name.clone(), UpstreamError::Failed(why));
+                refuse!(e, true)
             }
         }
     }
@@ -289,7 +347,7 @@ async fn own_answer(
     let status = resp.status();
     let length = serialise(resp, close, out);
     proxy.log_request(line, trace, status, Some(&length.to_string()));
-    match timeout(proxy.settings.idle_timeout, client.write_all(out)).await {
+    match write_within(client, out, proxy.settings.idle_timeout).await {
         Ok(()) if !close => Step::KeepAlive,
         _ => Step::Close,
     }
@@ -381,28 +439,28 @@ fn content_length(ex: &Exchange) -> Option<String> {
 async fn respond(
     proxy: &Proxy,
     client: &mut TcpStream,
-    answered: Answered<Exchange>,
+    answered: Answered<'_, Exchange>,
     close: bool,
     out: &mut Vec<u8>,
-) -> Responded {
+) -> (Responded, Option<Spare>) {
     let Answered { response: mut ex, address, inflight } = answered;
     let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
     let rechunk = matches!(framing, Framing::Chunked | Framing::UntilClose);
-    response_head(proxy, &ex, &address, rechunk, close, out);
+    response_head(proxy, &ex, address, rechunk, close, out);
     let idle = proxy.settings.idle_timeout;
     let body_start = ex.head.len;
     let mut reusable = ex.head.reusable;
     let done = match framing {
         Framing::Empty => {
             reusable &= ex.buf.len() == body_start;
-            timeout(idle, client.write_all(out)).await.is_ok()
+            write_within(client, out, idle).await.is_ok()
         }
         Framing::Length(n) => {
             let have = (ex.buf.len() - body_start) as u64;
             let first = usize::try_from(have.min(n)).unwrap_or(usize::MAX);
             out.extend_from_slice(&ex.buf[body_start..body_start + first]);
             reusable &= have <= n;
-            timeout(idle, client.write_all(out)).await.is_ok()
+            write_within(client, out, idle).await.is_ok()
                 && (have >= n || copy_length(&mut ex, client, n - have, idle, &mut reusable).await)
         }
         Framing::Chunked => {
@@ -413,30 +471,34 @@ async fn respond(
                     if decoder.is_done() {
                         out.extend_from_slice(LAST_CHUNK);
                     }
-                    timeout(idle, client.write_all(out)).await.is_ok()
+                    write_within(client, out, idle).await.is_ok()
                         && (decoder.is_done()
                             || copy_chunked(&mut ex, client, decoder, idle, &mut reusable, out)
                                 .await)
                 }
                 // Nothing sent yet: the client gets a 502 instead of a cut connection.
-                Err(e) => return Responded::Malformed(e.to_string()),
+                Err(e) => return (Responded::Malformed(e.to_string()), None),
             }
         }
         Framing::UntilClose => {
             reusable = false;
             chunked::encode(&ex.buf[body_start..], out);
-            timeout(idle, client.write_all(out)).await.is_ok()
+            write_within(client, out, idle).await.is_ok()
                 && copy_until_close(&mut ex, client, idle, out).await
         }
     };
+    let Exchange { conn, head, buf, request } = ex;
     if done && reusable {
-        proxy.forwarder.plain_pool().put(&address, ex.conn);
+        proxy.forwarder.plain_pool().put(address, conn);
     }
     drop(inflight);
-    Responded::Sent(match done && !close {
+    let step = match done && !close {
         true => Step::KeepAlive,
         false => Step::Close,
-    })
+    };
+    let spare =
+        (buf.capacity() <= SPARE_CAPACITY).then_some(Spare { request, response: buf, head });
+    (Responded::Sent(step), spare)
 }
 
 /// What became of an instance's answer.
@@ -467,7 +529,8 @@ fn response_head(
         None => out.extend_from_slice(head.reason.get(buf)),
     }
     out.extend_from_slice(b"\r\n");
-    let lists = head.lines.iter().any(|l| l.kind == Kind::Connection);
+    let lists =
+        head.lines.iter().any(|l| l.kind == Kind::Connection && names_headers(l.value.get(buf)));
     for line in &head.lines {
         let name = line.name.get(buf);
         let keep = match line.kind {
@@ -511,7 +574,7 @@ async fn copy_length(
         };
         let take = usize::try_from(n.min(left)).unwrap_or(usize::MAX);
         *reusable &= n <= left;
-        if timeout(idle, client.write_all(&buf[..take])).await.is_err() {
+        if write_within(client, &buf[..take], idle).await.is_err() {
             return false;
         }
         left -= take as u64;
@@ -547,7 +610,7 @@ async fn copy_chunked(
         if decoder.is_done() {
             out.extend_from_slice(LAST_CHUNK);
         }
-        if timeout(idle, client.write_all(out)).await.is_err() {
+        if write_within(client, out, idle).await.is_err() {
             return false;
         }
     }
@@ -571,7 +634,7 @@ async fn copy_until_close(
             Ok(0) => out.extend_from_slice(LAST_CHUNK),
             Ok(_) => chunked::encode(buf, out),
         }
-        if timeout(idle, client.write_all(out)).await.is_err() {
+        if write_within(client, out, idle).await.is_err() {
             return false;
         }
         if buf.is_empty() {
@@ -604,6 +667,22 @@ fn serialise(resp: Response<Body>, close: bool, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     body.len()
+}
+
+/// Writes all of `buf`, within `limit` once the socket is full: a write that goes through at
+/// once (the common case) needs no timer.
+async fn write_within(stream: &mut TcpStream, mut buf: &[u8], limit: Duration) -> Result<(), ()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(0) => return Err(()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return timeout(limit, stream.write_all(buf)).await;
+            }
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(())
 }
 
 /// `io` within `limit`; an error or the deadline are both a failure.

@@ -26,6 +26,8 @@ pub struct Exchange {
     pub head: ResponseHead,
     /// What was read: the head, then perhaps body bytes.
     pub buf: Vec<u8>,
+    /// The request head as sent (its buffer serves the connection's next request).
+    pub request: Vec<u8>,
 }
 
 impl Answer for Exchange {
@@ -42,6 +44,10 @@ pub struct Attempt<'a> {
     pub connect_timeout: Duration,
     /// The whole request head.
     pub request: Vec<u8>,
+    /// Where the answer is read to (cleared first; a buffer of the client connection's).
+    pub buf: Vec<u8>,
+    /// Where its head is parsed to (likewise reused).
+    pub head: ResponseHead,
     /// A HEAD request (its answer has no body whatever it declares).
     pub head_request: bool,
     /// Idempotent: may be sent again when a pooled connection turns out closed after the write.
@@ -61,7 +67,7 @@ impl Attempt<'_> {
     /// A pooled connection the instance had closed is replaced by a fresh one — at once when
     /// the write failed (nothing reached the instance), and for idempotent requests also when
     /// the connection closed without a byte of answer.
-    pub async fn run(self, address: &str) -> Result<Exchange, UpstreamError> {
+    pub async fn run(mut self, address: &str) -> Result<Exchange, UpstreamError> {
         let mut pooled = self.pool.take(address);
         loop {
             let (mut conn, reused) = match pooled.take() {
@@ -74,7 +80,10 @@ impl Attempt<'_> {
                 }
             };
             match self.exchange(&mut conn).await {
-                Ok((head, buf)) => return Ok(Exchange { conn, head, buf }),
+                Ok(()) => {
+                    let Attempt { request, buf, head, .. } = self;
+                    return Ok(Exchange { conn, head, buf, request });
+                }
                 Err(Failure::Lost { written, why }) => {
                     if reused && (!written || self.idempotent) {
                         log::debug!("instance {address}: pooled connection closed ({why}); again");
@@ -88,17 +97,17 @@ impl Attempt<'_> {
         }
     }
 
-    async fn exchange(&self, conn: &mut TcpStream) -> Result<(ResponseHead, Vec<u8>), Failure> {
+    async fn exchange(&mut self, conn: &mut TcpStream) -> Result<(), Failure> {
         conn.write_all(&self.request)
             .await
             .map_err(|e| Failure::Lost { written: false, why: e.to_string() })?;
-        let mut buf = Vec::with_capacity(4096);
-        let mut head = ResponseHead::default();
+        let (buf, head) = (&mut self.buf, &mut self.head);
+        buf.clear();
         loop {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
-            let n = match conn.read_buf(&mut buf).await {
+            let n = match conn.read_buf(buf).await {
                 Ok(n) => n,
                 Err(e) if buf.is_empty() => {
                     return Err(Failure::Lost { written: true, why: e.to_string() })
@@ -113,7 +122,7 @@ impl Attempt<'_> {
                 });
             }
             loop {
-                match parse_response(&buf, self.head_request, &mut head) {
+                match parse_response(buf, self.head_request, head) {
                     Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
                         return Err(Failure::Other(UpstreamError::Failed(
                             "response head too large".into(),
@@ -130,7 +139,7 @@ impl Attempt<'_> {
                     Ok(Some(())) if head.status < 200 => {
                         buf.drain(..head.len);
                     }
-                    Ok(Some(())) => return Ok((head, buf)),
+                    Ok(Some(())) => return Ok(()),
                 }
             }
         }
