@@ -168,14 +168,12 @@ fn pooled_connections_the_instance_closed_cost_no_request() {
         .workers(1)
         .start();
     let mut c = KeepAlive::connect(gw.port);
-    for i in 0..200 {
+    for i in 0..200u64 {
         let path = format!("/r{i}");
         let r = c.request("GET", &path, &[]);
         assert_eq!((r.status, r.body_text()), (200, path));
         // Now and then give the close time to arrive before the next request, now and then not.
-        if i % 3 == 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        std::thread::sleep(Duration::from_micros(i * 300 % 2000));
     }
     assert_eq!(instance.heads.lock().unwrap().len(), 200, "each request sent once");
 }

@@ -344,7 +344,14 @@ impl Scripted {
                         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                         h.lock().unwrap().push(head);
                         let (answer, close) = script(&path);
-                        if writer.write_all(&answer).is_err() || close {
+                        if writer.write_all(&answer).is_err() {
+                            return;
+                        }
+                        if close {
+                            // Closing 0–3 ms after the answer: sometimes before the gateway
+                            // reuses the connection, sometimes as it does.
+                            let answered = h.lock().unwrap().len() as u64;
+                            std::thread::sleep(Duration::from_micros(answered * 700 % 3000));
                             return;
                         }
                     }
