@@ -18,9 +18,11 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// The shared metrics region, mapped by the supervisor before the first fork.
     pub shared: Option<supervisor::SharedMemory>,
-    /// How the supervisor's sockets are laid out: this many data sockets, then the admin
-    /// socket if true. Fixed at start: sockets are not reopened on reload.
-    pub sockets: (usize, bool),
+    /// How the supervisor's sockets are laid out. Fixed at start: sockets are not reopened on
+    /// reload.
+    pub sockets: Layout,
+    /// The certificates of the TLS sockets (re-read on reload) and the ticket secret.
+    tls: Option<worker::tls::Tls>,
     /// This gateway's `Via` pseudonym, drawn once before the first fork so every worker (and
     /// every reload) shares it.
     via: String,
@@ -29,16 +31,40 @@ pub struct Gateway {
     start_token: Option<String>,
 }
 
+/// The supervisor's sockets, in order: plain, TLS, then the admin socket if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Plain data sockets (`server.listen`).
+    pub plain: usize,
+    /// TLS data sockets (`server.listen_tls`).
+    pub tls: usize,
+    /// An admin socket last.
+    pub admin: bool,
+}
+
 impl Gateway {
-    /// A gateway for `config`, read from `path`.
-    pub fn new(path: PathBuf, config: Config) -> Self {
-        let sockets = (config.server.listen.len(), config.admin.is_some());
+    /// A gateway for `config`, read from `path`, with its checked certificates.
+    pub fn new(
+        path: PathBuf,
+        config: Config,
+        certificates: Option<worker::tls::Certificates>,
+    ) -> anyhow::Result<Self> {
+        let sockets = Layout {
+            plain: config.server.listen.len(),
+            tls: config.server.listen_tls.len(),
+            admin: config.admin.is_some(),
+        };
+        // One ticket secret per running gateway, before the first fork: every worker (and every
+        // reload's workers) can resume every other's sessions.
+        let secret = worker::tls::TicketSecret::generate()
+            .map_err(|_| anyhow::anyhow!("cannot draw the TLS ticket secret"))?;
+        let tls = certificates.map(|c| worker::tls::Tls { certificates: Arc::new(c), secret });
         let start_token = config.admin.as_ref().and_then(|a| a.token.clone());
         // A random pseudonym per running gateway (std's RandomState is seeded from the OS).
         use std::hash::{BuildHasher, Hasher};
         let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
         let via = format!("zkgate-{:08x}", random as u32);
-        Gateway { path, config: Arc::new(config), shared: None, sockets, start_token, via }
+        Ok(Gateway { path, config: Arc::new(config), shared: None, sockets, tls, start_token, via })
     }
 }
 
@@ -61,8 +87,9 @@ impl supervisor::App for Gateway {
         let mut listeners = ctx.listeners;
         // The supervisor opened the admin socket last (see config::supervisor_settings); the
         // token comes from the current configuration.
-        let admin_socket = if self.sockets.1 { listeners.pop() } else { None };
-        listeners.truncate(self.sockets.0);
+        let admin_socket = if self.sockets.admin { listeners.pop() } else { None };
+        listeners.truncate(self.sockets.plain + self.sockets.tls);
+        let tls_listeners = listeners.split_off(self.sockets.plain);
         let token = match &c.admin {
             Some(a) => a.token.clone(),
             None => self.start_token.clone(),
@@ -79,6 +106,8 @@ impl supervisor::App for Gateway {
         let settings = worker::Settings {
             slot: ctx.slot,
             listeners,
+            tls_listeners,
+            tls: self.tls.clone(),
             admin,
             config: self.config.clone(),
             metrics,
@@ -97,8 +126,16 @@ impl supervisor::App for Gateway {
 
     fn reload(&mut self) -> Result<supervisor::Settings, String> {
         let config = config::load(&self.path).map_err(|e| e.to_string())?;
+        let certificates = config::load_tls(&self.path, &config).map_err(|e| e.to_string())?;
         log::info!("reload: {} is valid", self.path.display());
-        if self.sockets.1 && config.admin.is_none() {
+        if config.server.listen_tls != self.config.server.listen_tls {
+            log::warn!("reload: server.listen_tls takes effect on restart only; keeping the current sockets");
+        }
+        // Certificates are re-read on every reload; the secret stays (sessions survive).
+        if let (Some(tls), Some(certificates)) = (&mut self.tls, certificates) {
+            tls.certificates = Arc::new(certificates);
+        }
+        if self.sockets.admin && config.admin.is_none() {
             log::warn!("reload: [admin] was removed; the admin listener stays (with its first token) until restart");
         }
         self.config = Arc::new(config);

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use worker::config::{Config, Workers};
+use worker::tls::Certificates;
 
 /// A configuration error, with where it is when that is known.
 #[derive(Debug)]
@@ -87,6 +88,24 @@ fn check(config: &Config) -> Result<(), String> {
         if config.server.listen.contains(&admin.listen) {
             return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
         }
+        if config.server.listen_tls.contains(&admin.listen) {
+            return Err(format!(
+                "admin.listen = \"{}\" is also in server.listen_tls",
+                admin.listen
+            ));
+        }
+    }
+    if let Some(both) = config.server.listen_tls.iter().find(|a| config.server.listen.contains(a)) {
+        return Err(format!("server.listen_tls: {both} is also in server.listen"));
+    }
+    match (config.server.listen_tls.is_empty(), config.tls.is_empty()) {
+        (false, true) => {
+            return Err("server.listen_tls: needs at least one [[tls]] certificate".into())
+        }
+        (true, false) => {
+            return Err("[[tls]]: certificates without server.listen_tls would never be used".into())
+        }
+        _ => {}
     }
     if !(0.0..=1.0).contains(&config.proxy.retry_budget) {
         return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
@@ -148,10 +167,29 @@ fn check(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// What the supervisor runs with. The admin address, if any, is the last listen address.
+/// Reads and checks the `[[tls]]` certificates (relative paths from the configuration file's
+/// directory): every reload goes through here, so a bad file fails the reload and the running
+/// workers keep the certificates they have.
+pub fn load_tls(path: &Path, config: &Config) -> Result<Option<Certificates>, ConfigError> {
+    if config.tls.is_empty() {
+        return Ok(None);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let pairs: Vec<(PathBuf, PathBuf)> =
+        config.tls.iter().map(|t| (dir.join(&t.cert), dir.join(&t.key))).collect();
+    Certificates::load(&pairs).map(Some).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message: format!("[[tls]]: {e}"),
+    })
+}
+
+/// What the supervisor runs with: the plain addresses, then the TLS ones, then the admin
+/// address if any (the workers split the inherited sockets in that order).
 pub fn supervisor_settings(config: &Config) -> supervisor::Settings {
     let s = &config.server;
     let mut listen = s.listen.clone();
+    listen.extend(&s.listen_tls);
     listen.extend(config.admin.as_ref().map(|a| a.listen));
     supervisor::Settings {
         listen,
@@ -166,11 +204,31 @@ pub fn supervisor_settings(config: &Config) -> supervisor::Settings {
 }
 
 /// A one-screen summary, for `zkgate check`.
-pub fn summary(config: &Config) -> String {
+pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
     let mut out = String::new();
     let s = &config.server;
     let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
     out += &format!("listen      {}\n", listen.join(", "));
+    if !s.listen_tls.is_empty() {
+        let listen: Vec<String> = s.listen_tls.iter().map(|a| a.to_string()).collect();
+        out += &format!("listen_tls  {}\n", listen.join(", "));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for (i, cert) in tls.iter().flat_map(|t| &t.list).enumerate() {
+        let days = (cert.not_after - now).div_euclid(86_400);
+        let expiry = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(cert.not_after.max(0) as u64),
+        );
+        let left = if days < 0 { "EXPIRED".to_string() } else { format!("{days} days left") };
+        out += &format!(
+            "tls         {} [{}] expires {expiry} ({left}){}\n",
+            cert.path.display(),
+            cert.names.join(", "),
+            if i == 0 { ", default" } else { "" }
+        );
+    }
     let workers = match s.workers {
         Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
         Workers::Count(n) => n.to_string(),

@@ -95,7 +95,8 @@ fn init_logging() {
 
 fn check(path: PathBuf) -> anyhow::Result<u8> {
     let config = config::load(&path)?;
-    print!("{}", config::summary(&config));
+    let tls = config::load_tls(&path, &config)?;
+    print!("{}", config::summary(&config, tls.as_ref()));
     println!("{}: configuration is valid", path.display());
     Ok(0)
 }
@@ -103,7 +104,8 @@ fn check(path: PathBuf) -> anyhow::Result<u8> {
 fn run(path: PathBuf) -> anyhow::Result<u8> {
     let config = config::load(&path)?;
     let settings = config::supervisor_settings(&config);
-    let gateway = app::Gateway::new(path.clone(), config);
+    let tls = config::load_tls(&path, &config)?;
+    let gateway = app::Gateway::new(path.clone(), config, tls)?;
     let code = supervisor::run(settings, gateway)
         .with_context(|| format!("starting with {}", path.display()))?;
     Ok(u8::try_from(code).unwrap_or(1))

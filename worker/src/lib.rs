@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod http;
 pub mod metrics;
 pub mod table;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,10 @@ pub struct Settings {
     /// Sockets inherited from the supervisor (non-blocking), listening or only bound: the
     /// worker calls `listen` on them once its routes are loaded.
     pub listeners: Vec<std::net::TcpListener>,
+    /// TLS sockets (inherited like the others), served with `tls`.
+    pub tls_listeners: Vec<std::net::TcpListener>,
+    /// Certificates and ticket secret, when there are TLS sockets.
+    pub tls: Option<tls::Tls>,
     /// The admin socket (inherited like the others) and its bearer token.
     pub admin: Option<(std::net::TcpListener, Option<String>)>,
     /// The whole configuration; the worker reads its own sections.
@@ -91,6 +96,9 @@ pub enum Error {
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The TLS configuration could not be built.
+    #[error("{0}")]
+    Tls(tls::TlsError),
 }
 
 /// Runs a worker until SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
@@ -186,10 +194,18 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         );
     }
     let mut accept_loops = Vec::new();
-    for l in std::mem::take(&mut settings.listeners) {
+    let tls = match (&settings.tls, settings.tls_listeners.is_empty()) {
+        (Some(tls), false) => Some(tokio_rustls::TlsAcceptor::from(
+            tls.certificates.server_config(&tls.secret).map_err(Error::Tls)?,
+        )),
+        _ => None,
+    };
+    let plain = std::mem::take(&mut settings.listeners).into_iter().map(|l| (l, None));
+    let secure = std::mem::take(&mut settings.tls_listeners).into_iter().map(|l| (l, tls.clone()));
+    for (l, tls) in plain.chain(secure) {
         listen(&l, config.server.backlog).map_err(Error::Listener)?;
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
-        accept_loops.push(tokio::spawn(server.clone().accept_loop(l)));
+        accept_loops.push(tokio::spawn(server.clone().accept_loop(l, tls)));
     }
     tokio::spawn(report_ready(slot, ready, table, metrics, lifecycle));
 

@@ -43,6 +43,19 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// `[log]`.
     pub log: LogSettings,
+    /// `[[tls]]`: certificates for `server.listen_tls`, chosen by SNI; the first is the default.
+    pub tls: Vec<TlsFiles>,
+}
+
+/// One `[[tls]]` entry: a certificate chain and its key, both PEM. A relative path is relative
+/// to the configuration file's directory.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 impl Config {
@@ -51,7 +64,8 @@ impl Config {
     pub fn is_own_address(&self, address: &str) -> bool {
         let Ok(addr) = address.parse::<SocketAddr>() else { return false };
         let admin = self.admin.as_ref().map(|a| a.listen);
-        self.server.listen.iter().chain(admin.as_ref()).any(|l| {
+        let listen = self.server.listen.iter().chain(&self.server.listen_tls);
+        listen.chain(admin.as_ref()).any(|l| {
             *l == addr
                 || (l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback())
         })
@@ -65,6 +79,9 @@ pub struct ServerSettings {
     /// Addresses to listen on.
     #[serde(deserialize_with = "listen_addr::list")]
     pub listen: Vec<SocketAddr>,
+    /// Addresses to listen on with TLS (certificates in `[[tls]]`).
+    #[serde(deserialize_with = "listen_addr::list")]
+    pub listen_tls: Vec<SocketAddr>,
     /// `"auto"` (one per CPU) or a number.
     pub workers: Workers,
     /// `listen(2)` backlog per slot socket.
@@ -94,6 +111,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             listen: vec![DEFAULT_LISTEN],
+            listen_tls: Vec::new(),
             workers: Workers::Auto,
             backlog: DEFAULT_BACKLOG,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

@@ -27,7 +27,7 @@ use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
-use crate::http::connections::{stopped, Activity, ConnPermit, RequestGuard, Tracked};
+use crate::http::connections::{stopped, Activity, ConnPermit, RequestGuard, Scheme, Tracked};
 
 use crate::http::proxy::Proxy;
 
@@ -39,6 +39,11 @@ pub struct ConnSettings {
 }
 
 impl ConnSettings {
+    /// The deadline for a connection's first request head (and its TLS handshake).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
     /// HTTP/1.1 with keep-alive and the header limits, and h2c when a client opens with its
     /// preface.
     pub fn new(settings: &ProxySettings) -> Self {
@@ -75,6 +80,7 @@ pub async fn serve<S>(
     settings: Arc<ConnSettings>,
     mut shutdown: watch::Receiver<bool>,
     permit: ConnPermit,
+    scheme: Scheme,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -85,6 +91,7 @@ pub async fn serve<S>(
         let (proxy, draining, h2) = (proxy.clone(), draining.clone(), h2.clone());
         // An upgrade moves the connection's permit to its tunnel (see proxy).
         req.extensions_mut().insert(permit.clone());
+        req.extensions_mut().insert(scheme);
         // Counts the request as open until its answer's body is done (HTTP/2 idleness).
         let guard = RequestGuard::new(requests.clone());
         async move {

@@ -120,6 +120,7 @@ pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
     original_host: Option<&str>,
+    proto: HeaderValue,
     via: &HeaderValue,
 ) {
     // Every X-Forwarded-For line the client sent, joined (RFC 9110 §5.3), then this hop. The
@@ -147,7 +148,7 @@ pub fn add_forwarded(
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
     if let Some(h) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
@@ -218,7 +219,8 @@ mod tests {
         h.insert("x-request-id", "abc".parse().unwrap());
         h.append("x-forwarded-for", "198.51.100.7".parse().unwrap());
         let via = via_entry("zkgate-test");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"), &via);
+        let http = || HeaderValue::from_static("http");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"), http(), &via);
         assert_eq!(
             h["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1",
             "every line joined"
@@ -229,7 +231,7 @@ mod tests {
         assert!(has_via(&h, &via) && !has_via(&h, &via_entry("zkgate-other")));
         assert_eq!(h["x-request-id"], "abc");
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, "::1".parse().unwrap(), None, &via);
+        add_forwarded(&mut fresh, "::1".parse().unwrap(), None, http(), &via);
         assert_eq!(fresh["x-forwarded-for"], "::1");
         assert_eq!(fresh["x-request-id"].len(), 32);
     }

@@ -23,7 +23,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
-use crate::http::connections::{ConnGuard, ConnPermit, Connections};
+use crate::http::connections::{ConnGuard, ConnPermit, Connections, Scheme};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::headers;
@@ -90,6 +90,8 @@ struct From<'a> {
     host: Option<&'a str>,
     /// It asks for an upgrade.
     upgrade: bool,
+    /// How it reached the gateway (`X-Forwarded-Proto`).
+    scheme: Scheme,
 }
 
 /// The request line as logged.
@@ -183,7 +185,8 @@ impl Proxy {
         let upstream = self.forwarder.upstream();
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
-            let from = From { client, host: host.as_deref(), upgrade: upgrade.is_some() };
+            let scheme = parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http);
+            let from = From { client, host: host.as_deref(), upgrade: upgrade.is_some(), scheme };
             let req = self.upstream_request(&parts, b, &target, address, from);
             // A request with a body is watched for its end; one without is complete already.
             let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
@@ -289,7 +292,7 @@ impl Proxy {
         address: &str,
         from: From<'_>,
     ) -> Request<Body> {
-        let From { client, host: original_host, upgrade } = from;
+        let From { client, host: original_host, upgrade, scheme } = from;
         let mut headers = parts.headers.clone();
         // The authority that was routed on (absolute-form or :authority before Host).
         let routed_authority = parts
@@ -304,7 +307,8 @@ impl Proxy {
             headers.insert(header::UPGRADE, proto);
         }
         headers::remove_underscored(&mut headers, &self.keep_underscored);
-        headers::add_forwarded(&mut headers, client.ip(), original_host, &self.via);
+        let proto = HeaderValue::from_static(scheme.as_str());
+        headers::add_forwarded(&mut headers, client.ip(), original_host, proto, &self.via);
         let host = match routed_authority {
             Some(h) if self.settings.preserve_host => Some(h),
             _ => HeaderValue::from_str(address).ok(),

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxySettings;
 use crate::http::conn::{self, ConnSettings};
-use crate::http::connections::{stopped, ConnGuard, ConnPermit, Connections, Rewind};
+use crate::http::connections::{stopped, ConnGuard, ConnPermit, Connections, Rewind, Scheme};
 use crate::http::h1::{self, End};
 use crate::http::proxy::Proxy;
 use crate::metrics::Metrics;
@@ -49,7 +50,8 @@ impl Server {
     }
 
     /// Accepts on `listener` until shutdown, then serves what is already queued and closes it.
-    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    /// With `tls`, each connection is a TLS handshake first (within `header_read_timeout`).
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         let mut shutdown = self.shutdown.clone();
         loop {
             // Beyond max_connections, stop accepting: clients wait in the kernel queue instead of
@@ -63,7 +65,9 @@ impl Server {
                 _ = stopped(&mut shutdown) => break,
             };
             match accepted {
-                Ok((stream, peer)) => self.clone().spawn_connection(stream, peer, Some(permit)),
+                Ok((stream, peer)) => {
+                    self.clone().spawn_connection(stream, peer, Some(permit), tls.clone())
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the queue keeps the clients.
                     log::warn!("accept on {:?}: {e}", listener.local_addr().ok());
@@ -71,13 +75,13 @@ impl Server {
                 }
             }
         }
-        self.drain_queue(listener).await;
+        self.drain_queue(listener, tls).await;
     }
 
     /// Takes every connection already queued on the socket, then closes this worker's copy of it.
     /// A second pass a moment later catches handshakes that were completing during the first
     /// (when the slot is being removed, the supervisor has already steered new ones elsewhere).
-    async fn drain_queue(self: Arc<Self>, listener: TcpListener) {
+    async fn drain_queue(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         let Ok(std) = listener.into_std() else { return };
         for pass in 0..2 {
             if pass == 1 {
@@ -88,7 +92,7 @@ impl Server {
                     continue;
                 }
                 if let Ok(stream) = TcpStream::from_std(stream) {
-                    self.clone().spawn_connection(stream, peer, None);
+                    self.clone().spawn_connection(stream, peer, None, tls.clone());
                 }
             }
         }
@@ -99,6 +103,7 @@ impl Server {
         stream: TcpStream,
         peer: SocketAddr,
         permit: Option<OwnedSemaphorePermit>,
+        tls: Option<TlsAcceptor>,
     ) {
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(self.connections.clone(), self.metrics);
@@ -106,13 +111,29 @@ impl Server {
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             let _open = guard;
+            let permit = ConnPermit::new(permit);
+            if let Some(acceptor) = tls {
+                // The handshake is part of the head: it gets the same deadline.
+                let limit = settings.header_read_timeout();
+                let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return log::debug!("TLS handshake from {peer}: {e}"),
+                    Err(_) => {
+                        return log::info!(
+                            "connection from {peer} closed: no TLS handshake within {limit:?}"
+                        )
+                    }
+                };
+                conn::serve(stream, peer, proxy, settings, shutdown, permit, Scheme::Https).await;
+                return;
+            }
             let mut drain = shutdown.clone();
             let (stream, read) = match h1::serve(stream, peer, &proxy, &mut drain).await {
                 End::Closed => return,
                 End::Handover(stream, read) => (stream, read),
             };
             let stream = Rewind::new(read, stream);
-            conn::serve(stream, peer, proxy, settings, shutdown, ConnPermit::new(permit)).await;
+            conn::serve(stream, peer, proxy, settings, shutdown, permit, Scheme::Http).await;
         });
     }
 }

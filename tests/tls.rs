@@ -1,0 +1,253 @@
+//! TLS termination on the real binary, with certificates each test generates (a CA and a leaf
+//! per name, rcgen): SNI picks the certificate and no SNI gets the first, HTTP/1.1 and h2 by
+//! ALPN, `X-Forwarded-Proto: https`, session tickets resumed on any worker, certificates
+//! re-read on HUP (a broken file keeps the old ones), and `zkgate check`'s summary.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::{free_port, Backend, Gateway, Toml};
+
+/// A test CA and what it signed.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A leaf certificate written to files.
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "zkgate test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki { dir: tempfile::tempdir().unwrap(), ca, ca_key }
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), written as `<file>.pem` / `<file>.key`.
+    fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf { cert: cert_path, key: key_path, der: cert.der().clone() }
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+fn tls_section(leaf: &Leaf) -> String {
+    format!("cert = {:?}\nkey = {:?}\n", leaf.cert, leaf.key)
+}
+
+/// What one HTTPS exchange saw.
+struct Seen {
+    leaf: CertificateDer<'static>,
+    resumed: bool,
+    response: support::http::Response,
+}
+
+/// One `GET path` over TLS to the gateway, as `name` (an IP address sends no SNI).
+fn get(config: &Arc<rustls::ClientConfig>, port: u16, name: &str, path: &str) -> Seen {
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), server_name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let leaf = tls.conn.peer_certificates().unwrap()[0].clone().into_owned();
+    let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let response = support::http::parse(&raw).unwrap();
+    Seen { leaf, resumed, response }
+}
+
+fn https_gateway(b: &Backend, certs: &[&Leaf], workers: usize) -> (Gateway, u16) {
+    let port = free_port();
+    let mut toml = Toml::new().backends("web", &[b]).route_all("web").proxy("debug_headers = true");
+    for leaf in certs {
+        toml = toml.section("[[tls]]", &tls_section(leaf));
+    }
+    let gw = Gateway::with(toml)
+        .workers(workers)
+        .server_extra(&format!("listen_tls = [\"127.0.0.1:{port}\"]"))
+        .start();
+    (gw, port)
+}
+
+#[test]
+fn sni_picks_the_certificate_and_requests_are_proxied_as_https() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example", "127.0.0.1"]);
+    let b = pki.leaf("b", &["b.example", "*.wild.example"]);
+    let backend = Backend::start("b1");
+    let (gw, port) = https_gateway(&backend, &[&a, &b], 1);
+    let client = pki.client(&[]);
+
+    let seen = get(&client, port, "a.example", "/x");
+    assert_eq!(seen.leaf, a.der);
+    assert_eq!(seen.response.status, 200);
+    let echoed = seen.response.json();
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{echoed}");
+    assert_eq!(echoed["path"], "/x");
+
+    assert_eq!(get(&client, port, "b.example", "/").leaf, b.der);
+    assert_eq!(get(&client, port, "api.wild.example", "/").leaf, b.der, "wildcard");
+    // No SNI (an IP address): the first certificate.
+    assert_eq!(get(&client, port, "127.0.0.1", "/").leaf, a.der);
+    // The plain listener still speaks plain HTTP, with X-Forwarded-Proto: http.
+    let plain = gw.get("/p").unwrap();
+    assert_eq!(plain.json()["headers"]["x-forwarded-proto"], "http");
+}
+
+#[test]
+fn alpn_h2_clients_are_served_over_http2() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let (_gw, port) = https_gateway(&backend, &[&a], 1);
+    let client = pki.client(&[b"h2", b"http/1.1"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = ServerName::try_from("a.example").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("https://a.example/over-h2").body(()).unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        let echoed: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(echoed["path"], "/over-h2");
+        assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+    });
+}
+
+#[test]
+fn a_session_resumes_on_any_worker() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let (_gw, port) = https_gateway(&backend, &[&a], 2);
+    // One client configuration: its session store carries the tickets from one connection to
+    // the next.
+    let client = pki.client(&[]);
+    let first = get(&client, port, "a.example", "/");
+    assert!(!first.resumed);
+    let mut workers = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let seen = get(&client, port, "a.example", "/");
+        assert!(seen.resumed, "a full handshake: the ticket was not accepted");
+        workers.insert(seen.response.header("x-zkgate-worker").unwrap().to_string());
+    }
+    assert_eq!(workers.len(), 2, "resumed connections landed on one worker only: {workers:?}");
+}
+
+fn write_over(dst: &Path, src: &Path) {
+    // Written aside and renamed: the gateway never reads half a file.
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+#[test]
+fn certificates_are_reread_on_hup_and_a_broken_file_keeps_the_old_ones() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let renewed = pki.leaf("renewed", &["a.example"]);
+    let backend = Backend::start("b1");
+    let (gw, port) = https_gateway(&backend, &[&a], 1);
+    // A fresh client each time: a resumed session shows the certificate it was first given.
+    let served = || get(&pki.client(&[]), port, "a.example", "/").leaf;
+    assert_eq!(served(), a.der);
+
+    // A broken certificate: the reload fails, the old certificate keeps being served.
+    std::fs::write(&a.cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    gw.signal(Signal::SIGHUP);
+    assert_eventually!(10, gw.log_count("reload failed") == 1, "{}", gw.log());
+    assert!(gw.log().contains("[[tls]]"), "{}", gw.log());
+    assert_eq!(served(), a.der);
+
+    // A renewed certificate (new key too): served after the next HUP.
+    write_over(&a.key, &renewed.key);
+    write_over(&a.cert, &renewed.cert);
+    gw.signal(Signal::SIGHUP);
+    assert_eventually!(15, gw.log_count("in service on every worker") == 1, "{}", gw.log());
+    assert_eq!(served(), renewed.der);
+}
+
+#[test]
+fn check_validates_certificates_and_shows_their_expiry() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example", "www.a.example"]);
+    let other = pki.leaf("other", &["other.example"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |cert: &Path, key: &Path| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nlisten_tls = [\"127.0.0.1:2\"]\n[services.s]\ninstances = [\"127.0.0.1:9\"]\n[[tls]]\ncert = {cert:?}\nkey = {key:?}\n"
+        )
+    };
+    let check = |text: String| {
+        let path = support::write_file(dir.path(), "gateway.toml", &text);
+        let out = std::process::Command::new(support::zkgate())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = check(config(&a.cert, &a.key));
+    assert!(ok, "{out}");
+    assert!(out.contains("[a.example, www.a.example]") && out.contains("days left"), "{out}");
+    let (ok, out) = check(config(&a.cert, &other.key));
+    assert!(!ok && out.contains("does not match"), "a key of another certificate: {out}");
+    let (ok, out) = check(config(&dir.path().join("missing.pem"), &a.key));
+    assert!(!ok && out.contains("missing.pem"), "{out}");
+    let (ok, out) = check(config(&a.cert, &a.key).replace("listen_tls = [\"127.0.0.1:2\"]\n", ""));
+    assert!(!ok && out.contains("listen_tls"), "certificates without a TLS listener: {out}");
+}

@@ -1,0 +1,260 @@
+//! TLS termination: certificates chosen by SNI, ALPN `h2` / `http/1.1`, TLS 1.2 and 1.3, and
+//! session tickets every worker of a gateway can open.
+//!
+//! Certificates are read and checked by the binary — at start, on `check` and on every reload,
+//! in the supervisor — so a bad or missing file fails that step and the running workers keep
+//! the certificates they have (the same rule as a bad `gateway.toml`); a worker only builds its
+//! rustls configuration from what it was handed. The crypto provider is ring (see Cargo.toml).
+
+pub mod tickets;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+pub use tickets::TicketSecret;
+
+/// Why the certificates cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM section.
+    #[error("{path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The key does not belong to the certificate, or is of an unsupported type.
+    #[error("{cert}: {why}")]
+    Key {
+        /// The certificate file.
+        cert: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// rustls refused the configuration.
+    #[error("tls: {0}")]
+    Config(String),
+}
+
+/// What a worker terminates TLS with: the certificates the binary loaded and checked, and
+/// the gateway's ticket secret.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The certificates.
+    pub certificates: Arc<Certificates>,
+    /// The session-ticket secret shared by every worker.
+    pub secret: TicketSecret,
+}
+
+/// One certificate (with its chain and key), as configured by a `[[tls]]` entry.
+pub struct Certificate {
+    /// The chain file it was read from.
+    pub path: PathBuf,
+    /// The DNS names it is valid for (SAN; the subject CN when there is no SAN).
+    pub names: Vec<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: i64,
+    key: Arc<CertifiedKey>,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("path", &self.path)
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// The configured certificates, in file order: the first is the default for clients that
+/// send no SNI or a name none of them carries.
+#[derive(Debug)]
+pub struct Certificates {
+    /// Each certificate.
+    pub list: Vec<Certificate>,
+}
+
+impl Certificates {
+    /// Reads and checks `(chain, key)` file pairs: each chain parses, each key parses, is of a
+    /// supported type and matches its certificate.
+    pub fn load(pairs: &[(PathBuf, PathBuf)]) -> Result<Self, TlsError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let mut list = Vec::new();
+        for (cert_path, key_path) in pairs {
+            let chain = read_chain(cert_path)?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::File {
+                path: key_path.clone(),
+                why: format!("no usable private key: {e}"),
+            })?;
+            let signing =
+                provider.key_provider.load_private_key(key).map_err(|e| TlsError::Key {
+                    cert: cert_path.clone(),
+                    why: format!("key {}: {e}", key_path.display()),
+                })?;
+            let key = CertifiedKey::new(chain.clone(), signing);
+            key.keys_match().map_err(|_| TlsError::Key {
+                cert: cert_path.clone(),
+                why: format!("key {} does not match the certificate", key_path.display()),
+            })?;
+            let (names, not_after) = describe(&chain[0])
+                .map_err(|why| TlsError::File { path: cert_path.clone(), why })?;
+            list.push(Certificate {
+                path: cert_path.clone(),
+                names,
+                not_after,
+                key: Arc::new(key),
+            });
+        }
+        if list.is_empty() {
+            return Err(TlsError::Config("no certificate".into()));
+        }
+        Ok(Certificates { list })
+    }
+
+    /// The rustls server configuration of a worker: SNI resolver, ALPN, shared tickets.
+    pub fn server_config(
+        &self,
+        secret: &TicketSecret,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SniResolver::new(self)));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.ticketer = Arc::new(tickets::SharedTicketer::new(secret.clone()));
+        Ok(Arc::new(config))
+    }
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |why: String| TlsError::File { path: path.to_path_buf(), why };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(format!("cannot read: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("bad PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(chain)
+}
+
+/// The DNS names and expiry of a leaf certificate.
+fn describe(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| format!("bad certificate: {e}"))?;
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+/// Picks the certificate for a client's SNI: an exact name, then a wildcard one label up,
+/// else the first certificate.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn new(certs: &Certificates) -> Self {
+        let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+        // Earlier entries win a name claimed twice, as the first certificate wins the default.
+        for cert in certs.list.iter().rev() {
+            for name in &cert.names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.insert(parent.to_string(), cert.key.clone()),
+                    None => exact.insert(name.clone(), cert.key.clone()),
+                };
+            }
+        }
+        SniResolver { exact, wildcard, default: certs.list[0].key.clone() }
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else { return self.default.clone() };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        let parent = name.split_once('.').map(|(_, p)| p);
+        parent.and_then(|p| self.wildcard.get(p)).unwrap_or(&self.default).clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tag: u8) -> Arc<CertifiedKey> {
+        // Only the identity of the Arc matters to these tests.
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = rcgen_free_key(&provider);
+        Arc::new(CertifiedKey::new(vec![CertificateDer::from(vec![tag])], signing))
+    }
+
+    fn rcgen_free_key(
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Arc<dyn rustls::sign::SigningKey> {
+        // A fixed PKCS#8 Ed25519 key: enough for the resolver, which never signs here.
+        const PKCS8: [u8; 48] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+            22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+        ];
+        let der = PrivateKeyDer::Pkcs8(PKCS8.to_vec().into());
+        provider.key_provider.load_private_key(der).expect("ed25519 key")
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_first_certificate() {
+        let (a, b, w) = (key(1), key(2), key(3));
+        let resolver = SniResolver {
+            exact: [("a.example".to_string(), a.clone()), ("b.example".to_string(), b.clone())]
+                .into(),
+            wildcard: [("example".to_string(), w.clone())].into(),
+            default: a.clone(),
+        };
+        assert!(Arc::ptr_eq(&resolver.pick(Some("B.Example")), &b));
+        assert!(Arc::ptr_eq(&resolver.pick(Some("c.example")), &w));
+        assert!(
+            Arc::ptr_eq(&resolver.pick(Some("x.c.example")), &a),
+            "a wildcard covers one label"
+        );
+        assert!(Arc::ptr_eq(&resolver.pick(None), &a));
+    }
+}
