@@ -118,6 +118,9 @@ pub enum Error {
         /// The errno.
         source: nix::Error,
     },
+    /// An upgrade's hand-over (USR2) cannot be used.
+    #[error("upgrade: {0}")]
+    Upgrade(String),
     /// `server.user` or `server.group` does not exist.
     #[error("unknown {kind} {name:?}")]
     UnknownId {

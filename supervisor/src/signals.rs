@@ -24,9 +24,11 @@ pub enum Command {
     RemoveWorker,
     /// CHLD: reap exited workers.
     Reap,
+    /// USR2: exec the binary again (an upgraded one) on the same sockets.
+    Upgrade,
 }
 
-const HANDLED: [Signal; 7] = [
+const HANDLED: [Signal; 8] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -34,6 +36,7 @@ const HANDLED: [Signal; 7] = [
     Signal::SIGTTIN,
     Signal::SIGTTOU,
     Signal::SIGCHLD,
+    Signal::SIGUSR2,
 ];
 
 /// Blocks the handled signals and opens a non-blocking signalfd for them.
@@ -59,6 +62,7 @@ pub fn drain(fd: &SignalFd) -> Vec<Command> {
             Ok(Signal::SIGTTIN) => Command::AddWorker,
             Ok(Signal::SIGTTOU) => Command::RemoveWorker,
             Ok(Signal::SIGCHLD) => Command::Reap,
+            Ok(Signal::SIGUSR2) => Command::Upgrade,
             _ => continue,
         };
         out.push(cmd);

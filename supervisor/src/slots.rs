@@ -35,6 +35,11 @@ impl SlotSockets {
         Ok(SlotSockets { sockets })
     }
 
+    /// Sockets handed over by a previous supervisor (an upgrade), already listening.
+    pub fn adopt(sockets: Vec<TcpListener>) -> Self {
+        SlotSockets { sockets }
+    }
+
     /// Refuses to share an address with another process. SO_REUSEPORT would let a second
     /// gateway (same user) bind the same port and silently take half its connections; nginx and
     /// HAProxy refuse instead. A plain bind without SO_REUSEPORT fails while anyone listens on

@@ -79,6 +79,7 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     worker_timeout: String,
     server_extra: String,
+    binary: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -92,6 +93,7 @@ impl Gateway {
             env: Vec::new(),
             worker_timeout: "10s".into(),
             server_extra: String::new(),
+            binary: None,
         }
     }
 
@@ -216,6 +218,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Run this copy of the binary instead of the one cargo built (an upgrade test replaces it).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
     /// More `[server]` keys.
     pub fn server_extra(mut self, keys: &str) -> Self {
         self.server_extra = keys.into();
@@ -263,7 +271,7 @@ impl GatewayBuilder {
         std::fs::write(&config_path, self.config()).unwrap();
         let log_path = dir.path().join("zkgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(zkgate());
+        let mut cmd = Command::new(self.binary.as_deref().unwrap_or(Path::new(zkgate())));
         cmd.arg("run")
             .arg("-c")
             .arg(&config_path)

@@ -42,13 +42,16 @@ impl<A: App> Supervisor<A> {
     }
 
     fn on_exit(&mut self, pid: Pid, code: Option<i32>, signal: Option<Signal>) {
-        let Some(idx) = self.workers.iter().position(|w| w.child.pid == pid) else { return };
-        let w = self.workers.swap_remove(idx);
         let how = match (code, signal) {
             (Some(c), _) => format!("exited with code {c}"),
             (_, Some(s)) => format!("killed by signal {s}"),
             _ => "exited".to_string(),
         };
+        if self.upgrading == Some(pid) {
+            return self.upgrade_failed(&how);
+        }
+        let Some(idx) = self.workers.iter().position(|w| w.child.pid == pid) else { return };
+        let w = self.workers.swap_remove(idx);
         let lived = w.started.elapsed();
         let removed = self.slots.get(w.slot).is_none_or(|s| s.sockets.is_none());
         if removed && !self.workers.iter().any(|o| o.slot == w.slot) {

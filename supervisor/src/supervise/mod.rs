@@ -9,6 +9,7 @@
 //! - [`reload`]: SIGHUP, the slot-by-slot roll, promotion of a ready replacement.
 //! - [`scale`]: TTIN / TTOU, adding and removing slots.
 //! - [`timers`]: deadlines (drain KILL, hung workers, stop), readiness and systemd status.
+//! - [`upgrade`]: USR2, exec of the new binary on the same sockets, and its take-over.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ mod exits;
 mod reload;
 mod scale;
 mod timers;
+mod upgrade;
 
 /// Longest `poll` sleep: bounds how late a heartbeat check can be.
 const TICK: Duration = Duration::from_millis(250);
@@ -106,6 +108,12 @@ struct Supervisor<A: App> {
     /// When `STATUS=` is next refreshed, and what it said last.
     next_status: Instant,
     last_status: String,
+    /// How this binary was started (what USR2 runs again).
+    invocation: Option<upgrade::Invocation>,
+    /// USR2: the new supervisor, until it takes over or fails.
+    upgrading: Option<Pid>,
+    /// Started by USR2: the supervisor to stop once every worker here is ready.
+    inherited_from: Option<Pid>,
 }
 
 /// Runs the supervisor until it is stopped. Returns the process exit code: 0 after a stop by
@@ -124,16 +132,31 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
         None => log::warn!("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): a TTOU may reset a connection caught mid-handshake"),
         Some(true) => {}
     }
-    slots::SlotSockets::ensure_unused(&settings.listen)?;
+    let invocation = upgrade::Invocation::current();
+    let inherited = upgrade::take_inherited(&settings.listen)?;
     let mut slots = Vec::with_capacity(settings.workers);
-    for _ in 0..settings.workers.max(1) {
-        slots.push(Slot::open(&settings, true)?);
-    }
+    let inherited_from = match inherited {
+        // An upgrade: the previous supervisor's slots, with their queues.
+        Some(inherited) => {
+            slots.extend(inherited.slots.into_iter().map(Slot::adopt));
+            Some(inherited.from)
+        }
+        None => {
+            slots::SlotSockets::ensure_unused(&settings.listen)?;
+            for _ in 0..settings.workers.max(1) {
+                slots.push(Slot::open(&settings, true)?);
+            }
+            None
+        }
+    };
     log::info!(
-        "supervisor pid {}: listening on {} with {} workers",
+        "supervisor pid {}: listening on {} with {} workers{}",
         std::process::id(),
         settings.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-        slots.len()
+        slots.len(),
+        inherited_from.map_or(String::new(), |p| format!(
+            " (upgrade from pid {p}: its sockets; server.workers applies on the next HUP)"
+        ))
     );
     let notifier = Notifier::from_env();
     let next_watchdog = notifier.watchdog_interval().map(|_| Instant::now());
@@ -153,6 +176,9 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
         steering: false,
         next_status: Instant::now() + timers::STATUS_EVERY,
         last_status: String::new(),
+        invocation,
+        upgrading: None,
+        inherited_from,
     };
     for i in 0..sup.slots.len() {
         sup.spawn(i);
@@ -161,6 +187,11 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
 }
 
 impl Slot {
+    /// A slot on sockets inherited from the previous supervisor.
+    fn adopt(sockets: SlotSockets) -> Self {
+        Slot { sockets: Some(sockets), failures: 0, respawn_at: None, fatal: false }
+    }
+
     /// A slot's sockets; `listen` as in [`SlotSockets::open`].
     fn open(settings: &Settings, listen: bool) -> Result<Self, Error> {
         Ok(Slot {
@@ -270,6 +301,7 @@ impl<A: App> Supervisor<A> {
             (Command::Reload, Mode::Running) => self.reload(),
             (Command::AddWorker, Mode::Running) => self.add_slot(),
             (Command::RemoveWorker, Mode::Running) => self.remove_slot(),
+            (Command::Upgrade, Mode::Running) => self.upgrade(),
         }
     }
 

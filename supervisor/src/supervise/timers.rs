@@ -92,7 +92,12 @@ impl<A: App> Supervisor<A> {
             self.workers.len(),
             grace.as_secs_f64()
         );
-        self.notifier.send("STOPPING=1");
+        match self.upgrading.take() {
+            // Replaced by an upgrade: the service goes on under the new supervisor (its main
+            // pid for systemd now), so this is no stop of the service.
+            Some(new) => log::info!("supervisor: replaced by pid {new}"),
+            None => self.notifier.send("STOPPING=1"),
+        }
         self.mode = Mode::Stopping { deadline: after(grace), fast };
         self.roll = None;
         for w in &self.workers {
@@ -121,6 +126,7 @@ impl<A: App> Supervisor<A> {
             let status = self.status_line();
             log::info!("supervisor: all {} workers ready", live.len());
             self.notifier.send(&format!("READY=1\nSTATUS={status}"));
+            self.take_over();
         }
     }
 

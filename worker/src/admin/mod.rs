@@ -83,9 +83,15 @@ impl Admin {
             return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "GET only"}));
         }
         match req.uri().path() {
-            "/healthz" => {
-                json(StatusCode::OK, serde_json::json!({"status": "ok", "pid": std::process::id()}))
-            }
+            "/healthz" => json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "status": "ok",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "pid": std::process::id(),
+                    "supervisor": std::os::unix::process::parent_id(),
+                }),
+            ),
             "/readyz" => match *self.ready.borrow() {
                 Some(source) => {
                     json(StatusCode::OK, serde_json::json!({"ready": true, "source": source}))
