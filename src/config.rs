@@ -38,14 +38,27 @@ impl std::error::Error for ConfigError {}
 /// Shortest admin token `check` accepts.
 const MIN_TOKEN_LEN: usize = 16;
 
-/// Reads, parses and checks a configuration file.
+/// Reads, parses and checks a configuration file; files it names (`upstream_ca`) are
+/// resolved from its directory and read, so a worker never meets an unreadable one.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         position: None,
         message: format!("cannot read: {e}"),
     })?;
-    parse(path, &text)
+    let mut config = parse(path, &text)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for s in config.services.values_mut() {
+        if let Some(ca) = s.upstream_ca.as_mut().filter(|ca| ca.is_relative()) {
+            *ca = dir.join(&*ca);
+        }
+    }
+    worker::http::transport::Transports::from_config(&config).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message: e.to_string(),
+    })?;
+    Ok(config)
 }
 
 /// Parses and checks configuration text; `path` is only used in errors.

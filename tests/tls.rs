@@ -7,66 +7,14 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::pki::{Leaf, Pki};
 use support::{free_port, Backend, Gateway, Toml};
-
-/// A test CA and what it signed.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-/// A leaf certificate written to files.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "zkgate test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        Pki { dir: tempfile::tempdir().unwrap(), ca, ca_key }
-    }
-
-    /// A leaf for `names` (DNS names or IP addresses), written as `<file>.pem` / `<file>.key`.
-    fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (cert_path, key_path) = (
-            self.dir.path().join(format!("{file}.pem")),
-            self.dir.path().join(format!("{file}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf { cert: cert_path, key: key_path, der: cert.der().clone() }
-    }
-
-    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
-    }
-}
 
 fn tls_section(leaf: &Leaf) -> String {
     format!("cert = {:?}\nkey = {:?}\n", leaf.cert, leaf.key)

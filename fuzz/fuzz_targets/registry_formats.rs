@@ -14,8 +14,8 @@ fuzz_target!(|input: &[u8]| {
     };
     let Ok(name) = std::str::from_utf8(name) else { return };
     for format in [Format::Registrator, Format::Curator, Format::Serverset, Format::Nerve] {
-        for endpoint in [None, Some("http")] {
-            if let Ok(Some(instance)) = format.parse(name, data, endpoint) {
+        for (endpoint, tls) in [(None, false), (Some("http"), false), (None, true)] {
+            if let Ok(Some(instance)) = format.parse(name, data, endpoint, tls) {
                 let addr: std::net::SocketAddr =
                     instance.address.parse().expect("an accepted instance is ip:port");
                 assert!(addr.port() != 0 && !addr.ip().is_unspecified(), "{addr}");

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod http;
 pub mod load;
+pub mod pki;
 
 use std::io::Read;
 use std::net::TcpListener;

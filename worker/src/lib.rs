@@ -99,6 +99,9 @@ pub enum Error {
     /// The TLS configuration could not be built.
     #[error("{0}")]
     Tls(tls::TlsError),
+    /// A service's transport toward its instances could not be built.
+    #[error("{0}")]
+    Transport(http::transport::TransportError),
 }
 
 /// Runs a worker until SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
@@ -155,17 +158,20 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let ready = discovery::start(&config, slot, table.clone(), clock, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
+    let transports =
+        Arc::new(http::transport::Transports::from_config(&config).map_err(Error::Transport)?);
     let shared = http::proxy::Shared {
         table: table.clone(),
         ready: ready.clone(),
         metrics,
         connections: connections.clone(),
+        transports: transports.clone(),
     };
     let router = http::router::Router::new(&config.header_routing, &config.routes);
     let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
-    start_health_checks(&config, &table);
+    start_health_checks(&config, &table, &transports);
     if let Some((listener, token)) = settings.admin.take() {
         listen(&listener, config.server.backlog).map_err(Error::Listener)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
@@ -275,7 +281,11 @@ async fn report_ready(
 
 /// Active health checks, one task per checked service. Probes get their own pool, so they
 /// never queue behind client traffic.
-fn start_health_checks(config: &Config, table: &SharedTable) {
+fn start_health_checks(
+    config: &Config,
+    table: &SharedTable,
+    transports: &http::transport::Transports,
+) {
     let checks: Vec<_> = config
         .services
         .iter()
@@ -286,7 +296,10 @@ fn start_health_checks(config: &Config, table: &SharedTable) {
     }
     let checker = Arc::new(http::upstream::Upstream::new(&config.proxy));
     for (name, check) in checks {
-        tokio::spawn(http::health_check::run_checks(name, check, table.clone(), checker.clone()));
+        let transport = transports.get(&name).cloned();
+        let run =
+            http::health_check::run_checks(name, check, table.clone(), checker.clone(), transport);
+        tokio::spawn(run);
     }
 }
 

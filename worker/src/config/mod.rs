@@ -340,6 +340,38 @@ pub struct ServiceSettings {
     /// Weights by instance address for a discovered service (Registrator and Curator carry
     /// none); they override weights from the registry.
     pub weights: BTreeMap<String, u32>,
+    /// How requests reach the instances: `http1`, `h2c` (HTTP/2 without TLS, prior knowledge)
+    /// or `h2` (HTTP/2 over TLS, ALPN `h2`).
+    pub protocol: Protocol,
+    /// TLS to the instances (implied by `protocol = "h2"`); a Curator instance with only an
+    /// `sslPort` is then routable.
+    pub upstream_tls: bool,
+    /// CA certificates (PEM) instances' certificates are verified against; default: the
+    /// system's (`/etc/ssl/certs`). Relative to the configuration file's directory.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// The name sent as SNI and verified in the instance's certificate; default: the host of
+    /// the instance's address.
+    pub upstream_sni: Option<String>,
+}
+
+/// The protocol a service's instances speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, no TLS.
+    H2c,
+    /// HTTP/2 over TLS.
+    H2,
+}
+
+impl ServiceSettings {
+    /// Whether requests to this service's instances go over TLS.
+    pub fn tls(&self) -> bool {
+        self.upstream_tls || self.protocol == Protocol::H2
+    }
 }
 
 /// All services by name.

@@ -27,16 +27,18 @@ impl Format {
         }
     }
 
-    /// Parses one instance node. `endpoint` picks a ServerSet `additionalEndpoints` entry.
+    /// Parses one instance node. `endpoint` picks a ServerSet `additionalEndpoints` entry;
+    /// `tls`: the service's instances are reached over TLS (a Curator `sslPort` is used).
     pub fn parse(
         self,
         name: &str,
         data: &[u8],
         endpoint: Option<&str>,
+        tls: bool,
     ) -> Result<Option<Instance>, String> {
         match self {
             Format::Registrator => registrator(name),
-            Format::Curator => curator(data),
+            Format::Curator => curator(data, tls),
             Format::Serverset => serverset(data, endpoint),
             Format::Nerve => nerve(name, data),
         }
@@ -142,17 +144,22 @@ fn json(data: &[u8]) -> Result<Value, String> {
     serde_json::from_slice(data).map_err(|e| format!("data is not JSON: {e}"))
 }
 
-fn curator(data: &[u8]) -> Result<Option<Instance>, String> {
+fn curator(data: &[u8], tls: bool) -> Result<Option<Instance>, String> {
     let v = json(data)?;
     if v.get("enabled").and_then(Value::as_bool) == Some(false) {
         return Ok(None);
     }
     let address = v.get("address").and_then(Value::as_str).ok_or("missing \"address\"")?;
-    match v.get("port") {
-        Some(Value::Number(p)) => instance(address, p.as_u64().ok_or("invalid \"port\"")?, 1),
-        // Only an sslPort: we have no TLS upstreams, so this instance cannot be used.
+    let port = |key: &str| match v.get(key) {
+        Some(Value::Number(p)) => p.as_u64().map(Some).ok_or(format!("invalid \"{key}\"")),
         Some(Value::Null) | None => Ok(None),
-        Some(_) => Err("invalid \"port\"".into()),
+        Some(_) => Err(format!("invalid \"{key}\"")),
+    };
+    // A TLS service is reached on sslPort; a plain one on port. An instance without the port
+    // its service needs cannot be used.
+    match if tls { port("sslPort")? } else { port("port")? } {
+        Some(p) => instance(address, p, 1),
+        None => Ok(None),
     }
 }
 
@@ -249,23 +256,33 @@ mod tests {
             "10.0.0.1",
         ] {
             assert!(
-                Format::Registrator.parse(bad, b"", None).is_err(),
+                Format::Registrator.parse(bad, b"", None, false).is_err(),
                 "registrator accepted {bad:?}"
             );
         }
         assert_eq!(
-            addr(Format::Registrator.parse("[::1]:8080", b"", None)),
+            addr(Format::Registrator.parse("[::1]:8080", b"", None, false)),
             Some(("[::1]:8080".into(), 1))
         );
         let curator = |a: &str, p: u64| format!("{{\"address\":\"{a}\",\"port\":{p}}}");
-        assert!(Format::Curator.parse("id", curator("evil.example", 80).as_bytes(), None).is_err());
-        assert!(Format::Curator.parse("id", curator("0.0.0.0", 80).as_bytes(), None).is_err());
-        assert!(Format::Curator.parse("id", curator("10.0.0.1", 0).as_bytes(), None).is_err());
+        assert!(Format::Curator
+            .parse("id", curator("evil.example", 80).as_bytes(), None, false)
+            .is_err());
+        assert!(Format::Curator
+            .parse("id", curator("0.0.0.0", 80).as_bytes(), None, false)
+            .is_err());
+        assert!(Format::Curator
+            .parse("id", curator("10.0.0.1", 0).as_bytes(), None, false)
+            .is_err());
         let nerve = |w: u64| format!("{{\"host\":\"10.0.0.1\",\"port\":80,\"weight\":{w}}}");
-        assert!(Format::Nerve.parse("i_1", nerve(MAX_WEIGHT as u64).as_bytes(), None).is_ok());
-        assert!(Format::Nerve.parse("i_1", nerve(MAX_WEIGHT as u64 + 1).as_bytes(), None).is_err());
+        assert!(Format::Nerve
+            .parse("i_1", nerve(MAX_WEIGHT as u64).as_bytes(), None, false)
+            .is_ok());
+        assert!(Format::Nerve
+            .parse("i_1", nerve(MAX_WEIGHT as u64 + 1).as_bytes(), None, false)
+            .is_err());
         let ss = br#"{"serviceEndpoint":{"host":"::","port":80},"status":"ALIVE"}"#;
-        assert!(Format::Serverset.parse("member_1", ss, None).is_err());
+        assert!(Format::Serverset.parse("member_1", ss, None, false).is_err());
     }
 
     fn addr(r: Result<Option<Instance>, String>) -> Option<(String, u32)> {
@@ -275,24 +292,29 @@ mod tests {
     #[test]
     fn registrator_reads_the_node_name() {
         assert_eq!(
-            addr(Format::Registrator.parse("10.0.0.5:8080", b"", None)),
+            addr(Format::Registrator.parse("10.0.0.5:8080", b"", None, false)),
             Some(("10.0.0.5:8080".into(), 1))
         );
-        assert!(Format::Registrator.parse("not-an-address", b"", None).is_err());
+        assert!(Format::Registrator.parse("not-an-address", b"", None, false).is_err());
     }
 
     #[test]
     fn curator_reads_service_instance_json_and_honours_enabled() {
         let d = br#"{"name":"test","id":"ca2fff8e","address":"10.20.30.40","port":1234,"sslPort":null,"payload":null,"registrationTimeUTC":1325129459728,"serviceType":"DYNAMIC","uriSpec":{"parts":[]}}"#;
         assert_eq!(
-            addr(Format::Curator.parse("ca2fff8e", d, None)),
+            addr(Format::Curator.parse("ca2fff8e", d, None, false)),
             Some(("10.20.30.40:1234".into(), 1))
         );
         let off = br#"{"address":"10.0.0.1","port":80,"enabled":false}"#;
-        assert_eq!(addr(Format::Curator.parse("x", off, None)), None);
+        assert_eq!(addr(Format::Curator.parse("x", off, None, false)), None);
         let ssl_only = br#"{"address":"10.0.0.1","port":null,"sslPort":443}"#;
-        assert_eq!(addr(Format::Curator.parse("x", ssl_only, None)), None);
-        assert!(Format::Curator.parse("x", b"{not json", None).is_err());
+        assert_eq!(addr(Format::Curator.parse("x", ssl_only, None, false)), None);
+        assert_eq!(
+            addr(Format::Curator.parse("x", ssl_only, None, true)),
+            Some(("10.0.0.1:443".into(), 1)),
+            "a TLS service uses sslPort"
+        );
+        assert!(Format::Curator.parse("x", b"{not json", None, false).is_err());
     }
 
     #[test]
@@ -303,30 +325,33 @@ mod tests {
         assert!(!Format::Serverset.accepts_name("member_"));
         let d = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"additionalEndpoints":{"http":{"host":"10.0.0.5","port":31001}},"status":"ALIVE","shard":0}"#;
         assert_eq!(
-            addr(Format::Serverset.parse("member_1", d, None)),
+            addr(Format::Serverset.parse("member_1", d, None, false)),
             Some(("10.0.0.5:31000".into(), 1))
         );
         assert_eq!(
-            addr(Format::Serverset.parse("member_1", d, Some("http"))),
+            addr(Format::Serverset.parse("member_1", d, Some("http"), false)),
             Some(("10.0.0.5:31001".into(), 1))
         );
         let dead = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"status":"DEAD"}"#;
-        assert_eq!(addr(Format::Serverset.parse("member_1", dead, None)), None);
+        assert_eq!(addr(Format::Serverset.parse("member_1", dead, None, false)), None);
     }
 
     #[test]
     fn nerve_reads_weight_and_path_encoding() {
         let d = br#"{"host":"10.0.0.5","port":8080,"name":"i-abc","weight":10,"labels":{}}"#;
         assert_eq!(
-            addr(Format::Nerve.parse("i-abc_0000000003", d, None)),
+            addr(Format::Nerve.parse("i-abc_0000000003", d, None, false)),
             Some(("10.0.0.5:8080".into(), 10))
         );
         // base64 of {"host":"10.0.0.6","port":80}
         let b64 = "eyJob3N0IjoiMTAuMC4wLjYiLCJwb3J0Ijo4MH0=";
         let name = format!("base64_{}_{}_0000000001", b64.len(), b64);
-        assert_eq!(addr(Format::Nerve.parse(&name, b"", None)), Some(("10.0.0.6:80".into(), 1)));
+        assert_eq!(
+            addr(Format::Nerve.parse(&name, b"", None, false)),
+            Some(("10.0.0.6:80".into(), 1))
+        );
         assert!(Format::Nerve
-            .parse("x_1", br#"{"host":"h","port":80,"weight":-1}"#, None)
+            .parse("x_1", br#"{"host":"h","port":80,"weight":-1}"#, None, false)
             .is_err());
     }
 
@@ -336,7 +361,7 @@ mod tests {
             let (name, data, seq) = f.encode("svc", "127.0.0.1", 9001, 3);
             let name = if seq { format!("{name}0000000007") } else { name };
             assert!(f.accepts_name(&name), "{f:?} {name}");
-            let got = f.parse(&name, &data, None).unwrap().unwrap();
+            let got = f.parse(&name, &data, None, false).unwrap().unwrap();
             assert_eq!(got.address, "127.0.0.1:9001", "{f:?}");
         }
     }

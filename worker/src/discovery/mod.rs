@@ -73,7 +73,8 @@ pub fn start(
         .filter(|(_, s)| s.instances.is_some())
         .map(|(n, _)| n.clone())
         .collect();
-    tokio::spawn(Arc::new(zookeeper::Watcher::new(zk, skip, tx, metrics)).run());
+    let tls = config.services.iter().filter(|(_, s)| s.tls()).map(|(n, _)| n.clone()).collect();
+    tokio::spawn(Arc::new(zookeeper::Watcher::new(zk, (skip, tls), tx, metrics)).run());
     ready_rx
 }
 

@@ -32,6 +32,8 @@ use crate::table::Instance;
 pub struct Watcher {
     settings: ZkSettings,
     skip: HashSet<String>,
+    /// Services reached over TLS (a Curator instance's `sslPort` is theirs).
+    tls: HashSet<String>,
     tx: mpsc::UnboundedSender<Update>,
     metrics: Metrics,
 }
@@ -73,11 +75,11 @@ impl Watcher {
     /// `skip`: services with static instances, never looked up.
     pub fn new(
         settings: ZkSettings,
-        skip: HashSet<String>,
+        (skip, tls): (HashSet<String>, HashSet<String>),
         tx: mpsc::UnboundedSender<Update>,
         metrics: Metrics,
     ) -> Self {
-        Watcher { settings, skip, tx, metrics }
+        Watcher { settings, skip, tls, tx, metrics }
     }
 
     /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
@@ -304,7 +306,8 @@ impl Watcher {
         let mut malformed = Vec::new();
         for (child, data) in children.iter().zip(data) {
             let Some(data) = data else { continue };
-            match format.parse(child, &data, self.settings.serverset_endpoint.as_deref()) {
+            let endpoint = self.settings.serverset_endpoint.as_deref();
+            match format.parse(child, &data, endpoint, self.tls.contains(name)) {
                 Ok(Some(i)) => instances.push(i),
                 Ok(None) => {}
                 Err(why) => malformed.push((format!("{path}/{child}"), why)),

@@ -100,6 +100,64 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The gRPC status of this error (for a gRPC client, which reads `grpc-status`, not the
+    /// HTTP status): UNAVAILABLE for no instance, DEADLINE_EXCEEDED for a timeout, …
+    pub fn grpc_status(&self) -> (u8, &'static str) {
+        match self {
+            ProxyError::NoInstance(_) | ProxyError::NotReady(_) => (14, "UNAVAILABLE"),
+            ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
+                (4, "DEADLINE_EXCEEDED")
+            }
+            ProxyError::Upstream(_, UpstreamError::Connect(_) | UpstreamError::Reset(_)) => {
+                (14, "UNAVAILABLE")
+            }
+            ProxyError::Upstream(_, UpstreamError::BodyTooLarge) | ProxyError::BodyTooLarge(_) => {
+                (8, "RESOURCE_EXHAUSTED")
+            }
+            ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => (3, "INVALID_ARGUMENT"),
+            ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => {
+                (12, "UNIMPLEMENTED")
+            }
+            ProxyError::Route(RouteError::BadRequest(_)) => (3, "INVALID_ARGUMENT"),
+            ProxyError::Refused(StatusCode::SERVICE_UNAVAILABLE, _) => (14, "UNAVAILABLE"),
+            ProxyError::Refused(..) => (13, "INTERNAL"),
+            ProxyError::Upstream(..) => (14, "UNAVAILABLE"),
+        }
+    }
+
+    /// The answer to a gRPC client: HTTP 200 with `grpc-status` and `grpc-message` and no body
+    /// (a "trailers-only" response), as gRPC servers and Envoy answer.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        let (code, _) = self.grpc_status();
+        let message = match self.service() {
+            Some(s) => format!("zkgate: service {s}: {self}"),
+            None => format!("zkgate: {self}"),
+        };
+        let mut resp = Response::new(full(String::new()));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+            h.insert("grpc-message", v);
+        }
+        resp
+    }
+}
+
+/// gRPC's `grpc-message` encoding: percent-encode everything outside printable ASCII and `%`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Methods the gateway forwards (for `Allow`).
 pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
 

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use rand::Rng;
 
 use crate::config::HealthCheck;
+use crate::http::transport::Transport;
 use crate::http::upstream::Upstream;
 use crate::SharedTable;
 
@@ -20,6 +21,7 @@ pub async fn run_checks(
     check: HealthCheck,
     table: SharedTable,
     client: Arc<Upstream>,
+    transport: Option<Arc<Transport>>,
 ) {
     loop {
         let jitter = check.interval.as_millis() as u64 / 10;
@@ -27,7 +29,8 @@ pub async fn run_checks(
             check.interval.as_millis() as u64 + rand::rng().random_range(0..=2 * jitter) - jitter;
         tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
         let Some(svc) = table.load().get(&service).cloned() else { continue };
-        let probes = svc.instances.iter().map(|i| probe(&client, &i.address, &check));
+        let transport = transport.as_deref();
+        let probes = svc.instances.iter().map(|i| probe(&client, transport, &i.address, &check));
         let results = futures::future::join_all(probes).await;
         for (idx, ok) in results.into_iter().enumerate() {
             match svc.health.probe(idx, ok, &check) {
@@ -49,7 +52,12 @@ pub async fn run_checks(
 }
 
 /// One probe: a 2xx or 3xx answer within `timeout` is healthy.
-async fn probe(client: &Upstream, address: &str, check: &HealthCheck) -> bool {
+async fn probe(
+    client: &Upstream,
+    transport: Option<&Transport>,
+    address: &str,
+    check: &HealthCheck,
+) -> bool {
     let Ok(uri) = http::Uri::try_from(check.path.as_str()) else { return false };
     let mut req = http::Request::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
     *req.uri_mut() = uri;
@@ -58,7 +66,7 @@ async fn probe(client: &Upstream, address: &str, check: &HealthCheck) -> bool {
     if let Ok(host) = http::HeaderValue::from_str(address) {
         headers.insert(http::header::HOST, host);
     }
-    match tokio::time::timeout(check.timeout, client.send(address, req)).await {
+    match tokio::time::timeout(check.timeout, client.send(transport, address, req)).await {
         Ok(Ok((resp, mut lease))) => {
             let ok = resp.status().is_success() || resp.status().is_redirection();
             // Read the body so the connection can be reused.

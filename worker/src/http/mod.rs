@@ -17,15 +17,18 @@
 //! - [`router`]: request → service and upstream path.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
 //! - [`upstream`]: the client to instances, its error classes and timeouts.
+//! - [`transport`]: per service, HTTP/1.1 or HTTP/2 (h2c, h2) and TLS toward instances.
 //! - [`pool`]: the worker's own pool of HTTP/1.1 connections to instances.
 //! - [`tunnel`]: upgraded connections (WebSocket) copied both ways.
-//! - [`error`]: the gateway's own answers.
+//! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients).
+//! - [`grpc`]: which requests are gRPC, and their `grpc-timeout`.
 //! - [`health_check`]: active HTTP probes of instances.
 
 pub mod conn;
 pub mod connections;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod h1;
 pub mod headers;
 pub mod health_check;
@@ -33,6 +36,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod transport;
 pub mod tunnel;
 pub mod upstream;
 

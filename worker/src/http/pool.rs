@@ -16,10 +16,13 @@ use std::time::Duration;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::http::transport::{TlsClient, Transport};
 use crate::http::Body;
 
 /// A connection that can wait in an [`IdleSet`].
@@ -107,9 +110,11 @@ impl<C: Pooled> IdleSet<C> {
     }
 }
 
-/// The hyper pool: idle senders, and how to open new connections.
+/// The hyper pool: idle HTTP/1.1 senders, one shared HTTP/2 connection per instance (and
+/// transport), and how to open new connections.
 pub struct Pool {
     idle: Arc<IdleSet<SendRequest<Body>>>,
+    h2: Mutex<FxHashMap<String, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
 }
 
@@ -118,8 +123,10 @@ pub struct Pool {
 pub enum ConnectError {
     /// TCP connect failed or timed out.
     Connect(std::io::Error),
-    /// The HTTP/1.1 handshake failed.
+    /// The HTTP handshake failed.
     Handshake(hyper::Error),
+    /// The TLS handshake failed (or the instance's name is not a valid TLS name).
+    Tls(String),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -127,6 +134,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Connect(e) => write!(f, "{e}"),
             ConnectError::Handshake(e) => write!(f, "handshake: {e}"),
+            ConnectError::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -158,27 +166,47 @@ impl Drop for Lease {
 impl Pool {
     /// An empty pool.
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
-        Arc::new(Pool { idle: IdleSet::new(idle_timeout, max_idle), connect_timeout })
+        Arc::new(Pool {
+            idle: IdleSet::new(idle_timeout, max_idle),
+            h2: Mutex::new(FxHashMap::default()),
+            connect_timeout,
+        })
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `address` on a pooled or new connection.
+    /// Sends `req` (origin-form URI, Host set) to `address` on a pooled or new connection,
+    /// over `transport` (`None`: plain HTTP/1.1).
     pub async fn send(
         self: &Arc<Self>,
+        transport: Option<&Transport>,
         address: &str,
         req: Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lease), SendError> {
+        match transport {
+            None => self.send_h1(address, address, None, req).await,
+            Some(t) if t.is_h2() => self.send_h2(t, address, req).await,
+            Some(t) => self.send_h1(&t.key(address), address, t.tls.as_ref(), req).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        key: &str,
+        address: &str,
+        tls: Option<&TlsClient>,
+        req: Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Lease), SendError> {
         let mut req = req;
-        let mut pooled = self.idle.take(address);
+        let mut pooled = self.idle.take(key);
         loop {
             let (mut sender, reused) = match pooled.take() {
                 Some(s) => (s, true),
-                None => (self.connect(address).await.map_err(SendError::Connect)?, false),
+                None => (self.connect(address, tls).await.map_err(SendError::Connect)?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let lease = Lease {
                         pool: self.clone(),
-                        address: address.to_string(),
+                        address: key.to_string(),
                         sender: Some(sender),
                         reusable: false,
                     };
@@ -189,7 +217,7 @@ impl Pool {
                     // another pooled connection or a fresh one.
                     Some(unsent) if reused => {
                         req = unsent;
-                        pooled = self.idle.take(address);
+                        pooled = self.idle.take(key);
                     }
                     _ => return Err(SendError::Http(e.into_error())),
                 },
@@ -197,18 +225,117 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<SendRequest<Body>, ConnectError> {
-        let stream = connect(address, self.connect_timeout).await.map_err(ConnectError::Connect)?;
-        let (sender, conn) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
-        // with_upgrades: a 101 answer hands the connection to a tunnel.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                log::debug!("upstream connection closed: {e}");
+    /// HTTP/2: one connection per instance carries every request (streams); the request gets
+    /// the absolute URI HTTP/2 needs (`:scheme`, `:authority` from its Host).
+    async fn send_h2(
+        self: &Arc<Self>,
+        transport: &Transport,
+        address: &str,
+        mut req: Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Lease), SendError> {
+        let key = transport.key(address);
+        let existing =
+            self.h2.lock().ok().and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .connect_h2(address, transport.tls.as_ref())
+                    .await
+                    .map_err(SendError::Connect)?;
+                if let Ok(mut m) = self.h2.lock() {
+                    m.insert(key.clone(), s.clone());
+                }
+                s
             }
-        });
-        Ok(sender)
+        };
+        let authority = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_string))
+            .unwrap_or_else(|| address.to_string());
+        let scheme = if transport.tls.is_some() { "https" } else { "http" };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        if let Ok(uri) =
+            http::Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build()
+        {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        sender.ready().await.map_err(SendError::Http)?;
+        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        let lease = Lease { pool: self.clone(), address: key, sender: None, reusable: false };
+        Ok((resp, lease))
     }
+
+    async fn connect(
+        &self,
+        address: &str,
+        tls: Option<&TlsClient>,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let stream = connect(address, self.connect_timeout).await.map_err(ConnectError::Connect)?;
+        match tls {
+            None => handshake_h1(stream).await,
+            Some(tls) => handshake_h1(self.tls(stream, address, tls).await?).await,
+        }
+    }
+
+    async fn connect_h2(
+        &self,
+        address: &str,
+        tls: Option<&TlsClient>,
+    ) -> Result<http2::SendRequest<Body>, ConnectError> {
+        let stream = connect(address, self.connect_timeout).await.map_err(ConnectError::Connect)?;
+        match tls {
+            None => handshake_h2(stream).await,
+            Some(tls) => handshake_h2(self.tls(stream, address, tls).await?).await,
+        }
+    }
+
+    async fn tls(
+        &self,
+        stream: TcpStream,
+        address: &str,
+        tls: &TlsClient,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let name = tls.server_name(address).map_err(ConnectError::Tls)?;
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| ConnectError::Tls("handshake timed out".into()))?
+            .map_err(|e| ConnectError::Tls(e.to_string()))
+    }
+}
+
+async fn handshake_h1<I>(io: I) -> Result<SendRequest<Body>, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        http1::handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
+    // with_upgrades: a 101 answer hands the connection to a tunnel.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            log::debug!("upstream connection closed: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2<I>(io: I) -> Result<http2::SendRequest<Body>, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::debug!("upstream HTTP/2 connection closed: {e}");
+        }
+    });
+    Ok(sender)
 }
 
 /// Why a request could not be sent.

@@ -26,9 +26,11 @@ use crate::config::{Config, HashOn, ProxySettings};
 use crate::http::connections::{ConnGuard, ConnPermit, Connections, Scheme};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
+use crate::http::grpc;
 use crate::http::headers;
 use crate::http::pool::Lease;
 use crate::http::router::{request_host, HyperRequest, RequestView, Router, Target};
+use crate::http::transport::Transports;
 use crate::http::tunnel::{is_upgrade, tunnel};
 use crate::http::upstream::{BodySent, ClientBodyError, SentBody, UpstreamError};
 use crate::http::{Body, BoxError};
@@ -54,6 +56,8 @@ pub struct Proxy {
     pub(crate) access_log: bool,
     /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
     connections: Arc<Connections>,
+    /// How each service that is not plain HTTP/1.1 is reached.
+    pub(crate) transports: Arc<Transports>,
 }
 
 /// What the proxy shares with the rest of the worker.
@@ -66,6 +70,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Open connections (tunnels count).
     pub connections: Arc<Connections>,
+    /// Per-service transports toward instances.
+    pub transports: Arc<Transports>,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -92,6 +98,8 @@ struct From<'a> {
     upgrade: bool,
     /// How it reached the gateway (`X-Forwarded-Proto`).
     scheme: Scheme,
+    /// Forward `TE: trailers` (gRPC to an HTTP/2 instance).
+    te_trailers: bool,
 }
 
 /// The request line as logged.
@@ -127,6 +135,7 @@ impl Proxy {
             metrics: shared.metrics,
             access_log: config.log.access,
             connections: shared.connections,
+            transports: shared.transports,
         }
     }
 
@@ -137,8 +146,13 @@ impl Proxy {
             (req.method().clone(), req.uri().path().to_string(), Instant::now());
         let line = RequestLine { method: method.as_str(), path: &path, client, started };
         let mut trace = Trace::default();
+        let grpc = grpc::is_grpc(req.headers());
         let resp = match self.proxy(req, client, &mut trace).await {
             Ok(resp) => resp,
+            Err(e) if grpc => {
+                self.log_error(&e, &line);
+                e.into_grpc_response()
+            }
             Err(e) => self.answer_error(e, &line),
         };
         let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
@@ -178,6 +192,15 @@ impl Proxy {
         };
         let (parts, body) = req.into_parts();
         let body = self.request_body(&service, &parts.headers, body)?;
+        let transport = self.transports.get(&service.name);
+        let deadline = grpc::timeout(&parts.headers);
+        // `TE: trailers` is how a gRPC client says it reads trailers; an HTTP/2 instance (a gRPC
+        // server) is told the same. Any other TE value stays on its hop.
+        let te_trailers = transport.is_some_and(|t| t.is_h2())
+            && parts.headers.get(header::TE).is_some_and(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            });
         // A request without a body can be sent again; one with a body cannot (it streams).
         let replay =
             Replay::for_request(&parts.method, body_is_empty(&parts.headers) && upgrade.is_none());
@@ -186,7 +209,13 @@ impl Proxy {
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
             let scheme = parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http);
-            let from = From { client, host: host.as_deref(), upgrade: upgrade.is_some(), scheme };
+            let from = From {
+                client,
+                host: host.as_deref(),
+                upgrade: upgrade.is_some(),
+                scheme,
+                te_trailers,
+            };
             let req = self.upstream_request(&parts, b, &target, address, from);
             // A request with a body is watched for its end; one without is complete already.
             let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
@@ -194,10 +223,17 @@ impl Proxy {
                 Some(sent) => req.map(|b| SentBody::new(b, sent.clone()).boxed()),
                 None => req,
             };
-            (upstream.request(address, req), sent)
+            (upstream.request(transport.map(|t| &**t), address, req), sent)
         };
-        let answered =
-            self.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts).await?;
+        let forward = self.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts);
+        // A gRPC client's deadline bounds the wait for the answer (the instance sees the same
+        // grpc-timeout and enforces it on its side).
+        let answered = match deadline {
+            Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
+                ProxyError::Upstream(service.name.clone(), UpstreamError::Timeout(limit))
+            })??,
+            None => forward.await?,
+        };
         Ok(self.respond(answered, parts.version, upgrade))
     }
 
@@ -292,7 +328,7 @@ impl Proxy {
         address: &str,
         from: From<'_>,
     ) -> Request<Body> {
-        let From { client, host: original_host, upgrade, scheme } = from;
+        let From { client, host: original_host, upgrade, scheme, te_trailers } = from;
         let mut headers = parts.headers.clone();
         // The authority that was routed on (absolute-form or :authority before Host).
         let routed_authority = parts
@@ -305,6 +341,9 @@ impl Proxy {
         if let (true, Some(proto)) = (upgrade, upgrade_proto) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto);
+        }
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         headers::remove_underscored(&mut headers, &self.keep_underscored);
         let proto = HeaderValue::from_static(scheme.as_str());
@@ -365,8 +404,14 @@ impl Proxy {
 
     /// The gateway's own answer, logged at the level the failure deserves.
     pub(crate) fn answer_error(&self, e: ProxyError, line: &RequestLine<'_>) -> Response<Body> {
+        self.log_error(&e, line);
+        e.into_response()
+    }
+
+    /// Logs why a request was answered by the gateway, at the level the failure deserves.
+    fn log_error(&self, e: &ProxyError, line: &RequestLine<'_>) {
         let RequestLine { method, path, client, .. } = line;
-        match &e {
+        match e {
             ProxyError::Upstream(svc, err @ UpstreamError::ClientBody(_)) => {
                 log::info!("service {svc}: {method} {path} from {client}: {err}")
             }
@@ -376,7 +421,6 @@ impl Proxy {
             }
             _ => log::debug!("{method} {path} from {client}: {e}"),
         }
-        e.into_response()
     }
 
     /// Counts the request in the metrics and writes the access log line (`bytes`: the

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::config::ProxySettings;
 use crate::http::pool::{Lease, Pool, SendError};
+use crate::http::transport::Transport;
 use crate::http::Body;
 
 /// An error reading the client's request body (as opposed to the instance failing), tagged
@@ -74,10 +75,12 @@ impl Upstream {
     /// `request_timeout` (health probes; the proxy times its attempts itself).
     pub async fn send(
         &self,
+        transport: Option<&Transport>,
         address: &str,
         req: http::Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.request(address, req)).await {
+        let exchange = self.request(transport, address, req);
+        match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
         }
@@ -88,10 +91,11 @@ impl Upstream {
     /// the response was read to its end.
     pub async fn request(
         &self,
+        transport: Option<&Transport>,
         address: &str,
         req: http::Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lease), UpstreamError> {
-        match self.pool.send(address, req).await {
+        match self.pool.send(transport, address, req).await {
             Ok(answer) => Ok(answer),
             Err(SendError::Connect(e)) => Err(UpstreamError::Connect(e.to_string())),
             Err(SendError::Http(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {

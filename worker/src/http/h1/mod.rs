@@ -83,6 +83,9 @@ enum Step {
     KeepAlive,
     /// Answered (or failed midway); the connection ends.
     Close,
+    /// Not for the fast path after all (the service's instances speak HTTP/2 or TLS): nothing
+    /// was sent; hyper serves the connection from this request on.
+    Handover,
 }
 
 enum Next {
@@ -154,6 +157,10 @@ pub async fn serve(
         conn.requests += 1;
         let draining = conn.draining || *shutdown.borrow();
         let step = conn.answer(draining).await;
+        if matches!(step, Step::Handover) {
+            log::debug!("connection from {peer}: request handed over to hyper (service transport)");
+            return End::Handover(conn.stream, conn.buf);
+        }
         let used = conn.head.len;
         conn.buf.drain(..used);
         if matches!(step, Step::Close) {
@@ -279,6 +286,9 @@ impl Conn<'_> {
             Ok(service) => service,
             Err(e) => refuse!(e, close),
         };
+        if proxy.transports.get(&service.name).is_some() {
+            return Step::Handover;
+        }
         trace.service = Some(service.clone());
         let key = hash_on(&service, &view, self.peer);
         let base = request_head(proxy, &view, routed.path.as_str(), &self.ip, &mut self.out);
