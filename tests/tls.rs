@@ -199,3 +199,27 @@ fn check_validates_certificates_and_shows_their_expiry() {
     let (ok, out) = check(config(&a.cert, &a.key).replace("listen_tls = [\"127.0.0.1:2\"]\n", ""));
     assert!(!ok && out.contains("listen_tls"), "certificates without a TLS listener: {out}");
 }
+
+#[test]
+fn tls12_clients_are_served_and_resume_with_tickets() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let (_gw, port) = https_gateway(&backend, &[&a], 2);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let first = get(&client, port, "a.example", "/");
+    assert_eq!((first.response.status, first.resumed), (200, false));
+    for _ in 0..6 {
+        let seen = get(&client, port, "a.example", "/");
+        assert!(seen.resumed, "TLS 1.2 session ticket not accepted");
+    }
+}
