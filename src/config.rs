@@ -120,6 +120,18 @@ fn check(config: &Config) -> Result<(), String> {
         }
         _ => {}
     }
+    if config.rate_limits.len() > worker::metrics::RATE_RULES {
+        return Err(format!(
+            "[[rate_limit]]: at most {} rules (their buckets live in shared memory sized at start)",
+            worker::metrics::RATE_RULES
+        ));
+    }
+    if let Some(r) = config.rate_limits.iter().find(|r| r.service.is_empty()) {
+        return Err(format!("[[rate_limit]]: service must name a service (rate {:?})", r.rate));
+    }
+    if let Some((name, _)) = config.services.iter().find(|(_, s)| s.max_requests == Some(0)) {
+        return Err(format!("services.{name}.max_requests: at least 1"));
+    }
     if !(0.0..=1.0).contains(&config.proxy.retry_budget) {
         return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
     }
@@ -229,6 +241,17 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    for r in &config.rate_limits {
+        let per = match &r.per {
+            worker::config::RateKey::ClientIp => "client_ip".to_string(),
+            worker::config::RateKey::Global => "global".to_string(),
+            worker::config::RateKey::Header(h) => format!("header:{h}"),
+        };
+        out += &format!(
+            "rate_limit  {}: {:.3}/s per {per}, burst {}\n",
+            r.service, r.rate.per_second, r.burst
+        );
+    }
     for (i, cert) in tls.iter().flat_map(|t| &t.list).enumerate() {
         let days = (cert.not_after - now).div_euclid(86_400);
         let expiry = humantime::format_rfc3339_seconds(

@@ -150,11 +150,11 @@ impl Signals {
 
 async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
     let mut signals = Signals::install()?;
-    let (slot, config, metrics) = (settings.slot, settings.config.clone(), settings.metrics);
+    let (slot, config) = (settings.slot, settings.config.clone());
+    let metrics = settings.metrics.started(settings.generation);
     // One clock for every table this worker builds: carried ejection deadlines keep their meaning.
     let clock = Clock::system();
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &clock)));
-    metrics.started(settings.generation);
     let ready = discovery::start(&config, slot, table.clone(), clock, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));

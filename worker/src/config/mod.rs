@@ -45,6 +45,116 @@ pub struct Config {
     pub log: LogSettings,
     /// `[[tls]]`: certificates for `server.listen_tls`, chosen by SNI; the first is the default.
     pub tls: Vec<TlsFiles>,
+    /// `[[rate_limit]]` rules, in file order.
+    #[serde(rename = "rate_limit")]
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// One `[[rate_limit]]`: a token bucket per key on a service, exact across the host's workers.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// The service it guards.
+    pub service: String,
+    /// What gets its own bucket.
+    #[serde(default)]
+    pub per: RateKey,
+    /// Sustained rate.
+    pub rate: Rate,
+    /// Requests allowed at once above the rate (the bucket's size).
+    #[serde(deserialize_with = "values::number_within::<_, _, 1, 1000000>")]
+    pub burst: u32,
+}
+
+/// What a rate limit counts separately.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum RateKey {
+    /// Each client address.
+    #[default]
+    ClientIp,
+    /// Each value of a request header (requests without it share one bucket).
+    Header(http::HeaderName),
+    /// All requests to the service together.
+    Global,
+}
+
+impl std::str::FromStr for RateKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "client_ip" => Ok(RateKey::ClientIp),
+            "global" => Ok(RateKey::Global),
+            _ => match s.strip_prefix("header:") {
+                Some(h) => http::HeaderName::from_bytes(h.as_bytes())
+                    .map(RateKey::Header)
+                    .map_err(|_| format!("{h:?} is not a header name")),
+                None => {
+                    Err(format!("{s:?}: expected \"client_ip\", \"global\" or \"header:NAME\""))
+                }
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RateKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for RateKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RateKey::ClientIp => s.serialize_str("client_ip"),
+            RateKey::Global => s.serialize_str("global"),
+            RateKey::Header(h) => s.serialize_str(&format!("header:{h}")),
+        }
+    }
+}
+
+/// A rate: `"100/s"`, `"6000/m"`, `"1000/h"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Requests per second.
+    pub per_second: f64,
+}
+
+impl Rate {
+    /// Nanoseconds between two requests at this rate.
+    pub fn interval_ns(&self) -> u64 {
+        (1e9 / self.per_second).max(1.0) as u64
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected N/s, N/m or N/h (N a whole number, at least 1)");
+        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+        let n: u64 = n.trim().parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if n == 0 || n > 10_000_000 {
+            return Err(bad());
+        }
+        Ok(Rate { per_second: n as f64 / secs })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}/s", self.per_second))
+    }
 }
 
 /// One `[[tls]]` entry: a certificate chain and its key, both PEM. A relative path is relative
@@ -352,6 +462,9 @@ pub struct ServiceSettings {
     /// The name sent as SNI and verified in the instance's certificate; default: the host of
     /// the instance's address.
     pub upstream_sni: Option<String>,
+    /// Requests in flight to this service at once, across every worker of the host; beyond
+    /// it a fast 503 (Envoy's `max_requests`). Default: no limit.
+    pub max_requests: Option<u32>,
 }
 
 /// The protocol a service's instances speak.

@@ -36,6 +36,12 @@ pub enum ProxyError {
     /// `Content-Length` over `max_body_bytes`: 413.
     #[error("request body too large")]
     BodyTooLarge(String),
+    /// A `[[rate_limit]]` refused the request: 429, `Retry-After` the wait.
+    #[error("rate limit exceeded")]
+    RateLimited(String, std::time::Duration),
+    /// `max_requests` in flight already: 503 at once.
+    #[error("too many requests in flight (max_requests)")]
+    Overloaded(String),
 }
 
 impl ProxyError {
@@ -47,7 +53,10 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoRoute) | ProxyError::UnknownService(_) => {
                 StatusCode::NOT_FOUND
             }
-            ProxyError::NoInstance(_) | ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoInstance(_) | ProxyError::NotReady(_) | ProxyError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -66,7 +75,9 @@ impl ProxyError {
             | ProxyError::NoInstance(s)
             | ProxyError::NotReady(s)
             | ProxyError::Upstream(s, _)
-            | ProxyError::BodyTooLarge(s) => Some(s),
+            | ProxyError::BodyTooLarge(s)
+            | ProxyError::RateLimited(s, _)
+            | ProxyError::Overloaded(s) => Some(s),
             ProxyError::Route(_) | ProxyError::Refused(..) => None,
         }
     }
@@ -91,6 +102,10 @@ impl ProxyError {
             ProxyError::NotReady(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::RateLimited(_, wait) => {
+                let secs = retry_after(wait);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             ProxyError::Refused(StatusCode::METHOD_NOT_ALLOWED, _) => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
             }
@@ -105,7 +120,10 @@ impl ProxyError {
     /// HTTP status): UNAVAILABLE for no instance, DEADLINE_EXCEEDED for a timeout, …
     pub fn grpc_status(&self) -> (u8, &'static str) {
         match self {
-            ProxyError::NoInstance(_) | ProxyError::NotReady(_) => (14, "UNAVAILABLE"),
+            ProxyError::NoInstance(_) | ProxyError::NotReady(_) | ProxyError::Overloaded(_) => {
+                (14, "UNAVAILABLE")
+            }
+            ProxyError::RateLimited(..) => (8, "RESOURCE_EXHAUSTED"),
             ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
                 (4, "DEADLINE_EXCEEDED")
             }
@@ -158,6 +176,11 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// `Retry-After` for a wait: whole seconds, at least 1.
+pub fn retry_after(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.as_secs() == 0))
+}
+
 /// Methods the gateway forwards (for `Allow`).
 pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
 
@@ -180,6 +203,14 @@ fn full(s: String) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after(std::time::Duration::from_millis(1)), 1);
+        assert_eq!(retry_after(std::time::Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after(std::time::Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after(std::time::Duration::ZERO), 1);
+    }
 
     #[test]
     fn errors_map_to_the_statuses_operators_expect() {

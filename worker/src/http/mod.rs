@@ -14,6 +14,7 @@
 //!   end.
 //! - [`proxy`]: the request path as named phases.
 //! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
+//! - [`limits`]: `[[rate_limit]]` and `max_requests`, exact across the host's workers.
 //! - [`router`]: request → service and upstream path.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
 //! - [`upstream`]: the client to instances, its error classes and timeouts.
@@ -32,6 +33,7 @@ pub mod grpc;
 pub mod h1;
 pub mod headers;
 pub mod health_check;
+pub mod limits;
 pub mod pool;
 pub mod proxy;
 pub mod router;

@@ -28,6 +28,7 @@ use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::grpc;
 use crate::http::headers;
+use crate::http::limits::{self, Limits};
 use crate::http::pool::Lease;
 use crate::http::router::{request_host, HyperRequest, RequestView, Router, Target};
 use crate::http::transport::Transports;
@@ -58,6 +59,8 @@ pub struct Proxy {
     connections: Arc<Connections>,
     /// How each service that is not plain HTTP/1.1 is reached.
     pub(crate) transports: Arc<Transports>,
+    /// Rate limits and `max_requests`.
+    pub(crate) limits: Limits,
 }
 
 /// What the proxy shares with the rest of the worker.
@@ -136,6 +139,7 @@ impl Proxy {
             access_log: config.log.access,
             connections: shared.connections,
             transports: shared.transports,
+            limits: Limits::from_config(config),
         }
     }
 
@@ -174,6 +178,7 @@ impl Proxy {
         let target = self.router.route_view(&view)?;
         let service = self.service(&target.service)?;
         trace.service = Some(service.clone());
+        let admitted = self.limits.admit(&self.metrics, &service, &view, client.ip())?;
         let key = hash_on(&service, &view, client);
         let upgrade = match is_upgrade(&req) {
             // A tunnel outlives this HTTP exchange: it takes over the connection's
@@ -234,7 +239,12 @@ impl Proxy {
             })??,
             None => forward.await?,
         };
-        Ok(self.respond(answered, parts.version, upgrade))
+        let resp = self.respond(answered, parts.version, upgrade);
+        // Counted in flight (max_requests) until the answer's body is done.
+        Ok(match admitted {
+            Some(guard) => resp.map(|b| limits::hold(b, guard)),
+            None => resp,
+        })
     }
 
     /// What the gateway refuses or answers itself, before routing: only origin-form targets

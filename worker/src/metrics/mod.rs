@@ -20,6 +20,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAX_WORKERS: usize = 64;
 /// Services with their own counters (the last row is `_other`).
 pub const MAX_SERVICES: usize = 256;
+/// Worker processes counted for `max_requests` at once (a reload briefly runs two per slot).
+pub const ACTIVE_ROWS: usize = 2 * MAX_WORKERS;
+/// `[[rate_limit]]` rules with buckets in the shared region.
+pub const RATE_RULES: usize = 32;
+/// Buckets per rule (keys: client addresses, header values). When every bucket near a new
+/// key's place is taken, the one closest to full is reused (see `rate_limit`).
+pub const RATE_SLOTS: usize = 4096;
+/// Places tried for a key.
+const RATE_PROBES: usize = 8;
 pub(crate) const NAME_LEN: usize = 120;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 pub const BUCKETS: [f64; 12] =
@@ -71,6 +80,8 @@ fn now_ms() -> u64 {
 pub struct Metrics {
     region: &'static region::Region,
     slot: usize,
+    /// This process's row of requests in flight (claimed by `started`).
+    row: usize,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,7 +97,8 @@ impl Metrics {
 
     /// Records this worker's start in its slot; a start in the same generation as the previous
     /// occupant is a restart after a crash (a reload starts a new generation).
-    pub fn started(&self, generation: u64) {
+    pub fn started(mut self, generation: u64) -> Metrics {
+        self.row = self.claim_row();
         let me = self.me();
         let prev = me.pid.swap(std::process::id(), Ordering::Relaxed);
         let prev_gen = me.generation.swap(generation, Ordering::Relaxed);
@@ -97,6 +109,110 @@ impl Metrics {
         me.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         me.active_connections.store(0, Ordering::Relaxed);
         me.retired.store(0, Ordering::Relaxed);
+        self
+    }
+
+    /// Claims this process's row of in-flight counters, clearing rows of processes that are
+    /// gone (a crashed worker's requests stop counting).
+    fn claim_row(&self) -> usize {
+        let me = std::process::id();
+        for row in self.region.active.iter() {
+            let pid = row.pid.load(Ordering::Acquire);
+            if pid != 0 && pid != me && !alive(pid) {
+                for s in &row.services {
+                    s.store(0, Ordering::Relaxed);
+                }
+                let _ = row.pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        for (i, row) in self.region.active.iter().enumerate() {
+            if row.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return i;
+            }
+        }
+        log::warn!("more than {ACTIVE_ROWS} worker processes: max_requests counts this one in the last row");
+        ACTIVE_ROWS - 1
+    }
+
+    /// Counts a request in flight for service `idx`, unless that makes more than `max` across
+    /// every worker of the host: then it is refused (and counted), and nothing stays counted.
+    /// Exact: the request is counted before the total is read, so two workers racing for the
+    /// last place may both be refused, never both admitted.
+    pub fn enter(&self, idx: usize, max: u32) -> Option<InFlightGuard> {
+        let idx = idx.min(MAX_SERVICES - 1);
+        let mine = &self.region.active[self.row].services[idx];
+        mine.fetch_add(1, Ordering::AcqRel);
+        let total: i64 = self
+            .region
+            .active
+            .iter()
+            .filter(|r| r.pid.load(Ordering::Relaxed) != 0)
+            .map(|r| i64::from(r.services[idx].load(Ordering::Acquire)))
+            .sum();
+        if total > i64::from(max) {
+            mine.fetch_sub(1, Ordering::AcqRel);
+            self.me().services[idx].overloaded.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightGuard(mine))
+    }
+
+    /// GCRA rate limiting on bucket `key` of `rule`: admits a request when the key's
+    /// theoretical arrival time is within `tolerance_ns` of `now_ns` (CLOCK_MONOTONIC, the same
+    /// in every process), and moves it on by `interval_ns`; otherwise `Err(wait)` until one
+    /// would be admitted. Buckets are shared by every worker, so the limit holds for the host.
+    /// A key finds its bucket among [`RATE_PROBES`] places; when none is its own or free, the
+    /// one with the earliest arrival time is taken over — a bucket already back to full burst
+    /// carries no state, so only under more than `RATE_SLOTS` keys limited at once can a key
+    /// start again from a full burst.
+    pub fn rate_limit(
+        &self,
+        (rule, key): (usize, u64),
+        now_ns: u64,
+        interval_ns: u64,
+        tolerance_ns: u64,
+        service_idx: usize,
+    ) -> Result<(), std::time::Duration> {
+        let key = key.max(1);
+        let base = rule.min(RATE_RULES - 1) * RATE_SLOTS;
+        let start = (key as usize) % RATE_SLOTS;
+        let slots = &self.region.limits[base..base + RATE_SLOTS];
+        let place = |i: usize| &slots[(start + i) % RATE_SLOTS];
+        let slot = (0..RATE_PROBES)
+            .map(place)
+            .find(|s| s.key.load(Ordering::Acquire) == key)
+            .or_else(|| {
+                (0..RATE_PROBES).map(place).find(|s| {
+                    s.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                })
+            })
+            .unwrap_or_else(|| {
+                let oldest =
+                    (0..RATE_PROBES).map(place).min_by_key(|s| s.tat.load(Ordering::Relaxed));
+                let s = oldest.expect("RATE_PROBES > 0");
+                s.key.store(key, Ordering::Release);
+                s.tat.store(0, Ordering::Release);
+                s
+            });
+        let mut tat = slot.tat.load(Ordering::Acquire);
+        loop {
+            let from = tat.max(now_ns);
+            if from - now_ns > tolerance_ns {
+                self.me().services[service_idx.min(MAX_SERVICES - 1)]
+                    .rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(std::time::Duration::from_nanos(from - now_ns - tolerance_ns));
+            }
+            match slot.tat.compare_exchange_weak(
+                tat,
+                from + interval_ns,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
+        }
     }
 
     /// This slot was removed for good (TTOU) and its worker is gone: `/workers` and the
@@ -106,6 +222,15 @@ impl Metrics {
         me.retired.store(1, Ordering::Relaxed);
         me.active_connections.store(0, Ordering::Relaxed);
         me.zk_state.store(0, Ordering::Relaxed);
+    }
+
+    /// Requests refused by rate limits and by `max_requests`, for service `idx`, all workers.
+    pub fn refusals(&self, idx: usize) -> (u64, u64) {
+        let idx = idx.min(MAX_SERVICES - 1);
+        self.region.workers.iter().fold((0, 0), |(r, o), w| {
+            let s = &w.services[idx];
+            (r + s.rate_limited.load(Ordering::Relaxed), o + s.overloaded.load(Ordering::Relaxed))
+        })
     }
 
     /// The event loop is alive.
@@ -219,7 +344,7 @@ impl Metrics {
 
     /// A handle on the same region for another slot (as a second worker process has).
     pub fn for_slot(&self, slot: usize) -> Metrics {
-        Metrics { region: self.region, slot: slot.min(MAX_WORKERS - 1) }
+        Metrics { region: self.region, slot: slot.min(MAX_WORKERS - 1), row: self.row }
     }
 }
 
@@ -279,4 +404,30 @@ mod tests {
         m.started(2);
         assert!(m.prometheus().contains("zkgate_worker_restarts_total{slot=\"0\"} 1"));
     }
+}
+
+/// A request counted in flight for `max_requests` until dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(&'static std::sync::atomic::AtomicI32);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending).
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the host.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }

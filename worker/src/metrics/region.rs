@@ -6,9 +6,10 @@
 //! [`WorkerStats`] per slot with per-service counters.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use super::{Metrics, BUCKETS, MAX_SERVICES, MAX_WORKERS, NAME_LEN};
+use super::{Metrics, ACTIVE_ROWS, BUCKETS, MAX_SERVICES, MAX_WORKERS, NAME_LEN};
+use super::{RATE_RULES, RATE_SLOTS};
 
 #[repr(C)]
 pub(super) struct Name {
@@ -24,6 +25,26 @@ pub(super) struct ServiceStats {
     pub(super) buckets: [AtomicU64; BUCKETS.len()],
     pub(super) count: AtomicU64,
     pub(super) sum_micros: AtomicU64,
+    /// Requests refused by a `[[rate_limit]]` (429).
+    pub(super) rate_limited: AtomicU64,
+    /// Requests refused by `max_requests` (503).
+    pub(super) overloaded: AtomicU64,
+}
+
+/// One worker process's requests in flight per service (for `max_requests`), claimed by pid:
+/// rows of processes that died are cleared by the next worker that starts, so a crash does not
+/// leave its requests counted (a reload's old and new worker share a slot, not a row).
+#[repr(C)]
+pub(super) struct ActiveRow {
+    pub(super) pid: AtomicU32,
+    pub(super) services: [AtomicI32; MAX_SERVICES],
+}
+
+/// One rate-limit bucket: its key's hash (0: free) and GCRA's theoretical arrival time.
+#[repr(C)]
+pub(super) struct LimitSlot {
+    pub(super) key: AtomicU64,
+    pub(super) tat: AtomicU64,
 }
 
 /// One worker slot's status and counters.
@@ -56,6 +77,8 @@ pub struct WorkerStats {
 pub struct Region {
     pub(super) names: [Name; MAX_SERVICES],
     pub(super) workers: [WorkerStats; MAX_WORKERS],
+    pub(super) active: [ActiveRow; ACTIVE_ROWS],
+    pub(super) limits: [LimitSlot; RATE_RULES * RATE_SLOTS],
 }
 
 impl Metrics {
@@ -72,7 +95,7 @@ impl Metrics {
     pub unsafe fn from_raw(ptr: *mut u8, slot: usize) -> Metrics {
         // SAFETY: guaranteed by the caller; every field is an atomic, for which zero is valid.
         let region = unsafe { &*(ptr as *const Region) };
-        Metrics { region, slot: slot.min(MAX_WORKERS - 1) }
+        Metrics { region, slot: slot.min(MAX_WORKERS - 1), row: 0 }
     }
 
     /// A private region for a worker run without a supervisor (and for tests).

@@ -68,6 +68,24 @@ impl Metrics {
                 }
             }
         }
+        out += "# HELP zkgate_rate_limited_total Requests refused by a [[rate_limit]] (429).\n";
+        out += "# TYPE zkgate_rate_limited_total counter\n";
+        for (i, name) in &names {
+            let n = sum(&|w| w.services[*i].rate_limited.load(Ordering::Relaxed));
+            if n > 0 {
+                let _ =
+                    writeln!(out, "zkgate_rate_limited_total{{service=\"{}\"}} {n}", escape(name));
+            }
+        }
+        out += "# HELP zkgate_overloaded_total Requests refused by max_requests (503).\n";
+        out += "# TYPE zkgate_overloaded_total counter\n";
+        for (i, name) in &names {
+            let n = sum(&|w| w.services[*i].overloaded.load(Ordering::Relaxed));
+            if n > 0 {
+                let _ =
+                    writeln!(out, "zkgate_overloaded_total{{service=\"{}\"}} {n}", escape(name));
+            }
+        }
         out += "# HELP zkgate_upstream_latency_seconds Time from sending a request to an instance to its response headers.\n";
         out += "# TYPE zkgate_upstream_latency_seconds histogram\n";
         for (i, name) in &names {

@@ -290,6 +290,11 @@ impl Conn<'_> {
             return Step::Handover;
         }
         trace.service = Some(service.clone());
+        // Held until the answer is sent (max_requests counts it in flight until then).
+        let _admitted = match proxy.limits.admit(&proxy.metrics, &service, &view, self.peer.ip()) {
+            Ok(guard) => guard,
+            Err(e) => refuse!(e, close),
+        };
         let key = hash_on(&service, &view, self.peer);
         let base = request_head(proxy, &view, routed.path.as_str(), &self.ip, &mut self.out);
         let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);

@@ -1,0 +1,170 @@
+//! Traffic limits checked before a request is forwarded: `[[rate_limit]]` token buckets (GCRA
+//! on the shared region, so exact for the host whatever worker a request lands on; 429 with
+//! `Retry-After`) and `[services.NAME] max_requests` (requests in flight across every worker;
+//! beyond it a fast 503, never a queue). Both paths (hyper's and the fast path) ask here.
+
+use std::net::IpAddr;
+
+use http_body_util::BodyExt;
+use rustc_hash::FxHashMap;
+
+use crate::balance::hash_key;
+use crate::config::{Config, RateKey};
+use crate::http::error::ProxyError;
+use crate::http::router::RequestView;
+use crate::http::{Body, BoxError};
+use crate::metrics::{monotonic_ns, InFlightGuard, Metrics, RATE_RULES};
+use crate::table::Service;
+
+/// One compiled `[[rate_limit]]`.
+#[derive(Debug)]
+struct Rule {
+    /// Its place in the shared region (its position in the file).
+    index: usize,
+    per: RateKey,
+    interval_ns: u64,
+    /// GCRA's tolerance: `burst - 1` intervals ahead.
+    tolerance_ns: u64,
+}
+
+/// The limits of every service that has some.
+#[derive(Debug, Default)]
+pub struct Limits {
+    rates: FxHashMap<String, Vec<Rule>>,
+    max_requests: FxHashMap<String, u32>,
+}
+
+impl Limits {
+    /// Compiles the configuration's limits (rules beyond [`RATE_RULES`] are refused by `check`).
+    pub fn from_config(config: &Config) -> Self {
+        let mut rates: FxHashMap<String, Vec<Rule>> = FxHashMap::default();
+        for (index, r) in config.rate_limits.iter().enumerate().take(RATE_RULES) {
+            let interval_ns = r.rate.interval_ns();
+            rates.entry(r.service.clone()).or_default().push(Rule {
+                index,
+                per: r.per.clone(),
+                interval_ns,
+                tolerance_ns: interval_ns.saturating_mul(u64::from(r.burst.saturating_sub(1))),
+            });
+        }
+        let max_requests = config
+            .services
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.max_requests?)))
+            .collect();
+        Limits { rates, max_requests }
+    }
+
+    /// Admits a request to `service`, or says why not. The guard (when the service has
+    /// `max_requests`) counts the request in flight until dropped: hold it until the answer's
+    /// body is done.
+    pub fn admit(
+        &self,
+        metrics: &Metrics,
+        service: &Service,
+        req: &impl RequestView,
+        client: IpAddr,
+    ) -> Result<Option<InFlightGuard>, ProxyError> {
+        if self.rates.is_empty() && self.max_requests.is_empty() {
+            return Ok(None);
+        }
+        let idx = *service.stats.get_or_init(|| metrics.service_index(&service.name));
+        if let Some(rules) = self.rates.get(&service.name) {
+            let now = monotonic_ns();
+            for rule in rules {
+                let key = match &rule.per {
+                    RateKey::Global => 1,
+                    RateKey::ClientIp => match client {
+                        IpAddr::V4(v4) => hash_key(&v4.octets()),
+                        IpAddr::V6(v6) => hash_key(&v6.octets()),
+                    },
+                    RateKey::Header(name) => req.header(name).map_or(1, hash_key),
+                };
+                let limited = metrics.rate_limit(
+                    (rule.index, key),
+                    now,
+                    rule.interval_ns,
+                    rule.tolerance_ns,
+                    idx,
+                );
+                if let Err(wait) = limited {
+                    return Err(ProxyError::RateLimited(service.name.clone(), wait));
+                }
+            }
+        }
+        match self.max_requests.get(&service.name) {
+            Some(max) => match metrics.enter(idx, *max) {
+                Some(guard) => Ok(Some(guard)),
+                None => Err(ProxyError::Overloaded(service.name.clone())),
+            },
+            None => Ok(None),
+        }
+    }
+}
+
+/// A response body that holds `T` (an in-flight guard) until the body is done or dropped.
+pub fn hold<T: Send + Sync + Unpin + 'static>(body: Body, held: T) -> Body {
+    Held { inner: body, _held: held }.boxed()
+}
+
+struct Held<T> {
+    inner: Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for Held<T> {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_buckets_admit_burst_then_rate_and_are_shared_by_workers() {
+        let a = Metrics::local(0).started(1);
+        let b = a.for_slot(1);
+        let interval = 10_000_000; // 100/s
+        let tolerance = interval * 4; // burst 5
+        let mut now = 1_000_000_000;
+        let admitted =
+            |m: &Metrics, now: u64| m.rate_limit((0, 42), now, interval, tolerance, 0).is_ok();
+        // A burst of 5 at once, split between two workers: the sixth is refused.
+        let burst: Vec<bool> =
+            (0..6).map(|i| admitted(if i % 2 == 0 { &a } else { &b }, now)).collect();
+        assert_eq!(burst, [true, true, true, true, true, false]);
+        // Then one per interval.
+        now += interval;
+        assert!(admitted(&b, now));
+        assert!(!admitted(&a, now));
+        // Another key has its own bucket.
+        assert!(a.rate_limit((0, 43), now, interval, tolerance, 0).is_ok());
+    }
+
+    #[test]
+    fn max_requests_counts_every_worker_and_releases_on_drop() {
+        let a = Metrics::local(0).started(1);
+        let first = a.enter(3, 2).expect("1 of 2");
+        let second = a.enter(3, 2).expect("2 of 2");
+        assert!(a.enter(3, 2).is_none(), "a third is refused");
+        drop(first);
+        assert!(a.enter(3, 2).is_some());
+        drop(second);
+    }
+}
