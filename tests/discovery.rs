@@ -114,7 +114,7 @@ fn an_instance_added_or_removed_in_zookeeper_reaches_every_worker() {
 
 #[test]
 fn every_registry_format_routes_end_to_end_through_zkgate_register() {
-    for format in ["registrator", "curator", "serverset", "nerve"] {
+    for format in ["registrator", "curator", "serverset", "nerve", "dubbo"] {
         let zk = Zk::standalone();
         let (b1, b2) =
             (Backend::start(&format!("{format}-1")), Backend::start(&format!("{format}-2")));
@@ -149,6 +149,74 @@ fn every_registry_format_routes_end_to_end_through_zkgate_register() {
         let _ = regs[1].kill();
         let _ = regs[1].wait();
     }
+}
+
+/// Java's URLEncoder, as Dubbo's ZookeeperRegistry encodes provider URLs into node names.
+fn java_url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn dubbo_providers_route_from_nodes_laid_out_as_dubbo_writes_them() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let (b1, b2) = (Backend::start("rest-1"), Backend::start("rest-2"));
+    let iface = "com.example.UserService";
+    let base = format!("/dubbo/{iface}");
+    // What a Dubbo 2.7/3.x application writes: providers (one REST, one REST disabled, one
+    // binary dubbo:// provider), a consumer, and the empty configurators and routers categories.
+    let provider = |proto: &str, addr: &str, extra: &str| {
+        java_url_encode(&format!(
+            "{proto}://{addr}/{iface}?anyhost=true&application=user-provider&deprecated=false&dubbo=2.0.2&dynamic=true&generic=false&interface={iface}&methods=getUser,listUsers&pid=4242&release=3.2.0&server=tomcat&side=provider&timestamp=1700000000000{extra}"
+        ))
+    };
+    c.create(&format!("{base}/providers/{}", provider("rest", &b1.address(), "")), b"", true);
+    c.create(
+        &format!("{base}/providers/{}", provider("rest", &b2.address(), "&weight=300")),
+        b"",
+        true,
+    );
+    c.create(
+        &format!("{base}/providers/{}", provider("rest", "127.0.0.1:1", "&disabled=true")),
+        b"",
+        true,
+    );
+    c.create(&format!("{base}/providers/{}", provider("dubbo", "127.0.0.1:20880", "")), b"", true);
+    let consumer = java_url_encode(&format!(
+        "consumer://10.0.0.9/{iface}?application=web&category=consumers&check=false&interface={iface}&side=consumer"
+    ));
+    c.create(&format!("{base}/consumers/{consumer}"), b"", true);
+    c.create(&format!("{base}/configurators"), b"", false);
+    c.create(&format!("{base}/routers"), b"", false);
+
+    let toml = Toml::new()
+        .proxy("debug_headers = true")
+        .zookeeper(&zk, "root = \"/dubbo\"\nformat = \"dubbo\"")
+        .section("[[route]]", &format!("path_prefix = \"/users\"\nservice = \"{iface}\""));
+    let gw = Gateway::with(toml).workers(2).start();
+    assert_eventually!(
+        10,
+        {
+            let seen: BTreeSet<String> = (0..20)
+                .filter_map(|_| request(gw.port, "GET", "/users/7", &[], b"").ok())
+                .filter(|r| r.status == 200)
+                .map(|r| r.backend())
+                .collect();
+            seen == BTreeSet::from(["rest-1".to_string(), "rest-2".to_string()])
+        },
+        "both REST providers, nothing else:\n{}",
+        gw.log()
+    );
+    // The binary provider is skipped with a warning (once per worker), never routed to.
+    assert!(gw.log().contains("is not HTTP-based"), "{}", gw.log());
 }
 
 #[test]

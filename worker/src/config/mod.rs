@@ -541,6 +541,9 @@ pub enum Format {
     Serverset,
     /// Airbnb Nerve JSON (or base64 path encoding).
     Nerve,
+    /// Apache Dubbo's `ZookeeperRegistry`: `<root>/<interface>/providers/<URL-encoded URL>`
+    /// (set `root = "/dubbo"`); HTTP-based protocols (`rest`, `http`, `tri`) only.
+    Dubbo,
 }
 
 /// `[zookeeper]`: where the registry is and how to read it. Absent: static services only.

@@ -23,6 +23,8 @@ impl Format {
                 .strip_prefix("member_")
                 .map(|n| n.strip_prefix('-').unwrap_or(n))
                 .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())),
+            // A provider URL, encoded: `proto%3A%2F%2F…`.
+            Format::Dubbo => name.contains("%3A%2F%2F"),
             _ => true,
         }
     }
@@ -41,6 +43,15 @@ impl Format {
             Format::Curator => curator(data, tls),
             Format::Serverset => serverset(data, endpoint),
             Format::Nerve => nerve(name, data),
+            Format::Dubbo => dubbo(name),
+        }
+    }
+
+    /// The child of a service node its instances are under (Dubbo: `providers`), if any.
+    pub fn instances_dir(self) -> Option<&'static str> {
+        match self {
+            Format::Dubbo => Some("providers"),
+            _ => None,
         }
     }
 
@@ -84,8 +95,96 @@ impl Format {
                 let data = serde_json::json!({"host": host, "port": port, "name": address, "weight": weight});
                 (format!("{address}_"), data.to_string().into_bytes(), true)
             }
+            Format::Dubbo => {
+                // As Dubbo's ZookeeperRegistry writes a REST provider: the URL, encoded, as the
+                // node name; no data.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let url = format!(
+                    "rest://{address}/{service}?anyhost=false&application=zkgate-register&interface={service}&side=provider&timestamp={now}&weight={weight}"
+                );
+                (url_encode(&url), Vec::new(), false)
+            }
         }
     }
+}
+
+/// Dubbo's default provider weight (its URLs carry none unless set).
+const DUBBO_DEFAULT_WEIGHT: u64 = 100;
+
+/// A Dubbo provider: the node name is `URL.encode(url)`, e.g.
+/// `rest%3A%2F%2F10.0.0.5%3A8080%2Fcom.example.UserService%3Fweight%3D50%26…`. HTTP-based
+/// protocols are routable (`rest`, `http`; `tri` is HTTP/2: give the service
+/// `protocol = "h2c"`); `dubbo://` and other binary protocols are not (a warning per node).
+fn dubbo(name: &str) -> Result<Option<Instance>, String> {
+    let url = url_decode(name).ok_or("node name is not a URL-encoded provider URL")?;
+    let (protocol, rest) = url.split_once("://").ok_or("provider URL without ://")?;
+    if !matches!(protocol, "rest" | "http" | "tri") {
+        return Err(format!("provider protocol {protocol:?} is not HTTP-based: skipped"));
+    }
+    let (authority, query) = match rest.split_once('?') {
+        Some((before, q)) => (before.split('/').next().unwrap_or(""), q),
+        None => (rest.split('/').next().unwrap_or(""), ""),
+    };
+    let param = |key: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    };
+    if param("enabled") == Some("false") || param("disabled") == Some("true") {
+        return Ok(None);
+    }
+    let weight = match param("weight") {
+        Some(w) => w.parse::<u64>().map_err(|_| format!("invalid weight {w:?}"))?,
+        None => DUBBO_DEFAULT_WEIGHT,
+    };
+    let (host, port) = authority.rsplit_once(':').ok_or("provider URL without a port")?;
+    let port: u64 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
+    instance(host, port, weight)
+}
+
+/// Percent-decoding as Java's `URLDecoder` (`+` is a space); `None` if not valid UTF-8 or a
+/// `%` is not followed by two hex digits.
+fn url_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encoding as Java's `URLEncoder` (what Dubbo writes).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// `host:port`, bracketing IPv6 literals.
@@ -356,8 +455,35 @@ mod tests {
     }
 
     #[test]
+    fn dubbo_providers_are_read_from_their_encoded_urls() {
+        // Exactly as Dubbo's ZookeeperRegistry names provider nodes (URL.encode of the URL).
+        let rest = "rest%3A%2F%2F10.20.30.40%3A8080%2Fcom.example.UserService%3Fanyhost%3Dtrue%26application%3Duser%26dubbo%3D2.0.2%26interface%3Dcom.example.UserService%26methods%3DgetUser%26pid%3D4242%26server%3Dtomcat%26side%3Dprovider%26timestamp%3D1700000000000%26weight%3D50";
+        assert!(Format::Dubbo.accepts_name(rest));
+        assert_eq!(
+            addr(Format::Dubbo.parse(rest, b"", None, false)),
+            Some(("10.20.30.40:8080".into(), 50))
+        );
+        let tri = "tri%3A%2F%2F10.0.0.7%3A50051%2Fcom.example.Greeter%3Fside%3Dprovider";
+        assert_eq!(
+            addr(Format::Dubbo.parse(tri, b"", None, false)),
+            Some(("10.0.0.7:50051".into(), 100))
+        );
+        let binary = "dubbo%3A%2F%2F10.0.0.8%3A20880%2Fcom.example.UserService%3Fside%3Dprovider";
+        let e = Format::Dubbo.parse(binary, b"", None, false).unwrap_err();
+        assert!(e.contains("not HTTP-based"), "{e}");
+        let disabled = "rest%3A%2F%2F10.0.0.9%3A8080%2Fx%3Fdisabled%3Dtrue";
+        assert_eq!(addr(Format::Dubbo.parse(disabled, b"", None, false)), None);
+        let off = "rest%3A%2F%2F10.0.0.9%3A8080%2Fx%3Fenabled%3Dfalse";
+        assert_eq!(addr(Format::Dubbo.parse(off, b"", None, false)), None);
+        assert!(!Format::Dubbo.accepts_name("configurators"));
+        assert_eq!(Format::Dubbo.instances_dir(), Some("providers"));
+    }
+
+    #[test]
     fn what_register_writes_is_what_discovery_reads() {
-        for f in [Format::Registrator, Format::Curator, Format::Serverset, Format::Nerve] {
+        for f in
+            [Format::Registrator, Format::Curator, Format::Serverset, Format::Nerve, Format::Dubbo]
+        {
             let (name, data, seq) = f.encode("svc", "127.0.0.1", 9001, 3);
             let name = if seq { format!("{name}0000000007") } else { name };
             assert!(f.accepts_name(&name), "{f:?} {name}");

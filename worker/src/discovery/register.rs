@@ -25,7 +25,10 @@ pub async fn register(
     weight: u32,
     stop: impl Future<Output = ()>,
 ) {
-    let dir = format!("{}/{service}", settings.root.trim_end_matches('/'));
+    let mut dir = format!("{}/{service}", settings.root.trim_end_matches('/'));
+    if let Some(sub) = settings.format.instances_dir() {
+        dir = format!("{dir}/{sub}");
+    }
     let address = join_host_port(host, port);
     tokio::pin!(stop);
     let mut backoff = Backoff::default();

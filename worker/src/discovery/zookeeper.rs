@@ -266,7 +266,10 @@ impl Watcher {
     /// needs it. A missing service node is an empty service, watched for creation. Malformed
     /// nodes are left out and reported in [`Listed::malformed`].
     async fn list_service(&self, client: &zk::Client, name: &str) -> Result<Listed, zk::Error> {
-        let path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
+        let mut path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
+        if let Some(sub) = self.settings.format.instances_dir() {
+            path = format!("{path}/{sub}");
+        }
         let (children, watch) = match children_or_creation(client, &path).await? {
             Children::Listed(children, w) => (children, w),
             Children::Missing(w) => {
