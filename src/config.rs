@@ -120,6 +120,9 @@ fn check(config: &Config) -> Result<(), String> {
         }
         _ => {}
     }
+    for (i, r) in config.routes.iter().enumerate() {
+        check_route_extras(i, r)?;
+    }
     if config.rate_limits.len() > worker::metrics::RATE_RULES {
         return Err(format!(
             "[[rate_limit]]: at most {} rules (their buckets live in shared memory sized at start)",
@@ -187,6 +190,67 @@ fn check(config: &Config) -> Result<(), String> {
             return Err(format!(
                 "services.{name}: instances is required when there is no [zookeeper]"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Headers a route's rules may not touch: they frame the message or describe the connection.
+const UNTOUCHABLE: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// A route's canary and header rules.
+fn check_route_extras(i: usize, r: &worker::config::RouteRule) -> Result<(), String> {
+    let at = format!("route[{i}] ({})", r.path_prefix);
+    if let Some(c) = &r.canary {
+        if !(0.0..=100.0).contains(&c.percent) {
+            return Err(format!("{at}.canary.percent = {}: 0 to 100", c.percent));
+        }
+        if c.service.is_empty() {
+            return Err(format!("{at}.canary.service: required"));
+        }
+        if let Some(h) = &c.header {
+            let ok = h.split_once(':').is_some_and(|(n, v)| {
+                http::HeaderName::from_bytes(n.trim().as_bytes()).is_ok()
+                    && http::HeaderValue::from_str(v.trim()).is_ok()
+            });
+            if !ok {
+                return Err(format!("{at}.canary.header = {h:?}: expected \"name: value\""));
+            }
+        }
+        if let Some(k) = &c.cookie {
+            if k.split_once('=').is_none_or(|(n, _)| n.trim().is_empty()) {
+                return Err(format!("{at}.canary.cookie = {k:?}: expected \"name=value\""));
+            }
+        }
+    }
+    for (which, rules) in
+        [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)]
+    {
+        let names = rules.set.keys().chain(rules.add.keys()).chain(rules.remove.iter());
+        for name in names {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("{at}.{which}: {name:?} is not a header name"));
+            }
+            if UNTOUCHABLE.contains(&lower.as_str()) {
+                return Err(format!("{at}.{which}: {name} frames the message or the connection; the gateway owns it"));
+            }
+        }
+        for value in rules.set.values().chain(rules.add.values()) {
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(format!("{at}.{which}: {value:?} is not a header value"));
+            }
         }
     }
     Ok(())

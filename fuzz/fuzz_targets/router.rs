@@ -27,12 +27,18 @@ fuzz_target!(|input: &[u8]| {
             path_prefix: "/users".into(),
             service: "u".into(),
             strip_prefix: true,
+            canary: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         },
         RouteRule {
             host: Some("api.example".into()),
             path_prefix: "/".into(),
             service: "a".into(),
             strip_prefix: false,
+            canary: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         },
     ];
     let router = Router::new(&HeaderRouting::default(), &rules);

@@ -429,6 +429,45 @@ pub struct RouteRule {
     /// Remove `path_prefix` from the path before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// A share of the requests (and those carrying a header or cookie) to another service.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// Headers set, added and removed on the request before it is forwarded.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Headers set, added and removed on the response before the client gets it.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+}
+
+/// `canary = { service, percent, header, cookie }` of a route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The service the canary share goes to.
+    pub service: String,
+    /// Share of the other requests sent there, 0..100 (fractions allowed).
+    #[serde(default)]
+    pub percent: f64,
+    /// `"name: value"`: requests with this header always go there.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `"name=value"`: requests with this cookie always go there.
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+/// Header edits: `set` replaces every line of a name, `add` appends one, `remove` drops them.
+/// Applied after the gateway's own (hop-by-hop, `X-Forwarded-*`, `Via`), in that order.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRules {
+    /// Names to values, replacing what is there.
+    pub set: BTreeMap<String, String>,
+    /// Names to values, appended.
+    pub add: BTreeMap<String, String>,
+    /// Names removed.
+    pub remove: Vec<String>,
 }
 
 fn default_path_prefix() -> String {

@@ -30,7 +30,9 @@ use crate::http::grpc;
 use crate::http::headers;
 use crate::http::limits::{self, Limits};
 use crate::http::pool::Lease;
-use crate::http::router::{request_host, HyperRequest, RequestView, Router, Target};
+use crate::http::router::{
+    cookie, request_host, HeaderActions, HyperRequest, RequestView, Router, Target,
+};
 use crate::http::transport::Transports;
 use crate::http::tunnel::{is_upgrade, tunnel};
 use crate::http::upstream::{BodySent, ClientBodyError, SentBody, UpstreamError};
@@ -239,7 +241,8 @@ impl Proxy {
             })??,
             None => forward.await?,
         };
-        let resp = self.respond(answered, parts.version, upgrade);
+        let actions = self.router.header_actions(&target).map(|(_, response)| response);
+        let resp = self.respond(answered, parts.version, upgrade, actions);
         // Counted in flight (max_requests) until the answer's body is done.
         Ok(match admitted {
             Some(guard) => resp.map(|b| limits::hold(b, guard)),
@@ -365,6 +368,9 @@ impl Proxy {
         if let Some(h) = host {
             headers.insert(header::HOST, h);
         }
+        if let Some((request, _)) = self.router.header_actions(target) {
+            request.apply(&mut headers);
+        }
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = http::Uri::from(target.path.clone());
@@ -378,6 +384,7 @@ impl Proxy {
         answered: Answered<'_, (Response<Incoming>, Lease)>,
         version: http::Version,
         upgrade: Option<Upgrade>,
+        actions: Option<&HeaderActions>,
     ) -> Response<Body> {
         let Answered { response: (response, lease), address, mut inflight } = answered;
         inflight.hold(lease);
@@ -402,6 +409,9 @@ impl Proxy {
             }
         }
         headers::append_via(&mut parts.headers, &self.via);
+        if let Some(actions) = actions {
+            actions.apply(&mut parts.headers);
+        }
         if self.settings.debug_headers {
             if let Ok(v) = HeaderValue::from_str(address) {
                 parts.headers.insert("x-zkgate-instance", v);
@@ -491,18 +501,6 @@ fn body_is_empty(headers: &http::HeaderMap) -> bool {
         && headers
             .get(header::CONTENT_LENGTH)
             .is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
-}
-
-fn cookie<'a>(req: &'a impl RequestView, name: &str) -> Option<&'a [u8]> {
-    req.headers(&header::COOKIE)
-        .flat_map(|v| v.split(|b| *b == b';'))
-        .filter_map(|kv| {
-            let kv = kv.trim_ascii();
-            let eq = kv.iter().position(|b| *b == b'=')?;
-            Some((&kv[..eq], &kv[eq + 1..]))
-        })
-        .find(|(k, _)| *k == name.as_bytes())
-        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! - `[[route]]` rules on host and path prefix, first match wins, with optional prefix stripping.
 
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use crate::config::{HeaderRouting, RouteRule};
+use crate::config::{Canary, HeaderRouting, HeaderRules, RouteRule};
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,120 @@ pub struct Target {
     pub service: String,
     /// Path and query to send to the instance.
     pub path: PathAndQuery,
+    /// The `[[route]]` that matched (its header rules apply), if a rule did.
+    pub rule: Option<usize>,
+}
+
+/// A route's header edits, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderActions {
+    /// Replace every line of these names.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append these lines.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Drop these names.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderActions {
+    /// Parses a route's rules (invalid names or values are refused by `zkgate check`; here
+    /// they are left out).
+    pub fn new(rules: &HeaderRules) -> Self {
+        let pairs = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        HeaderActions {
+            set: pairs(&rules.set),
+            add: pairs(&rules.add),
+            remove: rules
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a line named `name` is dropped (removed, or replaced by `set`).
+    pub fn drops(&self, name: &[u8]) -> bool {
+        let is = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+        self.remove.iter().any(is) || self.set.iter().any(|(n, _)| is(n))
+    }
+
+    /// Applies the edits to a header map.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A route's canary, parsed once.
+#[derive(Debug, Clone)]
+struct CanaryRule {
+    service: String,
+    percent: f64,
+    header: Option<(HeaderName, Vec<u8>)>,
+    cookie: Option<(String, Vec<u8>)>,
+}
+
+impl CanaryRule {
+    fn new(c: &Canary) -> Self {
+        let header = c.header.as_deref().and_then(|h| {
+            let (n, v) = h.split_once(':')?;
+            Some((HeaderName::from_bytes(n.trim().as_bytes()).ok()?, v.trim().as_bytes().to_vec()))
+        });
+        let cookie = c.cookie.as_deref().and_then(|c| {
+            let (n, v) = c.split_once('=')?;
+            Some((n.trim().to_string(), v.trim().as_bytes().to_vec()))
+        });
+        CanaryRule { service: c.service.clone(), percent: c.percent, header, cookie }
+    }
+
+    /// Whether this request goes to the canary.
+    fn takes(&self, req: &impl RequestView) -> bool {
+        self.header.as_ref().is_some_and(|(n, v)| req.header(n) == Some(v.as_slice()))
+            || self.cookie.as_ref().is_some_and(|(n, v)| cookie(req, n) == Some(v.as_slice()))
+            || (self.percent > 0.0 && rand::random::<f64>() * 100.0 < self.percent)
+    }
+}
+
+/// Everything a rule does beyond matching.
+#[derive(Debug, Clone, Default)]
+struct RuleExtras {
+    canary: Option<CanaryRule>,
+    request: HeaderActions,
+    response: HeaderActions,
+}
+
+/// The value of cookie `name` in the request's `Cookie` lines.
+pub fn cookie<'a>(req: &'a impl RequestView, name: &str) -> Option<&'a [u8]> {
+    req.headers(&http::header::COOKIE)
+        .flat_map(|v| v.split(|b| *b == b';'))
+        .filter_map(|kv| {
+            let kv = kv.trim_ascii();
+            let eq = kv.iter().position(|b| *b == b'=')?;
+            Some((&kv[..eq], &kv[eq + 1..]))
+        })
+        .find(|(k, _)| *k == name.as_bytes())
+        .map(|(_, v)| v)
 }
 
 /// Why a request cannot be routed; each maps to a status in the gateway's error answers.
@@ -44,9 +158,18 @@ struct HeaderMode {
 pub struct Router {
     header: Option<HeaderMode>,
     rules: Vec<RouteRule>,
+    extras: Vec<RuleExtras>,
 }
 
 impl Router {
+    /// The header edits of the rule a request matched: (request, response); `None` when there
+    /// are none.
+    pub fn header_actions(&self, target: &Target) -> Option<(&HeaderActions, &HeaderActions)> {
+        let extras = &self.extras[target.rule?];
+        (!extras.request.is_empty() || !extras.response.is_empty())
+            .then_some((&extras.request, &extras.response))
+    }
+
     /// Builds a router from the configuration (header names that are not valid header names
     /// are refused by `zkgate check`; here they disable header mode).
     pub fn new(header: &HeaderRouting, rules: &[RouteRule]) -> Self {
@@ -57,7 +180,15 @@ impl Router {
                 path: HeaderName::from_bytes(header.path_header.as_bytes()).ok()?,
             })
         });
-        Router { header: mode.flatten(), rules: rules.to_vec() }
+        let extras = rules
+            .iter()
+            .map(|r| RuleExtras {
+                canary: r.canary.as_ref().map(CanaryRule::new),
+                request: HeaderActions::new(&r.request_headers),
+                response: HeaderActions::new(&r.response_headers),
+            })
+            .collect();
+        Router { header: mode.flatten(), rules: rules.to_vec(), extras }
     }
 
     /// Routes one request.
@@ -74,7 +205,7 @@ impl Router {
                 return route_by_headers(h, req);
             }
         }
-        for rule in &self.rules {
+        for (i, rule) in self.rules.iter().enumerate() {
             if let Some(want) = &rule.host {
                 if !req.host().is_some_and(|h| h.eq_ignore_ascii_case(want)) {
                     continue;
@@ -88,7 +219,11 @@ impl Router {
             } else {
                 req.path_and_query()
             };
-            return Ok(Target { service: rule.service.clone(), path: forwarded });
+            let service = match &self.extras[i].canary {
+                Some(canary) if canary.takes(req) => canary.service.clone(),
+                _ => rule.service.clone(),
+            };
+            return Ok(Target { service, path: forwarded, rule: Some(i) });
         }
         Err(RouteError::NoRoute)
     }
@@ -164,7 +299,7 @@ fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, Ro
     let path: PathAndQuery = api
         .parse()
         .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path)))?;
-    Ok(Target { service: service.to_string(), path })
+    Ok(Target { service: service.to_string(), path, rule: None })
 }
 
 /// `prefix` matches `path` when equal, or when `path` continues it at a segment boundary.
@@ -237,18 +372,27 @@ mod tests {
                     path_prefix: "/users".into(),
                     service: "user".into(),
                     strip_prefix: true,
+                    canary: None,
+                    request_headers: Default::default(),
+                    response_headers: Default::default(),
                 },
                 RouteRule {
                     host: None,
                     path_prefix: "/users".into(),
                     service: "user-public".into(),
                     strip_prefix: false,
+                    canary: None,
+                    request_headers: Default::default(),
+                    response_headers: Default::default(),
                 },
                 RouteRule {
                     host: None,
                     path_prefix: "/static/".into(),
                     service: "static".into(),
                     strip_prefix: false,
+                    canary: None,
+                    request_headers: Default::default(),
+                    response_headers: Default::default(),
                 },
             ],
         )

@@ -53,7 +53,7 @@ use crate::http::h1::head::{
 use crate::http::h1::upstream::{Attempt, Exchange};
 use crate::http::headers;
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
-use crate::http::router::{host_of, RequestView};
+use crate::http::router::{host_of, HeaderActions, RequestView};
 use crate::http::upstream::UpstreamError;
 use crate::http::Body;
 
@@ -296,7 +296,19 @@ impl Conn<'_> {
             Err(e) => refuse!(e, close),
         };
         let key = hash_on(&service, &view, self.peer);
-        let base = request_head(proxy, &view, routed.path.as_str(), &self.ip, &mut self.out);
+        let actions = proxy.router.header_actions(&routed);
+        let (request_actions, response_actions) = match actions {
+            Some((request, response)) => (Some(request), Some(response)),
+            None => (None, None),
+        };
+        let base = request_head(
+            proxy,
+            &view,
+            (routed.path.as_str(), request_actions),
+            &self.ip,
+            &mut self.out,
+        );
+        let own_host = request_actions.is_none_or(|a| !a.drops(b"host"));
         let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
         let replay = Replay::for_request(&method_, true);
         let idempotent = replay == Replay::IfNoResponse;
@@ -309,7 +321,9 @@ impl Conn<'_> {
             let Spare { mut request, response, head } = spare.take().unwrap_or_default();
             request.clear();
             request.extend_from_slice(base);
-            put(&mut request, b"host", host);
+            if own_host {
+                put(&mut request, b"host", host);
+            }
             request.extend_from_slice(b"\r\n");
             let attempt = Attempt {
                 pool: proxy.forwarder.plain_pool(),
@@ -334,7 +348,8 @@ impl Conn<'_> {
             StatusCode::from_u16(answered.response.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let length = proxy.access_log.then(|| content_length(&answered.response));
         let (responded, spare) =
-            respond(proxy, &mut self.stream, answered, close, &mut self.out).await;
+            respond(proxy, &mut self.stream, (answered, response_actions), close, &mut self.out)
+                .await;
         self.spare = spare;
         match responded {
             Responded::Sent(step) => {
@@ -383,10 +398,11 @@ fn plain_target(buf: &[u8], head: &RequestHead) -> bool {
 fn request_head<'o>(
     proxy: &Proxy,
     req: &View<'_>,
-    path: &str,
+    (path, actions): (&str, Option<&HeaderActions>),
     ip: &str,
     out: &'o mut Vec<u8>,
 ) -> &'o [u8] {
+    let ours = |name: &[u8]| actions.is_none_or(|a| !a.drops(name));
     let (buf, head) = (req.buf, req.head);
     out.clear();
     out.extend_from_slice(head.method.get(buf));
@@ -410,29 +426,45 @@ fn request_head<'o>(
             }
             _ => false,
         };
-        if keep && !(head.connection_lists && named_by_connection(buf, &head.lines, name)) {
+        let kept = keep && ours(name);
+        if kept && !(head.connection_lists && named_by_connection(buf, &head.lines, name)) {
             put(out, name, line.value.get(buf));
         }
     }
     // Every X-Forwarded-For line the client sent, joined, then this hop.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if forwarded_for {
-        let sent = head.lines.iter().filter(|l| l.kind == Kind::ForwardedFor);
-        for hop in sent.map(|l| l.value.get(buf)).filter(|v| !v.is_empty()) {
-            out.extend_from_slice(hop);
-            out.extend_from_slice(b", ");
+    if ours(b"x-forwarded-for") {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if forwarded_for {
+            let sent = head.lines.iter().filter(|l| l.kind == Kind::ForwardedFor);
+            for hop in sent.map(|l| l.value.get(buf)).filter(|v| !v.is_empty()) {
+                out.extend_from_slice(hop);
+                out.extend_from_slice(b", ");
+            }
         }
+        out.extend_from_slice(ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    if let Some(host) = req.host {
+    if ours(b"x-forwarded-proto") {
+        put(out, b"x-forwarded-proto", b"http");
+    }
+    if let Some(host) = req.host.filter(|_| ours(b"x-forwarded-host")) {
         put(out, b"x-forwarded-host", host.as_bytes());
     }
     put(out, b"via", proxy.via.as_bytes());
-    if !has_request_id {
+    if !has_request_id && ours(b"x-request-id") {
         put(out, b"x-request-id", &headers::request_id_bytes());
     }
+    if let Some(actions) = actions {
+        put_actions(out, actions);
+    }
     out
+}
+
+/// A route's `set` and `add` lines.
+fn put_actions(out: &mut Vec<u8>, actions: &HeaderActions) {
+    for (name, value) in actions.set.iter().chain(&actions.add) {
+        put(out, name.as_str().as_bytes(), value.as_bytes());
+    }
 }
 
 fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -454,14 +486,14 @@ fn content_length(ex: &Exchange) -> Option<String> {
 async fn respond(
     proxy: &Proxy,
     client: &mut TcpStream,
-    answered: Answered<'_, Exchange>,
+    (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
     close: bool,
     out: &mut Vec<u8>,
 ) -> (Responded, Option<Spare>) {
     let Answered { response: mut ex, address, inflight } = answered;
     let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
     let rechunk = matches!(framing, Framing::Chunked | Framing::UntilClose);
-    response_head(proxy, &ex, address, rechunk, close, out);
+    response_head(proxy, (&ex, actions), address, (rechunk, close), out);
     let idle = proxy.settings.idle_timeout;
     let body_start = ex.head.len;
     let mut reusable = ex.head.reusable;
@@ -527,10 +559,9 @@ enum Responded {
 /// The response head as the client receives it.
 fn response_head(
     proxy: &Proxy,
-    ex: &Exchange,
+    (ex, actions): (&Exchange, Option<&HeaderActions>),
     address: &str,
-    rechunk: bool,
-    close: bool,
+    (rechunk, close): (bool, bool),
     out: &mut Vec<u8>,
 ) {
     let (buf, head) = (&ex.buf, &ex.head);
@@ -551,7 +582,7 @@ fn response_head(
         let keep = match line.kind {
             Kind::Connection | Kind::HopByHop | Kind::TransferEncoding => false,
             Kind::ContentLength => !rechunk,
-            _ => true,
+            _ => actions.is_none_or(|a| !a.drops(name)),
         };
         if keep && !(lists && named_by_connection(buf, &head.lines, name)) {
             put(out, name, line.value.get(buf));
@@ -561,6 +592,9 @@ fn response_head(
     if proxy.settings.debug_headers {
         put(out, b"x-zkgate-instance", address.as_bytes());
         put(out, b"x-zkgate-worker", proxy.worker.as_bytes());
+    }
+    if let Some(actions) = actions {
+        put_actions(out, actions);
     }
     if rechunk {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
