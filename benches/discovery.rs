@@ -110,4 +110,10 @@ fn main() {
             );
         }
     }
+    // What the ensemble holds for these sessions: `wchs` (connections and watched paths).
+    let wchs = zk.four_letter(0, "wchs");
+    println!(
+        "watches held by ZooKeeper with {services} services, 2 workers: {}",
+        wchs.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
 }

@@ -220,6 +220,34 @@ fn dubbo_providers_route_from_nodes_laid_out_as_dubbo_writes_them() {
 }
 
 #[test]
+fn each_worker_session_holds_one_persistent_watch_whatever_the_number_of_services() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let b = Backend::start("b");
+    for i in 0..50 {
+        c.register(&format!("svc{i}"), &b.address());
+    }
+    // Curator reads node data: one-shot watching would cost a watch per instance too.
+    let gw = Gateway::with(zk_config(&zk, "format = \"registrator\"")).workers(2).start();
+    assert_eq!(gw.log_count("one persistent recursive watch on /services"), 2, "{}", gw.log());
+    // wchs: "N connections watching M paths"; two workers, one path (the root) each.
+    let wchs = zk.four_letter(0, "wchs");
+    eprintln!("wchs: {wchs}");
+    assert!(wchs.contains("2 connections watching 1 paths"), "{wchs}");
+    // A change still reaches every worker.
+    let b2 = Backend::start("b2");
+    c.register("svc7", &b2.address());
+    assert_eventually!(
+        10,
+        every_worker_uses(&gw, "svc7", "b2"),
+        "svc7 change not applied:\n{}",
+        gw.log()
+    );
+    c.register("brand-new", &b2.address());
+    assert_eventually!(10, every_worker_uses(&gw, "brand-new", "b2"), "new service not applied");
+}
+
+#[test]
 fn malformed_nodes_are_skipped_with_one_warning_and_the_rest_serve() {
     let zk = Zk::standalone();
     let c = zk.client();

@@ -171,6 +171,13 @@ impl Drop for Zk {
     }
 }
 
+impl Zk {
+    /// A four-letter word's answer from node `i` (`wchs`, `wchc`, `cons` …).
+    pub fn four_letter(&self, i: usize, cmd: &str) -> String {
+        four_letter(self.nodes[i].port, cmd)
+    }
+}
+
 fn four_letter(port: u16, cmd: &str) -> String {
     let Ok(mut s) =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))

@@ -13,7 +13,7 @@
 //! another ensemble member and restores its watches); an expired or closed session is replaced
 //! by a new one and a full resync.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -123,8 +123,15 @@ impl Watcher {
             .await
     }
 
-    /// One session: initial sync, then watch until the session ends.
+    /// One session: initial sync, then watch until the session ends — under one persistent
+    /// recursive watch where the server has them (ZooKeeper ≥ 3.6), else one-shot watches per
+    /// service.
     async fn session(self: Arc<Self>, client: zk::Client) {
+        if let Some(end) = self.persistent_session(&client).await {
+            self.metrics.set_zk_state(ZkState::Lost);
+            log::warn!("zookeeper: session ended ({end}); opening a new session and resyncing, routes kept meanwhile");
+            return;
+        }
         let what = format!("zookeeper: listing {}", self.settings.root);
         let Some((names, root_watch)) = retry(&what, || self.list_root(&client)).await else {
             return;
@@ -133,6 +140,176 @@ impl Watcher {
         let end = self.watch_root(&client, root_watch, &mut tasks).await;
         self.metrics.set_zk_state(ZkState::Lost);
         log::warn!("zookeeper: session ended ({end}); opening a new session and resyncing, routes kept meanwhile");
+    }
+
+    /// A session under one persistent recursive watch on the root: one watch for the whole
+    /// registry, where one-shot watching costs one per service (and one per instance for the
+    /// formats that read node data) on every worker of every host. The watch is added before
+    /// the listing, so nothing changes unseen in between. Each event names a node; the service
+    /// it belongs to is listed again (events queued meanwhile are folded into the same pass),
+    /// and a change at the service level re-reads the root. After a reconnect the watch is added
+    /// again and the registry resynced: zookeeper-client 0.11 does not restore persistent
+    /// watches, and events during the disconnection are not replayed. `None`: the server has no
+    /// persistent watches; the caller falls back to one-shot watches.
+    async fn persistent_session(self: &Arc<Self>, client: &zk::Client) -> Option<zk::SessionState> {
+        let root = self.settings.root.trim_end_matches('/').to_string();
+        let root = if root.is_empty() { "/".to_string() } else { root };
+        let mode = zk::AddWatchMode::PersistentRecursive;
+        let mut watcher = match client.watch(&root, mode).await {
+            Ok(w) => w,
+            Err(e) => {
+                log::info!("zookeeper: no persistent recursive watch ({e}); watching each service");
+                return None;
+            }
+        };
+        log::info!("zookeeper: one persistent recursive watch on {root}");
+        let mut warned: HashMap<String, HashSet<String>> = HashMap::new();
+        let Some(mut known) = self.full_sync(client, &mut warned).await else {
+            return Some(zk::SessionState::Expired);
+        };
+        let mut state = client.state_watcher();
+        loop {
+            tokio::select! {
+                event = watcher.changed() => {
+                    let (mut services, mut at_root) = (BTreeSet::new(), false);
+                    let mut next = Some(event);
+                    while let Some(ev) = next.take() {
+                        if ev.event_type == zk::EventType::Session {
+                            if ev.session_state.is_terminated() {
+                                return Some(ev.session_state);
+                            }
+                        } else {
+                            self.classify(&root, &ev.path, &mut services, &mut at_root);
+                        }
+                        next = futures::FutureExt::now_or_never(watcher.changed());
+                    }
+                    self.metrics.zk_event();
+                    if at_root {
+                        let what = format!("zookeeper: listing {root}");
+                        let Some(names) = retry(&what, || self.list_names(client, &root)).await else {
+                            return Some(zk::SessionState::Expired);
+                        };
+                        for gone in known.difference(&names) {
+                            let _ = self.tx.send(Update::Removed(gone.clone()));
+                        }
+                        services.extend(names.difference(&known).cloned());
+                        known = names;
+                    }
+                    for name in services.into_iter().filter(|s| known.contains(s)) {
+                        let what = format!("service {name}: listing");
+                        let listing = retry(&what, || self.list_service_as(client, &name, false));
+                        let Some(l) = listing.await else {
+                            return Some(zk::SessionState::Expired);
+                        };
+                        l.warn_malformed(&name, warned.entry(name.clone()).or_default());
+                        let _ = self.tx.send(Update::Service(name, l.instances));
+                    }
+                }
+                s = state.changed() => match s {
+                    zk::SessionState::Disconnected => {
+                        self.metrics.set_zk_state(ZkState::Disconnected);
+                        log::warn!("zookeeper: disconnected; serving the last known routes while the client reconnects");
+                    }
+                    zk::SessionState::SyncConnected => {
+                        self.metrics.set_zk_state(ZkState::Connected);
+                        watcher = match client.watch(&root, mode).await {
+                            Ok(w) => w,
+                            Err(e) => {
+                                log::warn!("zookeeper: cannot watch {root} again after reconnecting ({e})");
+                                return Some(zk::SessionState::Disconnected);
+                            }
+                        };
+                        let Some(names) = self.full_sync(client, &mut warned).await else {
+                            return Some(zk::SessionState::Expired);
+                        };
+                        known = names;
+                        log::info!("zookeeper: reconnected; session kept, watch added again and registry resynced");
+                    }
+                    s if s.is_terminated() => return Some(s),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Which service an event's node belongs to; a change of the root's children (a service
+    /// node created or deleted, or the root itself) sets `at_root`.
+    fn classify(
+        &self,
+        root: &str,
+        path: &str,
+        services: &mut BTreeSet<String>,
+        at_root: &mut bool,
+    ) {
+        let rest = match root {
+            "/" => path.strip_prefix('/'),
+            _ => path.strip_prefix(root).and_then(|r| {
+                if r.is_empty() {
+                    Some("")
+                } else {
+                    r.strip_prefix('/')
+                }
+            }),
+        };
+        let Some(rest) = rest else { return };
+        if rest.is_empty() {
+            *at_root = true;
+            return;
+        }
+        let (service, below) = match rest.split_once('/') {
+            Some((s, b)) => (s, Some(b)),
+            None => (rest, None),
+        };
+        if self.skip.contains(service) {
+            return;
+        }
+        if below.is_none() {
+            *at_root = true;
+        }
+        services.insert(service.to_string());
+    }
+
+    /// The root's service names (none while it does not exist), static services left out.
+    async fn list_names(
+        &self,
+        client: &zk::Client,
+        root: &str,
+    ) -> Result<HashSet<String>, zk::Error> {
+        match client.list_children(root).await {
+            Ok(names) => Ok(names.into_iter().filter(|n| !self.skip.contains(n)).collect()),
+            Err(zk::Error::NoNode) => Ok(HashSet::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists every service without one-shot watches (pipelined) and sends one
+    /// [`Update::Full`]. Returns the service names; `None`: the session ended meanwhile.
+    async fn full_sync(
+        &self,
+        client: &zk::Client,
+        warned: &mut HashMap<String, HashSet<String>>,
+    ) -> Option<HashSet<String>> {
+        let root = self.settings.root.trim_end_matches('/');
+        let root = if root.is_empty() { "/" } else { root };
+        let what = format!("zookeeper: listing {root}");
+        let names = retry(&what, || self.list_names(client, root)).await?;
+        let mut listed: FuturesUnordered<_> = names
+            .iter()
+            .map(|name| async move {
+                let what = format!("service {name}: listing");
+                (name, retry(&what, || self.list_service_as(client, name, false)).await)
+            })
+            .collect();
+        let mut full = Listing::new();
+        while let Some((name, l)) = listed.next().await {
+            let l = l?;
+            l.warn_malformed(name, warned.entry(name.clone()).or_default());
+            full.insert(name.clone(), l.instances);
+        }
+        drop(listed);
+        self.metrics.zk_resync();
+        let _ = self.tx.send(Update::Full(full));
+        Some(names)
     }
 
     /// Lists every service (pipelined), sends one [`Update::Full`], then starts a watch task per
@@ -266,34 +443,58 @@ impl Watcher {
     /// needs it. A missing service node is an empty service, watched for creation. Malformed
     /// nodes are left out and reported in [`Listed::malformed`].
     async fn list_service(&self, client: &zk::Client, name: &str) -> Result<Listed, zk::Error> {
-        let mut path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
-        if let Some(sub) = self.settings.format.instances_dir() {
-            path = format!("{path}/{sub}");
-        }
-        let (children, watch) = match children_or_creation(client, &path).await? {
-            Children::Listed(children, w) => (children, w),
-            Children::Missing(w) => {
-                return Ok(Listed {
-                    instances: Vec::new(),
-                    watches: vec![w],
-                    malformed: Vec::new(),
-                })
+        self.list_service_as(client, name, true).await
+    }
+
+    /// [`Self::list_service`], with one-shot watches (`watch`) or without (under the
+    /// persistent recursive watch, which already covers every node).
+    async fn list_service_as(
+        &self,
+        client: &zk::Client,
+        name: &str,
+        watch: bool,
+    ) -> Result<Listed, zk::Error> {
+        let path = self.service_path(name);
+        let mut watches = Vec::new();
+        let children = if watch {
+            match children_or_creation(client, &path).await? {
+                Children::Listed(children, w) => {
+                    watches.push(w);
+                    children
+                }
+                Children::Missing(w) => {
+                    return Ok(Listed {
+                        instances: Vec::new(),
+                        watches: vec![w],
+                        malformed: Vec::new(),
+                    })
+                }
+            }
+        } else {
+            match client.list_children(&path).await {
+                Ok(children) => children,
+                Err(zk::Error::NoNode) => Vec::new(),
+                Err(e) => return Err(e),
             }
         };
         let format = self.settings.format;
         let children: Vec<String> =
             children.into_iter().filter(|c| format.accepts_name(c)).collect();
-        let mut watches = vec![watch];
         let data: Vec<Option<Vec<u8>>> = if format.needs_data() {
             let reads = children.iter().map(|c| {
                 let p = format!("{path}/{c}");
-                async move { client.get_and_watch_data(&p).await }
+                async move {
+                    match watch {
+                        true => client.get_and_watch_data(&p).await.map(|(d, _, w)| (d, Some(w))),
+                        false => client.get_data(&p).await.map(|(d, _)| (d, None)),
+                    }
+                }
             });
             let mut out = Vec::new();
             for r in futures::future::join_all(reads).await {
                 match r {
-                    Ok((data, _stat, w)) => {
-                        watches.push(w);
+                    Ok((data, w)) => {
+                        watches.extend(w);
                         out.push(Some(data));
                     }
                     // Vanished between the listing and the read: the children watch fires too.
@@ -317,6 +518,15 @@ impl Watcher {
             }
         }
         Ok(Listed { instances, watches, malformed })
+    }
+
+    /// The node a service's instances are children of.
+    fn service_path(&self, name: &str) -> String {
+        let path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
+        match self.settings.format.instances_dir() {
+            Some(sub) => format!("{path}/{sub}"),
+            None => path,
+        }
     }
 
     /// Watches one service until its task is aborted or the session ends.
