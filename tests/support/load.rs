@@ -26,6 +26,8 @@ pub enum Reuse {
 /// What the load sends and how hard.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// The gateway's address (loopback unless the test runs it in a network namespace).
+    pub host: std::net::IpAddr,
     pub port: u16,
     /// Request path.
     pub path: String,
@@ -48,6 +50,7 @@ impl Spec {
     /// The load: 12 keep-alive connections and 4 fresh-connection loops at 800 req/s.
     pub fn paced(port: u16, reuse: Reuse) -> Spec {
         Spec {
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             port,
             path: "/".into(),
             headers: Vec::new(),
@@ -244,7 +247,7 @@ impl Client {
         }
         head += "\r\n";
         Client {
-            addr: ([127, 0, 0, 1], spec.port).into(),
+            addr: (spec.host, spec.port).into(),
             request: head.into_bytes(),
             keep_alive,
             reuse: spec.reuse,

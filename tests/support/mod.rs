@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod http;
 pub mod load;
+pub mod netns;
 pub mod pki;
 
 use std::io::Read;
@@ -81,6 +82,9 @@ pub struct GatewayBuilder {
     worker_timeout: String,
     server_extra: String,
     binary: Option<PathBuf>,
+    /// Run inside this network namespace (`ip netns exec`), listening on `listen_host`.
+    netns: Option<String>,
+    listen_host: String,
 }
 
 impl Gateway {
@@ -95,6 +99,8 @@ impl Gateway {
             worker_timeout: "10s".into(),
             server_extra: String::new(),
             binary: None,
+            netns: None,
+            listen_host: "127.0.0.1".into(),
         }
     }
 
@@ -219,6 +225,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Run in network namespace `name` (the test created it), listening on every address.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.into());
+        self.listen_host = "0.0.0.0".into();
+        self
+    }
+
     /// Run this copy of the binary instead of the one cargo built (an upgrade test replaces it).
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_path_buf());
@@ -238,10 +251,12 @@ impl GatewayBuilder {
 
     /// The full configuration file this builder writes.
     pub fn config(&self) -> String {
-        let server = server_section(self.port, self.workers).replace(
-            "worker_timeout = \"10s\"",
-            &format!("worker_timeout = \"{}\"", self.worker_timeout),
-        );
+        let server = server_section(self.port, self.workers)
+            .replace("listen = [\"127.0.0.1:", &format!("listen = [\"{}:", self.listen_host))
+            .replace(
+                "worker_timeout = \"10s\"",
+                &format!("worker_timeout = \"{}\"", self.worker_timeout),
+            );
         let admin = self.admin.map(|p| Toml::new().admin(p, None).to_string()).unwrap_or_default();
         server.trim_end().to_string()
             + "\n"
@@ -272,7 +287,16 @@ impl GatewayBuilder {
         std::fs::write(&config_path, self.config()).unwrap();
         let log_path = dir.path().join("zkgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(self.binary.as_deref().unwrap_or(Path::new(zkgate())));
+        let binary = self.binary.as_deref().unwrap_or(Path::new(zkgate()));
+        // `ip netns exec` enters the namespace and execs the binary: the pid is the supervisor's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config_path)

@@ -48,6 +48,16 @@ impl Zk {
 
     /// A 3-node ensemble.
     pub fn ensemble() -> Zk {
+        Zk::ensemble_at("127.0.0.1")
+    }
+
+    /// A 3-node ensemble whose clients may connect on any address of this namespace
+    /// (`0.0.0.0`), for gateways in network namespaces; the quorum stays on loopback.
+    pub fn ensemble_anywhere() -> Zk {
+        Zk::ensemble_at("0.0.0.0")
+    }
+
+    fn ensemble_at(client_address: &str) -> Zk {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..9).map(|_| super::free_port()).collect();
         let servers: String = (0..3)
@@ -58,7 +68,7 @@ impl Zk {
                 Node::configure(
                     dir.path().join(format!("{}", i + 1)),
                     ports[i],
-                    &servers,
+                    &format!("{servers}clientPortAddress={client_address}\n"),
                     "org.apache.zookeeper.server.quorum.QuorumPeerMain",
                     Some(i + 1),
                 )
@@ -76,6 +86,11 @@ impl Zk {
         for n in &self.nodes {
             n.wait_ready();
         }
+    }
+
+    /// The connect string with every node on `ip` (an ensemble started `ensemble_anywhere`).
+    pub fn hosts_at(&self, ip: &str) -> String {
+        self.nodes.iter().map(|n| format!("{ip}:{}", n.port)).collect::<Vec<_>>().join(",")
     }
 
     /// The connect string.
@@ -119,6 +134,7 @@ impl Node {
         if let Some(id) = myid {
             std::fs::write(dir.join("data/myid"), format!("{id}\n")).unwrap();
         }
+        // The last clientPortAddress wins: `servers` may carry another.
         let cfg = format!(
             "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\nmaxClientCnxns=0\n{servers}",
             dir.join("data").display()
