@@ -332,6 +332,7 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
     let workers = match s.workers {
         Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
         Workers::Count(n) => n.to_string(),
+        Workers::PerCore(k) => format!("{} ({k} per CPU on this machine)", s.workers.resolve()),
     };
     out += &format!(
         "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\n",
@@ -470,6 +471,17 @@ mod tests {
         assert_eq!(c.server.workers, Workers::Auto);
         assert_eq!(c.proxy.connect_timeout, Duration::from_secs(2));
         assert!(c.header_routing.enabled);
+    }
+
+    #[test]
+    fn workers_take_a_per_core_multiple() {
+        let c = parse("[server]\nworkers = \"2x\"\n").unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!((c.server.workers, c.server.workers.resolve()), (Workers::PerCore(2), 2 * cpus));
+        assert!(summary(&c, None).contains("per CPU on this machine"));
+        for bad in ["\"0x\"", "\"65x\"", "\"x\"", "\"2y\""] {
+            assert!(parse(&format!("[server]\nworkers = {bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -58,8 +58,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    // The log format is the configuration's (`[log] format`): known once `run` has read it.
+    let json = match &cli.command {
+        Command::Run { config } => {
+            config::load(config).is_ok_and(|c| c.log.format == worker::config::LogFormat::Json)
+        }
+        _ => false,
+    };
+    init_logging(json);
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
@@ -77,10 +84,24 @@ fn main() -> ExitCode {
 }
 
 /// `info` by default, `RUST_LOG` to change it; every line carries the pid, since several
-/// processes write to the same stream.
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|buf, record| {
+/// processes write to the same stream. `json`: one object per line (`ts`, `level`, `pid`,
+/// `target` — `access` for the access log — and `msg`).
+fn init_logging(json: bool) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if json {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "pid": std::process::id(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    } else {
+        builder.format(|buf, record| {
             writeln!(
                 buf,
                 "{} {:5} [{}] {}",
@@ -89,8 +110,9 @@ fn init_logging() {
                 std::process::id(),
                 record.args()
             )
-        })
-        .init();
+        });
+    }
+    builder.init();
 }
 
 fn check(path: PathBuf) -> anyhow::Result<u8> {

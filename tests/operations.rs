@@ -163,7 +163,7 @@ fn sd_notify_messages_arrive_in_order_on_a_real_notify_socket() {
     };
     let ready = recv();
     assert!(
-        ready.starts_with("READY=1\nSTATUS=2/2 workers ready; 1 services, 1 instances"),
+        ready.starts_with("READY=1\nSTATUS=2/2 workers ready; 1 service, 1 instance"),
         "{ready}"
     );
     gw.signal(Signal::SIGHUP);

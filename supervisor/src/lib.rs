@@ -103,20 +103,20 @@ pub trait App {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A slot socket could not be created or bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Listen {
         /// The address that failed.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A system call the supervisor depends on failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Sys {
         /// What the supervisor was doing.
         what: &'static str,
         /// The errno.
-        source: nix::Error,
+        cause: nix::Error,
     },
     /// An upgrade's hand-over (USR2) cannot be used.
     #[error("upgrade: {0}")]
@@ -133,5 +133,5 @@ pub enum Error {
 
 /// Shorthand to attach what the supervisor was doing to a nix error.
 pub(crate) fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> Error {
-    move |source| Error::Sys { what, source }
+    move |cause| Error::Sys { what, cause }
 }

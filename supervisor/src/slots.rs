@@ -29,7 +29,7 @@ impl SlotSockets {
             .iter()
             .map(|addr| {
                 open_one(*addr, backlog, listen)
-                    .map_err(|source| Error::Listen { addr: *addr, source })
+                    .map_err(|cause| Error::Listen { addr: *addr, cause })
             })
             .collect::<Result<_, _>>()?;
         Ok(SlotSockets { sockets })
@@ -64,7 +64,7 @@ impl SlotSockets {
                 } else {
                     e
                 };
-                return Err(Error::Listen { addr: *addr, source });
+                return Err(Error::Listen { addr: *addr, cause: source });
             }
         }
         Ok(())

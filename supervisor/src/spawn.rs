@@ -180,7 +180,7 @@ fn prepare_child(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Sys {
             what: "dup slot socket",
-            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
+            cause: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
         })?;
     for fd in &inherited.close {
         // Closing raw fds the supervisor owns is sound here: their owners are never dropped in

@@ -270,7 +270,10 @@ impl GatewayBuilder {
     /// Starts the gateway and waits until every worker is ready.
     pub fn start(self) -> Gateway {
         let g = self.spawn();
-        let expect = format!("all {} workers ready", self_workers(&g));
+        let expect = match self_workers(&g) {
+            1 => "the worker is ready".to_string(),
+            n => format!("all {n} workers ready"),
+        };
         assert_eventually!(
             20,
             g.log().contains(&expect),

@@ -271,9 +271,12 @@ async fn report_ready(
     if let Ok(source) = ready.wait_for(Option::is_some).await.map(|s| *s) {
         let (services, instances) = table.load().counts();
         metrics.set_routes(services, instances);
+        let source = source.map_or_else(String::new, |s| format!(" ({s})"));
         log::info!(
-            "worker slot {slot} (pid {}): ready with {services} services, {instances} instances ({source:?})",
-            std::process::id()
+            "worker slot {slot} (pid {}): ready with {}, {}{source}",
+            std::process::id(),
+            table::count(services, "service"),
+            table::count(instances, "instance"),
         );
         lifecycle.ready();
     }

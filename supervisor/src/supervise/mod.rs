@@ -126,10 +126,10 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
     }
     let ids = spawn::resolve_ids(settings.user.as_deref(), settings.group.as_deref())?;
     match slots::tcp_migrate_req() {
-        Some(false) => log::warn!(
+        Some(false) => log::info!(
             "net.ipv4.tcp_migrate_req is 0: zkgate steers connections away from a socket before removing it (TTOU), but a connection caught mid-handshake can still be reset; set it to 1 (see systemd/README.md)"
         ),
-        None => log::warn!("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): a TTOU may reset a connection caught mid-handshake"),
+        None => log::info!("this kernel has no net.ipv4.tcp_migrate_req (Linux < 5.14): a TTOU may reset a connection caught mid-handshake"),
         Some(true) => {}
     }
     let invocation = upgrade::Invocation::current();
@@ -150,10 +150,11 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
         }
     };
     log::info!(
-        "supervisor pid {}: listening on {} with {} workers{}",
+        "supervisor pid {}: listening on {} with {} worker{}{}",
         std::process::id(),
         settings.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         slots.len(),
+        if slots.len() == 1 { "" } else { "s" },
         inherited_from.map_or(String::new(), |p| format!(
             " (upgrade from pid {p}: its sockets; server.workers applies on the next HUP)"
         ))

@@ -124,7 +124,10 @@ impl<A: App> Supervisor<A> {
         if ready && !live.is_empty() {
             self.announced_ready = true;
             let status = self.status_line();
-            log::info!("supervisor: all {} workers ready", live.len());
+            match live.len() {
+                1 => log::info!("supervisor: the worker is ready"),
+                n => log::info!("supervisor: all {n} workers ready"),
+            }
             self.notifier.send(&format!("READY=1\nSTATUS={status}"));
             self.take_over();
         }

@@ -660,10 +660,24 @@ pub struct LogSettings {
     /// One line per request (target `access`): client, method, path, status, bytes, service,
     /// instance, duration.
     pub access: bool,
+    /// `text` (one readable line per event) or `json` (one JSON object per line, for log
+    /// pipelines). Read at start; a reload keeps the running format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-01-01T00:00:00.000000Z INFO  [pid] message`.
+    #[default]
+    Text,
+    /// `{"ts":…,"level":…,"pid":…,"target":…,"msg":…}`.
+    Json,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { access: DEFAULT_ACCESS_LOG }
+        LogSettings { access: DEFAULT_ACCESS_LOG, format: LogFormat::Text }
     }
 }

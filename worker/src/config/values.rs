@@ -146,7 +146,7 @@ pub mod listen_addr {
     }
 }
 
-/// `workers = "auto" | N`.
+/// `workers = "auto" | N | "Kx"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Workers {
     /// One per CPU this process may run on.
@@ -154,6 +154,8 @@ pub enum Workers {
     Auto,
     /// Exactly this many.
     Count(usize),
+    /// K per CPU this process may run on (load-testing setups scaling per core).
+    PerCore(usize),
 }
 
 impl<'de> Deserialize<'de> for Workers {
@@ -164,16 +166,25 @@ impl<'de> Deserialize<'de> for Workers {
             N(i64),
             S(String),
         }
-        let raw = Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("workers is \"auto\" or a number"))?;
+        let raw = Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "workers is \"auto\", a number, or a per-core multiple like \"2x\"",
+            )
+        })?;
         match raw {
             Raw::S(s) if s == "auto" => Ok(Workers::Auto),
+            Raw::S(s) if s.ends_with('x') => match s[..s.len() - 1].parse::<usize>() {
+                Ok(k) if (1..=64).contains(&k) => Ok(Workers::PerCore(k)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "workers = {s:?}: a per-core multiple is 1x to 64x"
+                ))),
+            },
             Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
             Raw::N(n) => {
                 Err(serde::de::Error::custom(format!("workers = {n}: must be between 1 and 1024")))
             }
             Raw::S(s) => Err(serde::de::Error::custom(format!(
-                "workers = {s:?}: must be \"auto\" or a number"
+                "workers = {s:?}: must be \"auto\", a number or \"Kx\" (K per core)"
             ))),
         }
     }
@@ -184,6 +195,7 @@ impl Serialize for Workers {
         match self {
             Workers::Auto => s.serialize_str("auto"),
             Workers::Count(n) => s.serialize_u64(*n as u64),
+            Workers::PerCore(k) => s.serialize_str(&format!("{k}x")),
         }
     }
 }
@@ -192,8 +204,14 @@ impl Workers {
     /// The number of worker processes this means on this machine.
     pub fn resolve(self) -> usize {
         match self {
-            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Workers::Auto => cpus(),
             Workers::Count(n) => n,
+            Workers::PerCore(k) => (k * cpus()).min(1024),
         }
     }
+}
+
+/// CPUs this process may run on.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

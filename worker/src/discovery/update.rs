@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::discovery::snapshot::Listing;
-use crate::table::{Instance, Source};
+use crate::table::{count, Instance, Source};
 
 /// What the ZooKeeper side reports to the builder.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +55,11 @@ impl Registry {
                 // First load: one summary line, not one per service (a registry may hold 10 000).
                 self.source = Some(Source::Zookeeper);
                 let n: usize = all.values().map(Vec::len).sum();
-                log.push(format!("zookeeper: loaded {} services, {n} instances", all.len()));
+                log.push(format!(
+                    "zookeeper: loaded {}, {}",
+                    count(all.len(), "service"),
+                    count(n, "instance")
+                ));
                 changed.extend(all.keys().cloned());
                 self.services = all
                     .into_iter()
@@ -166,7 +170,7 @@ impl Registry {
         if diff.is_empty() {
             diff.push(if old.is_none() { "appeared".into() } else { "weights changed".into() });
         }
-        log.push(format!("service {name}: {} ({} instances)", diff.join(" "), list.len()));
+        log.push(format!("service {name}: {} ({})", diff.join(" "), count(list.len(), "instance")));
         self.services.insert(name.to_string(), list);
         true
     }
@@ -198,7 +202,7 @@ pub(crate) mod tests {
         let (log, _) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80"]), ("svc2", &[])])));
         assert_eq!(
             log,
-            ["service svc1: -10.0.0.2:80 (1 instances)", "service svc2: appeared (0 instances)"]
+            ["service svc1: -10.0.0.2:80 (1 instance)", "service svc2: appeared (0 instances)"]
         );
         r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80"]));
         let (log, _) = r.apply(svc("svc1", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
@@ -206,7 +210,7 @@ pub(crate) mod tests {
         let (log, changed) = r.apply(svc("svc1", &["10.0.0.3:80", "10.0.0.2:80", "10.0.0.1:80"]));
         assert!(log.is_empty() && changed.is_empty(), "same set in another order is no change");
         let (log, _) = r.apply(svc("svc1", &["10.0.0.3:80"]));
-        assert_eq!(log, ["service svc1: -10.0.0.1:80 -10.0.0.2:80 (1 instances)"]);
+        assert_eq!(log, ["service svc1: -10.0.0.1:80 -10.0.0.2:80 (1 instance)"]);
     }
 
     #[test]

@@ -161,8 +161,10 @@ impl Proxy {
             }
             Err(e) => self.answer_error(e, &line),
         };
+        // The length: declared, or known from the body (the gateway's own answers).
+        let exact = resp.body().size_hint().exact().map(|n| n.to_string());
         let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-        self.log_request(&line, &trace, resp.status(), bytes);
+        self.log_request(&line, &trace, resp.status(), bytes.or(exact.as_deref()));
         resp
     }
 

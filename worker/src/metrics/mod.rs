@@ -309,7 +309,12 @@ impl Metrics {
         let instances =
             live.iter().map(|w| w.routed_instances.load(Ordering::Relaxed)).max().unwrap_or(0);
         let requests: u64 = live.iter().map(|w| w.requests.load(Ordering::Relaxed)).sum();
-        format!("{services} services, {instances} instances, {requests} requests served")
+        let (services, instances) = (services as usize, instances as usize);
+        format!(
+            "{}, {}, {requests} requests served",
+            crate::table::count(services, "service"),
+            crate::table::count(instances, "instance")
+        )
     }
 
     /// An instance was ejected.

@@ -35,6 +35,25 @@ pub enum Source {
     Snapshot,
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Static => "static routes",
+            Source::Zookeeper => "routes from ZooKeeper",
+            Source::Snapshot => "routes from the snapshot",
+        })
+    }
+}
+
+/// `n` and the noun, singular or plural ("1 instance", "2 instances").
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// How a service balances: resolved from `[proxy]` and `[services.NAME]` once, when the table
 /// is built, so the request path never looks the configuration up.
 #[derive(Debug, Clone, PartialEq, Eq)]
