@@ -265,6 +265,29 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
 }
 
 #[test]
+fn the_systemd_unit_is_hardened_to_an_exposure_of_at_most_2_5() {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/zkgate.service"))
+        .output()
+        .expect("systemd-analyze");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("exposure level for zkgate.service: ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(score <= 2.5, "exposure {score}:\n{text}");
+}
+
+#[test]
 fn the_dockerfile_passes_hadolint() {
     let out = std::process::Command::new("hadolint")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
