@@ -155,7 +155,8 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     // One clock for every table this worker builds: carried ejection deadlines keep their meaning.
     let clock = Clock::system();
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &clock)));
-    let ready = discovery::start(&config, slot, table.clone(), clock, metrics);
+    let changes = Arc::new(discovery::changes::Changes::default());
+    let ready = discovery::start(&config, slot, (table.clone(), changes.clone()), clock, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let transports =
@@ -175,8 +176,14 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     if let Some((listener, token)) = settings.admin.take() {
         listen(&listener, config.server.backlog).map_err(Error::Listener)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
-        let admin =
-            admin::Admin { table: table.clone(), metrics, ready: ready.clone(), token, slot };
+        let admin = admin::Admin {
+            table: table.clone(),
+            metrics,
+            ready: ready.clone(),
+            token,
+            slot,
+            changes,
+        };
         tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
     }
     start_heartbeat(lifecycle.clone(), metrics);

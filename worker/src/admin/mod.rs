@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/routes`, `/workers`, `/metrics`.
+//! The admin listener: `/` (a live dashboard), `/healthz`, `/readyz`, `/routes`, `/workers`,
+//! `/metrics`.
 //!
 //! Every worker serves it on its own SO_REUSEPORT copy of the admin socket, so any worker may
 //! answer a scrape; `/metrics` and `/workers` read the shared region and are exact across
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::discovery::changes::Changes;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::table::Source;
@@ -34,6 +36,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// This worker's slot.
     pub slot: usize,
+    /// Recent registry changes this worker applied.
+    pub changes: Arc<Changes>,
 }
 
 /// Serves the admin API until shutdown.
@@ -63,11 +67,19 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
 impl Admin {
     fn answer<B>(&self, req: &Request<B>) -> Response<Body> {
         if let Some(token) = &self.token {
-            let ok = req
+            let header_token = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token)
+                .and_then(bearer_token);
+            // A browser cannot send a bearer token when it opens the dashboard: the page (only
+            // it) also takes `?token=`, and its scripts send the header.
+            let query_token = (req.uri().path() == "/")
+                .then(|| req.uri().query())
+                .flatten()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+            let ok = header_token
+                .or(query_token)
                 .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
             if !ok {
                 let mut r = json(
@@ -83,6 +95,22 @@ impl Admin {
             return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "GET only"}));
         }
         match req.uri().path() {
+            "/" => {
+                let mut r = Response::new(full(DASHBOARD.to_string()));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                // Inline script and style of its own, nothing from elsewhere.
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                    ),
+                );
+                r
+            }
             "/healthz" => json(
                 StatusCode::OK,
                 serde_json::json!({
@@ -128,6 +156,7 @@ impl Admin {
                             "weight": inst.weight,
                             "ejected": s.health.ejected(i),
                             "healthy": !s.health.down(i),
+                            "in_flight": s.health.active(i),
                         })
                     })
                     .collect();
@@ -139,9 +168,16 @@ impl Admin {
             "ready": self.ready.borrow().is_some(),
             "zookeeper": self.metrics.zk_state().as_str(),
             "services": services,
+            "changes": self.changes.recent().into_iter()
+                .map(|(at_ms, change)| serde_json::json!({"at_ms": at_ms, "change": change}))
+                .collect::<Vec<_>>(),
         })
     }
 }
+
+/// The live dashboard: one page, served from the binary, polling `/routes`, `/workers` and
+/// `/metrics` once a second.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn full(s: String) -> Body {
     Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed()

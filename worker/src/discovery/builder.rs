@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::discovery::changes::Changes;
 use crate::discovery::snapshot::Listing;
 use crate::discovery::update::{Registry, Update};
 use crate::metrics::Metrics;
@@ -85,6 +86,8 @@ pub struct Outputs {
     pub snapshot: Option<watch::Sender<Arc<Listing>>>,
     /// Route counts go to the metrics.
     pub metrics: Metrics,
+    /// Recent changes, for the admin API.
+    pub changes: Arc<Changes>,
 }
 
 /// Applies updates and publishes tables.
@@ -122,6 +125,7 @@ impl Builder {
             let (lines, names) = self.registry.apply(update);
             for l in lines {
                 log::info!("{l}");
+                self.out.changes.push(&l);
             }
             changed.extend(names);
         }

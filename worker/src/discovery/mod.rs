@@ -14,6 +14,7 @@
 //! - [`register`]: `zkgate register`, the writer side of the formats.
 
 pub mod builder;
+pub mod changes;
 pub mod formats;
 pub mod register;
 pub mod retry;
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::table::{Clock, Source};
 use crate::SharedTable;
 use builder::{Builder, Outputs, TableBuilder};
+use changes::Changes;
 use update::Registry;
 use update::Update;
 
@@ -41,7 +43,7 @@ use update::Update;
 pub fn start(
     config: &Arc<Config>,
     slot: usize,
-    table: SharedTable,
+    (table, changes): (SharedTable, Arc<Changes>),
     clock: Clock,
     metrics: Metrics,
 ) -> watch::Receiver<Option<Source>> {
@@ -64,7 +66,7 @@ pub fn start(
         }
         _ => None,
     };
-    let out = Outputs { table, ready: ready_tx, snapshot: snapshot_tx, metrics };
+    let out = Outputs { table, ready: ready_tx, snapshot: snapshot_tx, metrics, changes };
     let registry = Registry::new(zk.keep_last_on_empty);
     tokio::spawn(Builder::new(registry, TableBuilder::new(config.clone(), clock), out).run(rx));
     let skip: HashSet<String> = config

@@ -1,0 +1,110 @@
+//! The admin listener's live dashboard in a real browser (Debian's headless Chromium): the page
+//! loads from the binary alone, renders services, instances, workers and registry changes from
+//! the admin API, shows a service registered during the test, and honours the admin token. A
+//! screenshot is kept in `target/test-artifacts/dashboard.png`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use support::zk::Zk;
+use support::{Backend, Gateway, Toml};
+
+const CHROMIUM_FLAGS: [&str; 5] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+];
+
+/// The page's DOM after its scripts ran for `budget_ms` of virtual time.
+fn dom(url: &str, budget_ms: u32) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package chromium; scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[test]
+fn the_dashboard_shows_services_workers_and_changes_live_in_chromium() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let b1 = Backend::start("b1");
+    c.register("web", &b1.address());
+    let gw =
+        Gateway::with(Toml::new().zookeeper(&zk, "").route_all("web")).workers(2).admin().start();
+    let admin = gw.admin.unwrap();
+    let url = format!("http://127.0.0.1:{admin}/");
+
+    // A service registered during the test.
+    let late = Backend::start("late");
+    let registered = now_ms();
+    c.register("late-svc", &late.address());
+    let page = dom(&url, 3000);
+    assert!(page.contains("late-svc"), "the new service is not on the page:\n{page}");
+    assert!(page.contains(&late.address()), "{page}");
+    assert!(page.contains("healthy"), "{page}");
+    assert!(page.contains("routes loaded"), "{page}");
+    for pid in gw.workers() {
+        assert!(page.contains(&pid.to_string()), "worker {pid} missing:\n{page}");
+    }
+    assert!(
+        page.contains(&format!("service late-svc: +{}", late.address())),
+        "change missing:\n{page}"
+    );
+    // The worker applied it within a second of the registration (the page refreshes every
+    // second; the applied time is what it shows).
+    let applied = gw.admin_get("/routes").json()["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ch| ch["change"].as_str().unwrap().contains("late-svc"))
+        .map(|ch| ch["at_ms"].as_u64().unwrap())
+        .expect("change listed by /routes");
+    assert!(
+        applied.saturating_sub(registered) < 1000,
+        "applied {} ms after the registration",
+        applied - registered
+    );
+
+    // The screenshot, kept as an artefact.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("dashboard.png");
+    let profile = tempfile::tempdir().unwrap();
+    let status = Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=3000", "--window-size=1280,900"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "an empty screenshot");
+}
+
+#[test]
+fn with_a_token_the_page_needs_it_and_passes_it_on() {
+    let b = Backend::start("b");
+    let token = "dashboard-token-0123456789";
+    let admin = support::free_port();
+    let toml = Toml::new().backends("web", &[&b]).route_all("web").admin(admin, Some(token));
+    let _gw = Gateway::with(toml).workers(1).start();
+    let without = dom(&format!("http://127.0.0.1:{admin}/"), 1000);
+    assert!(without.contains("missing or wrong bearer token"), "{without}");
+    let with = dom(&format!("http://127.0.0.1:{admin}/?token={token}"), 3000);
+    assert!(with.contains("web") && with.contains(&b.address()), "{with}");
+}
