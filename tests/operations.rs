@@ -50,7 +50,7 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
     assert_eq!(svc["load_balance"], "round_robin");
     assert_eq!(
         svc["instances"][0],
-        serde_json::json!({"address": b.address(), "weight": 1, "ejected": false, "healthy": true})
+        serde_json::json!({"address": b.address(), "weight": 1, "ejected": false, "healthy": true, "in_flight": 0})
     );
 
     let workers = admin_get(port, "/workers", Some(TOKEN)).json();

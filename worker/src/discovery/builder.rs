@@ -258,6 +258,7 @@ mod tests {
             ready: ready_tx,
             snapshot: snap_tx,
             metrics: Metrics::local(0),
+            changes: Arc::default(),
         };
         let config = Arc::new(Config::default());
         let builder =

@@ -197,7 +197,7 @@ pub(crate) mod tests {
         let mut r = Registry::new(true);
         let (log, changed) =
             r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80", "10.0.0.2:80"])])));
-        assert_eq!(log, ["zookeeper: loaded 1 services, 2 instances"]);
+        assert_eq!(log, ["zookeeper: loaded 1 service, 2 instances"]);
         assert!(changed.contains("svc1"));
         let (log, _) = r.apply(Update::Full(listing(&[("svc1", &["10.0.0.1:80"]), ("svc2", &[])])));
         assert_eq!(
