@@ -206,10 +206,7 @@ impl Watcher {
                     }
                 }
                 s = state.changed() => match s {
-                    zk::SessionState::Disconnected => {
-                        self.metrics.set_zk_state(ZkState::Disconnected);
-                        log::warn!("zookeeper: disconnected; serving the last known routes while the client reconnects");
-                    }
+                    zk::SessionState::Disconnected => self.disconnected(),
                     zk::SessionState::SyncConnected => {
                         self.metrics.set_zk_state(ZkState::Connected);
                         watcher = match client.watch(&root, mode).await {
@@ -230,6 +227,14 @@ impl Watcher {
                 },
             }
         }
+    }
+
+    /// The connection to the ensemble dropped; the session lives on while the client reconnects.
+    fn disconnected(&self) {
+        self.metrics.set_zk_state(ZkState::Disconnected);
+        log::warn!(
+            "zookeeper: disconnected; serving the last known routes while the client reconnects"
+        );
     }
 
     /// Which service an event's node belongs to; a change of the root's children (a service
@@ -370,10 +375,7 @@ impl Watcher {
                     self.reconcile(client, names, tasks);
                 }
                 s = state.changed() => match s {
-                    zk::SessionState::Disconnected => {
-                        self.metrics.set_zk_state(ZkState::Disconnected);
-                        log::warn!("zookeeper: disconnected; serving the last known routes while the client reconnects");
-                    }
+                    zk::SessionState::Disconnected => self.disconnected(),
                     zk::SessionState::SyncConnected => {
                         self.metrics.set_zk_state(ZkState::Connected);
                         log::info!("zookeeper: reconnected; session kept, watches restored");

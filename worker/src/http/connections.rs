@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::http::{Body, BoxError};
+use crate::http::Body;
 
 use crate::metrics::Metrics;
 
@@ -182,8 +181,7 @@ impl RequestGuard {
 
     /// The answer's body, which keeps the request open until it is done or dropped.
     pub fn wrap(self, body: Body) -> Body {
-        use http_body_util::BodyExt;
-        GuardedBody { inner: body, _guard: self }.boxed()
+        crate::http::hold(body, self)
     }
 }
 
@@ -191,31 +189,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-struct GuardedBody {
-    inner: Body,
-    _guard: RequestGuard,
-}
-
-impl hyper::body::Body for GuardedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

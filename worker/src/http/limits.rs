@@ -5,14 +5,12 @@
 
 use std::net::IpAddr;
 
-use http_body_util::BodyExt;
 use rustc_hash::FxHashMap;
 
 use crate::balance::hash_key;
 use crate::config::{Config, RateKey};
 use crate::http::error::ProxyError;
 use crate::http::router::RequestView;
-use crate::http::{Body, BoxError};
 use crate::metrics::{monotonic_ns, InFlightGuard, Metrics, RATE_RULES};
 use crate::table::Service;
 
@@ -99,36 +97,6 @@ impl Limits {
             },
             None => Ok(None),
         }
-    }
-}
-
-/// A response body that holds `T` (an in-flight guard) until the body is done or dropped.
-pub fn hold<T: Send + Sync + Unpin + 'static>(body: Body, held: T) -> Body {
-    Held { inner: body, _held: held }.boxed()
-}
-
-struct Held<T> {
-    inner: Body,
-    _held: T,
-}
-
-impl<T: Unpin> hyper::body::Body for Held<T> {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

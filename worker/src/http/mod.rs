@@ -49,3 +49,35 @@ use http_body_util::combinators::BoxBody;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of requests to instances and of responses to clients.
 pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body that holds `T` (a guard: a request counted open, in flight) until the body is done
+/// or dropped.
+pub fn hold<T: Send + Sync + Unpin + 'static>(body: Body, held: T) -> Body {
+    use http_body_util::BodyExt;
+    Held { inner: body, _held: held }.boxed()
+}
+
+struct Held<T> {
+    inner: Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for Held<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

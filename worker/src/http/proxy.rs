@@ -28,7 +28,7 @@ use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::grpc;
 use crate::http::headers;
-use crate::http::limits::{self, Limits};
+use crate::http::limits::Limits;
 use crate::http::pool::Lease;
 use crate::http::router::{
     cookie, request_host, HeaderActions, HyperRequest, RequestView, Router, Target,
@@ -247,7 +247,7 @@ impl Proxy {
         let resp = self.respond(answered, parts.version, upgrade, actions);
         // Counted in flight (max_requests) until the answer's body is done.
         Ok(match admitted {
-            Some(guard) => resp.map(|b| limits::hold(b, guard)),
+            Some(guard) => resp.map(|b| crate::http::hold(b, guard)),
             None => resp,
         })
     }
