@@ -10,12 +10,17 @@
 //!   leaf type [`table::Instance`]; per-instance health state, kept by address.
 //! - [`config`]: `gateway.toml` as typed sections, and every default in one place.
 //! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
-//! - [`metrics`]: counters and worker status in the supervisor's shared memory region.
-//! - [`http`]: the request path — accept, connection, proxy phases, forward and retry, router,
-//!   headers, upstream client, tunnels, error answers, active health checks.
-//! - [`discovery`]: the ZooKeeper session and watches, the task that builds route tables, the
-//!   registry formats, the snapshot, and `zkgate register`.
-//! - [`admin`]: the admin API (`/healthz`, `/readyz`, `/routes`, `/workers`, `/metrics`).
+//! - [`metrics`]: counters, worker status, rate-limit buckets and in-flight counts in the
+//!   supervisor's shared memory region.
+//! - [`tls`]: certificates chosen by SNI, the rustls server configuration, shared session tickets.
+//! - [`http`]: the request path — accept, the HTTP/1.1 fast path (`h1`), hyper connections, proxy
+//!   phases, limits, forward and retry, router, headers, transports and upstream clients, gRPC
+//!   answers, tunnels, error answers, active health checks.
+//! - [`discovery`]: the ZooKeeper session and its persistent watch (one-shot watches as the
+//!   fallback), the task that builds route tables, the registry formats, the snapshot, recent
+//!   changes, and `zkgate register`.
+//! - [`admin`]: the dashboard and the admin API (`/`, `/healthz`, `/readyz`, `/routes`,
+//!   `/workers`, `/metrics`).
 //!
 //! `worker/README.md` draws the request path and the discovery pipeline with function names.
 

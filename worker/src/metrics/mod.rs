@@ -161,7 +161,7 @@ impl Metrics {
     /// theoretical arrival time is within `tolerance_ns` of `now_ns` (CLOCK_MONOTONIC, the same
     /// in every process), and moves it on by `interval_ns`; otherwise `Err(wait)` until one
     /// would be admitted. Buckets are shared by every worker, so the limit holds for the host.
-    /// A key finds its bucket among [`RATE_PROBES`] places; when none is its own or free, the
+    /// A key finds its bucket among `RATE_PROBES` places; when none is its own or free, the
     /// one with the earliest arrival time is taken over — a bucket already back to full burst
     /// carries no state, so only under more than `RATE_SLOTS` keys limited at once can a key
     /// start again from a full burst.
