@@ -224,15 +224,6 @@ impl Metrics {
         me.zk_state.store(0, Ordering::Relaxed);
     }
 
-    /// Requests refused by rate limits and by `max_requests`, for service `idx`, all workers.
-    pub fn refusals(&self, idx: usize) -> (u64, u64) {
-        let idx = idx.min(MAX_SERVICES - 1);
-        self.region.workers.iter().fold((0, 0), |(r, o), w| {
-            let s = &w.services[idx];
-            (r + s.rate_limited.load(Ordering::Relaxed), o + s.overloaded.load(Ordering::Relaxed))
-        })
-    }
-
     /// The event loop is alive.
     pub fn heartbeat(&self) {
         self.me().heartbeat_ms.store(now_ms(), Ordering::Relaxed);

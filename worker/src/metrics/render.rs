@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::region::{read_name, WorkerStats};
+use super::region::{read_name, ServiceStats, WorkerStats};
 use super::{Metrics, ZkState, BUCKETS, MAX_SERVICES, OTHER};
 
 impl Metrics {
@@ -68,22 +68,22 @@ impl Metrics {
                 }
             }
         }
-        out += "# HELP zkgate_rate_limited_total Requests refused by a [[rate_limit]] (429).\n";
-        out += "# TYPE zkgate_rate_limited_total counter\n";
-        for (i, name) in &names {
-            let n = sum(&|w| w.services[*i].rate_limited.load(Ordering::Relaxed));
-            if n > 0 {
-                let _ =
-                    writeln!(out, "zkgate_rate_limited_total{{service=\"{}\"}} {n}", escape(name));
-            }
-        }
-        out += "# HELP zkgate_overloaded_total Requests refused by max_requests (503).\n";
-        out += "# TYPE zkgate_overloaded_total counter\n";
-        for (i, name) in &names {
-            let n = sum(&|w| w.services[*i].overloaded.load(Ordering::Relaxed));
-            if n > 0 {
-                let _ =
-                    writeln!(out, "zkgate_overloaded_total{{service=\"{}\"}} {n}", escape(name));
+        type Refused = fn(&ServiceStats) -> u64;
+        let refusals: [(&str, &str, Refused); 2] = [
+            ("zkgate_rate_limited_total", "Requests refused by a [[rate_limit]] (429).", |s| {
+                s.rate_limited.load(Ordering::Relaxed)
+            }),
+            ("zkgate_overloaded_total", "Requests refused by max_requests (503).", |s| {
+                s.overloaded.load(Ordering::Relaxed)
+            }),
+        ];
+        for (metric, help, read) in refusals {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (i, name) in &names {
+                let n = sum(&|w| read(&w.services[*i]));
+                if n > 0 {
+                    let _ = writeln!(out, "{metric}{{service=\"{}\"}} {n}", escape(name));
+                }
             }
         }
         out += "# HELP zkgate_upstream_latency_seconds Time from sending a request to an instance to its response headers.\n";
