@@ -65,13 +65,14 @@ fn a_transfer_coding_other_than_chunked_is_501_and_never_forwarded() {
 #[test]
 fn forwarded_headers_join_every_line_and_underscored_names_are_dropped() {
     let b = Backend::start("b");
-    let gw = Gateway::with(web(&b)).workers(1).start();
+    let trusted = web(&b).proxy("trusted_proxies = [\"127.0.0.0/8\"]");
+    let gw = Gateway::with(trusted).workers(1).start();
     let r = raw(
         gw.port,
         b"GET / HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 203.0.113.1\r\nx-forwarded-for: 198.51.100.2\r\nx_forwarded_for: 6.6.6.6\r\nconnection: close\r\n\r\n",
     );
     assert_eq!(status_of(&r), 200, "{r}");
-    // The backend echoes what it received.
+    // The backend echoes what it received: a trusted peer's list, then this hop.
     assert!(r.contains("\"x-forwarded-for\":\"203.0.113.1, 198.51.100.2, 127.0.0.1\""), "{r}");
     assert!(!r.contains("6.6.6.6"), "underscored copy dropped: {r}");
     // The seed's header routing keeps working: its underscored headers are allowed.
@@ -81,6 +82,36 @@ fn forwarded_headers_join_every_line_and_underscored_names_are_dropped() {
     );
     assert_eq!(status_of(&r), 200, "{r}");
     assert!(r.contains("\"path\":\"/via-headers\""), "{r}");
+}
+
+/// Every way a request reaches the engine or hyper: the client's own forwarding headers never
+/// reach the instance as sent, HTTP/1.0 without `Host` included (password-reset links are
+/// built from X-Forwarded-Host).
+#[test]
+fn a_clients_own_forwarding_headers_never_reach_an_instance() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b)).workers(1).start();
+    let spoofed = "x-forwarded-for: 6.6.6.6\r\nx-forwarded-host: evil.example\r\nx-forwarded-proto: https\r\nx-forwarded-port: 1\r\nforwarded: for=6.6.6.6;host=evil.example\r\n";
+    for (how, head) in [
+        ("HTTP/1.0 without Host", format!("GET /a HTTP/1.0\r\n{spoofed}\r\n")),
+        ("bodiless", format!("GET /a HTTP/1.1\r\nhost: x\r\n{spoofed}connection: close\r\n\r\n")),
+        (
+            "Content-Length",
+            format!("POST /a HTTP/1.1\r\nhost: x\r\n{spoofed}content-length: 2\r\nconnection: close\r\n\r\nhi"),
+        ),
+        (
+            "named by Connection",
+            format!("GET /a HTTP/1.1\r\nhost: x\r\n{spoofed}connection: close, x-forwarded-for, x-request-id\r\nx-request-id: mine\r\n\r\n"),
+        ),
+    ] {
+        let r = raw(gw.port, head.as_bytes());
+        assert_eq!(status_of(&r), 200, "{how}: {r}");
+        assert!(!r.contains("6.6.6.6") && !r.contains("evil.example"), "{how}: {r}");
+        assert!(r.contains("\"x-forwarded-for\":\"127.0.0.1\""), "{how}: {r}");
+        assert!(r.contains("\"x-forwarded-proto\":\"http\""), "{how}: {r}");
+        assert!(!r.contains("\"forwarded\""), "{how}: {r}");
+        assert!(r.contains("\"x-request-id\":\"") && !r.contains("\"mine\""), "{how}: {r}");
+    }
 }
 
 /// A TCP relay, as a misconfigured load balancer or NAT in front of the gateway would be.

@@ -18,7 +18,7 @@ use crate::balance::Strategy;
 use crate::table::instance::Instance;
 pub use defaults::*;
 use values::absolute_path;
-pub use values::{duration, listen_addr, HashOn, Workers};
+pub use values::{duration, listen_addr, HashOn, TrustedProxies, Workers};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -300,6 +300,9 @@ pub struct ProxySettings {
     /// Forward request headers whose names contain `_` (nginx's `underscores_in_headers`).
     /// Off: they are dropped, except the header-routing headers.
     pub underscores_in_headers: bool,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` lines are believed (addresses or CIDR
+    /// blocks); anyone else's are replaced by the gateway's own.
+    pub trusted_proxies: TrustedProxies,
     /// `[proxy.outlier]`: passive outlier detection.
     pub outlier: OutlierSettings,
 }
@@ -324,6 +327,7 @@ impl Default for ProxySettings {
             debug_headers: DEFAULT_DEBUG_HEADERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             underscores_in_headers: DEFAULT_UNDERSCORES_IN_HEADERS,
+            trusted_proxies: TrustedProxies::default(),
             outlier: OutlierSettings::default(),
         }
     }
@@ -386,6 +390,10 @@ pub struct HeaderRouting {
     pub service_header: String,
     /// Header giving the upstream path (and query); must start with `/`.
     pub path_header: String,
+    /// Services a client may not name (404 as if unknown). Services that are only a route's
+    /// canary target are never reachable by name, listed here or not: a canary at 0 % must
+    /// receive nothing.
+    pub deny_services: Vec<String>,
 }
 
 impl HeaderRouting {
@@ -409,6 +417,7 @@ impl Default for HeaderRouting {
             mount: DEFAULT_MOUNT.into(),
             service_header: DEFAULT_SERVICE_HEADER.into(),
             path_header: DEFAULT_PATH_HEADER.into(),
+            deny_services: Vec::new(),
         }
     }
 }

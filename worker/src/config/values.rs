@@ -215,3 +215,89 @@ impl Workers {
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// `proxy.trusted_proxies`: addresses and CIDR blocks (`"10.0.0.0/8"`, `"::1"`) whose
+/// `X-Forwarded-*` and `Forwarded` lines are believed (nginx's `set_real_ip_from`). Empty by
+/// default: a client's own forwarding headers never reach an instance as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<(std::net::IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// Parses each entry; an error names the one that is not an address or CIDR block.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut blocks = Vec::new();
+        for entry in entries {
+            let bad = || format!("{entry:?} is not an IP address or CIDR block (\"10.0.0.0/8\")");
+            let (ip, bits) = match entry.split_once('/') {
+                Some((ip, bits)) => (ip, Some(bits.parse::<u8>().map_err(|_| bad())?)),
+                None => (entry, None),
+            };
+            let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| bad())?;
+            let ip = ip.to_canonical();
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = bits.unwrap_or(max);
+            if bits > max {
+                return Err(bad());
+            }
+            blocks.push((ip, bits));
+        }
+        Ok(TrustedProxies(blocks))
+    }
+
+    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 one) is trusted.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        if self.0.is_empty() {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        self.0.iter().any(|&(net, bits)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// The entries as written back (`"10.0.0.0/8"`).
+    fn entries(&self) -> Vec<String> {
+        self.0.iter().map(|(ip, bits)| format!("{ip}/{bits}")).collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(d)?;
+        TrustedProxies::parse(entries.iter().map(String::as_str)).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.entries().serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod trusted_tests {
+    use super::TrustedProxies;
+
+    #[test]
+    fn trusted_proxies_match_addresses_and_blocks() {
+        let t = TrustedProxies::parse(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]).unwrap();
+        let has = |ip: &str| t.contains(ip.parse().unwrap());
+        assert!(has("10.1.2.3") && has("192.0.2.7") && has("2001:db8::1"));
+        assert!(has("::ffff:10.9.9.9"), "an IPv4-mapped peer is its IPv4 address");
+        assert!(!has("11.0.0.1") && !has("192.0.2.8") && !has("2001:db9::1"));
+        assert!(!TrustedProxies::default().contains("127.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0.0/x"] {
+            assert!(TrustedProxies::parse([bad]).is_err(), "{bad}");
+        }
+        assert!(TrustedProxies::parse(["0.0.0.0/0"]).unwrap().contains("8.8.8.8".parse().unwrap()));
+    }
+}

@@ -27,7 +27,9 @@ use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
-use crate::http::connections::{stopped, Activity, ConnPermit, RequestGuard, Scheme, Tracked};
+use crate::http::connections::{
+    stopped, Activity, Client, ConnPermit, LocalPort, RequestGuard, Tracked,
+};
 
 use crate::http::proxy::Proxy;
 
@@ -75,15 +77,15 @@ pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
 /// Serves one client connection until it closes, idles out or the worker drains.
 pub async fn serve<S>(
     stream: S,
-    peer: SocketAddr,
     proxy: Arc<Proxy>,
     settings: Arc<ConnSettings>,
     mut shutdown: watch::Receiver<bool>,
     permit: ConnPermit,
-    scheme: Scheme,
+    client: Client,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = client.peer;
     let http2 = Arc::new(AtomicBool::new(false));
     let activity = Arc::new(Activity::default());
     let (draining, h2, requests) = (shutdown.clone(), http2.clone(), activity.clone());
@@ -91,7 +93,8 @@ pub async fn serve<S>(
         let (proxy, draining, h2) = (proxy.clone(), draining.clone(), h2.clone());
         // An upgrade moves the connection's permit to its tunnel (see proxy).
         req.extensions_mut().insert(permit.clone());
-        req.extensions_mut().insert(scheme);
+        req.extensions_mut().insert(client.scheme);
+        req.extensions_mut().insert(LocalPort(client.port));
         // Counts the request as open until its answer's body is done (HTTP/2 idleness).
         let guard = RequestGuard::new(requests.clone());
         async move {

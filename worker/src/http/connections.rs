@@ -327,3 +327,22 @@ impl Scheme {
         }
     }
 }
+
+/// Who a connection is from and how it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The port it connected to (`X-Forwarded-Port`).
+    pub port: u16,
+    /// Plain or TLS.
+    pub scheme: Scheme,
+    /// When the connection was accepted: the first head (a TLS handshake included) is due
+    /// within `header_read_timeout` of it, once.
+    pub accepted: tokio::time::Instant,
+}
+
+/// The port a request's connection came in on, as a request extension (`X-Forwarded-Port` on
+/// the hyper side).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPort(pub u16);

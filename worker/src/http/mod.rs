@@ -34,6 +34,7 @@ pub mod h1;
 pub mod headers;
 pub mod health_check;
 pub mod limits;
+pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod router;

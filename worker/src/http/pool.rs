@@ -29,6 +29,12 @@ use crate::http::Body;
 pub trait Pooled: Send + 'static {
     /// Whether it can still carry a request (the instance has not closed it).
     fn is_usable(&self) -> bool;
+
+    /// The check made as it is lent out again, when a request is about to go on it (by
+    /// default the same).
+    fn is_clean(&self) -> bool {
+        self.is_usable()
+    }
 }
 
 impl Pooled for TcpStream {
@@ -45,11 +51,51 @@ impl Pooled for TcpStream {
             }
         }
     }
+
+    /// A look at the socket itself, not only at what the event loop last reported: bytes an
+    /// instance wrote after its answer (a HEAD, 204 or 304 followed by a body, or anything
+    /// else) must never be read as the next request's answer — that would hand one client's
+    /// answer to another and keep the queue shifted. One `recv(MSG_PEEK)` per reuse.
+    fn is_clean(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(self).peek(&mut byte) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            // EOF, or bytes nobody asked for.
+            Ok(_) => false,
+        }
+    }
 }
 
 impl Pooled for SendRequest<Body> {
     fn is_usable(&self) -> bool {
         !self.is_closed() && self.is_ready()
+    }
+}
+
+/// What becomes of a request whose reused (pooled) connection failed before a byte of answer
+/// came back — the one rule for both protocol sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// Send it again, once, on a fresh connection to the same instance: an idle connection the
+    /// instance closed as we reused it says nothing about the instance (nginx gives a cached
+    /// connection's failure an extra try too). Not another pooled one: an instance that drops
+    /// every request would otherwise get it once per pooled connection.
+    ResendFresh,
+    /// A failure of this attempt: counted against the instance; `forward::Replay` decides whether
+    /// another instance gets the request.
+    Fail,
+}
+
+impl Stale {
+    /// `written`: some of the request may have reached the instance; `replayable`: the request
+    /// may be executed twice (idempotent, its whole body held); `resent`: this attempt already
+    /// had its fresh connection.
+    pub fn decide(written: bool, replayable: bool, resent: bool) -> Stale {
+        match (resent, written, replayable) {
+            (true, _, _) => Stale::Fail,
+            (false, false, _) | (false, true, true) => Stale::ResendFresh,
+            (false, true, false) => Stale::Fail,
+        }
     }
 }
 
@@ -86,7 +132,7 @@ impl<C: Pooled> IdleSet<C> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(address)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_usable() {
+            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_clean() {
                 return Some(entry.conn);
             }
         }
@@ -197,6 +243,7 @@ impl Pool {
     ) -> Result<(http::Response<Incoming>, Lease), SendError> {
         let mut req = req;
         let mut pooled = self.idle.take(key);
+        let mut resent = false;
         loop {
             let (mut sender, reused) = match pooled.take() {
                 Some(s) => (s, true),
@@ -213,11 +260,13 @@ impl Pool {
                     return Ok((resp, lease));
                 }
                 Err(mut e) => match e.take_message() {
-                    // Unsent on a reused connection the instance had closed: once more, on
-                    // another pooled connection or a fresh one.
-                    Some(unsent) if reused => {
+                    // Unsent on a reused connection the instance had closed: the one rule
+                    // (forward::Stale) sends it once more, on a fresh connection.
+                    Some(unsent)
+                        if reused && Stale::decide(false, false, resent) == Stale::ResendFresh =>
+                    {
                         req = unsent;
-                        pooled = self.idle.take(key);
+                        resent = true;
                     }
                     _ => return Err(SendError::Http(e.into_error())),
                 },
@@ -371,5 +420,18 @@ async fn sweep<C: Pooled>(set: Weak<IdleSet<C>>) {
             list.retain(|e| e.since.elapsed() < limit && e.conn.is_usable());
             !list.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_pooled_connection_gets_one_fresh_one_at_most() {
+        assert_eq!(Stale::decide(false, false, false), Stale::ResendFresh, "nothing reached it");
+        assert_eq!(Stale::decide(true, true, false), Stale::ResendFresh, "idempotent, held");
+        assert_eq!(Stale::decide(true, false, false), Stale::Fail, "a POST may have run");
+        assert_eq!(Stale::decide(false, true, true), Stale::Fail, "never a second resend");
     }
 }

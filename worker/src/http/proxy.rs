@@ -23,12 +23,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
-use crate::http::connections::{ConnGuard, ConnPermit, Connections, Scheme};
+use crate::http::connections::{ConnGuard, ConnPermit, Connections, LocalPort, Scheme};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
 use crate::http::grpc;
 use crate::http::headers;
 use crate::http::limits::Limits;
+use crate::http::policy::{map_lines, status_allows_length, Origin, Policy};
 use crate::http::pool::Lease;
 use crate::http::router::{
     cookie, request_host, HeaderActions, HyperRequest, RequestView, Router, Target,
@@ -49,11 +50,8 @@ pub struct Proxy {
     pub(crate) router: Router,
     pub(crate) forwarder: Forwarder,
     pub(crate) settings: ProxySettings,
-    pub(crate) worker: HeaderValue,
-    /// This gateway's `Via` token (loop detection).
-    pub(crate) via: HeaderValue,
-    /// Headers with `_` forwarded anyway (the header-routing ones, or all when allowed).
-    pub(crate) keep_underscored: headers::Underscores,
+    /// The header policy every protocol side follows.
+    pub(crate) policy: Policy,
     pub(crate) metrics: Metrics,
     unrouted: usize,
     pub(crate) access_log: bool,
@@ -101,8 +99,9 @@ struct From<'a> {
     host: Option<&'a str>,
     /// It asks for an upgrade.
     upgrade: bool,
-    /// How it reached the gateway (`X-Forwarded-Proto`).
+    /// How it reached the gateway (`X-Forwarded-Proto`, `X-Forwarded-Port`).
     scheme: Scheme,
+    port: u16,
     /// Forward `TE: trailers` (gRPC to an HTTP/2 instance).
     te_trailers: bool,
 }
@@ -133,9 +132,12 @@ impl Proxy {
             router,
             forwarder: Forwarder::new(&config.proxy, shared.metrics),
             settings: config.proxy.clone(),
-            worker: HeaderValue::from(std::process::id()),
-            via: headers::via_entry(via),
-            keep_underscored,
+            policy: Policy::new(
+                headers::via_entry(via),
+                keep_underscored,
+                config.proxy.trusted_proxies.clone(),
+                config.proxy.debug_headers.then(|| std::process::id().to_string().into_bytes()),
+            ),
             unrouted: shared.metrics.service_index(UNROUTED),
             metrics: shared.metrics,
             access_log: config.log.access,
@@ -218,11 +220,13 @@ impl Proxy {
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
             let scheme = parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http);
+            let port = parts.extensions.get::<LocalPort>().map_or(0, |p| p.0);
             let from = From {
                 client,
                 host: host.as_deref(),
                 upgrade: upgrade.is_some(),
                 scheme,
+                port,
                 te_trailers,
             };
             let req = self.upstream_request(&parts, b, &target, address, from);
@@ -287,7 +291,7 @@ impl Proxy {
                 ));
             }
         }
-        if headers::has_via(req.headers(), &self.via) {
+        if self.policy.looped(map_lines(req.headers()).into_iter()) {
             return Err(ProxyError::Refused(
                 StatusCode::LOOP_DETECTED,
                 "request loop: it already passed through this gateway",
@@ -343,35 +347,41 @@ impl Proxy {
         address: &str,
         from: From<'_>,
     ) -> Request<Body> {
-        let From { client, host: original_host, upgrade, scheme, te_trailers } = from;
-        let mut headers = parts.headers.clone();
+        let From { client, host: original_host, upgrade, scheme, port, te_trailers } = from;
+        let old = &parts.headers;
         // The authority that was routed on (absolute-form or :authority before Host).
         let routed_authority = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| headers.get(header::HOST).cloned());
-        let upgrade_proto = headers.get(header::UPGRADE).cloned();
-        headers::remove_hop_by_hop(&mut headers);
-        if let (true, Some(proto)) = (upgrade, upgrade_proto) {
+            .or_else(|| old.get(header::HOST).cloned());
+        let ip = client.ip().to_canonical().to_string();
+        let origin = Origin {
+            peer: client.ip(),
+            peer_text: &ip,
+            scheme: scheme.as_str(),
+            port,
+            host: original_host,
+        };
+        let actions = self.router.header_actions(target).map(|(request, _)| request);
+        let mut headers = http::HeaderMap::with_capacity(old.len() + 6);
+        self.policy.request(map_lines(old).into_iter(), &origin, actions, &mut headers);
+        // What the protocol itself dictates: an upgrade asked for again on this hop, and
+        // `TE: trailers` to a gRPC server.
+        if let (true, Some(proto)) = (upgrade, old.get(header::UPGRADE)) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto);
+            headers.insert(header::UPGRADE, proto.clone());
         }
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        headers::remove_underscored(&mut headers, &self.keep_underscored);
-        let proto = HeaderValue::from_static(scheme.as_str());
-        headers::add_forwarded(&mut headers, client.ip(), original_host, proto, &self.via);
+        let own_host = actions.is_none_or(|a| !a.drops(b"host"));
         let host = match routed_authority {
             Some(h) if self.settings.preserve_host => Some(h),
             _ => HeaderValue::from_str(address).ok(),
         };
-        if let Some(h) = host {
+        if let Some(h) = host.filter(|_| own_host) {
             headers.insert(header::HOST, h);
-        }
-        if let Some((request, _)) = self.router.header_actions(target) {
-            request.apply(&mut headers);
         }
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
@@ -393,7 +403,8 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         // The client speaks its own HTTP version with us, whatever the instance spoke.
         parts.version = version;
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if upgraded {
             inflight.detach_connection();
             if let Some(Upgrade { client_side, permit, .. }) = upgrade {
                 let mut up = Response::from_parts(parts.clone(), ());
@@ -403,22 +414,26 @@ impl Proxy {
                 let address = address.to_string();
                 tokio::spawn(tunnel(client_side, upstream_side, address, open, idle));
             }
-        } else {
-            headers::remove_hop_by_hop(&mut parts.headers);
+        } else if let Some(Upgrade { permit, conn: Some(conn), .. }) = upgrade {
             // No tunnel after all: the connection goes on and keeps its permit.
-            if let Some(Upgrade { permit, conn: Some(conn), .. }) = upgrade {
-                conn.put_back(permit);
-            }
+            conn.put_back(permit);
         }
-        headers::append_via(&mut parts.headers, &self.via);
-        if let Some(actions) = actions {
-            actions.apply(&mut parts.headers);
-        }
-        if self.settings.debug_headers {
-            if let Ok(v) = HeaderValue::from_str(address) {
-                parts.headers.insert("x-zkgate-instance", v);
+        let old = std::mem::take(&mut parts.headers);
+        let keep_length = status_allows_length(parts.status.as_u16());
+        let lines = map_lines(&old);
+        self.policy.response(
+            lines.into_iter(),
+            keep_length,
+            (actions, address),
+            &mut parts.headers,
+        );
+        if upgraded {
+            // 101 names the protocol switched to on this hop too.
+            for name in [header::CONNECTION, header::UPGRADE] {
+                if let Some(v) = old.get(&name) {
+                    parts.headers.insert(name, v.clone());
+                }
             }
-            parts.headers.insert("x-zkgate-worker", self.worker.clone());
         }
         let body = InFlightBody::new(body, inflight).map_err(BoxError::from).boxed();
         Response::from_parts(parts, body)

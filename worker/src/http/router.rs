@@ -18,7 +18,8 @@ pub struct Target {
     pub service: String,
     /// Path and query to send to the instance.
     pub path: PathAndQuery,
-    /// The `[[route]]` that matched (its header rules apply), if a rule did.
+    /// The `[[route]]` whose header rules apply: the one that matched, or for a request routed
+    /// by header the first route to its service.
     pub rule: Option<usize>,
 }
 
@@ -151,6 +152,12 @@ struct HeaderMode {
     mount: String,
     service: HeaderName,
     path: HeaderName,
+    /// Services a client may not name: `deny_services`, and every service that is only a
+    /// canary target.
+    hidden: Vec<String>,
+    /// Per service, the first `[[route]]` to it: its header rules apply to the service however
+    /// a request reaches it.
+    rule_of: rustc_hash::FxHashMap<String, usize>,
 }
 
 /// The compiled routing rules of a worker.
@@ -174,10 +181,20 @@ impl Router {
     /// are refused by `zkgate check`; here they disable header mode).
     pub fn new(header: &HeaderRouting, rules: &[RouteRule]) -> Self {
         let mode = header.enabled.then(|| {
+            let routed = |name: &str| rules.iter().any(|r| r.service == name);
+            let canaries = rules.iter().filter_map(|r| r.canary.as_ref().map(|c| &c.service));
+            let mut hidden: Vec<String> = header.deny_services.clone();
+            hidden.extend(canaries.filter(|c| !routed(c)).cloned());
+            let mut rule_of = rustc_hash::FxHashMap::default();
+            for (i, rule) in rules.iter().enumerate() {
+                rule_of.entry(rule.service.clone()).or_insert(i);
+            }
             Some(HeaderMode {
                 mount: header.mount.clone(),
                 service: HeaderName::from_bytes(header.service_header.as_bytes()).ok()?,
                 path: HeaderName::from_bytes(header.path_header.as_bytes()).ok()?,
+                hidden,
+                rule_of,
             })
         });
         let extras = rules
@@ -217,7 +234,7 @@ impl Router {
             let forwarded = if rule.strip_prefix {
                 strip(&rule.path_prefix, path, req.query())
             } else {
-                req.path_and_query()
+                origin_form(req.path_and_query())
             };
             let service = match &self.extras[i].canary {
                 Some(canary) if canary.takes(req) => canary.service.clone(),
@@ -289,6 +306,10 @@ fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, Ro
             .ok_or_else(|| RouteError::BadRequest(format!("header {name} is empty or not ASCII")))
     };
     let service = header(&h.service)?;
+    if h.hidden.iter().any(|hidden| hidden == service) {
+        // As if there were no such service: its existence is not the client's business.
+        return Err(RouteError::NoRoute);
+    }
     let api = header(&h.path)?;
     if !api.starts_with('/') || api.starts_with("//") {
         return Err(RouteError::BadRequest(format!(
@@ -299,7 +320,17 @@ fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, Ro
     let path: PathAndQuery = api
         .parse()
         .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path)))?;
-    Ok(Target { service: service.to_string(), path, rule: None })
+    let rule = h.rule_of.get(service).copied();
+    Ok(Target { service: service.to_string(), path, rule })
+}
+
+/// The router's own rule, whatever the server did before it: what it forwards is origin-form
+/// (an absolute-form target with an empty path, `http://host?q`, has the path-and-query `?q`).
+fn origin_form(pq: PathAndQuery) -> PathAndQuery {
+    if pq.as_str().starts_with('/') {
+        return pq;
+    }
+    format!("/{}", pq.as_str()).parse().unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }
 
 /// `prefix` matches `path` when equal, or when `path` continues it at a segment boundary.
@@ -404,6 +435,60 @@ mod tests {
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         router().route(&uri.parse().unwrap(), &h)
+    }
+
+    #[test]
+    fn an_empty_path_with_a_query_is_forwarded_origin_form() {
+        let everything = RouteRule {
+            host: None,
+            path_prefix: "/".into(),
+            service: "a".into(),
+            strip_prefix: false,
+            canary: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+        };
+        let router = Router::new(&HeaderRouting::default(), &[everything]);
+        let uri = "http://api.example?7".parse().unwrap();
+        let t = router.route(&uri, &HeaderMap::new()).unwrap();
+        assert_eq!(t.path.as_str(), "/?7");
+    }
+
+    #[test]
+    fn header_routing_keeps_a_services_route_rules_and_hides_canaries() {
+        let request_headers =
+            crate::config::HeaderRules { remove: vec!["x-user-id".into()], ..Default::default() };
+        let canary = crate::config::Canary {
+            service: "user-canary".into(),
+            percent: 0.0,
+            header: None,
+            cookie: None,
+        };
+        let rules = [RouteRule {
+            host: None,
+            path_prefix: "/users".into(),
+            service: "user".into(),
+            strip_prefix: false,
+            canary: Some(canary),
+            request_headers,
+            response_headers: Default::default(),
+        }];
+        let routing =
+            HeaderRouting { deny_services: vec!["internal".into()], ..HeaderRouting::default() };
+        let router = Router::new(&routing, &rules);
+        let named = |service: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("service_name", service.parse().unwrap());
+            h.insert("api_name", "/x".parse().unwrap());
+            router.route(&"/services".parse().unwrap(), &h)
+        };
+        let user = named("user").unwrap();
+        assert_eq!(user.rule, Some(0));
+        let (request, _) = router.header_actions(&user).expect("the route's rules apply");
+        assert!(request.drops(b"X-User-Id"));
+        assert_eq!(named("user-canary"), Err(RouteError::NoRoute));
+        assert_eq!(named("internal"), Err(RouteError::NoRoute));
+        assert_eq!(named("other").unwrap().rule, None);
     }
 
     #[test]

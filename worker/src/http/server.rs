@@ -16,7 +16,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxySettings;
 use crate::http::conn::{self, ConnSettings};
-use crate::http::connections::{stopped, ConnGuard, ConnPermit, Connections, Rewind, Scheme};
+use crate::http::connections::{
+    stopped, Client, ConnGuard, ConnPermit, Connections, Rewind, Scheme,
+};
 use crate::http::h1::{self, End};
 use crate::http::proxy::Proxy;
 use crate::metrics::Metrics;
@@ -109,31 +111,43 @@ impl Server {
         let guard = ConnGuard::new(self.connections.clone(), self.metrics);
         let (proxy, settings, shutdown) =
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
+        let accepted = tokio::time::Instant::now();
+        let port = stream.local_addr().map_or(0, |a| a.port());
         tokio::spawn(async move {
             let _open = guard;
             let permit = ConnPermit::new(permit);
-            if let Some(acceptor) = tls {
-                // The handshake is part of the head: it gets the same deadline.
-                let limit = settings.header_read_timeout();
-                let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return log::debug!("TLS handshake from {peer}: {e}"),
-                    Err(_) => {
-                        return log::info!(
-                            "connection from {peer} closed: no TLS handshake within {limit:?}"
-                        )
-                    }
-                };
-                conn::serve(stream, peer, proxy, settings, shutdown, permit, Scheme::Https).await;
-                return;
-            }
             let mut drain = shutdown.clone();
-            let (stream, read) = match h1::serve(stream, peer, &proxy, &mut drain).await {
+            let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
+            let client = Client { peer, port, scheme, accepted };
+            let Some(acceptor) = tls else {
+                let (stream, read) = match h1::serve(stream, client, &proxy, &mut drain).await {
+                    End::Closed => return,
+                    End::Handover(stream, read) => (stream, read),
+                };
+                let stream = Rewind::new(read, stream);
+                return conn::serve(stream, proxy, settings, shutdown, permit, client).await;
+            };
+            // The handshake is part of the first head: one deadline for both, from the accept.
+            let limit = settings.header_read_timeout();
+            let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return log::debug!("TLS handshake from {peer}: {e}"),
+                Err(_) => {
+                    return log::info!(
+                        "connection from {peer} closed: no TLS handshake within {limit:?}"
+                    )
+                }
+            };
+            // ALPN chose HTTP/2: hyper's side. Anything else is HTTP/1.1 on the engine.
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                return conn::serve(stream, proxy, settings, shutdown, permit, client).await;
+            }
+            let (stream, read) = match h1::serve(stream, client, &proxy, &mut drain).await {
                 End::Closed => return,
                 End::Handover(stream, read) => (stream, read),
             };
             let stream = Rewind::new(read, stream);
-            conn::serve(stream, peer, proxy, settings, shutdown, permit, Scheme::Http).await;
+            conn::serve(stream, proxy, settings, shutdown, permit, client).await;
         });
     }
 }

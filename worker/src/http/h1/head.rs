@@ -9,6 +9,8 @@
 
 use std::mem::MaybeUninit;
 
+use crate::http::policy::{self, kind_of, lists, Kind};
+
 /// Most header lines in a head (hyper's default for the path it hands over to).
 pub const MAX_HEADERS: usize = 100;
 
@@ -31,34 +33,7 @@ impl Span {
     }
 }
 
-/// What a header line is to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Forwarded as it came.
-    Plain,
-    /// `Host`: replaced (or kept with `preserve_host`).
-    Host,
-    /// `Connection`: read for `close` and the names it lists, never forwarded.
-    Connection,
-    /// Another hop-by-hop header (RFC 9110 §7.6.1): never forwarded.
-    HopByHop,
-    /// `X-Forwarded-For`: joined with this hop's address.
-    ForwardedFor,
-    /// `X-Forwarded-Proto` / `X-Forwarded-Host`: replaced by the gateway's.
-    ForwardedOther,
-    /// `X-Request-Id`: kept; one is added when absent.
-    RequestId,
-    /// `Via`: kept; this hop is appended.
-    Via,
-    /// `Content-Length`.
-    ContentLength,
-    /// `Transfer-Encoding`.
-    TransferEncoding,
-    /// A name with `_` (dropped unless allowed).
-    Underscored,
-}
-
-/// One header line.
+/// One header line: offsets into the buffer it was parsed from, and what it is to the policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Line {
     /// Its name.
@@ -69,55 +44,34 @@ pub struct Line {
     pub kind: Kind,
 }
 
-/// Classifies a header name; names are compared without regard to case.
-pub fn kind_of(name: &[u8]) -> Kind {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    let kind = match name.len() {
-        2 if is("te") => Kind::HopByHop,
-        4 if is("host") => Kind::Host,
-        3 if is("via") => Kind::Via,
-        6 if is("expect") => Kind::HopByHop,
-        7 if is("trailer") || is("upgrade") => Kind::HopByHop,
-        10 if is("connection") => Kind::Connection,
-        10 if is("keep-alive") => Kind::HopByHop,
-        12 if is("x-request-id") => Kind::RequestId,
-        14 if is("content-length") => Kind::ContentLength,
-        15 if is("x-forwarded-for") => Kind::ForwardedFor,
-        16 if is("proxy-connection") => Kind::HopByHop,
-        16 if is("x-forwarded-host") => Kind::ForwardedOther,
-        17 if is("transfer-encoding") => Kind::TransferEncoding,
-        17 if is("x-forwarded-proto") => Kind::ForwardedOther,
-        18 if is("proxy-authenticate") => Kind::HopByHop,
-        19 if is("proxy-authorization") => Kind::HopByHop,
-        _ => Kind::Plain,
-    };
-    if kind == Kind::Plain && name.contains(&b'_') {
-        return Kind::Underscored;
+impl Line {
+    /// The line as the policy reads it.
+    pub fn view<'a>(&self, buf: &'a [u8]) -> policy::Line<'a> {
+        policy::Line { kind: self.kind, name: self.name.get(buf), value: self.value.get(buf) }
     }
-    kind
 }
 
-/// Whether a comma-separated header value lists `token` (without regard to case).
-pub fn lists(value: &[u8], token: &str) -> bool {
-    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// The lines of a head parsed from `buf`, as the policy reads them.
+pub fn lines<'a>(
+    buf: &'a [u8],
+    lines: &'a [Line],
+) -> impl Iterator<Item = policy::Line<'a>> + Clone {
+    lines.iter().map(move |l| l.view(buf))
 }
 
-/// Whether a `Connection` value names any header beyond `close` and `keep-alive` (`Keep-Alive`
-/// is hop-by-hop anyway): only then is every line checked against it.
-pub fn names_headers(value: &[u8]) -> bool {
-    value.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
-        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
-    })
+/// How a request's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    #[default]
+    None,
+    /// `Content-Length` bytes (more than zero).
+    Length(u64),
+    /// Chunked.
+    Chunked,
 }
 
-/// Whether `name` is among the tokens of the `Connection` lines of `lines`.
-pub fn named_by_connection(buf: &[u8], lines: &[Line], name: &[u8]) -> bool {
-    lines.iter().filter(|l| l.kind == Kind::Connection).any(|l| {
-        l.value.get(buf).split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
-}
-
-/// A request head the fast path will forward.
+/// A request head the engine forwards.
 #[derive(Debug, Default)]
 pub struct RequestHead {
     /// Bytes of the head, final empty line included.
@@ -132,8 +86,10 @@ pub struct RequestHead {
     pub host: Option<usize>,
     /// The client asked to close after this exchange.
     pub close: bool,
-    /// A `Connection` line names other headers (each line is checked against it only then).
-    pub connection_lists: bool,
+    /// How its body is delimited.
+    pub body: BodyFraming,
+    /// `Expect: 100-continue`: the gateway says `100 Continue` before it reads the body.
+    pub expect_continue: bool,
 }
 
 /// What a buffer holds.
@@ -141,13 +97,20 @@ pub struct RequestHead {
 pub enum Parse {
     /// Not a whole head yet.
     Partial,
-    /// A whole head the fast path forwards.
+    /// A whole head the engine forwards.
     Complete,
-    /// Something the hyper path serves (see the module's doc).
+    /// Something hyper serves (see the module's doc).
     Handover,
+    /// A head whose framing cannot be trusted, refused with this status (the connection
+    /// closes after the answer: where its body ends is unknown).
+    Refuse(u16, &'static str),
 }
 
 /// Parses the request head at the start of `buf` into `head` (its line vector reused).
+///
+/// Framing is airtight before anything reaches an instance: one `Transfer-Encoding` line that
+/// is exactly `chunked` (any other coding 501, anything obfuscated 400), or one
+/// `Content-Length` of digits, never both (the CL.TE / TE.CL smuggling pair).
 pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     let mut storage = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -169,26 +132,36 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     head.lines.clear();
     head.host = None;
     head.close = false;
-    head.connection_lists = false;
+    head.body = BodyFraming::None;
+    head.expect_continue = false;
+    let (mut chunked, mut length) = (false, None);
     for h in req.headers.iter() {
         let kind = kind_of(h.name.as_bytes());
         let value = h.value.trim_ascii();
         match kind {
             Kind::Host if head.host.is_some() => return Parse::Handover,
             Kind::Host => head.host = Some(head.lines.len()),
-            // A body (or its framing in doubt), an upgrade, an expectation: hyper's.
-            Kind::TransferEncoding => return Parse::Handover,
-            Kind::ContentLength if value != b"0" => return Parse::Handover,
-            Kind::HopByHop
-                if h.name.eq_ignore_ascii_case("upgrade")
-                    || h.name.eq_ignore_ascii_case("expect") =>
-            {
-                return Parse::Handover
+            Kind::TransferEncoding if chunked => {
+                return Parse::Refuse(400, "several Transfer-Encoding lines")
             }
-            Kind::Connection => {
-                head.close |= lists(value, "close");
-                head.connection_lists |= names_headers(value);
+            Kind::TransferEncoding if value.eq_ignore_ascii_case(b"chunked") => chunked = true,
+            Kind::TransferEncoding => return refuse_coding(value),
+            Kind::ContentLength if length.is_some() => {
+                return Parse::Refuse(400, "several Content-Length lines")
             }
+            Kind::ContentLength => match parse_length(value) {
+                Some(n) => length = Some(n),
+                None => return Parse::Refuse(400, "Content-Length is not a number"),
+            },
+            // WebSocket and other upgrades: hyper's, into a tunnel.
+            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => return Parse::Handover,
+            Kind::HopByHop if h.name.eq_ignore_ascii_case("expect") => {
+                if !value.eq_ignore_ascii_case(b"100-continue") {
+                    return Parse::Refuse(417, "only Expect: 100-continue is supported");
+                }
+                head.expect_continue = true;
+            }
+            Kind::Connection => head.close |= lists(value, b"close"),
             _ => {}
         }
         head.lines.push(Line {
@@ -197,11 +170,29 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
             kind,
         });
     }
-    let content_lengths = head.lines.iter().filter(|l| l.kind == Kind::ContentLength).count();
-    if content_lengths > 1 {
-        return Parse::Handover;
-    }
+    head.body = match (chunked, length) {
+        (true, Some(_)) => return Parse::Refuse(400, "both Transfer-Encoding and Content-Length"),
+        (true, None) => BodyFraming::Chunked,
+        (false, Some(0) | None) => BodyFraming::None,
+        (false, Some(n)) => BodyFraming::Length(n),
+    };
     Parse::Complete
+}
+
+/// A `Transfer-Encoding` other than `chunked`: a real coding before chunked is unsupported
+/// (501); anything else — `chunked, identity`, `xchunked`, an empty value — is not a framing
+/// any two parsers agree on (400).
+fn refuse_coding(value: &[u8]) -> Parse {
+    let mut codings = value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+    let last_is_chunked = codings.next_back().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    let tokens = value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .all(|c| !c.is_empty() && c.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'));
+    if last_is_chunked && tokens {
+        return Parse::Refuse(501, "transfer codings other than chunked are not supported");
+    }
+    Parse::Refuse(400, "malformed Transfer-Encoding")
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -279,8 +270,8 @@ pub fn parse_response(
         let value = h.value.trim_ascii();
         match kind {
             Kind::Connection => {
-                close |= lists(value, "close");
-                if version == 0 && lists(value, "keep-alive") {
+                close |= lists(value, b"close");
+                if version == 0 && lists(value, b"keep-alive") {
                     close = false;
                 }
             }
@@ -348,24 +339,63 @@ mod tests {
     }
 
     #[test]
-    fn anything_unusual_is_handed_over() {
+    fn what_hyper_serves_is_handed_over() {
         for raw in [
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT a:443 HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
         ] {
             assert_eq!(parse(raw).0, Parse::Handover, "{raw:?}");
         }
         assert_eq!(parse("GET / HTTP/1.1\r\nHost: a").0, Parse::Partial);
+    }
+
+    #[test]
+    fn bodies_are_framed_by_one_length_or_chunked_alone() {
+        let framing = |raw: &str| {
+            let (p, head) = parse(raw);
+            assert_eq!(p, Parse::Complete, "{raw:?}");
+            (head.body, head.expect_continue)
+        };
+        let post = "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(framing(post), (BodyFraming::Length(3), false));
+        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding:\tChunked \r\n\r\n";
+        assert_eq!(framing(chunked), (BodyFraming::Chunked, false));
+        let zero = "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(framing(zero), (BodyFraming::None, false));
+        let expect = "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n";
+        assert_eq!(framing(expect), (BodyFraming::Length(9), true));
+    }
+
+    #[test]
+    fn framing_in_doubt_is_refused_before_anything_is_forwarded() {
+        let status = |raw: &str| match parse(raw).0 {
+            Parse::Refuse(status, _) => status,
+            other => panic!("{raw:?}: {other:?}"),
+        };
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert_eq!(status(raw), 400, "{raw:?}");
+        }
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 501);
+        assert_eq!(status("POST / HTTP/1.1\r\nExpect: teapot\r\n\r\n"), 417);
     }
 
     #[test]

@@ -6,12 +6,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http::forward::Answer;
+use crate::http::h1::body::Upload;
 use crate::http::h1::head::{parse_response, ResponseHead};
-use crate::http::pool::{connect, IdleSet};
+use crate::http::pool::{connect, IdleSet, Stale};
 use crate::http::upstream::UpstreamError;
 
 /// Largest response head accepted from an instance.
@@ -37,12 +38,14 @@ impl Answer for Exchange {
 }
 
 /// How one attempt is made.
-pub struct Attempt<'a> {
+pub struct Attempt<'a, C> {
     /// Idle connections to instances.
     pub pool: &'a IdleSet<TcpStream>,
     /// `connect_timeout`.
     pub connect_timeout: Duration,
-    /// The whole request head.
+    /// `idle_timeout`: each read and write of a streamed body.
+    pub idle_timeout: Duration,
+    /// The whole request head, and the body (or its start) framed for the instance.
     pub request: Vec<u8>,
     /// Where the answer is read to (cleared first; a buffer of the client connection's).
     pub buf: Vec<u8>,
@@ -50,8 +53,10 @@ pub struct Attempt<'a> {
     pub head: ResponseHead,
     /// A HEAD request (its answer has no body whatever it declares).
     pub head_request: bool,
-    /// Idempotent: may be sent again when a pooled connection turns out closed after the write.
-    pub idempotent: bool,
+    /// The request may run twice: idempotent, and its whole body (if any) is in `request`.
+    pub replayable: bool,
+    /// The rest of a streamed body, and the client it comes from.
+    pub upload: Option<(&'a mut Upload, &'a mut C)>,
 }
 
 /// Why the exchange failed, and whether the instance can have seen the request.
@@ -62,13 +67,13 @@ enum Failure {
     Other(UpstreamError),
 }
 
-impl Attempt<'_> {
+impl<C: AsyncRead + Unpin> Attempt<'_, C> {
     /// Sends the request to `address` and reads the response head (skipping interim 1xx).
-    /// A pooled connection the instance had closed is replaced by a fresh one — at once when
-    /// the write failed (nothing reached the instance), and for idempotent requests also when
-    /// the connection closed without a byte of answer.
+    /// A pooled connection that turns out closed is handled by the one rule for both sides
+    /// ([`Stale::decide`]): at most one fresh connection more.
     pub async fn run(mut self, address: &str) -> Result<Exchange, UpstreamError> {
         let mut pooled = self.pool.take(address);
+        let mut resent = false;
         loop {
             let (mut conn, reused) = match pooled.take() {
                 Some(c) => (c, true),
@@ -85,9 +90,10 @@ impl Attempt<'_> {
                     return Ok(Exchange { conn, head, buf, request });
                 }
                 Err(Failure::Lost { written, why }) => {
-                    if reused && (!written || self.idempotent) {
+                    let replayable = self.replayable && self.upload_untouched();
+                    if reused && Stale::decide(written, replayable, resent) == Stale::ResendFresh {
                         log::debug!("instance {address}: pooled connection closed ({why}); again");
-                        pooled = self.pool.take(address);
+                        resent = true;
                         continue;
                     }
                     return Err(UpstreamError::Reset(why));
@@ -97,10 +103,18 @@ impl Attempt<'_> {
         }
     }
 
+    /// No byte of a streamed body was read yet (it could go on another connection).
+    fn upload_untouched(&self) -> bool {
+        self.upload.as_ref().is_none_or(|(u, _)| !u.started())
+    }
+
     async fn exchange(&mut self, conn: &mut TcpStream) -> Result<(), Failure> {
         conn.write_all(&self.request)
             .await
             .map_err(|e| Failure::Lost { written: false, why: e.to_string() })?;
+        if let Some((upload, client)) = self.upload.as_mut() {
+            upload.pump(*client, conn, self.idle_timeout).await.map_err(Failure::Other)?;
+        }
         let (buf, head) = (&mut self.buf, &mut self.head);
         buf.clear();
         loop {

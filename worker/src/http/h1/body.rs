@@ -1,0 +1,294 @@
+//! Request bodies on the engine, as one explicit state machine (Pingora's `BodyReader`): a
+//! `Content-Length` body is copied to the byte, a chunked one decoded strictly ([`Decoder`]) and
+//! encoded again, so the instance always receives a body framed by the gateway.
+//!
+//! A body that arrived whole with its head (most API bodies: the 1 KiB JSON of a POST comes in
+//! the same read) is kept with the request head and goes out in one write; it can be sent
+//! again, so retries stay possible. A longer one is streamed: what came with the head goes out
+//! with it, the rest is copied from the client to the instance as it arrives — one buffer,
+//! backpressure both ways, never held whole. Bytes read past the body's end are the next
+//! pipelined request's and go back to the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
+use crate::http::h1::head::BodyFraming;
+use crate::http::h1::io::timeout;
+use crate::http::upstream::{BodySent, UpstreamError};
+
+/// Largest read of a streamed body at once.
+const READ: usize = 64 * 1024;
+
+/// Why a body cannot be forwarded; both are the client's fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over `max_body_bytes` (413).
+    TooLarge,
+    /// Malformed chunked framing (400).
+    Malformed(String),
+}
+
+impl From<BodyError> for UpstreamError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => UpstreamError::BodyTooLarge,
+            BodyError::Malformed(why) => UpstreamError::ClientBody(why),
+        }
+    }
+}
+
+/// What the bytes read with the head make of the body.
+#[derive(Debug)]
+pub enum Start {
+    /// The whole body (framed for the instance, appended to the request) was in them; `used`
+    /// bytes of them were the body's.
+    Whole {
+        /// Bytes of the client's buffer that were the body's.
+        used: usize,
+    },
+    /// Only its start was (all of them, framed, appended to the request); the rest streams.
+    Streamed(Upload),
+}
+
+/// Frames the body bytes that came with the head into `out`. `max`: `max_body_bytes` (0: no
+/// limit); a declared length over it was refused before.
+pub fn start(
+    framing: BodyFraming,
+    avail: &[u8],
+    max: u64,
+    out: &mut Vec<u8>,
+) -> Result<Start, BodyError> {
+    match framing {
+        BodyFraming::None => Ok(Start::Whole { used: 0 }),
+        BodyFraming::Length(n) => {
+            let have = avail.len() as u64;
+            if have >= n {
+                let used = usize::try_from(n).unwrap_or(usize::MAX);
+                out.extend_from_slice(&avail[..used]);
+                return Ok(Start::Whole { used });
+            }
+            out.extend_from_slice(avail);
+            Ok(Start::Streamed(Upload::new(State::Length(n - have), max, have)))
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = Decoder::default();
+            let mut seen = 0u64;
+            let used = decoder
+                .decode(avail, |data| {
+                    seen += data.len() as u64;
+                    chunked::encode(data, out);
+                })
+                .map_err(|e| BodyError::Malformed(e.to_string()))?;
+            if max != 0 && seen > max {
+                return Err(BodyError::TooLarge);
+            }
+            if decoder.is_done() {
+                out.extend_from_slice(LAST_CHUNK);
+                return Ok(Start::Whole { used });
+            }
+            Ok(Start::Streamed(Upload::new(State::Chunked(decoder), max, seen)))
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Decoder),
+    Done,
+}
+
+/// The rest of a body still to be read from the client.
+#[derive(Debug)]
+pub struct Upload {
+    state: State,
+    max: u64,
+    seen: u64,
+    /// Bytes read past the body's end: the next request's.
+    pub leftover: Vec<u8>,
+    /// Marked when the whole body is in the instance's hands (its timers start then).
+    pub sent: Arc<BodySent>,
+    started: bool,
+}
+
+impl Upload {
+    fn new(state: State, max: u64, seen: u64) -> Self {
+        Upload {
+            state,
+            max,
+            seen,
+            leftover: Vec::new(),
+            sent: Arc::new(BodySent::default()),
+            started: false,
+        }
+    }
+
+    /// Whether the whole body was read from the client.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Whether any of the rest was read (the request can no longer be sent again).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Copies the rest of the body from `client` to `instance`, each read and write within
+    /// `idle`. A client that stops sending or sends a malformed body is the client's fault
+    /// ([`UpstreamError::ClientBody`]); an instance that stops taking it is the instance's.
+    pub async fn pump<C, U>(
+        &mut self,
+        client: &mut C,
+        instance: &mut U,
+        idle: Duration,
+    ) -> Result<(), UpstreamError>
+    where
+        C: AsyncRead + Unpin,
+        U: AsyncWrite + Unpin,
+    {
+        let mut buf = Vec::with_capacity(READ);
+        let mut out = Vec::new();
+        while !self.is_done() {
+            buf.clear();
+            self.started = true;
+            match timeout(idle, client.read_buf(&mut buf)).await {
+                Ok(0) => return Err(cut("the client closed before its body ended")),
+                Err(()) => return Err(cut("the client stopped sending its body")),
+                Ok(_) => {}
+            }
+            let body = self.frame(&buf, &mut out)?;
+            let write = instance.write_all(body);
+            if timeout(idle, write).await.is_err() {
+                return Err(UpstreamError::Failed("the instance stopped taking the body".into()));
+            }
+        }
+        if timeout(idle, instance.flush()).await.is_err() {
+            return Err(UpstreamError::Failed("the instance stopped taking the body".into()));
+        }
+        self.sent.mark();
+        Ok(())
+    }
+
+    /// The bytes of `read` to send on, framed; the rest of `read` (past the body) is kept.
+    fn frame<'a>(&mut self, read: &'a [u8], out: &'a mut Vec<u8>) -> Result<&'a [u8], BodyError> {
+        match &mut self.state {
+            State::Length(left) => {
+                let take = usize::try_from((read.len() as u64).min(*left)).unwrap_or(usize::MAX);
+                *left -= take as u64;
+                self.leftover.extend_from_slice(&read[take..]);
+                if *left == 0 {
+                    self.state = State::Done;
+                }
+                Ok(&read[..take])
+            }
+            State::Chunked(decoder) => {
+                out.clear();
+                let mut seen = self.seen;
+                let used = decoder
+                    .decode(read, |data| {
+                        seen += data.len() as u64;
+                        chunked::encode(data, out);
+                    })
+                    .map_err(|e| BodyError::Malformed(e.to_string()))?;
+                self.seen = seen;
+                if self.max != 0 && seen > self.max {
+                    return Err(BodyError::TooLarge);
+                }
+                if decoder.is_done() {
+                    out.extend_from_slice(LAST_CHUNK);
+                    self.leftover.extend_from_slice(&read[used..]);
+                    self.state = State::Done;
+                }
+                Ok(out)
+            }
+            State::Done => Ok(&[]),
+        }
+    }
+}
+
+fn cut(why: &str) -> UpstreamError {
+    UpstreamError::ClientBody(why.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_came_with_its_head_is_whole() {
+        let mut out = Vec::new();
+        let got = start(BodyFraming::Length(3), b"abcGET", 0, &mut out).unwrap();
+        assert!(matches!(got, Start::Whole { used: 3 }));
+        assert_eq!(out, b"abc");
+        out.clear();
+        let got =
+            start(BodyFraming::Chunked, b"3;x=1\r\nabc\r\n0\r\nT: 1\r\n\r\nNEXT", 0, &mut out);
+        assert!(matches!(got, Ok(Start::Whole { used: 23 })), "{got:?}");
+        assert_eq!(out, b"3\r\nabc\r\n0\r\n\r\n", "re-framed; extensions and trailers dropped");
+    }
+
+    #[test]
+    fn limits_and_malformed_chunks_are_the_clients_fault() {
+        let mut out = Vec::new();
+        let over = start(BodyFraming::Chunked, b"5\r\nabcde\r\n", 4, &mut out);
+        assert_eq!(over.unwrap_err(), BodyError::TooLarge);
+        for bad in [&b"3\nabc\r\n"[..], b"fffffffffffffffff\r\n", b"3\r\nabcd\r\n", b"g\r\n"] {
+            let got = start(BodyFraming::Chunked, bad, 0, &mut Vec::new());
+            assert!(matches!(got, Err(BodyError::Malformed(_))), "{bad:?}: {got:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rest_streams_and_the_next_request_is_kept() {
+        let mut out = Vec::new();
+        let Ok(Start::Streamed(mut up)) = start(BodyFraming::Length(6), b"ab", 0, &mut out) else {
+            panic!("streamed")
+        };
+        let (mut client, mut client_end) = tokio::io::duplex(64);
+        let (mut instance, mut instance_end) = tokio::io::duplex(64);
+        client_end.write_all(b"cdefGET / HTTP/1.1\r\n").await.unwrap();
+        up.pump(&mut client, &mut instance, Duration::from_secs(5)).await.unwrap();
+        drop(instance);
+        let mut got = Vec::new();
+        instance_end.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"cdef");
+        assert_eq!(up.leftover, b"GET / HTTP/1.1\r\n");
+        assert!(up.is_done() && up.started());
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_streams_re_framed() {
+        let mut out = Vec::new();
+        let Ok(Start::Streamed(mut up)) = start(BodyFraming::Chunked, b"2\r\nab", 0, &mut out)
+        else {
+            panic!("streamed")
+        };
+        assert_eq!(out, b"2\r\nab\r\n");
+        let (mut client, mut client_end) = tokio::io::duplex(64);
+        let (mut instance, mut instance_end) = tokio::io::duplex(64);
+        client_end.write_all(b"\r\n1\r\nc\r\n0\r\n\r\nX").await.unwrap();
+        up.pump(&mut client, &mut instance, Duration::from_secs(5)).await.unwrap();
+        drop(instance);
+        let mut got = Vec::new();
+        instance_end.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"1\r\nc\r\n0\r\n\r\n");
+        assert_eq!(up.leftover, b"X");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_body_is_its_own_fault() {
+        let Ok(Start::Streamed(mut up)) = start(BodyFraming::Length(10), b"", 0, &mut Vec::new())
+        else {
+            panic!("streamed")
+        };
+        let (mut client, client_end) = tokio::io::duplex(64);
+        drop(client_end);
+        let (mut instance, _keep) = tokio::io::duplex(64);
+        let got = up.pump(&mut client, &mut instance, Duration::from_secs(5)).await;
+        assert!(matches!(got, Err(UpstreamError::ClientBody(_))), "{got:?}");
+    }
+}

@@ -1,0 +1,219 @@
+//! An instance's answer on its way to the client: the head rewritten by the one policy, the body
+//! copied with the gateway's own framing — a `Content-Length` body to the byte (anything after
+//! it means the instance's connection is not reused), a chunked one decoded strictly
+//! ([`chunked`]) and encoded again, one delimited by the instance closing sent chunked so the
+//! client's connection survives it. The instance's connection goes back to the pool only when
+//! its answer ended exactly where its framing said.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::AsyncReadExt;
+
+use crate::http::forward::Answered;
+use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
+use crate::http::h1::head::{lines, Framing};
+use crate::http::h1::io::{timeout, write_within, Io};
+use crate::http::h1::upstream::Exchange;
+use crate::http::h1::{Spare, Step, SPARE_CAPACITY};
+use crate::http::policy::{status_allows_length, Kind};
+use crate::http::proxy::Proxy;
+use crate::http::router::HeaderActions;
+
+/// What became of an instance's answer.
+pub(super) enum Responded {
+    /// Sent (whole, or cut when either side failed midway).
+    Sent(Step),
+    /// Its body was malformed from the start: nothing was sent to the client.
+    Malformed(String),
+}
+
+/// The answer's `Content-Length`, for the access log.
+pub(super) fn content_length(ex: &Exchange) -> Option<String> {
+    let line = ex.head.lines.iter().find(|l| l.kind == Kind::ContentLength)?;
+    Some(String::from_utf8_lossy(line.value.get(&ex.buf)).into_owned())
+}
+
+/// Sends the instance's answer to the client.
+pub(super) async fn respond<S: Io>(
+    proxy: &Proxy,
+    client: &mut S,
+    (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
+    close: bool,
+    out: &mut Vec<u8>,
+) -> (Responded, Option<Spare>) {
+    let Answered { response: mut ex, address, inflight } = answered;
+    let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
+    let rechunk = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    response_head(proxy, (&ex, actions), address, (rechunk, close), out);
+    let idle = proxy.settings.idle_timeout;
+    let body_start = ex.head.len;
+    let mut reusable = ex.head.reusable;
+    let done = match framing {
+        Framing::Empty => {
+            // Bytes after a bodiless answer are nobody's: the connection is not reused.
+            reusable &= ex.buf.len() == body_start;
+            write_within(client, out, idle).await.is_ok()
+        }
+        Framing::Length(n) => {
+            let have = (ex.buf.len() - body_start) as u64;
+            let first = usize::try_from(have.min(n)).unwrap_or(usize::MAX);
+            out.extend_from_slice(&ex.buf[body_start..body_start + first]);
+            reusable &= have <= n;
+            write_within(client, out, idle).await.is_ok()
+                && (have >= n || copy_length(&mut ex, client, n - have, idle, &mut reusable).await)
+        }
+        Framing::Chunked => {
+            let mut decoder = Decoder::default();
+            match decoder.decode(&ex.buf[body_start..], |data| chunked::encode(data, out)) {
+                Ok(used) => {
+                    reusable &= used == ex.buf.len() - body_start || !decoder.is_done();
+                    if decoder.is_done() {
+                        out.extend_from_slice(LAST_CHUNK);
+                    }
+                    write_within(client, out, idle).await.is_ok()
+                        && (decoder.is_done()
+                            || copy_chunked(&mut ex, client, decoder, idle, &mut reusable, out)
+                                .await)
+                }
+                // Nothing sent yet: the client gets a 502 instead of a cut connection.
+                Err(e) => return (Responded::Malformed(e.to_string()), None),
+            }
+        }
+        Framing::UntilClose => {
+            reusable = false;
+            chunked::encode(&ex.buf[body_start..], out);
+            write_within(client, out, idle).await.is_ok()
+                && copy_until_close(&mut ex, client, idle, out).await
+        }
+    };
+    let Exchange { conn, head, buf, request } = ex;
+    if done && reusable {
+        proxy.forwarder.plain_pool().put(address, conn);
+    }
+    drop(inflight);
+    let step = match done && !close {
+        true => Step::KeepAlive,
+        false => Step::Close,
+    };
+    let spare =
+        (buf.capacity() <= SPARE_CAPACITY).then_some(Spare { request, response: buf, head });
+    (Responded::Sent(step), spare)
+}
+
+/// The response head as the client receives it.
+fn response_head(
+    proxy: &Proxy,
+    (ex, actions): (&Exchange, Option<&HeaderActions>),
+    address: &str,
+    (rechunk, close): (bool, bool),
+    out: &mut Vec<u8>,
+) {
+    let (buf, head) = (&ex.buf, &ex.head);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match status.canonical_reason() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(head.reason.get(buf)),
+    }
+    out.extend_from_slice(b"\r\n");
+    let keep_length = !rechunk && status_allows_length(head.status);
+    proxy.policy.response(lines(buf, &head.lines), keep_length, (actions, address), out);
+    if rechunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Copies the rest of a `Content-Length` body (`left` bytes).
+async fn copy_length<S: Io>(
+    ex: &mut Exchange,
+    client: &mut S,
+    mut left: u64,
+    idle: Duration,
+    reusable: &mut bool,
+) -> bool {
+    let buf = &mut ex.buf;
+    while left > 0 {
+        buf.clear();
+        buf.reserve(64 * 1024);
+        let n = match timeout(idle, ex.conn.read_buf(buf)).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n as u64,
+        };
+        let take = usize::try_from(n.min(left)).unwrap_or(usize::MAX);
+        *reusable &= n <= left;
+        if write_within(client, &buf[..take], idle).await.is_err() {
+            return false;
+        }
+        left -= take as u64;
+    }
+    true
+}
+
+/// Decodes the rest of a chunked body and sends it chunked again.
+async fn copy_chunked<S: Io>(
+    ex: &mut Exchange,
+    client: &mut S,
+    mut decoder: Decoder,
+    idle: Duration,
+    reusable: &mut bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let buf = &mut ex.buf;
+    while !decoder.is_done() {
+        buf.clear();
+        buf.reserve(64 * 1024);
+        match timeout(idle, ex.conn.read_buf(buf)).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        out.clear();
+        match decoder.decode(buf, |data| chunked::encode(data, out)) {
+            Ok(used) => *reusable &= used == buf.len(),
+            Err(e) => {
+                log::warn!("instance answer: {e}");
+                return false;
+            }
+        }
+        if decoder.is_done() {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        if write_within(client, out, idle).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends a body delimited by the instance closing, chunked.
+async fn copy_until_close<S: Io>(
+    ex: &mut Exchange,
+    client: &mut S,
+    idle: Duration,
+    out: &mut Vec<u8>,
+) -> bool {
+    let buf = &mut ex.buf;
+    loop {
+        buf.clear();
+        buf.reserve(64 * 1024);
+        out.clear();
+        match timeout(idle, ex.conn.read_buf(buf)).await {
+            Err(_) => return false,
+            Ok(0) => out.extend_from_slice(LAST_CHUNK),
+            Ok(_) => chunked::encode(buf, out),
+        }
+        if write_within(client, out, idle).await.is_err() {
+            return false;
+        }
+        if buf.is_empty() {
+            return true;
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The one header policy, whichever protocol a message arrived on (HTTP/1.1 on the own engine,
+//! HTTP/2 or h2c on hyper): hop-by-hop and `Connection`-named headers out, `X-Forwarded-*`,
+//! `Forwarded`, `Via`, `X-Request-Id`, route header rules, and the same for answers.
+//!
+//! Each side turns its message into [`Line`]s (name, value and [`Kind`], classified once) and
+//! hands them to [`Policy::request`] or [`Policy::response`] with a [`HeadSink`] to write to: the
+//! engine's sink is the outgoing HTTP/1.1 head itself, hyper's a fresh `HeaderMap`. So there is
+//! one list of rules, written once, that both sides follow (HAProxy's HTX and Sozu's kawa do the
+//! same with a neutral representation).
+//!
+//! What a client may not choose: any `X-Forwarded-*` or `Forwarded` line reaches an instance
+//! only when the client's address is in `trusted_proxies` (nginx's `set_real_ip_from`, Envoy's
+//! `xff_num_trusted_hops`); otherwise the gateway's own values replace them. Headers a
+//! `Connection` line names are dropped before the gateway adds its own, so naming
+//! `X-Request-Id` or `X-Forwarded-For` changes nothing the instance relies on.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::TrustedProxies;
+use crate::http::headers::{request_id_bytes, via_lists, Underscores};
+use crate::http::router::HeaderActions;
+
+/// What a header line is to the policy, decided by its name alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Forwarded as it came.
+    Plain,
+    /// `Host`: replaced (or kept with `preserve_host`).
+    Host,
+    /// `Connection`: read for `close` and the names it lists, never forwarded.
+    Connection,
+    /// Another hop-by-hop header (RFC 9110 §7.6.1), or `Expect` (answered by the gateway):
+    /// never forwarded.
+    HopByHop,
+    /// `X-Forwarded-For`: this hop appended (a trusted peer's list kept before it).
+    ForwardedFor,
+    /// `X-Forwarded-Proto`, `-Host`, `-Port`, `Forwarded`: a trusted peer's kept, anyone
+    /// else's replaced by the gateway's.
+    ForwardedOther,
+    /// `X-Request-Id`: kept; one is added when absent.
+    RequestId,
+    /// `Via`: kept; this hop is appended.
+    Via,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// A name with `_` (dropped unless allowed).
+    Underscored,
+}
+
+/// Classifies a header name; names are compared without regard to case.
+pub fn kind_of(name: &[u8]) -> Kind {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let kind = match name.len() {
+        2 if is("te") => Kind::HopByHop,
+        4 if is("host") => Kind::Host,
+        3 if is("via") => Kind::Via,
+        6 if is("expect") => Kind::HopByHop,
+        7 if is("trailer") || is("upgrade") => Kind::HopByHop,
+        9 if is("forwarded") => Kind::ForwardedOther,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::HopByHop,
+        12 if is("x-request-id") => Kind::RequestId,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::ForwardedFor,
+        16 if is("proxy-connection") => Kind::HopByHop,
+        16 if is("x-forwarded-host") || is("x-forwarded-port") => Kind::ForwardedOther,
+        17 if is("transfer-encoding") => Kind::TransferEncoding,
+        17 if is("x-forwarded-proto") => Kind::ForwardedOther,
+        18 if is("proxy-authenticate") => Kind::HopByHop,
+        19 if is("proxy-authorization") => Kind::HopByHop,
+        _ => Kind::Plain,
+    };
+    if kind == Kind::Plain && name.contains(&b'_') {
+        return Kind::Underscored;
+    }
+    kind
+}
+
+/// One header line of a message, as either protocol side read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    /// What it is to the policy.
+    pub kind: Kind,
+    /// Its name.
+    pub name: &'a [u8],
+    /// Its value, without surrounding whitespace.
+    pub value: &'a [u8],
+}
+
+impl<'a> Line<'a> {
+    /// A line from a name and value, classified.
+    pub fn new(name: &'a [u8], value: &'a [u8]) -> Self {
+        Line { kind: kind_of(name), name, value }
+    }
+}
+
+/// The lines of a hyper `HeaderMap` (the h2 side), collected: the policy reads them twice
+/// and hyper's iterator cannot be cloned.
+pub fn map_lines(headers: &HeaderMap) -> Vec<Line<'_>> {
+    headers.iter().map(|(n, v)| Line::new(n.as_str().as_bytes(), v.as_bytes())).collect()
+}
+
+/// Where the policy writes the lines a message goes on with.
+pub trait HeadSink {
+    /// Appends one line.
+    fn put(&mut self, name: &[u8], value: &[u8]);
+}
+
+/// The engine's outgoing HTTP/1.1 head.
+impl HeadSink for Vec<u8> {
+    fn put(&mut self, name: &[u8], value: &[u8]) {
+        self.extend_from_slice(name);
+        self.extend_from_slice(b": ");
+        self.extend_from_slice(value);
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// hyper's headers (the h2 side). A line that is not a valid name or value is left out: both
+/// came from a parsed message or from the configuration, so none is expected.
+impl HeadSink for HeaderMap {
+    fn put(&mut self, name: &[u8], value: &[u8]) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            self.append(n, v);
+        }
+    }
+}
+
+/// Whether a comma-separated header value lists `token` (without regard to case).
+pub fn lists(value: &[u8], token: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether a `Connection` value names any header beyond `close` and `keep-alive` (`Keep-Alive`
+/// is hop-by-hop anyway): only then is every line checked against it.
+pub fn names_headers(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
+/// The names a message's `Connection` lines list, checked per line only when there are any.
+struct Named<'l, I> {
+    lines: Option<I>,
+    _l: std::marker::PhantomData<&'l ()>,
+}
+
+impl<'l, I: Iterator<Item = Line<'l>> + Clone> Named<'l, I> {
+    fn of(lines: &I) -> Self {
+        let any = lines.clone().any(|l| l.kind == Kind::Connection && names_headers(l.value));
+        Named { lines: any.then(|| lines.clone()), _l: std::marker::PhantomData }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        let Some(lines) = &self.lines else { return false };
+        lines.clone().any(|l| l.kind == Kind::Connection && lists(l.value, name))
+    }
+}
+
+/// Where a request came from and how, as the instance is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The client's address.
+    pub peer: IpAddr,
+    /// The same, formatted (the engine formats it once per connection).
+    pub peer_text: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The port the client connected to.
+    pub port: u16,
+    /// The host the client addressed (absolute-form target or `Host`), without port.
+    pub host: Option<&'a str>,
+}
+
+/// The gateway's header policy, built once per worker.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    via: HeaderValue,
+    keep_underscored: Underscores,
+    trusted: TrustedProxies,
+    debug: Option<Vec<u8>>,
+}
+
+impl Policy {
+    /// `via`: this gateway's `Via` entry; `debug`: this worker's id when responses carry
+    /// `x-zkgate-instance` and `x-zkgate-worker`.
+    pub fn new(
+        via: HeaderValue,
+        keep_underscored: Underscores,
+        trusted: TrustedProxies,
+        debug: Option<Vec<u8>>,
+    ) -> Self {
+        Policy { via, keep_underscored, trusted, debug }
+    }
+
+    /// This gateway's `Via` entry.
+    pub fn via(&self) -> &HeaderValue {
+        &self.via
+    }
+
+    /// Whether the request already passed through this gateway (it is answered 508).
+    pub fn looped<'l>(&self, mut lines: impl Iterator<Item = Line<'l>>) -> bool {
+        lines.any(|l| l.kind == Kind::Via && via_lists(l.value, &self.via))
+    }
+
+    /// Writes the request's header lines as the instance receives them, all but `Host` (it
+    /// depends on the instance picked) and the framing the sending side adds itself
+    /// (`Transfer-Encoding`; a `Content-Length` line is kept as sent).
+    pub fn request<'l, I>(
+        &self,
+        lines: I,
+        origin: &Origin<'_>,
+        actions: Option<&HeaderActions>,
+        out: &mut impl HeadSink,
+    ) where
+        I: Iterator<Item = Line<'l>> + Clone,
+    {
+        let trusted = self.trusted.contains(origin.peer);
+        let named = Named::of(&lines);
+        let ours = |name: &[u8]| actions.is_none_or(|a| !a.drops(name));
+        let mut has_request_id = false;
+        let mut sent = SentForwarded::default();
+        for line in lines.clone() {
+            if !ours(line.name) || named.contains(line.name) {
+                continue;
+            }
+            let keep = match line.kind {
+                Kind::Plain | Kind::Via | Kind::ContentLength => true,
+                Kind::RequestId => {
+                    has_request_id = true;
+                    true
+                }
+                Kind::Underscored => self.keep_underscored.allows(line.name),
+                Kind::ForwardedOther if trusted => {
+                    sent.note(line.name);
+                    true
+                }
+                // Joined below, before this hop.
+                Kind::ForwardedFor => false,
+                Kind::ForwardedOther
+                | Kind::Host
+                | Kind::Connection
+                | Kind::HopByHop
+                | Kind::TransferEncoding => false,
+            };
+            if keep {
+                out.put(line.name, line.value);
+            }
+        }
+        if ours(b"x-forwarded-for") {
+            // A trusted peer's list (every line, joined: RFC 9110 §5.3), then this hop.
+            let mut xff = Vec::with_capacity(64);
+            if trusted {
+                let hops = lines.clone().filter(|l| l.kind == Kind::ForwardedFor);
+                for hop in hops.filter(|l| !l.value.is_empty() && !named.contains(l.name)) {
+                    xff.extend_from_slice(hop.value);
+                    xff.extend_from_slice(b", ");
+                }
+            }
+            xff.extend_from_slice(origin.peer_text.as_bytes());
+            out.put(b"x-forwarded-for", &xff);
+        }
+        if !sent.proto && ours(b"x-forwarded-proto") {
+            out.put(b"x-forwarded-proto", origin.scheme.as_bytes());
+        }
+        if let Some(host) = origin.host.filter(|_| !sent.host && ours(b"x-forwarded-host")) {
+            out.put(b"x-forwarded-host", host.as_bytes());
+        }
+        if !sent.port && ours(b"x-forwarded-port") {
+            let mut digits = [0u8; 5];
+            out.put(b"x-forwarded-port", decimal(origin.port, &mut digits));
+        }
+        out.put(b"via", self.via.as_bytes());
+        if !has_request_id && ours(b"x-request-id") {
+            out.put(b"x-request-id", &request_id_bytes());
+        }
+        if let Some(actions) = actions {
+            put_actions(out, actions);
+        }
+    }
+
+    /// Writes the answer's header lines as the client receives them, all but the framing the
+    /// sending side adds (`Transfer-Encoding`, and `Content-Length` when `keep_length` is false:
+    /// the body is re-framed, or the status has none).
+    pub fn response<'l, I>(
+        &self,
+        lines: I,
+        keep_length: bool,
+        (actions, address): (Option<&HeaderActions>, &str),
+        out: &mut impl HeadSink,
+    ) where
+        I: Iterator<Item = Line<'l>> + Clone,
+    {
+        let named = Named::of(&lines);
+        for line in lines {
+            let keep = match line.kind {
+                Kind::Connection | Kind::HopByHop | Kind::TransferEncoding => false,
+                Kind::ContentLength => keep_length,
+                _ => actions.is_none_or(|a| !a.drops(line.name)),
+            };
+            if keep && !named.contains(line.name) {
+                out.put(line.name, line.value);
+            }
+        }
+        out.put(b"via", self.via.as_bytes());
+        if let Some(worker) = &self.debug {
+            out.put(b"x-zkgate-instance", address.as_bytes());
+            out.put(b"x-zkgate-worker", worker);
+        }
+        if let Some(actions) = actions {
+            put_actions(out, actions);
+        }
+    }
+}
+
+/// Which forwarding headers a trusted peer sent (its own are kept, not replaced).
+#[derive(Default)]
+struct SentForwarded {
+    proto: bool,
+    host: bool,
+    port: bool,
+}
+
+impl SentForwarded {
+    fn note(&mut self, name: &[u8]) {
+        self.proto |= name.eq_ignore_ascii_case(b"x-forwarded-proto");
+        self.host |= name.eq_ignore_ascii_case(b"x-forwarded-host");
+        self.port |= name.eq_ignore_ascii_case(b"x-forwarded-port");
+    }
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A route's `set` and `add` lines.
+fn put_actions(out: &mut impl HeadSink, actions: &HeaderActions) {
+    for (name, value) in actions.set.iter().chain(&actions.add) {
+        out.put(name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+/// Whether an answer with this status may carry `Content-Length` (RFC 9110 §8.6: never on
+/// 1xx or 204).
+pub fn status_allows_length(status: u16) -> bool {
+    status >= 200 && status != 204
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrustedProxies;
+    use crate::http::headers::via_entry;
+
+    fn policy(trusted: &[&str]) -> Policy {
+        let trusted = TrustedProxies::parse(trusted.iter().copied()).unwrap();
+        Policy::new(via_entry("gw"), Underscores::Only(vec![]), trusted, None)
+    }
+
+    fn request(p: &Policy, raw: &[(&str, &str)], actions: Option<&HeaderActions>) -> String {
+        let lines = raw.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+        let origin = Origin {
+            peer: "192.0.2.1".parse().unwrap(),
+            peer_text: "192.0.2.1",
+            scheme: "http",
+            port: 8080,
+            host: Some("api.example"),
+        };
+        let mut out = Vec::new();
+        p.request(lines, &origin, actions, &mut out);
+        String::from_utf8(out).unwrap().replace("\r\n", "|")
+    }
+
+    fn without_id(s: &str) -> String {
+        s.split('|').filter(|l| !l.starts_with("x-request-id")).collect::<Vec<_>>().join("|")
+    }
+
+    #[test]
+    fn an_untrusted_client_cannot_set_any_forwarding_header() {
+        let p = policy(&[]);
+        let got = request(
+            &p,
+            &[
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Forwarded-Host", "evil.example"),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Port", "1"),
+                ("Forwarded", "for=6.6.6.6"),
+                ("Accept", "*/*"),
+            ],
+            None,
+        );
+        assert_eq!(
+            without_id(&got),
+            "Accept: */*|x-forwarded-for: 192.0.2.1|x-forwarded-proto: http|\
+             x-forwarded-host: api.example|x-forwarded-port: 8080|via: 1.1 gw|"
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_keeps_its_forwarding_headers_and_this_hop_is_appended() {
+        let p = policy(&["192.0.2.0/24"]);
+        let got = request(
+            &p,
+            &[
+                ("X-Forwarded-For", "203.0.113.9"),
+                ("X-Forwarded-For", "198.51.100.7"),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "shop.example"),
+            ],
+            None,
+        );
+        assert_eq!(
+            without_id(&got),
+            "X-Forwarded-Proto: https|X-Forwarded-Host: shop.example|\
+             x-forwarded-for: 203.0.113.9, 198.51.100.7, 192.0.2.1|x-forwarded-port: 8080|\
+             via: 1.1 gw|"
+        );
+    }
+
+    #[test]
+    fn headers_named_by_connection_go_before_the_gateway_adds_its_own() {
+        let p = policy(&["192.0.2.1"]);
+        let got = request(
+            &p,
+            &[
+                ("Connection", "X-Request-Id, x-forwarded-for, X-Secret"),
+                ("X-Request-Id", "client-chosen"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Secret", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("Expect", "100-continue"),
+                ("Transfer-Encoding", "chunked"),
+                ("Host", "api.example"),
+            ],
+            None,
+        );
+        assert!(!got.contains("client-chosen") && !got.contains("6.6.6.6"), "{got}");
+        assert!(!got.contains("X-Secret") && !got.contains("Keep-Alive"), "{got}");
+        assert!(!got.contains("TE:") && !got.contains("Expect") && !got.contains("Host:"));
+        assert!(got.contains("x-forwarded-for: 192.0.2.1|"), "{got}");
+        let id = got.split('|').find_map(|l| l.strip_prefix("x-request-id: ")).unwrap();
+        assert_eq!(id.len(), 32, "a fresh id replaces the named one");
+    }
+
+    #[test]
+    fn route_rules_remove_set_and_add() {
+        let mut rules =
+            crate::config::HeaderRules { remove: vec!["x-user-id".into()], ..Default::default() };
+        rules.set.insert("x-tier".into(), "gold".into());
+        rules.add.insert("x-added".into(), "1".into());
+        let actions = HeaderActions::new(&rules);
+        let got = request(
+            &policy(&[]),
+            &[("X-User-Id", "admin"), ("X-Tier", "free"), ("X-Kept", "1")],
+            Some(&actions),
+        );
+        assert!(!got.contains("admin") && !got.contains("free"), "{got}");
+        assert!(got.contains("X-Kept: 1|") && got.ends_with("x-tier: gold|x-added: 1|"), "{got}");
+    }
+
+    #[test]
+    fn answers_lose_hop_by_hop_and_named_lines_and_gain_via() {
+        let p = policy(&[]);
+        let raw = [
+            ("Connection", "close, X-Internal"),
+            ("X-Internal", "1"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "3"),
+            ("Keep-Alive", "timeout=1"),
+            ("Content-Type", "text/plain"),
+        ];
+        let lines = raw.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+        let mut out = HeaderMap::new();
+        p.response(lines, false, (None, "10.0.0.1:80"), &mut out);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "via"]);
+        assert!(!status_allows_length(204) && !status_allows_length(101));
+        assert!(status_allows_length(200) && status_allows_length(304));
+    }
+
+    #[test]
+    fn a_loop_is_seen_in_any_via_line() {
+        let p = policy(&[]);
+        let lines = [("Via", "1.0 a"), ("via", "1.1 b, 1.1 gw")];
+        let it = lines.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+        assert!(p.looped(it));
+        let other = [("Via", "1.1 gw2")];
+        assert!(!p.looped(other.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()))));
+    }
+}
