@@ -308,6 +308,26 @@ pub struct Scripted {
     stop: Arc<AtomicBool>,
 }
 
+/// Written inside a scripted answer: the rest follows 50 ms later.
+pub const PAUSE: &[u8] = b"\0PAUSE\0";
+
+trait SplitStr {
+    fn split_str<'a>(&'a self, sep: &'a [u8]) -> Vec<&'a [u8]>;
+}
+
+impl SplitStr for Vec<u8> {
+    fn split_str<'a>(&'a self, sep: &'a [u8]) -> Vec<&'a [u8]> {
+        let mut parts = Vec::new();
+        let mut rest = &self[..];
+        while let Some(at) = rest.windows(sep.len()).position(|w| w == sep) {
+            parts.push(&rest[..at]);
+            rest = &rest[at + sep.len()..];
+        }
+        parts.push(rest);
+        parts
+    }
+}
+
 /// What a scripted instance does with one request: the bytes it answers, and whether it then
 /// closes the connection.
 pub type Script = fn(path: &str) -> (Vec<u8>, bool);
@@ -344,8 +364,15 @@ impl Scripted {
                         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                         h.lock().unwrap().push(head);
                         let (answer, close) = script(&path);
-                        if writer.write_all(&answer).is_err() {
-                            return;
+                        // PAUSE in an answer: what follows is written 50 ms later (bytes an
+                        // instance sends after its answer, once the gateway has pooled it).
+                        for (i, part) in answer.split_str(PAUSE).into_iter().enumerate() {
+                            if i > 0 {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            if writer.write_all(part).is_err() {
+                                return;
+                            }
                         }
                         if close {
                             // Closing 0–3 ms after the answer: sometimes before the gateway

@@ -1,0 +1,308 @@
+//! The HTTP/1.1 engine with bodies, end to end on the real binary and raw sockets: bodies of
+//! every framing streamed both ways on one keep-alive connection, `Expect: 100-continue`,
+//! `max_body_bytes`, framing a smuggler would try — each asserting what the client got *and*
+//! what the instance received — and the attacks found in the engine's seams: retry
+//! amplification, answers swapped between clients, header routing around route rules.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::backend::{Scripted, PAUSE};
+use support::http::{parse, KeepAlive};
+use support::{Backend, Gateway, Toml};
+
+fn web(b: &Backend) -> Toml {
+    Toml::new().backends("web", &[b]).route_all("web")
+}
+
+/// Sends raw bytes, returns what came back until the gateway closed or 3 s passed.
+fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in body.chunks(piece) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[test]
+fn bodies_of_every_framing_stream_on_one_keep_alive_connection() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b)).workers(1).start();
+    let mut c = KeepAlive::connect(gw.port);
+    let json = vec![b'j'; 1024];
+    let big = vec![b'x'; 3 * 1024 * 1024 + 17];
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("content-length: 1024\r\n", json.clone(), 1024),
+        ("transfer-encoding: chunked\r\n", chunked(&json, 100), 1024),
+        ("content-length: 3145745\r\n", big.clone(), big.len()),
+        ("transfer-encoding: chunked\r\n", chunked(&big, 70_000), big.len()),
+        ("content-length: 0\r\n", Vec::new(), 0),
+    ];
+    for (i, (framing, body, expect)) in cases.iter().enumerate() {
+        let mut req = format!("POST /up/{i} HTTP/1.1\r\nhost: x\r\n{framing}\r\n").into_bytes();
+        req.extend_from_slice(body);
+        c.send(&req);
+        let r = c.read(false).expect("an answer on the same connection");
+        assert_eq!(r.status, 200, "case {i}");
+        assert_eq!(r.json()["received"], *expect as u64, "case {i}: what the instance received");
+        assert_eq!(r.json()["path"], format!("/up/{i}"));
+    }
+    // Bodiless after bodies, then a body and a GET pipelined in one write.
+    assert_eq!(c.request("GET", "/after", &[]).json()["path"], "/after");
+    c.send(b"PUT /p1 HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /p2 HTTP/1.1\r\nhost: x\r\n\r\n");
+    let first = c.read(false).unwrap();
+    let second = c.read(false).unwrap();
+    assert_eq!(
+        (first.json()["path"].as_str(), first.json()["received"].as_u64()),
+        (Some("/p1"), Some(5))
+    );
+    assert_eq!(second.json()["path"], "/p2");
+    assert!(!c.closed_within(Duration::from_millis(100)), "the connection stays open");
+    assert!(b.connections.load(Ordering::Relaxed) <= 3, "instance connections were reused");
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b)).workers(1).start();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PUT /e HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"body").unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"}\n\r\n" || w.ends_with(b"}\n")) {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&chunk[..n]);
+        if parse(&got).is_ok_and(|r| r.json()["received"].is_u64()) {
+            break;
+        }
+    }
+    let r = parse(&got).unwrap();
+    assert_eq!((r.status, r.json()["received"].as_u64()), (200, Some(4)));
+    assert!(r.json()["headers"].get("expect").is_none(), "the gateway answered the expectation");
+}
+
+#[test]
+fn bodies_over_max_body_bytes_are_413_and_never_reach_the_instance() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b).proxy("max_body_bytes = 100")).workers(1).start();
+    let declared = raw(gw.port, b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 101\r\n\r\n");
+    assert_eq!(status_of(&declared), 413, "{declared}");
+    let mut over = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    over.extend_from_slice(&chunked(&[b'a'; 150], 50));
+    let streamed = raw(gw.port, &over);
+    assert_eq!(status_of(&streamed), 413, "{streamed}");
+    assert_eq!(b.hits.load(Ordering::Relaxed), 0, "the instance received no request");
+    let mut fits =
+        b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 100\r\n\r\n".to_vec();
+    fits.extend_from_slice(&[b'a'; 100]);
+    let fits = raw(gw.port, &fits);
+    assert_eq!(status_of(&fits), 200, "{fits}");
+}
+
+/// Every framing two parsers could read differently is refused before anything is forwarded;
+/// bodies shorter or longer than declared reach the instance only as declared.
+#[test]
+fn framing_a_smuggler_would_try_never_reaches_an_instance() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b)).workers(1).start();
+    let refused: &[(&str, u16)] = &[
+        ("content-length: 3\r\ntransfer-encoding: chunked\r\n", 400),
+        ("transfer-encoding: chunked\r\ncontent-length: 3\r\n", 400),
+        ("transfer-encoding: chunked, identity\r\n", 400),
+        ("transfer-encoding: xchunked\r\n", 400),
+        ("transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n", 400),
+        ("transfer-encoding: identity\r\ntransfer-encoding: chunked\r\n", 400),
+        ("transfer-encoding: gzip, chunked\r\n", 501),
+        ("content-length: 3\r\ncontent-length: 3\r\n", 400),
+        ("content-length: +3\r\n", 400),
+        ("content-length: 3 3\r\n", 400),
+        ("content-length: 0x3\r\n", 400),
+    ];
+    for (framing, status) in refused {
+        let req = format!("POST /s HTTP/1.1\r\nhost: x\r\n{framing}\r\n3\r\nabc\r\n0\r\n\r\n");
+        let r = raw(gw.port, req.as_bytes());
+        assert_eq!(status_of(&r), *status, "{framing:?}: {r}");
+        assert!(r.to_ascii_lowercase().contains("connection: close"), "{framing:?}: {r}");
+    }
+    let malformed_chunks: &[&[u8]] = &[
+        b"3\nabc\r\n0\r\n\r\n",                    // bare LF after a size
+        b"ffffffffffffffffff\r\nabc\r\n0\r\n\r\n", // a size that overflows
+        b"3;ext=\x01\r\nabc\r\n0\r\n\r\n",         // a control character in an extension
+        b"3\r\nabcdef\r\n0\r\n\r\n",               // data longer than its size
+    ];
+    for body in malformed_chunks {
+        let mut req = b"POST /s HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(body);
+        let r = raw(gw.port, &req);
+        assert_eq!(status_of(&r), 400, "{:?}: {r}", String::from_utf8_lossy(body));
+    }
+    let mut long_ext =
+        b"POST /s HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3;".to_vec();
+    long_ext.extend_from_slice(&[b'e'; 5000]);
+    long_ext.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+    assert_eq!(status_of(&raw(gw.port, &long_ext)), 400, "a long chunk extension");
+    let obs_fold = raw(gw.port, b"POST /s HTTP/1.1\r\nhost: x\r\ncontent-length:\r\n 3\r\n\r\nabc");
+    assert_eq!(status_of(&obs_fold), 400, "obs-fold: {obs_fold}");
+    assert_eq!(b.hits.load(Ordering::Relaxed), 0, "the instance received no request");
+
+    // Longer than declared: the rest is the next request (here garbage: 400), the instance
+    // gets exactly the declared body.
+    let r =
+        raw(gw.port, b"POST /l HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGARBAGE\r\n\r\n");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains("\"received\":3"), "{r}");
+    assert!(r.contains("HTTP/1.1 400"), "the bytes after the body were read as a request: {r}");
+    // Shorter than declared, then the client leaves: the instance never sees a whole request.
+    let hits = b.hits.load(Ordering::Relaxed);
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.write_all(b"POST /short HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let r = raw(gw.port, b"GET /next HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assert_eq!(status_of(&r), 200);
+    assert_eq!(b.hits.load(Ordering::Relaxed), hits + 1, "only /next was answered");
+}
+
+/// An instance that closes without answering: one pooled connection and one fresh one at most
+/// per attempt, never one execution per pooled connection.
+#[test]
+fn a_request_is_resent_at_most_once_when_its_pooled_connection_drops() {
+    fn script(path: &str) -> (Vec<u8>, bool) {
+        if path == "/drop" {
+            return (Vec::new(), true);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), false)
+    }
+    let instance = Scripted::start(script);
+    let gw = Gateway::with(Toml::new().service("web", &[instance.address()], "").route_all("web"))
+        .workers(1)
+        .start();
+    // Eight slow requests at once leave eight pooled connections to the instance.
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            let port = gw.port;
+            std::thread::spawn(move || KeepAlive::connect(port).request("GET", "/slow", &[]).status)
+        })
+        .collect();
+    for t in warm {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(instance.connections.load(Ordering::Relaxed), 8);
+    let r = KeepAlive::connect(gw.port).request("GET", "/drop", &[]);
+    assert_eq!(r.status, 502);
+    let drops = instance.heads.lock().unwrap().iter().filter(|h| h.contains("/drop")).count();
+    assert!(drops <= 2, "GET /drop executed {drops} times");
+}
+
+/// An instance that writes after a bodiless answer: those bytes are never another client's
+/// answer, and the next clients get their own.
+#[test]
+fn bytes_after_a_bodiless_answer_never_reach_another_client() {
+    fn script(path: &str) -> (Vec<u8>, bool) {
+        let mut answer: Vec<u8> = match path {
+            "/pwn" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            other => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{other}", other.len())
+                .into_bytes(),
+        };
+        if path == "/pwn" {
+            answer.extend_from_slice(PAUSE);
+            answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPWNED!");
+        }
+        (answer, false)
+    }
+    let instance = Scripted::start(script);
+    let gw = Gateway::with(Toml::new().service("web", &[instance.address()], "").route_all("web"))
+        .workers(1)
+        .start();
+    let mut a = KeepAlive::connect(gw.port);
+    assert_eq!(a.request("GET", "/pwn", &[]).status, 204);
+    // Once the instance's extra bytes have arrived on the pooled connection.
+    std::thread::sleep(Duration::from_millis(300));
+    for path in ["/b", "/c", "/d"] {
+        let r = KeepAlive::connect(gw.port).request("GET", path, &[]);
+        assert_eq!(r.body_text(), path, "{path} got someone else's answer");
+    }
+    assert_eq!(a.request("GET", "/a", &[]).body_text(), "/a");
+}
+
+/// Header routing reaches a service with the same protections as its `[[route]]`: the route's
+/// header rules apply, and a canary (or a listed service) cannot be named.
+#[test]
+fn header_routing_cannot_skip_a_routes_protections() {
+    let (user, canary, internal) =
+        (Backend::start("user"), Backend::start("canary"), Backend::start("internal"));
+    let body = Toml::new()
+        .backends("user", &[&user])
+        .backends("user-canary", &[&canary])
+        .backends("internal", &[&internal])
+        .section("[header_routing]", "deny_services = [\"internal\"]")
+        .section(
+            "[[route]]",
+            "path_prefix = \"/users\"\nservice = \"user\"\n\
+             canary = { service = \"user-canary\", percent = 0 }\n\
+             request_headers = { remove = [\"x-user-id\"], set = { x-tier = \"edge\" } }",
+        );
+    let gw = Gateway::with(body).workers(1).start();
+    let mut c = KeepAlive::connect(gw.port);
+    for body in [None, Some("hi")] {
+        let mut headers =
+            vec![("service_name", "user"), ("api_name", "/me"), ("x-user-id", "admin")];
+        if let Some(b) = body {
+            headers.push(("content-length", "2"));
+            c.send(
+                format!(
+                    "POST /services HTTP/1.1\r\nhost: x\r\n{}\r\n{b}",
+                    headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect::<String>()
+                )
+                .as_bytes(),
+            );
+        } else {
+            c.send(
+                format!(
+                    "GET /services HTTP/1.1\r\nhost: x\r\n{}\r\n",
+                    headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect::<String>()
+                )
+                .as_bytes(),
+            );
+        }
+        let r = c.read(false).unwrap();
+        assert_eq!(r.backend(), "user");
+        let seen = &r.json()["headers"];
+        assert!(seen.get("x-user-id").is_none(), "the route strips it: {seen}");
+        assert_eq!(seen["x-tier"], "edge");
+    }
+    for hidden in ["user-canary", "internal"] {
+        let r = c.request("GET", "/services", &[("service_name", hidden), ("api_name", "/")]);
+        assert_eq!(r.status, 404, "{hidden}");
+    }
+    assert_eq!(canary.hits.load(Ordering::Relaxed), 0);
+    assert_eq!(internal.hits.load(Ordering::Relaxed), 0);
+}
