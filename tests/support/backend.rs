@@ -27,6 +27,8 @@ pub struct Backend {
     pub peak: Arc<AtomicUsize>,
     /// Connections it accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Every request head it received (request line and header lines, as sent), in order.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Backend {
@@ -44,6 +46,7 @@ impl Backend {
         let failing = Arc::new(AtomicBool::new(false));
         let gauge = Arc::new(Gauge::default());
         let peak = gauge.peak.clone();
+        let heads = gauge.heads.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
         let (n, s, h, f) = (name.to_string(), stop.clone(), hits.clone(), failing.clone());
@@ -58,7 +61,7 @@ impl Backend {
                 std::thread::spawn(move || serve(conn, &n, &h, &f, &g));
             }
         });
-        Backend { name: name.to_string(), addr, stop, hits, failing, peak, connections }
+        Backend { name: name.to_string(), addr, stop, hits, failing, peak, connections, heads }
     }
 
     /// `host:port`.
@@ -80,6 +83,7 @@ impl Drop for Backend {
 struct Gauge {
     now: AtomicUsize,
     peak: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// One request in progress until dropped.
@@ -116,13 +120,16 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool, 
             (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
         let mut headers = Vec::new();
         let (mut length, mut chunked, mut close) = (0usize, false, false);
+        let mut head = line.clone();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
                 return;
             }
+            head.push_str(&h);
             let h = h.trim_end();
             if h.is_empty() {
+                gauge.heads.lock().unwrap().push(std::mem::take(&mut head));
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
