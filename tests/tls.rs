@@ -223,3 +223,39 @@ fn tls12_clients_are_served_and_resume_with_tickets() {
         assert!(seen.resumed, "TLS 1.2 session ticket not accepted");
     }
 }
+
+/// `header_read_timeout` counts once from the accept, the handshake included: a client that
+/// takes most of it to shake hands gets the rest for its head, not a second allowance.
+#[test]
+fn the_handshake_and_the_first_head_share_one_header_read_timeout() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let port = free_port();
+    let toml = Toml::new()
+        .backends("web", &[&backend])
+        .route_all("web")
+        .proxy("header_read_timeout = \"2s\"")
+        .section("[[tls]]", &tls_section(&a));
+    let _gw = Gateway::with(toml)
+        .workers(1)
+        .server_extra(&format!("listen_tls = [\"127.0.0.1:{port}\"]"))
+        .start();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let accepted = std::time::Instant::now();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let name = ServerName::try_from("a.example").unwrap();
+    let conn = rustls::ClientConnection::new(pki.client(&[b"http/1.1"]), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("the handshake completes in time");
+    }
+    // Silent after the handshake: closed at the one deadline (2 s from the accept), not 2 s
+    // after the handshake.
+    let mut byte = [0u8; 1];
+    let _ = tls.read(&mut byte);
+    let closed = accepted.elapsed();
+    assert!(closed < Duration::from_millis(3000), "closed {closed:?} after the accept");
+    assert!(closed >= Duration::from_millis(1900), "closed early: {closed:?}");
+}

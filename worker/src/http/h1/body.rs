@@ -160,7 +160,7 @@ impl Upload {
                 Err(()) => return Err(cut("the client stopped sending its body")),
                 Ok(_) => {}
             }
-            let body = self.frame(&buf, &mut out)?;
+            let body = self.feed(&buf, &mut out)?;
             let write = instance.write_all(body);
             if timeout(idle, write).await.is_err() {
                 return Err(UpstreamError::Failed("the instance stopped taking the body".into()));
@@ -173,8 +173,13 @@ impl Upload {
         Ok(())
     }
 
-    /// The bytes of `read` to send on, framed; the rest of `read` (past the body) is kept.
-    fn frame<'a>(&mut self, read: &'a [u8], out: &'a mut Vec<u8>) -> Result<&'a [u8], BodyError> {
+    /// The bytes of `read` to send on, framed (in `out` when they are re-encoded); the rest of
+    /// `read`, past the body's end, is kept in [`Upload::leftover`].
+    pub fn feed<'a>(
+        &mut self,
+        read: &'a [u8],
+        out: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], BodyError> {
         match &mut self.state {
             State::Length(left) => {
                 let take = usize::try_from((read.len() as u64).min(*left)).unwrap_or(usize::MAX);
