@@ -1,4 +1,4 @@
-//! The fast path's framing rules as a hostile client or a broken instance exercises them:
+//! The engine's framing rules as a hostile client or a broken instance exercises them:
 //! - a request head the engine takes is complete, origin-form, framed by at most one
 //!   Content-Length of digits or one `Transfer-Encoding: chunked`, never both, and parses the
 //!   same whatever way its bytes were split across reads;

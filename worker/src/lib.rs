@@ -13,7 +13,7 @@
 //! - [`metrics`]: counters, worker status, rate-limit buckets and in-flight counts in the
 //!   supervisor's shared memory region.
 //! - [`tls`]: certificates chosen by SNI, the rustls server configuration, shared session tickets.
-//! - [`http`]: the request path — accept, the HTTP/1.1 fast path (`h1`), hyper connections, proxy
+//! - [`http`]: the request path — accept, the HTTP/1.1 engine (`h1`, plain and TLS), the one header policy, hyper connections (HTTP/2), proxy
 //!   phases, limits, forward and retry, router, headers, transports and upstream clients, gRPC
 //!   answers, tunnels, error answers, active health checks.
 //! - [`discovery`]: the ZooKeeper session and its persistent watch (one-shot watches as the

@@ -248,7 +248,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
     }
 }
 
-/// A client socket with bytes already read from it in front: what the fast path read before
+/// A client socket with bytes already read from it in front: what the engine read before
 /// handing the connection to hyper is read again from here first.
 pub struct Rewind<T> {
     prefix: Vec<u8>,

@@ -28,7 +28,7 @@ const MIN_RETRY_CONCURRENCY: usize = 3;
 /// Sends requests to instances; one per worker.
 pub struct Forwarder {
     upstream: Upstream,
-    /// The fast path's idle connections to instances (plain TCP, see `h1`).
+    /// The engine's idle connections to instances (plain TCP, see `h1`).
     plain: Arc<IdleSet<TcpStream>>,
     settings: ProxySettings,
     metrics: Metrics,
@@ -51,7 +51,7 @@ pub struct Attempts {
 
 /// A response from an instance, with what it keeps alive while its body streams.
 pub struct Answered<'s, R> {
-    /// The instance's response (hyper's, or the fast path's head and connection).
+    /// The instance's response (hyper's, or the engine's head and connection).
     pub response: R,
     /// The instance that answered.
     pub address: &'s str,
@@ -96,7 +96,7 @@ impl Forwarder {
         &self.upstream
     }
 
-    /// The fast path's idle connections to instances.
+    /// The engine's idle connections to instances.
     pub fn plain_pool(&self) -> &IdleSet<TcpStream> {
         &self.plain
     }

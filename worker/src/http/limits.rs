@@ -1,7 +1,7 @@
 //! Traffic limits checked before a request is forwarded: `[[rate_limit]]` token buckets (GCRA
 //! on the shared region, so exact for the host whatever worker a request lands on; 429 with
 //! `Retry-After`) and `[services.NAME] max_requests` (requests in flight across every worker;
-//! beyond it a fast 503, never a queue). Both paths (hyper's and the fast path) ask here.
+//! beyond it a fast 503, never a queue). Both protocol sides (the engine and hyper's) ask here.
 
 use std::net::IpAddr;
 

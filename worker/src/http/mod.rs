@@ -1,22 +1,25 @@
 //! The request path, in the order a request meets it:
 //!
 //! ```text
-//! server::Server::accept_loop ─▶ h1::serve (fast path) ─▶ on handover: conn::serve (hyper)
+//! server::Server::accept_loop ─▶ h1::serve (the engine: HTTP/1.1, plain and TLS)
+//!                            └▶ conn::serve (hyper: h2, h2c; what the engine hands over)
 //!   conn::serve (limits, idle, drain) ─▶ proxy::Proxy::handle
 //!   handle ─▶ proxy ─▶ answer_error ─▶ log_request
 //!   proxy  ─▶ route (router) ─▶ service (table) ─▶ forward (pick, upstream_request, retry) ─▶ respond
 //! ```
+//! - [`buffers`]: buffers lent to the engine's connections while they work.
 //! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
 //! - [`server`]: accept loops on the slot's sockets, `max_connections`, the queue drain.
-//! - [`h1`]: the fast path — HTTP/1.1 bodiless requests proxied without hyper; it hands any
-//!   other request (and its connection) to [`conn`].
+//! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways;
+//!   it hands upgrades, HTTP/1.0, h2c and heads hyper refuses (and their connection) to [`conn`].
+//! - [`policy`]: the one header policy both protocol sides follow, requests and answers.
 //! - [`conn`]: one client connection on hyper (HTTP/1.1 or h2c), its idle timeout and graceful
 //!   end.
 //! - [`proxy`]: the request path as named phases.
 //! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
 //! - [`limits`]: `[[rate_limit]]` and `max_requests`, exact across the host's workers.
 //! - [`router`]: request → service and upstream path.
-//! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Via`, `X-Request-Id`.
+//! - [`headers`]: the policy's values: this gateway's `Via` entry, underscored names, request ids.
 //! - [`upstream`]: the client to instances, its error classes and timeouts.
 //! - [`transport`]: per service, HTTP/1.1 or HTTP/2 (h2c, h2) and TLS toward instances.
 //! - [`pool`]: the worker's own pool of HTTP/1.1 connections to instances.
@@ -25,6 +28,7 @@
 //! - [`grpc`]: which requests are gRPC, and their `grpc-timeout`.
 //! - [`health_check`]: active HTTP probes of instances.
 
+pub mod buffers;
 pub mod conn;
 pub mod connections;
 pub mod error;
@@ -34,6 +38,7 @@ pub mod h1;
 pub mod headers;
 pub mod health_check;
 pub mod limits;
+mod logging;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

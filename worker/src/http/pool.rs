@@ -7,7 +7,7 @@
 //! is dropped at checkout; idle ones expire after `idle_timeout`, swept in the background.
 //! A request that found its pooled connection closed before a byte was written is sent again on
 //! a fresh connection (whatever its method: the instance never saw it). The idle set itself is
-//! generic: the fast path (`h1`) keeps its plain TCP connections in one too.
+//! generic: the HTTP/1.1 engine (`h1`) keeps its plain TCP connections in one too.
 
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -99,7 +99,7 @@ impl Stale {
     }
 }
 
-/// Idle connections by instance address, shared by the hyper pool and the fast path's: a plain
+/// Idle connections by instance address, shared by the hyper pool and the engine's: a plain
 /// map behind an uncontended lock (each worker is one thread), at most `max_per_instance` per
 /// address, expired after `idle_timeout` — checked at checkout and swept in the background.
 pub struct IdleSet<C> {

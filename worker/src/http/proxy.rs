@@ -23,6 +23,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
+use crate::http::buffers::Buffers;
 use crate::http::connections::{ConnGuard, ConnPermit, Connections, LocalPort, Scheme};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, Attempts, Forwarder, InFlightBody, Replay};
@@ -53,7 +54,7 @@ pub struct Proxy {
     /// The header policy every protocol side follows.
     pub(crate) policy: Policy,
     pub(crate) metrics: Metrics,
-    unrouted: usize,
+    pub(crate) unrouted: usize,
     pub(crate) access_log: bool,
     /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
     connections: Arc<Connections>,
@@ -61,6 +62,8 @@ pub struct Proxy {
     pub(crate) transports: Arc<Transports>,
     /// Rate limits and `max_requests`.
     pub(crate) limits: Limits,
+    /// Buffers the engine's connections borrow while they work.
+    pub(crate) buffers: Buffers,
 }
 
 /// What the proxy shares with the rest of the worker.
@@ -144,6 +147,7 @@ impl Proxy {
             connections: shared.connections,
             transports: shared.transports,
             limits: Limits::from_config(config),
+            buffers: Buffers::default(),
         }
     }
 
@@ -443,56 +447,6 @@ impl Proxy {
     pub(crate) fn answer_error(&self, e: ProxyError, line: &RequestLine<'_>) -> Response<Body> {
         self.log_error(&e, line);
         e.into_response()
-    }
-
-    /// Logs why a request was answered by the gateway, at the level the failure deserves.
-    fn log_error(&self, e: &ProxyError, line: &RequestLine<'_>) {
-        let RequestLine { method, path, client, .. } = line;
-        match e {
-            ProxyError::Upstream(svc, err @ UpstreamError::ClientBody(_)) => {
-                log::info!("service {svc}: {method} {path} from {client}: {err}")
-            }
-            ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
-            ProxyError::NoInstance(svc) => {
-                log::warn!("service {svc}: {method} {path}: no instance may take traffic")
-            }
-            _ => log::debug!("{method} {path} from {client}: {e}"),
-        }
-    }
-
-    /// Counts the request in the metrics and writes the access log line (`bytes`: the
-    /// answer's `Content-Length`, when it has one).
-    pub(crate) fn log_request(
-        &self,
-        line: &RequestLine<'_>,
-        trace: &Trace,
-        status: StatusCode,
-        bytes: Option<&str>,
-    ) {
-        let idx = match &trace.service {
-            Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
-            None => self.unrouted,
-        };
-        self.metrics.request(idx, status.as_u16(), trace.attempts.latency);
-        if self.access_log {
-            log::info!(
-                target: "access",
-                "{} \"{} {}\" {} {} service={} instance={} {:.1}ms",
-                line.client,
-                line.method,
-                line.path,
-                status.as_u16(),
-                bytes.unwrap_or("-"),
-                trace.service.as_ref().map_or("-", |s| s.name.as_str()),
-                trace
-                    .attempts
-                    .instance
-                    .zip(trace.service.as_ref())
-                    .and_then(|(i, s)| s.instances.get(i))
-                    .map_or("-", |i| i.address.as_str()),
-                line.started.elapsed().as_secs_f64() * 1e3
-            );
-        }
     }
 }
 

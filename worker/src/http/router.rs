@@ -214,7 +214,7 @@ impl Router {
         self.route_view(&HyperRequest { uri, headers, host: host.as_deref() })
     }
 
-    /// Routes one request, whichever way it was parsed (hyper's types or the fast path's).
+    /// Routes one request, whichever way it was parsed (hyper's types or the engine's).
     pub fn route_view(&self, req: &impl RequestView) -> Result<Target, RouteError> {
         let path = req.path();
         if let Some(h) = &self.header {
@@ -247,7 +247,7 @@ impl Router {
 }
 
 /// What the router (and the hash key) reads of a request: the hyper path's `Uri` and
-/// `HeaderMap`, or the fast path's parsed head, alike.
+/// `HeaderMap`, or the engine's parsed head, alike.
 pub trait RequestView {
     /// The path, without the query.
     fn path(&self) -> &str;
@@ -391,134 +391,5 @@ pub fn host_of(raw: &[u8]) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn router() -> Router {
-        Router::new(
-            &HeaderRouting::default(),
-            &[
-                RouteRule {
-                    host: Some("api.example.com".into()),
-                    path_prefix: "/users".into(),
-                    service: "user".into(),
-                    strip_prefix: true,
-                    canary: None,
-                    request_headers: Default::default(),
-                    response_headers: Default::default(),
-                },
-                RouteRule {
-                    host: None,
-                    path_prefix: "/users".into(),
-                    service: "user-public".into(),
-                    strip_prefix: false,
-                    canary: None,
-                    request_headers: Default::default(),
-                    response_headers: Default::default(),
-                },
-                RouteRule {
-                    host: None,
-                    path_prefix: "/static/".into(),
-                    service: "static".into(),
-                    strip_prefix: false,
-                    canary: None,
-                    request_headers: Default::default(),
-                    response_headers: Default::default(),
-                },
-            ],
-        )
-    }
-
-    fn req(uri: &str, headers: &[(&str, &str)]) -> Result<Target, RouteError> {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        router().route(&uri.parse().unwrap(), &h)
-    }
-
-    #[test]
-    fn an_empty_path_with_a_query_is_forwarded_origin_form() {
-        let everything = RouteRule {
-            host: None,
-            path_prefix: "/".into(),
-            service: "a".into(),
-            strip_prefix: false,
-            canary: None,
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-        };
-        let router = Router::new(&HeaderRouting::default(), &[everything]);
-        let uri = "http://api.example?7".parse().unwrap();
-        let t = router.route(&uri, &HeaderMap::new()).unwrap();
-        assert_eq!(t.path.as_str(), "/?7");
-    }
-
-    #[test]
-    fn header_routing_keeps_a_services_route_rules_and_hides_canaries() {
-        let request_headers =
-            crate::config::HeaderRules { remove: vec!["x-user-id".into()], ..Default::default() };
-        let canary = crate::config::Canary {
-            service: "user-canary".into(),
-            percent: 0.0,
-            header: None,
-            cookie: None,
-        };
-        let rules = [RouteRule {
-            host: None,
-            path_prefix: "/users".into(),
-            service: "user".into(),
-            strip_prefix: false,
-            canary: Some(canary),
-            request_headers,
-            response_headers: Default::default(),
-        }];
-        let routing =
-            HeaderRouting { deny_services: vec!["internal".into()], ..HeaderRouting::default() };
-        let router = Router::new(&routing, &rules);
-        let named = |service: &str| {
-            let mut h = HeaderMap::new();
-            h.insert("service_name", service.parse().unwrap());
-            h.insert("api_name", "/x".parse().unwrap());
-            router.route(&"/services".parse().unwrap(), &h)
-        };
-        let user = named("user").unwrap();
-        assert_eq!(user.rule, Some(0));
-        let (request, _) = router.header_actions(&user).expect("the route's rules apply");
-        assert!(request.drops(b"X-User-Id"));
-        assert_eq!(named("user-canary"), Err(RouteError::NoRoute));
-        assert_eq!(named("internal"), Err(RouteError::NoRoute));
-        assert_eq!(named("other").unwrap().rule, None);
-    }
-
-    #[test]
-    fn header_mode_takes_service_and_path_from_headers() {
-        let t =
-            req("/services", &[("service_name", "service_1"), ("api_name", "/user?id=1")]).unwrap();
-        assert_eq!(t.service, "service_1");
-        assert_eq!(t.path.as_str(), "/user?id=1");
-        assert!(req("/services/anything", &[("service_name", "s"), ("api_name", "/")]).is_ok());
-    }
-
-    #[test]
-    fn header_mode_refuses_anything_but_an_origin_path() {
-        for bad in ["http://evil.example/", "//evil.example/x", "evil.example:80", "user"] {
-            let e = req("/services", &[("service_name", "s"), ("api_name", bad)]).unwrap_err();
-            assert!(matches!(e, RouteError::BadRequest(_)), "{bad}: {e:?}");
-        }
-        assert!(matches!(req("/services", &[("api_name", "/")]), Err(RouteError::BadRequest(_))));
-    }
-
-    #[test]
-    fn rules_match_host_then_prefix_at_segment_boundaries_and_strip() {
-        let t = req("/users/7?x=1", &[("host", "API.example.com:8080")]).unwrap();
-        assert_eq!((t.service.as_str(), t.path.as_str()), ("user", "/7?x=1"));
-        let t = req("/users", &[("host", "api.example.com")]).unwrap();
-        assert_eq!(t.path.as_str(), "/");
-        let t = req("/users/7", &[("host", "other")]).unwrap();
-        assert_eq!((t.service.as_str(), t.path.as_str()), ("user-public", "/users/7"));
-        assert_eq!(req("/usersx", &[]), Err(RouteError::NoRoute));
-        assert_eq!(req("/static/a.css", &[]).unwrap().service, "static");
-        assert_eq!(req("/servicesx", &[]), Err(RouteError::NoRoute));
-    }
-}
+#[path = "router_tests.rs"]
+mod tests;

@@ -113,41 +113,65 @@ impl Server {
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         let accepted = tokio::time::Instant::now();
         let port = stream.local_addr().map_or(0, |a| a.port());
-        tokio::spawn(async move {
-            let _open = guard;
-            let permit = ConnPermit::new(permit);
-            let mut drain = shutdown.clone();
-            let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
-            let client = Client { peer, port, scheme, accepted };
-            let Some(acceptor) = tls else {
-                let (stream, read) = match h1::serve(stream, client, &proxy, &mut drain).await {
-                    End::Closed => return,
-                    End::Handover(stream, read) => (stream, read),
-                };
-                let stream = Rewind::new(read, stream);
-                return conn::serve(stream, proxy, settings, shutdown, permit, client).await;
-            };
-            // The handshake is part of the first head: one deadline for both, from the accept.
-            let limit = settings.header_read_timeout();
-            let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return log::debug!("TLS handshake from {peer}: {e}"),
-                Err(_) => {
-                    return log::info!(
-                        "connection from {peer} closed: no TLS handshake within {limit:?}"
-                    )
-                }
-            };
-            // ALPN chose HTTP/2: hyper's side. Anything else is HTTP/1.1 on the engine.
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                return conn::serve(stream, proxy, settings, shutdown, permit, client).await;
-            }
-            let (stream, read) = match h1::serve(stream, client, &proxy, &mut drain).await {
-                End::Closed => return,
-                End::Handover(stream, read) => (stream, read),
-            };
-            let stream = Rewind::new(read, stream);
-            conn::serve(stream, proxy, settings, shutdown, permit, client).await;
-        });
+        let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
+        let client = Client { peer, port, scheme, accepted };
+        let on = On { proxy, settings, shutdown, permit: ConnPermit::new(permit) };
+        // Two tasks of their own sizes: a plain connection's task holds none of TLS's state,
+        // and neither holds hyper's until a request is handed over (memory per connection).
+        match tls {
+            None => tokio::spawn(async move {
+                let _open = guard;
+                serve_plain(stream, client, on).await
+            }),
+            Some(acceptor) => tokio::spawn(Box::pin(async move {
+                let _open = guard;
+                serve_tls(stream, acceptor, client, on).await
+            })),
+        };
     }
+}
+
+/// What a connection's task is served with.
+struct On {
+    proxy: Arc<Proxy>,
+    settings: Arc<ConnSettings>,
+    shutdown: watch::Receiver<bool>,
+    permit: ConnPermit,
+}
+
+/// A plain TCP connection: the engine, then hyper if a request is handed over.
+async fn serve_plain(stream: TcpStream, client: Client, on: On) {
+    let mut drain = on.shutdown.clone();
+    let (stream, read) = match h1::serve(stream, client, &on.proxy, &mut drain).await {
+        End::Closed => return,
+        End::Handover(stream, read) => (stream, read),
+    };
+    let stream = Rewind::new(read, stream);
+    Box::pin(conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client)).await
+}
+
+/// A TLS connection: the handshake, then HTTP/2 on hyper (ALPN `h2`) or HTTP/1.1 on the
+/// engine, and hyper if a request is handed over.
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, client: Client, on: On) {
+    let peer = client.peer;
+    // The handshake is part of the first head: one deadline for both, from the accept.
+    let deadline = client.accepted + on.settings.header_read_timeout();
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return log::debug!("TLS handshake from {peer}: {e}"),
+        Err(_) => {
+            let limit = on.settings.header_read_timeout();
+            return log::info!("connection from {peer} closed: no TLS handshake within {limit:?}");
+        }
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client).await;
+    }
+    let mut drain = on.shutdown.clone();
+    let (stream, read) = match h1::serve(stream, client, &on.proxy, &mut drain).await {
+        End::Closed => return,
+        End::Handover(stream, read) => (stream, read),
+    };
+    let stream = Rewind::new(read, stream);
+    Box::pin(conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client)).await
 }

@@ -3,7 +3,7 @@
 //!
 //! Built once per worker from the configuration; only services that are not plain HTTP/1.1
 //! have an entry, so the common path pays one failed map lookup. Those services are served by
-//! the hyper path (the fast path hands their requests over before anything is sent).
+//! hyper's side (the engine hands their requests over before anything is sent).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //!
 //! Strict where leniency has been a smuggling vector: CRLF only (no bare LF), a size of hex
 //! digits that cannot overflow, extensions without control characters, bounded size lines and
-//! trailer section. The fast path decodes an instance's chunked answer with it and encodes the
+//! trailer section. The engine decodes chunked request bodies and instances' chunked answers with it and encodes the
 //! data again for the client, so what the client receives is framed by the gateway, never
 //! passed through.
 

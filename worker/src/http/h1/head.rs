@@ -1,4 +1,4 @@
-//! Request and response heads of the fast path, parsed with `httparse` into offsets of the
+//! Request and response heads of the engine, parsed with `httparse` into offsets of the
 //! connection's own buffer: no `HeaderMap`, no copy of a name or value. Each line is classified
 //! once (host, hop-by-hop, `X-Forwarded-*` …) so writing the outgoing head is one pass.
 //!

@@ -9,9 +9,22 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// A client connection the engine serves: a `TcpStream`, or a rustls stream over one.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Resolves when a read would find bytes (or the end), so that a connection takes a buffer
+    /// only once its client sends something: a silent connection holds none.
+    fn ready(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+impl Io for tokio::net::TcpStream {
+    async fn ready(&self) {
+        let _ = self.readable().await;
+    }
+}
+
+/// rustls may hold decrypted bytes the socket no longer signals: always ready.
+impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
 /// Writes all of `buf` and flushes it (a TLS stream keeps records until then), within `limit`
 /// once the socket is full: a write that goes through at once — the common case — needs no

@@ -34,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::http::buffers::Buffers;
 use crate::http::conn::DRAIN_IDLE_GRACE;
 use crate::http::connections::{stopped, Client};
 use crate::http::h1::head::{parse_request, Parse, RequestHead, ResponseHead};
@@ -55,10 +56,6 @@ struct Spare {
     response: Vec<u8>,
     head: ResponseHead,
 }
-
-/// Largest buffer kept between requests (a large body grew it; an idle keep-alive connection
-/// should not hold that).
-const SPARE_CAPACITY: usize = 16 * 1024;
 
 /// What became of one request.
 enum Step {
@@ -207,13 +204,11 @@ impl<S: Io> Conn<'_, S> {
             if deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
             let draining = self.draining;
+            let buffers = &self.proxy.buffers;
             tokio::select! {
                 biased;
-                r = self.stream.read_buf(&mut self.buf) => match r {
+                r = read_more(&mut self.stream, &mut self.buf, buffers) => match r {
                     Ok(0) | Err(_) => return Next::Closed,
                     Ok(_) => {
                         head_started.get_or_insert_with(Instant::now);
@@ -237,13 +232,33 @@ impl<S: Io> Conn<'_, S> {
     }
 
     /// Gives buffers back while the connection waits for its next request (nginx frees its
-    /// header buffer on keep-alive too): an idle connection holds none beyond what is pipelined.
+    /// header buffer on keep-alive too): an idle connection holds none, unless the next
+    /// request is already in `buf` (pipelined).
     fn release_when_idle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = Vec::new();
+        let buffers = &self.proxy.buffers;
+        if self.buf.is_empty() {
+            buffers.give(std::mem::take(&mut self.buf));
         }
-        if self.out.capacity() > SPARE_CAPACITY {
-            self.out = Vec::new();
+        buffers.give(std::mem::take(&mut self.out));
+        if let Some(spare) = self.spare.as_mut() {
+            buffers.give(std::mem::take(&mut spare.request));
+            buffers.give(std::mem::take(&mut spare.response));
         }
     }
+}
+
+/// Reads more of the client's bytes into `buf`, taking a buffer only once bytes are there.
+async fn read_more<S: Io>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    buffers: &Buffers,
+) -> std::io::Result<usize> {
+    if buf.capacity() == 0 {
+        stream.ready().await;
+        *buf = buffers.take();
+    }
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    stream.read_buf(buf).await
 }

@@ -104,6 +104,9 @@ impl<S: Io> Conn<'_, S> {
             host: view.host,
         };
         // The request line and every line but Host (it depends on the instance picked).
+        if self.out.capacity() == 0 {
+            self.out = proxy.buffers.take();
+        }
         let base = &mut self.out;
         base.clear();
         base.extend_from_slice(head.method.get(req));
@@ -148,7 +151,12 @@ impl<S: Io> Conn<'_, S> {
         let attempt = |address| {
             let address: &str = address;
             let host: &[u8] = preserved.unwrap_or(address.as_bytes());
-            let Spare { mut request, response, head } = spare.take().unwrap_or_default();
+            let Spare { mut request, mut response, head } = spare.take().unwrap_or_default();
+            for buf in [&mut request, &mut response] {
+                if buf.capacity() == 0 {
+                    *buf = proxy.buffers.take();
+                }
+            }
             request.clear();
             request.extend_from_slice(base);
             if own_host {

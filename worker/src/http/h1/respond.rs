@@ -10,12 +10,13 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::io::AsyncReadExt;
 
+use crate::http::buffers::KEPT_CAPACITY;
 use crate::http::forward::Answered;
 use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
 use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
 use crate::http::h1::upstream::Exchange;
-use crate::http::h1::{Spare, Step, SPARE_CAPACITY};
+use crate::http::h1::{Spare, Step};
 use crate::http::policy::{status_allows_length, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
@@ -96,8 +97,7 @@ pub(super) async fn respond<S: Io>(
         true => Step::KeepAlive,
         false => Step::Close,
     };
-    let spare =
-        (buf.capacity() <= SPARE_CAPACITY).then_some(Spare { request, response: buf, head });
+    let spare = (buf.capacity() <= KEPT_CAPACITY).then_some(Spare { request, response: buf, head });
     (Responded::Sent(step), spare)
 }
 

@@ -1,8 +1,8 @@
-//! One attempt of the fast path at an instance: a pooled or new plain TCP connection, the
+//! One attempt of the engine at an instance: a pooled or new plain TCP connection, the
 //! request head in one write, the response head read into the attempt's buffer.
 //!
 //! The task serving the client does all of it itself — no connection task, no channel between
-//! the two — which is most of what the fast path saves over hyper's client.
+//! the two — which is most of what the engine saves over hyper's client.
 
 use std::time::Duration;
 

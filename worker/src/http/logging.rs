@@ -1,0 +1,60 @@
+//! The last phases of a request: why the gateway answered it itself (logged at the level the
+//! failure deserves), its metrics and its access-log line — the same for both protocol sides.
+
+use http::StatusCode;
+
+use crate::http::error::ProxyError;
+use crate::http::proxy::{Proxy, RequestLine, Trace};
+use crate::http::upstream::UpstreamError;
+
+impl Proxy {
+    /// Logs why a request was answered by the gateway, at the level the failure deserves.
+    pub(crate) fn log_error(&self, e: &ProxyError, line: &RequestLine<'_>) {
+        let RequestLine { method, path, client, .. } = line;
+        match e {
+            ProxyError::Upstream(svc, err @ UpstreamError::ClientBody(_)) => {
+                log::info!("service {svc}: {method} {path} from {client}: {err}")
+            }
+            ProxyError::Upstream(svc, err) => log::warn!("service {svc}: {method} {path}: {err}"),
+            ProxyError::NoInstance(svc) => {
+                log::warn!("service {svc}: {method} {path}: no instance may take traffic")
+            }
+            _ => log::debug!("{method} {path} from {client}: {e}"),
+        }
+    }
+
+    /// Counts the request in the metrics and writes the access log line (`bytes`: the
+    /// answer's `Content-Length`, when it has one).
+    pub(crate) fn log_request(
+        &self,
+        line: &RequestLine<'_>,
+        trace: &Trace,
+        status: StatusCode,
+        bytes: Option<&str>,
+    ) {
+        let idx = match &trace.service {
+            Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
+            None => self.unrouted,
+        };
+        self.metrics.request(idx, status.as_u16(), trace.attempts.latency);
+        if self.access_log {
+            log::info!(
+                target: "access",
+                "{} \"{} {}\" {} {} service={} instance={} {:.1}ms",
+                line.client,
+                line.method,
+                line.path,
+                status.as_u16(),
+                bytes.unwrap_or("-"),
+                trace.service.as_ref().map_or("-", |s| s.name.as_str()),
+                trace
+                    .attempts
+                    .instance
+                    .zip(trace.service.as_ref())
+                    .and_then(|(i, s)| s.instances.get(i))
+                    .map_or("-", |i| i.address.as_str()),
+                line.started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}

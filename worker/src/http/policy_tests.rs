@@ -1,0 +1,143 @@
+//! Unit tests of `policy.rs`.
+
+use super::*;
+use crate::config::TrustedProxies;
+use crate::http::headers::via_entry;
+
+fn policy(trusted: &[&str]) -> Policy {
+    let trusted = TrustedProxies::parse(trusted.iter().copied()).unwrap();
+    Policy::new(via_entry("gw"), Underscores::Only(vec![]), trusted, None)
+}
+
+fn request(p: &Policy, raw: &[(&str, &str)], actions: Option<&HeaderActions>) -> String {
+    let lines = raw.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+    let origin = Origin {
+        peer: "192.0.2.1".parse().unwrap(),
+        peer_text: "192.0.2.1",
+        scheme: "http",
+        port: 8080,
+        host: Some("api.example"),
+    };
+    let mut out = Vec::new();
+    p.request(lines, &origin, actions, &mut out);
+    String::from_utf8(out).unwrap().replace("\r\n", "|")
+}
+
+fn without_id(s: &str) -> String {
+    s.split('|').filter(|l| !l.starts_with("x-request-id")).collect::<Vec<_>>().join("|")
+}
+
+#[test]
+fn an_untrusted_client_cannot_set_any_forwarding_header() {
+    let p = policy(&[]);
+    let got = request(
+        &p,
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Port", "1"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("Accept", "*/*"),
+        ],
+        None,
+    );
+    assert_eq!(
+        without_id(&got),
+        "Accept: */*|x-forwarded-for: 192.0.2.1|x-forwarded-proto: http|\
+         x-forwarded-host: api.example|x-forwarded-port: 8080|via: 1.1 gw|"
+    );
+}
+
+#[test]
+fn a_trusted_peer_keeps_its_forwarding_headers_and_this_hop_is_appended() {
+    let p = policy(&["192.0.2.0/24"]);
+    let got = request(
+        &p,
+        &[
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", "198.51.100.7"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "shop.example"),
+        ],
+        None,
+    );
+    assert_eq!(
+        without_id(&got),
+        "X-Forwarded-Proto: https|X-Forwarded-Host: shop.example|\
+         x-forwarded-for: 203.0.113.9, 198.51.100.7, 192.0.2.1|x-forwarded-port: 8080|\
+         via: 1.1 gw|"
+    );
+}
+
+#[test]
+fn headers_named_by_connection_go_before_the_gateway_adds_its_own() {
+    let p = policy(&["192.0.2.1"]);
+    let got = request(
+        &p,
+        &[
+            ("Connection", "X-Request-Id, x-forwarded-for, X-Secret"),
+            ("X-Request-Id", "client-chosen"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Expect", "100-continue"),
+            ("Transfer-Encoding", "chunked"),
+            ("Host", "api.example"),
+        ],
+        None,
+    );
+    assert!(!got.contains("client-chosen") && !got.contains("6.6.6.6"), "{got}");
+    assert!(!got.contains("X-Secret") && !got.contains("Keep-Alive"), "{got}");
+    assert!(!got.contains("TE:") && !got.contains("Expect") && !got.contains("Host:"));
+    assert!(got.contains("x-forwarded-for: 192.0.2.1|"), "{got}");
+    let id = got.split('|').find_map(|l| l.strip_prefix("x-request-id: ")).unwrap();
+    assert_eq!(id.len(), 32, "a fresh id replaces the named one");
+}
+
+#[test]
+fn route_rules_remove_set_and_add() {
+    let mut rules =
+        crate::config::HeaderRules { remove: vec!["x-user-id".into()], ..Default::default() };
+    rules.set.insert("x-tier".into(), "gold".into());
+    rules.add.insert("x-added".into(), "1".into());
+    let actions = HeaderActions::new(&rules);
+    let got = request(
+        &policy(&[]),
+        &[("X-User-Id", "admin"), ("X-Tier", "free"), ("X-Kept", "1")],
+        Some(&actions),
+    );
+    assert!(!got.contains("admin") && !got.contains("free"), "{got}");
+    assert!(got.contains("X-Kept: 1|") && got.ends_with("x-tier: gold|x-added: 1|"), "{got}");
+}
+
+#[test]
+fn answers_lose_hop_by_hop_and_named_lines_and_gain_via() {
+    let p = policy(&[]);
+    let raw = [
+        ("Connection", "close, X-Internal"),
+        ("X-Internal", "1"),
+        ("Transfer-Encoding", "chunked"),
+        ("Content-Length", "3"),
+        ("Keep-Alive", "timeout=1"),
+        ("Content-Type", "text/plain"),
+    ];
+    let lines = raw.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+    let mut out = HeaderMap::new();
+    p.response(lines, false, (None, "10.0.0.1:80"), &mut out);
+    let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["content-type", "via"]);
+    assert!(!status_allows_length(204) && !status_allows_length(101));
+    assert!(status_allows_length(200) && status_allows_length(304));
+}
+
+#[test]
+fn a_loop_is_seen_in_any_via_line() {
+    let p = policy(&[]);
+    let lines = [("Via", "1.0 a"), ("via", "1.1 b, 1.1 gw")];
+    let it = lines.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+    assert!(p.looped(it));
+    let other = [("Via", "1.1 gw2")];
+    assert!(!p.looped(other.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()))));
+}
