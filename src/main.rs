@@ -84,11 +84,14 @@ fn main() -> ExitCode {
 }
 
 /// `info` by default, `RUST_LOG` to change it; every line carries the pid, since several
-/// processes write to the same stream. `json`: one object per line (`ts`, `level`, `pid`,
+/// processes write to the same stream. rustls's own lines only from `error` by default: it
+/// warns once per handshake about what clients send (an IP address as SNI, as wrk and many
+/// health checkers do), which is nothing an operator can act on and a line per connection. `json`: one object per line (`ts`, `level`, `pid`,
 /// `target` — `access` for the access log — and `msg`).
 fn init_logging(json: bool) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut builder = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,rustls=error"),
+    );
     if json {
         builder.format(|buf, record| {
             let line = serde_json::json!({

@@ -306,3 +306,38 @@ fn header_routing_cannot_skip_a_routes_protections() {
     assert_eq!(canary.hits.load(Ordering::Relaxed), 0);
     assert_eq!(internal.hits.load(Ordering::Relaxed), 0);
 }
+
+/// Contradictory answer framing (chunked and a Content-Length) is read as chunked and reaches
+/// the client whole whichever side served it: the engine (HTTP/1.1) or hyper (h2c).
+#[test]
+fn a_chunked_answer_with_a_length_reaches_every_client_whole() {
+    fn script(_: &str) -> (Vec<u8>, bool) {
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+                   5\r\nHELLO\r\n6\r\n WORLD\r\n0\r\n\r\n";
+        (raw.as_bytes().to_vec(), false)
+    }
+    let instance = Scripted::start(script);
+    let gw = Gateway::with(Toml::new().service("web", &[instance.address()], "").route_all("web"))
+        .workers(1)
+        .start();
+    let r = KeepAlive::connect(gw.port).request("GET", "/h1", &[]);
+    assert_eq!((r.body_text().as_str(), r.header("content-length")), ("HELLO WORLD", None));
+    use http_body_util::{BodyExt, Empty};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (length, body) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let (mut h2, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://127.0.0.1:{}/h2", gw.port))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        let length = resp.headers().get("content-length").map(|v| v.to_str().unwrap().to_string());
+        (length, resp.into_body().collect().await.unwrap().to_bytes())
+    });
+    assert_eq!((length, &body[..]), (None, &b"HELLO WORLD"[..]));
+}

@@ -423,7 +423,10 @@ impl Proxy {
             conn.put_back(permit);
         }
         let old = std::mem::take(&mut parts.headers);
-        let keep_length = status_allows_length(parts.status.as_u16());
+        // A length beside chunked framing is the instance's contradiction; hyper read the
+        // body as chunked (RFC 9112 §6.3), so the length would cut it short.
+        let keep_length = status_allows_length(parts.status.as_u16())
+            && !old.contains_key(header::TRANSFER_ENCODING);
         let lines = map_lines(&old);
         self.policy.response(
             lines.into_iter(),

@@ -146,7 +146,11 @@ pub async fn serve<S: Io>(
         }
         conn.requests += 1;
         let draining = conn.draining || *shutdown.borrow();
-        let step = conn.answer(draining).await;
+        // Boxed: a request's state (forward, retries, the body pump, the answer relay) is many
+        // times a waiting connection's, and an unboxed future would make every connection's
+        // task that large while it waits (memory per connection); one allocation per request
+        // from the worker's thread-local heap is the price.
+        let step = Box::pin(conn.answer(draining)).await;
         if matches!(step, Step::Handover) {
             log::debug!("connection from {peer}: request handed over to hyper (service transport)");
             return End::Handover(conn.stream, conn.buf);
