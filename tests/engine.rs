@@ -341,3 +341,36 @@ fn a_chunked_answer_with_a_length_reaches_every_client_whole() {
     });
     assert_eq!((length, &body[..]), (None, &b"HELLO WORLD"[..]));
 }
+
+/// A WebSocket upgrade on the engine: the instance gets the upgrade asked again on its hop with
+/// the policy's headers, bytes the client sent right behind its request reach the instance,
+/// and the connection is a tunnel from the 101 on.
+#[test]
+fn an_upgrade_becomes_a_tunnel_on_the_engine() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(web(&b)).workers(1).start();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Forwarded-For: 6.6.6.6\r\n\r\nearly bytes").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n") && head.contains("upgrade: websocket\r\n"));
+    assert!(head.contains("via: 1.1 zkgate-"), "{head}");
+    let mut echoed = [0u8; 11];
+    s.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"early bytes", "bytes behind the request went through the tunnel");
+    s.write_all(b"later").unwrap();
+    let mut later = [0u8; 5];
+    s.read_exact(&mut later).unwrap();
+    assert_eq!(&later, b"later");
+    let sent = b.heads.lock().unwrap().iter().find(|h| h.starts_with("GET /ws")).cloned().unwrap();
+    let sent = sent.to_ascii_lowercase();
+    assert!(sent.contains("connection: upgrade\r\n") && sent.contains("upgrade: websocket\r\n"));
+    assert!(sent.contains("x-forwarded-for: 127.0.0.1\r\n") && !sent.contains("6.6.6.6"), "{sent}");
+}

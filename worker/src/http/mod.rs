@@ -10,8 +10,9 @@
 //! - [`buffers`]: buffers lent to the engine's connections while they work.
 //! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
 //! - [`server`]: accept loops on the slot's sockets, `max_connections`, the queue drain.
-//! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways;
-//!   it hands upgrades, HTTP/1.0, h2c and heads hyper refuses (and their connection) to [`conn`].
+//! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways,
+//!   upgrades into tunnels; it hands HTTP/1.0, h2c and heads hyper refuses (and their
+//!   connection) to [`conn`].
 //! - [`policy`]: the one header policy both protocol sides follow, requests and answers.
 //! - [`conn`]: one client connection on hyper (HTTP/1.1 or h2c), its idle timeout and graceful
 //!   end.
@@ -23,7 +24,7 @@
 //! - [`upstream`]: the client to instances, its error classes and timeouts.
 //! - [`transport`]: per service, HTTP/1.1 or HTTP/2 (h2c, h2) and TLS toward instances.
 //! - [`pool`]: the worker's own pool of HTTP/1.1 connections to instances.
-//! - [`tunnel`]: upgraded connections (WebSocket) copied both ways.
+//! - [`tunnel`]: upgraded connections (WebSocket) copied both ways, for both sides.
 //! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients).
 //! - [`grpc`]: which requests are gRPC, and their `grpc-timeout`.
 //! - [`health_check`]: active HTTP probes of instances.

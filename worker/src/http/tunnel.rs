@@ -8,6 +8,7 @@ use http::{header, Request};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::http::connections::{Activity, ConnGuard, Tracked};
@@ -30,9 +31,21 @@ pub async fn tunnel(
             return;
         }
     };
+    let client = hyper_util::rt::TokioIo::new(client);
+    let upstream = hyper_util::rt::TokioIo::new(upstream);
+    pipe(client, upstream, &address, idle_timeout).await;
+}
+
+/// Copies bytes both ways until either side closes or nothing moves for `idle_timeout`: the
+/// tunnel of both protocol sides (hyper's upgrades, and the engine's).
+pub async fn pipe<C, U>(client: C, upstream: U, address: &str, idle_timeout: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = Arc::new(Activity::default());
-    let mut c = Tracked::new(hyper_util::rt::TokioIo::new(client), activity.clone());
-    let mut u = Tracked::new(hyper_util::rt::TokioIo::new(upstream), activity.clone());
+    let mut c = Tracked::new(client, activity.clone());
+    let mut u = Tracked::new(upstream, activity.clone());
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
             if let Err(e) = r {

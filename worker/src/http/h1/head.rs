@@ -2,10 +2,10 @@
 //! connection's own buffer: no `HeaderMap`, no copy of a name or value. Each line is classified
 //! once (host, hop-by-hop, `X-Forwarded-*` …) so writing the outgoing head is one pass.
 //!
-//! The fast path takes only what it can forward exactly as the hyper path would. Anything else —
-//! a parse error, HTTP/1.0 or HTTP/2, a body, an upgrade, `Expect`, `CONNECT`, a target that is
-//! not a path, two `Host` lines — is [`Parse::Handover`]: hyper serves the connection from that
-//! request on, so every refusal and limit keeps the one implementation it has always had.
+//! What hyper serves better is [`Parse::Handover`]: a head httparse refuses (hyper answers 400
+//! or 431), HTTP/1.0 or HTTP/2, `CONNECT`, a target that is not a path, two `Host` lines, an
+//! upgrade that carries a body. Framing in doubt is [`Parse::Refuse`]d here, before anything
+//! is forwarded.
 
 use std::mem::MaybeUninit;
 
@@ -90,6 +90,9 @@ pub struct RequestHead {
     pub body: BodyFraming,
     /// `Expect: 100-continue`: the gateway says `100 Continue` before it reads the body.
     pub expect_continue: bool,
+    /// The `Upgrade` line, when `Connection` lists `upgrade` too (WebSocket): the instance may
+    /// answer 101 and the connection becomes a tunnel.
+    pub upgrade: Option<usize>,
 }
 
 /// What a buffer holds.
@@ -134,7 +137,8 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     head.close = false;
     head.body = BodyFraming::None;
     head.expect_continue = false;
-    let (mut chunked, mut length) = (false, None);
+    head.upgrade = None;
+    let (mut chunked, mut length, mut upgrade_asked) = (false, None, false);
     for h in req.headers.iter() {
         let kind = kind_of(h.name.as_bytes());
         let value = h.value.trim_ascii();
@@ -153,15 +157,19 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
                 Some(n) => length = Some(n),
                 None => return Parse::Refuse(400, "Content-Length is not a number"),
             },
-            // WebSocket and other upgrades: hyper's, into a tunnel.
-            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => return Parse::Handover,
+            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => {
+                head.upgrade = Some(head.lines.len())
+            }
             Kind::HopByHop if h.name.eq_ignore_ascii_case("expect") => {
                 if !value.eq_ignore_ascii_case(b"100-continue") {
                     return Parse::Refuse(417, "only Expect: 100-continue is supported");
                 }
                 head.expect_continue = true;
             }
-            Kind::Connection => head.close |= lists(value, b"close"),
+            Kind::Connection => {
+                head.close |= lists(value, b"close");
+                upgrade_asked |= lists(value, b"upgrade");
+            }
             _ => {}
         }
         head.lines.push(Line {
@@ -176,6 +184,13 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
         (false, Some(0) | None) => BodyFraming::None,
         (false, Some(n)) => BodyFraming::Length(n),
     };
+    // An Upgrade that Connection does not name is an ordinary hop-by-hop line (dropped); an
+    // upgrade with a body is hyper's (rare, and the tunnel must start after the body).
+    if !upgrade_asked {
+        head.upgrade = None;
+    } else if head.upgrade.is_some() && head.body != BodyFraming::None {
+        return Parse::Handover;
+    }
     Parse::Complete
 }
 
@@ -345,7 +360,7 @@ mod tests {
             "GET http://a/ HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT a:443 HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\nx",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",

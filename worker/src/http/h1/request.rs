@@ -117,6 +117,12 @@ impl<S: Io> Conn<'_, S> {
         if head.body == BodyFraming::Chunked {
             base.put(b"transfer-encoding", b"chunked");
         }
+        // An upgrade is asked again on this hop (the policy drops hop-by-hop lines).
+        let upgrade = head.upgrade.map(|i| head.lines[i].value.get(req));
+        if let Some(protocol) = upgrade {
+            base.put(b"connection", b"upgrade");
+            base.put(b"upgrade", protocol);
+        }
         // The body: whole with the head (sent again if a retry needs it), or its start.
         let mut body_start = Vec::new();
         let avail = &self.buf[head.len..];
@@ -141,7 +147,7 @@ impl<S: Io> Conn<'_, S> {
         }
         let own_host = request_actions.is_none_or(|a| !a.drops(b"host"));
         let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
-        let replay = Replay::for_request(&method_, upload.is_none());
+        let replay = Replay::for_request(&method_, upload.is_none() && upgrade.is_none());
         let settings = proxy.forwarder.settings();
         let preserved = host_value.filter(|_| settings.preserve_host);
         let mut spare = self.spare.take();
@@ -175,6 +181,7 @@ impl<S: Io> Conn<'_, S> {
                 replayable: replay == Replay::IfNoResponse,
                 // A streamed body goes with the first attempt only (it is never replayed).
                 upload: streamed.take().map(|(u, c)| (u, &mut *c)),
+                upgrade: upgrade.is_some(),
             };
             (attempt.run(address), sent.clone())
         };
@@ -190,6 +197,14 @@ impl<S: Io> Conn<'_, S> {
         };
         let status =
             StatusCode::from_u16(answered.response.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes a tunnel: it stays this connection's (counted open, its
+            // max_connections permit held) until either side closes or it idles out.
+            proxy.log_request(&line, &trace, status, None);
+            let pending = &self.buf[self.used..];
+            respond::tunnel(proxy, &mut self.stream, (answered, response_actions), pending).await;
+            return Step::Close;
+        }
         let length = proxy.access_log.then(|| respond::content_length(&answered.response));
         let close = close || !body_done;
         let (responded, spare) =

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::buffers::KEPT_CAPACITY;
 use crate::http::forward::Answered;
@@ -17,9 +17,10 @@ use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
 use crate::http::h1::upstream::Exchange;
 use crate::http::h1::{Spare, Step};
-use crate::http::policy::{status_allows_length, Kind};
+use crate::http::policy::{status_allows_length, HeadSink, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
+use crate::http::tunnel::pipe;
 
 /// What became of an instance's answer.
 pub(super) enum Responded {
@@ -99,6 +100,39 @@ pub(super) async fn respond<S: Io>(
     };
     let spare = (buf.capacity() <= KEPT_CAPACITY).then_some(Spare { request, response: buf, head });
     (Responded::Sent(step), spare)
+}
+
+/// Answers 101 and turns the connection into a tunnel to the instance: the answer's head
+/// (the policy's lines, then the protocol switched to), whatever either side sent past its
+/// head, then bytes both ways until either closes or nothing moves for `idle_timeout`.
+pub(super) async fn tunnel<S: Io>(
+    proxy: &Proxy,
+    client: &mut S,
+    (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
+    pending: &[u8],
+) {
+    let Answered { response: mut ex, address, inflight } = answered;
+    let mut out = Vec::new();
+    response_head(proxy, (&ex, actions), address, (false, false), &mut out);
+    out.truncate(out.len() - 2);
+    let protocol =
+        ex.head.lines.iter().find(|l| l.name.get(&ex.buf).eq_ignore_ascii_case(b"upgrade"));
+    out.extend_from_slice(b"connection: upgrade\r\n");
+    if let Some(line) = protocol {
+        out.put(b"upgrade", line.value.get(&ex.buf));
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&ex.buf[ex.head.len..]);
+    let idle = proxy.settings.idle_timeout;
+    if write_within(client, &out, idle).await.is_err() {
+        return;
+    }
+    if !pending.is_empty() && timeout(idle, ex.conn.write_all(pending)).await.is_err() {
+        return;
+    }
+    // The instance's connection is the tunnel's now: it never goes back to the pool.
+    drop(inflight);
+    pipe(client, &mut ex.conn, address, idle).await;
 }
 
 /// The response head as the client receives it.

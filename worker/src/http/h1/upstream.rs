@@ -57,6 +57,8 @@ pub struct Attempt<'a, C> {
     pub replayable: bool,
     /// The rest of a streamed body, and the client it comes from.
     pub upload: Option<(&'a mut Upload, &'a mut C)>,
+    /// The request asks for an upgrade: a 101 answer is the tunnel's start, not an error.
+    pub upgrade: bool,
 }
 
 /// Why the exchange failed, and whether the instance can have seen the request.
@@ -144,6 +146,7 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
                     }
                     Ok(None) => break,
                     Err(e) => return Err(Failure::Other(UpstreamError::Failed(e.to_string()))),
+                    Ok(Some(())) if head.status == 101 && self.upgrade => return Ok(()),
                     Ok(Some(())) if head.status == 101 => {
                         return Err(Failure::Other(UpstreamError::Failed(
                             "101 Switching Protocols to a request that asked no upgrade".into(),
