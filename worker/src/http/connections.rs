@@ -346,3 +346,9 @@ pub struct Client {
 /// the hyper side).
 #[derive(Debug, Clone, Copy)]
 pub struct LocalPort(pub u16);
+
+/// How long a draining worker leaves an idle keep-alive connection open. A client that sends
+/// its next request within it gets an answer with `Connection: close` instead of racing a close;
+/// only a connection idle for at least this long (idleness is checked once per period, so up to
+/// twice this) or at `shutdown_timeout` is closed under it.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);

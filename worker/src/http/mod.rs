@@ -1,41 +1,43 @@
-//! The request path, in the order a request meets it:
+//! The request path: a shared core beside two protocol sides.
 //!
 //! ```text
-//! server::Server::accept_loop ─▶ h1::serve (the engine: HTTP/1.1, plain and TLS)
-//!                            └▶ conn::serve (hyper: h2, h2c; what the engine hands over)
-//!   conn::serve (limits, idle, drain) ─▶ proxy::Proxy::handle
-//!   handle ─▶ proxy ─▶ answer_error ─▶ log_request
-//!   proxy  ─▶ route (router) ─▶ service (table) ─▶ forward (pick, upstream_request, retry) ─▶ respond
+//! server::Server::accept_loop ─┬▶ h1::serve        the engine: every HTTP/1.1 request, plain and TLS
+//!                              └▶ h2::conn::serve  hyper: h2, h2c, and what the engine hands over
+//!   both ─▶ core: route (router) ─▶ service (proxy) ─▶ limits ─▶ policy ─▶ forward ─▶ answer
 //! ```
-//! - [`buffers`]: buffers lent to the engine's connections while they work.
-//! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
-//! - [`server`]: accept loops on the slot's sockets, `max_connections`, the queue drain.
-//! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways,
-//!   upgrades into tunnels; it hands HTTP/1.0, h2c and heads hyper refuses (and their
-//!   connection) to [`conn`].
-//! - [`policy`]: the one header policy both protocol sides follow, requests and answers.
-//! - [`conn`]: one client connection on hyper (HTTP/1.1 or h2c), its idle timeout and graceful
-//!   end.
-//! - [`proxy`]: the request path as named phases.
-//! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
-//! - [`limits`]: `[[rate_limit]]` and `max_requests`, exact across the host's workers.
+//! The shared core:
+//! - [`proxy`]: what a worker proxies with, the service a request goes to, its hash key, the
+//!   gateway's own answers (rendered by [`error`]); `logging`: metrics and the access log.
 //! - [`router`]: request → service and upstream path.
-//! - [`headers`]: the policy's values: this gateway's `Via` entry, underscored names, request ids.
-//! - [`upstream`]: the client to instances, its error classes and timeouts.
-//! - [`transport`]: per service, HTTP/1.1 or HTTP/2 (h2c, h2) and TLS toward instances.
-//! - [`pool`]: the worker's own pool of HTTP/1.1 connections to instances.
+//! - [`limits`]: `[[rate_limit]]` and `max_requests`, exact across the host's workers.
+//! - [`policy`]: the one header policy both sides follow, requests and answers; [`headers`]:
+//!   its values (this gateway's `Via` entry, underscored names, request ids).
+//! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
+//! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients); [`grpc`]:
+//!   which requests are gRPC, and their `grpc-timeout`.
 //! - [`tunnel`]: upgraded connections (WebSocket) copied both ways, for both sides.
-//! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients).
-//! - [`grpc`]: which requests are gRPC, and their `grpc-timeout`.
+//!
+//! The protocol sides:
+//! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways,
+//!   upgrades into tunnels; it hands HTTP/1.0, h2c and heads hyper refuses to [`h2`].
+//! - [`h2`]: hyper's side — one connection (`conn`: h2, h2c or handed over; idle timeout,
+//!   graceful end) and the phases of a request on hyper's types (`request`).
+//!
+//! Around them:
+//! - [`server`]: accept loops on the slot's sockets, `max_connections`, the queue drain.
+//! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
+//! - [`buffers`]: buffers lent to the engine's connections while they work.
+//! - [`upstream`], [`transport`], [`pool`]: the client to instances (HTTP/1.1 pool, HTTP/2,
+//!   TLS), its error classes and timeouts.
 //! - [`health_check`]: active HTTP probes of instances.
 
 pub mod buffers;
-pub mod conn;
 pub mod connections;
 pub mod error;
 pub mod forward;
 pub mod grpc;
 pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod health_check;
 pub mod limits;

@@ -36,8 +36,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::http::buffers::Buffers;
-use crate::http::conn::DRAIN_IDLE_GRACE;
-use crate::http::connections::{stopped, Client};
+use crate::http::connections::{stopped, Client, DRAIN_IDLE_GRACE};
 use crate::http::h1::head::{parse_request, Parse, RequestHead, ResponseHead};
 use crate::http::h1::io::Io;
 use crate::http::proxy::Proxy;

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 use crate::http::connections::{
-    stopped, Activity, Client, ConnPermit, LocalPort, RequestGuard, Tracked,
+    stopped, Activity, Client, ConnPermit, LocalPort, RequestGuard, Tracked, DRAIN_IDLE_GRACE,
 };
 
 use crate::http::proxy::Proxy;
@@ -67,12 +67,6 @@ impl ConnSettings {
         }
     }
 }
-
-/// How long a draining worker leaves an idle keep-alive connection open. A client that sends
-/// its next request within it gets an answer with `Connection: close` instead of racing a close;
-/// only a connection idle for at least this long (idleness is checked once per period, so up to
-/// twice this) or at `shutdown_timeout` is closed under it.
-pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves one client connection until it closes, idles out or the worker drains.
 pub async fn serve<S>(

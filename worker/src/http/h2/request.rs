@@ -1,0 +1,371 @@
+//! hyper's side of the request path: the phases of a request that arrived over HTTP/2 (h2,
+//! h2c) or was handed over by the engine, on hyper's types. Routing, limits, forwarding and
+//! the header policy are the shared core's (`proxy`, `forward`, `policy`).
+//!
+//! ```text
+//! handle ─▶ proxy ─┬─ request_filter   CONNECT, OPTIONS *, non-path targets, codings, loops
+//!                  ├─ route, service   the shared core
+//!                  ├─ request_body     the body, limited to max_body_bytes
+//!                  ├─ forward          pick, upstream_request (Policy::request), send, retry
+//!                  └─ respond          Policy::response; 101 → tunnel
+//!        ─▶ answer_error               the gateway's own answer when a phase failed
+//!        ─▶ log_request                metrics and the access log
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::http::connections::{ConnGuard, ConnPermit, LocalPort, Scheme};
+use crate::http::error::{ProxyError, ALLOW};
+use crate::http::forward::{Answered, InFlightBody, Replay};
+use crate::http::grpc;
+use crate::http::policy::{map_lines, status_allows_length, Origin};
+use crate::http::pool::Lease;
+use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
+use crate::http::router::{request_host, HeaderActions, HyperRequest, Target};
+use crate::http::tunnel::{is_upgrade, tunnel};
+use crate::http::upstream::{BodySent, ClientBodyError, SentBody, UpstreamError};
+use crate::http::{Body, BoxError};
+use crate::table::Service;
+
+/// A requested upgrade: the client's side, and the permit its tunnel will hold (taken from
+/// the connection, which gets it back if the instance refuses).
+struct Upgrade {
+    client_side: hyper::upgrade::OnUpgrade,
+    permit: OwnedSemaphorePermit,
+    conn: Option<ConnPermit>,
+}
+
+/// Where a request came from, as the instance is told.
+struct From<'a> {
+    client: SocketAddr,
+    /// The host it was sent to (`X-Forwarded-Host`).
+    host: Option<&'a str>,
+    /// It asks for an upgrade.
+    upgrade: bool,
+    /// How it reached the gateway (`X-Forwarded-Proto`, `X-Forwarded-Port`).
+    scheme: Scheme,
+    port: u16,
+    /// Forward `TE: trailers` (gRPC to an HTTP/2 instance).
+    te_trailers: bool,
+}
+
+impl Proxy {
+    /// Answers one client request; never fails (errors are answered with their status).
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let _active = self.forwarder.active();
+        let (method, path, started) =
+            (req.method().clone(), req.uri().path().to_string(), Instant::now());
+        let line = RequestLine { method: method.as_str(), path: &path, client, started };
+        let mut trace = Trace::default();
+        let grpc = grpc::is_grpc(req.headers());
+        let resp = match self.proxy(req, client, &mut trace).await {
+            Ok(resp) => resp,
+            Err(e) if grpc => {
+                self.log_error(&e, &line);
+                e.into_grpc_response()
+            }
+            Err(e) => self.answer_error(e, &line),
+        };
+        // The length: declared, or known from the body (the gateway's own answers).
+        let exact = resp.body().size_hint().exact().map(|n| n.to_string());
+        let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+        self.log_request(&line, &trace, resp.status(), bytes.or(exact.as_deref()));
+        resp
+    }
+
+    async fn proxy(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        trace: &mut Trace,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Some(answer) = self.request_filter(&req)? {
+            return Ok(answer);
+        }
+        let host = request_host(req.uri(), req.headers());
+        let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
+        let target = self.router.route_view(&view)?;
+        let service = self.service(&target.service)?;
+        trace.service = Some(service.clone());
+        let admitted = self.limits.admit(&self.metrics, &service, &view, client.ip())?;
+        let key = hash_on(&service, &view, client);
+        let upgrade = match is_upgrade(&req) {
+            // A tunnel outlives this HTTP exchange: it takes over the connection's
+            // max_connections permit, so upgraded connections never exceed the limit.
+            true => {
+                let conn = req.extensions().get::<ConnPermit>().cloned();
+                let own = conn.as_ref().and_then(ConnPermit::take);
+                let permit =
+                    own.or_else(|| self.connections.try_permit()).ok_or(ProxyError::Refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "connection limit reached",
+                    ))?;
+                Some(Upgrade { client_side: hyper::upgrade::on(&mut req), permit, conn })
+            }
+            false => None,
+        };
+        let (parts, body) = req.into_parts();
+        let body = self.request_body(&service, &parts.headers, body)?;
+        let transport = self.transports.get(&service.name);
+        let deadline = grpc::timeout(&parts.headers);
+        // `TE: trailers` is how a gRPC client says it reads trailers; an HTTP/2 instance (a gRPC
+        // server) is told the same. Any other TE value stays on its hop.
+        let te_trailers = transport.is_some_and(|t| t.is_h2())
+            && parts.headers.get(header::TE).is_some_and(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            });
+        // A request without a body can be sent again; one with a body cannot (it streams).
+        let replay =
+            Replay::for_request(&parts.method, body_is_empty(&parts.headers) && upgrade.is_none());
+        let mut body = Some(body);
+        let upstream = self.forwarder.upstream();
+        let attempt = |address| {
+            let b = body.take().unwrap_or_else(empty);
+            let scheme = parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http);
+            let port = parts.extensions.get::<LocalPort>().map_or(0, |p| p.0);
+            let from = From {
+                client,
+                host: host.as_deref(),
+                upgrade: upgrade.is_some(),
+                scheme,
+                port,
+                te_trailers,
+            };
+            let req = self.upstream_request(&parts, b, &target, address, from);
+            // A request with a body is watched for its end; one without is complete already.
+            let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
+            let req = match &sent {
+                Some(sent) => req.map(|b| SentBody::new(b, sent.clone()).boxed()),
+                None => req,
+            };
+            (upstream.request(transport.map(|t| &**t), address, req), sent)
+        };
+        let forward = self.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts);
+        // A gRPC client's deadline bounds the wait for the answer (the instance sees the same
+        // grpc-timeout and enforces it on its side).
+        let answered = match deadline {
+            Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
+                ProxyError::Upstream(service.name.clone(), UpstreamError::Timeout(limit))
+            })??,
+            None => forward.await?,
+        };
+        let actions = self.router.header_actions(&target).map(|(_, response)| response);
+        let resp = self.respond(answered, parts.version, upgrade, actions);
+        // Counted in flight (max_requests) until the answer's body is done.
+        Ok(match admitted {
+            Some(guard) => resp.map(|b| crate::http::hold(b, guard)),
+            None => resp,
+        })
+    }
+
+    /// What the gateway refuses or answers itself, before routing: only origin-form targets
+    /// (and absolute-form, whose path is used) are ever forwarded, so no request can make the
+    /// gateway build an upstream address of its choosing.
+    fn request_filter(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<Option<Response<Body>>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::Refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported",
+            ));
+        }
+        if req.uri().path() == "*" && req.method() == Method::OPTIONS {
+            // OPTIONS * asks about the server itself: the gateway answers.
+            let mut resp = Response::new(empty());
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            return Ok(Some(resp));
+        }
+        if !req.uri().path().starts_with('/') {
+            return Err(ProxyError::Refused(
+                StatusCode::BAD_REQUEST,
+                "the request target must be a path (origin-form)",
+            ));
+        }
+        if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
+            // Only chunked may be de-framed and re-framed; forwarding "gzip, chunked" as chunked
+            // would hand the instance a body in a coding it was never told about.
+            if !te.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")) {
+                return Err(ProxyError::Refused(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "transfer codings other than chunked are not supported",
+                ));
+            }
+        }
+        if self.policy.looped(map_lines(req.headers()).into_iter()) {
+            return Err(ProxyError::Refused(
+                StatusCode::LOOP_DETECTED,
+                "request loop: it already passed through this gateway",
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
+    fn request_body(
+        &self,
+        service: &Service,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Body, ProxyError> {
+        // Tag the client's own body errors, so a malformed upload is the client's 400, not the
+        // instance's 502 (and does not count against the instance).
+        let body = body.map_err(|e| BoxError::from(ClientBodyError(e)));
+        let max = self.settings.max_body_bytes;
+        if max == 0 {
+            return Ok(body.boxed());
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge(service.name.clone()));
+        }
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        Ok(http_body_util::Limited::new(body, limit).boxed())
+    }
+
+    /// The request as the instance receives it. Its URI is the origin-form path alone: the
+    /// connection it goes out on is the picked instance's (see `pool.rs`), so nothing a client
+    /// sends can choose another host or port.
+    fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        target: &Target,
+        address: &str,
+        from: From<'_>,
+    ) -> Request<Body> {
+        let From { client, host: original_host, upgrade, scheme, port, te_trailers } = from;
+        let old = &parts.headers;
+        // The authority that was routed on (absolute-form or :authority before Host).
+        let routed_authority = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| old.get(header::HOST).cloned());
+        let ip = client.ip().to_canonical().to_string();
+        let origin = Origin {
+            peer: client.ip(),
+            peer_text: &ip,
+            scheme: scheme.as_str(),
+            port,
+            host: original_host,
+        };
+        let actions = self.router.header_actions(target).map(|(request, _)| request);
+        let mut headers = http::HeaderMap::with_capacity(old.len() + 6);
+        self.policy.request(map_lines(old).into_iter(), &origin, actions, &mut headers);
+        // What the protocol itself dictates: an upgrade asked for again on this hop, and
+        // `TE: trailers` to a gRPC server.
+        if let (true, Some(proto)) = (upgrade, old.get(header::UPGRADE)) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let own_host = actions.is_none_or(|a| !a.drops(b"host"));
+        let host = match routed_authority {
+            Some(h) if self.settings.preserve_host => Some(h),
+            _ => HeaderValue::from_str(address).ok(),
+        };
+        if let Some(h) = host.filter(|_| own_host) {
+            headers.insert(header::HOST, h);
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = http::Uri::from(target.path.clone());
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// The response as the client receives it.
+    fn respond(
+        &self,
+        answered: Answered<'_, (Response<Incoming>, Lease)>,
+        version: http::Version,
+        upgrade: Option<Upgrade>,
+        actions: Option<&HeaderActions>,
+    ) -> Response<Body> {
+        let Answered { response: (response, lease), address, mut inflight } = answered;
+        inflight.hold(lease);
+        let (mut parts, body) = response.into_parts();
+        // The client speaks its own HTTP version with us, whatever the instance spoke.
+        parts.version = version;
+        let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if upgraded {
+            inflight.detach_connection();
+            if let Some(Upgrade { client_side, permit, .. }) = upgrade {
+                let mut up = Response::from_parts(parts.clone(), ());
+                let upstream_side = hyper::upgrade::on(&mut up);
+                let open = (ConnGuard::new(self.connections.clone(), self.metrics), permit);
+                let idle = self.settings.idle_timeout;
+                let address = address.to_string();
+                tokio::spawn(tunnel(client_side, upstream_side, address, open, idle));
+            }
+        } else if let Some(Upgrade { permit, conn: Some(conn), .. }) = upgrade {
+            // No tunnel after all: the connection goes on and keeps its permit.
+            conn.put_back(permit);
+        }
+        let old = std::mem::take(&mut parts.headers);
+        // A length beside chunked framing is the instance's contradiction; hyper read the
+        // body as chunked (RFC 9112 §6.3), so the length would cut it short.
+        let keep_length = status_allows_length(parts.status.as_u16())
+            && !old.contains_key(header::TRANSFER_ENCODING);
+        let lines = map_lines(&old);
+        self.policy.response(
+            lines.into_iter(),
+            keep_length,
+            (actions, address),
+            &mut parts.headers,
+        );
+        if upgraded {
+            // 101 names the protocol switched to on this hop too.
+            for name in [header::CONNECTION, header::UPGRADE] {
+                if let Some(v) = old.get(&name) {
+                    parts.headers.insert(name, v.clone());
+                }
+            }
+        }
+        let body = InFlightBody::new(body, inflight).map_err(BoxError::from).boxed();
+        Response::from_parts(parts, body)
+    }
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+fn body_is_empty(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::router::cookie;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; sid=xyz; sidx=2".parse().unwrap());
+        let uri = http::Uri::from_static("/");
+        let req = HyperRequest { uri: &uri, headers: &h, host: None };
+        assert_eq!(cookie(&req, "sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&req, "missing"), None);
+    }
+}
