@@ -374,3 +374,22 @@ fn an_upgrade_becomes_a_tunnel_on_the_engine() {
     assert!(sent.contains("connection: upgrade\r\n") && sent.contains("upgrade: websocket\r\n"));
     assert!(sent.contains("x-forwarded-for: 127.0.0.1\r\n") && !sent.contains("6.6.6.6"), "{sent}");
 }
+
+/// Trailers of a chunked answer reach the client after the gateway's last chunk, except the
+/// fields a trailer may not carry (framing, routing, authentication …).
+#[test]
+fn allowed_trailers_are_forwarded_and_forbidden_ones_dropped() {
+    fn script(_: &str) -> (Vec<u8>, bool) {
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+                   2\r\nok\r\n0\r\nX-Checksum: abc\r\nContent-Length: 99\r\nHost: evil.example\r\n\r\n";
+        (raw.as_bytes().to_vec(), false)
+    }
+    let instance = Scripted::start(script);
+    let gw = Gateway::with(Toml::new().service("web", &[instance.address()], "").route_all("web"))
+        .workers(1)
+        .start();
+    let r =
+        raw(gw.port, b"GET /t HTTP/1.1\r\nhost: x\r\nte: trailers\r\nconnection: close\r\n\r\n");
+    assert!(r.ends_with("2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"), "{r:?}");
+    assert!(!r.contains("evil.example") && !r.contains("99"), "{r:?}");
+}

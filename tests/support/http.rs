@@ -154,9 +154,7 @@ impl KeepAlive {
                 end + n
             }
             None => loop {
-                if let Some(p) = self.pending[end..].windows(5).position(|w| w == b"0\r\n\r\n") {
-                    let stop = end + p + 5;
-                    // "0\r\n\r\n" inside data would be preceded by a chunk's CRLF, not a size line.
+                if let Some(stop) = chunked_end(&self.pending, end) {
                     break stop;
                 }
                 self.fill()?;
@@ -187,5 +185,33 @@ impl KeepAlive {
         }
         self.pending.extend_from_slice(&chunk[..n]);
         Ok(())
+    }
+}
+
+/// Where a chunked body starting at `at` ends (its trailer section included), once it is all
+/// in `buf`.
+fn chunked_end(buf: &[u8], mut at: usize) -> Option<usize> {
+    let line_end =
+        |from: usize| buf[from..].windows(2).position(|w| w == b"\r\n").map(|p| from + p);
+    loop {
+        let eol = line_end(at)?;
+        let size_text = std::str::from_utf8(&buf[at..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at = eol + 2;
+        if size == 0 {
+            // Trailer lines, then an empty line.
+            loop {
+                let eol = line_end(at)?;
+                let empty = eol == at;
+                at = eol + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
     }
 }

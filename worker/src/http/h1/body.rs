@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
+use crate::http::h1::chunked::{self, Decoder};
 use crate::http::h1::head::BodyFraming;
 use crate::http::h1::io::timeout;
 use crate::http::upstream::{BodySent, UpstreamError};
@@ -86,7 +86,7 @@ pub fn start(
                 return Err(BodyError::TooLarge);
             }
             if decoder.is_done() {
-                out.extend_from_slice(LAST_CHUNK);
+                chunked::finish(&decoder, out);
                 return Ok(Start::Whole { used });
             }
             Ok(Start::Streamed(Upload::new(State::Chunked(decoder), max, seen)))
@@ -204,7 +204,7 @@ impl Upload {
                     return Err(BodyError::TooLarge);
                 }
                 if decoder.is_done() {
-                    out.extend_from_slice(LAST_CHUNK);
+                    chunked::finish(decoder, out);
                     self.leftover.extend_from_slice(&read[used..]);
                     self.state = State::Done;
                 }
@@ -233,7 +233,10 @@ mod tests {
         let got =
             start(BodyFraming::Chunked, b"3;x=1\r\nabc\r\n0\r\nT: 1\r\n\r\nNEXT", 0, &mut out);
         assert!(matches!(got, Ok(Start::Whole { used: 23 })), "{got:?}");
-        assert_eq!(out, b"3\r\nabc\r\n0\r\n\r\n", "re-framed; extensions and trailers dropped");
+        assert_eq!(
+            out, b"3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+            "re-framed; extensions dropped, the trailer kept"
+        );
     }
 
     #[test]

@@ -52,11 +52,20 @@ pub struct Decoder {
     digits: usize,
     line: usize,
     trailers: usize,
+    /// The trailer section as received (its lines with their CRLF, without the final CRLF).
+    trailer: Vec<u8>,
 }
 
 impl Default for Decoder {
     fn default() -> Self {
-        Decoder { state: State::Size, size: 0, digits: 0, line: 0, trailers: 0 }
+        Decoder {
+            state: State::Size,
+            size: 0,
+            digits: 0,
+            line: 0,
+            trailers: 0,
+            trailer: Vec::new(),
+        }
     }
 }
 
@@ -140,18 +149,25 @@ impl Decoder {
                 }
                 State::TrailerStart => match b {
                     b'\r' => self.state = State::EndLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => self.state = State::Trailer,
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => {
+                        self.trailer.push(b);
+                        self.state = State::Trailer
+                    }
                     _ => return Err(ChunkError("control character in trailer")),
                 },
                 State::Trailer => match b {
-                    b'\r' => self.state = State::TrailerLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => {}
+                    b'\r' => {
+                        self.trailer.push(b);
+                        self.state = State::TrailerLf
+                    }
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => self.trailer.push(b),
                     _ => return Err(ChunkError("control character in trailer")),
                 },
                 State::TrailerLf => {
                     if b != b'\n' {
                         return Err(ChunkError("CR without LF in trailer"));
                     }
+                    self.trailer.push(b);
                     self.state = State::TrailerStart;
                 }
                 State::EndLf => {
@@ -205,6 +221,54 @@ pub fn encode(data: &[u8], out: &mut Vec<u8>) {
 /// The last chunk, with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing, connection control,
+/// authentication, and what decides how the content is processed — a sender could otherwise
+/// say in a trailer what the head was checked for.
+const FORBIDDEN_IN_TRAILERS: [&str; 22] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "authorization",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "www-authenticate",
+    "cookie",
+    "set-cookie",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "cache-control",
+    "location",
+    "max-forwards",
+];
+
+/// Ends a re-encoded body: the last chunk, the trailer fields of the decoded body that may be
+/// forwarded (well-formed `name: value` lines, none of [`FORBIDDEN_IN_TRAILERS`]), the end.
+pub fn finish(decoder: &Decoder, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    for line in decoder.trailer.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let token = !name.is_empty()
+            && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+        if token && !FORBIDDEN_IN_TRAILERS.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes())) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +316,20 @@ mod tests {
         ] {
             assert!(decode_all(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn allowed_trailers_go_on_and_forbidden_ones_do_not() {
+        let body = b"1\r\na\r\n0\r\nX-Checksum: abc\r\nContent-Length: 99\r\nbad line\r\nHost: evil\r\nX-T:1 \r\n\r\n";
+        let mut d = Decoder::default();
+        d.decode(body, |_| {}).unwrap();
+        assert!(d.is_done());
+        let mut out = Vec::new();
+        finish(&d, &mut out);
+        assert_eq!(out, b"0\r\nX-Checksum: abc\r\nX-T: 1\r\n\r\n");
+        let mut plain = Vec::new();
+        finish(&Decoder::default(), &mut plain);
+        assert_eq!(plain, LAST_CHUNK);
     }
 
     #[test]

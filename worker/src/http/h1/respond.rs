@@ -71,7 +71,7 @@ pub(super) async fn respond<S: Io>(
                 Ok(used) => {
                     reusable &= used == ex.buf.len() - body_start || !decoder.is_done();
                     if decoder.is_done() {
-                        out.extend_from_slice(LAST_CHUNK);
+                        chunked::finish(&decoder, out);
                     }
                     write_within(client, out, idle).await.is_ok()
                         && (decoder.is_done()
@@ -217,7 +217,7 @@ async fn copy_chunked<S: Io>(
             }
         }
         if decoder.is_done() {
-            out.extend_from_slice(LAST_CHUNK);
+            chunked::finish(&decoder, out);
         }
         if write_within(client, out, idle).await.is_err() {
             return false;
