@@ -12,25 +12,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::backend::{Scripted, PAUSE};
-use support::http::{parse, KeepAlive};
+use support::http::{parse, raw, status_of, KeepAlive};
 use support::{Backend, Gateway, Toml};
 
 fn web(b: &Backend) -> Toml {
     Toml::new().backends("web", &[b]).route_all("web")
-}
-
-/// Sends raw bytes, returns what came back until the gateway closed or 3 s passed.
-fn raw(port: u16, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_of(response: &str) -> u16 {
-    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn chunked(body: &[u8], piece: usize) -> Vec<u8> {

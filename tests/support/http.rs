@@ -215,3 +215,19 @@ fn chunked_end(buf: &[u8], mut at: usize) -> Option<usize> {
         at += size + 2;
     }
 }
+
+/// Sends raw bytes on a new connection; returns what came back until the gateway closed it or
+/// 3 s passed.
+pub fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw answer (0 when there is none).
+pub fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}

@@ -18,6 +18,7 @@ use crate::config::ProxySettings;
 use crate::http::connections::{
     stopped, Client, ConnGuard, ConnPermit, Connections, Rewind, Scheme,
 };
+use crate::http::h1::io::Io;
 use crate::http::h1::{self, End};
 use crate::http::h2::conn::{self, ConnSettings};
 use crate::http::proxy::Proxy;
@@ -139,8 +140,14 @@ struct On {
     permit: ConnPermit,
 }
 
-/// A plain TCP connection: the engine, then hyper if a request is handed over.
+/// A plain TCP connection: HTTP/1.1 on the engine.
 async fn serve_plain(stream: TcpStream, client: Client, on: On) {
+    serve_http1(stream, client, on).await
+}
+
+/// HTTP/1.1 on the engine, then hyper from the request it hands over, if any (its state is
+/// boxed: a connection's task does not carry it while the engine serves).
+async fn serve_http1<S: Io + 'static>(stream: S, client: Client, on: On) {
     let mut drain = on.shutdown.clone();
     let (stream, read) = match h1::serve(stream, client, &on.proxy, &mut drain).await {
         End::Closed => return,
@@ -167,11 +174,5 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, client: Client, on:
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         return conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client).await;
     }
-    let mut drain = on.shutdown.clone();
-    let (stream, read) = match h1::serve(stream, client, &on.proxy, &mut drain).await {
-        End::Closed => return,
-        End::Handover(stream, read) => (stream, read),
-    };
-    let stream = Rewind::new(read, stream);
-    Box::pin(conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client)).await
+    serve_http1(stream, client, on).await
 }
