@@ -379,3 +379,35 @@ fn allowed_trailers_are_forwarded_and_forbidden_ones_dropped() {
     assert!(r.ends_with("2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n"), "{r:?}");
     assert!(!r.contains("evil.example") && !r.contains("99"), "{r:?}");
 }
+
+/// HTTP/1.0 clients on the engine: keep-alive only when asked (and said back), a body of
+/// unknown length sent as it comes and ended by the close (never chunked: a 1.0 client cannot
+/// read it), a transfer coding refused.
+#[test]
+fn http10_clients_get_answers_they_can_read() {
+    fn script(path: &str) -> (Vec<u8>, bool) {
+        let raw = match path {
+            "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\n6\r\n WORLD\r\n0\r\n\r\n".to_string(),
+            other => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{other}", other.len()),
+        };
+        (raw.into_bytes(), false)
+    }
+    let instance = Scripted::start(script);
+    let gw = Gateway::with(Toml::new().service("web", &[instance.address()], "").route_all("web"))
+        .workers(1)
+        .start();
+    let mut c = KeepAlive::connect(gw.port);
+    c.send(b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let first = c.read(false).unwrap();
+    assert_eq!(
+        (first.body_text().as_str(), first.header("connection")),
+        ("/one", Some("keep-alive"))
+    );
+    c.send(b"GET /two HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read(false).unwrap().body_text(), "/two");
+    let r = raw(gw.port, b"GET /chunked HTTP/1.0\r\n\r\n");
+    assert!(r.ends_with("\r\n\r\nHELLO WORLD"), "{r:?}");
+    assert!(!r.to_ascii_lowercase().contains("transfer-encoding"), "{r:?}");
+    let r = raw(gw.port, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    assert_eq!(status_of(&r), 400, "{r:?}");
+}

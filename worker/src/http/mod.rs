@@ -19,7 +19,7 @@
 //!
 //! The protocol sides:
 //! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways,
-//!   upgrades into tunnels; it hands HTTP/1.0, h2c and heads hyper refuses to [`h2`].
+//!   upgrades into tunnels, HTTP/1.0 clients; it hands h2c and heads hyper refuses to [`h2`].
 //! - [`h2`]: hyper's side — one connection (`conn`: h2, h2c or handed over; idle timeout,
 //!   graceful end) and the phases of a request on hyper's types (`request`).
 //!

@@ -3,7 +3,7 @@
 //! once (host, hop-by-hop, `X-Forwarded-*` …) so writing the outgoing head is one pass.
 //!
 //! What hyper serves better is [`Parse::Handover`]: a head httparse refuses (hyper answers 400
-//! or 431), HTTP/1.0 or HTTP/2, `CONNECT`, a target that is not a path, two `Host` lines, an
+//! or 431), HTTP/2, `CONNECT`, a target that is not a path, two `Host` lines, an
 //! upgrade that carries a body. Framing in doubt is [`Parse::Refuse`]d here, before anything
 //! is forwarded.
 
@@ -93,6 +93,9 @@ pub struct RequestHead {
     /// The `Upgrade` line, when `Connection` lists `upgrade` too (WebSocket): the instance may
     /// answer 101 and the connection becomes a tunnel.
     pub upgrade: Option<usize>,
+    /// An HTTP/1.0 client: no chunked framing toward it (a body of unknown length ends with the
+    /// connection), keep-alive only when it asks, no upgrade, no expectation.
+    pub http10: bool,
 }
 
 /// What a buffer holds.
@@ -122,7 +125,8 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
         Ok(httparse::Status::Partial) => return Parse::Partial,
         Err(_) => return Parse::Handover,
     };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(version @ (0 | 1))) = (req.method, req.path, req.version)
+    else {
         return Parse::Handover;
     };
     if method == "CONNECT" || !target.starts_with('/') {
@@ -138,6 +142,8 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     head.body = BodyFraming::None;
     head.expect_continue = false;
     head.upgrade = None;
+    head.http10 = version == 0;
+    let mut keep_alive = false;
     let (mut chunked, mut length, mut upgrade_asked) = (false, None, false);
     for h in req.headers.iter() {
         let kind = kind_of(h.name.as_bytes());
@@ -168,6 +174,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
             }
             Kind::Connection => {
                 head.close |= lists(value, b"close");
+                keep_alive |= lists(value, b"keep-alive");
                 upgrade_asked |= lists(value, b"upgrade");
             }
             _ => {}
@@ -177,6 +184,16 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
             value: Span::of(base, value),
             kind,
         });
+    }
+    if head.http10 {
+        // RFC 9112 §6.1: a transfer coding in an HTTP/1.0 message is a framing in doubt. An
+        // expectation is ignored (RFC 9110 §10.1.1) and there is no upgrade from HTTP/1.0.
+        if chunked {
+            return Parse::Refuse(400, "Transfer-Encoding in an HTTP/1.0 request");
+        }
+        head.close |= !keep_alive;
+        head.expect_continue = false;
+        upgrade_asked = false;
     }
     head.body = match (chunked, length) {
         (true, Some(_)) => return Parse::Refuse(400, "both Transfer-Encoding and Content-Length"),
@@ -356,7 +373,6 @@ mod tests {
     #[test]
     fn what_hyper_serves_is_handed_over() {
         for raw in [
-            "GET / HTTP/1.0\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT a:443 HTTP/1.1\r\n\r\n",

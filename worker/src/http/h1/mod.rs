@@ -14,7 +14,7 @@
 //! Bodies stream both ways with backpressure ([`body`], [`respond`]); framing toward the
 //! instance and toward the client is always the gateway's own; an upgrade the instance accepts
 //! (101) turns the connection into a tunnel (`tunnel::pipe`). What it hands to hyper, before
-//! anything reached an instance, is what hyper does better or only: HTTP/1.0, HTTP/2 prior
+//! anything reached an instance, is what hyper does better or only: HTTP/2 prior
 //! knowledge (h2c), targets that are not a plain path, heads hyper refuses (400, 431), an
 //! upgrade with a body, and services whose instances speak HTTP/2 or TLS. hyper
 //! serves the connection from that request on, starting with the bytes already read

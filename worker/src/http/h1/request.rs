@@ -207,9 +207,15 @@ impl<S: Io> Conn<'_, S> {
         }
         let length = proxy.access_log.then(|| respond::content_length(&answered.response));
         let close = close || !body_done;
-        let (responded, spare) =
-            respond(proxy, &mut self.stream, (answered, response_actions), close, &mut self.out)
-                .await;
+        let http10 = head.http10;
+        let (responded, spare) = respond(
+            proxy,
+            &mut self.stream,
+            (answered, response_actions),
+            (close, http10),
+            &mut self.out,
+        )
+        .await;
         self.spare = spare;
         match responded {
             Responded::Sent(step) => {

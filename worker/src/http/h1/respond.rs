@@ -37,17 +37,28 @@ pub(super) fn content_length(ex: &Exchange) -> Option<String> {
 }
 
 /// Sends the instance's answer to the client.
+///
+/// To an HTTP/1.0 client (`http10`) a body of unknown length (chunked or until-close) is sent
+/// as it comes and ends with the connection; one with a length keeps the connection if the
+/// client asked for keep-alive.
 pub(super) async fn respond<S: Io>(
     proxy: &Proxy,
     client: &mut S,
     (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
-    close: bool,
+    (close, http10): (bool, bool),
     out: &mut Vec<u8>,
 ) -> (Responded, Option<Spare>) {
     let Answered { response: mut ex, address, inflight } = answered;
     let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
-    let rechunk = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let unknown_length = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let close = close || (http10 && unknown_length);
+    let rechunk = unknown_length && !http10;
+    let raw = http10;
     response_head(proxy, (&ex, actions), address, (rechunk, close), out);
+    if http10 && !close {
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
+    }
     let idle = proxy.settings.idle_timeout;
     let body_start = ex.head.len;
     let mut reusable = ex.head.reusable;
@@ -67,16 +78,23 @@ pub(super) async fn respond<S: Io>(
         }
         Framing::Chunked => {
             let mut decoder = Decoder::default();
-            match decoder.decode(&ex.buf[body_start..], |data| chunked::encode(data, out)) {
+            match decoder.decode(&ex.buf[body_start..], |data| frame(data, raw, out)) {
                 Ok(used) => {
                     reusable &= used == ex.buf.len() - body_start || !decoder.is_done();
-                    if decoder.is_done() {
+                    if decoder.is_done() && !raw {
                         chunked::finish(&decoder, out);
                     }
                     write_within(client, out, idle).await.is_ok()
                         && (decoder.is_done()
-                            || copy_chunked(&mut ex, client, decoder, idle, &mut reusable, out)
-                                .await)
+                            || copy_chunked(
+                                &mut ex,
+                                client,
+                                (decoder, raw),
+                                idle,
+                                &mut reusable,
+                                out,
+                            )
+                            .await)
                 }
                 // Nothing sent yet: the client gets a 502 instead of a cut connection.
                 Err(e) => return (Responded::Malformed(e.to_string()), None),
@@ -84,9 +102,9 @@ pub(super) async fn respond<S: Io>(
         }
         Framing::UntilClose => {
             reusable = false;
-            chunked::encode(&ex.buf[body_start..], out);
+            frame(&ex.buf[body_start..], raw, out);
             write_within(client, out, idle).await.is_ok()
-                && copy_until_close(&mut ex, client, idle, out).await
+                && copy_until_close(&mut ex, client, (idle, raw), out).await
         }
     };
     let Exchange { conn, head, buf, request } = ex;
@@ -191,11 +209,19 @@ async fn copy_length<S: Io>(
     true
 }
 
-/// Decodes the rest of a chunked body and sends it chunked again.
+/// Body data as the client reads it: a chunk, or (HTTP/1.0, `raw`) the bytes themselves.
+fn frame(data: &[u8], raw: bool, out: &mut Vec<u8>) {
+    match raw {
+        true => out.extend_from_slice(data),
+        false => chunked::encode(data, out),
+    }
+}
+
+/// Decodes the rest of a chunked body and sends it chunked again (raw to HTTP/1.0).
 async fn copy_chunked<S: Io>(
     ex: &mut Exchange,
     client: &mut S,
-    mut decoder: Decoder,
+    (mut decoder, raw): (Decoder, bool),
     idle: Duration,
     reusable: &mut bool,
     out: &mut Vec<u8>,
@@ -209,14 +235,14 @@ async fn copy_chunked<S: Io>(
             Ok(_) => {}
         }
         out.clear();
-        match decoder.decode(buf, |data| chunked::encode(data, out)) {
+        match decoder.decode(buf, |data| frame(data, raw, out)) {
             Ok(used) => *reusable &= used == buf.len(),
             Err(e) => {
                 log::warn!("instance answer: {e}");
                 return false;
             }
         }
-        if decoder.is_done() {
+        if decoder.is_done() && !raw {
             chunked::finish(&decoder, out);
         }
         if write_within(client, out, idle).await.is_err() {
@@ -230,7 +256,7 @@ async fn copy_chunked<S: Io>(
 async fn copy_until_close<S: Io>(
     ex: &mut Exchange,
     client: &mut S,
-    idle: Duration,
+    (idle, raw): (Duration, bool),
     out: &mut Vec<u8>,
 ) -> bool {
     let buf = &mut ex.buf;
@@ -240,8 +266,9 @@ async fn copy_until_close<S: Io>(
         out.clear();
         match timeout(idle, ex.conn.read_buf(buf)).await {
             Err(_) => return false,
-            Ok(0) => out.extend_from_slice(LAST_CHUNK),
-            Ok(_) => chunked::encode(buf, out),
+            Ok(0) if !raw => out.extend_from_slice(LAST_CHUNK),
+            Ok(0) => {}
+            Ok(_) => frame(buf, raw, out),
         }
         if write_within(client, out, idle).await.is_err() {
             return false;
