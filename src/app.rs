@@ -95,13 +95,13 @@ impl supervisor::App for Gateway {
             None => self.start_token.clone(),
         };
         let admin = admin_socket.map(|l| (l, token));
-        let metrics = match self.shared {
-            // SAFETY: the region was mapped with Metrics::size() bytes before the fork, page
+        let host = match self.shared {
+            // SAFETY: the region was mapped with Host::size() bytes before the fork, page
             // aligned and zero-filled, and is never unmapped.
-            Some(region) if region.len() >= worker::metrics::Metrics::size() => unsafe {
-                worker::metrics::Metrics::from_raw(region.as_ptr(), ctx.slot)
+            Some(region) if region.len() >= worker::host::Host::size() => unsafe {
+                worker::host::Host::from_raw(region.as_ptr(), ctx.slot)
             },
-            _ => worker::metrics::Metrics::local(ctx.slot),
+            _ => worker::host::Host::local(ctx.slot),
         };
         let settings = worker::Settings {
             slot: ctx.slot,
@@ -110,7 +110,7 @@ impl supervisor::App for Gateway {
             tls: self.tls.clone(),
             admin,
             config: self.config.clone(),
-            metrics,
+            host,
             generation: ctx.generation,
             replacing: ctx.replacing,
             via: self.via.clone(),
@@ -143,7 +143,7 @@ impl supervisor::App for Gateway {
     }
 
     fn shared_memory_size(&self) -> usize {
-        worker::metrics::Metrics::size()
+        worker::host::Host::size()
     }
 
     fn attach_shared(&mut self, region: supervisor::SharedMemory) {
@@ -151,17 +151,21 @@ impl supervisor::App for Gateway {
     }
 
     fn slot_retired(&mut self, slot: usize) {
-        if let Some(region) = self.shared.filter(|r| r.len() >= worker::metrics::Metrics::size()) {
+        if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size()) {
             // SAFETY: as in run_worker; the supervisor writes only the retired slot's row.
-            unsafe { worker::metrics::Metrics::from_raw(region.as_ptr(), slot) }.retire();
+            worker::metrics::Metrics::new(unsafe {
+                worker::host::Host::from_raw(region.as_ptr(), slot)
+            })
+            .retire();
         }
     }
 
     fn status(&self) -> String {
         match self.shared {
             // SAFETY: as in run_worker; slot 0 is only used as a reading handle here.
-            Some(region) if region.len() >= worker::metrics::Metrics::size() => unsafe {
-                worker::metrics::Metrics::from_raw(region.as_ptr(), 0).status_line()
+            Some(region) if region.len() >= worker::host::Host::size() => unsafe {
+                worker::metrics::Metrics::new(worker::host::Host::from_raw(region.as_ptr(), 0))
+                    .status_line()
             },
             _ => String::new(),
         }

@@ -123,10 +123,10 @@ fn check(config: &Config) -> Result<(), String> {
     for (i, r) in config.routes.iter().enumerate() {
         check_route_extras(i, r)?;
     }
-    if config.rate_limits.len() > worker::metrics::RATE_RULES {
+    if config.rate_limits.len() > worker::host::RATE_RULES {
         return Err(format!(
             "[[rate_limit]]: at most {} rules (their buckets live in shared memory sized at start)",
-            worker::metrics::RATE_RULES
+            worker::host::RATE_RULES
         ));
     }
     if let Some(r) = config.rate_limits.iter().find(|r| r.service.is_empty()) {
@@ -367,12 +367,14 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
     }
     if let Some(zk) = &config.zookeeper {
         out += &format!(
-            "zookeeper   {} root {} format {}, session {}, keep_last_on_empty {}\n",
+            "zookeeper   {} root {} format {}, session {}, keep_last_on_empty {}, removal_guard {}% (hold {})\n",
             zk.hosts,
             zk.root,
             config_name(&zk.format),
             human(zk.session_timeout),
-            zk.keep_last_on_empty
+            zk.keep_last_on_empty,
+            zk.removal_guard,
+            human(zk.removal_hold)
         );
     }
     if let Some(a) = &config.admin {

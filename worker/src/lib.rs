@@ -10,8 +10,10 @@
 //!   leaf type [`table::Instance`]; per-instance health state, kept by address.
 //! - [`config`]: `gateway.toml` as typed sections, and every default in one place.
 //! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
-//! - [`metrics`]: counters, worker status, rate-limit buckets and in-flight counts in the
-//!   supervisor's shared memory region.
+//! - [`host`]: what the host's workers share — the supervisor's memory region, its layout and
+//!   its views: rate limits and `max_requests`, host-wide instance state (failures, ejection,
+//!   health verdicts, in flight), health-check leases.
+//! - [`metrics`]: counters and worker status, the region's counters view.
 //! - [`tls`]: certificates chosen by SNI, the rustls server configuration, shared session tickets.
 //! - [`http`]: the request path — accept, the HTTP/1.1 engine (`h1`, plain and TLS), the one header policy, hyper connections (HTTP/2), proxy
 //!   phases, limits, forward and retry, router, headers, transports and upstream clients, gRPC
@@ -25,13 +27,14 @@
 //! `worker/README.md` draws the request path and the discovery pipeline with function names.
 
 #![warn(missing_docs)]
-// The one exception is the shared-memory region (metrics::region), which says why it is sound.
+// The one exception is the shared-memory region (host::region), which says why it is sound.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod table;
@@ -45,7 +48,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::http::connections::Connections;
-use crate::table::{Clock, RouteTable};
+use crate::table::{RouteTable, Tracker};
 
 /// The route table as every request sees it: swapped whole, read without a lock.
 pub type SharedTable = Arc<ArcSwap<RouteTable>>;
@@ -69,8 +72,8 @@ pub struct Settings {
     pub admin: Option<(std::net::TcpListener, Option<String>)>,
     /// The whole configuration; the worker reads its own sections.
     pub config: Arc<Config>,
-    /// Where this worker writes its counters.
-    pub metrics: metrics::Metrics,
+    /// The host's shared region: counters, limits, instance state.
+    pub host: host::Host,
     /// Configuration generation (tells a crash-restart from a reload in the metrics).
     pub generation: u64,
     /// This gateway's pseudonym in `Via`, the same in every worker of one gateway and unique
@@ -156,12 +159,16 @@ impl Signals {
 async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<(), Error> {
     let mut signals = Signals::install()?;
     let (slot, config) = (settings.slot, settings.config.clone());
-    let metrics = settings.metrics.started(settings.generation);
-    // One clock for every table this worker builds: carried ejection deadlines keep their meaning.
-    let clock = Clock::system();
-    let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &clock)));
+    let host = settings.host.started();
+    let metrics = metrics::Metrics::new(host);
+    metrics.started(settings.generation);
+    // Instance state lives in the host's table: what any worker learned (ejections, verdicts,
+    // in-flight counts) holds for this one from its first request.
+    let tracker = Tracker::host(host.instances());
+    let table: SharedTable =
+        Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &tracker)));
     let changes = Arc::new(discovery::changes::Changes::default());
-    let ready = discovery::start(&config, slot, (table.clone(), changes.clone()), clock, metrics);
+    let ready = discovery::start(&config, slot, (table.clone(), changes.clone()), tracker, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let transports =
@@ -169,7 +176,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let shared = http::proxy::Shared {
         table: table.clone(),
         ready: ready.clone(),
-        metrics,
+        host,
         connections: connections.clone(),
         transports: transports.clone(),
     };
@@ -177,7 +184,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
-    start_health_checks(&config, &table, &transports);
+    start_health_checks(&config, (&table, host), &transports);
     if let Some((listener, token)) = settings.admin.take() {
         listen(&listener, config.server.backlog).map_err(Error::Listener)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
@@ -191,7 +198,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         };
         tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
     }
-    start_heartbeat(lifecycle.clone(), metrics);
+    start_heartbeat(lifecycle.clone(), metrics, table.clone());
 
     // Accept nothing before the routes are loaded: until then the slot's queue waits in the
     // kernel (or, for a reload's replacement, the old worker keeps serving).
@@ -294,11 +301,11 @@ async fn report_ready(
     }
 }
 
-/// Active health checks, one task per checked service. Probes get their own pool, so they
-/// never queue behind client traffic.
+/// Active health checks, one task per checked service (the lease holder probes for the
+/// host). Probes get their own pool, so they never queue behind client traffic.
 fn start_health_checks(
     config: &Config,
-    table: &SharedTable,
+    (table, host): (&SharedTable, host::Host),
     transports: &http::transport::Transports,
 ) {
     let checks: Vec<_> = config
@@ -312,20 +319,44 @@ fn start_health_checks(
     let checker = Arc::new(http::upstream::Upstream::new(&config.proxy));
     for (name, check) in checks {
         let transport = transports.get(&name).cloned();
-        let run =
-            http::health_check::run_checks(name, check, table.clone(), checker.clone(), transport);
+        let shared = (table.clone(), host);
+        let run = http::health_check::run_checks(name, check, shared, checker.clone(), transport);
         tokio::spawn(run);
     }
 }
 
-/// Tells the supervisor (and `/workers`) every second that the event loop is alive.
-fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics) {
+/// Tells the supervisor (and `/workers`) every second that the event loop is alive; marks the
+/// host-wide entries of the current table as in use (so none is reused under it) and reports
+/// the instances the removal guard holds.
+fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics, table: SharedTable) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);
+        let mut holding = std::collections::HashSet::new();
         loop {
             tick.tick().await;
             lifecycle.heartbeat();
             metrics.heartbeat();
+            let now = host::monotonic_ms();
+            let table = table.load();
+            let mut now_holding = std::collections::HashSet::new();
+            for s in table.services() {
+                s.health.touch(now);
+                let n = (0..s.instances.len())
+                    .filter(|i| s.health.held(*i) && !s.health.released(*i))
+                    .count();
+                if n > 0 || holding.contains(&s.name) {
+                    metrics.set_held(*s.stats.get_or_init(|| metrics.service_index(&s.name)), n);
+                }
+                if n > 0 {
+                    now_holding.insert(s.name.clone());
+                }
+            }
+            for gone in holding.difference(&now_holding) {
+                if table.get(gone).is_none() {
+                    metrics.set_held(metrics.service_index(gone), 0);
+                }
+            }
+            holding = now_holding;
         }
     });
 }

@@ -151,12 +151,19 @@ impl Admin {
                     .iter()
                     .enumerate()
                     .map(|(i, inst)| {
+                        let (ejected_ms, ejections) = s.health.ejection(i);
                         serde_json::json!({
                             "address": inst.address,
                             "weight": inst.weight,
                             "ejected": s.health.ejected(i),
+                            "ejected_for_ms": ejected_ms,
+                            "ejections": ejections,
                             "healthy": !s.health.down(i),
+                            "held": s.health.held(i),
+                            "released": s.health.released(i),
                             "in_flight": s.health.active(i),
+                            "in_flight_worker": s.health.local_active(i),
+                            "host_wide": s.health.shared(i),
                         })
                     })
                     .collect();

@@ -79,6 +79,10 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_ZK_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `zookeeper.keep_last_on_empty`.
 pub const DEFAULT_KEEP_LAST_ON_EMPTY: bool = true;
+/// `zookeeper.removal_guard` (percent of a service removed by one listing).
+pub const DEFAULT_REMOVAL_GUARD: u32 = 50;
+/// `zookeeper.removal_hold`.
+pub const DEFAULT_REMOVAL_HOLD: Duration = Duration::from_secs(60);
 
 /// `services.NAME.health_check.interval`.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);

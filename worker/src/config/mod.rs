@@ -621,6 +621,17 @@ pub struct ZkSettings {
     pub keep_last_on_empty: bool,
     /// ServerSet only: route to this `additionalEndpoints` entry instead of `serviceEndpoint`.
     pub serverset_endpoint: Option<String>,
+    /// The removal guard: when one listing removes more than this share (percent) of a
+    /// service's instances, the removed ones stay in rotation, held, until each proves gone
+    /// (a connect failure, a failed health check) or `removal_hold` passes. 100: off.
+    #[serde(deserialize_with = "values::percent")]
+    pub removal_guard: u32,
+    /// How long the removal guard holds an instance at most.
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 0, 86400000>"
+    )]
+    pub removal_hold: Duration,
 }
 
 impl Default for ZkSettings {
@@ -633,6 +644,8 @@ impl Default for ZkSettings {
             connect_timeout: DEFAULT_ZK_CONNECT_TIMEOUT,
             keep_last_on_empty: DEFAULT_KEEP_LAST_ON_EMPTY,
             serverset_endpoint: None,
+            removal_guard: DEFAULT_REMOVAL_GUARD,
+            removal_hold: DEFAULT_REMOVAL_HOLD,
         }
     }
 }

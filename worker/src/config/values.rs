@@ -18,6 +18,28 @@ pub(crate) fn absolute_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<St
     Ok(s)
 }
 
+/// A share in percent, written `50` or `"50%"` (0 to 100).
+pub(crate) fn percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u32),
+        Text(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::Number(n) => n,
+        Raw::Text(t) => {
+            t.trim().strip_suffix('%').and_then(|n| n.trim().parse().ok()).ok_or_else(|| {
+                serde::de::Error::custom(format!("{t:?} is not a percentage like \"50%\""))
+            })?
+        }
+    };
+    if n > 100 {
+        return Err(serde::de::Error::custom(format!("{n}% is more than 100%")));
+    }
+    Ok(n)
+}
+
 /// The request key `consistent_hash` uses: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashOn {

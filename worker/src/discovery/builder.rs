@@ -9,39 +9,59 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::discovery::changes::Changes;
+use crate::discovery::guard::RemovalGuard;
 use crate::discovery::snapshot::Listing;
 use crate::discovery::update::{Registry, Update};
 use crate::metrics::Metrics;
-use crate::table::{Clock, Policy, RouteTable, Service, Source};
+use crate::table::{Instance, Policy, RouteTable, Service, Source, Tracker};
 use crate::SharedTable;
 
 /// Turns a registry listing into services, reusing what did not change.
 pub struct TableBuilder {
     config: Arc<Config>,
-    clock: Clock,
+    tracker: Tracker,
     statics: HashMap<String, Arc<Service>>,
     current: HashMap<String, Arc<Service>>,
+    /// Instances the registry removed en masse, kept in rotation until they prove gone.
+    guard: RemovalGuard,
 }
 
 impl TableBuilder {
     /// Starts from the static services of `config`, which discovery never overrides.
-    pub fn new(config: Arc<Config>, clock: Clock) -> Self {
-        let statics = RouteTable::statics(&config, &clock)
+    pub fn new(config: Arc<Config>, tracker: Tracker) -> Self {
+        let statics = RouteTable::statics(&config, &tracker)
             .services()
             .into_iter()
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
-        TableBuilder { config, clock, statics, current: HashMap::new() }
+        let guard = match &config.zookeeper {
+            Some(zk) => RemovalGuard::new(zk.removal_guard, zk.removal_hold),
+            None => RemovalGuard::new(100, std::time::Duration::ZERO),
+        };
+        TableBuilder { config, tracker, statics, current: HashMap::new(), guard }
     }
 
-    /// Rebuilds the services in `changed` from `registry`; others keep their balancer. A rebuilt
-    /// service keeps the health and in-flight state of every instance address it already had.
+    /// Rebuilds the services in `changed` from `registry` (and the instances the removal guard
+    /// holds); others keep their balancer. A rebuilt service keeps the health and in-flight
+    /// state of every instance address it already had.
     pub fn build(&mut self, registry: &Registry, changed: &HashSet<String>) -> RouteTable {
         let source = registry.source().unwrap_or(Source::Zookeeper);
         for name in changed {
-            match registry.listing().get(name) {
+            let held = self.guard.held(name);
+            let listed = match registry.listing().get(name) {
+                None if !held.is_empty() => Some(&[] as &[Instance]),
+                l => l.map(Vec::as_slice),
+            };
+            match listed {
                 Some(list) if !self.statics.contains_key(name) => {
-                    let mut list = list.clone();
+                    let mut list = list.to_vec();
+                    let known: HashSet<&str> = list.iter().map(|i| i.address.as_str()).collect();
+                    let kept: Vec<Instance> = held
+                        .iter()
+                        .filter(|h| !known.contains(h.instance.address.as_str()))
+                        .map(|h| h.instance.clone())
+                        .collect();
+                    list.extend(kept);
                     list.retain(|i| {
                         let own = self.config.is_own_address(&i.address);
                         if own {
@@ -61,8 +81,14 @@ impl TableBuilder {
                     }
                     let policy = Policy::for_service(&self.config, name);
                     let previous = self.current.get(name).map(Arc::as_ref);
-                    let service =
-                        Service::new(name.clone(), list, source, policy, &self.clock, previous);
+                    let service = Service::with_held(
+                        name.clone(),
+                        list,
+                        (source, policy),
+                        &self.tracker,
+                        previous,
+                        &self.guard.held_addresses(name),
+                    );
                     self.current.insert(name.clone(), Arc::new(service));
                 }
                 _ => {
@@ -104,9 +130,24 @@ impl Builder {
     }
 
     /// Runs until every sender is gone. Everything already queued when a batch starts goes into
-    /// one table (a burst of events costs one build).
+    /// one table (a burst of events costs one build). Holds of the removal guard end on time
+    /// even when the registry is quiet.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>) {
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = match self.tables.guard.next_deadline() {
+                Some(deadline) => {
+                    let wait = deadline.saturating_sub(self.tables.tracker.clock().now_ms());
+                    tokio::select! {
+                        u = rx.recv() => u,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {
+                            self.expire_holds();
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(first) = first else { return };
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
@@ -115,27 +156,81 @@ impl Builder {
         }
     }
 
+    /// Ends the removal guard's holds that ran out and swaps in the table without them.
+    pub fn expire_holds(&mut self) {
+        let now = self.tables.tracker.clock().now_ms();
+        let (lines, changed) = self.tables.guard.expire(now);
+        self.log(lines);
+        if !changed.is_empty() {
+            self.publish(&changed);
+        }
+    }
+
+    fn log(&self, lines: Vec<String>) {
+        for l in lines {
+            log::info!("{l}");
+            self.out.changes.push(&l);
+        }
+    }
+
+    fn publish(&mut self, changed: &HashSet<String>) {
+        let built = self.tables.build(&self.registry, changed);
+        let (services, instances) = built.counts();
+        self.out.table.store(Arc::new(built));
+        self.out.metrics.set_routes(services, instances);
+    }
+
     /// Applies one batch of updates: logs each change, swaps in a new table if anything
-    /// changed, marks the worker ready, hands a live listing to the snapshot writer.
+    /// changed (the removal guard holding what one listing removed en masse), marks the worker
+    /// ready, hands a live listing to the snapshot writer, and measures the lag of the changes
+    /// ZooKeeper stamped.
     pub fn apply(&mut self, batch: Vec<Update>) {
         let mut changed = HashSet::new();
         let mut from_zk = false;
+        let mut stamps = Vec::new();
+        let now = self.tables.tracker.clock().now_ms();
         for update in batch {
             from_zk |= !matches!(update, Update::Snapshot(_));
-            let (lines, names) = self.registry.apply(update);
-            for l in lines {
-                log::info!("{l}");
-                self.out.changes.push(&l);
+            let before: HashMap<String, Vec<Instance>> = match &update {
+                Update::Stamp(at) => {
+                    stamps.push(*at);
+                    continue;
+                }
+                Update::Service(name, _) | Update::Removed(name) => self
+                    .registry
+                    .listing()
+                    .get(name)
+                    .map(|l| (name.clone(), l.clone()))
+                    .into_iter()
+                    .collect(),
+                Update::Full(_) | Update::Snapshot(_) => {
+                    self.registry.listing().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                }
+            };
+            let (mut lines, names) = self.registry.apply(update);
+            for name in &names {
+                let Some(before) = before.get(name) else { continue };
+                let after = self.registry.listing().get(name).map_or(&[][..], Vec::as_slice);
+                lines.extend(self.tables.guard.listed(name, before, after, now));
             }
+            self.log(lines);
             changed.extend(names);
         }
-        let out = &self.out;
-        if !changed.is_empty() || out.table.load().counts().0 == 0 {
-            let built = self.tables.build(&self.registry, &changed);
-            let (services, instances) = built.counts();
-            out.table.store(Arc::new(built));
-            out.metrics.set_routes(services, instances);
+        if !changed.is_empty() || self.out.table.load().counts().0 == 0 {
+            self.publish(&changed);
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for at in stamps {
+                // ZooKeeper's clock may run ahead of ours: negative skew counts as no lag.
+                let lag = wall.saturating_sub(at);
+                self.out.metrics.discovery_lag(std::time::Duration::from_millis(lag));
+            }
         }
+        if from_zk && self.registry.source() == Some(Source::Zookeeper) {
+            self.out.metrics.synced();
+        }
+        let out = &self.out;
         let now = *out.ready.borrow();
         if now.is_none() || (from_zk && now == Some(Source::Snapshot)) {
             if let Some(src) = self.registry.source() {
@@ -156,7 +251,7 @@ mod tests {
     use crate::balance::Strategy;
     use crate::config::ServiceSettings;
     use crate::discovery::update::tests::listing;
-    use crate::table::Instance;
+    use crate::table::{Clock, Instance};
     use arc_swap::ArcSwap;
 
     fn svc(name: &str, addrs: &[&str]) -> Update {
@@ -180,7 +275,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let mut b = TableBuilder::new(config, Clock::system());
+        let mut b = TableBuilder::new(config, Tracker::local(Clock::system()));
         let mut r = Registry::new(true);
         let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])])));
         let t = b.build(&r, &ch);
@@ -197,7 +292,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let mut b = TableBuilder::new(config, Clock::system());
+        let mut b = TableBuilder::new(config, Tracker::local(Clock::system()));
         let mut r = Registry::new(true);
         let (_, ch) = r.apply(Update::Full(listing(&[
             ("a", &["10.0.0.1:80"]),
@@ -221,7 +316,7 @@ mod tests {
         let mut config = Config::default();
         config.proxy.outlier.consecutive_failures = 1;
         let policy = config.proxy.outlier.clone();
-        let mut b = TableBuilder::new(Arc::new(config), Clock::system());
+        let mut b = TableBuilder::new(Arc::new(config), Tracker::local(Clock::system()));
         let mut r = Registry::new(true);
         let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.3:80"])])));
         let t1 = b.build(&r, &ch);
@@ -245,6 +340,14 @@ mod tests {
     }
 
     fn harness(snapshot: bool) -> Harness {
+        harness_full(snapshot, Arc::new(Config::default()))
+    }
+
+    fn harness_with(config: Arc<Config>) -> Harness {
+        harness_full(false, config)
+    }
+
+    fn harness_full(snapshot: bool, config: Arc<Config>) -> Harness {
         let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let (ready_tx, ready) = watch::channel(None);
         let (snap_tx, snapshot) = if snapshot {
@@ -257,12 +360,11 @@ mod tests {
             table: table.clone(),
             ready: ready_tx,
             snapshot: snap_tx,
-            metrics: Metrics::local(0),
+            metrics: Metrics::new(crate::host::Host::local(0)),
             changes: Arc::default(),
         };
-        let config = Arc::new(Config::default());
-        let builder =
-            Builder::new(Registry::new(true), TableBuilder::new(config, Clock::system()), out);
+        let tables = TableBuilder::new(config, Tracker::local(Clock::system()));
+        let builder = Builder::new(Registry::new(true), tables, out);
         Harness { builder, table, ready, snapshot }
     }
 
@@ -317,5 +419,29 @@ mod tests {
         assert!(!Arc::ptr_eq(&before, &table.load_full()));
         assert_eq!(addresses(&table, "a"), ["10.0.0.1:80", "10.0.0.2:80"]);
         assert_eq!(addresses(&table, "b"), ["10.0.0.3:80"]);
+    }
+
+    #[test]
+    fn a_mass_removal_stays_in_rotation_held_until_removal_hold_passes() {
+        let mut config = Config::default();
+        config.zookeeper = Some(crate::config::ZkSettings {
+            removal_hold: std::time::Duration::from_millis(100),
+            ..Default::default()
+        });
+        let Harness { builder: mut b, table, .. } = harness_with(Arc::new(config));
+        b.apply(vec![svc("a", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"])]);
+        b.apply(vec![svc("a", &["10.0.0.4:80"])]);
+        assert_eq!(addresses(&table, "a").len(), 4, "3 of 4 removed at once: held");
+        let t = table.load();
+        let a = t.get("a").unwrap();
+        assert!(a.health.held(0) && a.health.held(1) && a.health.held(2) && !a.health.held(3));
+        drop(t);
+        // A smaller removal applies at once (the held ones go too: the listing is the truth).
+        b.apply(vec![svc("a", &["10.0.0.4:80", "10.0.0.5:80"])]);
+        b.apply(vec![svc("a", &["10.0.0.5:80"])]);
+        assert_eq!(addresses(&table, "a").len(), 4, "1 of 2 is not more than 50%");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        b.expire_holds();
+        assert_eq!(addresses(&table, "a"), ["10.0.0.5:80"], "removal_hold passed");
     }
 }

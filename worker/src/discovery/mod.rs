@@ -7,6 +7,7 @@
 //! ```
 //! - [`update`]: the updates and the pure registry they are applied to.
 //! - [`builder`]: the one task that applies updates in order and publishes tables.
+//! - [`guard`]: the removal guard, holding what one listing removes en masse.
 //! - [`zookeeper`]: the session, the watches, reconnection and resync.
 //! - [`retry`]: backoff with jitter and the one retry helper every ZooKeeper call uses.
 //! - [`formats`]: the four registry formats (registrator, curator, serverset, nerve).
@@ -16,6 +17,7 @@
 pub mod builder;
 pub mod changes;
 pub mod formats;
+pub mod guard;
 pub mod register;
 pub mod retry;
 pub mod snapshot;
@@ -29,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::table::{Clock, Source};
+use crate::table::{Source, Tracker};
 use crate::SharedTable;
 use builder::{Builder, Outputs, TableBuilder};
 use changes::Changes;
@@ -44,7 +46,7 @@ pub fn start(
     config: &Arc<Config>,
     slot: usize,
     (table, changes): (SharedTable, Arc<Changes>),
-    clock: Clock,
+    tracker: Tracker,
     metrics: Metrics,
 ) -> watch::Receiver<Option<Source>> {
     let (ready_tx, ready_rx) = watch::channel(None);
@@ -68,7 +70,7 @@ pub fn start(
     };
     let out = Outputs { table, ready: ready_tx, snapshot: snapshot_tx, metrics, changes };
     let registry = Registry::new(zk.keep_last_on_empty);
-    tokio::spawn(Builder::new(registry, TableBuilder::new(config.clone(), clock), out).run(rx));
+    tokio::spawn(Builder::new(registry, TableBuilder::new(config.clone(), tracker), out).run(rx));
     let skip: HashSet<String> = config
         .services
         .iter()

@@ -18,6 +18,9 @@ pub enum Update {
     Service(String, Vec<Instance>),
     /// A service node is gone.
     Removed(String),
+    /// The next update carries a znode change ZooKeeper recorded at this wall-clock time (ms
+    /// since the epoch, the znode's mtime): the builder measures its discovery lag.
+    Stamp(u64),
 }
 
 /// The registry as this worker knows it, and the rules for applying updates to it. Pure: no
@@ -89,6 +92,7 @@ impl Registry {
                     changed.insert(name);
                 }
             }
+            Update::Stamp(_) => {}
             Update::Removed(name) => {
                 if self.services.contains_key(&name)
                     && self.set(&name, Vec::new(), self.keep_last_on_empty, &mut log)

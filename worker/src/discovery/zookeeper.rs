@@ -14,6 +14,7 @@
 //! by a new one and a full resync.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -36,6 +37,8 @@ pub struct Watcher {
     tls: HashSet<String>,
     tx: mpsc::UnboundedSender<Update>,
     metrics: Metrics,
+    /// One-shot watches the service tasks hold now (for the watch gauge).
+    watches: AtomicUsize,
 }
 
 /// One listing of a service, and the watches that fire when it changes.
@@ -44,6 +47,32 @@ struct Listed {
     watches: Vec<zk::OneshotWatcher>,
     /// Nodes that did not parse: full path, and why.
     malformed: Vec<(String, String)>,
+    /// The most recently changed node read (its mzxid and mtime), for the discovery lag; `None`
+    /// when no node data was read (the registrator format keeps everything in node names).
+    newest: Option<(i64, i64)>,
+}
+
+/// The newest change each service's listing has shown, so that a relisting stamps only a
+/// change that is new: its node's mtime is when ZooKeeper recorded it (a removal leaves no node
+/// to date, so it carries no stamp).
+#[derive(Default)]
+struct Stamps(HashMap<String, i64>);
+
+impl Stamps {
+    /// Records `service`'s newest node; returns its mtime when it is newer than the last seen
+    /// (never for the first listing: that is a baseline, not a change).
+    fn seen(&mut self, service: &str, newest: Option<(i64, i64)>) -> Option<u64> {
+        let (mzxid, mtime) = newest?;
+        let last = self.0.insert(service.to_string(), mzxid);
+        match last {
+            Some(last) if mzxid > last => Some(mtime.max(0) as u64),
+            Some(last) => {
+                self.0.insert(service.to_string(), last.max(mzxid));
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 impl Listed {
@@ -79,7 +108,7 @@ impl Watcher {
         tx: mpsc::UnboundedSender<Update>,
         metrics: Metrics,
     ) -> Self {
-        Watcher { settings, skip, tls, tx, metrics }
+        Watcher { settings, skip, tls, tx, metrics, watches: AtomicUsize::new(0) }
     }
 
     /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
@@ -163,8 +192,10 @@ impl Watcher {
             }
         };
         log::info!("zookeeper: one persistent recursive watch on {root}");
+        self.metrics.set_zk_watches(1);
         let mut warned: HashMap<String, HashSet<String>> = HashMap::new();
-        let Some(mut known) = self.full_sync(client, &mut warned).await else {
+        let mut stamps = Stamps::default();
+        let Some(mut known) = self.full_sync(client, (&mut warned, &mut stamps)).await else {
             return Some(zk::SessionState::Expired);
         };
         let mut state = client.state_watcher();
@@ -202,6 +233,9 @@ impl Watcher {
                             return Some(zk::SessionState::Expired);
                         };
                         l.warn_malformed(&name, warned.entry(name.clone()).or_default());
+                        if let Some(at) = stamps.seen(&name, l.newest) {
+                            let _ = self.tx.send(Update::Stamp(at));
+                        }
                         let _ = self.tx.send(Update::Service(name, l.instances));
                     }
                 }
@@ -216,7 +250,7 @@ impl Watcher {
                                 return Some(zk::SessionState::Disconnected);
                             }
                         };
-                        let Some(names) = self.full_sync(client, &mut warned).await else {
+                        let Some(names) = self.full_sync(client, (&mut warned, &mut stamps)).await else {
                             return Some(zk::SessionState::Expired);
                         };
                         known = names;
@@ -292,7 +326,7 @@ impl Watcher {
     async fn full_sync(
         &self,
         client: &zk::Client,
-        warned: &mut HashMap<String, HashSet<String>>,
+        (warned, stamps): (&mut HashMap<String, HashSet<String>>, &mut Stamps),
     ) -> Option<HashSet<String>> {
         let root = self.settings.root.trim_end_matches('/');
         let root = if root.is_empty() { "/" } else { root };
@@ -304,6 +338,9 @@ impl Watcher {
         let mut full = Listing::new();
         for (name, l) in ordered.into_iter().zip(listed) {
             l.warn_malformed(&name, warned.entry(name.clone()).or_default());
+            // A resync's listing is a new baseline: what changed while the session was away
+            // has no one moment to measure from.
+            stamps.0.insert(name.clone(), l.newest.map_or(0, |(z, _)| z));
             full.insert(name, l.instances);
         }
         self.metrics.zk_resync();
@@ -333,7 +370,7 @@ impl Watcher {
             let mut warned = HashSet::new();
             l.warn_malformed(&name, &mut warned);
             full.insert(name.clone(), l.instances);
-            first.push((name, l.watches, warned));
+            first.push((name, l.watches, (warned, Some(l.newest.map_or(0, |(z, _)| z)))));
         }
         drop(listed);
         self.metrics.zk_resync();
@@ -411,7 +448,7 @@ impl Watcher {
                     client.clone(),
                     name,
                     None,
-                    HashSet::new(),
+                    (HashSet::new(), None),
                 )));
             }
         }
@@ -463,6 +500,7 @@ impl Watcher {
                         instances: Vec::new(),
                         watches: vec![w],
                         malformed: Vec::new(),
+                        newest: None,
                     })
                 }
             }
@@ -476,21 +514,25 @@ impl Watcher {
         let format = self.settings.format;
         let children: Vec<String> =
             children.into_iter().filter(|c| format.accepts_name(c)).collect();
+        let mut newest = None;
         let data: Vec<Option<Vec<u8>>> = if format.needs_data() {
             let reads = children.iter().map(|c| {
                 let p = format!("{path}/{c}");
                 async move {
                     match watch {
-                        true => client.get_and_watch_data(&p).await.map(|(d, _, w)| (d, Some(w))),
-                        false => client.get_data(&p).await.map(|(d, _)| (d, None)),
+                        true => {
+                            client.get_and_watch_data(&p).await.map(|(d, st, w)| (d, st, Some(w)))
+                        }
+                        false => client.get_data(&p).await.map(|(d, st)| (d, st, None)),
                     }
                 }
             });
             let mut out = Vec::new();
             for r in futures::future::join_all(reads).await {
                 match r {
-                    Ok((data, w)) => {
+                    Ok((data, stat, w)) => {
                         watches.extend(w);
+                        newest = newest_of(newest, &stat);
                         out.push(Some(data));
                     }
                     // Vanished between the listing and the read: the children watch fires too.
@@ -502,7 +544,9 @@ impl Watcher {
         } else {
             children.iter().map(|_| Some(Vec::new())).collect()
         };
-        Ok(self.parse_listing(name, &path, &children, data, watches))
+        let mut listed = self.parse_listing(name, &path, &children, data, watches);
+        listed.newest = newest;
+        Ok(listed)
     }
 
     /// Instances (and malformed nodes) from a service's children and their data.
@@ -525,7 +569,7 @@ impl Watcher {
                 Err(why) => malformed.push((format!("{path}/{child}"), why)),
             }
         }
-        Listed { instances, watches, malformed }
+        Listed { instances, watches, malformed, newest: None }
     }
 
     /// Lists many services without watches, a few round trips in all: ZooKeeper's multi-read
@@ -557,6 +601,7 @@ impl Watcher {
         }
         let mut all_data: Vec<Vec<Option<Vec<u8>>>> =
             all_children.iter().map(|c| c.iter().map(|_| Some(Vec::new())).collect()).collect();
+        let mut newest: Vec<Option<(i64, i64)>> = vec![None; names.len()];
         if format.needs_data() {
             let nodes: Vec<(usize, usize, String)> = all_children
                 .iter()
@@ -573,7 +618,10 @@ impl Watcher {
                 }
                 for ((s, c, _), result) in chunk.iter().zip(reader.commit().await?) {
                     all_data[*s][*c] = match result {
-                        zk::MultiReadResult::Data { data, .. } => Some(data),
+                        zk::MultiReadResult::Data { data, stat } => {
+                            newest[*s] = newest_of(newest[*s], &stat);
+                            Some(data)
+                        }
                         // Vanished between the listing and the read: the next event lists again.
                         _ => None,
                     };
@@ -583,8 +631,11 @@ impl Watcher {
         Ok(names
             .iter()
             .zip(paths.iter().zip(all_children.iter().zip(all_data)))
-            .map(|(name, (path, (children, data)))| {
-                self.parse_listing(name, path, children, data, Vec::new())
+            .zip(newest)
+            .map(|((name, (path, (children, data))), newest)| {
+                let mut listed = self.parse_listing(name, path, children, data, Vec::new());
+                listed.newest = newest;
+                listed
             })
             .collect())
     }
@@ -604,13 +655,22 @@ impl Watcher {
         client: zk::Client,
         name: String,
         mut watches: Option<Vec<zk::OneshotWatcher>>,
-        mut warned: HashSet<String>,
+        (mut warned, baseline): (HashSet<String>, Option<i64>),
     ) {
         let what = format!("service {name}: listing");
+        let mut stamps = Stamps::default();
+        if let Some(z) = baseline {
+            stamps.0.insert(name.clone(), z);
+        }
         loop {
             if let Some(ws) = watches.take() {
+                let n = ws.len();
+                let total = self.watches.fetch_add(n, Ordering::Relaxed) + n;
+                self.metrics.set_zk_watches(total + 1);
                 let mut fired: FuturesUnordered<_> = ws.into_iter().map(|w| w.changed()).collect();
-                match fired.next().await {
+                let event = fired.next().await;
+                self.watches.fetch_sub(n, Ordering::Relaxed);
+                match event {
                     Some(ev)
                         if ev.event_type == zk::EventType::Session
                             && ev.session_state.is_terminated() =>
@@ -624,9 +684,20 @@ impl Watcher {
             let Some(l) = retry(&what, || self.list_service(&client, &name)).await else { return };
             l.warn_malformed(&name, &mut warned);
             self.metrics.zk_event();
+            if let Some(at) = stamps.seen(&name, l.newest) {
+                let _ = self.tx.send(Update::Stamp(at));
+            }
             let _ = self.tx.send(Update::Service(name.clone(), l.instances));
             watches = Some(l.watches);
         }
+    }
+}
+
+/// The newer of `newest` and the node `stat` describes, as (mzxid, mtime).
+fn newest_of(newest: Option<(i64, i64)>, stat: &zk::Stat) -> Option<(i64, i64)> {
+    match newest {
+        Some((z, _)) if z >= stat.mzxid => newest,
+        _ => Some((stat.mzxid, stat.mtime)),
     }
 }
 

@@ -121,6 +121,9 @@ impl Forwarder {
         Fut: Future<Output = Result<R, UpstreamError>>,
     {
         let mut tried = Tried::default();
+        // Attempts charged to `retries` and the budget: a held instance found gone is not.
+        let mut charged = 0;
+        let mut avoid_held = false;
         let mut _retry: Option<CountGuard<'_>> = None;
         loop {
             // Bounded whatever the clients do (one h2 connection may carry many streams).
@@ -130,23 +133,40 @@ impl Forwarder {
                     "upstream connection limit reached",
                 ));
             };
-            let idx = self.pick(service, key, tried.as_slice())?;
+            let idx = self.pick(service, key, tried.as_slice(), avoid_held)?;
             tried.push(idx);
+            charged += 1;
             let address: &'s str = &service.instances[idx].address;
             let inflight = InFlight::start(service.clone(), idx, slot);
             attempts.instance = Some(idx);
             let sent = Instant::now();
             let give_up_when_slow =
-                replay == Replay::IfNoResponse && self.may_retry(service, tried.len());
+                replay == Replay::IfNoResponse && self.may_retry(service, charged);
             let (exchange, body_sent) = attempt(address);
             let result = self.timed(service, idx, exchange, body_sent, give_up_when_slow).await;
             attempts.latency = Some(sent.elapsed());
+            // A held instance (removed by the registry, kept by the removal guard) that cannot
+            // be reached has proved gone: released for every worker, and the request goes to a
+            // listed instance free of charge.
+            if let Err(e @ UpstreamError::Connect(_)) = &result {
+                if service.health.held(idx) && replay.allows(e) {
+                    if service.health.release(idx) {
+                        log::warn!(
+                            "service {}: held instance {address} released: {e}",
+                            service.name
+                        );
+                    }
+                    charged -= 1;
+                    avoid_held = true;
+                    continue;
+                }
+            }
             self.record(service, idx, result.as_ref().map(Answer::status));
             match result {
                 Ok(response) => {
                     return Ok(Answered { response, address, inflight });
                 }
-                Err(e) if replay.allows(&e) && self.may_retry(service, tried.len()) => {
+                Err(e) if replay.allows(&e) && self.may_retry(service, charged) => {
                     log::warn!(
                         "service {}: instance {address}: {e}; retrying on another instance",
                         service.name
@@ -214,16 +234,24 @@ impl Forwarder {
 
     /// Picks among available instances not tried yet; when none is available (all ejected or
     /// unhealthy), among every instance not tried yet: a degraded answer beats a 503 (Envoy's
-    /// panic mode).
+    /// panic mode). `least_request` compares the host's in-flight counts; the connection limit
+    /// is this worker's. `avoid_held`: a held instance of this request proved gone, so the
+    /// others held with it are passed over too.
     fn pick(
         &self,
         service: &Service,
         key: Option<u64>,
         tried: &[usize],
+        avoid_held: bool,
     ) -> Result<usize, ProxyError> {
         let limit = self.settings.max_connections_per_instance;
-        let full = |i: usize| service.health.active(i) >= limit;
-        let unavailable = |i: usize| tried.contains(&i) || !service.health.available(i) || full(i);
+        let full = |i: usize| service.health.local_active(i) >= limit;
+        let unavailable = |i: usize| {
+            tried.contains(&i)
+                || !service.health.available(i)
+                || full(i)
+                || (avoid_held && service.health.held(i))
+        };
         let already_tried = |i: usize| tried.contains(&i) || full(i);
         let load = |i: usize| service.health.active(i);
         let balancer = &service.balancer;
@@ -310,10 +338,6 @@ impl Tried {
             true => &self.inline[..self.len],
             false => &self.more,
         }
-    }
-
-    fn len(&self) -> usize {
-        self.as_slice().len()
     }
 }
 

@@ -1,38 +1,61 @@
-//! Active health checks: each worker probes every instance of a service with `GET path`
-//! every `interval` (±10% jitter, so N workers do not probe in lockstep); `unhealthy` failures in
-//! a row take an instance out, `healthy` successes bring it back. The verdict is kept in the
-//! route table's per-instance state, so it survives registry changes.
+//! Active health checks, once per host: each worker runs a task per checked service, but only
+//! the one holding the service's lease in the shared region (see `host::leases`) probes; the
+//! others read the verdicts it writes to the host-wide instance table. The holder renews the
+//! lease every round; when it dies or hangs, the lease runs out one probe timeout after its
+//! next round was due, and the first worker to look (every quarter interval) takes over. So the
+//! probe count does not depend on the worker count. `unhealthy` failures in a row take an
+//! instance out, `healthy` successes bring it back; a failed probe of an instance the removal
+//! guard holds releases it at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use rand::Rng;
 
 use crate::config::HealthCheck;
+use crate::host::Host;
 use crate::http::transport::Transport;
 use crate::http::upstream::Upstream;
 use crate::SharedTable;
 
-/// Probes every instance of `service` every `interval`, on whatever table is current.
+/// Probes every instance of `service` every `interval`, on whatever table is current, while
+/// this worker holds the service's lease.
 pub async fn run_checks(
     service: String,
     check: HealthCheck,
-    table: SharedTable,
+    (table, host): (SharedTable, Host),
     client: Arc<Upstream>,
     transport: Option<Arc<Transport>>,
 ) {
+    let lease = host.service_index(&service);
+    let hold_ms = (check.interval + check.timeout).as_millis() as u64;
+    let look = (check.interval / 4).max(Duration::from_millis(10));
+    let mut next_round = tokio::time::Instant::now() + check.interval;
     loop {
-        let jitter = check.interval.as_millis() as u64 / 10;
-        let wait =
-            check.interval.as_millis() as u64 + rand::rng().random_range(0..=2 * jitter) - jitter;
-        tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        // A holder probes on a fixed rhythm; the others look at the lease four times as often.
+        let holding = host.leases().holder(lease) == Some(std::process::id());
+        let wake =
+            if holding { next_round } else { (tokio::time::Instant::now() + look).min(next_round) };
+        tokio::time::sleep_until(wake).await;
+        if tokio::time::Instant::now() < next_round && !lease_free(host, lease) {
+            continue;
+        }
+        next_round = tokio::time::Instant::now() + check.interval;
+        if !host.leases().hold(lease, hold_ms) {
+            continue;
+        }
         let Some(svc) = table.load().get(&service).cloned() else { continue };
         let transport = transport.as_deref();
         let probes = svc.instances.iter().map(|i| probe(&client, transport, &i.address, &check));
         let results = futures::future::join_all(probes).await;
         for (idx, ok) in results.into_iter().enumerate() {
+            if !ok && svc.health.release(idx) {
+                log::warn!(
+                    "service {service}: held instance {} released: its health check failed",
+                    svc.instances[idx]
+                );
+            }
             match svc.health.probe(idx, ok, &check) {
                 Some(true) => {
                     log::info!(
@@ -49,6 +72,11 @@ pub async fn run_checks(
             }
         }
     }
+}
+
+/// Whether nobody holds the lease now (its holder ran out or is gone).
+fn lease_free(host: Host, lease: usize) -> bool {
+    host.leases().holder(lease).is_none_or(|pid| !crate::host::alive(pid))
 }
 
 /// One probe: a 2xx or 3xx answer within `timeout` is healthy.

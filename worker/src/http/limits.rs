@@ -9,9 +9,11 @@ use rustc_hash::FxHashMap;
 
 use crate::balance::hash_key;
 use crate::config::{Config, RateKey};
+use crate::host::admission::{Admission, InFlightGuard};
+use crate::host::{monotonic_ns, RATE_RULES};
 use crate::http::error::ProxyError;
 use crate::http::router::RequestView;
-use crate::metrics::{monotonic_ns, InFlightGuard, Metrics, RATE_RULES};
+use crate::metrics::Metrics;
 use crate::table::Service;
 
 /// One compiled `[[rate_limit]]`.
@@ -58,7 +60,7 @@ impl Limits {
     /// body is done.
     pub fn admit(
         &self,
-        metrics: &Metrics,
+        (metrics, admission): (&Metrics, &Admission),
         service: &Service,
         req: &impl RequestView,
         client: IpAddr,
@@ -78,7 +80,7 @@ impl Limits {
                     },
                     RateKey::Header(name) => req.header(name).map_or(1, hash_key),
                 };
-                let limited = metrics.rate_limit(
+                let limited = admission.rate_limit(
                     (rule.index, key),
                     now,
                     rule.interval_ns,
@@ -91,7 +93,7 @@ impl Limits {
             }
         }
         match self.max_requests.get(&service.name) {
-            Some(max) => match metrics.enter(idx, *max) {
+            Some(max) => match admission.enter(idx, *max) {
                 Some(guard) => Ok(Some(guard)),
                 None => Err(ProxyError::Overloaded(service.name.clone())),
             },
@@ -106,13 +108,13 @@ mod tests {
 
     #[test]
     fn gcra_buckets_admit_burst_then_rate_and_are_shared_by_workers() {
-        let a = Metrics::local(0).started(1);
-        let b = a.for_slot(1);
+        let host = crate::host::Host::local(0).started();
+        let (a, b) = (host.admission(), host.for_slot(1).admission());
         let interval = 10_000_000; // 100/s
         let tolerance = interval * 4; // burst 5
         let mut now = 1_000_000_000;
         let admitted =
-            |m: &Metrics, now: u64| m.rate_limit((0, 42), now, interval, tolerance, 0).is_ok();
+            |m: &Admission, now: u64| m.rate_limit((0, 42), now, interval, tolerance, 0).is_ok();
         // A burst of 5 at once, split between two workers: the sixth is refused.
         let burst: Vec<bool> =
             (0..6).map(|i| admitted(if i % 2 == 0 { &a } else { &b }, now)).collect();
@@ -127,7 +129,7 @@ mod tests {
 
     #[test]
     fn max_requests_counts_every_worker_and_releases_on_drop() {
-        let a = Metrics::local(0).started(1);
+        let a = crate::host::Host::local(0).started().admission();
         let first = a.enter(3, 2).expect("1 of 2");
         let second = a.enter(3, 2).expect("2 of 2");
         assert!(a.enter(3, 2).is_none(), "a third is refused");

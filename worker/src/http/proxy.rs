@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
+use crate::host::admission::Admission;
+use crate::host::Host;
 use crate::http::buffers::Buffers;
 use crate::http::connections::Connections;
 use crate::http::error::ProxyError;
@@ -38,6 +40,8 @@ pub struct Proxy {
     /// The header policy every protocol side follows.
     pub(crate) policy: Policy,
     pub(crate) metrics: Metrics,
+    /// Rate-limit buckets and `max_requests` counts, host-wide.
+    pub(crate) admission: Admission,
     pub(crate) unrouted: usize,
     pub(crate) access_log: bool,
     /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
@@ -56,8 +60,8 @@ pub struct Shared {
     pub table: SharedTable,
     /// `Some` once routes are loaded.
     pub ready: watch::Receiver<Option<Source>>,
-    /// Counters.
-    pub metrics: Metrics,
+    /// The host's shared region (counters, limits, instance state).
+    pub host: Host,
     /// Open connections (tunnels count).
     pub connections: Arc<Connections>,
     /// Per-service transports toward instances.
@@ -95,7 +99,7 @@ impl Proxy {
             table: shared.table,
             ready: shared.ready,
             router,
-            forwarder: Forwarder::new(&config.proxy, shared.metrics),
+            forwarder: Forwarder::new(&config.proxy, Metrics::new(shared.host)),
             settings: config.proxy.clone(),
             policy: Policy::new(
                 headers::via_entry(via),
@@ -103,8 +107,9 @@ impl Proxy {
                 config.proxy.trusted_proxies.clone(),
                 config.proxy.debug_headers.then(|| std::process::id().to_string().into_bytes()),
             ),
-            unrouted: shared.metrics.service_index(UNROUTED),
-            metrics: shared.metrics,
+            unrouted: shared.host.service_index(UNROUTED),
+            metrics: Metrics::new(shared.host),
+            admission: shared.host.admission(),
             access_log: config.log.access,
             connections: shared.connections,
             transports: shared.transports,

@@ -1,38 +1,17 @@
-//! Metrics and worker status in shared memory: the one owner of the region the supervisor maps
-//! before forking. Each worker writes only its own slot (plain atomic adds); any worker
-//! answering a scrape sums every slot, so `/metrics` and `/workers` are exact across processes.
-//!
-//! Layout (`#[repr(C)]`, all atomics, zero = empty): a table of service names claimed by
-//! compare-and-swap, shared by all workers so one service has one index everywhere; then one
-//! [`WorkerStats`] per slot with per-service counters. Fixed capacity: services beyond
-//! [`MAX_SERVICES`] - 1 share the last row, named `_other`; slots beyond [`MAX_WORKERS`] share
-//! the last slot.
+//! Metrics and worker status: the counters view of the host's shared region (see
+//! [`crate::host`], which owns the layout). Each worker writes only its own slot (plain atomic
+//! adds); any worker answering a scrape sums every slot, so `/metrics` and `/workers` are exact
+//! across processes.
 
-mod region;
 mod render;
 
-use region::{read_name, WorkerStats};
+use crate::host::region::{Region, WorkerStats};
+use crate::host::Host;
+pub use crate::host::{monotonic_ns, BUCKETS, LAG_BUCKETS, MAX_SERVICES, MAX_WORKERS};
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Worker slots with their own counters.
-pub const MAX_WORKERS: usize = 64;
-/// Services with their own counters (the last row is `_other`).
-pub const MAX_SERVICES: usize = 256;
-/// Worker processes counted for `max_requests` at once (a reload briefly runs two per slot).
-pub const ACTIVE_ROWS: usize = 2 * MAX_WORKERS;
-/// `[[rate_limit]]` rules with buckets in the shared region.
-pub const RATE_RULES: usize = 32;
-/// Buckets per rule (keys: client addresses, header values). When every bucket near a new
-/// key's place is taken, the one closest to full is reused (see `rate_limit`).
-pub const RATE_SLOTS: usize = 4096;
-/// Places tried for a key.
-const RATE_PROBES: usize = 8;
-pub(crate) const NAME_LEN: usize = 120;
-/// Upper bounds (seconds) of the upstream latency histogram buckets.
-pub const BUCKETS: [f64; 12] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Name under which requests that matched no service are counted.
 pub const UNROUTED: &str = "_unrouted";
 pub(crate) const OTHER: &str = "_other";
@@ -75,13 +54,12 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A worker's handle on the region: where it writes, and what it reads for scrapes.
+/// A worker's counters view: where it writes, and what it reads for scrapes.
 #[derive(Clone, Copy)]
 pub struct Metrics {
-    region: &'static region::Region,
+    host: Host,
+    region: &'static Region,
     slot: usize,
-    /// This process's row of requests in flight (claimed by `started`).
-    row: usize,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,10 +73,14 @@ impl Metrics {
         &self.region.workers[self.slot]
     }
 
+    /// The view on `host`'s region, for its slot.
+    pub fn new(host: Host) -> Metrics {
+        Metrics { host, region: host.region, slot: host.slot }
+    }
+
     /// Records this worker's start in its slot; a start in the same generation as the previous
     /// occupant is a restart after a crash (a reload starts a new generation).
-    pub fn started(mut self, generation: u64) -> Metrics {
-        self.row = self.claim_row();
+    pub fn started(self, generation: u64) {
         let me = self.me();
         let prev = me.pid.swap(std::process::id(), Ordering::Relaxed);
         let prev_gen = me.generation.swap(generation, Ordering::Relaxed);
@@ -109,110 +91,6 @@ impl Metrics {
         me.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         me.active_connections.store(0, Ordering::Relaxed);
         me.retired.store(0, Ordering::Relaxed);
-        self
-    }
-
-    /// Claims this process's row of in-flight counters, clearing rows of processes that are
-    /// gone (a crashed worker's requests stop counting).
-    fn claim_row(&self) -> usize {
-        let me = std::process::id();
-        for row in self.region.active.iter() {
-            let pid = row.pid.load(Ordering::Acquire);
-            if pid != 0 && pid != me && !alive(pid) {
-                for s in &row.services {
-                    s.store(0, Ordering::Relaxed);
-                }
-                let _ = row.pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
-            }
-        }
-        for (i, row) in self.region.active.iter().enumerate() {
-            if row.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                return i;
-            }
-        }
-        log::warn!("more than {ACTIVE_ROWS} worker processes: max_requests counts this one in the last row");
-        ACTIVE_ROWS - 1
-    }
-
-    /// Counts a request in flight for service `idx`, unless that makes more than `max` across
-    /// every worker of the host: then it is refused (and counted), and nothing stays counted.
-    /// Exact: the request is counted before the total is read, so two workers racing for the
-    /// last place may both be refused, never both admitted.
-    pub fn enter(&self, idx: usize, max: u32) -> Option<InFlightGuard> {
-        let idx = idx.min(MAX_SERVICES - 1);
-        let mine = &self.region.active[self.row].services[idx];
-        mine.fetch_add(1, Ordering::AcqRel);
-        let total: i64 = self
-            .region
-            .active
-            .iter()
-            .filter(|r| r.pid.load(Ordering::Relaxed) != 0)
-            .map(|r| i64::from(r.services[idx].load(Ordering::Acquire)))
-            .sum();
-        if total > i64::from(max) {
-            mine.fetch_sub(1, Ordering::AcqRel);
-            self.me().services[idx].overloaded.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(InFlightGuard(mine))
-    }
-
-    /// GCRA rate limiting on bucket `key` of `rule`: admits a request when the key's
-    /// theoretical arrival time is within `tolerance_ns` of `now_ns` (CLOCK_MONOTONIC, the same
-    /// in every process), and moves it on by `interval_ns`; otherwise `Err(wait)` until one
-    /// would be admitted. Buckets are shared by every worker, so the limit holds for the host.
-    /// A key finds its bucket among `RATE_PROBES` places; when none is its own or free, the
-    /// one with the earliest arrival time is taken over — a bucket already back to full burst
-    /// carries no state, so only under more than `RATE_SLOTS` keys limited at once can a key
-    /// start again from a full burst.
-    pub fn rate_limit(
-        &self,
-        (rule, key): (usize, u64),
-        now_ns: u64,
-        interval_ns: u64,
-        tolerance_ns: u64,
-        service_idx: usize,
-    ) -> Result<(), std::time::Duration> {
-        let key = key.max(1);
-        let base = rule.min(RATE_RULES - 1) * RATE_SLOTS;
-        let start = (key as usize) % RATE_SLOTS;
-        let slots = &self.region.limits[base..base + RATE_SLOTS];
-        let place = |i: usize| &slots[(start + i) % RATE_SLOTS];
-        let slot = (0..RATE_PROBES)
-            .map(place)
-            .find(|s| s.key.load(Ordering::Acquire) == key)
-            .or_else(|| {
-                (0..RATE_PROBES).map(place).find(|s| {
-                    s.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok()
-                })
-            })
-            .unwrap_or_else(|| {
-                let oldest =
-                    (0..RATE_PROBES).map(place).min_by_key(|s| s.tat.load(Ordering::Relaxed));
-                let s = oldest.expect("RATE_PROBES > 0");
-                s.key.store(key, Ordering::Release);
-                s.tat.store(0, Ordering::Release);
-                s
-            });
-        let mut tat = slot.tat.load(Ordering::Acquire);
-        loop {
-            let from = tat.max(now_ns);
-            if from - now_ns > tolerance_ns {
-                self.me().services[service_idx.min(MAX_SERVICES - 1)]
-                    .rate_limited
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(std::time::Duration::from_nanos(from - now_ns - tolerance_ns));
-            }
-            match slot.tat.compare_exchange_weak(
-                tat,
-                from + interval_ns,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(current) => tat = current,
-            }
-        }
     }
 
     /// This slot was removed for good (TTOU) and its worker is gone: `/workers` and the
@@ -224,9 +102,43 @@ impl Metrics {
         me.zk_state.store(0, Ordering::Relaxed);
     }
 
-    /// The event loop is alive.
+    /// The event loop is alive. While the ZooKeeper session is connected after a first sync,
+    /// the route table is as current as the watch keeps it: the sync time moves on too.
     pub fn heartbeat(&self) {
-        self.me().heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        let me = self.me();
+        let now = now_ms();
+        me.heartbeat_ms.store(now, Ordering::Relaxed);
+        if self.zk_state() == ZkState::Connected && me.synced_ms.load(Ordering::Relaxed) != 0 {
+            me.synced_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A listing from ZooKeeper was swapped in: the table is current as of now.
+    pub fn synced(&self) {
+        self.me().synced_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The watches this worker's session holds now.
+    pub fn set_zk_watches(&self, n: usize) {
+        self.me().zk_watches.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// One change reached this worker's table `lag` after ZooKeeper recorded it.
+    pub fn discovery_lag(&self, lag: Duration) {
+        let me = self.me();
+        let secs = lag.as_secs_f64();
+        if let Some(b) = LAG_BUCKETS.iter().position(|le| secs <= *le) {
+            me.lag_buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        me.lag_count.fetch_add(1, Ordering::Relaxed);
+        me.lag_sum_ms.fetch_add(lag.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Instances of service `idx` this worker keeps in rotation under the removal guard.
+    pub fn set_held(&self, service_idx: usize, n: usize) {
+        self.me().services[service_idx.min(MAX_SERVICES - 1)]
+            .held
+            .store(n as u64, Ordering::Relaxed);
     }
 
     /// A client connection opened (+1) or closed (-1).
@@ -241,31 +153,7 @@ impl Metrics {
 
     /// The index of `service` in the shared name table (claimed on first use).
     pub fn service_index(&self, service: &str) -> usize {
-        let name = &service.as_bytes()[..service.len().min(NAME_LEN)];
-        for (i, slot) in self.region.names.iter().enumerate().take(MAX_SERVICES - 1) {
-            loop {
-                match slot.state.load(Ordering::Acquire) {
-                    2 if read_name(slot) == name => return i,
-                    2 => break,
-                    1 => std::hint::spin_loop(),
-                    _ => {
-                        if slot
-                            .state
-                            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                        {
-                            for (b, v) in slot.bytes.iter().zip(name) {
-                                b.store(*v, Ordering::Relaxed);
-                            }
-                            slot.len.store(name.len() as u32, Ordering::Relaxed);
-                            slot.state.store(2, Ordering::Release);
-                            return i;
-                        }
-                    }
-                }
-            }
-        }
-        MAX_SERVICES - 1
+        self.host.service_index(service)
     }
 
     /// A request answered with `status`; `latency` is the upstream time when one was asked.
@@ -337,11 +225,6 @@ impl Metrics {
     pub fn zk_state(&self) -> ZkState {
         ZkState::from_u32(self.me().zk_state.load(Ordering::Relaxed))
     }
-
-    /// A handle on the same region for another slot (as a second worker process has).
-    pub fn for_slot(&self, slot: usize) -> Metrics {
-        Metrics { region: self.region, slot: slot.min(MAX_WORKERS - 1), row: self.row }
-    }
 }
 
 #[cfg(test)]
@@ -350,8 +233,8 @@ mod tests {
 
     #[test]
     fn two_workers_on_one_region_report_exact_totals() {
-        let a = Metrics::local(0);
-        let b = a.for_slot(1);
+        let host = Host::local(0);
+        let (a, b) = (Metrics::new(host), Metrics::new(host.for_slot(1)));
         a.started(1);
         b.started(1);
         let (ia, ib) = (a.service_index("svc"), b.service_index("svc"));
@@ -394,36 +277,11 @@ mod tests {
 
     #[test]
     fn a_restart_in_the_same_generation_counts_a_reload_does_not() {
-        let m = Metrics::local(0);
+        let host = Host::local(0);
+        let m = Metrics::new(host);
         m.started(1);
         m.started(1);
         m.started(2);
         assert!(m.prometheus().contains("zkgate_worker_restarts_total{slot=\"0\"} 1"));
     }
-}
-
-/// A request counted in flight for `max_requests` until dropped.
-#[derive(Debug)]
-pub struct InFlightGuard(&'static std::sync::atomic::AtomicI32);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Whether process `pid` exists (signal 0 checks without sending).
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the host.
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }

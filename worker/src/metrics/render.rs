@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::region::{read_name, ServiceStats, WorkerStats};
-use super::{Metrics, ZkState, BUCKETS, MAX_SERVICES, OTHER};
+use super::{Metrics, ZkState, BUCKETS, LAG_BUCKETS, MAX_SERVICES, OTHER};
+use crate::host::region::{read_name, ServiceStats, WorkerStats};
 
 impl Metrics {
     /// Every slot that has had a worker: the `/workers` answer.
@@ -117,8 +117,54 @@ impl Metrics {
                 "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}"
             );
         }
+        out += "# HELP zkgate_discovery_held_instances Instances the registry removed that the removal guard keeps in rotation until they prove gone (largest over the workers).\n";
+        out += "# TYPE zkgate_discovery_held_instances gauge\n";
+        for (i, name) in &names {
+            let live = workers.iter().filter(|(_, w)| !w.is_retired());
+            let n = live.map(|(_, w)| w.services[*i].held.load(Ordering::Relaxed)).max();
+            if let Some(n) = n.filter(|n| *n > 0) {
+                let _ = writeln!(
+                    out,
+                    "zkgate_discovery_held_instances{{service=\"{}\"}} {n}",
+                    escape(name)
+                );
+            }
+        }
+        out += "# HELP zkgate_discovery_lag_seconds From a znode's change (its mtime, ZooKeeper's clock) to a worker's route table holding it.\n";
+        out += "# TYPE zkgate_discovery_lag_seconds histogram\n";
+        let mut cumulative = 0;
+        for (b, le) in LAG_BUCKETS.iter().enumerate() {
+            cumulative += sum(&|w| w.lag_buckets[b].load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "zkgate_discovery_lag_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = sum(&|w| w.lag_count.load(Ordering::Relaxed));
+        let _ = writeln!(out, "zkgate_discovery_lag_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let lag_ms = sum(&|w| w.lag_sum_ms.load(Ordering::Relaxed));
+        let _ = writeln!(out, "zkgate_discovery_lag_seconds_sum {}", lag_ms as f64 / 1e3);
+        let _ = writeln!(out, "zkgate_discovery_lag_seconds_count {count}");
+        out += "# HELP zkgate_host_instances_overflow_total Instances that found no place in the host-wide instance table (their state stays per worker).\n";
+        out += "# TYPE zkgate_host_instances_overflow_total counter\n";
+        let _ = writeln!(
+            out,
+            "zkgate_host_instances_overflow_total {}",
+            self.region.instance_overflow.load(Ordering::Relaxed)
+        );
+        out += "# HELP zkgate_discovery_last_sync_age_seconds Seconds since the worker last knew its route table current (session connected and synced).\n";
+        out += "# TYPE zkgate_discovery_last_sync_age_seconds gauge\n";
+        let now = super::now_ms();
+        for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
+            let synced = w.synced_ms.load(Ordering::Relaxed);
+            if synced != 0 {
+                let age = now.saturating_sub(synced) as f64 / 1e3;
+                let _ = writeln!(
+                    out,
+                    "zkgate_discovery_last_sync_age_seconds{{slot=\"{slot}\"}} {age}"
+                );
+            }
+        }
         type Read = fn(&WorkerStats) -> i64;
-        let per_slot: [(&str, &str, &str, Read); 8] = [
+        let per_slot: [(&str, &str, &str, Read); 9] = [
             (
                 "zkgate_active_connections",
                 "gauge",
@@ -166,6 +212,12 @@ impl Metrics {
                 "gauge",
                 "0 none, 1 connected, 2 disconnected, 3 session lost.",
                 |w| i64::from(w.zk_state.load(Ordering::Relaxed)),
+            ),
+            (
+                "zkgate_zookeeper_watches",
+                "gauge",
+                "Watches the worker's ZooKeeper session holds.",
+                |w| w.zk_watches.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, read) in per_slot {

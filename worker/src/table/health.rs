@@ -1,5 +1,7 @@
-//! What a worker has learned about each instance: consecutive failures, ejection, the active
-//! health check's verdict and the requests in flight.
+//! What the host's workers have learned about each instance: consecutive failures, ejection,
+//! the active health check's verdict, the removal guard's release and the requests in flight —
+//! kept in the host-wide instance table (see `host::instances`), so one worker's finding holds
+//! for all of them, and a new worker starts from it.
 //!
 //! State belongs to an instance *address*, not to its position in a list: when discovery sends
 //! a new instance list, a rebuilt service takes the state of every address it already knew
@@ -12,25 +14,26 @@
 //! `max_ejection_percent` of a service is ejected at once (at least one may be); when no
 //! instance is available the proxy spreads over all of them (panic mode) rather than answer 503.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{HealthCheck, OutlierSettings};
+use crate::host::instances::{self, Entry, Instances};
+use crate::host::monotonic_ms;
 use crate::table::instance::Instance;
 
-/// Milliseconds on a monotonic clock, shared by every table a worker builds so that carried
-/// ejection deadlines keep their meaning. Tests drive a manual one instead of sleeping.
+/// Milliseconds on a clock every process of the host shares (CLOCK_MONOTONIC), so an ejection
+/// deadline one worker writes means the same to all. Tests drive a manual one instead of
+/// sleeping.
 #[derive(Clone)]
 pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
 
 impl Clock {
-    /// The real clock, counting from now.
+    /// The host's monotonic clock (never 0, so that 0 can mean "not ejected").
     pub fn system() -> Self {
-        let epoch = Instant::now();
-        // +1 so that 0 can mean "not ejected".
-        Clock(Arc::new(move || epoch.elapsed().as_millis() as u64 + 1))
+        Clock(Arc::new(monotonic_ms))
     }
 
     /// A clock that moves only when the returned cell is advanced (milliseconds).
@@ -40,7 +43,8 @@ impl Clock {
         (Clock(Arc::new(move || read.load(Ordering::Relaxed))), now)
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Now, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
         (self.0)()
     }
 }
@@ -51,19 +55,46 @@ impl std::fmt::Debug for Clock {
     }
 }
 
-/// One instance's state.
-#[derive(Debug, Default)]
+/// Where instance state is kept: the host-wide table every worker shares (a worker's normal
+/// case), or private memory (a worker without a region, unit tests), and the clock deadlines
+/// are read on.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    clock: Clock,
+    host: Option<Instances>,
+}
+
+impl Tracker {
+    /// State shared by every worker of the host, on the host's clock.
+    pub fn host(instances: Instances) -> Self {
+        Tracker { clock: Clock::system(), host: Some(instances) }
+    }
+
+    /// State private to this process, on `clock`.
+    pub fn local(clock: Clock) -> Self {
+        Tracker { clock, host: None }
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn entry(&self, service: &str, address: &str) -> Entry {
+        match &self.host {
+            Some(host) => host.claim(service, address),
+            None => instances::own(),
+        }
+    }
+}
+
+/// One instance's state: its (host-wide) entry, and what only this worker counts.
+#[derive(Debug)]
 pub struct InstanceState {
-    failures: AtomicU32,
-    ejections: AtomicU32,
-    /// Clock milliseconds; 0 = not ejected.
-    ejected_until: AtomicU64,
-    /// Taken out by the active health check.
-    down: AtomicBool,
-    probe_fails: AtomicU32,
-    probe_oks: AtomicU32,
-    /// Requests in flight to this instance from this worker.
-    active: AtomicUsize,
+    entry: Entry,
+    /// Requests in flight to this instance from this worker (its connection limit is this
+    /// worker's).
+    local_active: AtomicUsize,
 }
 
 /// Health of one service's instances, index-aligned with its instance list.
@@ -71,15 +102,20 @@ pub struct InstanceState {
 pub struct ServiceHealth {
     clock: Clock,
     states: Vec<Arc<InstanceState>>,
+    /// Instances the registry removed that the removal guard keeps in rotation.
+    held: Vec<bool>,
 }
 
 impl ServiceHealth {
-    /// State for `instances`: an address the previous list (and its health) knew keeps its
-    /// state, a new one starts healthy.
+    /// State for `service`'s `instances`: an address the previous list (and its health) knew
+    /// keeps its state; a new one takes the host's entry (what other workers learned), or a
+    /// fresh one. `held`: addresses the removal guard keeps although the registry removed them;
+    /// every other instance is listed, so a release from an earlier hold no longer applies.
     pub fn carry(
+        service: &str,
         instances: &[Instance],
         previous: Option<(&[Instance], &ServiceHealth)>,
-        clock: &Clock,
+        (tracker, held): (&Tracker, &HashSet<String>),
     ) -> Self {
         let known: HashMap<&str, &Arc<InstanceState>> = match previous {
             Some((list, health)) => {
@@ -87,75 +123,153 @@ impl ServiceHealth {
             }
             None => HashMap::new(),
         };
-        let states = instances
+        let states: Vec<Arc<InstanceState>> = instances
             .iter()
-            .map(|i| known.get(i.address.as_str()).map_or_else(Default::default, |s| Arc::clone(s)))
+            .map(|i| match known.get(i.address.as_str()) {
+                Some(s) => Arc::clone(s),
+                None => Arc::new(InstanceState {
+                    entry: tracker.entry(service, &i.address),
+                    local_active: AtomicUsize::new(0),
+                }),
+            })
             .collect();
-        ServiceHealth { clock: clock.clone(), states }
+        let held: Vec<bool> = instances.iter().map(|i| held.contains(&i.address)).collect();
+        for (s, held) in states.iter().zip(&held) {
+            if !held {
+                s.entry.fields().released.store(0, Ordering::Relaxed);
+            }
+        }
+        ServiceHealth { clock: tracker.clock.clone(), states, held }
     }
 
-    /// Every instance healthy.
+    /// Every instance healthy, state private to this process (tests).
     pub fn new(instances: usize, clock: &Clock) -> Self {
         ServiceHealth {
             clock: clock.clone(),
-            states: (0..instances).map(|_| Default::default()).collect(),
+            states: (0..instances)
+                .map(|_| {
+                    Arc::new(InstanceState {
+                        entry: instances::own(),
+                        local_active: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+            held: vec![false; instances],
         }
     }
 
-    /// Whether instance `idx` may take traffic now.
+    fn fields(&self, idx: usize) -> Option<&crate::host::region::InstanceEntry> {
+        self.states.get(idx).map(|s| s.entry.fields())
+    }
+
+    /// Whether instance `idx` may take traffic now: not ejected, not taken out by the health
+    /// check, and — when held by the removal guard — not found gone yet.
     pub fn available(&self, idx: usize) -> bool {
-        let Some(s) = self.states.get(idx) else { return false };
-        !s.down.load(Ordering::Relaxed)
+        let Some(s) = self.fields(idx) else { return false };
+        s.down.load(Ordering::Relaxed) == 0
             && s.ejected_until.load(Ordering::Relaxed) <= self.clock.now_ms()
+            && !self.released(idx)
     }
 
     /// Whether `idx` is ejected now (for `/routes`).
     pub fn ejected(&self, idx: usize) -> bool {
-        self.states
-            .get(idx)
+        self.fields(idx)
             .is_some_and(|s| s.ejected_until.load(Ordering::Relaxed) > self.clock.now_ms())
+    }
+
+    /// Milliseconds left of `idx`'s ejection (0: not ejected), and how many times it was.
+    pub fn ejection(&self, idx: usize) -> (u64, u32) {
+        self.fields(idx).map_or((0, 0), |s| {
+            let until = s.ejected_until.load(Ordering::Relaxed);
+            (until.saturating_sub(self.clock.now_ms()), s.ejections.load(Ordering::Relaxed))
+        })
     }
 
     /// Whether the health check has taken `idx` out.
     pub fn down(&self, idx: usize) -> bool {
-        self.states.get(idx).is_some_and(|s| s.down.load(Ordering::Relaxed))
+        self.fields(idx).is_some_and(|s| s.down.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Whether the removal guard holds `idx` (removed by the registry, kept in rotation).
+    pub fn held(&self, idx: usize) -> bool {
+        self.held.get(idx).copied().unwrap_or(false)
+    }
+
+    /// Whether `idx`, held, was found gone (released: out of rotation).
+    pub fn released(&self, idx: usize) -> bool {
+        self.held(idx) && self.fields(idx).is_some_and(|s| s.released.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Releases held instance `idx`: it proved gone. True for the one caller that released it
+    /// (every worker reads the release; one logs it).
+    pub fn release(&self, idx: usize) -> bool {
+        self.held(idx)
+            && self.fields(idx).is_some_and(|s| {
+                s.released.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            })
+    }
+
+    /// Requests in flight to `idx` from every worker of the host.
+    pub fn active(&self, idx: usize) -> usize {
+        self.states.get(idx).map_or(0, |s| s.entry.active())
     }
 
     /// Requests in flight to `idx` from this worker.
-    pub fn active(&self, idx: usize) -> usize {
-        self.states.get(idx).map_or(0, |s| s.active.load(Ordering::Relaxed))
+    pub fn local_active(&self, idx: usize) -> usize {
+        self.states.get(idx).map_or(0, |s| s.local_active.load(Ordering::Relaxed))
+    }
+
+    /// Whether `idx`'s state is shared by the host's workers (not an overflow).
+    pub fn shared(&self, idx: usize) -> bool {
+        self.states.get(idx).is_some_and(|s| s.entry.shared())
     }
 
     /// A request to `idx` started.
     pub fn started(&self, idx: usize) {
         if let Some(s) = self.states.get(idx) {
-            s.active.fetch_add(1, Ordering::Relaxed);
+            s.local_active.fetch_add(1, Ordering::Relaxed);
+            s.entry.started();
         }
     }
 
     /// A request to `idx` ended (its response body is done or dropped).
     pub fn finished(&self, idx: usize) {
         if let Some(s) = self.states.get(idx) {
-            let _ =
-                s.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            let _ = s
+                .local_active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            s.entry.finished();
+        }
+    }
+
+    /// Marks every instance's entry as held by a route table now (keeps it from reuse).
+    pub fn touch(&self, now_ms: u64) {
+        for s in &self.states {
+            s.entry.touch(now_ms);
         }
     }
 
     /// A request to `idx` succeeded.
     pub fn success(&self, idx: usize) {
-        if let Some(s) = self.states.get(idx) {
+        if let Some(s) = self.fields(idx) {
             if s.failures.load(Ordering::Relaxed) != 0 {
                 s.failures.store(0, Ordering::Relaxed);
             }
         }
     }
 
-    /// A request to `idx` failed. Returns how long it is now ejected for, if it was ejected.
+    /// A request to `idx` failed. Failures count host-wide: the `consecutive_failures`-th, from
+    /// whichever worker, ejects the instance for every worker at once. Returns how long it is
+    /// now ejected for, to the one caller that ejected it.
     pub fn failure(&self, idx: usize, policy: &OutlierSettings) -> Option<Duration> {
-        let s = self.states.get(idx)?;
-        let n = s.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if policy.consecutive_failures == 0 || n < policy.consecutive_failures || self.ejected(idx)
-        {
+        let s = self.fields(idx)?;
+        let n = s.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if policy.consecutive_failures == 0 || n < policy.consecutive_failures {
+            return None;
+        }
+        let now = self.clock.now_ms();
+        let until = s.ejected_until.load(Ordering::Acquire);
+        if until > now {
             return None;
         }
         let total = self.states.len();
@@ -164,28 +278,36 @@ impl ServiceHealth {
         if ejected_now >= allowed {
             return None;
         }
-        let times = s.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let times = s.ejections.load(Ordering::Acquire) + 1;
         let span = policy.base_ejection.saturating_mul(times).min(policy.max_ejection);
-        s.ejected_until.store(self.clock.now_ms() + span.as_millis() as u64, Ordering::Relaxed);
-        s.failures.store(0, Ordering::Relaxed);
+        let new = now + span.as_millis() as u64;
+        if s.ejected_until
+            .compare_exchange(until, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None; // another worker ejected it first
+        }
+        s.ejections.fetch_add(1, Ordering::AcqRel);
+        s.failures.store(0, Ordering::Release);
         Some(span)
     }
 
     /// Records one probe result; returns `Some(true/false)` when the instance changed state.
+    /// One worker of the host probes (it holds the lease); every worker reads the verdict.
     pub fn probe(&self, idx: usize, ok: bool, check: &HealthCheck) -> Option<bool> {
-        let s = self.states.get(idx)?;
+        let s = self.fields(idx)?;
         if ok {
             s.probe_fails.store(0, Ordering::Relaxed);
             let n = s.probe_oks.fetch_add(1, Ordering::Relaxed) + 1;
-            if s.down.load(Ordering::Relaxed) && n >= check.healthy {
-                s.down.store(false, Ordering::Relaxed);
+            if s.down.load(Ordering::Relaxed) != 0 && n >= check.healthy {
+                s.down.store(0, Ordering::Release);
                 return Some(true);
             }
         } else {
             s.probe_oks.store(0, Ordering::Relaxed);
             let n = s.probe_fails.fetch_add(1, Ordering::Relaxed) + 1;
-            if !s.down.load(Ordering::Relaxed) && n >= check.unhealthy {
-                s.down.store(true, Ordering::Relaxed);
+            if s.down.load(Ordering::Relaxed) == 0 && n >= check.unhealthy {
+                s.down.store(1, Ordering::Release);
                 return Some(false);
             }
         }
@@ -277,11 +399,67 @@ mod tests {
             Instance::new("10.0.0.2:80"),
             Instance::new("10.0.0.3:80"),
         ];
-        let carried = ServiceHealth::carry(&after, Some((&before, &h)), &clock);
+        let tracker = Tracker::local(clock.clone());
+        let carried =
+            ServiceHealth::carry("svc", &after, Some((&before, &h)), (&tracker, &HashSet::new()));
         assert!(carried.ejected(2), "10.0.0.3 stays ejected");
         assert!(!carried.ejected(1), "the newcomer starts healthy");
         assert_eq!(carried.active(0), 1, "in-flight count of 10.0.0.1 kept");
         carried.finished(0);
         assert_eq!(h.active(0), 0, "old and new table share the state");
+    }
+
+    #[test]
+    fn failures_count_host_wide_and_a_new_worker_starts_from_the_ejection() {
+        let host = crate::host::Host::local(0);
+        let list = vec![Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")];
+        let none = HashSet::new();
+        let worker = |slot: usize| {
+            let tracker = Tracker::host(host.for_slot(slot).instances());
+            ServiceHealth::carry("svc", &list, None, (&tracker, &none))
+        };
+        let (a, b) = (worker(0), worker(1));
+        // Three failures in all, from two workers: the third ejects, for both.
+        assert_eq!(a.failure(1, &policy()), None);
+        assert_eq!(b.failure(1, &policy()), None);
+        assert!(b.failure(1, &policy()).is_some(), "the third failure host-wide ejects");
+        assert!(a.ejected(1) && b.ejected(1));
+        assert_eq!(a.failure(1, &policy()), None, "ejected once, by one worker");
+        // A worker started now (respawn, TTIN, reload) sees the ejection at once.
+        let c = worker(2);
+        assert!(c.ejected(1) && !c.available(1) && c.available(0));
+        // In-flight counts are the host's; the connection limit reads this worker's.
+        a.started(0);
+        c.started(0);
+        assert_eq!((b.active(0), b.local_active(0), a.local_active(0)), (2, 0, 1));
+    }
+
+    #[test]
+    fn a_verdict_written_by_the_prober_holds_for_every_worker() {
+        let host = crate::host::Host::local(0);
+        let list = vec![Instance::new("10.0.0.1:80")];
+        let none = HashSet::new();
+        let tracker = Tracker::host(host.instances());
+        let prober = ServiceHealth::carry("svc", &list, None, (&tracker, &none));
+        let reader = ServiceHealth::carry("svc", &list, None, (&tracker, &none));
+        let c = HealthCheck { path: "/h".into(), healthy: 1, unhealthy: 1, ..Default::default() };
+        assert_eq!(prober.probe(0, false, &c), Some(false));
+        assert!(reader.down(0) && !reader.available(0));
+    }
+
+    #[test]
+    fn a_held_instance_is_released_once_and_listing_it_again_clears_the_release() {
+        let host = crate::host::Host::local(0);
+        let list = vec![Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")];
+        let tracker = Tracker::host(host.instances());
+        let held: HashSet<String> = ["10.0.0.2:80".to_string()].into();
+        let h = ServiceHealth::carry("svc", &list, None, (&tracker, &held));
+        assert!(h.held(1) && !h.held(0) && h.available(1));
+        assert!(!h.release(0), "a listed instance is never released");
+        assert!(h.release(1));
+        assert!(!h.release(1), "released once");
+        assert!(!h.available(1) && h.released(1));
+        let listed = ServiceHealth::carry("svc", &list, None, (&tracker, &HashSet::new()));
+        assert!(listed.available(1), "listed again: in rotation");
     }
 }

@@ -6,12 +6,13 @@
 //! state of its instances, which a rebuilt service takes over by address.
 //!
 //! - [`instance`]: the leaf type [`Instance`] (address, weight).
-//! - [`health`]: per-instance state (ejection, health check, in-flight count) and its [`Clock`].
+//! - [`health`]: per-instance state (ejection, health check, in-flight count, the removal
+//!   guard's hold), kept host-wide through its [`Tracker`], and its [`Clock`].
 
 pub mod health;
 pub mod instance;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use crate::balance::{self, Balancer, Strategy};
 use crate::config::{Config, HashOn};
-pub use health::{Clock, ServiceHealth};
+pub use health::{Clock, ServiceHealth, Tracker};
 pub use instance::Instance;
 
 /// Where a service's instance list came from.
@@ -113,32 +114,39 @@ impl fmt::Debug for Service {
 
 impl Service {
     /// Builds a service over `instances` (sorted and deduplicated here). Instances `previous`
-    /// knew keep their health and in-flight state.
+    /// knew keep their health and in-flight state; others take the host's.
     pub fn new(
         name: impl Into<String>,
-        mut instances: Vec<Instance>,
+        instances: Vec<Instance>,
         source: Source,
         policy: Policy,
-        clock: &Clock,
+        tracker: &Tracker,
         previous: Option<&Service>,
     ) -> Self {
+        Service::with_held(name, instances, (source, policy), tracker, previous, &HashSet::new())
+    }
+
+    /// [`Service::new`], where `held` names the instances the removal guard keeps in rotation
+    /// although the registry removed them.
+    pub fn with_held(
+        name: impl Into<String>,
+        mut instances: Vec<Instance>,
+        (source, policy): (Source, Policy),
+        tracker: &Tracker,
+        previous: Option<&Service>,
+        held: &HashSet<String>,
+    ) -> Self {
+        let name = name.into();
         instances.sort();
         instances.dedup_by(|a, b| a.address == b.address);
         let balancer = balance::build(policy.strategy, &instances);
         let health = ServiceHealth::carry(
+            &name,
             &instances,
             previous.map(|p| (p.instances.as_slice(), &p.health)),
-            clock,
+            (tracker, held),
         );
-        Service {
-            name: name.into(),
-            instances,
-            source,
-            policy,
-            balancer,
-            health,
-            stats: Default::default(),
-        }
+        Service { name, instances, source, policy, balancer, health, stats: Default::default() }
     }
 }
 
@@ -157,7 +165,7 @@ impl RouteTable {
     }
 
     /// The services with static instances in `config`.
-    pub fn statics(config: &Config, clock: &Clock) -> Self {
+    pub fn statics(config: &Config, tracker: &Tracker) -> Self {
         RouteTable::new(config.services.iter().filter_map(|(name, s)| {
             let instances = s.instances.clone()?;
             Some(Service::new(
@@ -165,7 +173,7 @@ impl RouteTable {
                 instances,
                 Source::Static,
                 Policy::for_service(config, name),
-                clock,
+                tracker,
                 None,
             ))
         }))
@@ -209,7 +217,7 @@ mod tests {
             ],
             Source::Static,
             Policy::new(Strategy::RoundRobin),
-            &Clock::system(),
+            &Tracker::local(Clock::system()),
             None,
         );
         let addrs: Vec<_> = s.instances.iter().map(|i| i.address.as_str()).collect();

@@ -85,11 +85,15 @@ impl<S: Io> Conn<'_, S> {
             }
         }
         // Held until the answer is sent (max_requests counts it in flight until then).
-        let _admitted =
-            match proxy.limits.admit(&proxy.metrics, &service, &view, self.client.peer.ip()) {
-                Ok(guard) => guard,
-                Err(e) => refuse!(e, close || has_body),
-            };
+        let _admitted = match proxy.limits.admit(
+            (&proxy.metrics, &proxy.admission),
+            &service,
+            &view,
+            self.client.peer.ip(),
+        ) {
+            Ok(guard) => guard,
+            Err(e) => refuse!(e, close || has_body),
+        };
         let key = hash_on(&service, &view, self.client.peer);
         let actions = proxy.router.header_actions(&routed);
         let (request_actions, response_actions) = match actions {

@@ -96,7 +96,8 @@ impl Proxy {
         let target = self.router.route_view(&view)?;
         let service = self.service(&target.service)?;
         trace.service = Some(service.clone());
-        let admitted = self.limits.admit(&self.metrics, &service, &view, client.ip())?;
+        let admitted =
+            self.limits.admit((&self.metrics, &self.admission), &service, &view, client.ip())?;
         let key = hash_on(&service, &view, client);
         let upgrade = match is_upgrade(&req) {
             // A tunnel outlives this HTTP exchange: it takes over the connection's

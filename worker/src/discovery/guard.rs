@@ -1,0 +1,190 @@
+//! The removal guard: one listing that removes most of a service at once is more often a
+//! registry fault (a bad deploy, a script deleting znodes, a resync reading a half-written
+//! subtree) than a fleet dying at once, and taking every removed instance out would send all the
+//! traffic to the few left. So when one listing removes more than `removal_guard` percent of a
+//! service's instances, the removed ones stay in rotation, *held*, until each proves gone — its
+//! first connect failure or failed health check releases it (see `table::health`) — or
+//! `removal_hold` passes. Smaller removals apply at once. Envoy keeps a host discovery removed
+//! while it passes active checks; Finagle's stabilizer dampens removals; this ties a mass
+//! removal to evidence. Pure: times are passed in, so unit tests drive it directly.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::table::Instance;
+
+/// One held instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The instance as last listed.
+    pub instance: Instance,
+    /// When the hold ends (ms on the builder's clock).
+    pub until_ms: u64,
+}
+
+/// Held instances per service.
+#[derive(Debug, Default)]
+pub struct RemovalGuard {
+    /// Percent of a service one listing may remove before the guard holds the removed ones.
+    guard: u32,
+    hold: Duration,
+    held: HashMap<String, Vec<Held>>,
+}
+
+impl RemovalGuard {
+    /// A guard holding removals of more than `guard` percent for at most `hold`.
+    pub fn new(guard: u32, hold: Duration) -> Self {
+        RemovalGuard { guard, hold, held: HashMap::new() }
+    }
+
+    /// `service`'s listing went from `before` to `after`. Instances listed again are no longer
+    /// held; when this listing removes more than the guard's share of `before`, the removed
+    /// ones are held. Returns the log lines.
+    pub fn listed(
+        &mut self,
+        service: &str,
+        before: &[Instance],
+        after: &[Instance],
+        now_ms: u64,
+    ) -> Vec<String> {
+        let mut log = Vec::new();
+        let listed: HashSet<&str> = after.iter().map(|i| i.address.as_str()).collect();
+        if let Some(held) = self.held.get_mut(service) {
+            held.retain(|h| {
+                let back = listed.contains(h.instance.address.as_str());
+                if back {
+                    log.push(format!(
+                        "service {service}: held instance {} is listed again",
+                        h.instance.address
+                    ));
+                }
+                !back
+            });
+        }
+        let removed: Vec<&Instance> =
+            before.iter().filter(|i| !listed.contains(i.address.as_str())).collect();
+        if before.is_empty() || self.guard >= 100 {
+            self.tidy(service);
+            return log;
+        }
+        if removed.len() * 100 > before.len() * self.guard as usize {
+            let until_ms = now_ms + self.hold.as_millis() as u64;
+            let names: Vec<&str> = removed.iter().map(|i| i.address.as_str()).collect();
+            log.push(format!(
+                "service {service}: the registry removed {} of {} instances in one change (more than removal_guard {}%); holding {} in rotation until each proves gone or removal_hold ({}) passes",
+                removed.len(),
+                before.len(),
+                self.guard,
+                names.join(" "),
+                humanize(self.hold)
+            ));
+            let held = self.held.entry(service.to_string()).or_default();
+            for i in removed {
+                held.retain(|h| h.instance.address != i.address);
+                held.push(Held { instance: i.clone(), until_ms });
+            }
+        }
+        self.tidy(service);
+        log
+    }
+
+    fn tidy(&mut self, service: &str) {
+        if self.held.get(service).is_some_and(Vec::is_empty) {
+            self.held.remove(service);
+        }
+    }
+
+    /// The instances `service` holds.
+    pub fn held(&self, service: &str) -> &[Held] {
+        self.held.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every held address of `service`.
+    pub fn held_addresses(&self, service: &str) -> HashSet<String> {
+        self.held(service).iter().map(|h| h.instance.address.clone()).collect()
+    }
+
+    /// Ends the holds that ran out by `now_ms`; returns the log lines and the services changed.
+    pub fn expire(&mut self, now_ms: u64) -> (Vec<String>, HashSet<String>) {
+        let (mut log, mut changed) = (Vec::new(), HashSet::new());
+        for (service, held) in &mut self.held {
+            held.retain(|h| {
+                let over = h.until_ms <= now_ms;
+                if over {
+                    log.push(format!(
+                        "service {service}: held instance {} released: removal_hold ({}) passed",
+                        h.instance.address,
+                        humanize(self.hold)
+                    ));
+                    changed.insert(service.clone());
+                }
+                !over
+            });
+        }
+        self.held.retain(|_, h| !h.is_empty());
+        (log, changed)
+    }
+
+    /// When the next hold ends.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.held.values().flatten().map(|h| h.until_ms).min()
+    }
+
+    /// A service gone from the registry altogether (never held: a service node deleted is a
+    /// decision, and its instances' fate follows `keep_last_on_empty`).
+    pub fn forget(&mut self, service: &str) {
+        self.held.remove(service);
+    }
+}
+
+/// `60s`, `1500ms`: how the configuration writes durations.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(addrs: &[&str]) -> Vec<Instance> {
+        addrs.iter().map(|a| Instance::new(*a)).collect()
+    }
+
+    #[test]
+    fn a_mass_removal_is_held_and_a_small_one_is_not() {
+        let mut g = RemovalGuard::new(50, Duration::from_secs(60));
+        let four = list(&["a:1", "b:1", "c:1", "d:1"]);
+        assert!(g.listed("s", &four, &list(&["a:1", "b:1"]), 0).is_empty(), "50% is not more");
+        assert!(g.held("s").is_empty());
+        let log = g.listed("s", &four, &list(&["d:1"]), 1000);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(log[0].contains("removed 3 of 4") && log[0].contains("a:1 b:1 c:1"), "{log:?}");
+        assert_eq!(g.held_addresses("s"), ["a:1", "b:1", "c:1"].map(String::from).into());
+        assert_eq!(g.next_deadline(), Some(61_000));
+        // One comes back: no longer held.
+        g.listed("s", &list(&["d:1"]), &list(&["b:1", "d:1"]), 2000);
+        assert_eq!(g.held_addresses("s"), ["a:1", "c:1"].map(String::from).into());
+        let (log, changed) = g.expire(60_999);
+        assert!(log.is_empty() && changed.is_empty());
+        let (log, changed) = g.expire(61_000);
+        assert_eq!(log.len(), 2);
+        assert!(changed.contains("s"));
+        assert!(g.held("s").is_empty() && g.next_deadline().is_none());
+    }
+
+    #[test]
+    fn one_hundred_percent_is_off_and_a_new_service_holds_nothing() {
+        let mut off = RemovalGuard::new(100, Duration::from_secs(60));
+        off.listed("s", &list(&["a:1", "b:1"]), &[], 0);
+        assert!(off.held("s").is_empty());
+        let mut on = RemovalGuard::new(50, Duration::from_secs(60));
+        on.listed("s", &[], &list(&["a:1"]), 0);
+        assert!(on.held("s").is_empty());
+        on.listed("s", &list(&["a:1"]), &[], 0);
+        assert_eq!(on.held("s").len(), 1, "its only instance removed: 100% > 50%");
+    }
+}

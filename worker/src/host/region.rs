@@ -1,0 +1,177 @@
+//! The layout of the shared-memory region and the only `unsafe` of the worker: turning the
+//! supervisor's mapping into a typed [`Region`].
+//!
+//! `#[repr(C)]`, all atomics, zero = empty, so a freshly mapped region is valid as it is and a
+//! worker that dies between two stores leaves atomics, never a torn value. The views that
+//! interpret it live beside this file (admission, instances, leases) and in the metrics module.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use super::{Host, ACTIVE_ROWS, BUCKETS, LAG_BUCKETS, MAX_INSTANCES, MAX_SERVICES, MAX_WORKERS};
+use super::{NAME_LEN, RATE_RULES, RATE_SLOTS};
+
+/// A service name in the shared name table.
+#[repr(C)]
+pub(crate) struct Name {
+    /// 0 free, 1 being written, 2 ready.
+    pub(crate) state: AtomicU32,
+    pub(crate) len: AtomicU32,
+    pub(crate) bytes: [AtomicU8; NAME_LEN],
+}
+
+/// One worker slot's counters for one service.
+#[repr(C)]
+pub(crate) struct ServiceStats {
+    pub(crate) by_class: [AtomicU64; 5],
+    pub(crate) buckets: [AtomicU64; BUCKETS.len()],
+    pub(crate) count: AtomicU64,
+    pub(crate) sum_micros: AtomicU64,
+    /// Requests refused by a `[[rate_limit]]` (429).
+    pub(crate) rate_limited: AtomicU64,
+    /// Requests refused by `max_requests` (503).
+    pub(crate) overloaded: AtomicU64,
+    /// Instances this worker keeps in rotation although the registry removed them (removal
+    /// guard): a gauge.
+    pub(crate) held: AtomicU64,
+}
+
+/// One worker process's requests in flight per service (for `max_requests`), claimed by pid:
+/// rows of processes that died are cleared by the next worker that starts, so a crash does not
+/// leave its requests counted (a reload's old and new worker share a slot, not a row).
+#[repr(C)]
+pub(crate) struct ActiveRow {
+    pub(crate) pid: AtomicU32,
+    pub(crate) services: [AtomicI32; MAX_SERVICES],
+}
+
+/// One rate-limit bucket: its key's hash (0: free) and GCRA's theoretical arrival time.
+#[repr(C)]
+pub(crate) struct LimitSlot {
+    pub(crate) key: AtomicU64,
+    pub(crate) tat: AtomicU64,
+}
+
+/// One worker slot's status and counters.
+#[repr(C)]
+pub(crate) struct WorkerStats {
+    pub(crate) pid: AtomicU32,
+    pub(crate) generation: AtomicU64,
+    pub(crate) started_ms: AtomicU64,
+    pub(crate) heartbeat_ms: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) active_connections: AtomicI64,
+    /// 0 no ZooKeeper, 1 connected, 2 disconnected, 3 session lost (resyncing).
+    pub(crate) zk_state: AtomicU32,
+    /// Watches this worker's session holds.
+    pub(crate) zk_watches: AtomicU64,
+    /// Wall-clock ms when this worker last knew its table current (connected, synced).
+    pub(crate) synced_ms: AtomicU64,
+    pub(crate) zk_events: AtomicU64,
+    pub(crate) zk_resyncs: AtomicU64,
+    pub(crate) ejections: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    /// Services and instances in this worker's current route table.
+    pub(crate) routed_services: AtomicU64,
+    pub(crate) routed_instances: AtomicU64,
+    /// 1 once the slot was removed (TTOU) and its last worker exited: its counters still add
+    /// to the totals, but it is no longer listed per slot.
+    pub(crate) retired: AtomicU32,
+    /// Discovery lag: from a znode's mtime to this worker's table swap.
+    pub(crate) lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
+    pub(crate) lag_count: AtomicU64,
+    pub(crate) lag_sum_ms: AtomicU64,
+    pub(crate) services: [ServiceStats; MAX_SERVICES],
+}
+
+/// What the host knows about one instance of one service, whichever worker learned it.
+#[repr(C)]
+pub(crate) struct InstanceEntry {
+    /// Hash of (service, address); 0 free; the busy bit (the top one) | pid while a worker
+    /// (re)initialises the entry.
+    pub(crate) key: AtomicU64,
+    /// A second, independent hash of the same pair: two pairs whose keys collide differ here.
+    pub(crate) tag: AtomicU64,
+    /// CLOCK_MONOTONIC ms when a worker's route table last held it (entries not seen for
+    /// ten minutes may be reused).
+    pub(crate) seen_ms: AtomicU64,
+    pub(crate) failures: AtomicU32,
+    pub(crate) ejections: AtomicU32,
+    /// CLOCK_MONOTONIC ms + 1 until which the instance is ejected; 0 or past: not ejected.
+    pub(crate) ejected_until: AtomicU64,
+    /// 1: the active health check took it out.
+    pub(crate) down: AtomicU32,
+    pub(crate) probe_fails: AtomicU32,
+    pub(crate) probe_oks: AtomicU32,
+    /// 1: removed by the registry, held by the removal guard, then found gone.
+    pub(crate) released: AtomicU32,
+    /// Requests in flight to it from every worker of the host.
+    pub(crate) active: AtomicI64,
+}
+
+/// One health-check lease: which process probes a service for the host, until when — in one
+/// word, so taking it over is one compare-and-swap (pid << 40 | CLOCK_MONOTONIC ms).
+#[repr(C)]
+pub(crate) struct Lease {
+    pub(crate) word: AtomicU64,
+}
+
+/// The whole region.
+#[repr(C)]
+pub(crate) struct Region {
+    pub(crate) names: [Name; MAX_SERVICES],
+    pub(crate) workers: [WorkerStats; MAX_WORKERS],
+    pub(crate) active: [ActiveRow; ACTIVE_ROWS],
+    pub(crate) limits: [LimitSlot; RATE_RULES * RATE_SLOTS],
+    pub(crate) instances: [InstanceEntry; MAX_INSTANCES],
+    /// Each process row's share of [`InstanceEntry::active`], row-major: what a dead process
+    /// still counted is taken back out of the totals by the next worker that starts.
+    pub(crate) inflight: [[AtomicU32; MAX_INSTANCES]; ACTIVE_ROWS],
+    /// Instances that found no place in `instances` (their state stays per worker).
+    pub(crate) instance_overflow: AtomicU64,
+    /// Health-check leases, by service index.
+    pub(crate) leases: [Lease; MAX_SERVICES],
+}
+
+impl Host {
+    /// Bytes the region needs.
+    pub const fn size() -> usize {
+        std::mem::size_of::<Region>()
+    }
+
+    /// A handle on a region mapped by the supervisor.
+    ///
+    /// # Safety
+    /// `ptr` must point to at least [`Host::size`] zero-initialised (or previously written by
+    /// this module) bytes, aligned to 8, that stay mapped for the life of the process.
+    pub unsafe fn from_raw(ptr: *mut u8, slot: usize) -> Host {
+        // SAFETY: guaranteed by the caller; every field is an atomic, for which zero is valid.
+        let region = unsafe { &*(ptr as *const Region) };
+        Host { region, slot: slot.min(MAX_WORKERS - 1), row: 0 }
+    }
+
+    /// A private region for a worker run without a supervisor (and for tests).
+    pub fn local(slot: usize) -> Host {
+        let layout = std::alloc::Layout::new::<Region>();
+        // SAFETY: the layout is non-zero sized; zeroed memory is a valid Region (all atomics);
+        // the allocation is leaked on purpose, so it lives as long as the process.
+        unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout);
+            assert!(!ptr.is_null(), "out of memory for the shared region");
+            Host::from_raw(ptr, slot)
+        }
+    }
+}
+
+pub(crate) fn read_name(n: &Name) -> Vec<u8> {
+    let len = (n.len.load(Ordering::Relaxed) as usize).min(NAME_LEN);
+    n.bytes[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect()
+}
+
+impl WorkerStats {
+    /// Whether the slot was removed for good.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed) != 0
+    }
+}
