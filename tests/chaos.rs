@@ -240,15 +240,16 @@ fn a_hung_instance_is_ejected_within_seconds_and_idempotent_requests_lose_nothin
         .start();
     let started = Instant::now();
     let load = Load::start(Spec { rate: 200, ..Spec::paced(gw.port, Reuse::Checked) });
+    // Failures count host-wide: one ejection holds for both workers.
     assert_eventually!(
         15,
-        gw.metric("zkgate_ejections_total", "") >= 2,
-        "the hung instance was not ejected by both workers"
+        gw.metric("zkgate_ejections_total", "") >= 1,
+        "the hung instance was not ejected"
     );
     let ejected_after = started.elapsed();
     load.wait_for(400);
     let tally = load.stop();
-    report(&format!("hung instance, ejected by both workers after {ejected_after:?}"), &tally);
+    report(&format!("hung instance, ejected for both workers after {ejected_after:?}"), &tally);
     assert!(ejected_after < Duration::from_secs(12), "ejected after {ejected_after:?}");
     assert_eq!(tally.lost(), 0, "{tally}");
 }

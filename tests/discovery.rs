@@ -60,7 +60,11 @@ fn seed_scenarios_route_by_headers_round_robin_and_follow_a_stopped_instance() {
     c.register("service_1", &a1.address());
     c.register("service_1", &a2.address());
     c.register("service_2", &b1.address());
-    let gw = Gateway::with(zk_config(&zk, "keep_last_on_empty = false")).workers(2).start();
+    // The instance is deregistered while it lives: with the removal guard on (its only
+    // instance is 100 % of service_2), it would stay in rotation until it proves gone.
+    let gw = Gateway::with(zk_config(&zk, "keep_last_on_empty = false\nremoval_guard = \"100%\""))
+        .workers(2)
+        .start();
 
     let r = via_headers(&gw, "service_1", "/user?id=1").unwrap();
     assert_eq!(r.status, 200);

@@ -50,8 +50,14 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
     assert_eq!(svc["load_balance"], "round_robin");
     assert_eq!(
         svc["instances"][0],
-        serde_json::json!({"address": b.address(), "weight": 1, "ejected": false, "healthy": true, "in_flight": 0})
+        serde_json::json!({
+            "address": b.address(), "weight": 1, "ejected": false, "ejected_for_ms": 0,
+            "ejections": 0, "healthy": true, "held": false, "released": false, "in_flight": 0,
+            "in_flight_worker": 0, "host_wide": true
+        })
     );
+    assert_eq!(svc["held"], 0);
+    assert_eq!(svc["health_check_holder"], serde_json::Value::Null, "no health check");
 
     let workers = admin_get(port, "/workers", Some(TOKEN)).json();
     let pids: Vec<i32> = workers["workers"]

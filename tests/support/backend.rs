@@ -29,6 +29,8 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     /// Every request head it received (request line and header lines, as sent), in order.
     pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its open connections (to close them all when it is killed).
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
 impl Backend {
@@ -50,18 +52,48 @@ impl Backend {
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
         let (n, s, h, f) = (name.to_string(), stop.clone(), hits.clone(), failing.clone());
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tracked = open.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                if let Ok(c) = conn.try_clone() {
+                    tracked.lock().unwrap().push(c);
+                }
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let (n, h, f, g) = (n.clone(), h.clone(), f.clone(), gauge.clone());
                 std::thread::spawn(move || serve(conn, &n, &h, &f, &g));
             }
         });
-        Backend { name: name.to_string(), addr, stop, hits, failing, peak, connections, heads }
+        Backend {
+            name: name.to_string(),
+            addr,
+            stop,
+            hits,
+            failing,
+            peak,
+            connections,
+            heads,
+            open,
+        }
+    }
+
+    /// Dies as a killed process does: the port refuses connections and every open connection
+    /// is closed.
+    pub fn kill(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// How many requests it received whose request line starts with `prefix` ("GET /health").
+    pub fn requests_to(&self, prefix: &str) -> usize {
+        self.heads.lock().unwrap().iter().filter(|h| h.starts_with(prefix)).count()
     }
 
     /// `host:port`.

@@ -191,6 +191,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         let admin = admin::Admin {
             table: table.clone(),
             metrics,
+            host,
             ready: ready.clone(),
             token,
             slot,

@@ -30,6 +30,8 @@ pub struct Admin {
     pub table: SharedTable,
     /// The shared metrics region.
     pub metrics: Metrics,
+    /// The host's shared region (for health-check leases).
+    pub host: crate::host::Host,
     /// `Some(source)` once routes are loaded.
     pub ready: watch::Receiver<Option<Source>>,
     /// Bearer token, if required.
@@ -167,7 +169,18 @@ impl Admin {
                         })
                     })
                     .collect();
-                serde_json::json!({"name": s.name, "source": s.source, "load_balance": s.policy.strategy, "instances": instances})
+                let holder = self
+                    .host
+                    .find_service_index(&s.name)
+                    .and_then(|i| self.host.leases().holder(i));
+                serde_json::json!({
+                    "name": s.name,
+                    "source": s.source,
+                    "load_balance": s.policy.strategy,
+                    "health_check_holder": holder,
+                    "held": (0..s.instances.len()).filter(|i| s.health.held(*i) && !s.health.released(*i)).count(),
+                    "instances": instances,
+                })
             })
             .collect();
         serde_json::json!({

@@ -22,19 +22,33 @@ pub struct Held {
     pub until_ms: u64,
 }
 
+/// Removals close together count as one change: a script deleting znodes one by one, or a
+/// resync applied in several listings, removes a service's instances in a burst.
+pub const BURST: Duration = Duration::from_secs(10);
+
+/// The removals of one burst: how many instances the service had before it, and which of them
+/// are gone so far.
+#[derive(Debug)]
+struct Burst {
+    started_ms: u64,
+    base: usize,
+    removed: Vec<Instance>,
+}
+
 /// Held instances per service.
 #[derive(Debug, Default)]
 pub struct RemovalGuard {
-    /// Percent of a service one listing may remove before the guard holds the removed ones.
+    /// Percent of a service one change may remove before the guard holds the removed ones.
     guard: u32,
     hold: Duration,
     held: HashMap<String, Vec<Held>>,
+    bursts: HashMap<String, Burst>,
 }
 
 impl RemovalGuard {
     /// A guard holding removals of more than `guard` percent for at most `hold`.
     pub fn new(guard: u32, hold: Duration) -> Self {
-        RemovalGuard { guard, hold, held: HashMap::new() }
+        RemovalGuard { guard, hold, held: HashMap::new(), bursts: HashMap::new() }
     }
 
     /// `service`'s listing went from `before` to `after`. Instances listed again are no longer
@@ -61,28 +75,48 @@ impl RemovalGuard {
                 !back
             });
         }
-        let removed: Vec<&Instance> =
-            before.iter().filter(|i| !listed.contains(i.address.as_str())).collect();
-        if before.is_empty() || self.guard >= 100 {
+        if self.guard >= 100 {
+            return log;
+        }
+        // The burst this change belongs to: removals within BURST of its start add up.
+        let fresh = self
+            .bursts
+            .get(service)
+            .is_none_or(|b| now_ms.saturating_sub(b.started_ms) > BURST.as_millis() as u64);
+        if fresh {
+            let burst = Burst { started_ms: now_ms, base: before.len(), removed: Vec::new() };
+            self.bursts.insert(service.to_string(), burst);
+        }
+        let burst = self.bursts.get_mut(service).expect("inserted above");
+        burst.removed.retain(|i| !listed.contains(i.address.as_str()));
+        for i in before.iter().filter(|i| !listed.contains(i.address.as_str())) {
+            if !burst.removed.iter().any(|r| r.address == i.address) {
+                burst.removed.push(i.clone());
+            }
+        }
+        if burst.base == 0 || burst.removed.len() * 100 <= burst.base * self.guard as usize {
             self.tidy(service);
             return log;
         }
-        if removed.len() * 100 > before.len() * self.guard as usize {
+        let held = self.held.entry(service.to_string()).or_default();
+        let new: Vec<&Instance> = burst
+            .removed
+            .iter()
+            .filter(|i| !held.iter().any(|h| h.instance.address == i.address))
+            .collect();
+        if !new.is_empty() {
             let until_ms = now_ms + self.hold.as_millis() as u64;
-            let names: Vec<&str> = removed.iter().map(|i| i.address.as_str()).collect();
+            let names: Vec<&str> = new.iter().map(|i| i.address.as_str()).collect();
             log.push(format!(
-                "service {service}: the registry removed {} of {} instances in one change (more than removal_guard {}%); holding {} in rotation until each proves gone or removal_hold ({}) passes",
-                removed.len(),
-                before.len(),
+                "service {service}: the registry removed {} of {} instances within {}s (more than removal_guard {}%); holding {} in rotation until each proves gone or removal_hold ({}) passes",
+                burst.removed.len(),
+                burst.base,
+                BURST.as_secs(),
                 self.guard,
                 names.join(" "),
                 humanize(self.hold)
             ));
-            let held = self.held.entry(service.to_string()).or_default();
-            for i in removed {
-                held.retain(|h| h.instance.address != i.address);
-                held.push(Held { instance: i.clone(), until_ms });
-            }
+            held.extend(new.into_iter().map(|i| Held { instance: i.clone(), until_ms }));
         }
         self.tidy(service);
         log
@@ -154,26 +188,53 @@ mod tests {
         addrs.iter().map(|a| Instance::new(*a)).collect()
     }
 
+    const LATER: u64 = BURST.as_millis() as u64 + 1;
+
     #[test]
     fn a_mass_removal_is_held_and_a_small_one_is_not() {
         let mut g = RemovalGuard::new(50, Duration::from_secs(60));
         let four = list(&["a:1", "b:1", "c:1", "d:1"]);
         assert!(g.listed("s", &four, &list(&["a:1", "b:1"]), 0).is_empty(), "50% is not more");
         assert!(g.held("s").is_empty());
-        let log = g.listed("s", &four, &list(&["d:1"]), 1000);
+        // Another burst: 3 of 4 at once.
+        let log = g.listed("s", &four, &list(&["d:1"]), LATER);
         assert_eq!(log.len(), 1, "{log:?}");
         assert!(log[0].contains("removed 3 of 4") && log[0].contains("a:1 b:1 c:1"), "{log:?}");
         assert_eq!(g.held_addresses("s"), ["a:1", "b:1", "c:1"].map(String::from).into());
-        assert_eq!(g.next_deadline(), Some(61_000));
+        assert_eq!(g.next_deadline(), Some(LATER + 60_000));
         // One comes back: no longer held.
-        g.listed("s", &list(&["d:1"]), &list(&["b:1", "d:1"]), 2000);
+        g.listed("s", &list(&["d:1"]), &list(&["b:1", "d:1"]), LATER + 1);
         assert_eq!(g.held_addresses("s"), ["a:1", "c:1"].map(String::from).into());
-        let (log, changed) = g.expire(60_999);
+        let (log, changed) = g.expire(LATER + 59_999);
         assert!(log.is_empty() && changed.is_empty());
-        let (log, changed) = g.expire(61_000);
+        let (log, changed) = g.expire(LATER + 60_000);
         assert_eq!(log.len(), 2);
         assert!(changed.contains("s"));
         assert!(g.held("s").is_empty() && g.next_deadline().is_none());
+    }
+
+    #[test]
+    fn removals_one_by_one_add_up_within_a_burst_and_not_beyond() {
+        let mut g = RemovalGuard::new(50, Duration::from_secs(60));
+        let mut now = list(&["a:1", "b:1", "c:1", "d:1"]);
+        for (t, gone) in ["a:1", "b:1", "c:1"].iter().enumerate() {
+            let after: Vec<Instance> = now.iter().filter(|i| i.address != *gone).cloned().collect();
+            g.listed("s", &now, &after, t as u64 * 100);
+            now = after;
+        }
+        assert_eq!(
+            g.held_addresses("s"),
+            ["a:1", "b:1", "c:1"].map(String::from).into(),
+            "3 of 4 within a burst: all three held, the first two brought back"
+        );
+        let mut slow = RemovalGuard::new(50, Duration::from_secs(60));
+        let mut now = list(&["a:1", "b:1", "c:1", "d:1"]);
+        for (t, gone) in ["a:1", "b:1", "c:1"].iter().enumerate() {
+            let after: Vec<Instance> = now.iter().filter(|i| i.address != *gone).cloned().collect();
+            slow.listed("s", &now, &after, t as u64 * LATER);
+            now = after;
+        }
+        assert!(slow.held("s").is_empty(), "one removal per burst: each applies");
     }
 
     #[test]
@@ -184,7 +245,7 @@ mod tests {
         let mut on = RemovalGuard::new(50, Duration::from_secs(60));
         on.listed("s", &[], &list(&["a:1"]), 0);
         assert!(on.held("s").is_empty());
-        on.listed("s", &list(&["a:1"]), &[], 0);
+        on.listed("s", &list(&["a:1"]), &[], LATER);
         assert_eq!(on.held("s").len(), 1, "its only instance removed: 100% > 50%");
     }
 }

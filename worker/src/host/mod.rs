@@ -112,6 +112,16 @@ impl Host {
         leases::Leases { host: *self }
     }
 
+    /// The index of `service` in the shared name table, if some worker claimed one.
+    pub fn find_service_index(&self, service: &str) -> Option<usize> {
+        let name = &service.as_bytes()[..service.len().min(NAME_LEN)];
+        self.region
+            .names
+            .iter()
+            .take(MAX_SERVICES - 1)
+            .position(|slot| slot.state.load(Ordering::Acquire) == 2 && read_name(slot) == name)
+    }
+
     /// A handle on the same region for another slot (as a second worker process has).
     pub fn for_slot(&self, slot: usize) -> Host {
         Host { region: self.region, slot: slot.min(MAX_WORKERS - 1), row: self.row }
