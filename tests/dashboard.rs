@@ -79,6 +79,26 @@ fn the_dashboard_shows_services_workers_and_changes_live_in_chromium() {
         applied - registered
     );
 
+    // Host-wide state: a registry that removes 3 of a service's 4 live instances at once; the
+    // page shows them held, the others' in-flight counts, and each worker's watch and sync age.
+    let pool: Vec<Backend> = (0..4).map(|i| Backend::start(&format!("p{i}"))).collect();
+    for b in &pool {
+        c.register("pool", &b.address());
+    }
+    assert_eventually!(
+        10,
+        gw.admin_get("/routes").body_text().contains(&pool[3].address()),
+        "pool not routed"
+    );
+    for b in &pool[..3] {
+        c.delete(&format!("/services/pool/{}", b.address()));
+    }
+    assert_eventually!(10, gw.metric("zkgate_discovery_held_instances", "pool") == 3, "not held");
+    let page = dom(&url, 3000);
+    assert_eq!(page.matches("held (removed by the registry)").count(), 3, "{page}");
+    assert!(page.contains("(this worker 0)"), "{page}");
+    assert!(page.contains(" s ago"), "sync age missing:\n{page}");
+
     // The screenshot, kept as an artefact.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();

@@ -308,6 +308,13 @@ fn an_expired_session_mid_load_loses_no_request_and_the_gateway_resyncs() {
         b2.hits.load(std::sync::atomic::Ordering::Relaxed) > 20,
         "a change after the new sessions never routed"
     );
+    // Registrator nodes carry no data: the new node is dated by its stat, per worker.
+    assert_eventually!(
+        10,
+        gw.metric("zkgate_discovery_lag_seconds_count", "") >= WORKERS as u64,
+        "the change's lag was not measured by every worker:\n{}",
+        gw.admin_get("/metrics").body_text()
+    );
     let tally = load.stop();
     report("session expired mid-load", &tally);
     assert_eq!(tally.lost(), 0, "{tally}");

@@ -6,13 +6,14 @@
 //!
 //! # Layout
 //! Leaf types first; every dependency points up this list, never down.
-//! - [`table`]: the immutable [`table::RouteTable`] (services → instances), swapped whole; the
-//!   leaf type [`table::Instance`]; per-instance health state, kept by address.
+//! - `table::instance`: the leaf type [`table::Instance`] (address, weight).
 //! - [`config`]: `gateway.toml` as typed sections, and every default in one place.
-//! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
 //! - [`host`]: what the host's workers share — the supervisor's memory region, its layout and
 //!   its views: rate limits and `max_requests`, host-wide instance state (failures, ejection,
 //!   health verdicts, in flight), health-check leases.
+//! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
+//! - [`table`]: the immutable [`table::RouteTable`] (services → instances), swapped whole;
+//!   per-instance state, kept by address in the host's instance table.
 //! - [`metrics`]: counters and worker status, the region's counters view.
 //! - [`tls`]: certificates chosen by SNI, the rustls server configuration, shared session tickets.
 //! - [`http`]: the request path — accept, the HTTP/1.1 engine (`h1`, plain and TLS), the one header policy, hyper connections (HTTP/2), proxy

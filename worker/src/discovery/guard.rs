@@ -78,11 +78,18 @@ impl RemovalGuard {
         if self.guard >= 100 {
             return log;
         }
-        // The burst this change belongs to: removals within BURST of its start add up.
+        // The burst this change belongs to: removals within BURST of the first add up. A burst
+        // starts with a removal, counted against the instances there were just before it.
+        let removes = before.iter().any(|i| !listed.contains(i.address.as_str()));
         let fresh = self
             .bursts
             .get(service)
             .is_none_or(|b| now_ms.saturating_sub(b.started_ms) > BURST.as_millis() as u64);
+        if fresh && !removes {
+            self.bursts.remove(service);
+            self.tidy(service);
+            return log;
+        }
         if fresh {
             let burst = Burst { started_ms: now_ms, base: before.len(), removed: Vec::new() };
             self.bursts.insert(service.to_string(), burst);
@@ -163,12 +170,6 @@ impl RemovalGuard {
     pub fn next_deadline(&self) -> Option<u64> {
         self.held.values().flatten().map(|h| h.until_ms).min()
     }
-
-    /// A service gone from the registry altogether (never held: a service node deleted is a
-    /// decision, and its instances' fate follows `keep_last_on_empty`).
-    pub fn forget(&mut self, service: &str) {
-        self.held.remove(service);
-    }
 }
 
 /// `60s`, `1500ms`: how the configuration writes durations.
@@ -235,6 +236,14 @@ mod tests {
             now = after;
         }
         assert!(slow.held("s").is_empty(), "one removal per burst: each applies");
+    }
+
+    #[test]
+    fn a_burst_starts_with_a_removal_not_with_the_additions_before_it() {
+        let mut g = RemovalGuard::new(50, Duration::from_secs(60));
+        g.listed("s", &list(&["a:1"]), &list(&["a:1", "b:1"]), 0);
+        g.listed("s", &list(&["a:1", "b:1"]), &list(&["b:1"]), 100);
+        assert!(g.held("s").is_empty(), "1 of 2 is not more than 50%");
     }
 
     #[test]

@@ -48,15 +48,18 @@ struct Listed {
     /// Nodes that did not parse: full path, and why.
     malformed: Vec<(String, String)>,
     /// The most recently changed node read (its mzxid and mtime), for the discovery lag; `None`
-    /// when no node data was read (the registrator format keeps everything in node names).
+    /// when no node data was read (the registrator format keeps everything in node names: see
+    /// [`Watcher::date_new_nodes`]).
     newest: Option<(i64, i64)>,
+    /// The instance node names listed.
+    children: Vec<String>,
 }
 
 /// The newest change each service's listing has shown, so that a relisting stamps only a
 /// change that is new: its node's mtime is when ZooKeeper recorded it (a removal leaves no node
 /// to date, so it carries no stamp).
 #[derive(Default)]
-struct Stamps(HashMap<String, i64>);
+struct Stamps(HashMap<String, i64>, HashMap<String, HashSet<String>>);
 
 impl Stamps {
     /// Records `service`'s newest node; returns its mtime when it is newer than the last seen
@@ -229,9 +232,10 @@ impl Watcher {
                     for name in services.into_iter().filter(|s| known.contains(s)) {
                         let what = format!("service {name}: listing");
                         let listing = retry(&what, || self.list_service_as(client, &name, false));
-                        let Some(l) = listing.await else {
+                        let Some(mut l) = listing.await else {
                             return Some(zk::SessionState::Expired);
                         };
+                        self.date_new_nodes(client, &name, &mut l, &mut stamps).await;
                         l.warn_malformed(&name, warned.entry(name.clone()).or_default());
                         if let Some(at) = stamps.seen(&name, l.newest) {
                             let _ = self.tx.send(Update::Stamp(at));
@@ -341,6 +345,7 @@ impl Watcher {
             // A resync's listing is a new baseline: what changed while the session was away
             // has no one moment to measure from.
             stamps.0.insert(name.clone(), l.newest.map_or(0, |(z, _)| z));
+            stamps.1.insert(name.clone(), l.children.iter().cloned().collect());
             full.insert(name, l.instances);
         }
         self.metrics.zk_resync();
@@ -501,6 +506,7 @@ impl Watcher {
                         watches: vec![w],
                         malformed: Vec::new(),
                         newest: None,
+                        children: Vec::new(),
                     })
                 }
             }
@@ -569,7 +575,7 @@ impl Watcher {
                 Err(why) => malformed.push((format!("{path}/{child}"), why)),
             }
         }
-        Listed { instances, watches, malformed, newest: None }
+        Listed { instances, watches, malformed, newest: None, children: children.to_vec() }
     }
 
     /// Lists many services without watches, a few round trips in all: ZooKeeper's multi-read
@@ -640,6 +646,30 @@ impl Watcher {
             .collect())
     }
 
+    /// Dates the nodes new since `service`'s last listing when the format reads no node data
+    /// (registrator: everything is in the name), so its changes have a discovery lag too: their
+    /// stats are read at once (one round trip, additions only; a removal has no node to date).
+    async fn date_new_nodes(
+        &self,
+        client: &zk::Client,
+        service: &str,
+        l: &mut Listed,
+        stamps: &mut Stamps,
+    ) {
+        if self.settings.format.needs_data() {
+            return;
+        }
+        let now: HashSet<String> = l.children.iter().cloned().collect();
+        let Some(before) = stamps.1.insert(service.to_string(), now) else { return };
+        let path = self.service_path(service);
+        let new = l.children.iter().filter(|c| !before.contains(*c));
+        let stats =
+            futures::future::join_all(new.map(|c| client.check_stat(&format!("{path}/{c}")))).await;
+        for stat in stats.into_iter().flatten().flatten() {
+            l.newest = newest_of(l.newest, &stat);
+        }
+    }
+
     /// The node a service's instances are children of.
     fn service_path(&self, name: &str) -> String {
         let path = format!("{}/{name}", self.settings.root.trim_end_matches('/'));
@@ -681,7 +711,10 @@ impl Watcher {
                     None => return,
                 }
             }
-            let Some(l) = retry(&what, || self.list_service(&client, &name)).await else { return };
+            let Some(mut l) = retry(&what, || self.list_service(&client, &name)).await else {
+                return;
+            };
+            self.date_new_nodes(&client, &name, &mut l, &mut stamps).await;
             l.warn_malformed(&name, &mut warned);
             self.metrics.zk_event();
             if let Some(at) = stamps.seen(&name, l.newest) {

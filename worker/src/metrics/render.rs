@@ -27,6 +27,8 @@ impl Metrics {
                     "active_connections": w.active_connections.load(Ordering::Relaxed),
                     "restarts": w.restarts.load(Ordering::Relaxed),
                     "zookeeper": ZkState::from_u32(w.zk_state.load(Ordering::Relaxed)).as_str(),
+                    "zookeeper_watches": w.zk_watches.load(Ordering::Relaxed),
+                    "last_sync_age_seconds": sync_age(w),
                 })
             })
             .collect();
@@ -152,11 +154,8 @@ impl Metrics {
         );
         out += "# HELP zkgate_discovery_last_sync_age_seconds Seconds since the worker last knew its route table current (session connected and synced).\n";
         out += "# TYPE zkgate_discovery_last_sync_age_seconds gauge\n";
-        let now = super::now_ms();
         for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
-            let synced = w.synced_ms.load(Ordering::Relaxed);
-            if synced != 0 {
-                let age = now.saturating_sub(synced) as f64 / 1e3;
+            if let Some(age) = sync_age(w) {
                 let _ = writeln!(
                     out,
                     "zkgate_discovery_last_sync_age_seconds{{slot=\"{slot}\"}} {age}"
@@ -228,6 +227,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Seconds since the worker last knew its table current (`None` before its first listing).
+fn sync_age(w: &WorkerStats) -> Option<f64> {
+    let synced = w.synced_ms.load(Ordering::Relaxed);
+    (synced != 0).then(|| super::now_ms().saturating_sub(synced) as f64 / 1e3)
 }
 
 fn escape(s: &str) -> String {
