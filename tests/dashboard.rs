@@ -95,7 +95,7 @@ fn the_dashboard_shows_services_workers_and_changes_live_in_chromium() {
     }
     assert_eventually!(10, gw.metric("zkgate_discovery_held_instances", "pool") == 3, "not held");
     let page = dom(&url, 3000);
-    assert_eq!(page.matches("held (removed by the registry)").count(), 3, "{page}");
+    assert_eq!(page.matches("\"warn\">held (removed by the registry)</td>").count(), 3, "{page}");
     assert!(page.contains("(this worker 0)"), "{page}");
     assert!(page.contains(" s ago"), "sync age missing:\n{page}");
 
