@@ -11,6 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::http::request;
+use support::zk::java_url_encode;
 use support::zk::Zk;
 use support::{request_loop, wait_for_progress, Backend, Gateway, Toml};
 
@@ -153,19 +154,6 @@ fn every_registry_format_routes_end_to_end_through_zkgate_register() {
         let _ = regs[1].kill();
         let _ = regs[1].wait();
     }
-}
-
-/// Java's URLEncoder, as Dubbo's ZookeeperRegistry encodes provider URLs into node names.
-fn java_url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]

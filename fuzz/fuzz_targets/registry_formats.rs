@@ -15,10 +15,25 @@ fuzz_target!(|input: &[u8]| {
     let Ok(name) = std::str::from_utf8(name) else { return };
     for format in [Format::Registrator, Format::Curator, Format::Serverset, Format::Nerve] {
         for (endpoint, tls) in [(None, false), (Some("http"), false), (None, true)] {
-            if let Ok(Some(instance)) = format.parse(name, data, endpoint, tls) {
-                let addr: std::net::SocketAddr =
-                    instance.address.parse().expect("an accepted instance is ip:port");
-                assert!(addr.port() != 0 && !addr.ip().is_unspecified(), "{addr}");
+            if let Ok(worker::discovery::formats::Node::Accepted(instance)) =
+                format.parse(name, data, endpoint, tls)
+            {
+                match instance.address.parse::<std::net::SocketAddr>() {
+                    Ok(addr) => {
+                        let ip = addr.ip().to_canonical();
+                        assert!(addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast(), "{addr}");
+                    }
+                    Err(_) => {
+                        let (host, port) = instance.address.rsplit_once(':').expect("host:port");
+                        assert!(port.parse::<u16>().is_ok_and(|p| p != 0), "{}", instance.address);
+                        assert!(
+                            host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+                            "{}",
+                            instance.address
+                        );
+                        assert!(host.parse::<std::net::IpAddr>().is_err(), "{}", instance.address);
+                    }
+                }
             }
         }
     }

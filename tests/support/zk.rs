@@ -306,3 +306,16 @@ impl ZkClient {
         let _ = self.rt.block_on(self.client.delete(&format!("/services/{service}"), None));
     }
 }
+
+/// Java's URLEncoder, as Dubbo's ZookeeperRegistry encodes provider URLs into node names.
+pub fn java_url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -169,7 +169,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let table: SharedTable =
         Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &tracker)));
     let changes = Arc::new(discovery::changes::Changes::default());
-    let ready = discovery::start(&config, slot, (table.clone(), changes.clone()), tracker, metrics);
+    let report = Arc::new(discovery::report::RegistryReport::default());
+    let shared = (table.clone(), changes.clone(), report.clone());
+    let ready = discovery::start(&config, slot, shared, tracker, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let transports =
@@ -197,6 +199,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
             token,
             slot,
             changes,
+            report,
+            config: config.clone(),
+            router: http::router::Router::new(&config.header_routing, &config.routes),
         };
         tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
     }
@@ -318,7 +323,8 @@ fn start_health_checks(
     if checks.is_empty() {
         return;
     }
-    let checker = Arc::new(http::upstream::Upstream::new(&config.proxy));
+    let dialer = http::dial::Dialer::new(config.proxy.connect_timeout, config.own_addresses());
+    let checker = Arc::new(http::upstream::Upstream::new(&config.proxy, Arc::new(dialer)));
     for (name, check) in checks {
         let transport = transports.get(&name).cloned();
         let shared = (table.clone(), host);

@@ -1,5 +1,6 @@
 //! The admin listener: `/` (a live dashboard), `/healthz`, `/readyz`, `/routes`, `/workers`,
-//! `/metrics`.
+//! `/metrics`, `/registry` (every znode read and what became of it) and `/explain` (why a
+//! request goes where it goes: see [`explain`]).
 //!
 //! Every worker serves it on its own SO_REUSEPORT copy of the admin socket, so any worker may
 //! answer a scrape; `/metrics` and `/workers` read the shared region and are exact across
@@ -18,7 +19,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod explain;
+
 use crate::discovery::changes::Changes;
+use crate::discovery::report::RegistryReport;
+use crate::http::router::Router;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::table::Source;
@@ -40,6 +45,12 @@ pub struct Admin {
     pub slot: usize,
     /// Recent registry changes this worker applied.
     pub changes: Arc<Changes>,
+    /// Every registry node this worker read, and what became of it.
+    pub report: Arc<RegistryReport>,
+    /// The configuration (routes, the registry source).
+    pub config: Arc<crate::config::Config>,
+    /// The request router, to resolve `/explain?host=…&path=…` as a request would be.
+    pub router: Router,
 }
 
 /// Serves the admin API until shutdown.
@@ -129,6 +140,12 @@ impl Admin {
                 None => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false})),
             },
             "/routes" => json(StatusCode::OK, self.routes()),
+            "/registry" => json(StatusCode::OK, self.registry()),
+            "/explain" => {
+                let (status, body) =
+                    explain::explain(self, &self.router, req.uri().query().unwrap_or(""));
+                json(status, body)
+            }
             "/workers" => json(StatusCode::OK, self.metrics.workers_json()),
             "/metrics" => {
                 let mut r = Response::new(full(self.metrics.prometheus()));
@@ -140,6 +157,36 @@ impl Admin {
             }
             _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
         }
+    }
+
+    /// `/registry`: the source (hosts, root, format, session state, last sync) and every
+    /// node read, with its outcome and why.
+    fn registry(&self) -> serde_json::Value {
+        let Some(zk) = &self.config.zookeeper else {
+            return serde_json::json!({"sources": []});
+        };
+        let worker = self.metrics.workers_json();
+        let me = worker["workers"]
+            .as_array()
+            .and_then(|w| w.iter().find(|w| w["slot"] == self.slot).cloned())
+            .unwrap_or_default();
+        let mut source = serde_json::json!({
+            "hosts": zk.hosts,
+            "root": zk.root,
+            "format": zk.format.name(),
+            "session": self.metrics.zk_state().as_str(),
+            "last_sync_age_seconds": me["last_sync_age_seconds"],
+            "watches": me["zookeeper_watches"],
+        });
+        if let (Some(obj), serde_json::Value::Object(report)) =
+            (source.as_object_mut(), self.report.json())
+        {
+            obj.extend(report);
+        }
+        serde_json::json!({
+            "worker": {"pid": std::process::id(), "slot": self.slot},
+            "sources": [source],
+        })
     }
 
     fn routes(&self) -> serde_json::Value {

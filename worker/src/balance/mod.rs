@@ -93,6 +93,6 @@ pub(crate) fn weighted_list(weights: &[u32]) -> Vec<Instance> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, w)| Instance { address: format!("10.0.0.{}:80", i + 1), weight: *w })
+        .map(|(i, w)| Instance::weighted(format!("10.0.0.{}:80", i + 1), *w))
         .collect()
 }

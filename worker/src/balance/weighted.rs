@@ -20,10 +20,17 @@ pub struct Weighted {
 }
 
 impl Weighted {
-    /// Precomputes one period of the nginx sequence for `instances`' weights.
+    /// Precomputes one period of the nginx sequence for `instances`' weights. nginx's step
+    /// looks at every instance, so a period costs instances × Σweights; beyond
+    /// [`NGINX_WORK`] (a 30 000-instance service would take 2 s, stalling the worker) the same
+    /// interleaving comes from a heap in Σweights × log(instances): each instance due at
+    /// (picks + ½) / weight, the earliest first.
     pub fn new(instances: &[Instance]) -> Self {
         let weights = scaled(instances);
         let total: i64 = weights.iter().sum();
+        if (weights.len() as i64).saturating_mul(total) > NGINX_WORK {
+            return Weighted { sequence: by_heap(&weights, total), next: AtomicUsize::new(0) };
+        }
         let mut current = vec![0i64; weights.len()];
         let mut sequence = Vec::with_capacity(total as usize);
         for _ in 0..total {
@@ -43,6 +50,47 @@ impl Weighted {
         }
         Weighted { sequence, next: AtomicUsize::new(0) }
     }
+}
+
+/// Most steps × instances spent on nginx's own algorithm (a few milliseconds).
+const NGINX_WORK: i64 = 2_000_000;
+
+/// One period by a heap: `total` picks, each of the instance due earliest.
+fn by_heap(weights: &[i64], total: i64) -> Vec<usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    // Due times as exact fractions (2·picks + 1) / (2·weight), compared by cross-multiplying.
+    #[derive(PartialEq, Eq)]
+    struct Due {
+        num: i64,
+        den: i64,
+        idx: usize,
+    }
+    impl Ord for Due {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            (i128::from(self.num) * i128::from(o.den))
+                .cmp(&(i128::from(o.num) * i128::from(self.den)))
+                .then(self.idx.cmp(&o.idx))
+        }
+    }
+    impl PartialOrd for Due {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    let mut heap: BinaryHeap<Reverse<Due>> = weights
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w > 0)
+        .map(|(idx, w)| Reverse(Due { num: 1, den: 2 * w, idx }))
+        .collect();
+    let mut sequence = Vec::with_capacity(total as usize);
+    while sequence.len() < total as usize {
+        let Some(Reverse(due)) = heap.pop() else { break };
+        sequence.push(due.idx);
+        heap.push(Reverse(Due { num: due.num + 2, ..due }));
+    }
+    sequence
 }
 
 /// Weights reduced so their sum stays under [`MAX_PERIOD`]; a non-zero weight stays at least 1.
@@ -91,5 +139,17 @@ mod tests {
         let c = counts(&b, 4096, 3);
         assert_eq!(c[0], 0);
         assert_eq!(c[1] * 3, c[2]);
+    }
+
+    #[test]
+    fn a_large_service_is_built_by_heap_with_the_same_shares() {
+        // 3 000 instances: 9 million nginx steps, so the heap builds it.
+        let mut weights = vec![1u32; 3_000];
+        weights[0] = 3;
+        let list = weighted_list(&weights);
+        let b = Weighted::new(&list);
+        assert_eq!(b.sequence.len(), 3_002);
+        assert_eq!(b.sequence.iter().filter(|i| **i == 0).count(), 3, "weight 3: three turns");
+        assert_eq!(b.sequence.iter().filter(|i| **i == 7).count(), 1);
     }
 }

@@ -173,12 +173,14 @@ impl Config {
     /// would loop. A wildcard listen address covers the loopback addresses on its port.
     pub fn is_own_address(&self, address: &str) -> bool {
         let Ok(addr) = address.parse::<SocketAddr>() else { return false };
+        self.own_addresses().contains(addr)
+    }
+
+    /// The gateway's own sockets (listeners and admin), which no instance may be.
+    pub fn own_addresses(&self) -> crate::table::instance::OwnAddresses {
         let admin = self.admin.as_ref().map(|a| a.listen);
         let listen = self.server.listen.iter().chain(&self.server.listen_tls);
-        listen.chain(admin.as_ref()).any(|l| {
-            *l == addr
-                || (l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback())
-        })
+        crate::table::instance::OwnAddresses::new(listen.chain(admin.as_ref()).copied())
     }
 }
 
@@ -241,6 +243,13 @@ pub struct ProxySettings {
     pub load_balance: Strategy,
     /// What `consistent_hash` hashes on.
     pub hash_on: HashOn,
+    /// Slow start for every service: a new instance's weight ramps linearly from its
+    /// registration over this long (0: off). Not for `consistent_hash`.
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 0, 3600000>"
+    )]
+    pub slow_start: Duration,
     /// How many times a request is retried on another instance: after a refused connection
     /// (nothing was sent), or for an idempotent request without a body after a reset or EOF
     /// before any response.
@@ -312,6 +321,7 @@ impl Default for ProxySettings {
         ProxySettings {
             load_balance: Strategy::RoundRobin,
             hash_on: HashOn::ClientIp,
+            slow_start: Duration::ZERO,
             retries: DEFAULT_RETRIES,
             retry_budget: DEFAULT_RETRY_BUDGET,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -513,6 +523,14 @@ pub struct ServiceSettings {
     /// Requests in flight to this service at once, across every worker of the host; beyond
     /// it a fast 503 (Envoy's `max_requests`). Default: no limit.
     pub max_requests: Option<u32>,
+    /// Slow start: a new instance's weight ramps linearly from its registration over this
+    /// long (a Dubbo provider's own `warmup` first). Default: `[proxy] slow_start`.
+    #[serde(
+        default,
+        serialize_with = "duration::serialize_opt",
+        deserialize_with = "duration::within_opt::<_, 0, 3600000>"
+    )]
+    pub slow_start: Option<Duration>,
 }
 
 /// The protocol a service's instances speak.

@@ -126,6 +126,21 @@ pub mod duration {
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
+
+    /// [`within`] for an optional key.
+    pub fn within_opt<'de, D: Deserializer<'de>, const MIN_MS: u64, const MAX_MS: u64>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        within::<D, MIN_MS, MAX_MS>(d).map(Some)
+    }
+
+    /// [`serialize`] for an optional key.
+    pub fn serialize_opt<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// A number checked to lie in `MIN..=MAX`, refused with its position otherwise.

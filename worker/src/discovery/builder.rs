@@ -24,7 +24,12 @@ pub struct TableBuilder {
     current: HashMap<String, Arc<Service>>,
     /// Instances the registry removed en masse, kept in rotation until they prove gone.
     guard: RemovalGuard,
+    /// Services with an instance in its slow start: rebuilt every [`RAMP_STEP`] until done.
+    ramping: HashSet<String>,
 }
+
+/// How often a service whose instances ramp up (slow start) gets its weights recomputed.
+pub const RAMP_STEP: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl TableBuilder {
     /// Starts from the static services of `config`, which discovery never overrides.
@@ -38,7 +43,14 @@ impl TableBuilder {
             Some(zk) => RemovalGuard::new(zk.removal_guard, zk.removal_hold),
             None => RemovalGuard::new(100, std::time::Duration::ZERO),
         };
-        TableBuilder { config, tracker, statics, current: HashMap::new(), guard }
+        TableBuilder {
+            config,
+            tracker,
+            statics,
+            current: HashMap::new(),
+            guard,
+            ramping: HashSet::new(),
+        }
     }
 
     /// Rebuilds the services in `changed` from `registry` (and the instances the removal guard
@@ -89,9 +101,14 @@ impl TableBuilder {
                         previous,
                         &self.guard.held_addresses(name),
                     );
+                    match service.ramp {
+                        Some(_) => self.ramping.insert(name.clone()),
+                        None => self.ramping.remove(name),
+                    };
                     self.current.insert(name.clone(), Arc::new(service));
                 }
                 _ => {
+                    self.ramping.remove(name);
                     self.current.remove(name);
                 }
             }
@@ -134,13 +151,16 @@ impl Builder {
     /// even when the registry is quiet.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>) {
         loop {
-            let first = match self.tables.guard.next_deadline() {
-                Some(deadline) => {
-                    let wait = deadline.saturating_sub(self.tables.tracker.clock().now_ms());
+            let now = self.tables.tracker.clock().now_ms();
+            let hold = self.tables.guard.next_deadline().map(|d| d.saturating_sub(now));
+            let ramp = (!self.tables.ramping.is_empty()).then(|| RAMP_STEP.as_millis() as u64);
+            let first = match hold.into_iter().chain(ramp).min() {
+                Some(wait) => {
                     tokio::select! {
                         u = rx.recv() => u,
                         _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {
                             self.expire_holds();
+                            self.step_ramps();
                             continue;
                         }
                     }
@@ -163,6 +183,14 @@ impl Builder {
         self.log(lines);
         if !changed.is_empty() {
             self.publish(&changed);
+        }
+    }
+
+    /// Rebuilds the services whose instances ramp up, with their weights as of now.
+    pub fn step_ramps(&mut self) {
+        if !self.tables.ramping.is_empty() {
+            let ramping = self.tables.ramping.clone();
+            self.publish(&ramping);
         }
     }
 

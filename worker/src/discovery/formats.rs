@@ -1,16 +1,47 @@
 //! Registry formats: how each registrator writes an instance into ZooKeeper, read exactly as it
 //! writes it (`../shared/REGISTRY.md`), and written the same way by `zkgate register`.
 //!
-//! A node that does not parse yields an error naming why; the caller skips it with one warning.
-//! `Ok(None)` means the node parsed but must not take traffic (ServerSet not ALIVE, Curator
-//! `enabled: false`, no usable port).
+//! A node that does not parse yields an error naming why (*rejected*); the caller skips it with
+//! one warning. [`Node::Excluded`] is a well-formed node that must not take traffic now, with
+//! the reason in words (ServerSet not ALIVE, Curator `enabled: false` or no usable port, a Spring
+//! Cloud instance whose `instance_status` is not `UP`, a Dubbo provider disabled in its URL).
 
 use serde_json::Value;
 
 pub use crate::config::Format;
 use crate::table::instance::Instance;
 
+/// What one registry node says, once parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    /// An instance to route to.
+    Accepted(Instance),
+    /// A well-formed node that must not take traffic now, and why.
+    Excluded(String),
+}
+
+impl Node {
+    /// The instance, when accepted.
+    pub fn instance(self) -> Option<Instance> {
+        match self {
+            Node::Accepted(i) => Some(i),
+            Node::Excluded(_) => None,
+        }
+    }
+}
+
 impl Format {
+    /// The format's name as `zookeeper.format` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Registrator => "registrator",
+            Format::Curator => "curator",
+            Format::Serverset => "serverset",
+            Format::Nerve => "nerve",
+            Format::Dubbo => "dubbo",
+        }
+    }
+
     /// Whether instance nodes must be read (registrator's names say everything).
     pub fn needs_data(self) -> bool {
         !matches!(self, Format::Registrator)
@@ -37,7 +68,7 @@ impl Format {
         data: &[u8],
         endpoint: Option<&str>,
         tls: bool,
-    ) -> Result<Option<Instance>, String> {
+    ) -> Result<Node, String> {
         match self {
             Format::Registrator => registrator(name),
             Format::Curator => curator(data, tls),
@@ -117,7 +148,7 @@ const DUBBO_DEFAULT_WEIGHT: u64 = 100;
 /// `rest%3A%2F%2F10.0.0.5%3A8080%2Fcom.example.UserService%3Fweight%3D50%26…`. HTTP-based
 /// protocols are routable (`rest`, `http`; `tri` is HTTP/2: give the service
 /// `protocol = "h2c"`); `dubbo://` and other binary protocols are not (a warning per node).
-fn dubbo(name: &str) -> Result<Option<Instance>, String> {
+fn dubbo(name: &str) -> Result<Node, String> {
     let url = url_decode(name).ok_or("node name is not a URL-encoded provider URL")?;
     let (protocol, rest) = url.split_once("://").ok_or("provider URL without ://")?;
     if !matches!(protocol, "rest" | "http" | "tri") {
@@ -135,7 +166,7 @@ fn dubbo(name: &str) -> Result<Option<Instance>, String> {
             .map(|(_, v)| v)
     };
     if param("enabled") == Some("false") || param("disabled") == Some("true") {
-        return Ok(None);
+        return Ok(Node::Excluded("disabled in its provider URL".into()));
     }
     let weight = match param("weight") {
         Some(w) => w.parse::<u64>().map_err(|_| format!("invalid weight {w:?}"))?,
@@ -143,7 +174,122 @@ fn dubbo(name: &str) -> Result<Option<Instance>, String> {
     };
     let (host, port) = authority.rsplit_once(':').ok_or("provider URL without a port")?;
     let port: u64 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
-    instance(host, port, weight)
+    let number = |key: &str| param(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(match instance(host, port, weight)? {
+        // A provider warms up over `warmup` ms from its `timestamp` (its start), as Dubbo's
+        // own consumers ramp it.
+        Node::Accepted(i) => Node::Accepted(i.ramping(number("timestamp"), number("warmup"))),
+        other => other,
+    })
+}
+
+/// A Dubbo override, as dubbo-admin writes it under `/dubbo/<interface>/configurators/`: the
+/// node name is `URL.encode("override://<ip>[:<port>]/<interface>?category=configurators&…")`,
+/// `0.0.0.0` naming every provider. `disabled=true` takes providers out ("disable provider"),
+/// `weight=N` sets their weight; `enabled=false` turns the rule itself off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The provider's IP (`0.0.0.0`: all providers).
+    pub host: String,
+    /// The provider's port (`None` or 0: any port).
+    pub port: Option<u16>,
+    /// `disabled=true|false`.
+    pub disabled: Option<bool>,
+    /// `weight=N`.
+    pub weight: Option<u32>,
+}
+
+impl Override {
+    /// Parses an override node name; `Ok(None)` for a rule turned off (`enabled=false`) or one
+    /// that says nothing zkgate applies.
+    pub fn parse(name: &str) -> Result<Option<Override>, String> {
+        let url = url_decode(name).ok_or("node name is not a URL-encoded override URL")?;
+        let rest = url.strip_prefix("override://").ok_or("not an override:// URL")?;
+        let (authority, query) = match rest.split_once('?') {
+            Some((before, q)) => (before.split('/').next().unwrap_or(""), q),
+            None => (rest.split('/').next().unwrap_or(""), ""),
+        };
+        let param = |key: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        };
+        if param("enabled") == Some("false") {
+            return Ok(None);
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                (h, Some(p.parse::<u16>().map_err(|_| format!("invalid port {p:?}"))?))
+            }
+            _ => (authority, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.parse::<std::net::IpAddr>().map_err(|_| format!("host {host:?} is not an IP"))?;
+        let disabled = match param("disabled") {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => return Err(format!("invalid disabled={other}")),
+            None => None,
+        };
+        let weight = match param("weight") {
+            Some(w) => Some(
+                w.parse::<u32>()
+                    .ok()
+                    .filter(|w| *w <= MAX_WEIGHT)
+                    .ok_or_else(|| format!("invalid weight {w:?}"))?,
+            ),
+            None => None,
+        };
+        if disabled.is_none() && weight.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Override {
+            host: host.to_string(),
+            port: port.filter(|p| *p != 0),
+            disabled,
+            weight,
+        }))
+    }
+
+    /// Whether the rule applies to the provider at `address` (`ip:port`); `Some(true)` when it
+    /// names it exactly (a rule for one provider beats one for all).
+    pub fn applies_to(&self, address: &str) -> Option<bool> {
+        let addr: std::net::SocketAddr = address.parse().ok()?;
+        if self.host == "0.0.0.0" {
+            return Some(false);
+        }
+        let ip: std::net::IpAddr = self.host.parse().ok()?;
+        (ip == addr.ip() && self.port.is_none_or(|p| p == addr.port())).then_some(true)
+    }
+}
+
+/// Applies Dubbo overrides to a provider parsed from the registry: the rules for every
+/// provider first, then those naming this one. Returns the node's outcome and what the rules
+/// changed (for `/registry`).
+pub fn apply_overrides(node: Node, overrides: &[Override]) -> (Node, Option<String>) {
+    let Node::Accepted(mut instance) = node else { return (node, None) };
+    let mut rules: Vec<(bool, &Override)> = overrides
+        .iter()
+        .filter_map(|o| o.applies_to(&instance.address).map(|exact| (exact, o)))
+        .collect();
+    rules.sort_by_key(|(exact, _)| *exact);
+    let (mut disabled, mut weight) = (None, None);
+    for (_, o) in &rules {
+        disabled = o.disabled.or(disabled);
+        weight = o.weight.or(weight);
+    }
+    if disabled == Some(true) {
+        return (Node::Excluded("disabled by a dubbo-admin override".into()), None);
+    }
+    let note = weight.map(|w| {
+        let note =
+            format!("weight {} overridden to {w} by a dubbo-admin override", instance.weight);
+        instance.weight = w;
+        note
+    });
+    (Node::Accepted(instance), note)
 }
 
 /// Percent-decoding as Java's `URLDecoder` (`+` is a space); `None` if not valid UTF-8 or a
@@ -200,21 +346,12 @@ pub fn join_host_port(host: &str, port: u16) -> String {
 /// beyond this a weight says more about a bug than about capacity).
 pub const MAX_WEIGHT: u32 = 10_000;
 
-/// An instance from a registry: an IP literal that can be connected to (not unspecified,
-/// multicast or broadcast) and a port 1–65535. Hostnames are refused: a registry entry must not
-/// make every worker resolve names an outsider may control.
-fn instance(host: &str, port: u64, weight: u64) -> Result<Option<Instance>, String> {
-    let ip: std::net::IpAddr = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .map_err(|_| format!("host {host:?} is not an IP address"))?;
-    let unusable = ip.is_unspecified()
-        || ip.is_multicast()
-        || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
-    if unusable {
-        return Err(format!("address {ip} cannot be connected to"));
-    }
+/// An instance from a registry: a port 1–65535 and an IP literal that can be connected to
+/// (not unspecified, multicast or broadcast, in any spelling: IPv4-mapped IPv6 too), or a host
+/// name (Spring Cloud Zookeeper registers host names unless `prefer-ip-address` is set;
+/// Kubernetes pods register DNS names), resolved when connecting and judged again then (see
+/// `http::dial`).
+fn instance(host: &str, port: u64, weight: u64) -> Result<Node, String> {
     let port = u16::try_from(port)
         .ok()
         .filter(|p| *p > 0)
@@ -223,11 +360,39 @@ fn instance(host: &str, port: u64, weight: u64) -> Result<Option<Instance>, Stri
         .ok()
         .filter(|w| *w <= MAX_WEIGHT)
         .ok_or_else(|| format!("weight {weight} above {MAX_WEIGHT}"))?;
-    Ok(Some(Instance { address: std::net::SocketAddr::new(ip, port).to_string(), weight }))
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let address = match literal.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            if let Some(why) = crate::table::instance::unusable(ip) {
+                return Err(format!("address {ip} is {why}: it cannot be an instance"));
+            }
+            std::net::SocketAddr::new(ip, port).to_string()
+        }
+        Err(_) if host_name(host) => format!("{}:{port}", host.trim_end_matches('.')),
+        Err(_) => return Err(format!("host {host:?} is neither an IP address nor a host name")),
+    };
+    Ok(Node::Accepted(Instance::weighted(address, weight)))
+}
+
+/// Whether `s` is a DNS host name (RFC 1123 labels: letters, digits, hyphens, 1–63 each, 253
+/// in all) whose last label starts with a letter — so that nothing a resolver would read as a
+/// number (`127.1`, `0x7f`, `2130706433`) passes as a name.
+fn host_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(label)
+        && s.rsplit('.').next().is_some_and(|last| last.as_bytes()[0].is_ascii_alphabetic())
 }
 
 /// A Registrator node name: exactly `ip:port` (`[v6]:port`), digits only in the port.
-fn registrator(name: &str) -> Result<Option<Instance>, String> {
+fn registrator(name: &str) -> Result<Node, String> {
     let (host, port) = name.rsplit_once(':').ok_or("node name is not ip:port")?;
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.len() > 5 {
         return Err(format!("node name {name:?} is not ip:port (port {port:?})"));
@@ -243,10 +408,22 @@ fn json(data: &[u8]) -> Result<Value, String> {
     serde_json::from_slice(data).map_err(|e| format!("data is not JSON: {e}"))
 }
 
-fn curator(data: &[u8], tls: bool) -> Result<Option<Instance>, String> {
+/// A Curator `ServiceInstance` (Spring Cloud Zookeeper writes these too: its
+/// `payload.metadata.instance_status` is the blue/green switch Spring users flip; only `UP`, or
+/// none, is routed).
+fn curator(data: &[u8], tls: bool) -> Result<Node, String> {
     let v = json(data)?;
     if v.get("enabled").and_then(Value::as_bool) == Some(false) {
-        return Ok(None);
+        return Ok(Node::Excluded("\"enabled\": false".into()));
+    }
+    let status = v.pointer("/payload/metadata/instance_status");
+    match status {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("UP") => {}
+        Some(Value::String(s)) => {
+            return Ok(Node::Excluded(format!("Spring instance_status {s} (only UP is routed)")))
+        }
+        Some(other) => return Err(format!("invalid payload.metadata.instance_status {other}")),
     }
     let address = v.get("address").and_then(Value::as_str).ok_or("missing \"address\"")?;
     let port = |key: &str| match v.get(key) {
@@ -256,9 +433,14 @@ fn curator(data: &[u8], tls: bool) -> Result<Option<Instance>, String> {
     };
     // A TLS service is reached on sslPort; a plain one on port. An instance without the port
     // its service needs cannot be used.
+    let since = v.get("registrationTimeUTC").and_then(Value::as_u64).unwrap_or(0);
     match if tls { port("sslPort")? } else { port("port")? } {
-        Some(p) => instance(address, p, 1),
-        None => Ok(None),
+        Some(p) => Ok(match instance(address, p, 1)? {
+            Node::Accepted(i) => Node::Accepted(i.ramping(since, 0)),
+            other => other,
+        }),
+        None if tls => Ok(Node::Excluded("no \"sslPort\" for a TLS service".into())),
+        None => Ok(Node::Excluded("no \"port\" (TLS only)".into())),
     }
 }
 
@@ -268,11 +450,11 @@ fn endpoint(v: &Value) -> Result<(String, u64), String> {
     Ok((host.to_string(), port))
 }
 
-fn serverset(data: &[u8], named: Option<&str>) -> Result<Option<Instance>, String> {
+fn serverset(data: &[u8], named: Option<&str>) -> Result<Node, String> {
     let v = json(data)?;
     let status = v.get("status").and_then(Value::as_str).ok_or("missing \"status\"")?;
     if status != "ALIVE" {
-        return Ok(None);
+        return Ok(Node::Excluded(format!("status {status} (only ALIVE is routed)")));
     }
     let ep = match named {
         Some(name) => v
@@ -285,7 +467,7 @@ fn serverset(data: &[u8], named: Option<&str>) -> Result<Option<Instance>, Strin
     instance(&host, port, 1)
 }
 
-fn nerve(name: &str, data: &[u8]) -> Result<Option<Instance>, String> {
+fn nerve(name: &str, data: &[u8]) -> Result<Node, String> {
     let decoded;
     let data = match name.strip_prefix("base64_") {
         Some(rest) => {
@@ -345,7 +527,12 @@ mod tests {
             "10.0.0.1:0",
             ":80",
             "10.0.0.1:+80",
-            "host.example:80",
+            "127.1:80",
+            "0x7f:80",
+            "2130706433:80",
+            "-bad.example:80",
+            "under_score.example:80",
+            "[::ffff:0.0.0.0]:80",
             "0.0.0.0:80",
             "[::]:80",
             "224.0.0.1:80",
@@ -364,8 +551,18 @@ mod tests {
             Some(("[::1]:8080".into(), 1))
         );
         let curator = |a: &str, p: u64| format!("{{\"address\":\"{a}\",\"port\":{p}}}");
+        assert_eq!(
+            addr(Format::Curator.parse(
+                "id",
+                curator("app-1.default.svc", 80).as_bytes(),
+                None,
+                false
+            )),
+            Some(("app-1.default.svc:80".into(), 1)),
+            "a host name is an instance, resolved when connecting"
+        );
         assert!(Format::Curator
-            .parse("id", curator("evil.example", 80).as_bytes(), None, false)
+            .parse("id", curator("::ffff:224.0.0.1", 80).as_bytes(), None, false)
             .is_err());
         assert!(Format::Curator
             .parse("id", curator("0.0.0.0", 80).as_bytes(), None, false)
@@ -384,8 +581,8 @@ mod tests {
         assert!(Format::Serverset.parse("member_1", ss, None, false).is_err());
     }
 
-    fn addr(r: Result<Option<Instance>, String>) -> Option<(String, u32)> {
-        r.unwrap().map(|i| (i.address, i.weight))
+    fn addr(r: Result<Node, String>) -> Option<(String, u32)> {
+        r.unwrap().instance().map(|i| (i.address, i.weight))
     }
 
     #[test]
@@ -414,6 +611,32 @@ mod tests {
             "a TLS service uses sslPort"
         );
         assert!(Format::Curator.parse("x", b"{not json", None, false).is_err());
+    }
+
+    /// What Spring Cloud Zookeeper writes (its `ZookeeperServiceRegistry` serialises a Curator
+    /// `ServiceInstance<ZookeeperInstance>`: the shape in Spring Cloud Zookeeper's reference
+    /// documentation), with `instance_status` as the actuator's service-registry endpoint sets it.
+    #[test]
+    fn spring_cloud_instances_are_routed_only_while_up() {
+        let spring = |status: &str| {
+            format!(
+                r#"{{"name":"testZookeeperApp","id":"e2c8b9a4-4a3b-4d1b-9a52-3f0c1c2b7f10","address":"10.0.0.7","port":8080,"sslPort":null,"payload":{{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","id":"testZookeeperApp-1","name":"testZookeeperApp","metadata":{{"instance_status":"{status}"}}}},"registrationTimeUTC":1549987777777,"serviceType":"DYNAMIC","uriSpec":{{"parts":[{{"value":"scheme","variable":true}},{{"value":"://","variable":false}},{{"value":"address","variable":true}},{{"value":":","variable":false}},{{"value":"port","variable":true}}]}}}}"#
+            )
+        };
+        assert_eq!(
+            addr(Format::Curator.parse("x", spring("UP").as_bytes(), None, false)),
+            Some(("10.0.0.7:8080".into(), 1))
+        );
+        for status in ["OUT_OF_SERVICE", "DOWN", "STARTING"] {
+            let node = Format::Curator.parse("x", spring(status).as_bytes(), None, false);
+            match node {
+                Ok(Node::Excluded(why)) => assert!(why.contains(status), "{why}"),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        let no_metadata =
+            br#"{"address":"10.0.0.7","port":8080,"payload":{"@class":"x","metadata":{}}}"#;
+        assert!(addr(Format::Curator.parse("x", no_metadata, None, false)).is_some());
     }
 
     #[test]
@@ -487,7 +710,7 @@ mod tests {
             let (name, data, seq) = f.encode("svc", "127.0.0.1", 9001, 3);
             let name = if seq { format!("{name}0000000007") } else { name };
             assert!(f.accepts_name(&name), "{f:?} {name}");
-            let got = f.parse(&name, &data, None, false).unwrap().unwrap();
+            let got = f.parse(&name, &data, None, false).unwrap().instance().unwrap();
             assert_eq!(got.address, "127.0.0.1:9001", "{f:?}");
         }
     }

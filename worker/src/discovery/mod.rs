@@ -12,6 +12,7 @@
 //! - [`retry`]: backoff with jitter and the one retry helper every ZooKeeper call uses.
 //! - [`formats`]: the four registry formats (registrator, curator, serverset, nerve).
 //! - [`snapshot`]: the on-disk copy of the last listing.
+//! - [`report`]: every node read and what became of it, for `GET /registry`.
 //! - [`register`]: `zkgate register`, the writer side of the formats.
 
 pub mod builder;
@@ -19,6 +20,7 @@ pub mod changes;
 pub mod formats;
 pub mod guard;
 pub mod register;
+pub mod report;
 pub mod retry;
 pub mod snapshot;
 pub mod update;
@@ -35,6 +37,7 @@ use crate::table::{Source, Tracker};
 use crate::SharedTable;
 use builder::{Builder, Outputs, TableBuilder};
 use changes::Changes;
+use report::RegistryReport;
 use update::Registry;
 use update::Update;
 
@@ -45,7 +48,7 @@ use update::Update;
 pub fn start(
     config: &Arc<Config>,
     slot: usize,
-    (table, changes): (SharedTable, Arc<Changes>),
+    (table, changes, report): (SharedTable, Arc<Changes>, Arc<RegistryReport>),
     tracker: Tracker,
     metrics: Metrics,
 ) -> watch::Receiver<Option<Source>> {
@@ -78,7 +81,8 @@ pub fn start(
         .map(|(n, _)| n.clone())
         .collect();
     let tls = config.services.iter().filter(|(_, s)| s.tls()).map(|(n, _)| n.clone()).collect();
-    tokio::spawn(Arc::new(zookeeper::Watcher::new(zk, (skip, tls), tx, metrics)).run());
+    let watcher = zookeeper::Watcher::new(zk, (skip, tls), (tx, metrics, report));
+    tokio::spawn(Arc::new(watcher).run());
     ready_rx
 }
 

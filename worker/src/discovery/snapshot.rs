@@ -69,7 +69,7 @@ pub fn load(path: &Path) -> Result<Listing, SnapshotError> {
         for e in entries {
             Instance::validate(&e.address)
                 .map_err(|reason| SnapshotError::Invalid { path: path.into(), reason })?;
-            list.push(Instance { address: e.address, weight: e.weight });
+            list.push(Instance::weighted(e.address, e.weight));
         }
         out.insert(service, list);
     }
@@ -136,7 +136,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("routes.json");
         let mut l = Listing::new();
-        l.insert("svc".into(), vec![Instance { address: "10.0.0.1:80".into(), weight: 3 }]);
+        l.insert("svc".into(), vec![Instance::weighted("10.0.0.1:80", 3)]);
         write(&path, &l).unwrap();
         assert_eq!(load(&path).unwrap(), l);
         std::fs::write(

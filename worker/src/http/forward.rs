@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::balance::PickContext;
 use crate::config::ProxySettings;
+use crate::http::dial::Dialer;
 use crate::http::error::ProxyError;
 use crate::http::pool::{IdleSet, Lease};
 use crate::http::upstream::{BodySent, Upstream, UpstreamError};
@@ -28,6 +29,8 @@ const MIN_RETRY_CONCURRENCY: usize = 3;
 /// Sends requests to instances; one per worker.
 pub struct Forwarder {
     upstream: Upstream,
+    /// Opens connections to instances (both sides).
+    dialer: Arc<Dialer>,
     /// The engine's idle connections to instances (plain TCP, see `h1`).
     plain: Arc<IdleSet<TcpStream>>,
     settings: ProxySettings,
@@ -72,10 +75,11 @@ impl Answer for (Response<Incoming>, Lease) {
 }
 
 impl Forwarder {
-    /// A forwarder with the proxy's timeouts and retry policy.
-    pub fn new(settings: &ProxySettings, metrics: Metrics) -> Self {
+    /// A forwarder with the proxy's timeouts and retry policy, connecting through `dialer`.
+    pub fn new(settings: &ProxySettings, metrics: Metrics, dialer: Arc<Dialer>) -> Self {
         Forwarder {
-            upstream: Upstream::new(settings),
+            upstream: Upstream::new(settings, dialer.clone()),
+            dialer,
             plain: IdleSet::new(settings.idle_timeout, settings.max_connections_per_instance),
             settings: settings.clone(),
             metrics,
@@ -94,6 +98,11 @@ impl Forwarder {
     /// The client to instances (the hyper path's attempts go through it).
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    /// How connections to instances are opened.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The engine's idle connections to instances.

@@ -28,11 +28,12 @@
 //! - [`connections`]: open client connections and tunnels, counted so a drain can wait for them.
 //! - [`buffers`]: buffers lent to the engine's connections while they work.
 //! - [`upstream`], [`transport`], [`pool`]: the client to instances (HTTP/1.1 pool, HTTP/2,
-//!   TLS), its error classes and timeouts.
+//!   TLS), its error classes and timeouts; [`dial`]: connecting, host names resolved and cached.
 //! - [`health_check`]: active HTTP probes of instances.
 
 pub mod buffers;
 pub mod connections;
+pub mod dial;
 pub mod error;
 pub mod forward;
 pub mod grpc;

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::http::dial::Dialer;
 use crate::http::transport::{TlsClient, Transport};
 use crate::http::Body;
 
@@ -161,7 +162,7 @@ impl<C: Pooled> IdleSet<C> {
 pub struct Pool {
     idle: Arc<IdleSet<SendRequest<Body>>>,
     h2: Mutex<FxHashMap<String, http2::SendRequest<Body>>>,
-    connect_timeout: Duration,
+    dialer: Arc<Dialer>,
 }
 
 /// Why a connection could not be had.
@@ -211,11 +212,11 @@ impl Drop for Lease {
 
 impl Pool {
     /// An empty pool.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
+    pub fn new(dialer: Arc<Dialer>, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
         Arc::new(Pool {
             idle: IdleSet::new(idle_timeout, max_idle),
             h2: Mutex::new(FxHashMap::default()),
-            connect_timeout,
+            dialer,
         })
     }
 
@@ -322,7 +323,7 @@ impl Pool {
         address: &str,
         tls: Option<&TlsClient>,
     ) -> Result<SendRequest<Body>, ConnectError> {
-        let stream = connect(address, self.connect_timeout).await.map_err(ConnectError::Connect)?;
+        let stream = self.dialer.connect(address).await.map_err(ConnectError::Connect)?;
         match tls {
             None => handshake_h1(stream).await,
             Some(tls) => handshake_h1(self.tls(stream, address, tls).await?).await,
@@ -334,7 +335,7 @@ impl Pool {
         address: &str,
         tls: Option<&TlsClient>,
     ) -> Result<http2::SendRequest<Body>, ConnectError> {
-        let stream = connect(address, self.connect_timeout).await.map_err(ConnectError::Connect)?;
+        let stream = self.dialer.connect(address).await.map_err(ConnectError::Connect)?;
         match tls {
             None => handshake_h2(stream).await,
             Some(tls) => handshake_h2(self.tls(stream, address, tls).await?).await,
@@ -349,7 +350,7 @@ impl Pool {
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
         let name = tls.server_name(address).map_err(ConnectError::Tls)?;
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
+        tokio::time::timeout(self.dialer.timeout(), connector.connect(name, stream))
             .await
             .map_err(|_| ConnectError::Tls("handshake timed out".into()))?
             .map_err(|e| ConnectError::Tls(e.to_string()))
@@ -394,15 +395,6 @@ pub enum SendError {
     Connect(ConnectError),
     /// The exchange failed.
     Http(hyper::Error),
-}
-
-/// Opens a TCP connection to an instance within `timeout`, with `TCP_NODELAY`.
-pub async fn connect(address: &str, timeout: Duration) -> std::io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// Drops idle connections older than `idle_timeout`, every half of it, while the set lives.

@@ -17,6 +17,7 @@ use crate::host::admission::Admission;
 use crate::host::Host;
 use crate::http::buffers::Buffers;
 use crate::http::connections::Connections;
+use crate::http::dial::Dialer;
 use crate::http::error::ProxyError;
 use crate::http::forward::{Attempts, Forwarder};
 use crate::http::headers;
@@ -99,7 +100,11 @@ impl Proxy {
             table: shared.table,
             ready: shared.ready,
             router,
-            forwarder: Forwarder::new(&config.proxy, Metrics::new(shared.host)),
+            forwarder: Forwarder::new(
+                &config.proxy,
+                Metrics::new(shared.host),
+                Arc::new(Dialer::new(config.proxy.connect_timeout, config.own_addresses())),
+            ),
             settings: config.proxy.clone(),
             policy: Policy::new(
                 headers::via_entry(via),

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use crate::config::ProxySettings;
+use crate::http::dial::Dialer;
 use crate::http::pool::{Lease, Pool, SendError};
 use crate::http::transport::Transport;
 use crate::http::Body;
@@ -61,13 +62,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client with the proxy's timeouts and its own connection pool.
-    pub fn new(settings: &ProxySettings) -> Self {
-        let pool = Pool::new(
-            settings.connect_timeout,
-            settings.idle_timeout,
-            settings.max_connections_per_instance,
-        );
+    /// A client with the proxy's timeouts and its own connection pool, connecting through
+    /// `dialer`.
+    pub fn new(settings: &ProxySettings, dialer: Arc<Dialer>) -> Self {
+        let pool = Pool::new(dialer, settings.idle_timeout, settings.max_connections_per_instance);
         Upstream { pool, request_timeout: settings.request_timeout }
     }
 

@@ -4,6 +4,7 @@
 //! balancers, the registry formats, the configuration and the route table all speak of it.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,12 +15,44 @@ pub struct Instance {
     pub address: String,
     /// Relative share of traffic for the weighted strategies; 0 means no traffic.
     pub weight: u32,
+    /// When it registered (ms since the epoch; 0: unknown): slow start ramps from here.
+    #[serde(skip)]
+    pub since_ms: u64,
+    /// Its own warm-up (ms; 0: the service's `slow_start`), as a Dubbo provider's `warmup`.
+    #[serde(skip)]
+    pub warmup_ms: u64,
 }
 
 impl Instance {
     /// An instance with weight 1.
     pub fn new(address: impl Into<String>) -> Self {
-        Instance { address: address.into(), weight: 1 }
+        Instance { address: address.into(), weight: 1, since_ms: 0, warmup_ms: 0 }
+    }
+
+    /// An instance with `weight`.
+    pub fn weighted(address: impl Into<String>, weight: u32) -> Self {
+        Instance { weight, ..Instance::new(address) }
+    }
+
+    /// The same instance, registered at `since_ms` with its own warm-up of `warmup_ms`.
+    pub fn ramping(self, since_ms: u64, warmup_ms: u64) -> Self {
+        Instance { since_ms, warmup_ms, ..self }
+    }
+
+    /// Its weight `now_ms` under a slow start of `slow_start_ms` (its own warm-up first): ramped
+    /// linearly from its registration, scaled by `scale` so a ramp shows even at weight 1;
+    /// `None` once ramped up (or never ramping).
+    pub fn ramp_weight(&self, now_ms: u64, slow_start_ms: u64, scale: u32) -> Option<u32> {
+        let ramp = if self.warmup_ms > 0 { self.warmup_ms } else { slow_start_ms };
+        if ramp == 0 || self.since_ms == 0 || self.weight == 0 {
+            return None;
+        }
+        let elapsed = now_ms.saturating_sub(self.since_ms);
+        if elapsed >= ramp {
+            return None;
+        }
+        let full = u64::from(self.weight) * u64::from(scale);
+        Some(((full * elapsed / ramp).max(1)).min(u64::from(u32::MAX)) as u32)
     }
 
     /// Checks that `address` is a `host:port` authority usable in an upstream URI.
@@ -67,7 +100,42 @@ impl<'de> Deserialize<'de> for Instance {
             Form::Full { address, weight } => (address, weight),
         };
         Instance::validate(&address).map_err(serde::de::Error::custom)?;
-        Ok(Instance { address, weight })
+        Ok(Instance::weighted(address, weight))
+    }
+}
+
+/// The gateway's own sockets: an instance there would send the gateway its own requests.
+#[derive(Debug, Clone, Default)]
+pub struct OwnAddresses(Vec<SocketAddr>);
+
+impl OwnAddresses {
+    /// The listeners (and the admin socket).
+    pub fn new(listeners: impl IntoIterator<Item = SocketAddr>) -> Self {
+        OwnAddresses(listeners.into_iter().collect())
+    }
+
+    /// Whether `addr` (in any spelling) is one of them: the same address and port, or the
+    /// port of a wildcard listener on a loopback address.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.0.iter().any(|l| {
+            let own = l.ip().to_canonical();
+            l.port() == addr.port() && (own == ip || (own.is_unspecified() && ip.is_loopback()))
+        })
+    }
+}
+
+/// Why an address cannot be an instance, if it cannot.
+pub fn unusable(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        Some("an unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Policy {
     pub strategy: Strategy,
     /// What `consistent_hash` hashes on (`None` for other strategies: nothing to compute).
     pub hash_on: Option<HashOn>,
+    /// Slow start, in ms (0: off).
+    pub slow_start_ms: u64,
 }
 
 impl Policy {
@@ -73,13 +75,14 @@ impl Policy {
         let hash_on = (strategy == Strategy::ConsistentHash).then(|| {
             own.and_then(|s| s.hash_on.clone()).unwrap_or_else(|| config.proxy.hash_on.clone())
         });
-        Policy { strategy, hash_on }
+        let slow_start = own.and_then(|s| s.slow_start).unwrap_or(config.proxy.slow_start);
+        Policy { strategy, hash_on, slow_start_ms: slow_start.as_millis() as u64 }
     }
 
-    /// A policy with `strategy` and the default hash key.
+    /// A policy with `strategy`, the default hash key and no slow start.
     pub fn new(strategy: Strategy) -> Self {
         let hash_on = (strategy == Strategy::ConsistentHash).then_some(HashOn::ClientIp);
-        Policy { strategy, hash_on }
+        Policy { strategy, hash_on, slow_start_ms: 0 }
     }
 }
 
@@ -99,6 +102,76 @@ pub struct Service {
     pub health: ServiceHealth,
     /// This service's row in the shared metrics (looked up once, on first use).
     pub stats: std::sync::OnceLock<usize>,
+    /// Instances ramping up (slow start) when the service was built: the weights its balancer
+    /// uses, until when.
+    pub ramp: Option<Ramp>,
+}
+
+/// Slow start in progress: the weights the balancer was built with (each instance's weight
+/// × [`RAMP_SCALE`], a ramping one's less), and when the last ramp ends (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ramp {
+    /// Weight per instance, index-aligned.
+    pub weights: Vec<u32>,
+    /// When every ramp is over.
+    pub until_ms: u64,
+}
+
+/// Weights are scaled by this much while a service ramps, so that a ramp shows in steps of
+/// 1 % even for instances of weight 1.
+pub const RAMP_SCALE: u32 = 100;
+
+/// Wall-clock milliseconds (registrations are dated by ZooKeeper's clock and the registries').
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The balancer for `instances` under `policy` at `now_ms`, and the ramp when an instance is
+/// still in its slow start: then the weights are ramped, and a strategy that ignores weights
+/// (round robin, random) balances by weight until the ramp is over. `consistent_hash` never
+/// ramps (moving keys would defeat it).
+fn balancer_at(
+    policy: &Policy,
+    instances: &[Instance],
+    now_ms: u64,
+) -> (Box<dyn Balancer>, Option<Ramp>) {
+    let ramps: Vec<Option<u32>> = match policy.strategy {
+        Strategy::ConsistentHash => Vec::new(),
+        _ => instances
+            .iter()
+            .map(|i| i.ramp_weight(now_ms, policy.slow_start_ms, RAMP_SCALE))
+            .collect(),
+    };
+    if !ramps.iter().any(Option::is_some) {
+        return (balance::build(policy.strategy, instances), None);
+    }
+    let weights: Vec<u32> = instances
+        .iter()
+        .zip(&ramps)
+        .map(|(i, r)| r.unwrap_or(i.weight.saturating_mul(RAMP_SCALE)))
+        .collect();
+    let until_ms = instances
+        .iter()
+        .zip(&ramps)
+        .filter(|(_, r)| r.is_some())
+        .map(|(i, _)| {
+            let ramp = if i.warmup_ms > 0 { i.warmup_ms } else { policy.slow_start_ms };
+            i.since_ms + ramp
+        })
+        .max()
+        .unwrap_or(now_ms);
+    let weighted: Vec<Instance> = instances
+        .iter()
+        .zip(&weights)
+        .map(|(i, w)| Instance::weighted(i.address.clone(), *w))
+        .collect();
+    let strategy = match policy.strategy {
+        Strategy::RoundRobin | Strategy::Random => Strategy::Weighted,
+        s => s,
+    };
+    (balance::build(strategy, &weighted), Some(Ramp { weights, until_ms }))
 }
 
 impl fmt::Debug for Service {
@@ -139,14 +212,23 @@ impl Service {
         let name = name.into();
         instances.sort();
         instances.dedup_by(|a, b| a.address == b.address);
-        let balancer = balance::build(policy.strategy, &instances);
+        let (balancer, ramp) = balancer_at(&policy, &instances, wall_ms());
         let health = ServiceHealth::carry(
             &name,
             &instances,
             previous.map(|p| (p.instances.as_slice(), &p.health)),
             (tracker, held),
         );
-        Service { name, instances, source, policy, balancer, health, stats: Default::default() }
+        Service {
+            name,
+            instances,
+            source,
+            policy,
+            balancer,
+            health,
+            stats: Default::default(),
+            ramp,
+        }
     }
 }
 

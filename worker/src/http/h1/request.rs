@@ -176,7 +176,7 @@ impl<S: Io> Conn<'_, S> {
             request.extend_from_slice(&body_start);
             let attempt = Attempt {
                 pool: proxy.forwarder.plain_pool(),
-                connect_timeout: settings.connect_timeout,
+                dialer: proxy.forwarder.dialer(),
                 idle_timeout: settings.idle_timeout,
                 request,
                 buf: response,

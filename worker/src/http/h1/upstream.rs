@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::http::dial::Dialer;
 use crate::http::forward::Answer;
 use crate::http::h1::body::Upload;
 use crate::http::h1::head::{parse_response, ResponseHead};
-use crate::http::pool::{connect, IdleSet, Stale};
+use crate::http::pool::{IdleSet, Stale};
 use crate::http::upstream::UpstreamError;
 
 /// Largest response head accepted from an instance.
@@ -41,8 +42,8 @@ impl Answer for Exchange {
 pub struct Attempt<'a, C> {
     /// Idle connections to instances.
     pub pool: &'a IdleSet<TcpStream>,
-    /// `connect_timeout`.
-    pub connect_timeout: Duration,
+    /// Opens connections (`connect_timeout`, host names).
+    pub dialer: &'a Dialer,
     /// `idle_timeout`: each read and write of a streamed body.
     pub idle_timeout: Duration,
     /// The whole request head, and the body (or its start) framed for the instance.
@@ -80,7 +81,9 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
             let (mut conn, reused) = match pooled.take() {
                 Some(c) => (c, true),
                 None => {
-                    let c = connect(address, self.connect_timeout)
+                    let c = self
+                        .dialer
+                        .connect(address)
                         .await
                         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
                     (c, false)

@@ -1,0 +1,219 @@
+//! `GET /explain`: why a request goes where it goes. `?service=NAME`, or `?host=…&path=…` (and
+//! `header=name:value`, repeatable) to resolve the route first: the route that matched, the
+//! balancer, and each instance with its state in words — routable, ejected (until when, after
+//! what), held by the removal guard, released, unhealthy, ramping at weight w — plus the nodes
+//! of the service the registry has that are not routed, and why (out of service, disabled by an
+//! override, malformed). Reads this worker's table and the host-wide instance state.
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use serde_json::{json, Value};
+
+use super::Admin;
+use crate::discovery::report::Outcome;
+use crate::http::router::Router;
+use crate::table::{wall_ms, Service, RAMP_SCALE};
+
+/// The query's parameters, percent-decoded.
+fn params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// Percent-decoding of a query component (`+` is a space).
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The answer to `/explain?query`.
+pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCode, Value) {
+    let params = params(query);
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (service, route) = match get("service") {
+        Some(name) => (name.to_string(), json!({"by": "service name"})),
+        None => {
+            let path = get("path").unwrap_or("/");
+            let Ok(uri) = path.parse::<Uri>() else {
+                return (StatusCode::BAD_REQUEST, json!({"error": "path is not a request target"}));
+            };
+            let mut headers = HeaderMap::new();
+            if let Some(host) = get("host") {
+                let Ok(v) = HeaderValue::from_str(host) else {
+                    return (StatusCode::BAD_REQUEST, json!({"error": "invalid host"}));
+                };
+                headers.insert(http::header::HOST, v);
+            }
+            for (_, h) in params.iter().filter(|(n, _)| n == "header") {
+                let Some((name, value)) = h.split_once(':') else {
+                    return (StatusCode::BAD_REQUEST, json!({"error": "header is name:value"}));
+                };
+                match (HeaderName::try_from(name.trim()), HeaderValue::from_str(value.trim())) {
+                    (Ok(n), Ok(v)) => {
+                        headers.append(n, v);
+                    }
+                    _ => return (StatusCode::BAD_REQUEST, json!({"error": "invalid header"})),
+                }
+            }
+            match router.route(&uri, &headers) {
+                Ok(t) => {
+                    let rule = t.rule.and_then(|i| admin.config.routes.get(i));
+                    let route = json!({
+                        "by": if rule.is_some() { "route" } else { "header routing" },
+                        "rule": t.rule,
+                        "path_prefix": rule.map(|r| r.path_prefix.clone()),
+                        "host": rule.and_then(|r| r.host.clone()),
+                        "forwarded_path": t.path.as_str(),
+                    });
+                    (t.service, route)
+                }
+                Err(e) => {
+                    return (StatusCode::NOT_FOUND, json!({"route": null, "error": e.to_string()}))
+                }
+            }
+        }
+    };
+    let table = admin.table.load();
+    let Some(svc) = table.get(&service) else {
+        return (
+            StatusCode::NOT_FOUND,
+            json!({
+                "route": route,
+                "service": service,
+                "error": "no such service in this worker's route table",
+                "registry": not_routed(admin, &service),
+            }),
+        );
+    };
+    let body = json!({
+        "route": route,
+        "service": service,
+        "source": svc.source,
+        "load_balance": svc.policy.strategy,
+        "slow_start_ms": svc.policy.slow_start_ms,
+        "instances": instances(admin, svc),
+        "not_routed": not_routed(admin, &service),
+        "worker": {"pid": std::process::id(), "slot": admin.slot},
+    });
+    (StatusCode::OK, body)
+}
+
+/// Each instance of `svc`, its state and why.
+fn instances(admin: &Admin, svc: &Service) -> Vec<Value> {
+    let report = admin.report.nodes(&svc.name);
+    let now = wall_ms();
+    svc.instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| {
+            let h = &svc.health;
+            let (ejected_ms, ejections) = h.ejection(i);
+            let (state, why) = if h.released(i) {
+                ("released", "removed by the registry, held, then found gone".to_string())
+            } else if h.ejected(i) {
+                let until = now + ejected_ms;
+                (
+                    "ejected",
+                    format!(
+                        "ejected by outlier detection until {until} (unix ms, {} s left; ejected {ejections} times)",
+                        ejected_ms.div_ceil(1000)
+                    ),
+                )
+            } else if h.down(i) {
+                ("unhealthy", "its active health check failed".to_string())
+            } else if h.held(i) {
+                (
+                    "held",
+                    "removed by the registry; kept in rotation by the removal guard until it proves gone"
+                        .to_string(),
+                )
+            } else if inst.weight == 0 {
+                ("idle", "weight 0: takes no traffic".to_string())
+            } else {
+                ("routable", "listed, healthy, not ejected".to_string())
+            };
+            let mut v = json!({
+                "address": inst.address,
+                "state": state,
+                "why": why,
+                "weight": inst.weight,
+                "in_flight": h.active(i),
+            });
+            if let Some(ramp) = &svc.ramp {
+                let w = ramp.weights.get(i).copied().unwrap_or(0);
+                if w < inst.weight.saturating_mul(RAMP_SCALE) {
+                    v["ramping"] = json!({
+                        "weight": f64::from(w) / f64::from(RAMP_SCALE),
+                        "of": inst.weight,
+                        "why": "slow start: its weight ramps up linearly from its registration",
+                    });
+                }
+            }
+            let node = report.iter().find(|n| n.instance.as_deref() == Some(&inst.address));
+            if let Some(note) = node.and_then(|n| n.reason.as_ref()) {
+                v["overridden"] = json!(note);
+            }
+            v
+        })
+        .collect()
+}
+
+/// The service's nodes the registry has that are not instances, and why.
+fn not_routed(admin: &Admin, service: &str) -> Vec<Value> {
+    admin
+        .report
+        .nodes(service)
+        .into_iter()
+        .filter(|n| n.outcome != Outcome::Accepted)
+        .map(|n| {
+            let state = match n.reason.as_deref() {
+                Some(r) if r.contains("instance_status") => "out of service",
+                Some(r) if r.contains("override") || r.contains("disabled") => {
+                    "disabled by the registry"
+                }
+                _ if n.outcome == Outcome::Rejected => "rejected",
+                _ => "excluded",
+            };
+            json!({"node": n.node, "state": state, "why": n.reason})
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded_and_repeatable() {
+        let p = params("service=a%20b&header=x-v%3A+1&header=y:2&empty");
+        assert_eq!(p[0], ("service".into(), "a b".into()));
+        assert_eq!(p[1], ("header".into(), "x-v: 1".into()));
+        assert_eq!(p[2], ("header".into(), "y:2".into()));
+        assert_eq!(p[3], ("empty".into(), String::new()));
+        assert!(params("x=%zz").is_empty(), "a bad escape is dropped");
+    }
+}

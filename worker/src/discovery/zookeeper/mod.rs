@@ -1,0 +1,129 @@
+//! The ZooKeeper side of discovery for one worker: its session, the watches on the registry,
+//! and the [`Update`]s they turn into.
+//!
+//! ```text
+//! run ─ connect ─▶ session ─┬─ persistent_session: one persistent recursive watch on the root,
+//!  ▲                        │    full_sync, then every event relists the service it names
+//!  │                        └─ (server without persistent watches) initial_sync ─▶ watch_root,
+//!  │                             one watch_service task per service, one-shot watches
+//!  └──── session ended: new session, full resync
+//! ```
+//! Events are never counted (several changes collapse into one event): the node is listed
+//! again and the full child set is diffed downstream. A disconnection keeps the table (the
+//! session lives on, the client fails over to another ensemble member); an expired or closed
+//! session is replaced by a new one and a full resync. Every listing also goes to the
+//! [`RegistryReport`] (`GET /registry`): each node read, its outcome and why.
+//!
+//! - [`persistent`]: the session under one persistent recursive watch (ZooKeeper >= 3.6).
+//! - [`oneshot`]: the fallback, one-shot watches per service and on the root.
+//! - [`listing`]: listing one service or many, parsing its nodes, dating its changes.
+
+mod listing;
+mod oneshot;
+mod persistent;
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use zookeeper_client as zk;
+
+use crate::config::ZkSettings;
+use crate::discovery::report::RegistryReport;
+use crate::discovery::retry::{retry, Backoff};
+use crate::discovery::update::Update;
+use crate::metrics::{Metrics, ZkState};
+
+/// The ZooKeeper side of discovery for one worker.
+pub struct Watcher {
+    settings: ZkSettings,
+    skip: HashSet<String>,
+    /// Services reached over TLS (a Curator instance's `sslPort` is theirs).
+    tls: HashSet<String>,
+    tx: mpsc::UnboundedSender<Update>,
+    metrics: Metrics,
+    /// One-shot watches the service tasks hold now (for the watch gauge).
+    watches: AtomicUsize,
+    /// Every node read and what became of it (`GET /registry`).
+    report: Arc<RegistryReport>,
+}
+
+impl Watcher {
+    /// `skip`: services with static instances, never looked up.
+    pub fn new(
+        settings: ZkSettings,
+        (skip, tls): (HashSet<String>, HashSet<String>),
+        (tx, metrics, report): (mpsc::UnboundedSender<Update>, Metrics, Arc<RegistryReport>),
+    ) -> Self {
+        Watcher { settings, skip, tls, tx, metrics, watches: AtomicUsize::new(0), report }
+    }
+
+    /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = Backoff::default();
+        let mut failing = false;
+        loop {
+            let client = match self.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics.set_zk_state(ZkState::Lost);
+                    if !failing {
+                        log::warn!(
+                            "zookeeper {}: cannot connect ({e}); serving the last known routes, retrying",
+                            self.settings.hosts
+                        );
+                        failing = true;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            log::info!(
+                "zookeeper {}: session 0x{:x} established",
+                self.settings.hosts,
+                client.session_id().0
+            );
+            failing = false;
+            backoff.reset();
+            self.metrics.set_zk_state(ZkState::Connected);
+            self.clone().session(client).await;
+        }
+    }
+
+    async fn connect(&self) -> Result<zk::Client, zk::Error> {
+        zk::Client::connector()
+            .with_session_timeout(self.settings.session_timeout)
+            .with_connection_timeout(self.settings.connect_timeout)
+            .with_fail_eagerly()
+            .connect(&self.settings.hosts)
+            .await
+    }
+
+    /// One session: initial sync, then watch until the session ends — under one persistent
+    /// recursive watch where the server has them (ZooKeeper ≥ 3.6), else one-shot watches per
+    /// service.
+    async fn session(self: Arc<Self>, client: zk::Client) {
+        if let Some(end) = self.persistent_session(&client).await {
+            self.metrics.set_zk_state(ZkState::Lost);
+            log::warn!("zookeeper: session ended ({end}); opening a new session and resyncing, routes kept meanwhile");
+            return;
+        }
+        let what = format!("zookeeper: listing {}", self.settings.root);
+        let Some((names, root_watch)) = retry(&what, || self.list_root(&client)).await else {
+            return;
+        };
+        let Some(mut tasks) = self.clone().initial_sync(&client, names).await else { return };
+        let end = self.watch_root(&client, root_watch, &mut tasks).await;
+        self.metrics.set_zk_state(ZkState::Lost);
+        log::warn!("zookeeper: session ended ({end}); opening a new session and resyncing, routes kept meanwhile");
+    }
+
+    /// The connection to the ensemble dropped; the session lives on while the client reconnects.
+    pub(super) fn disconnected(&self) {
+        self.metrics.set_zk_state(ZkState::Disconnected);
+        log::warn!(
+            "zookeeper: disconnected; serving the last known routes while the client reconnects"
+        );
+    }
+}
