@@ -172,8 +172,8 @@ fn check(config: &Config) -> Result<(), String> {
     if config.proxy.outlier.max_ejection < config.proxy.outlier.base_ejection {
         return Err("proxy.outlier.max_ejection: must not be below base_ejection".into());
     }
-    if let Some(zk) = &config.zookeeper {
-        check_hosts(&zk.hosts).map_err(|e| format!("zookeeper.hosts: {e}"))?;
+    if !config.zookeeper.is_empty() {
+        check_sources(&config.zookeeper)?;
         return Ok(());
     }
     // Without discovery every routed service must have static instances.
@@ -365,9 +365,12 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
             if r.strip_prefix { " (prefix stripped)" } else { "" }
         );
     }
-    if let Some(zk) = &config.zookeeper {
+    for (i, zk) in config.zookeeper.iter().enumerate() {
         out += &format!(
-            "zookeeper   {} root {} format {}, session {}, keep_last_on_empty {}, removal_guard {}% (hold {})\n",
+            "zookeeper   {}{}{} {} root {} format {}, session {}, keep_last_on_empty {}, removal_guard {}% (hold {})\n",
+            zk.source_name(i),
+            if zk.prefix.is_empty() { String::new() } else { format!(" (prefix {:?})", zk.prefix) },
+            if zk.auth.is_some() { " (auth)" } else { "" },
             zk.hosts,
             zk.root,
             config_name(&zk.format),
@@ -384,7 +387,7 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
             if a.token.is_some() { " (bearer token)" } else { "" }
         );
     }
-    match (&config.cache.snapshot, &config.zookeeper) {
+    match (&config.cache.snapshot, config.zookeeper.first()) {
         (Some(s), Some(_)) => out += &format!("snapshot    {}\n", s.display()),
         (Some(s), None) => {
             out += &format!("snapshot    {} (unused without [zookeeper])\n", s.display())
@@ -430,6 +433,49 @@ fn human(d: Duration) -> String {
 }
 
 /// `host:port[,host:port…][/chroot]`, every host with a port.
+/// The registry sources: each one's hosts and credentials; at most [`MAX_SOURCES`]; names
+/// distinct; and two sources can never list the same service name unless prefixes tell them
+/// apart (at most one source without a prefix, no two with the same one).
+fn check_sources(sources: &[worker::config::ZkSettings]) -> Result<(), String> {
+    let at = |i: usize| {
+        if sources.len() == 1 {
+            "zookeeper".to_string()
+        } else {
+            format!("zookeeper[{i}]")
+        }
+    };
+    if sources.len() > worker::host::MAX_SOURCES {
+        return Err(format!("zookeeper: at most {} sources", worker::host::MAX_SOURCES));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut prefixes = std::collections::HashSet::new();
+    for (i, zk) in sources.iter().enumerate() {
+        check_hosts(&zk.hosts).map_err(|e| format!("{}.hosts: {e}", at(i)))?;
+        if let Some(auth) = &zk.auth {
+            match zk.auth_parts() {
+                Some(("digest", creds)) if creds.contains(':') => {}
+                _ => {
+                    return Err(format!(
+                        "{}.auth = {auth:?}: write \"digest:user:password\"",
+                        at(i)
+                    ))
+                }
+            }
+        }
+        if !names.insert(zk.source_name(i)) {
+            return Err(format!("{}.name: {:?} names two sources", at(i), zk.source_name(i)));
+        }
+        if !prefixes.insert(zk.prefix.clone()) {
+            return Err(format!(
+                "{}.prefix: two sources with prefix {:?} could both list a service of the same name; give each source its own prefix",
+                at(i),
+                zk.prefix
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_hosts(hosts: &str) -> Result<(), String> {
     let (list, chroot) = match hosts.find('/') {
         Some(i) => (&hosts[..i], Some(&hosts[i..])),
@@ -548,7 +594,7 @@ mod tests {
     #[test]
     fn zookeeper_hosts_are_checked_and_allow_discovered_routes() {
         let ok = parse("[zookeeper]\nhosts = \"127.0.0.1:2181,127.0.0.1:2182/chroot\"\nformat = \"nerve\"\n[[route]]\npath_prefix = \"/a\"\nservice = \"a\"\n[services.a]\nload_balance = \"weighted\"\n").unwrap();
-        assert_eq!(ok.zookeeper.unwrap().format, Format::Nerve);
+        assert_eq!(ok.zookeeper[0].format, Format::Nerve);
         let e = parse("[zookeeper]\nhosts = \"127.0.0.1\"\n").unwrap_err();
         assert!(e.message.contains("zookeeper.hosts"), "{e}");
         let e =
@@ -622,7 +668,7 @@ mod tests {
         };
         let zk: Config =
             toml::from_str(&uncommented("zookeeper")).expect("[zookeeper] example parses");
-        let zk = zk.zookeeper.expect("zookeeper");
+        let zk = zk.zookeeper.into_iter().next().expect("zookeeper");
         let want = ZkSettings {
             hosts: zk.hosts.clone(),
             serverset_endpoint: zk.serverset_endpoint.clone(),

@@ -138,8 +138,11 @@ fn run(path: PathBuf) -> anyhow::Result<u8> {
 
 fn register(path: PathBuf, service: &str, address: &str, weight: u32) -> anyhow::Result<u8> {
     let config = config::load(&path)?;
+    // The first source: `register` writes where the one-source form reads.
     let zk = config
         .zookeeper
+        .into_iter()
+        .next()
         .with_context(|| format!("{}: register needs a [zookeeper] section", path.display()))?;
     let (host, port) =
         worker::discovery::register::split_address(address).map_err(anyhow::Error::msg)?;

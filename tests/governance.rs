@@ -225,3 +225,68 @@ fn slow_start_ramps_a_new_instances_share_over_its_first_seconds() {
     assert!(share(&early) < 0.4, "{early:?}");
     assert!((0.4..=0.6).contains(&share(&late)), "{late:?}");
 }
+
+#[test]
+fn two_registries_one_behind_digest_acls_are_served_at_once_and_losing_one_keeps_the_other() {
+    let spring_zk = Zk::standalone();
+    let mut dubbo_zk = Zk::standalone();
+    let (s1, d1, d2) =
+        (Backend::start("spring-1"), Backend::start("dubbo-1"), Backend::start("dubbo-2"));
+    let plain = spring_zk.client();
+    plain.create("/services/web/i1", &spring("web", "i1", &s1.address(), "UP"), false);
+    // The Dubbo ensemble's registry is readable only with credentials.
+    let owner = support::zk::ZkClient::connect_as(&dubbo_zk.hosts(), "gateway", "s3cret");
+    let iface = "com.example.Orders";
+    owner.create_private(
+        &format!("/dubbo/{iface}/providers/{}", provider(iface, &d1.address(), "")),
+        b"",
+    );
+    assert!(!dubbo_zk.client().can_list(&format!("/dubbo/{iface}/providers")), "the ACL holds");
+    let toml = format!(
+        "{}\n[[zookeeper]]\nname = \"spring\"\nhosts = \"{}\"\nformat = \"curator\"\nsession_timeout = \"4s\"\nconnect_timeout = \"2s\"\n\n[[zookeeper]]\nname = \"dubbo\"\nhosts = \"{}\"\nroot = \"/dubbo\"\nformat = \"dubbo\"\nprefix = \"dubbo.\"\nauth = \"digest:gateway:s3cret\"\nsession_timeout = \"4s\"\nconnect_timeout = \"2s\"\n\n[[route]]\npath_prefix = \"/orders\"\nservice = \"dubbo.{iface}\"\n\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n",
+        Toml::new(),
+        spring_zk.hosts(),
+        dubbo_zk.hosts()
+    );
+    let gw = Gateway::with(toml).workers(2).admin().start();
+    assert_eventually!(
+        10,
+        shares(gw.port, "/", 5).contains_key("spring-1"),
+        "spring source not routed"
+    );
+    assert_eventually!(
+        10,
+        shares(gw.port, "/orders/1", 5).contains_key("dubbo-1"),
+        "the ACL-protected dubbo source not routed:\n{}",
+        gw.log()
+    );
+    let registry = gw.admin_get("/registry").json();
+    assert_eq!(registry["sources"].as_array().unwrap().len(), 2, "{registry}");
+    assert_eq!(registry["sources"][1]["name"], "dubbo");
+    assert_eq!(registry["sources"][1]["auth"], "digest");
+    assert!(
+        gw.admin_get("/metrics")
+            .body_text()
+            .contains("zkgate_zookeeper_session_state{slot=\"0\",source=\"dubbo\"} 1"),
+        "per-source series"
+    );
+    // The Dubbo ensemble dies: its routes stay (last known), and the Spring source's changes
+    // keep flowing.
+    dubbo_zk.kill(0);
+    let s2 = Backend::start("spring-2");
+    plain.create("/services/web/i2", &spring("web", "i2", &s2.address(), "UP"), false);
+    assert_eventually!(
+        10,
+        shares(gw.port, "/", 20).contains_key("spring-2"),
+        "a change in the live registry did not flow while the other was down"
+    );
+    assert!(
+        shares(gw.port, "/orders/1", 10).contains_key("dubbo-1"),
+        "the dead registry's routes were dropped"
+    );
+    assert!(
+        gw.metric("zkgate_zookeeper_session_state", "source=\"dubbo\"") >= 4,
+        "the loss shows per source"
+    );
+    drop(d2);
+}

@@ -229,6 +229,46 @@ impl ZkClient {
         ZkClient { rt, client }
     }
 
+    /// A client that authenticates as `user:password` (digest), for nodes behind ACLs.
+    pub fn connect_as(hosts: &str, user: &str, password: &str) -> ZkClient {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let auth = format!("{user}:{password}");
+        let client = rt
+            .block_on(
+                zk::Client::connector()
+                    .with_session_timeout(Duration::from_secs(4))
+                    .with_auth("digest", auth.as_bytes())
+                    .connect(hosts),
+            )
+            .expect("test client connects");
+        ZkClient { rt, client }
+    }
+
+    /// Creates `path` and its parents readable and writable only by this client's digest
+    /// identity (ZooKeeper's `creator_all` ACL).
+    pub fn create_private(&self, path: &str, data: &[u8]) {
+        let private = zk::CreateMode::Persistent.with_acls(zk::Acls::creator_all());
+        let mut at = String::new();
+        for part in path.trim_start_matches('/').split('/') {
+            at.push('/');
+            at.push_str(part);
+            let body: &[u8] = if at == path { data } else { b"" };
+            match self.rt.block_on(self.client.create(&at, body, &private)) {
+                Ok(_) | Err(zk::Error::NodeExists) => {}
+                Err(e) => panic!("create {at}: {e}"),
+            }
+        }
+    }
+
+    /// Whether `path`'s children can be listed by this client (false: not allowed).
+    pub fn can_list(&self, path: &str) -> bool {
+        !matches!(self.rt.block_on(self.client.list_children(path)), Err(zk::Error::NoAuth))
+    }
+
     /// Creates `path` (parents as persistent nodes) with `data`; ephemeral when asked.
     pub fn create(&self, path: &str, data: &[u8], ephemeral: bool) {
         let parent = &path[..path.rfind('/').unwrap()];

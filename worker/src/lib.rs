@@ -169,8 +169,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let table: SharedTable =
         Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &tracker)));
     let changes = Arc::new(discovery::changes::Changes::default());
-    let report = Arc::new(discovery::report::RegistryReport::default());
-    let shared = (table.clone(), changes.clone(), report.clone());
+    let reports: Vec<Arc<discovery::report::RegistryReport>> =
+        config.zookeeper.iter().map(|_| Arc::default()).collect();
+    let shared = (table.clone(), changes.clone(), reports.clone());
     let ready = discovery::start(&config, slot, shared, tracker, metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
@@ -199,7 +200,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
             token,
             slot,
             changes,
-            report,
+            reports,
             config: config.clone(),
             router: http::router::Router::new(&config.header_routing, &config.routes),
         };
@@ -209,9 +210,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
 
     // Accept nothing before the routes are loaded: until then the slot's queue waits in the
     // kernel (or, for a reload's replacement, the old worker keeps serving).
-    let unready_limit = match (&config.zookeeper, settings.replacing) {
-        (Some(zk), false) => Some(zk.connect_timeout),
-        _ => None,
+    let unready_limit = match settings.replacing {
+        false => config.zookeeper.iter().map(|zk| zk.connect_timeout).max(),
+        true => None,
     };
     let loaded = tokio::select! {
         stop = signals.next() => {

@@ -124,7 +124,7 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
 
 /// Each instance of `svc`, its state and why.
 fn instances(admin: &Admin, svc: &Service) -> Vec<Value> {
-    let report = admin.report.nodes(&svc.name);
+    let report = admin.nodes(&svc.name);
     let now = wall_ms();
     svc.instances
         .iter()
@@ -185,7 +185,6 @@ fn instances(admin: &Admin, svc: &Service) -> Vec<Value> {
 /// The service's nodes the registry has that are not instances, and why.
 fn not_routed(admin: &Admin, service: &str) -> Vec<Value> {
     admin
-        .report
         .nodes(service)
         .into_iter()
         .filter(|n| n.outcome != Outcome::Accepted)

@@ -45,8 +45,8 @@ pub struct Admin {
     pub slot: usize,
     /// Recent registry changes this worker applied.
     pub changes: Arc<Changes>,
-    /// Every registry node this worker read, and what became of it.
-    pub report: Arc<RegistryReport>,
+    /// Every registry node this worker read, and what became of it, per source.
+    pub reports: Vec<Arc<RegistryReport>>,
     /// The configuration (routes, the registry source).
     pub config: Arc<crate::config::Config>,
     /// The request router, to resolve `/explain?host=…&path=…` as a request would be.
@@ -162,31 +162,55 @@ impl Admin {
     /// `/registry`: the source (hosts, root, format, session state, last sync) and every
     /// node read, with its outcome and why.
     fn registry(&self) -> serde_json::Value {
-        let Some(zk) = &self.config.zookeeper else {
-            return serde_json::json!({"sources": []});
-        };
         let worker = self.metrics.workers_json();
         let me = worker["workers"]
             .as_array()
             .and_then(|w| w.iter().find(|w| w["slot"] == self.slot).cloned())
             .unwrap_or_default();
-        let mut source = serde_json::json!({
-            "hosts": zk.hosts,
-            "root": zk.root,
-            "format": zk.format.name(),
-            "session": self.metrics.zk_state().as_str(),
-            "last_sync_age_seconds": me["last_sync_age_seconds"],
-            "watches": me["zookeeper_watches"],
-        });
-        if let (Some(obj), serde_json::Value::Object(report)) =
-            (source.as_object_mut(), self.report.json())
-        {
-            obj.extend(report);
-        }
+        let sources: Vec<serde_json::Value> = self
+            .config
+            .zookeeper
+            .iter()
+            .enumerate()
+            .map(|(i, zk)| {
+                let session = &me["sources"][i];
+                let mut source = serde_json::json!({
+                    "name": zk.source_name(i),
+                    "hosts": zk.hosts,
+                    "root": zk.root,
+                    "format": zk.format.name(),
+                    "prefix": zk.prefix,
+                    "auth": zk.auth_parts().map(|(scheme, _)| scheme),
+                    "session": self.metrics.for_source(i).zk_state().as_str(),
+                    "last_sync_age_seconds": session["last_sync_age_seconds"],
+                    "watches": session["watches"],
+                });
+                let report = self.reports.get(i).map(|r| r.json());
+                if let (Some(obj), Some(serde_json::Value::Object(report))) =
+                    (source.as_object_mut(), report)
+                {
+                    obj.extend(report);
+                }
+                source
+            })
+            .collect();
         serde_json::json!({
             "worker": {"pid": std::process::id(), "slot": self.slot},
-            "sources": [source],
+            "sources": sources,
         })
+    }
+
+    /// The nodes of `service` as its source last read them (the prefix taken off).
+    fn nodes(&self, service: &str) -> Vec<crate::discovery::report::NodeReport> {
+        for (zk, report) in self.config.zookeeper.iter().zip(&self.reports) {
+            if let Some(own) = service.strip_prefix(zk.prefix.as_str()) {
+                let nodes = report.nodes(own);
+                if !nodes.is_empty() {
+                    return nodes;
+                }
+            }
+        }
+        Vec::new()
     }
 
     fn routes(&self) -> serde_json::Value {

@@ -35,8 +35,10 @@ pub struct Config {
     pub routes: Vec<RouteRule>,
     /// `[services.NAME]`.
     pub services: Services,
-    /// `[zookeeper]`; absent: static services only.
-    pub zookeeper: Option<ZkSettings>,
+    /// The registries: `[zookeeper]` (one source) or `[[zookeeper]]` entries (several, each
+    /// with its own session per worker); none: static services only.
+    #[serde(deserialize_with = "values::one_or_many", serialize_with = "values::many")]
+    pub zookeeper: Vec<ZkSettings>,
     /// `[cache]`.
     pub cache: CacheSettings,
     /// `[admin]`; absent: no admin listener.
@@ -639,6 +641,13 @@ pub struct ZkSettings {
     pub keep_last_on_empty: bool,
     /// ServerSet only: route to this `additionalEndpoints` entry instead of `serviceEndpoint`.
     pub serverset_endpoint: Option<String>,
+    /// This source's name in metrics, logs and `/registry` (default `zk0`, `zk1`… by position).
+    pub name: Option<String>,
+    /// Prepended to every service name this source lists, so that two registries may hold
+    /// services of the same name (`check` refuses two sources that could collide).
+    pub prefix: String,
+    /// ZooKeeper ACL credentials, `"digest:user:password"` (added to the session at connect).
+    pub auth: Option<String>,
     /// The removal guard: when one listing removes more than this share (percent) of a
     /// service's instances, the removed ones stay in rotation, held, until each proves gone
     /// (a connect failure, a failed health check) or `removal_hold` passes. 100: off.
@@ -664,7 +673,22 @@ impl Default for ZkSettings {
             serverset_endpoint: None,
             removal_guard: DEFAULT_REMOVAL_GUARD,
             removal_hold: DEFAULT_REMOVAL_HOLD,
+            name: None,
+            prefix: String::new(),
+            auth: None,
         }
+    }
+}
+
+impl ZkSettings {
+    /// The source's name: its `name`, else `zk<position>`.
+    pub fn source_name(&self, position: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("zk{position}"))
+    }
+
+    /// `auth` split into its scheme and credentials (`("digest", "user:password")`).
+    pub fn auth_parts(&self) -> Option<(&str, &str)> {
+        self.auth.as_deref().and_then(|a| a.split_once(':'))
     }
 }
 

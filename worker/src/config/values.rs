@@ -18,6 +18,36 @@ pub(crate) fn absolute_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<St
     Ok(s)
 }
 
+/// `[zookeeper]` (one table) or `[[zookeeper]]` (an array of tables), as a list. A visitor
+/// rather than an untagged enum, so that a mistake inside either form keeps its own message
+/// (the key, the line) instead of "did not match any variant".
+pub(crate) fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+    struct Visitor<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table ([zookeeper]) or an array of tables ([[zookeeper]])")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map)).map(|t| vec![t])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::<T>::deserialize(SeqAccessDeserializer::new(seq))
+        }
+    }
+    d.deserialize_any(Visitor(std::marker::PhantomData))
+}
+
+/// Writes a list of sources back as `[[zookeeper]]`.
+pub(crate) fn many<S: serde::Serializer, T: Serialize>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    v.serialize(s)
+}
+
 /// A share in percent, written `50` or `"50%"` (0 to 100).
 pub(crate) fn percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     #[derive(Deserialize)]

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::discovery::changes::Changes;
 use crate::discovery::guard::RemovalGuard;
-use crate::discovery::snapshot::Listing;
-use crate::discovery::update::{Registry, Update};
+use crate::discovery::snapshot::Sections;
+use crate::discovery::update::{Registries, Sourced, Update};
 use crate::metrics::Metrics;
 use crate::table::{Instance, Policy, RouteTable, Service, Source, Tracker};
 use crate::SharedTable;
@@ -39,7 +39,8 @@ impl TableBuilder {
             .into_iter()
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
-        let guard = match &config.zookeeper {
+        // One guard for every source, set by the first `[[zookeeper]]` entry.
+        let guard = match config.zookeeper.first() {
             Some(zk) => RemovalGuard::new(zk.removal_guard, zk.removal_hold),
             None => RemovalGuard::new(100, std::time::Duration::ZERO),
         };
@@ -56,11 +57,11 @@ impl TableBuilder {
     /// Rebuilds the services in `changed` from `registry` (and the instances the removal guard
     /// holds); others keep their balancer. A rebuilt service keeps the health and in-flight
     /// state of every instance address it already had.
-    pub fn build(&mut self, registry: &Registry, changed: &HashSet<String>) -> RouteTable {
-        let source = registry.source().unwrap_or(Source::Zookeeper);
+    pub fn build(&mut self, registries: &Registries, changed: &HashSet<String>) -> RouteTable {
+        let source = registries.source().unwrap_or(Source::Zookeeper);
         for name in changed {
             let held = self.guard.held(name);
-            let listed = match registry.listing().get(name) {
+            let listed = match registries.instances(name) {
                 None if !held.is_empty() => Some(&[] as &[Instance]),
                 l => l.map(Vec::as_slice),
             };
@@ -125,8 +126,8 @@ pub struct Outputs {
     pub table: SharedTable,
     /// `Some(source)` once routes are loaded.
     pub ready: watch::Sender<Option<Source>>,
-    /// The snapshot writer, when this worker writes it.
-    pub snapshot: Option<watch::Sender<Arc<Listing>>>,
+    /// The snapshot writer, when this worker writes it: each source's listing by name.
+    pub snapshot: Option<watch::Sender<Arc<Sections>>>,
     /// Route counts go to the metrics.
     pub metrics: Metrics,
     /// Recent changes, for the admin API.
@@ -135,21 +136,28 @@ pub struct Outputs {
 
 /// Applies updates and publishes tables.
 pub struct Builder {
-    registry: Registry,
+    registries: Registries,
+    /// Each source's name (the snapshot's sections).
+    names: Vec<String>,
     tables: TableBuilder,
     out: Outputs,
 }
 
 impl Builder {
-    /// A builder over an empty registry.
-    pub fn new(registry: Registry, tables: TableBuilder, out: Outputs) -> Self {
-        Builder { registry, tables, out }
+    /// A builder over empty registries, one per source, named `names`.
+    pub fn new(
+        registries: Registries,
+        names: Vec<String>,
+        tables: TableBuilder,
+        out: Outputs,
+    ) -> Self {
+        Builder { registries, names, tables, out }
     }
 
     /// Runs until every sender is gone. Everything already queued when a batch starts goes into
     /// one table (a burst of events costs one build). Holds of the removal guard end on time
     /// even when the registry is quiet.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Update>) {
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Sourced>) {
         loop {
             let now = self.tables.tracker.clock().now_ms();
             let hold = self.tables.guard.next_deadline().map(|d| d.saturating_sub(now));
@@ -202,7 +210,7 @@ impl Builder {
     }
 
     fn publish(&mut self, changed: &HashSet<String>) {
-        let built = self.tables.build(&self.registry, changed);
+        let built = self.tables.build(&self.registries, changed);
         let (services, instances) = built.counts();
         self.out.table.store(Arc::new(built));
         self.out.metrics.set_routes(services, instances);
@@ -212,36 +220,38 @@ impl Builder {
     /// changed (the removal guard holding what one listing removed en masse), marks the worker
     /// ready, hands a live listing to the snapshot writer, and measures the lag of the changes
     /// ZooKeeper stamped.
-    pub fn apply(&mut self, batch: Vec<Update>) {
+    pub fn apply(&mut self, batch: Vec<impl Into<Sourced>>) {
         let mut changed = HashSet::new();
-        let mut from_zk = false;
+        let mut live = HashSet::new();
         let mut stamps = Vec::new();
         let now = self.tables.tracker.clock().now_ms();
-        for update in batch {
-            from_zk |= !matches!(update, Update::Snapshot(_));
+        for Sourced(source, update) in batch.into_iter().map(Into::into) {
+            let Some(registry) = self.registries.get_mut(source) else { continue };
+            if !matches!(update, Update::Snapshot(_)) {
+                live.insert(source);
+            }
             let before: HashMap<String, Vec<Instance>> = match &update {
                 Update::Stamp(at) => {
                     stamps.push(*at);
                     continue;
                 }
-                Update::Service(name, _) | Update::Removed(name) => self
-                    .registry
+                Update::Service(name, _) | Update::Removed(name) => registry
                     .listing()
                     .get(name)
                     .map(|l| (name.clone(), l.clone()))
                     .into_iter()
                     .collect(),
                 Update::Full(_) | Update::Snapshot(_) => {
-                    self.registry.listing().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                    registry.listing().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
                 }
             };
             // ZooKeeper's first listing replaces the snapshot's whole: a snapshot is no
             // evidence that an instance it names still lives.
-            let guarded = self.registry.source() == Some(Source::Zookeeper);
-            let (mut lines, names) = self.registry.apply(update);
+            let guarded = registry.source() == Some(Source::Zookeeper);
+            let (mut lines, names) = registry.apply(update);
             for name in names.iter().filter(|_| guarded) {
                 let Some(before) = before.get(name) else { continue };
-                let after = self.registry.listing().get(name).map_or(&[][..], Vec::as_slice);
+                let after = registry.listing().get(name).map_or(&[][..], Vec::as_slice);
                 lines.extend(self.tables.guard.listed(name, before, after, now));
             }
             self.log(lines);
@@ -249,29 +259,35 @@ impl Builder {
         }
         if !changed.is_empty() || self.out.table.load().counts().0 == 0 {
             self.publish(&changed);
-            let wall = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let wall = crate::table::wall_ms();
             for at in stamps {
                 // ZooKeeper's clock may run ahead of ours: negative skew counts as no lag.
                 let lag = wall.saturating_sub(at);
                 self.out.metrics.discovery_lag(std::time::Duration::from_millis(lag));
             }
         }
-        if from_zk && self.registry.source() == Some(Source::Zookeeper) {
-            self.out.metrics.synced();
+        for source in &live {
+            if self.registries.get(*source).and_then(|r| r.source()) == Some(Source::Zookeeper) {
+                self.out.metrics.for_source(*source).synced();
+            }
         }
         let out = &self.out;
-        let now = *out.ready.borrow();
-        if now.is_none() || (from_zk && now == Some(Source::Snapshot)) {
-            if let Some(src) = self.registry.source() {
+        let ready = *out.ready.borrow();
+        if ready.is_none() || (!live.is_empty() && ready == Some(Source::Snapshot)) {
+            if let Some(src) = self.registries.source() {
                 let _ = out.ready.send(Some(src));
             }
         }
-        if let (Some(tx), true, Some(Source::Zookeeper)) =
-            (&out.snapshot, !changed.is_empty() || from_zk, self.registry.source())
+        // The snapshot: every source's section, once one is live (a snapshot is never written
+        // back from itself alone).
+        let any_live = (0..self.names.len())
+            .any(|i| self.registries.get(i).and_then(|r| r.source()) == Some(Source::Zookeeper));
+        if let (Some(tx), true, true) =
+            (&out.snapshot, !changed.is_empty() || !live.is_empty(), any_live)
         {
-            let _ = tx.send(Arc::new(self.registry.listing().clone()));
+            let sections: Sections =
+                self.names.iter().cloned().zip(self.registries.listings().cloned()).collect();
+            let _ = tx.send(Arc::new(sections));
         }
     }
 }
@@ -281,7 +297,9 @@ mod tests {
     use super::*;
     use crate::balance::Strategy;
     use crate::config::ServiceSettings;
+    use crate::discovery::snapshot::Listing;
     use crate::discovery::update::tests::listing;
+    use crate::discovery::update::Registry;
     use crate::table::{Clock, Instance};
     use arc_swap::ArcSwap;
 
@@ -307,8 +325,11 @@ mod tests {
             },
         );
         let mut b = TableBuilder::new(config, Tracker::local(Clock::system()));
-        let mut r = Registry::new(true);
-        let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])])));
+        let mut r = Registries::new(vec![Registry::new(true)]);
+        let (_, ch) = r
+            .get_mut(0)
+            .unwrap()
+            .apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])])));
         let t = b.build(&r, &ch);
         let w: Vec<u32> = t.get("a").unwrap().instances.iter().map(|i| i.weight).collect();
         assert_eq!(w, [1, 5]);
@@ -324,15 +345,15 @@ mod tests {
             },
         );
         let mut b = TableBuilder::new(config, Tracker::local(Clock::system()));
-        let mut r = Registry::new(true);
-        let (_, ch) = r.apply(Update::Full(listing(&[
+        let mut r = Registries::new(vec![Registry::new(true)]);
+        let (_, ch) = r.get_mut(0).unwrap().apply(Update::Full(listing(&[
             ("a", &["10.0.0.1:80"]),
             ("b", &["10.0.0.2:80"]),
             ("static", &["10.9.9.9:80"]),
         ])));
         let t1 = b.build(&r, &ch);
         assert_eq!(t1.get("static").unwrap().instances[0].address, "127.0.0.1:1", "static wins");
-        let (_, ch) = r.apply(svc("a", &["10.0.0.3:80"]));
+        let (_, ch) = r.get_mut(0).unwrap().apply(svc("a", &["10.0.0.3:80"]));
         let t2 = b.build(&r, &ch);
         assert_eq!(t2.get("a").unwrap().instances[0].weight, 1);
         assert!(
@@ -348,13 +369,17 @@ mod tests {
         config.proxy.outlier.consecutive_failures = 1;
         let policy = config.proxy.outlier.clone();
         let mut b = TableBuilder::new(Arc::new(config), Tracker::local(Clock::system()));
-        let mut r = Registry::new(true);
-        let (_, ch) = r.apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.3:80"])])));
+        let mut r = Registries::new(vec![Registry::new(true)]);
+        let (_, ch) = r
+            .get_mut(0)
+            .unwrap()
+            .apply(Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.3:80"])])));
         let t1 = b.build(&r, &ch);
         let a1 = t1.get("a").unwrap();
         assert!(a1.health.failure(1, &policy).is_some(), "10.0.0.3 ejected");
         // 10.0.0.2 registers and sorts between the two: 10.0.0.3 moves from index 1 to 2.
-        let (_, ch) = r.apply(svc("a", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+        let (_, ch) =
+            r.get_mut(0).unwrap().apply(svc("a", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
         let t2 = b.build(&r, &ch);
         let a2 = t2.get("a").unwrap();
         assert_eq!(a2.instances[2].address, "10.0.0.3:80");
@@ -367,7 +392,7 @@ mod tests {
         builder: Builder,
         table: SharedTable,
         ready: watch::Receiver<Option<Source>>,
-        snapshot: Option<watch::Receiver<Arc<Listing>>>,
+        snapshot: Option<watch::Receiver<Arc<Sections>>>,
     }
 
     fn harness(snapshot: bool) -> Harness {
@@ -395,7 +420,8 @@ mod tests {
             changes: Arc::default(),
         };
         let tables = TableBuilder::new(config, Tracker::local(Clock::system()));
-        let builder = Builder::new(Registry::new(true), tables, out);
+        let registries = Registries::new(vec![Registry::new(true)]);
+        let builder = Builder::new(registries, vec!["zk0".into()], tables, out);
         Harness { builder, table, ready, snapshot }
     }
 
@@ -421,7 +447,7 @@ mod tests {
         assert_eq!(*ready.borrow(), Some(Source::Zookeeper), "the listing wins");
         assert_eq!(addresses(&table, "a"), ["10.0.0.1:80"]);
         assert!(snap.has_changed().unwrap());
-        assert_eq!(snap.borrow_and_update()["a"][0].address, "10.0.0.1:80");
+        assert_eq!(snap.borrow_and_update()["zk0"]["a"][0].address, "10.0.0.1:80");
 
         b.apply(vec![Update::Snapshot(listing(&[("a", &["10.0.0.9:80"])]))]);
         assert_eq!(
@@ -455,10 +481,10 @@ mod tests {
     #[test]
     fn a_mass_removal_stays_in_rotation_held_until_removal_hold_passes() {
         let mut config = Config::default();
-        config.zookeeper = Some(crate::config::ZkSettings {
+        config.zookeeper = vec![crate::config::ZkSettings {
             removal_hold: std::time::Duration::from_millis(100),
             ..Default::default()
-        });
+        }];
         let Harness { builder: mut b, table, .. } = harness_with(Arc::new(config));
         let four = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
         b.apply(vec![Update::Full(listing(&[("a", &four)]))]);

@@ -38,29 +38,33 @@ use crate::SharedTable;
 use builder::{Builder, Outputs, TableBuilder};
 use changes::Changes;
 use report::RegistryReport;
-use update::Registry;
 use update::Update;
+use update::{Registries, Registry, Sourced};
 
-/// Starts discovery when ZooKeeper is configured. The returned channel turns `Some(source)`
+/// Starts discovery when ZooKeeper is configured: one session per registry source (each
+/// `[[zookeeper]]` entry), all feeding one builder. The returned channel turns `Some(source)`
 /// once routes are loaded: at once for static services or when a snapshot is configured (serve
-/// stale at once), else when ZooKeeper's first listing arrives. ZooKeeper's listing always
-/// replaces the snapshot's.
+/// stale at once), else when every source's first listing arrived. ZooKeeper's listing always
+/// replaces the snapshot's section of its source.
 pub fn start(
     config: &Arc<Config>,
     slot: usize,
-    (table, changes, report): (SharedTable, Arc<Changes>, Arc<RegistryReport>),
+    (table, changes, reports): (SharedTable, Arc<Changes>, Vec<Arc<RegistryReport>>),
     tracker: Tracker,
     metrics: Metrics,
 ) -> watch::Receiver<Option<Source>> {
     let (ready_tx, ready_rx) = watch::channel(None);
-    let Some(zk) = config.zookeeper.clone() else {
+    if config.zookeeper.is_empty() {
         let _ = ready_tx.send(Some(Source::Static));
         return ready_rx;
-    };
+    }
+    let names: Vec<String> =
+        config.zookeeper.iter().enumerate().map(|(i, zk)| zk.source_name(i)).collect();
+    metrics.set_sources(&names);
     let (tx, rx) = mpsc::unbounded_channel();
     if let Some(path) = &config.cache.snapshot {
-        // Queued before the watcher starts, so it can never arrive after ZooKeeper's listing.
-        load_snapshot(path, &tx);
+        // Queued before the watchers start, so it can never arrive after ZooKeeper's listing.
+        load_snapshot(path, &names, &tx);
     }
     // One worker writes the snapshot: N workers writing the same file would only add fsyncs.
     let snapshot_tx = match (&config.cache.snapshot, slot) {
@@ -72,31 +76,46 @@ pub fn start(
         _ => None,
     };
     let out = Outputs { table, ready: ready_tx, snapshot: snapshot_tx, metrics, changes };
-    let registry = Registry::new(zk.keep_last_on_empty);
-    tokio::spawn(Builder::new(registry, TableBuilder::new(config.clone(), tracker), out).run(rx));
-    let skip: HashSet<String> = config
-        .services
-        .iter()
-        .filter(|(_, s)| s.instances.is_some())
-        .map(|(n, _)| n.clone())
-        .collect();
-    let tls = config.services.iter().filter(|(_, s)| s.tls()).map(|(n, _)| n.clone()).collect();
-    let watcher = zookeeper::Watcher::new(zk, (skip, tls), (tx, metrics, report));
-    tokio::spawn(Arc::new(watcher).run());
+    let registries = Registries::new(
+        config.zookeeper.iter().map(|zk| Registry::new(zk.keep_last_on_empty)).collect(),
+    );
+    let tables = TableBuilder::new(config.clone(), tracker);
+    tokio::spawn(Builder::new(registries, names, tables, out).run(rx));
+    for (i, zk) in config.zookeeper.iter().enumerate() {
+        // Static services are never looked up; names are this source's own (prefix removed).
+        let own = |n: &String| n.strip_prefix(zk.prefix.as_str()).map(str::to_string);
+        let skip: HashSet<String> = config
+            .services
+            .iter()
+            .filter(|(_, s)| s.instances.is_some())
+            .filter_map(|(n, _)| own(n))
+            .collect();
+        let tls =
+            config.services.iter().filter(|(_, s)| s.tls()).filter_map(|(n, _)| own(n)).collect();
+        let report = reports.get(i).cloned().unwrap_or_default();
+        let link =
+            zookeeper::Link { index: i, tx: tx.clone(), metrics: metrics.for_source(i), report };
+        let watcher = zookeeper::Watcher::new(zk.clone(), (skip, tls), link);
+        tokio::spawn(Arc::new(watcher).run());
+    }
     ready_rx
 }
 
-/// Queues the snapshot for the builder: the worker serves it until ZooKeeper answers.
-fn load_snapshot(path: &std::path::Path, tx: &mpsc::UnboundedSender<Update>) {
-    match snapshot::load(path) {
-        Ok(listing) => {
-            let n: usize = listing.values().map(Vec::len).sum();
-            log::info!(
-                "serving {} services, {n} instances from snapshot {} until zookeeper answers",
-                listing.len(),
-                path.display()
-            );
-            let _ = tx.send(Update::Snapshot(listing));
+/// Queues each source's section of the snapshot for the builder: the worker serves it until
+/// that source's ZooKeeper answers.
+fn load_snapshot(path: &std::path::Path, names: &[String], tx: &mpsc::UnboundedSender<Sourced>) {
+    match snapshot::load(path, &names[0]) {
+        Ok(sections) => {
+            for (i, name) in names.iter().enumerate() {
+                let Some(listing) = sections.get(name) else { continue };
+                let n: usize = listing.values().map(Vec::len).sum();
+                log::info!(
+                    "{name}: serving {} services, {n} instances from snapshot {} until zookeeper answers",
+                    listing.len(),
+                    path.display()
+                );
+                let _ = tx.send(Sourced(i, Update::Snapshot(listing.clone())));
+            }
         }
         Err(e) => log::warn!("no usable route snapshot ({e}); waiting for zookeeper"),
     }

@@ -23,6 +23,69 @@ pub enum Update {
     Stamp(u64),
 }
 
+/// An update from registry source `.0` (its position among the `[[zookeeper]]` entries).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sourced(pub usize, pub Update);
+
+impl From<Update> for Sourced {
+    fn from(u: Update) -> Self {
+        Sourced(0, u)
+    }
+}
+
+impl From<(usize, Update)> for Sourced {
+    fn from((s, u): (usize, Update)) -> Self {
+        Sourced(s, u)
+    }
+}
+
+/// Every source's registry. A service name held by two sources is routed from the first
+/// (`check` refuses sources that could collide, unless prefixes tell them apart).
+#[derive(Debug, Default)]
+pub struct Registries {
+    all: Vec<Registry>,
+}
+
+impl Registries {
+    /// One registry per source.
+    pub fn new(all: Vec<Registry>) -> Self {
+        Registries { all }
+    }
+
+    /// Source `i`'s registry.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut Registry> {
+        self.all.get_mut(i)
+    }
+
+    /// Source `i`'s registry.
+    pub fn get(&self, i: usize) -> Option<&Registry> {
+        self.all.get(i)
+    }
+
+    /// A service's instances, from the first source that lists it.
+    pub fn instances(&self, name: &str) -> Option<&Vec<Instance>> {
+        self.all.iter().find_map(|r| r.listing().get(name))
+    }
+
+    /// Where the routes come from: `None` until every source has a listing (its own or the
+    /// snapshot's); the snapshot while any source serves from it; else ZooKeeper.
+    pub fn source(&self) -> Option<Source> {
+        let sources: Vec<Option<Source>> = self.all.iter().map(Registry::source).collect();
+        if sources.is_empty() || sources.iter().any(Option::is_none) {
+            return None;
+        }
+        match sources.iter().any(|s| *s == Some(Source::Snapshot)) {
+            true => Some(Source::Snapshot),
+            false => Some(Source::Zookeeper),
+        }
+    }
+
+    /// Every source's listing, in order.
+    pub fn listings(&self) -> impl Iterator<Item = &Listing> {
+        self.all.iter().map(Registry::listing)
+    }
+}
+
 /// The registry as this worker knows it, and the rules for applying updates to it. Pure: no
 /// ZooKeeper, no I/O, so unit tests drive it directly.
 #[derive(Debug, Default)]

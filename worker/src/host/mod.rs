@@ -37,6 +37,8 @@ pub const RATE_SLOTS: usize = 4096;
 /// 64 KiB per process row of in-flight counts (8 MiB of address space, touched as used).
 pub const MAX_INSTANCES: usize = 16_384;
 pub(crate) const NAME_LEN: usize = 120;
+/// Registry sources (`[[zookeeper]]` entries) with their own series.
+pub const MAX_SOURCES: usize = 8;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 pub const BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];

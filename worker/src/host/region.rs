@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::{Host, ACTIVE_ROWS, BUCKETS, LAG_BUCKETS, MAX_INSTANCES, MAX_SERVICES, MAX_WORKERS};
-use super::{NAME_LEN, RATE_RULES, RATE_SLOTS};
+use super::{MAX_SOURCES, NAME_LEN, RATE_RULES, RATE_SLOTS};
 
 /// A service name in the shared name table.
 #[repr(C)]
@@ -61,14 +61,8 @@ pub(crate) struct WorkerStats {
     pub(crate) heartbeat_ms: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) active_connections: AtomicI64,
-    /// 0 no ZooKeeper, 1 connected, 2 disconnected, 3 session lost (resyncing).
-    pub(crate) zk_state: AtomicU32,
-    /// Watches this worker's session holds.
-    pub(crate) zk_watches: AtomicU64,
-    /// Wall-clock ms when this worker last knew its table current (connected, synced).
-    pub(crate) synced_ms: AtomicU64,
-    pub(crate) zk_events: AtomicU64,
-    pub(crate) zk_resyncs: AtomicU64,
+    /// This worker's session with each registry source.
+    pub(crate) zk: [ZkStats; MAX_SOURCES],
     pub(crate) ejections: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) restarts: AtomicU64,
@@ -83,6 +77,19 @@ pub(crate) struct WorkerStats {
     pub(crate) lag_count: AtomicU64,
     pub(crate) lag_sum_ms: AtomicU64,
     pub(crate) services: [ServiceStats; MAX_SERVICES],
+}
+
+/// One worker's session with one registry source.
+#[repr(C)]
+pub(crate) struct ZkStats {
+    /// 0 no ZooKeeper, 1 connected, 2 disconnected, 3 session lost (resyncing).
+    pub(crate) state: AtomicU32,
+    /// Watches the session holds.
+    pub(crate) watches: AtomicU64,
+    /// Wall-clock ms when the worker last knew this source's part of its table current.
+    pub(crate) synced_ms: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
 }
 
 /// What the host knows about one instance of one service, whichever worker learned it.
@@ -132,6 +139,9 @@ pub(crate) struct Region {
     pub(crate) instance_overflow: AtomicU64,
     /// Health-check leases, by service index.
     pub(crate) leases: [Lease; MAX_SERVICES],
+    /// The registry sources' names (labels of the per-source series), and how many there are.
+    pub(crate) sources: [Name; MAX_SOURCES],
+    pub(crate) source_count: AtomicU32,
 }
 
 impl Host {

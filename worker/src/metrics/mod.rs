@@ -7,7 +7,7 @@ mod render;
 
 use crate::host::region::{Region, WorkerStats};
 use crate::host::Host;
-pub use crate::host::{monotonic_ns, BUCKETS, LAG_BUCKETS, MAX_SERVICES, MAX_WORKERS};
+pub use crate::host::{monotonic_ns, BUCKETS, LAG_BUCKETS, MAX_SERVICES, MAX_SOURCES, MAX_WORKERS};
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +60,8 @@ pub struct Metrics {
     host: Host,
     region: &'static Region,
     slot: usize,
+    /// The registry source the session methods speak of.
+    source: usize,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,7 +77,29 @@ impl Metrics {
 
     /// The view on `host`'s region, for its slot.
     pub fn new(host: Host) -> Metrics {
-        Metrics { host, region: host.region, slot: host.slot }
+        Metrics { host, region: host.region, slot: host.slot, source: 0 }
+    }
+
+    /// The same view, for registry source `source` (its session's state, events, watches).
+    pub fn for_source(self, source: usize) -> Metrics {
+        Metrics { source: source.min(MAX_SOURCES - 1), ..self }
+    }
+
+    /// Names the registry sources (labels of the per-source series).
+    pub fn set_sources(&self, names: &[String]) {
+        for (slot, name) in self.region.sources.iter().zip(names) {
+            let bytes = &name.as_bytes()[..name.len().min(crate::host::NAME_LEN)];
+            for (b, v) in slot.bytes.iter().zip(bytes) {
+                b.store(*v, Ordering::Relaxed);
+            }
+            slot.len.store(bytes.len() as u32, Ordering::Relaxed);
+            slot.state.store(2, Ordering::Release);
+        }
+        self.region.source_count.store(names.len().min(MAX_SOURCES) as u32, Ordering::Release);
+    }
+
+    fn zk(&self) -> &crate::host::region::ZkStats {
+        &self.me().zk[self.source]
     }
 
     /// Records this worker's start in its slot; a start in the same generation as the previous
@@ -99,7 +123,9 @@ impl Metrics {
         let me = self.me();
         me.retired.store(1, Ordering::Relaxed);
         me.active_connections.store(0, Ordering::Relaxed);
-        me.zk_state.store(0, Ordering::Relaxed);
+        for zk in &me.zk {
+            zk.state.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The event loop is alive. While the ZooKeeper session is connected after a first sync,
@@ -108,19 +134,22 @@ impl Metrics {
         let me = self.me();
         let now = now_ms();
         me.heartbeat_ms.store(now, Ordering::Relaxed);
-        if self.zk_state() == ZkState::Connected && me.synced_ms.load(Ordering::Relaxed) != 0 {
-            me.synced_ms.store(now, Ordering::Relaxed);
+        for zk in &me.zk {
+            let connected = zk.state.load(Ordering::Relaxed) == ZkState::Connected as u32;
+            if connected && zk.synced_ms.load(Ordering::Relaxed) != 0 {
+                zk.synced_ms.store(now, Ordering::Relaxed);
+            }
         }
     }
 
     /// A listing from ZooKeeper was swapped in: the table is current as of now.
     pub fn synced(&self) {
-        self.me().synced_ms.store(now_ms(), Ordering::Relaxed);
+        self.zk().synced_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The watches this worker's session holds now.
     pub fn set_zk_watches(&self, n: usize) {
-        self.me().zk_watches.store(n as u64, Ordering::Relaxed);
+        self.zk().watches.store(n as u64, Ordering::Relaxed);
     }
 
     /// One change reached this worker's table `lag` after ZooKeeper recorded it.
@@ -208,22 +237,22 @@ impl Metrics {
 
     /// A ZooKeeper watch event or listing arrived.
     pub fn zk_event(&self) {
-        self.me().zk_events.fetch_add(1, Ordering::Relaxed);
+        self.zk().events.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A full resync of the registry was done.
     pub fn zk_resync(&self) {
-        self.me().zk_resyncs.fetch_add(1, Ordering::Relaxed);
+        self.zk().resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The ZooKeeper session changed state.
     pub fn set_zk_state(&self, s: ZkState) {
-        self.me().zk_state.store(s as u32, Ordering::Relaxed);
+        self.zk().state.store(s as u32, Ordering::Relaxed);
     }
 
     /// This worker's ZooKeeper session state.
     pub fn zk_state(&self) -> ZkState {
-        ZkState::from_u32(self.me().zk_state.load(Ordering::Relaxed))
+        ZkState::from_u32(self.zk().state.load(Ordering::Relaxed))
     }
 }
 

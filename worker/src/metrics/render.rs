@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::{Metrics, ZkState, BUCKETS, LAG_BUCKETS, MAX_SERVICES, OTHER};
-use crate::host::region::{read_name, ServiceStats, WorkerStats};
+use super::{Metrics, ZkState, BUCKETS, LAG_BUCKETS, MAX_SERVICES, MAX_SOURCES, OTHER};
+use crate::host::region::{read_name, ServiceStats, WorkerStats, ZkStats};
 
 impl Metrics {
     /// Every slot that has had a worker: the `/workers` answer.
@@ -26,9 +26,15 @@ impl Metrics {
                     "requests": w.requests.load(Ordering::Relaxed),
                     "active_connections": w.active_connections.load(Ordering::Relaxed),
                     "restarts": w.restarts.load(Ordering::Relaxed),
-                    "zookeeper": ZkState::from_u32(w.zk_state.load(Ordering::Relaxed)).as_str(),
-                    "zookeeper_watches": w.zk_watches.load(Ordering::Relaxed),
-                    "last_sync_age_seconds": sync_age(w),
+                    "zookeeper": ZkState::from_u32(w.zk[0].state.load(Ordering::Relaxed)).as_str(),
+                    "zookeeper_watches": w.zk[0].watches.load(Ordering::Relaxed),
+                    "last_sync_age_seconds": sync_age(&w.zk[0]),
+                    "sources": self.sources().iter().enumerate().map(|(s, name)| serde_json::json!({
+                        "name": name,
+                        "zookeeper": ZkState::from_u32(w.zk[s].state.load(Ordering::Relaxed)).as_str(),
+                        "watches": w.zk[s].watches.load(Ordering::Relaxed),
+                        "last_sync_age_seconds": sync_age(&w.zk[s]),
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -152,18 +158,65 @@ impl Metrics {
             "zkgate_host_instances_overflow_total {}",
             self.region.instance_overflow.load(Ordering::Relaxed)
         );
-        out += "# HELP zkgate_discovery_last_sync_age_seconds Seconds since the worker last knew its route table current (session connected and synced).\n";
+        let sources = self.sources();
+        out += "# HELP zkgate_discovery_last_sync_age_seconds Seconds since the worker last knew its route table current (session connected and synced), per registry source.\n";
         out += "# TYPE zkgate_discovery_last_sync_age_seconds gauge\n";
         for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
-            if let Some(age) = sync_age(w) {
-                let _ = writeln!(
-                    out,
-                    "zkgate_discovery_last_sync_age_seconds{{slot=\"{slot}\"}} {age}"
-                );
+            for (s, source) in sources.iter().enumerate() {
+                if let Some(age) = sync_age(&w.zk[s]) {
+                    let _ = writeln!(
+                        out,
+                        "zkgate_discovery_last_sync_age_seconds{{slot=\"{slot}\",source=\"{}\"}} {age}",
+                        escape(source)
+                    );
+                }
+            }
+        }
+        type PerSource = fn(&ZkStats) -> i64;
+        let per_source: [(&str, &str, &str, PerSource); 4] = [
+            (
+                "zkgate_zookeeper_events_total",
+                "counter",
+                "ZooKeeper listings applied, per worker slot and registry source.",
+                |z| z.events.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "zkgate_zookeeper_resyncs_total",
+                "counter",
+                "Full registry resyncs (new sessions), per worker slot and registry source.",
+                |z| z.resyncs.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "zkgate_zookeeper_session_state",
+                "gauge",
+                "0 none, 1 connected, 2 disconnected, 3 session lost; per worker slot and registry source.",
+                |z| i64::from(z.state.load(Ordering::Relaxed)),
+            ),
+            (
+                "zkgate_zookeeper_watches",
+                "gauge",
+                "Watches the worker's ZooKeeper session holds, per registry source.",
+                |z| z.watches.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, read) in per_source {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
+                if sources.is_empty() {
+                    let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(&w.zk[0]));
+                }
+                for (s, source) in sources.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{slot=\"{slot}\",source=\"{}\"}} {}",
+                        escape(source),
+                        read(&w.zk[s])
+                    );
+                }
             }
         }
         type Read = fn(&WorkerStats) -> i64;
-        let per_slot: [(&str, &str, &str, Read); 9] = [
+        let per_slot: [(&str, &str, &str, Read); 5] = [
             (
                 "zkgate_active_connections",
                 "gauge",
@@ -183,18 +236,6 @@ impl Metrics {
                 |w| w.restarts.load(Ordering::Relaxed) as i64,
             ),
             (
-                "zkgate_zookeeper_events_total",
-                "counter",
-                "ZooKeeper listings applied, per worker slot.",
-                |w| w.zk_events.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_zookeeper_resyncs_total",
-                "counter",
-                "Full registry resyncs (new sessions), per worker slot.",
-                |w| w.zk_resyncs.load(Ordering::Relaxed) as i64,
-            ),
-            (
                 "zkgate_ejections_total",
                 "counter",
                 "Instances ejected by outlier detection, per worker slot.",
@@ -205,18 +246,6 @@ impl Metrics {
                 "counter",
                 "Requests retried on another instance, per worker slot.",
                 |w| w.retries.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_zookeeper_session_state",
-                "gauge",
-                "0 none, 1 connected, 2 disconnected, 3 session lost.",
-                |w| i64::from(w.zk_state.load(Ordering::Relaxed)),
-            ),
-            (
-                "zkgate_zookeeper_watches",
-                "gauge",
-                "Watches the worker's ZooKeeper session holds.",
-                |w| w.zk_watches.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, read) in per_slot {
@@ -229,10 +258,22 @@ impl Metrics {
     }
 }
 
-/// Seconds since the worker last knew its table current (`None` before its first listing).
-fn sync_age(w: &WorkerStats) -> Option<f64> {
-    let synced = w.synced_ms.load(Ordering::Relaxed);
+/// Seconds since the worker last knew a source's part of its table current (`None` before
+/// its first listing).
+fn sync_age(z: &ZkStats) -> Option<f64> {
+    let synced = z.synced_ms.load(Ordering::Relaxed);
     (synced != 0).then(|| super::now_ms().saturating_sub(synced) as f64 / 1e3)
+}
+
+impl Metrics {
+    /// The registry sources' names, in order.
+    fn sources(&self) -> Vec<String> {
+        let n = self.region.source_count.load(Ordering::Acquire) as usize;
+        self.region.sources[..n.min(MAX_SOURCES)]
+            .iter()
+            .map(|name| String::from_utf8_lossy(&read_name(name)).into_owned())
+            .collect()
+    }
 }
 
 fn escape(s: &str) -> String {

@@ -32,16 +32,31 @@ use zookeeper_client as zk;
 use crate::config::ZkSettings;
 use crate::discovery::report::RegistryReport;
 use crate::discovery::retry::{retry, Backoff};
-use crate::discovery::update::Update;
+use crate::discovery::update::{Sourced, Update};
 use crate::metrics::{Metrics, ZkState};
 
-/// The ZooKeeper side of discovery for one worker.
+/// What ties one source's watcher to the rest of the worker.
+pub struct Link {
+    /// The source's position among the `[[zookeeper]]` entries.
+    pub index: usize,
+    /// Where its updates go.
+    pub tx: mpsc::UnboundedSender<Sourced>,
+    /// Its metrics view (`Metrics::for_source`).
+    pub metrics: Metrics,
+    /// Its nodes, for `/registry`.
+    pub report: Arc<RegistryReport>,
+}
+
+/// The ZooKeeper side of discovery for one worker and one source.
 pub struct Watcher {
     settings: ZkSettings,
     skip: HashSet<String>,
     /// Services reached over TLS (a Curator instance's `sslPort` is theirs).
     tls: HashSet<String>,
-    tx: mpsc::UnboundedSender<Update>,
+    /// This source's position among the `[[zookeeper]]` entries (its updates are tagged with it).
+    index: usize,
+    tx: mpsc::UnboundedSender<Sourced>,
+    /// The metrics view for this source.
     metrics: Metrics,
     /// One-shot watches the service tasks hold now (for the watch gauge).
     watches: AtomicUsize,
@@ -54,9 +69,25 @@ impl Watcher {
     pub fn new(
         settings: ZkSettings,
         (skip, tls): (HashSet<String>, HashSet<String>),
-        (tx, metrics, report): (mpsc::UnboundedSender<Update>, Metrics, Arc<RegistryReport>),
+        link: Link,
     ) -> Self {
-        Watcher { settings, skip, tls, tx, metrics, watches: AtomicUsize::new(0), report }
+        let Link { index, tx, metrics, report } = link;
+        Watcher { settings, skip, tls, index, tx, metrics, watches: AtomicUsize::new(0), report }
+    }
+
+    /// Sends an update to the builder, tagged with this source and its names prefixed.
+    fn send(&self, update: Update) {
+        let prefix = &self.settings.prefix;
+        let named = |n: String| if prefix.is_empty() { n } else { format!("{prefix}{n}") };
+        let update = match update {
+            Update::Full(all) => {
+                Update::Full(all.into_iter().map(|(k, v)| (named(k), v)).collect())
+            }
+            Update::Service(n, list) => Update::Service(named(n), list),
+            Update::Removed(n) => Update::Removed(named(n)),
+            other => other,
+        };
+        let _ = self.tx.send(Sourced(self.index, update));
     }
 
     /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
@@ -91,13 +122,17 @@ impl Watcher {
         }
     }
 
+    /// A new session; with `auth`, its credentials are added before the first request, so
+    /// nodes behind ZooKeeper ACLs (digest) can be read.
     async fn connect(&self) -> Result<zk::Client, zk::Error> {
-        zk::Client::connector()
+        let mut connector = zk::Client::connector()
             .with_session_timeout(self.settings.session_timeout)
             .with_connection_timeout(self.settings.connect_timeout)
-            .with_fail_eagerly()
-            .connect(&self.settings.hosts)
-            .await
+            .with_fail_eagerly();
+        if let Some((scheme, credentials)) = self.settings.auth_parts() {
+            connector = connector.with_auth(scheme, credentials.as_bytes());
+        }
+        connector.connect(&self.settings.hosts).await
     }
 
     /// One session: initial sync, then watch until the session ends — under one persistent

@@ -61,7 +61,7 @@ impl Watcher {
         drop(listed);
         self.report.replace_all(report);
         self.metrics.zk_resync();
-        let _ = self.tx.send(Update::Full(full));
+        self.send(Update::Full(full));
         let mut tasks = ServiceTasks::default();
         for (name, watches, warned) in first {
             let task = tokio::spawn(self.clone().watch_service(
@@ -125,7 +125,7 @@ impl Watcher {
             if !keep {
                 task.abort();
                 self.report.removed(name);
-                let _ = self.tx.send(Update::Removed(name.clone()));
+                self.send(Update::Removed(name.clone()));
             }
             keep
         });
@@ -214,10 +214,10 @@ impl Watcher {
             l.warn_malformed(&name, &mut warned);
             self.metrics.zk_event();
             if let Some(at) = stamps.seen(&name, &l) {
-                let _ = self.tx.send(Update::Stamp(at));
+                self.send(Update::Stamp(at));
             }
             self.report.service(&name, l.nodes);
-            let _ = self.tx.send(Update::Service(name.clone(), l.instances));
+            self.send(Update::Service(name.clone(), l.instances));
             watches = Some(l.watches);
         }
     }

@@ -68,7 +68,7 @@ impl Watcher {
                         };
                         for gone in known.difference(&names) {
                             self.report.removed(gone);
-                            let _ = self.tx.send(Update::Removed(gone.clone()));
+                            self.send(Update::Removed(gone.clone()));
                         }
                         services.extend(names.difference(&known).cloned());
                         known = names;
@@ -83,10 +83,10 @@ impl Watcher {
                         };
                         l.warn_malformed(&name, warned.entry(name.clone()).or_default());
                         if let Some(at) = stamps.seen(&name, &l) {
-                            let _ = self.tx.send(Update::Stamp(at));
+                            self.send(Update::Stamp(at));
                         }
                         self.report.service(&name, l.nodes);
-                        let _ = self.tx.send(Update::Service(name, l.instances));
+                        self.send(Update::Service(name, l.instances));
                     }
                 }
                 s = state.changed() => match s {
@@ -199,7 +199,7 @@ impl Watcher {
         }
         self.report.replace_all(report);
         self.metrics.zk_resync();
-        let _ = self.tx.send(Update::Full(full));
+        self.send(Update::Full(full));
         Some(names)
     }
 }
