@@ -74,7 +74,7 @@ impl Registries {
         if sources.is_empty() || sources.iter().any(Option::is_none) {
             return None;
         }
-        match sources.iter().any(|s| *s == Some(Source::Snapshot)) {
+        match sources.contains(&Some(Source::Snapshot)) {
             true => Some(Source::Snapshot),
             false => Some(Source::Zookeeper),
         }
