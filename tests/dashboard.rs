@@ -99,6 +99,13 @@ fn the_dashboard_shows_services_workers_and_changes_live_in_chromium() {
     assert!(page.contains("(this worker 0)"), "{page}");
     assert!(page.contains(" s ago"), "sync age missing:\n{page}");
 
+    // The registry section names a node that is not routed, and why; ?explain= explains a
+    // service on the page.
+    c.create("/services/pool/not-an-address", b"", false);
+    let page = dom(&format!("{url}?explain=pool"), 3000);
+    assert!(page.contains("not-an-address") && page.contains("rejected"), "{page}");
+    assert!(page.contains("kept in rotation by the removal guard"), "explain section:\n{page}");
+
     // The screenshot, kept as an artefact.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();

@@ -348,7 +348,7 @@ fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics, tab
             let now = host::monotonic_ms();
             let table = table.load();
             let mut now_holding = std::collections::HashSet::new();
-            for s in table.services() {
+            for s in table.iter() {
                 s.health.touch(now);
                 let n = (0..s.instances.len())
                     .filter(|i| s.health.held(*i) && !s.health.released(*i))

@@ -13,7 +13,7 @@ use crate::discovery::guard::RemovalGuard;
 use crate::discovery::snapshot::Sections;
 use crate::discovery::update::{Registries, Sourced, Update};
 use crate::metrics::Metrics;
-use crate::table::{Instance, Policy, RouteTable, Service, Source, Tracker};
+use crate::table::{Instance, Policy, RouteTable, Service, ServiceMap, Source, Tracker};
 use crate::SharedTable;
 
 /// Turns a registry listing into services, reusing what did not change.
@@ -22,11 +22,17 @@ pub struct TableBuilder {
     tracker: Tracker,
     statics: HashMap<String, Arc<Service>>,
     current: HashMap<String, Arc<Service>>,
+    /// Every service of the table, kept up to date change by change: the next table is a copy
+    /// of it (pointer copies), never a rebuild over every service.
+    all: ServiceMap,
     /// Instances the registry removed en masse, kept in rotation until they prove gone.
     guard: RemovalGuard,
     /// Services with an instance in its slow start: rebuilt every [`RAMP_STEP`] until done.
     ramping: HashSet<String>,
 }
+
+/// The snapshot is written at most this often (changes in between go in the next one).
+pub const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often a service whose instances ramp up (slow start) gets its weights recomputed.
 pub const RAMP_STEP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -34,7 +40,7 @@ pub const RAMP_STEP: std::time::Duration = std::time::Duration::from_millis(500)
 impl TableBuilder {
     /// Starts from the static services of `config`, which discovery never overrides.
     pub fn new(config: Arc<Config>, tracker: Tracker) -> Self {
-        let statics = RouteTable::statics(&config, &tracker)
+        let statics: HashMap<String, Arc<Service>> = RouteTable::statics(&config, &tracker)
             .services()
             .into_iter()
             .map(|s| (s.name.clone(), s.clone()))
@@ -44,10 +50,13 @@ impl TableBuilder {
             Some(zk) => RemovalGuard::new(zk.removal_guard, zk.removal_hold),
             None => RemovalGuard::new(100, std::time::Duration::ZERO),
         };
+        let all: ServiceMap =
+            statics.iter().map(|(k, v)| (Arc::from(k.as_str()), Arc::clone(v))).collect();
         TableBuilder {
             config,
             tracker,
             statics,
+            all,
             current: HashMap::new(),
             guard,
             ramping: HashSet::new(),
@@ -106,17 +115,19 @@ impl TableBuilder {
                         Some(_) => self.ramping.insert(name.clone()),
                         None => self.ramping.remove(name),
                     };
-                    self.current.insert(name.clone(), Arc::new(service));
+                    let service = Arc::new(service);
+                    self.all.insert(Arc::from(name.as_str()), service.clone());
+                    self.current.insert(name.clone(), service);
                 }
-                _ => {
+                _ if !self.statics.contains_key(name) => {
                     self.ramping.remove(name);
                     self.current.remove(name);
+                    self.all.remove(name.as_str());
                 }
+                _ => {}
             }
         }
-        let mut all = self.current.clone();
-        all.extend(self.statics.iter().map(|(k, v)| (k.clone(), v.clone())));
-        RouteTable::from_map(all)
+        RouteTable::from_map(self.all.clone())
     }
 }
 
@@ -139,6 +150,10 @@ pub struct Builder {
     registries: Registries,
     /// Each source's name (the snapshot's sections).
     names: Vec<String>,
+    /// The snapshot lags the table: changes wait for the next write.
+    snapshot_dirty: bool,
+    /// When the snapshot was last handed to the writer.
+    snapshot_sent: Option<std::time::Instant>,
     tables: TableBuilder,
     out: Outputs,
 }
@@ -151,7 +166,7 @@ impl Builder {
         tables: TableBuilder,
         out: Outputs,
     ) -> Self {
-        Builder { registries, names, tables, out }
+        Builder { registries, names, tables, out, snapshot_dirty: false, snapshot_sent: None }
     }
 
     /// Runs until every sender is gone. Everything already queued when a batch starts goes into
@@ -162,13 +177,15 @@ impl Builder {
             let now = self.tables.tracker.clock().now_ms();
             let hold = self.tables.guard.next_deadline().map(|d| d.saturating_sub(now));
             let ramp = (!self.tables.ramping.is_empty()).then(|| RAMP_STEP.as_millis() as u64);
-            let first = match hold.into_iter().chain(ramp).min() {
+            let snapshot = self.snapshot_wait().map(|w| w.as_millis() as u64);
+            let first = match hold.into_iter().chain(ramp).chain(snapshot).min() {
                 Some(wait) => {
                     tokio::select! {
                         u = rx.recv() => u,
                         _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {
                             self.expire_holds();
                             self.step_ramps();
+                            self.flush_snapshot();
                             continue;
                         }
                     }
@@ -282,13 +299,38 @@ impl Builder {
         // back from itself alone).
         let any_live = (0..self.names.len())
             .any(|i| self.registries.get(i).and_then(|r| r.source()) == Some(Source::Zookeeper));
-        if let (Some(tx), true, true) =
-            (&out.snapshot, !changed.is_empty() || !live.is_empty(), any_live)
-        {
-            let sections: Sections =
-                self.names.iter().cloned().zip(self.registries.listings().cloned()).collect();
-            let _ = tx.send(Arc::new(sections));
+        if out.snapshot.is_some() && (!changed.is_empty() || !live.is_empty()) && any_live {
+            self.snapshot_dirty = true;
+            self.flush_snapshot();
         }
+    }
+
+    /// How long until the pending snapshot may be handed over (`None`: nothing pending).
+    fn snapshot_wait(&self) -> Option<std::time::Duration> {
+        if !self.snapshot_dirty {
+            return None;
+        }
+        Some(
+            self.snapshot_sent.map_or(std::time::Duration::ZERO, |at| {
+                SNAPSHOT_EVERY.saturating_sub(at.elapsed())
+            }),
+        )
+    }
+
+    /// Hands the listings to the snapshot writer, at most once per [`SNAPSHOT_EVERY`]: copying
+    /// a 100 000-instance registry on every change would cost every change in proportion to
+    /// the registry.
+    fn flush_snapshot(&mut self) {
+        let (Some(tx), Some(std::time::Duration::ZERO)) =
+            (&self.out.snapshot, self.snapshot_wait())
+        else {
+            return;
+        };
+        let sections: Sections =
+            self.names.iter().cloned().zip(self.registries.listings().cloned()).collect();
+        let _ = tx.send(Arc::new(sections));
+        self.snapshot_dirty = false;
+        self.snapshot_sent = Some(std::time::Instant::now());
     }
 }
 

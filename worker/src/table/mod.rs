@@ -12,7 +12,7 @@
 pub mod health;
 pub mod instance;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -232,17 +232,24 @@ impl Service {
     }
 }
 
+/// The services of a table by name. Keys are shared (`Arc<str>`), so copying the map for the
+/// next table costs pointer copies, never a string per service.
+pub type ServiceMap = FxHashMap<Arc<str>, Arc<Service>>;
+
 /// An immutable snapshot of every routable service.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    services: FxHashMap<String, Arc<Service>>,
+    services: ServiceMap,
 }
 
 impl RouteTable {
     /// Builds a table from services.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
         RouteTable {
-            services: services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect(),
+            services: services
+                .into_iter()
+                .map(|s| (Arc::from(s.name.as_str()), Arc::new(s)))
+                .collect(),
         }
     }
 
@@ -262,8 +269,13 @@ impl RouteTable {
     }
 
     /// Builds a table from already built services (unchanged ones keep their balancer state).
-    pub fn from_map(services: HashMap<String, Arc<Service>>) -> Self {
-        RouteTable { services: services.into_iter().collect() }
+    pub fn from_map(services: ServiceMap) -> Self {
+        RouteTable { services }
+    }
+
+    /// Every service, in no particular order (no sort, no allocation).
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
     }
 
     /// Looks a service up by name.
