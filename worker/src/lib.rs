@@ -56,6 +56,8 @@ pub type SharedTable = Arc<ArcSwap<RouteTable>>;
 
 /// How often a worker tells its supervisor it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Every this many heartbeats, the host-wide entries of the table are marked as in use.
+const TOUCH_EVERY: u64 = 60;
 
 /// Everything one worker runs with, handed down by the binary.
 #[derive(Debug)]
@@ -341,15 +343,23 @@ fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics, tab
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);
         let mut holding = std::collections::HashSet::new();
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
             lifecycle.heartbeat();
             metrics.heartbeat();
             let now = host::monotonic_ms();
             let table = table.load();
+            // Marking every entry visits every instance: once a minute is plenty (entries are
+            // reused only after ten minutes unseen), and spares the event loop a stall a second.
+            ticks += 1;
+            if ticks % TOUCH_EVERY == 1 {
+                for s in table.iter() {
+                    s.health.touch(now);
+                }
+            }
             let mut now_holding = std::collections::HashSet::new();
-            for s in table.iter() {
-                s.health.touch(now);
+            for s in table.held() {
                 let n = (0..s.instances.len())
                     .filter(|i| s.health.held(*i) && !s.health.released(*i))
                     .count();
@@ -360,10 +370,8 @@ fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics, tab
                     now_holding.insert(s.name.clone());
                 }
             }
-            for gone in holding.difference(&now_holding) {
-                if table.get(gone).is_none() {
-                    metrics.set_held(metrics.service_index(gone), 0);
-                }
+            for done in holding.difference(&now_holding) {
+                metrics.set_held(metrics.service_index(done), 0);
             }
             holding = now_holding;
         }

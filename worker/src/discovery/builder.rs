@@ -25,6 +25,8 @@ pub struct TableBuilder {
     /// Every service of the table, kept up to date change by change: the next table is a copy
     /// of it (pointer copies), never a rebuild over every service.
     all: ServiceMap,
+    /// Instances over `all`, kept up to date the same way.
+    instances: usize,
     /// Instances the registry removed en masse, kept in rotation until they prove gone.
     guard: RemovalGuard,
     /// Services with an instance in its slow start: rebuilt every [`RAMP_STEP`] until done.
@@ -52,11 +54,13 @@ impl TableBuilder {
         };
         let all: ServiceMap =
             statics.iter().map(|(k, v)| (Arc::from(k.as_str()), Arc::clone(v))).collect();
+        let instances = statics.values().map(|s| s.instances.len()).sum();
         TableBuilder {
             config,
             tracker,
             statics,
             all,
+            instances,
             current: HashMap::new(),
             guard,
             ramping: HashSet::new(),
@@ -116,18 +120,24 @@ impl TableBuilder {
                         None => self.ramping.remove(name),
                     };
                     let service = Arc::new(service);
-                    self.all.insert(Arc::from(name.as_str()), service.clone());
+                    self.instances += service.instances.len();
+                    if let Some(old) = self.all.insert(Arc::from(name.as_str()), service.clone()) {
+                        self.instances -= old.instances.len();
+                    }
                     self.current.insert(name.clone(), service);
                 }
                 _ if !self.statics.contains_key(name) => {
                     self.ramping.remove(name);
                     self.current.remove(name);
-                    self.all.remove(name.as_str());
+                    if let Some(old) = self.all.remove(name.as_str()) {
+                        self.instances -= old.instances.len();
+                    }
                 }
                 _ => {}
             }
         }
-        RouteTable::from_map(self.all.clone())
+        let held = self.guard.services().filter_map(|n| self.current.get(n).cloned()).collect();
+        RouteTable::from_map(self.all.clone(), self.instances, held)
     }
 }
 

@@ -613,6 +613,38 @@ mod tests {
         assert!(Format::Curator.parse("x", b"{not json", None, false).is_err());
     }
 
+    /// What dubbo-admin writes under `/dubbo/<interface>/configurators/` (the shapes in Dubbo's
+    /// documentation of dynamic configuration: `override://` URLs, URL-encoded as node names).
+    #[test]
+    fn dubbo_admin_overrides_disable_and_reweigh_providers() {
+        let enc = |u: &str| url_encode(u);
+        let disable = enc("override://10.20.153.10:20880/com.foo.BarService?category=configurators&dynamic=false&disabled=true");
+        let all = enc(
+            "override://0.0.0.0/com.foo.BarService?category=configurators&dynamic=false&weight=50",
+        );
+        let off = enc("override://10.20.153.11/com.foo.BarService?category=configurators&enabled=false&weight=500");
+        let rules: Vec<Override> =
+            [&disable, &all, &off].iter().filter_map(|n| Override::parse(n).unwrap()).collect();
+        assert_eq!(rules.len(), 2, "a rule with enabled=false says nothing");
+        let provider = |addr: &str| Node::Accepted(Instance::weighted(addr, 100));
+        let (node, _) = apply_overrides(provider("10.20.153.10:20880"), &rules);
+        assert!(matches!(node, Node::Excluded(ref why) if why.contains("override")), "{node:?}");
+        let (node, note) = apply_overrides(provider("10.20.153.10:20881"), &rules);
+        assert_eq!(node.instance().unwrap().weight, 50, "the rule for every provider applies");
+        assert!(note.unwrap().contains("overridden to 50"));
+        let specific =
+            enc("override://10.20.153.12/com.foo.BarService?category=configurators&weight=200");
+        let mut with_specific = rules.clone();
+        with_specific.push(Override::parse(&specific).unwrap().unwrap());
+        let (node, _) = apply_overrides(provider("10.20.153.12:8080"), &with_specific);
+        assert_eq!(
+            node.instance().unwrap().weight,
+            200,
+            "one provider's rule beats the rule for all"
+        );
+        assert!(Override::parse(&enc("override://not-an-ip/x?weight=2")).is_err());
+    }
+
     /// What Spring Cloud Zookeeper writes (its `ZookeeperServiceRegistry` serialises a Curator
     /// `ServiceInstance<ZookeeperInstance>`: the shape in Spring Cloud Zookeeper's reference
     /// documentation), with `instance_status` as the actuator's service-registry endpoint sets it.

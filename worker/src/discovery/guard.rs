@@ -166,6 +166,11 @@ impl RemovalGuard {
         (log, changed)
     }
 
+    /// The services holding instances.
+    pub fn services(&self) -> impl Iterator<Item = &String> {
+        self.held.keys()
+    }
+
     /// When the next hold ends.
     pub fn next_deadline(&self) -> Option<u64> {
         self.held.values().flatten().map(|h| h.until_ms).min()

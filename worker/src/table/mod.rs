@@ -240,17 +240,20 @@ pub type ServiceMap = FxHashMap<Arc<str>, Arc<Service>>;
 #[derive(Debug, Default)]
 pub struct RouteTable {
     services: ServiceMap,
+    /// Instances over all services (kept by the builder: counting them would visit every
+    /// service on every change).
+    instances: usize,
+    /// The services holding instances under the removal guard (the heartbeat reports them).
+    held: Vec<Arc<Service>>,
 }
 
 impl RouteTable {
     /// Builds a table from services.
     pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
-        RouteTable {
-            services: services
-                .into_iter()
-                .map(|s| (Arc::from(s.name.as_str()), Arc::new(s)))
-                .collect(),
-        }
+        let services: ServiceMap =
+            services.into_iter().map(|s| (Arc::from(s.name.as_str()), Arc::new(s))).collect();
+        let instances = services.values().map(|s| s.instances.len()).sum();
+        RouteTable { services, instances, held: Vec::new() }
     }
 
     /// The services with static instances in `config`.
@@ -268,9 +271,15 @@ impl RouteTable {
         }))
     }
 
-    /// Builds a table from already built services (unchanged ones keep their balancer state).
-    pub fn from_map(services: ServiceMap) -> Self {
-        RouteTable { services }
+    /// Builds a table from already built services (unchanged ones keep their balancer state),
+    /// with their instance count and the services holding instances, as the builder keeps them.
+    pub fn from_map(services: ServiceMap, instances: usize, held: Vec<Arc<Service>>) -> Self {
+        RouteTable { services, instances, held }
+    }
+
+    /// The services holding instances under the removal guard.
+    pub fn held(&self) -> &[Arc<Service>] {
+        &self.held
     }
 
     /// Every service, in no particular order (no sort, no allocation).
@@ -292,7 +301,7 @@ impl RouteTable {
 
     /// Number of services and of instances over all services.
     pub fn counts(&self) -> (usize, usize) {
-        (self.services.len(), self.services.values().map(|s| s.instances.len()).sum())
+        (self.services.len(), self.instances)
     }
 }
 
