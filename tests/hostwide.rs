@@ -371,3 +371,49 @@ fn poison_znodes_beside_healthy_ones_cost_nothing_and_changes_report_their_lag()
         - gw.metric("zkgate_discovery_lag_seconds_bucket", "le=\"5\"");
     assert_eq!(slow, 0, "a change took over 5 s to reach a worker");
 }
+
+#[test]
+fn a_health_checks_verdict_holds_for_workers_added_and_reloaded_later() {
+    let _one = serial();
+    let zk = Zk::standalone();
+    let (good, sick) = (Backend::start("good"), Backend::start("sick"));
+    sick.failing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let c = zk.client();
+    c.register("web", &good.address());
+    c.register("web", &sick.address());
+    let config = Toml::new()
+        .zookeeper(&zk, "")
+        .section(
+            "[services.web]",
+            "health_check = { path = \"/health\", interval = \"300ms\", timeout = \"200ms\", unhealthy = 2 }",
+        )
+        .route_all("web");
+    let gw = Gateway::with(config).workers(WORKERS).admin().start();
+    assert_eventually!(
+        10,
+        instance_state(&gw, "web", &sick.address())["healthy"] == false,
+        "the failing instance was never found unhealthy"
+    );
+    let requests_to_sick = || sick.requests_to("GET / ");
+    let before = requests_to_sick();
+    assert!(fresh_requests(&gw, 60).iter().all(|s| *s == 200));
+    assert_eq!(requests_to_sick(), before, "an unhealthy instance took client requests");
+    // A worker added now, and a reload's workers, start from the verdict: no request reaches
+    // the instance before their first probe round could have run.
+    let generation = current_generation(&gw);
+    gw.signal(Signal::SIGTTIN);
+    assert_eventually!(
+        20,
+        workers_of_generation(&gw, generation, WORKERS + 1),
+        "TTIN: no new worker"
+    );
+    assert!(fresh_requests(&gw, 100).iter().all(|s| *s == 200));
+    gw.signal(Signal::SIGHUP);
+    assert_eventually!(
+        30,
+        workers_of_generation(&gw, generation + 1, WORKERS),
+        "reload did not finish"
+    );
+    assert!(fresh_requests(&gw, 100).iter().all(|s| *s == 200));
+    assert_eq!(requests_to_sick(), before, "a new worker sent the unhealthy instance requests");
+}
