@@ -462,6 +462,9 @@ fn check_sources(sources: &[worker::config::ZkSettings]) -> Result<(), String> {
                 }
             }
         }
+        if let Some(tls) = &zk.tls {
+            tls.read().map_err(|e| format!("{}.tls: {e}", at(i)))?;
+        }
         if !names.insert(zk.source_name(i)) {
             return Err(format!("{}.name: {:?} names two sources", at(i), zk.source_name(i)));
         }

@@ -58,6 +58,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One process-wide TLS provider, ring (see Cargo.toml): the ZooKeeper client's TLS asks
+    // rustls for the default, which two compiled-in providers would leave undecided.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The log format is the configuration's (`[log] format`): known once `run` has read it.
     let json = match &cli.command {

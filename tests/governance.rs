@@ -290,3 +290,36 @@ fn two_registries_one_behind_digest_acls_are_served_at_once_and_losing_one_keeps
     );
     drop(d2);
 }
+
+#[test]
+fn a_registry_reached_over_tls_is_routed_and_an_untrusted_ca_is_refused() {
+    let pki = support::pki::Pki::new();
+    let (zk, secure) = Zk::standalone_tls(&pki);
+    let c = zk.client();
+    let b1 = Backend::start("b1");
+    c.create("/services/web/i1", &spring("web", "i1", &b1.address(), "UP"), false);
+    let source = |ca: &std::path::Path| {
+        format!(
+            "[zookeeper]\nhosts = \"127.0.0.1:{secure}\"\nformat = \"curator\"\nsession_timeout = \"4s\"\nconnect_timeout = \"2s\"\ntls = {{ ca = \"{}\" }}\n\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n",
+            ca.display()
+        )
+    };
+    let gw = Gateway::with(source(&pki.ca_file())).workers(1).admin().start();
+    assert_eventually!(
+        10,
+        shares(gw.port, "/", 5).contains_key("b1"),
+        "not routed from the TLS registry:\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.admin_get("/registry").json()["sources"][0]["session"], "connected");
+    // Another CA: the server's certificate is refused, nothing is routed from it.
+    let other = support::pki::Pki::new();
+    let refused = Gateway::with(source(&other.ca_file())).workers(1).admin().spawn();
+    assert_eventually!(
+        15,
+        refused.log().contains("cannot connect"),
+        "a server certificate from an untrusted CA was accepted:\n{}",
+        refused.log()
+    );
+    assert_ne!(refused.admin_get("/registry").json()["sources"][0]["session"], "connected");
+}

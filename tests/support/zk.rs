@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use zookeeper_client as zk;
 
 const CP: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+/// With Netty (TLS): Debian's libnetty-java, a dependency of its zookeeper package.
+const CP_NETTY: &str =
+    "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar:/usr/share/java/netty-handler.jar:/usr/share/java/netty-transport.jar:/usr/share/java/netty-buffer.jar:/usr/share/java/netty-common.jar:/usr/share/java/netty-resolver.jar:/usr/share/java/netty-transport-native-unix-common.jar:/usr/share/java/netty-transport-native-epoll.jar";
 
 struct Node {
     dir: PathBuf,
@@ -44,6 +47,37 @@ impl Zk {
         let mut z = Zk { _dir: dir, nodes: vec![node] };
         z.start_all();
         z
+    }
+
+    /// One standalone server that also speaks TLS (Netty, `secureClientPort`), with a
+    /// certificate for 127.0.0.1 signed by `pki`'s CA; returns it and the TLS port. The plain
+    /// port stays for the test's own client and the four-letter words.
+    pub fn standalone_tls(pki: &super::pki::Pki) -> (Zk, u16) {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, secure) = (super::free_port(), super::free_port());
+        let leaf = pki.leaf("zookeeper", &["127.0.0.1", "localhost"]);
+        let keystore = dir.path().join("server.pem");
+        let pem = format!(
+            "{}{}",
+            std::fs::read_to_string(&leaf.key).unwrap(),
+            std::fs::read_to_string(&leaf.cert).unwrap()
+        );
+        std::fs::write(&keystore, pem).unwrap();
+        let extra = format!(
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\nsecureClientPort={secure}\nssl.keyStore.location={}\nssl.keyStore.type=PEM\nssl.trustStore.location={}\nssl.trustStore.type=PEM\nssl.clientAuth=none\n",
+            keystore.display(),
+            pki.ca_file().display()
+        );
+        let node = Node::configure(
+            dir.path().join("1"),
+            port,
+            &extra,
+            "org.apache.zookeeper.server.ZooKeeperServerMain",
+            None,
+        );
+        let mut z = Zk { _dir: dir, nodes: vec![node] };
+        z.start_all();
+        (z, secure)
     }
 
     /// A 3-node ensemble.
@@ -149,8 +183,10 @@ impl Node {
             .append(true)
             .open(self.dir.join("zookeeper.log"))
             .unwrap();
+        let netty = std::fs::read_to_string(self.dir.join("zoo.cfg"))
+            .is_ok_and(|c| c.contains("NettyServerCnxnFactory"));
         let child = Command::new("java")
-            .args(["-Xmx256m", "-cp", CP, self.main])
+            .args(["-Xmx256m", "-cp", if netty { CP_NETTY } else { CP }, self.main])
             .arg(self.dir.join("zoo.cfg"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -168,7 +204,13 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("zookeeper on port {} did not start", self.port);
+        let log = std::fs::read_to_string(self.dir.join("zookeeper.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "zookeeper on port {} did not start; its log ends:\n{}",
+            self.port,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     fn stop(&mut self) {

@@ -19,11 +19,12 @@
 //! - [`http`]: the request path — accept, the HTTP/1.1 engine (`h1`, plain and TLS), the one header policy, hyper connections (HTTP/2), proxy
 //!   phases, limits, forward and retry, router, headers, transports and upstream clients, gRPC
 //!   answers, tunnels, error answers, active health checks.
-//! - [`discovery`]: the ZooKeeper session and its persistent watch (one-shot watches as the
-//!   fallback), the task that builds route tables, the registry formats, the snapshot, recent
-//!   changes, and `zkgate register`.
+//! - [`discovery`]: one ZooKeeper session per registry source and its persistent watch
+//!   (one-shot watches as the fallback), the task that builds route tables (with the removal
+//!   guard), the registry formats and governance (Spring status, Dubbo overrides, slow start),
+//!   the per-node report, the snapshot, recent changes, and `zkgate register`.
 //! - [`admin`]: the dashboard and the admin API (`/`, `/healthz`, `/readyz`, `/routes`,
-//!   `/workers`, `/metrics`).
+//!   `/workers`, `/metrics`, `/registry`, `/explain`).
 //!
 //! `worker/README.md` draws the request path and the discovery pipeline with function names.
 

@@ -648,6 +648,9 @@ pub struct ZkSettings {
     pub prefix: String,
     /// ZooKeeper ACL credentials, `"digest:user:password"` (added to the session at connect).
     pub auth: Option<String>,
+    /// TLS to the ensemble (its `secureClientPort`): the CA that signed the servers'
+    /// certificates, and a client certificate and key when the servers ask for one.
+    pub tls: Option<ZkTls>,
     /// The removal guard: when one listing removes more than this share (percent) of a
     /// service's instances, the removed ones stay in rotation, held, until each proves gone
     /// (a connect failure, a failed health check) or `removal_hold` passes. 100: off.
@@ -676,6 +679,7 @@ impl Default for ZkSettings {
             name: None,
             prefix: String::new(),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -689,6 +693,33 @@ impl ZkSettings {
     /// `auth` split into its scheme and credentials (`("digest", "user:password")`).
     pub fn auth_parts(&self) -> Option<(&str, &str)> {
         self.auth.as_deref().and_then(|a| a.split_once(':'))
+    }
+}
+
+/// `tls = { ca = …, cert = …, key = … }` of a `[zookeeper]` source: PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZkTls {
+    /// The CA certificates the servers' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// A client certificate (with `key`), for servers with `ssl.clientAuth=need`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ZkTls {
+    /// The PEM texts: the CA, and the client certificate and key when given.
+    pub fn read(&self) -> Result<(String, Option<(String, String)>), String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => return Err("tls: cert and key go together".into()),
+        };
+        Ok((read(&self.ca)?, identity))
     }
 }
 

@@ -132,6 +132,19 @@ impl Watcher {
         if let Some((scheme, credentials)) = self.settings.auth_parts() {
             connector = connector.with_auth(scheme, credentials.as_bytes());
         }
+        if let Some(tls) = &self.settings.tls {
+            // Read at every session: renewed certificates are picked up by the next one.
+            let (ca, identity) = tls.read().map_err(|e| {
+                log::warn!("zookeeper {}: {e}", self.settings.hosts);
+                zk::Error::BadArguments(&"zookeeper.tls: unreadable PEM file")
+            })?;
+            let mut options = zk::TlsOptions::new().with_pem_ca(&ca)?;
+            if let Some((cert, key)) = identity {
+                options = options.with_pem_identity(&cert, &key)?;
+            }
+            // Every host of the connect string over TLS (`tcp://host` would opt one out).
+            return connector.with_tls(options).secure_connect(&self.settings.hosts).await;
+        }
         connector.connect(&self.settings.hosts).await
     }
 
