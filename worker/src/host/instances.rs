@@ -153,10 +153,14 @@ impl Instances {
             }
             return self.entry(at(i));
         }
-        self.host.region.instance_overflow.fetch_add(1, Ordering::Relaxed);
-        log::warn!(
-            "service {service}: instance {address}: the host's instance table has no place left near it; its ejections, verdicts and in-flight count stay per worker"
-        );
+        // Logged at the 1st, 2nd, 4th, 8th … overflow only: a registry far beyond the table's
+        // size would otherwise log a line per instance per worker.
+        let n = self.host.region.instance_overflow.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            log::warn!(
+                "service {service}: instance {address}: the host's instance table ({MAX_INSTANCES} entries) has no place left near it; its ejections, verdicts and in-flight count stay per worker ({n} such instances so far, zkgate_host_instances_overflow_total)"
+            );
+        }
         own()
     }
 
