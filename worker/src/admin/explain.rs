@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use serde_json::{json, Value};
 
 use super::Admin;
+use crate::discovery::formats::url_decode;
 use crate::discovery::report::Outcome;
 use crate::http::router::Router;
 use crate::table::{wall_ms, Service, RAMP_SCALE};
@@ -20,34 +21,9 @@ fn params(query: &str) -> Vec<(String, String)> {
         .filter(|kv| !kv.is_empty())
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            Some((decode(k)?, decode(v)?))
+            Some((url_decode(k)?, url_decode(v)?))
         })
         .collect()
-}
-
-/// Percent-decoding of a query component (`+` is a space).
-fn decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The answer to `/explain?query`.
