@@ -48,16 +48,35 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let mut config = parse(path, &text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    let relative = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    };
     for s in config.services.values_mut() {
-        if let Some(ca) = s.upstream_ca.as_mut().filter(|ca| ca.is_relative()) {
-            *ca = dir.join(&*ca);
+        s.upstream_ca.as_mut().map(relative);
+    }
+    for a in config.auth.values_mut() {
+        match a {
+            worker::config::AuthSettings::Jwt(j) => {
+                j.jwks.as_mut().map(relative);
+            }
+            worker::config::AuthSettings::Basic(b) => relative(&mut b.htpasswd),
         }
     }
-    worker::http::transport::Transports::from_config(&config).map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        position: None,
-        message: e.to_string(),
-    })?;
+    for t in &mut config.tls {
+        t.client_ca.as_mut().map(relative);
+        t.client_crl.as_mut().map(relative);
+    }
+    let refuse =
+        |message: String| ConfigError { path: path.to_path_buf(), position: None, message };
+    worker::http::transport::Transports::from_config(&config).map_err(|e| refuse(e.to_string()))?;
+    // Every JWKS and htpasswd file is read now: a bad one fails `check` and the reload, and
+    // the running workers keep what they have.
+    if let Err((_, errors)) = worker::auth::Auth::from_config(&config) {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(refuse(errors.join("; ")));
+    }
     Ok(config)
 }
 
@@ -78,6 +97,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// Checks that span sections (serde already checked each value on its own).
 fn check(config: &Config) -> Result<(), String> {
+    crate::edge_checks::check(config)?;
     if config.server.listen.is_empty() {
         return Err("server.listen: at least one address is required".into());
     }
@@ -266,11 +286,23 @@ pub fn load_tls(path: &Path, config: &Config) -> Result<Option<Certificates>, Co
     let dir = path.parent().unwrap_or(Path::new("."));
     let pairs: Vec<(PathBuf, PathBuf)> =
         config.tls.iter().map(|t| (dir.join(&t.cert), dir.join(&t.key))).collect();
-    Certificates::load(&pairs).map(Some).map_err(|e| ConfigError {
+    let refuse = |e: worker::tls::TlsError| ConfigError {
         path: path.to_path_buf(),
         position: None,
         message: format!("[[tls]]: {e}"),
-    })
+    };
+    let mut certificates = Certificates::load(&pairs).map_err(refuse)?;
+    // One TLS configuration serves every name: the first entry's client settings apply.
+    let first = &config.tls[0];
+    if let Some(ca) = &first.client_ca {
+        let required = first.client_auth != Some(worker::config::ClientAuth::Optional);
+        let crl = first.client_crl.as_ref().map(|c| dir.join(c));
+        certificates.client = Some(
+            worker::tls::ClientVerification::load(&dir.join(ca), crl.as_deref(), required)
+                .map_err(refuse)?,
+        );
+    }
+    Ok(Some(certificates))
 }
 
 /// What the supervisor runs with: the plain addresses, then the TLS ones, then the admin

@@ -3,6 +3,7 @@
 
 mod app;
 mod config;
+mod edge_checks;
 
 /// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The
 /// supervisor allocates only from its single thread, so forking stays safe.

@@ -510,3 +510,29 @@ fn a_worker_without_routes_answers_503_with_retry_after_never_404() {
     let r = via_headers(&gw, "other", "/").unwrap();
     assert_eq!(r.status, 503, "header routing too");
 }
+
+#[test]
+fn discovery_runs_on_its_own_thread_that_yields_to_the_request_loop() {
+    let zk = Zk::standalone();
+    let b = Backend::start("a");
+    zk.client().register("svc", &b.address());
+    let gw = Gateway::with(zk_config(&zk, "")).workers(1).start();
+    let worker = gw.workers()[0];
+    // Every thread of the worker: its name (comm), policy and niceness from /proc.
+    let threads: Vec<(String, u32, i32)> = std::fs::read_dir(format!("/proc/{worker}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After "pid (comm)": state is field 3, nice 19 and policy 41 (1-based).
+            Some((comm.to_string(), f[41 - 3].parse().ok()?, f[19 - 3].parse().ok()?))
+        })
+        .collect();
+    let discovery = threads.iter().find(|(c, ..)| c == "discovery-0");
+    let (_, policy, nice) = discovery.unwrap_or_else(|| panic!("no discovery thread: {threads:?}"));
+    assert_eq!((*policy, *nice), (3, 5), "SCHED_BATCH (3) at nice 5: {threads:?}");
+    // The request loop (the main thread, named after the binary) stays at the worker's own.
+    let main = threads.iter().find(|(c, ..)| c == "zkgate").unwrap();
+    assert_eq!((main.1, main.2), (0, 0), "{threads:?}");
+}

@@ -2,7 +2,8 @@
 //!
 //! The data plane of one worker process: it knows nothing of `fork`. [`run`] builds a
 //! current-thread tokio runtime (one event loop per process, so one per core), loads the route
-//! table, serves HTTP on the sockets it was given and stops gracefully on SIGTERM.
+//! table, serves HTTP on the sockets it was given and stops gracefully on SIGTERM. Discovery has
+//! a thread and event loop of its own, so registry churn never takes the request loop's turns.
 //!
 //! # Layout
 //! Leaf types first; every dependency points up this list, never down.
@@ -11,14 +12,19 @@
 //! - [`host`]: what the host's workers share — the supervisor's memory region, its layout and
 //!   its views: rate limits and `max_requests`, host-wide instance state (failures, ejection,
 //!   health verdicts, in flight), health-check leases.
+//! - [`outbound`]: the gateway's own HTTP requests (a JWKS fetch, an OTLP export).
+//! - [`auth`]: `[auth.NAME]` sections — JWT over a JWKS and htpasswd basic auth — checked for
+//!   the routes that name them.
 //! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
 //! - [`table`]: the immutable [`table::RouteTable`] (services → instances), swapped whole;
 //!   per-instance state, kept by address in the host's instance table.
 //! - [`metrics`]: counters and worker status, the region's counters view.
-//! - [`tls`]: certificates chosen by SNI, the rustls server configuration, shared session tickets.
+//! - [`tls`]: certificates chosen by SNI, client certificates, the rustls server
+//!   configuration, shared session tickets.
+//! - [`trace`]: W3C trace context (B3 read too) and spans exported over OTLP/HTTP.
 //! - [`http`]: the request path — accept, the HTTP/1.1 engine (`h1`, plain and TLS), the one header policy, hyper connections (HTTP/2), proxy
 //!   phases, limits, forward and retry, router, headers, transports and upstream clients, gRPC
-//!   answers, tunnels, error answers, active health checks.
+//!   answers, tunnels, error answers, mirroring, active health checks.
 //! - [`discovery`]: one ZooKeeper session per registry source and its persistent watch
 //!   (one-shot watches as the fallback), the task that builds route tables (with the removal
 //!   guard), the registry formats and governance (Spring status, Dubbo overrides, slow start),
@@ -33,14 +39,17 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod outbound;
 pub mod table;
 pub mod tls;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,17 +184,26 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let reports: Vec<Arc<discovery::report::RegistryReport>> =
         config.zookeeper.iter().map(|_| Arc::default()).collect();
     let shared = (table.clone(), changes.clone(), reports.clone());
-    let ready = discovery::start(&config, slot, shared, tracker, metrics);
+    let ready =
+        discovery::start(&config, slot, shared, tracker, metrics).map_err(Error::Runtime)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let transports =
         Arc::new(http::transport::Transports::from_config(&config).map_err(Error::Transport)?);
+    let auth = auth::Auth::from_config(&config).unwrap_or_else(|(auth, errors)| {
+        for e in errors {
+            log::error!("{e}: its routes answer 503 until a reload loads it");
+        }
+        auth
+    });
+    auth.start_refreshing();
     let shared = http::proxy::Shared {
         table: table.clone(),
         ready: ready.clone(),
         host,
         connections: connections.clone(),
         transports: transports.clone(),
+        auth,
     };
     let router = http::router::Router::new(&config.header_routing, &config.routes);
     let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
@@ -206,6 +224,12 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
             reports,
             config: config.clone(),
             router: http::router::Router::new(&config.header_routing, &config.routes),
+            certificates: settings
+                .tls
+                .iter()
+                .flat_map(|t| &t.certificates.list)
+                .map(|c| (c.names.join(","), c.not_after))
+                .collect(),
         };
         tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
     }
@@ -238,10 +262,10 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     };
     let plain = std::mem::take(&mut settings.listeners).into_iter().map(|l| (l, None));
     let secure = std::mem::take(&mut settings.tls_listeners).into_iter().map(|l| (l, tls.clone()));
-    for (l, tls) in plain.chain(secure) {
+    for (index, (l, tls)) in plain.chain(secure).enumerate() {
         listen(&l, config.server.backlog).map_err(Error::Listener)?;
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
-        accept_loops.push(tokio::spawn(server.clone().accept_loop(l, tls)));
+        accept_loops.push(tokio::spawn(server.clone().accept_loop(l, tls, index)));
     }
     tokio::spawn(report_ready(slot, ready, table, metrics, lifecycle));
 

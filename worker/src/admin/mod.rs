@@ -51,6 +51,38 @@ pub struct Admin {
     pub config: Arc<crate::config::Config>,
     /// The request router, to resolve `/explain?host=…&path=…` as a request would be.
     pub router: Router,
+    /// The served certificates' names and expiry (Unix seconds), for `/metrics`.
+    pub certificates: Vec<(String, i64)>,
+}
+
+impl Admin {
+    /// The names behind `/metrics`' edge series: routes, listeners, certificates, and the
+    /// instances of the current table with their host-wide request and error counts.
+    fn edge_labels(&self) -> crate::metrics::EdgeLabels {
+        let table = self.table.load();
+        let instances = table
+            .iter()
+            .flat_map(|s| {
+                s.instances.iter().enumerate().map(|(i, inst)| {
+                    let (requests, errors) = s.health.answered_counts(i);
+                    (s.name.clone(), inst.address.clone(), requests, errors)
+                })
+            })
+            .filter(|(.., requests, _)| *requests > 0)
+            .collect();
+        let server = &self.config.server;
+        crate::metrics::EdgeLabels {
+            routes: (0..self.config.routes.len()).map(|r| self.router.label(r)).collect(),
+            listeners: server
+                .listen
+                .iter()
+                .chain(&server.listen_tls)
+                .map(|a| a.to_string())
+                .collect(),
+            certificates: self.certificates.clone(),
+            instances,
+        }
+    }
 }
 
 /// Serves the admin API until shutdown.
@@ -148,7 +180,7 @@ impl Admin {
             }
             "/workers" => json(StatusCode::OK, self.metrics.workers_json()),
             "/metrics" => {
-                let mut r = Response::new(full(self.metrics.prometheus()));
+                let mut r = Response::new(full(self.metrics.prometheus_with(&self.edge_labels())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -99,3 +99,23 @@ pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
 
 /// `log.access`.
 pub const DEFAULT_ACCESS_LOG: bool = false;
+
+/// `auth.NAME.leeway` (JWT `exp`/`nbf` clock skew).
+pub const DEFAULT_AUTH_LEEWAY: Duration = Duration::from_secs(60);
+
+/// `proxy.mirror_body_bytes`: the largest request body a mirror copy carries (a larger one is
+/// not mirrored).
+pub const DEFAULT_MIRROR_BODY_BYTES: usize = 64 * 1024;
+/// `proxy.mirror_max_in_flight`: mirror copies one worker sends at once; more are skipped.
+pub const DEFAULT_MIRROR_IN_FLIGHT: usize = 64;
+
+/// `tracing.sample`.
+pub const DEFAULT_TRACE_SAMPLE: f64 = 1.0;
+/// `tracing.queue`: spans a worker holds for export.
+pub const DEFAULT_TRACE_QUEUE: usize = 2048;
+/// `tracing.batch`: spans per export request.
+pub const DEFAULT_TRACE_BATCH: usize = 512;
+/// `tracing.flush_every`.
+pub const DEFAULT_TRACE_FLUSH: Duration = Duration::from_secs(1);
+/// `tracing.timeout`.
+pub const DEFAULT_TRACE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,7 +4,10 @@
 //! supervisor its part; the worker receives the whole [`Config`] unchanged. Defaults live in
 //! [`defaults`] and nowhere else; [`values`] holds how single values are written.
 
+pub mod auth;
 pub mod defaults;
+pub mod route;
+pub mod tracing;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -16,7 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::Strategy;
 use crate::table::instance::Instance;
+pub use auth::{AuthSettings, BasicSettings, JwtSettings};
 pub use defaults::*;
+pub use route::{Canary, HeaderRules, Mirror, RouteRule};
+pub use tracing::TracingSettings;
 use values::absolute_path;
 pub use values::{duration, listen_addr, HashOn, TrustedProxies, Workers};
 
@@ -50,6 +56,10 @@ pub struct Config {
     /// `[[rate_limit]]` rules, in file order.
     #[serde(rename = "rate_limit")]
     pub rate_limits: Vec<RateLimit>,
+    /// `[auth.NAME]` sections, named by routes' `auth`.
+    pub auth: BTreeMap<String, AuthSettings>,
+    /// `[tracing]`: trace context and span export.
+    pub tracing: Option<TracingSettings>,
 }
 
 /// One `[[rate_limit]]`: a token bucket per key on a service, exact across the host's workers.
@@ -168,6 +178,28 @@ pub struct TlsFiles {
     pub cert: std::path::PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: std::path::PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; set, clients on
+    /// `listen_tls` are asked for one. Only the first `[[tls]]` entry's client settings apply
+    /// (one TLS configuration serves every name).
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// `"required"` (the default with `client_ca`): a handshake without a valid certificate
+    /// fails; `"optional"`: a client may present none (a presented one must still verify).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// Certificate revocation lists (PEM) checked against client certificates.
+    #[serde(default)]
+    pub client_crl: Option<std::path::PathBuf>,
+}
+
+/// `client_auth` of a `[[tls]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate, no connection.
+    Required,
+    /// A certificate is asked for; a client without one still connects.
+    Optional,
 }
 
 impl Config {
@@ -316,6 +348,12 @@ pub struct ProxySettings {
     pub trusted_proxies: TrustedProxies,
     /// `[proxy.outlier]`: passive outlier detection.
     pub outlier: OutlierSettings,
+    /// The largest request body a mirror copy carries; a request with a larger (or unknown
+    /// length) body is not mirrored.
+    pub mirror_body_bytes: usize,
+    /// Mirror copies one worker has in flight at most; beyond it a copy is skipped (counted),
+    /// so a slow shadow service cannot pile up memory or connections.
+    pub mirror_max_in_flight: usize,
 }
 
 impl Default for ProxySettings {
@@ -341,6 +379,8 @@ impl Default for ProxySettings {
             underscores_in_headers: DEFAULT_UNDERSCORES_IN_HEADERS,
             trusted_proxies: TrustedProxies::default(),
             outlier: OutlierSettings::default(),
+            mirror_body_bytes: DEFAULT_MIRROR_BODY_BYTES,
+            mirror_max_in_flight: DEFAULT_MIRROR_IN_FLIGHT,
         }
     }
 }
@@ -432,67 +472,6 @@ impl Default for HeaderRouting {
             deny_services: Vec::new(),
         }
     }
-}
-
-/// One `[[route]]` rule. Rules are tried in order; the first match wins.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteRule {
-    /// Match only this host (the `Host` header without port, case-insensitive).
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Match paths equal to this prefix or continuing it with `/` or `?` (a prefix ending in
-    /// `/` matches anything below it): `/users` matches `/users/7` but not `/usersx`.
-    #[serde(default = "default_path_prefix", deserialize_with = "absolute_path")]
-    pub path_prefix: String,
-    /// The service requests go to.
-    pub service: String,
-    /// Remove `path_prefix` from the path before forwarding.
-    #[serde(default)]
-    pub strip_prefix: bool,
-    /// A share of the requests (and those carrying a header or cookie) to another service.
-    #[serde(default)]
-    pub canary: Option<Canary>,
-    /// Headers set, added and removed on the request before it is forwarded.
-    #[serde(default)]
-    pub request_headers: HeaderRules,
-    /// Headers set, added and removed on the response before the client gets it.
-    #[serde(default)]
-    pub response_headers: HeaderRules,
-}
-
-/// `canary = { service, percent, header, cookie }` of a route.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Canary {
-    /// The service the canary share goes to.
-    pub service: String,
-    /// Share of the other requests sent there, 0..100 (fractions allowed).
-    #[serde(default)]
-    pub percent: f64,
-    /// `"name: value"`: requests with this header always go there.
-    #[serde(default)]
-    pub header: Option<String>,
-    /// `"name=value"`: requests with this cookie always go there.
-    #[serde(default)]
-    pub cookie: Option<String>,
-}
-
-/// Header edits: `set` replaces every line of a name, `add` appends one, `remove` drops them.
-/// Applied after the gateway's own (hop-by-hop, `X-Forwarded-*`, `Via`), in that order.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeaderRules {
-    /// Names to values, replacing what is there.
-    pub set: BTreeMap<String, String>,
-    /// Names to values, appended.
-    pub add: BTreeMap<String, String>,
-    /// Names removed.
-    pub remove: Vec<String>,
-}
-
-fn default_path_prefix() -> String {
-    DEFAULT_PATH_PREFIX.into()
 }
 
 /// `[services.NAME]`: static instances and per-service options.

@@ -76,6 +76,8 @@ fn zeroed() -> InstanceEntry {
         probe_oks: AtomicU32::new(0),
         released: AtomicU32::new(0),
         active: AtomicI64::new(0),
+        requests: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
     }
 }
 
@@ -191,6 +193,8 @@ fn reset(e: &InstanceEntry) {
     }
     e.ejected_until.store(0, Ordering::Relaxed);
     e.active.store(0, Ordering::Relaxed);
+    e.requests.store(0, Ordering::Relaxed);
+    e.errors.store(0, Ordering::Relaxed);
 }
 
 impl Entry {
@@ -230,6 +234,21 @@ impl Entry {
     /// Requests in flight to the instance from every worker of the host.
     pub fn active(&self) -> usize {
         self.fields().active.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// A request to the instance was answered (`failed`: connect error, timeout, reset, 5xx).
+    pub fn answered(&self, failed: bool) {
+        let f = self.fields();
+        f.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            f.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests sent to the instance by the host's workers, and those that failed.
+    pub fn answered_counts(&self) -> (u64, u64) {
+        let f = self.fields();
+        (f.requests.load(Ordering::Relaxed), f.errors.load(Ordering::Relaxed))
     }
 
     /// A route table holds the entry now (keeps it from being reused).

@@ -39,6 +39,10 @@ pub const MAX_INSTANCES: usize = 16_384;
 pub(crate) const NAME_LEN: usize = 120;
 /// Registry sources (`[[zookeeper]]` entries) with their own series.
 pub const MAX_SOURCES: usize = 8;
+/// `[[route]]` rules with their own counters (auth refusals); later rules count in the last.
+pub const MAX_ROUTES: usize = 128;
+/// Listening sockets (`listen` and `listen_tls`) with their own connection gauge.
+pub const MAX_LISTENERS: usize = 16;
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
 pub const BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];

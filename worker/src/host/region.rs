@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use super::{Host, ACTIVE_ROWS, BUCKETS, LAG_BUCKETS, MAX_INSTANCES, MAX_SERVICES, MAX_WORKERS};
-use super::{MAX_SOURCES, NAME_LEN, RATE_RULES, RATE_SLOTS};
+use super::{MAX_LISTENERS, MAX_ROUTES, MAX_SOURCES, NAME_LEN, RATE_RULES, RATE_SLOTS};
 
 /// A service name in the shared name table.
 #[repr(C)]
@@ -34,6 +34,40 @@ pub(crate) struct ServiceStats {
     /// Instances this worker keeps in rotation although the registry removed them (removal
     /// guard): a gauge.
     pub(crate) held: AtomicU64,
+    /// Request duration as the client sees it (first byte read to answer head sent).
+    pub(crate) duration_buckets: [AtomicU64; BUCKETS.len()],
+    pub(crate) duration_count: AtomicU64,
+    pub(crate) duration_sum_micros: AtomicU64,
+    /// Request body bytes received from clients, and answer body bytes sent to them.
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// Mirror copies sent to this (shadow) service, skipped (in-flight bound, body too large),
+    /// and failed (no answer, error status counts as answered).
+    pub(crate) mirrored: AtomicU64,
+    pub(crate) mirror_skipped: AtomicU64,
+    pub(crate) mirror_failed: AtomicU64,
+}
+
+/// One worker slot's counters for one `[[route]]` (by its place in the file).
+#[repr(C)]
+pub(crate) struct RouteStats {
+    /// Requests its `auth` answered 401, 403 and 503.
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) forbidden: AtomicU64,
+    pub(crate) auth_unavailable: AtomicU64,
+}
+
+/// One worker slot's TLS and tracing counters.
+#[repr(C)]
+pub(crate) struct EdgeStats {
+    /// TLS handshakes completed and failed (a client certificate refused counts as failed).
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
+    /// Spans exported, and dropped (queue full, collector down).
+    pub(crate) spans_exported: AtomicU64,
+    pub(crate) spans_dropped: AtomicU64,
+    /// Connections open per listening socket (`listen` then `listen_tls`, in file order).
+    pub(crate) listener_connections: [AtomicI64; MAX_LISTENERS],
 }
 
 /// One worker process's requests in flight per service (for `max_requests`), claimed by pid:
@@ -77,6 +111,8 @@ pub(crate) struct WorkerStats {
     pub(crate) lag_count: AtomicU64,
     pub(crate) lag_sum_ms: AtomicU64,
     pub(crate) services: [ServiceStats; MAX_SERVICES],
+    pub(crate) routes: [RouteStats; MAX_ROUTES],
+    pub(crate) edge: EdgeStats,
 }
 
 /// One worker's session with one registry source.
@@ -115,6 +151,10 @@ pub(crate) struct InstanceEntry {
     pub(crate) released: AtomicU32,
     /// Requests in flight to it from every worker of the host.
     pub(crate) active: AtomicI64,
+    /// Requests sent to it by every worker of the host, and those that failed (connect error,
+    /// timeout, reset, 5xx).
+    pub(crate) requests: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 /// One health-check lease: which process probes a service for the host, until when — in one

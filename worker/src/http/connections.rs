@@ -329,7 +329,7 @@ impl Scheme {
 }
 
 /// Who a connection is from and how it arrived.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Client {
     /// The client's address.
     pub peer: std::net::SocketAddr,
@@ -340,7 +340,14 @@ pub struct Client {
     /// When the connection was accepted: the first head (a TLS handshake included) is due
     /// within `header_read_timeout` of it, once.
     pub accepted: tokio::time::Instant,
+    /// The subject of the certificate the client presented and the gateway verified (TLS
+    /// with `client_ca`), for `X-Client-Cert-Subject`.
+    pub cert_subject: Option<Arc<str>>,
 }
+
+/// The verified client certificate's subject, as a request extension (the hyper side).
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<str>);
 
 /// The port a request's connection came in on, as a request extension (`X-Forwarded-Port` on
 /// the hyper side).

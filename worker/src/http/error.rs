@@ -6,6 +6,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::auth::Refusal;
 use crate::http::router::RouteError;
 use crate::http::upstream::UpstreamError;
 use crate::http::Body;
@@ -42,6 +43,10 @@ pub enum ProxyError {
     /// `max_requests` in flight already: 503 at once.
     #[error("too many requests in flight (max_requests)")]
     Overloaded(String),
+    /// The route's `auth` refused the request: 401 (with `WWW-Authenticate`), 403, or 503
+    /// (verification saturated, keys not loaded).
+    #[error("{1}")]
+    Auth(String, Refusal),
 }
 
 impl ProxyError {
@@ -57,6 +62,9 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Auth(_, r) => {
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
             ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -77,7 +85,8 @@ impl ProxyError {
             | ProxyError::Upstream(s, _)
             | ProxyError::BodyTooLarge(s)
             | ProxyError::RateLimited(s, _)
-            | ProxyError::Overloaded(s) => Some(s),
+            | ProxyError::Overloaded(s)
+            | ProxyError::Auth(s, _) => Some(s),
             ProxyError::Route(_) | ProxyError::Refused(..) => None,
         }
     }
@@ -109,6 +118,11 @@ impl ProxyError {
             ProxyError::Refused(StatusCode::METHOD_NOT_ALLOWED, _) => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
             }
+            ProxyError::Auth(_, Refusal { challenge: Some(c), .. }) => {
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
             _ => {}
         }
         resp
@@ -124,6 +138,9 @@ impl ProxyError {
                 (14, "UNAVAILABLE")
             }
             ProxyError::RateLimited(..) => (8, "RESOURCE_EXHAUSTED"),
+            ProxyError::Auth(_, r) if r.status == 401 => (16, "UNAUTHENTICATED"),
+            ProxyError::Auth(_, r) if r.status == 403 => (7, "PERMISSION_DENIED"),
+            ProxyError::Auth(..) => (14, "UNAVAILABLE"),
             ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
                 (4, "DEADLINE_EXCEEDED")
             }

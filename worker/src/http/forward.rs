@@ -50,6 +50,8 @@ pub struct Attempts {
     pub instance: Option<usize>,
     /// Time until the last attempt's response head.
     pub latency: Option<Duration>,
+    /// Attempts made (instances tried).
+    pub made: u32,
 }
 
 /// A response from an instance, with what it keeps alive while its body streams.
@@ -148,6 +150,7 @@ impl Forwarder {
             let address: &'s str = &service.instances[idx].address;
             let inflight = InFlight::start(service.clone(), idx, slot);
             attempts.instance = Some(idx);
+            attempts.made += 1;
             let sent = Instant::now();
             let give_up_when_slow =
                 replay == Replay::IfNoResponse && self.may_retry(service, charged);
@@ -298,6 +301,7 @@ impl Forwarder {
             ) => return,
             Err(_) => true,
         };
+        service.health.answered(idx, failed);
         if failed {
             self.count_failure(service, idx);
         } else {

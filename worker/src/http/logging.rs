@@ -6,6 +6,7 @@ use http::StatusCode;
 use crate::http::error::ProxyError;
 use crate::http::proxy::{Proxy, RequestLine, Trace};
 use crate::http::upstream::UpstreamError;
+use crate::trace::Finished;
 
 impl Proxy {
     /// Logs why a request was answered by the gateway, at the level the failure deserves.
@@ -37,6 +38,27 @@ impl Proxy {
             None => self.unrouted,
         };
         self.metrics.request(idx, status.as_u16(), trace.attempts.latency);
+        let bytes_out = bytes.and_then(|b| b.parse().ok()).unwrap_or(0);
+        self.metrics.answered(idx, line.started.elapsed(), (trace.bytes_in, bytes_out));
+        let instance = trace
+            .attempts
+            .instance
+            .zip(trace.service.as_ref())
+            .and_then(|(i, s)| s.instances.get(i))
+            .map(|i| i.address.as_str());
+        if let (Some(tracer), Some(span)) = (&self.tracer, trace.span) {
+            let finished = Finished {
+                method: line.method,
+                path: line.path,
+                status: status.as_u16(),
+                route: trace.rule.map(|r| self.router.label(r)),
+                service: trace.service.as_ref().map(|s| s.name.as_str()),
+                instance,
+                retries: trace.attempts.made.saturating_sub(1),
+                client: line.client,
+            };
+            tracer.end(span, finished);
+        }
         if self.access_log {
             log::info!(
                 target: "access",
@@ -47,12 +69,7 @@ impl Proxy {
                 status.as_u16(),
                 bytes.unwrap_or("-"),
                 trace.service.as_ref().map_or("-", |s| s.name.as_str()),
-                trace
-                    .attempts
-                    .instance
-                    .zip(trace.service.as_ref())
-                    .and_then(|(i, s)| s.instances.get(i))
-                    .map_or("-", |i| i.address.as_str()),
+                instance.unwrap_or("-"),
                 line.started.elapsed().as_secs_f64() * 1e3
             );
         }

@@ -15,6 +15,7 @@
 //! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
 //! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients); [`grpc`]:
 //!   which requests are gRPC, and their `grpc-timeout`.
+//! - [`mirror`]: copies of a route's requests to a shadow service, never waited for.
 //! - [`tunnel`]: upgraded connections (WebSocket) copied both ways, for both sides.
 //!
 //! The protocol sides:
@@ -43,6 +44,7 @@ pub mod headers;
 pub mod health_check;
 pub mod limits;
 mod logging;
+pub mod mirror;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::auth::{Identity, CLIENT_CERT_SUBJECT};
 use crate::config::TrustedProxies;
 use crate::http::headers::{request_id_bytes, via_lists, Underscores};
 use crate::http::router::HeaderActions;
@@ -49,6 +50,13 @@ pub enum Kind {
     TransferEncoding,
     /// A name with `_` (dropped unless allowed).
     Underscored,
+    /// `X-Auth-*` and `X-Client-Cert-Subject`: what the gateway says about a verified client.
+    /// A client's own lines never reach an instance; the gateway's are written from the
+    /// [`Origin`]'s identity.
+    Identity,
+    /// `traceparent`: replaced by the gateway's own when it traces the request (the same trace,
+    /// its span as the parent), kept as sent otherwise.
+    TraceParent,
 }
 
 /// Classifies a header name; names are compared without regard to case.
@@ -72,6 +80,8 @@ pub fn kind_of(name: &[u8]) -> Kind {
         17 if is("x-forwarded-proto") => Kind::ForwardedOther,
         18 if is("proxy-authenticate") => Kind::HopByHop,
         19 if is("proxy-authorization") => Kind::HopByHop,
+        11 if is("traceparent") => Kind::TraceParent,
+        n if n >= 7 && crate::auth::is_identity_header(name) => Kind::Identity,
         _ => Kind::Plain,
     };
     if kind == Kind::Plain && name.contains(&b'_') {
@@ -174,6 +184,12 @@ pub struct Origin<'a> {
     pub port: u16,
     /// The host the client addressed (absolute-form target or `Host`), without port.
     pub host: Option<&'a str>,
+    /// What a route's `auth` verified about the client (`X-Auth-*` lines).
+    pub identity: Option<&'a Identity>,
+    /// The subject of the client's verified certificate (`X-Client-Cert-Subject`).
+    pub client_cert: Option<&'a [u8]>,
+    /// The `traceparent` the instance gets, when the gateway traces the request.
+    pub traceparent: Option<&'a [u8]>,
 }
 
 /// The gateway's header policy, built once per worker.
@@ -241,11 +257,13 @@ impl Policy {
                 }
                 // Joined below, before this hop.
                 Kind::ForwardedFor => false,
+                Kind::TraceParent => origin.traceparent.is_none(),
                 Kind::ForwardedOther
                 | Kind::Host
                 | Kind::Connection
                 | Kind::HopByHop
-                | Kind::TransferEncoding => false,
+                | Kind::TransferEncoding
+                | Kind::Identity => false,
             };
             if keep {
                 out.put(line.name, line.value);
@@ -277,6 +295,15 @@ impl Policy {
         out.put(b"via", self.via.as_bytes());
         if !has_request_id && ours(b"x-request-id") {
             out.put(b"x-request-id", &request_id_bytes());
+        }
+        for (name, value) in origin.identity.iter().flat_map(|i| &i.headers) {
+            out.put(name, value);
+        }
+        if let Some(subject) = origin.client_cert {
+            out.put(CLIENT_CERT_SUBJECT, subject);
+        }
+        if let Some(tp) = origin.traceparent {
+            out.put(b"traceparent", tp);
         }
         if let Some(actions) = actions {
             put_actions(out, actions);

@@ -17,6 +17,9 @@ fn request(p: &Policy, raw: &[(&str, &str)], actions: Option<&HeaderActions>) ->
         scheme: "http",
         port: 8080,
         host: Some("api.example"),
+        identity: None,
+        client_cert: None,
+        traceparent: None,
     };
     let mut out = Vec::new();
     p.request(lines, &origin, actions, &mut out);
@@ -140,4 +143,43 @@ fn a_loop_is_seen_in_any_via_line() {
     assert!(p.looped(it));
     let other = [("Via", "1.1 gw2")];
     assert!(!p.looped(other.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()))));
+}
+
+#[test]
+fn identity_lines_come_from_the_gateway_only() {
+    let p = policy(&[]);
+    let raw = [
+        ("X-Auth-Subject", "admin"),
+        ("x-auth-role", "root"),
+        ("X-Client-Cert-Subject", "CN=forged"),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("Accept", "*/*"),
+    ];
+    // No verified identity: every such line is dropped; traceparent passes untouched.
+    let got = without_id(&request(&p, &raw, None));
+    assert!(!got.to_ascii_lowercase().contains("x-auth"), "{got}");
+    assert!(!got.to_ascii_lowercase().contains("x-client-cert"), "{got}");
+    assert!(got.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    assert!(got.contains("Accept: */*"));
+    // Verified: the gateway's own lines, once each, and its traceparent instead of the client's.
+    let identity = Identity { headers: vec![(b"x-auth-subject".to_vec(), b"alice".to_vec())] };
+    let lines = raw.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+    let origin = Origin {
+        peer: "192.0.2.1".parse().unwrap(),
+        peer_text: "192.0.2.1",
+        scheme: "https",
+        port: 8443,
+        host: None,
+        identity: Some(&identity),
+        client_cert: Some(b"CN=client,O=Example"),
+        traceparent: Some(b"00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"),
+    };
+    let mut out = Vec::new();
+    p.request(lines, &origin, None, &mut out);
+    let got = String::from_utf8(out).unwrap();
+    assert_eq!(got.matches("x-auth-subject: alice\r\n").count(), 1, "{got}");
+    assert!(!got.contains("admin") && !got.contains("root") && !got.contains("forged"), "{got}");
+    assert!(got.contains("x-client-cert-subject: CN=client,O=Example\r\n"), "{got}");
+    assert_eq!(got.matches("traceparent").count(), 1, "{got}");
+    assert!(got.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"));
 }

@@ -11,6 +11,7 @@ use http::header::HeaderName;
 use http::Response;
 use tokio::sync::watch;
 
+use crate::auth::{Auth, Identity, Presented, Refusal};
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
 use crate::host::admission::Admission;
@@ -22,12 +23,14 @@ use crate::http::error::ProxyError;
 use crate::http::forward::{Attempts, Forwarder};
 use crate::http::headers;
 use crate::http::limits::Limits;
+use crate::http::mirror::{MirrorCopy, Mirrors};
 use crate::http::policy::Policy;
-use crate::http::router::{cookie, RequestView, Router};
+use crate::http::router::{cookie, RequestView, Router, Target};
 use crate::http::transport::Transports;
 use crate::http::Body;
 use crate::metrics::{Metrics, UNROUTED};
 use crate::table::{Service, Source};
+use crate::trace::{Started, Tracer};
 use crate::SharedTable;
 
 /// Everything a worker needs to proxy requests; shared by all its connections.
@@ -53,6 +56,12 @@ pub struct Proxy {
     pub(crate) limits: Limits,
     /// Buffers the engine's connections borrow while they work.
     pub(crate) buffers: Buffers,
+    /// The `[auth.NAME]` sections routes name.
+    pub(crate) auth: Auth,
+    /// Copies to routes' shadow services.
+    pub(crate) mirrors: Mirrors,
+    /// Trace context and span export (`[tracing]`).
+    pub(crate) tracer: Option<Tracer>,
 }
 
 /// What the proxy shares with the rest of the worker.
@@ -67,6 +76,8 @@ pub struct Shared {
     pub connections: Arc<Connections>,
     /// Per-service transports toward instances.
     pub transports: Arc<Transports>,
+    /// The `[auth.NAME]` sections, loaded.
+    pub auth: Auth,
 }
 
 /// What the request path learned, for metrics and the access log.
@@ -74,6 +85,19 @@ pub struct Shared {
 pub(crate) struct Trace {
     pub(crate) service: Option<Arc<Service>>,
     pub(crate) attempts: Attempts,
+    /// The `[[route]]` that matched.
+    pub(crate) rule: Option<usize>,
+    /// The request's span, when `[tracing]` is on.
+    pub(crate) span: Option<Started>,
+    /// Request body bytes, when known (`Content-Length`).
+    pub(crate) bytes_in: u64,
+}
+
+impl Trace {
+    /// The `traceparent` the instance gets: the gateway's span in the request's trace.
+    pub(crate) fn traceparent(&self) -> Option<String> {
+        self.span.map(|s| s.context.traceparent())
+    }
 }
 
 /// The request line as logged.
@@ -96,15 +120,12 @@ impl Proxy {
                 names.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
             )
         };
+        let dialer = Arc::new(Dialer::new(config.proxy.connect_timeout, config.own_addresses()));
         Proxy {
             table: shared.table,
             ready: shared.ready,
             router,
-            forwarder: Forwarder::new(
-                &config.proxy,
-                Metrics::new(shared.host),
-                Arc::new(Dialer::new(config.proxy.connect_timeout, config.own_addresses())),
-            ),
+            forwarder: Forwarder::new(&config.proxy, Metrics::new(shared.host), dialer.clone()),
             settings: config.proxy.clone(),
             policy: Policy::new(
                 headers::via_entry(via),
@@ -120,7 +141,49 @@ impl Proxy {
             transports: shared.transports,
             limits: Limits::from_config(config),
             buffers: Buffers::default(),
+            auth: shared.auth,
+            mirrors: Mirrors::new(&config.proxy, dialer),
+            tracer: Tracer::from_config(config.tracing.as_ref(), Metrics::new(shared.host)),
         }
+    }
+
+    /// Sends a copy of the request to its route's shadow service when the route has a mirror
+    /// and the request is sampled; `copy` builds it (`None`: it cannot be copied), given the
+    /// largest body a copy may carry. Never waits for the copy.
+    pub(crate) fn mirror(&self, target: &Target, copy: impl FnOnce(usize) -> Option<MirrorCopy>) {
+        let Some(mirror) = self.router.mirror(target) else { return };
+        if Mirrors::sampled(mirror) {
+            let to = (&self.table, &*self.transports, self.metrics);
+            self.mirrors.send(mirror, copy(self.mirrors.max_body), to);
+        }
+    }
+
+    /// The identity a routed request proves, when its route has `auth` (`Ok(None)`: no auth
+    /// on the route). A route whose section could not be loaded refuses every request (503):
+    /// authentication fails closed.
+    pub(crate) async fn authenticate(
+        &self,
+        target: &Target,
+        service: &str,
+        req: &impl RequestView,
+    ) -> Result<Option<Identity>, ProxyError> {
+        let Some(name) = self.router.auth(target) else { return Ok(None) };
+        let refuse = |r: Refusal| {
+            self.metrics.auth_refused(target.auth.unwrap_or(0), r.status);
+            ProxyError::Auth(service.to_string(), r)
+        };
+        let Some(method) = self.auth.get(name) else {
+            return Err(refuse(Refusal {
+                status: 503,
+                reason: format!("authentication {name} unavailable"),
+                challenge: None,
+            }));
+        };
+        let presented = Presented {
+            authorization: req.header(&http::header::AUTHORIZATION),
+            cookie: method.cookie().and_then(|c| cookie(req, c)),
+        };
+        method.check(presented).await.map(Some).map_err(refuse)
     }
 
     /// The service in the current table. Unknown before the routes are loaded is "not ready"

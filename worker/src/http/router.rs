@@ -21,6 +21,10 @@ pub struct Target {
     /// The `[[route]]` whose header rules apply: the one that matched, or for a request routed
     /// by header the first route to its service.
     pub rule: Option<usize>,
+    /// The `[auth.NAME]` the request must satisfy: its rule's; for a request routed by header,
+    /// that of the first route to the service that has one (a header must not be a way around
+    /// a route's authentication).
+    pub auth: Option<usize>,
 }
 
 /// A route's header edits, parsed once.
@@ -158,6 +162,8 @@ struct HeaderMode {
     /// Per service, the first `[[route]]` to it: its header rules apply to the service however
     /// a request reaches it.
     rule_of: rustc_hash::FxHashMap<String, usize>,
+    /// Per service, the first `[[route]]` to it (or to it as a canary) with `auth`.
+    auth_of: rustc_hash::FxHashMap<String, usize>,
 }
 
 /// The compiled routing rules of a worker.
@@ -186,8 +192,15 @@ impl Router {
             let mut hidden: Vec<String> = header.deny_services.clone();
             hidden.extend(canaries.filter(|c| !routed(c)).cloned());
             let mut rule_of = rustc_hash::FxHashMap::default();
+            let mut auth_of = rustc_hash::FxHashMap::default();
             for (i, rule) in rules.iter().enumerate() {
                 rule_of.entry(rule.service.clone()).or_insert(i);
+                if rule.auth.is_some() {
+                    auth_of.entry(rule.service.clone()).or_insert(i);
+                    if let Some(c) = &rule.canary {
+                        auth_of.entry(c.service.clone()).or_insert(i);
+                    }
+                }
             }
             Some(HeaderMode {
                 mount: header.mount.clone(),
@@ -195,6 +208,7 @@ impl Router {
                 path: HeaderName::from_bytes(header.path_header.as_bytes()).ok()?,
                 hidden,
                 rule_of,
+                auth_of,
             })
         });
         let extras = rules
@@ -206,6 +220,23 @@ impl Router {
             })
             .collect();
         Router { header: mode.flatten(), rules: rules.to_vec(), extras }
+    }
+
+    /// The `[auth.NAME]` a routed request must satisfy.
+    pub fn auth(&self, target: &Target) -> Option<&str> {
+        self.rules.get(target.auth?)?.auth.as_deref()
+    }
+
+    /// The route's mirror, when it has one.
+    pub fn mirror(&self, target: &Target) -> Option<&crate::config::Mirror> {
+        self.rules.get(target.rule?)?.mirror.as_ref()
+    }
+
+    /// The route's label in metrics: its host and path prefix.
+    pub fn label(&self, rule: usize) -> String {
+        self.rules.get(rule).map_or_else(String::new, |r| {
+            format!("{}{}", r.host.as_deref().unwrap_or(""), r.path_prefix)
+        })
     }
 
     /// Routes one request.
@@ -240,7 +271,8 @@ impl Router {
                 Some(canary) if canary.takes(req) => canary.service.clone(),
                 _ => rule.service.clone(),
             };
-            return Ok(Target { service, path: forwarded, rule: Some(i) });
+            let auth = rule.auth.is_some().then_some(i);
+            return Ok(Target { service, path: forwarded, rule: Some(i), auth });
         }
         Err(RouteError::NoRoute)
     }
@@ -321,7 +353,8 @@ fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, Ro
         .parse()
         .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path)))?;
     let rule = h.rule_of.get(service).copied();
-    Ok(Target { service: service.to_string(), path, rule })
+    let auth = h.auth_of.get(service).copied();
+    Ok(Target { service: service.to_string(), path, rule, auth })
 }
 
 /// The router's own rule, whatever the server did before it: what it forwards is origin-form

@@ -12,6 +12,8 @@ fn router() -> Router {
                 service: "user".into(),
                 strip_prefix: true,
                 canary: None,
+                mirror: None,
+                auth: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
             },
@@ -21,6 +23,8 @@ fn router() -> Router {
                 service: "user-public".into(),
                 strip_prefix: false,
                 canary: None,
+                mirror: None,
+                auth: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
             },
@@ -30,6 +34,8 @@ fn router() -> Router {
                 service: "static".into(),
                 strip_prefix: false,
                 canary: None,
+                mirror: None,
+                auth: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
             },
@@ -53,6 +59,8 @@ fn an_empty_path_with_a_query_is_forwarded_origin_form() {
         service: "a".into(),
         strip_prefix: false,
         canary: None,
+        mirror: None,
+        auth: None,
         request_headers: Default::default(),
         response_headers: Default::default(),
     };
@@ -78,6 +86,8 @@ fn header_routing_keeps_a_services_route_rules_and_hides_canaries() {
         service: "user".into(),
         strip_prefix: false,
         canary: Some(canary),
+        mirror: None,
+        auth: None,
         request_headers,
         response_headers: Default::default(),
     }];
@@ -127,4 +137,31 @@ fn rules_match_host_then_prefix_at_segment_boundaries_and_strip() {
     assert_eq!(req("/usersx", &[]), Err(RouteError::NoRoute));
     assert_eq!(req("/static/a.css", &[]).unwrap().service, "static");
     assert_eq!(req("/servicesx", &[]), Err(RouteError::NoRoute));
+}
+
+#[test]
+fn a_header_cannot_route_around_a_routes_auth() {
+    let rule = |prefix: &str, service: &str, auth: Option<&str>| RouteRule {
+        host: None,
+        path_prefix: prefix.into(),
+        service: service.into(),
+        strip_prefix: false,
+        canary: None,
+        mirror: None,
+        auth: auth.map(String::from),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    };
+    // The service's first route is open, a later one guarded: by header, the guard applies.
+    let rules = [rule("/open", "pay", None), rule("/pay", "pay", Some("staff"))];
+    let router = Router::new(&HeaderRouting::default(), &rules);
+    let mut h = HeaderMap::new();
+    h.insert("service_name", "pay".parse().unwrap());
+    h.insert("api_name", "/x".parse().unwrap());
+    let by_header = router.route(&"/services".parse().unwrap(), &h).unwrap();
+    assert_eq!(router.auth(&by_header), Some("staff"));
+    let open = router.route(&"/open/x".parse().unwrap(), &HeaderMap::new()).unwrap();
+    assert_eq!(router.auth(&open), None);
+    let guarded = router.route(&"/pay/x".parse().unwrap(), &HeaderMap::new()).unwrap();
+    assert_eq!(router.auth(&guarded), Some("staff"));
 }

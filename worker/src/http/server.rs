@@ -54,7 +54,13 @@ impl Server {
 
     /// Accepts on `listener` until shutdown, then serves what is already queued and closes it.
     /// With `tls`, each connection is a TLS handshake first (within `header_read_timeout`).
-    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    /// `index`: the socket's place among the listeners (its connection gauge).
+    pub async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        index: usize,
+    ) {
         let mut shutdown = self.shutdown.clone();
         loop {
             // Beyond max_connections, stop accepting: clients wait in the kernel queue instead of
@@ -69,7 +75,7 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    self.clone().spawn_connection(stream, peer, Some(permit), tls.clone())
+                    self.clone().spawn_connection(stream, peer, Some(permit), (tls.clone(), index))
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the queue keeps the clients.
@@ -78,13 +84,17 @@ impl Server {
                 }
             }
         }
-        self.drain_queue(listener, tls).await;
+        self.drain_queue(listener, (tls, index)).await;
     }
 
     /// Takes every connection already queued on the socket, then closes this worker's copy of it.
     /// A second pass a moment later catches handshakes that were completing during the first
     /// (when the slot is being removed, the supervisor has already steered new ones elsewhere).
-    async fn drain_queue(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    async fn drain_queue(
+        self: Arc<Self>,
+        listener: TcpListener,
+        (tls, index): (Option<TlsAcceptor>, usize),
+    ) {
         let Ok(std) = listener.into_std() else { return };
         for pass in 0..2 {
             if pass == 1 {
@@ -95,7 +105,7 @@ impl Server {
                     continue;
                 }
                 if let Ok(stream) = TcpStream::from_std(stream) {
-                    self.clone().spawn_connection(stream, peer, None, tls.clone());
+                    self.clone().spawn_connection(stream, peer, None, (tls.clone(), index));
                 }
             }
         }
@@ -106,16 +116,19 @@ impl Server {
         stream: TcpStream,
         peer: SocketAddr,
         permit: Option<OwnedSemaphorePermit>,
-        tls: Option<TlsAcceptor>,
+        (tls, index): (Option<TlsAcceptor>, usize),
     ) {
         let _ = stream.set_nodelay(true);
-        let guard = ConnGuard::new(self.connections.clone(), self.metrics);
+        let guard = (
+            ConnGuard::new(self.connections.clone(), self.metrics),
+            ListenerGuard::new(self.metrics, index),
+        );
         let (proxy, settings, shutdown) =
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         let accepted = tokio::time::Instant::now();
         let port = stream.local_addr().map_or(0, |a| a.port());
         let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
-        let client = Client { peer, port, scheme, accepted };
+        let client = Client { peer, port, scheme, accepted, cert_subject: None };
         let on = On { proxy, settings, shutdown, permit: ConnPermit::new(permit) };
         // Two tasks of their own sizes: a plain connection's task holds none of TLS's state,
         // and neither holds hyper's until a request is handed over (memory per connection).
@@ -129,6 +142,25 @@ impl Server {
                 serve_tls(stream, acceptor, client, on).await
             })),
         };
+    }
+}
+
+/// Counts a connection on its listening socket while it is open.
+struct ListenerGuard {
+    metrics: Metrics,
+    index: usize,
+}
+
+impl ListenerGuard {
+    fn new(metrics: Metrics, index: usize) -> Self {
+        metrics.listener_connection(index, 1);
+        ListenerGuard { metrics, index }
+    }
+}
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.metrics.listener_connection(self.index, -1);
     }
 }
 
@@ -149,7 +181,7 @@ async fn serve_plain(stream: TcpStream, client: Client, on: On) {
 /// boxed: a connection's task does not carry it while the engine serves).
 async fn serve_http1<S: Io + 'static>(stream: S, client: Client, on: On) {
     let mut drain = on.shutdown.clone();
-    let (stream, read) = match h1::serve(stream, client, &on.proxy, &mut drain).await {
+    let (stream, read) = match h1::serve(stream, client.clone(), &on.proxy, &mut drain).await {
         End::Closed => return,
         End::Handover(stream, read) => (stream, read),
     };
@@ -159,18 +191,31 @@ async fn serve_http1<S: Io + 'static>(stream: S, client: Client, on: On) {
 
 /// A TLS connection: the handshake, then HTTP/2 on hyper (ALPN `h2`) or HTTP/1.1 on the
 /// engine, and hyper if a request is handed over.
-async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, client: Client, on: On) {
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut client: Client, on: On) {
     let peer = client.peer;
     // The handshake is part of the first head: one deadline for both, from the accept.
     let deadline = client.accepted + on.settings.header_read_timeout();
+    let metrics = on.proxy.metrics;
     let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return log::debug!("TLS handshake from {peer}: {e}"),
+        Ok(Err(e)) => {
+            metrics.tls_handshake(false);
+            return log::debug!("TLS handshake from {peer}: {e}");
+        }
         Err(_) => {
+            metrics.tls_handshake(false);
             let limit = on.settings.header_read_timeout();
             return log::info!("connection from {peer} closed: no TLS handshake within {limit:?}");
         }
     };
+    metrics.tls_handshake(true);
+    // rustls verified the chain (client_ca, CRLs); what reaches the instance is its subject.
+    client.cert_subject = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::tls::subject(leaf));
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         return conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client).await;
     }

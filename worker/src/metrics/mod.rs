@@ -3,7 +3,12 @@
 //! adds); any worker answering a scrape sums every slot, so `/metrics` and `/workers` are exact
 //! across processes.
 
+mod edge;
 mod render;
+mod render_edge;
+
+pub use edge::Mirrored;
+pub use render_edge::EdgeLabels;
 
 use crate::host::region::{Region, WorkerStats};
 use crate::host::Host;

@@ -249,6 +249,18 @@ impl ServiceHealth {
         }
     }
 
+    /// A request to `idx` was answered, or failed (counted host-wide for `/metrics`).
+    pub fn answered(&self, idx: usize, failed: bool) {
+        if let Some(s) = self.states.get(idx) {
+            s.entry.answered(failed);
+        }
+    }
+
+    /// Requests sent to `idx` by the host's workers, and those that failed.
+    pub fn answered_counts(&self, idx: usize) -> (u64, u64) {
+        self.states.get(idx).map_or((0, 0), |s| s.entry.answered_counts())
+    }
+
     /// A request to `idx` succeeded.
     pub fn success(&self, idx: usize) {
         if let Some(s) = self.fields(idx) {

@@ -80,6 +80,116 @@ impl std::fmt::Debug for Certificate {
 pub struct Certificates {
     /// Each certificate.
     pub list: Vec<Certificate>,
+    /// Client certificates asked for and verified (`client_ca`).
+    pub client: Option<ClientVerification>,
+}
+
+/// How client certificates are verified: the CAs they must chain to, the revocation lists,
+/// and whether a client without one may connect.
+pub struct ClientVerification {
+    roots: Arc<rustls::RootCertStore>,
+    crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    /// A handshake without a valid certificate fails; else a client may present none.
+    pub required: bool,
+}
+
+impl std::fmt::Debug for ClientVerification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerification")
+            .field("cas", &self.roots.len())
+            .field("crls", &self.crls.len())
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+impl ClientVerification {
+    /// Reads the CA file (PEM certificates) and the optional CRL file (PEM).
+    pub fn load(ca: &Path, crl: Option<&Path>, required: bool) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_chain(ca)? {
+            roots.add(cert).map_err(|e| TlsError::File {
+                path: ca.to_path_buf(),
+                why: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+        let crls = match crl {
+            None => Vec::new(),
+            Some(path) => {
+                use rustls::pki_types::CertificateRevocationListDer as Crl;
+                let bad = |why: String| TlsError::File { path: path.to_path_buf(), why };
+                let crls: Vec<Crl<'static>> = Crl::pem_file_iter(path)
+                    .map_err(|e| bad(format!("cannot read: {e}")))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(format!("bad PEM: {e}")))?;
+                if crls.is_empty() {
+                    return Err(bad("no revocation list in the file".into()));
+                }
+                crls
+            }
+        };
+        let verification = ClientVerification { roots: Arc::new(roots), crls, required };
+        verification.verifier()?;
+        Ok(verification)
+    }
+
+    fn verifier(&self) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider,
+        )
+        .with_crls(self.crls.iter().cloned());
+        let builder = match self.required {
+            true => builder,
+            false => builder.allow_unauthenticated(),
+        };
+        builder.build().map_err(|e| TlsError::Config(format!("client certificates: {e}")))
+    }
+}
+
+/// The subject of a certificate as RFC 4514 text, most specific first (`CN=client,O=Example`),
+/// as nginx's `$ssl_client_s_dn`. `None`: not a certificate x509-parser reads.
+pub fn subject(der: &CertificateDer<'_>) -> Option<Arc<str>> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let registry = x509_parser::objects::oid_registry();
+    let mut parts = Vec::new();
+    for rdn in cert.subject().iter_rdn() {
+        let attrs: Vec<String> = rdn
+            .iter()
+            .map(|a| {
+                let name = x509_parser::objects::oid2abbrev(a.attr_type(), registry)
+                    .map_or_else(|_| a.attr_type().to_id_string(), str::to_string);
+                let value = a.as_str().map_or_else(|_| "#".to_string(), escape_dn_value);
+                format!("{name}={value}")
+            })
+            .collect();
+        parts.push(attrs.join("+"));
+    }
+    parts.reverse();
+    let text = parts.join(",");
+    // A header value: visible ASCII only (other bytes are escaped above, controls dropped).
+    Some(Arc::from(text.as_str()))
+}
+
+/// RFC 4514 §2.4 escaping, plus every byte outside printable ASCII as `\XX`.
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, b) in v.bytes().enumerate() {
+        let special = matches!(b, b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' | b'=')
+            || (i == 0 && (b == b'#' || b == b' '))
+            || (i + 1 == v.len() && b == b' ');
+        if !(0x20..0x7f).contains(&b) {
+            out.push_str(&format!("\\{b:02X}"));
+        } else if special {
+            out.push('\\');
+            out.push(b as char);
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
 }
 
 impl Certificates {
@@ -116,7 +226,7 @@ impl Certificates {
         if list.is_empty() {
             return Err(TlsError::Config("no certificate".into()));
         }
-        Ok(Certificates { list })
+        Ok(Certificates { list, client: None })
     }
 
     /// The rustls server configuration of a worker: SNI resolver, ALPN, shared tickets.
@@ -125,11 +235,14 @@ impl Certificates {
         secret: &TicketSecret,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SniResolver::new(self)));
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match &self.client {
+            Some(client) => builder.with_client_cert_verifier(client.verifier()?),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(self)));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.ticketer = Arc::new(tickets::SharedTicketer::new(secret.clone()));
         Ok(Arc::new(config))

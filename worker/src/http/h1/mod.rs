@@ -107,30 +107,31 @@ pub async fn serve<S: Io>(
     proxy: &Proxy,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End<S> {
+    let ip = client.peer.ip().to_canonical().to_string();
+    let (idle_since, peer) = (client.accepted, client.peer);
     let mut conn = Conn {
         proxy,
         stream,
         client,
-        ip: client.peer.ip().to_canonical().to_string(),
+        ip,
         buf: Vec::new(),
         head: RequestHead::default(),
         used: 0,
         carry: Vec::new(),
         out: Vec::new(),
         spare: None,
-        idle_since: client.accepted,
+        idle_since,
         requests: 0,
         draining: *shutdown.borrow(),
     };
     // One timer and one drain watch for the connection's life, not one per request: the timer
     // is moved earlier when a deadline comes sooner, and when it fires late it is checked
     // against the real deadline (a keep-alive connection costs no timer work per request).
-    let timer = tokio::time::sleep_until(client.accepted + proxy.settings.header_read_timeout);
+    let timer = tokio::time::sleep_until(idle_since + proxy.settings.header_read_timeout);
     tokio::pin!(timer);
     let mut drain = shutdown.clone();
     let stop = stopped(&mut drain);
     tokio::pin!(stop);
-    let peer = client.peer;
     loop {
         match conn.next_head(timer.as_mut(), stop.as_mut()).await {
             Next::Head => {}

@@ -18,6 +18,7 @@ use crate::http::h1::io::{write_within, Io};
 use crate::http::h1::respond::{self, respond, Responded};
 use crate::http::h1::upstream::Attempt;
 use crate::http::h1::{Conn, Spare, Step};
+use crate::http::mirror::MirrorCopy;
 use crate::http::policy::{HeadSink, Origin};
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
 use crate::http::router::{host_of, RequestView};
@@ -48,7 +49,14 @@ impl<S: Io> Conn<'_, S> {
         // A body the engine does not read (refused before it) leaves the connection unusable.
         let has_body = head.body != BodyFraming::None;
         let close = head.close || draining;
-        let mut trace = Trace::default();
+        let mut trace = Trace {
+            span: proxy.tracer.as_ref().map(|t| t.begin(|n| view.header(n))),
+            bytes_in: match head.body {
+                BodyFraming::Length(n) => n,
+                _ => 0,
+            },
+            ..Trace::default()
+        };
         macro_rules! refuse {
             ($e:expr, $close:expr) => {
                 return own_answer(
@@ -70,6 +78,7 @@ impl<S: Io> Conn<'_, S> {
             Ok(routed) => routed,
             Err(e) => refuse!(ProxyError::Route(e), close || has_body),
         };
+        trace.rule = routed.rule;
         let service = match proxy.service(&routed.service) {
             Ok(service) => service,
             Err(e) => refuse!(e, close || has_body),
@@ -94,18 +103,26 @@ impl<S: Io> Conn<'_, S> {
             Ok(guard) => guard,
             Err(e) => refuse!(e, close || has_body),
         };
+        let identity = match proxy.authenticate(&routed, &service.name, &view).await {
+            Ok(identity) => identity,
+            Err(e) => refuse!(e, close || has_body),
+        };
         let key = hash_on(&service, &view, self.client.peer);
         let actions = proxy.router.header_actions(&routed);
         let (request_actions, response_actions) = match actions {
             Some((request, response)) => (Some(request), Some(response)),
             None => (None, None),
         };
+        let traceparent = trace.traceparent();
         let origin = Origin {
             peer: self.client.peer.ip(),
             peer_text: &self.ip,
             scheme: self.client.scheme.as_str(),
             port: self.client.port,
             host: view.host,
+            identity: identity.as_ref(),
+            client_cert: self.client.cert_subject.as_deref().map(str::as_bytes),
+            traceparent: traceparent.as_deref().map(str::as_bytes),
         };
         // The request line and every line but Host (it depends on the instance picked).
         if self.out.capacity() == 0 {
@@ -152,6 +169,26 @@ impl<S: Io> Conn<'_, S> {
         let own_host = request_actions.is_none_or(|a| !a.drops(b"host"));
         let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
         let replay = Replay::for_request(&method_, upload.is_none() && upgrade.is_none());
+        if upgrade.is_none() {
+            proxy.mirror(&routed, |max_body| {
+                let body = match head.body {
+                    BodyFraming::None => Bytes::new(),
+                    BodyFraming::Length(n) if upload.is_none() && n <= max_body as u64 => {
+                        Bytes::copy_from_slice(&body_start)
+                    }
+                    _ => return None,
+                };
+                let mut headers = http::HeaderMap::new();
+                proxy.policy.request(
+                    lines(req, &head.lines),
+                    &origin,
+                    request_actions,
+                    &mut headers,
+                );
+                let (method, path) = (method_.clone(), routed.path.clone());
+                Some(MirrorCopy { method, path, headers, body })
+            });
+        }
         let settings = proxy.forwarder.settings();
         let preserved = host_value.filter(|_| settings.preserve_host);
         let mut spare = self.spare.take();

@@ -28,7 +28,8 @@ use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 use crate::http::connections::{
-    stopped, Activity, Client, ConnPermit, LocalPort, RequestGuard, Tracked, DRAIN_IDLE_GRACE,
+    stopped, Activity, Client, ClientCert, ConnPermit, LocalPort, RequestGuard, Tracked,
+    DRAIN_IDLE_GRACE,
 };
 
 use crate::http::proxy::Proxy;
@@ -89,6 +90,9 @@ pub async fn serve<S>(
         req.extensions_mut().insert(permit.clone());
         req.extensions_mut().insert(client.scheme);
         req.extensions_mut().insert(LocalPort(client.port));
+        if let Some(subject) = &client.cert_subject {
+            req.extensions_mut().insert(ClientCert(subject.clone()));
+        }
         // Counts the request as open until its answer's body is done (HTTP/2 idleness).
         let guard = RequestGuard::new(requests.clone());
         async move {

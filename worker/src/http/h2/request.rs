@@ -23,10 +23,12 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::http::connections::{ConnGuard, ConnPermit, LocalPort, Scheme};
+use crate::auth::Identity;
+use crate::http::connections::{ClientCert, ConnGuard, ConnPermit, LocalPort, Scheme};
 use crate::http::error::{ProxyError, ALLOW};
 use crate::http::forward::{Answered, InFlightBody, Replay};
 use crate::http::grpc;
+use crate::http::mirror::MirrorCopy;
 use crate::http::policy::{map_lines, status_allows_length, Origin};
 use crate::http::pool::Lease;
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
@@ -56,6 +58,35 @@ struct From<'a> {
     port: u16,
     /// Forward `TE: trailers` (gRPC to an HTTP/2 instance).
     te_trailers: bool,
+    /// What the route's auth verified.
+    identity: Option<&'a Identity>,
+    /// The verified client certificate's subject.
+    client_cert: Option<&'a [u8]>,
+    /// The instance's `traceparent`, when the gateway traces.
+    traceparent: Option<&'a [u8]>,
+}
+
+impl<'a> From<'a> {
+    /// Where `parts` came from; `(upgrade, te_trailers)` as the request asks.
+    fn of(
+        parts: &'a http::request::Parts,
+        client: SocketAddr,
+        host: Option<&'a str>,
+        (upgrade, te_trailers): (bool, bool),
+        (identity, traceparent): (Option<&'a Identity>, Option<&'a str>),
+    ) -> Self {
+        From {
+            client,
+            host,
+            upgrade,
+            scheme: parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http),
+            port: parts.extensions.get::<LocalPort>().map_or(0, |p| p.0),
+            te_trailers,
+            identity,
+            client_cert: parts.extensions.get::<ClientCert>().map(|c| c.0.as_bytes()),
+            traceparent: traceparent.map(str::as_bytes),
+        }
+    }
 }
 
 impl Proxy {
@@ -65,7 +96,18 @@ impl Proxy {
         let (method, path, started) =
             (req.method().clone(), req.uri().path().to_string(), Instant::now());
         let line = RequestLine { method: method.as_str(), path: &path, client, started };
-        let mut trace = Trace::default();
+        let mut trace = Trace {
+            span: self
+                .tracer
+                .as_ref()
+                .map(|t| t.begin(|n| req.headers().get(n).map(|v| v.as_bytes()))),
+            bytes_in: req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                .unwrap_or(0),
+            ..Trace::default()
+        };
         let grpc = grpc::is_grpc(req.headers());
         let resp = match self.proxy(req, client, &mut trace).await {
             Ok(resp) => resp,
@@ -94,10 +136,13 @@ impl Proxy {
         let host = request_host(req.uri(), req.headers());
         let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
         let target = self.router.route_view(&view)?;
+        trace.rule = target.rule;
+        let traceparent = trace.traceparent();
         let service = self.service(&target.service)?;
         trace.service = Some(service.clone());
         let admitted =
             self.limits.admit((&self.metrics, &self.admission), &service, &view, client.ip())?;
+        let identity = self.authenticate(&target, &service.name, &view).await?;
         let key = hash_on(&service, &view, client);
         let upgrade = match is_upgrade(&req) {
             // A tunnel outlives this HTTP exchange: it takes over the connection's
@@ -115,6 +160,29 @@ impl Proxy {
             false => None,
         };
         let (parts, body) = req.into_parts();
+        if upgrade.is_none() {
+            // A body here streams: only bodiless requests are copied (see mirror.rs).
+            self.mirror(&target, |_| {
+                body_is_empty(&parts.headers).then(|| {
+                    let from = From::of(
+                        &parts,
+                        client,
+                        host.as_deref(),
+                        (false, false),
+                        (identity.as_ref(), traceparent.as_deref()),
+                    );
+                    let mut req = self.upstream_request(&parts, empty(), &target, "", from);
+                    req.headers_mut().remove(header::HOST);
+                    let (method, path) = (parts.method.clone(), target.path.clone());
+                    MirrorCopy {
+                        method,
+                        path,
+                        headers: std::mem::take(req.headers_mut()),
+                        body: bytes::Bytes::new(),
+                    }
+                })
+            });
+        }
         let body = self.request_body(&service, &parts.headers, body)?;
         let transport = self.transports.get(&service.name);
         let deadline = grpc::timeout(&parts.headers);
@@ -132,16 +200,14 @@ impl Proxy {
         let upstream = self.forwarder.upstream();
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
-            let scheme = parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http);
-            let port = parts.extensions.get::<LocalPort>().map_or(0, |p| p.0);
-            let from = From {
+            let flags = (upgrade.is_some(), te_trailers);
+            let from = From::of(
+                &parts,
                 client,
-                host: host.as_deref(),
-                upgrade: upgrade.is_some(),
-                scheme,
-                port,
-                te_trailers,
-            };
+                host.as_deref(),
+                flags,
+                (identity.as_ref(), traceparent.as_deref()),
+            );
             let req = self.upstream_request(&parts, b, &target, address, from);
             // A request with a body is watched for its end; one without is complete already.
             let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
@@ -248,7 +314,17 @@ impl Proxy {
         address: &str,
         from: From<'_>,
     ) -> Request<Body> {
-        let From { client, host: original_host, upgrade, scheme, port, te_trailers } = from;
+        let From {
+            client,
+            host: original_host,
+            upgrade,
+            scheme,
+            port,
+            te_trailers,
+            identity,
+            client_cert,
+            traceparent,
+        } = from;
         let old = &parts.headers;
         // The authority that was routed on (absolute-form or :authority before Host).
         let routed_authority = parts
@@ -263,6 +339,9 @@ impl Proxy {
             scheme: scheme.as_str(),
             port,
             host: original_host,
+            identity,
+            client_cert,
+            traceparent,
         };
         let actions = self.router.header_actions(target).map(|(request, _)| request);
         let mut headers = http::HeaderMap::with_capacity(old.len() + 6);

@@ -1,0 +1,77 @@
+//! `[auth.NAME]` sections: how the clients of a route (`auth = "NAME"`) prove who they are.
+//! Files named here are read when a worker starts, so a HUP (new workers) re-reads them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::values::duration;
+
+/// One `[auth.NAME]`, by its `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum AuthSettings {
+    /// `type = "jwt"`: a signed JSON Web Token, checked against a JWKS.
+    Jwt(JwtSettings),
+    /// `type = "basic"`: user and password against an htpasswd file of bcrypt entries.
+    Basic(BasicSettings),
+}
+
+/// `type = "jwt"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The JWKS file (`{"keys": [...]}`): RSA, EC (P-256) and Ed25519 public keys. Symmetric
+    /// (`oct`) keys are refused: a gateway holding the signing secret could mint tokens.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+    /// A JWKS fetched over HTTP(S) and cached for its `Cache-Control: max-age` (at least 1 min,
+    /// at most a day; 5 min without one); the last good set is kept while it cannot be fetched.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (one of them must be in the token); none: `aud` is not checked.
+    #[serde(default, deserialize_with = "super::values::one_or_many")]
+    pub audience: Vec<String>,
+    /// Accepted algorithms: any of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,
+    /// EdDSA. HMAC (`HS*`) and `none` are never accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Read the token from this cookie when there is no `Authorization: Bearer`.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Claims passed to the instance as headers: claim name → header name (a string claim as
+    /// it is, others as JSON). The subject always goes as `X-Auth-Subject`.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+}
+
+/// `type = "basic"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicSettings {
+    /// An htpasswd file of bcrypt entries (`htpasswd -B`).
+    pub htpasswd: PathBuf,
+    /// The realm in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+
+fn default_leeway() -> Duration {
+    super::DEFAULT_AUTH_LEEWAY
+}
+
+fn default_realm() -> String {
+    "zkgate".into()
+}

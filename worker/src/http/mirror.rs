@@ -1,0 +1,129 @@
+//! Request mirroring (`mirror = { service, percent }` on a route): a copy of a share of the
+//! route's requests goes to a shadow service, and its answer is read and thrown away.
+//!
+//! The client's request never waits for the copy: it is handed to a task of its own before the
+//! request is forwarded, and nothing of its outcome flows back. What a slow or dead shadow can
+//! cost is bounded per worker: at most `mirror_max_in_flight` copies at once (a copy that finds
+//! no slot is skipped, not queued), each within `request_timeout`, on a connection pool of its
+//! own so the primary's pooled connections are never taken. A copy carries the request's body
+//! only when the gateway already holds it whole (HTTP/1.1 with `Content-Length` up to
+//! `mirror_body_bytes`); a streamed, chunked or larger body is not copied and the request is
+//! not mirrored (counted `skipped`). Every copy is counted: `sent`, `skipped`, `failed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt as _, Full};
+use tokio::sync::Semaphore;
+
+use crate::balance::PickContext;
+use crate::config::{Mirror, ProxySettings};
+use crate::http::dial::Dialer;
+use crate::http::transport::Transports;
+use crate::http::upstream::Upstream;
+use crate::metrics::{Metrics, Mirrored};
+use crate::SharedTable;
+
+/// One worker's mirroring: its bound, its client, where copies go.
+pub struct Mirrors {
+    slots: Arc<Semaphore>,
+    upstream: Arc<Upstream>,
+    /// The largest body a copy carries.
+    pub max_body: usize,
+    timeout: Duration,
+}
+
+/// A request as the shadow service gets it (Host is set per instance).
+pub struct MirrorCopy {
+    /// The method.
+    pub method: Method,
+    /// Path and query, as forwarded to the primary.
+    pub path: PathAndQuery,
+    /// The headers the primary gets, but Host.
+    pub headers: HeaderMap,
+    /// The whole body (empty for a bodiless request).
+    pub body: Bytes,
+}
+
+impl Mirrors {
+    /// Mirroring with the bounds of `[proxy]`.
+    pub fn new(settings: &ProxySettings, dialer: Arc<Dialer>) -> Self {
+        Mirrors {
+            slots: Arc::new(Semaphore::new(settings.mirror_max_in_flight)),
+            upstream: Arc::new(Upstream::new(settings, dialer)),
+            max_body: settings.mirror_body_bytes,
+            timeout: settings.request_timeout,
+        }
+    }
+
+    /// Whether this request is chosen for the route's mirror (its `percent`).
+    pub fn sampled(mirror: &Mirror) -> bool {
+        mirror.percent >= 100.0 || rand::random::<f64>() * 100.0 < mirror.percent
+    }
+
+    /// Hands `copy` (or, `None`, a request that cannot be copied) to the shadow service of
+    /// `mirror` in a task of its own; returns at once.
+    pub fn send(
+        &self,
+        mirror: &Mirror,
+        copy: Option<MirrorCopy>,
+        (table, transports, metrics): (&SharedTable, &Transports, Metrics),
+    ) {
+        let idx = metrics.service_index(&mirror.service);
+        let Some(copy) = copy else {
+            return metrics.mirror(idx, Mirrored::Skipped);
+        };
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return metrics.mirror(idx, Mirrored::Skipped);
+        };
+        let Some(service) = table.load().get(&mirror.service).cloned() else {
+            return metrics.mirror(idx, Mirrored::Failed);
+        };
+        let transport = transports.get(&service.name).cloned();
+        let (upstream, timeout) = (self.upstream.clone(), self.timeout);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(i) = pick(&service) else {
+                return metrics.mirror(idx, Mirrored::Failed);
+            };
+            let address = service.instances[i].address.clone();
+            let mut req =
+                Request::new(Full::new(copy.body).map_err(|never| match never {}).boxed());
+            *req.method_mut() = copy.method;
+            *req.uri_mut() = http::Uri::from(copy.path);
+            *req.headers_mut() = copy.headers;
+            if let Ok(host) = HeaderValue::from_str(&address) {
+                req.headers_mut().insert(HOST, host);
+            }
+            let exchange = async {
+                let (resp, _lease) = upstream.request(transport.as_deref(), &address, req).await?;
+                // Read to the end, so the connection goes back to the mirror's pool.
+                let _ = resp.into_body().collect().await;
+                Ok::<_, crate::http::upstream::UpstreamError>(())
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(Ok(())) => metrics.mirror(idx, Mirrored::Sent),
+                Ok(Err(e)) => {
+                    log::debug!("mirror to service {} instance {address}: {e}", service.name);
+                    metrics.mirror(idx, Mirrored::Failed)
+                }
+                Err(_) => {
+                    log::debug!("mirror to service {} instance {address}: timed out", service.name);
+                    metrics.mirror(idx, Mirrored::Failed)
+                }
+            }
+        });
+    }
+}
+
+/// An instance of the shadow service that may take traffic.
+fn pick(service: &crate::table::Service) -> Option<usize> {
+    let health = &service.health;
+    let skip = |i: usize| !health.available(i);
+    let load = |i: usize| health.active(i);
+    service.balancer.pick(&PickContext { key: None, skip: &skip, load: &load })
+}
