@@ -1,0 +1,265 @@
+//! Authentication at the edge on the real binary: `[auth.NAME]` JWT sections over a JWKS the
+//! test writes (ES256 and EdDSA keys it generates), and htpasswd basic auth with bcrypt
+//! entries. Every case asserts what the client got (status, `WWW-Authenticate`, the gateway's
+//! JSON) and what the instance received (`X-Auth-*` from the gateway only), and the refusals
+//! counted per route in `/metrics`.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use support::http::{request, Response};
+use support::{write_file, Backend, Gateway, Toml};
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key and its public JWK.
+struct Key {
+    kid: &'static str,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: serde_json::Value,
+}
+
+impl Key {
+    fn es256(kid: &'static str) -> Key {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = pair.public_key_raw();
+        assert_eq!(raw.len(), 65, "uncompressed P-256 point");
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": b64url(&raw[1..33]), "y": b64url(&raw[33..]),
+        });
+        let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        Key { kid, alg: Algorithm::ES256, encoding, jwk }
+    }
+
+    fn ed25519(kid: &'static str) -> Key {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let jwk = serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64url(pair.public_key_raw()),
+        });
+        let encoding = EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap();
+        Key { kid, alg: Algorithm::EdDSA, encoding, jwk }
+    }
+
+    fn sign(&self, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.to_string());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(sub: &str, aud: &str, exp_from_now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "sub": sub,
+        "iss": "https://issuer.test/",
+        "aud": aud,
+        "exp": now() as i64 + exp_from_now,
+        "email": format!("{sub}@example.test"),
+    })
+}
+
+/// A gateway with `/jwt` behind a JWT section (the two keys' JWKS), `/basic` behind an
+/// htpasswd section, and everything else open; with the admin API for `/metrics`.
+fn gateway(backend: &Backend, keys: &[&Key], htpasswd: &str) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks =
+        serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
+    let jwks = write_file(dir.path(), "jwks.json", &jwks.to_string());
+    let htpasswd = write_file(dir.path(), "htpasswd", htpasswd);
+    let toml = Toml::new()
+        .backends("web", &[backend])
+        .section("[[route]]", "path_prefix = \"/jwt\"\nservice = \"web\"\nauth = \"staff\"")
+        .section("[[route]]", "path_prefix = \"/basic\"\nservice = \"web\"\nauth = \"ops\"")
+        .route_all("web")
+        .section(
+            "[auth.staff]",
+            &format!(
+                "type = \"jwt\"\njwks = {jwks:?}\nissuer = \"https://issuer.test/\"\naudience = [\"api\"]\nalgorithms = [\"ES256\", \"EdDSA\"]\ncookie = \"session\"\nleeway = \"5s\"\nclaims_to_headers = {{ email = \"X-Auth-Email\" }}"
+            ),
+        )
+        .section("[auth.ops]", &format!("type = \"basic\"\nhtpasswd = {htpasswd:?}\nrealm = \"ops\""));
+    (Gateway::with(toml).workers(2).admin().start(), dir)
+}
+
+fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
+    request(gw.port, "GET", path, headers, b"").unwrap()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn jwt_routes_take_valid_tokens_only_and_the_instance_gets_the_gateways_identity() {
+    let backend = Backend::start("web");
+    let (es, ed) = (Key::es256("es-1"), Key::ed25519("ed-1"));
+    let (gw, _dir) = gateway(&backend, &[&es, &ed], "");
+
+    // Valid, from either key; the client's own X-Auth-* lines never reach the instance.
+    for key in [&es, &ed] {
+        let token = key.sign(&claims("alice", "api", 300));
+        let auth = bearer(&token);
+        let r = get(
+            &gw,
+            "/jwt/x",
+            &[("authorization", &auth), ("x-auth-subject", "admin"), ("X-Auth-Role", "root")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let seen = &r.json()["headers"];
+        assert_eq!(seen["x-auth-subject"], "alice", "{seen}");
+        assert_eq!(seen["x-auth-email"], "alice@example.test", "{seen}");
+        assert!(seen.get("x-auth-role").is_none(), "{seen}");
+    }
+    let last = backend.heads.lock().unwrap().last().cloned().unwrap().to_ascii_lowercase();
+    assert_eq!(last.matches("x-auth-subject:").count(), 1, "{last}");
+    assert!(!last.contains("admin") && !last.contains("root"), "{last}");
+    // The token in the route's cookie works too.
+    let cookie = format!("other=1; session={}", es.sign(&claims("carol", "api", 300)));
+    let r = get(&gw, "/jwt/c", &[("cookie", &cookie)]);
+    assert_eq!((r.status, r.json()["headers"]["x-auth-subject"].as_str()), (200, Some("carol")));
+
+    let hits = backend.hits.load(Ordering::Relaxed);
+    let mut refused_401 = 0;
+    // What must be refused, and with what.
+    let other = Key::es256("es-1"); // same kid, another key: a forged signature
+    let hmac = {
+        // The classic: HS256 "signed" with the public key as the secret.
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("es-1".into());
+        let secret = es.jwk.to_string();
+        jsonwebtoken::encode(
+            &h,
+            &claims("mallory", "api", 300),
+            &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let none = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(claims("mallory", "api", 300).to_string().as_bytes())
+    );
+    let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
+        ("no token", None, 401, ""),
+        ("expired", Some(es.sign(&claims("alice", "api", -60))), 401, "token expired"),
+        ("bad signature", Some(other.sign(&claims("alice", "api", 300))), 401, "bad signature"),
+        ("alg none", Some(none), 401, ""),
+        ("HMAC with the public key", Some(hmac), 401, ""),
+        ("garbage", Some("not.a.token".into()), 401, ""),
+        ("wrong audience", Some(es.sign(&claims("alice", "billing", 300))), 403, "audience"),
+    ];
+    for (what, token, status, reason) in &cases {
+        let auth = token.as_deref().map(bearer);
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = get(&gw, "/jwt/secret", &headers);
+        assert_eq!(r.status, *status, "{what}: {}", r.body_text());
+        assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+        assert!(r.json()["error"].as_str().unwrap().contains(reason), "{what}: {}", r.body_text());
+        if *status == 401 {
+            refused_401 += 1;
+            let challenge = r.header("www-authenticate").unwrap_or_default();
+            assert!(challenge.starts_with("Bearer realm="), "{what}: {challenge:?}");
+        }
+    }
+    assert_eq!(
+        backend.hits.load(Ordering::Relaxed),
+        hits,
+        "a refused request reached the instance"
+    );
+    // The open route needs nothing; a token there changes nothing either.
+    assert_eq!(get(&gw, "/open", &[]).status, 200);
+    assert_eq!(gw.metric("zkgate_auth_refusals_total", "route=\"/jwt\",code=\"401\""), refused_401);
+    assert_eq!(gw.metric("zkgate_auth_refusals_total", "route=\"/jwt\",code=\"403\""), 1);
+}
+
+#[test]
+fn basic_auth_checks_bcrypt_entries_and_a_flood_of_wrong_passwords_stalls_nothing() {
+    let backend = Backend::start("web");
+    // Cost 9: tens of milliseconds a check (more in a debug build), so the flood below lasts
+    // a few seconds, while the open route is used.
+    let hash = bcrypt::hash("s3cret", 9).unwrap();
+    let (gw, _dir) = gateway(&backend, &[&Key::es256("k")], &format!("# ops\nalice:{hash}\n"));
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+
+    let ok = basic("alice", "s3cret");
+    let r = get(&gw, "/basic/x", &[("authorization", &ok), ("x-auth-subject", "root")]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["headers"]["x-auth-subject"], "alice");
+    for (what, value) in [
+        ("wrong password", Some(basic("alice", "guess"))),
+        ("unknown user", Some(basic("bob", "s3cret"))),
+        ("no credentials", None),
+        ("a bearer token", Some("Bearer abc".to_string())),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            value.iter().map(|v| ("authorization", v.as_str())).collect();
+        let r = get(&gw, "/basic/x", &headers);
+        assert_eq!(r.status, 401, "{what}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Basic realm=\"ops\", charset=\"UTF-8\""),
+            "{what}"
+        );
+    }
+    assert_eq!(gw.metric("zkgate_auth_refusals_total", "route=\"/basic\",code=\"401\""), 4);
+
+    // A flood of wrong passwords on many connections at once: the open route and the right
+    // password are answered while it runs, and what cannot wait is refused at once (503).
+    let flood = 160;
+    let done = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..flood)
+        .map(|i| {
+            let (port, done, statuses) = (gw.port, done.clone(), statuses.clone());
+            let wrong = basic("alice", &format!("guess-{i}"));
+            std::thread::spawn(move || {
+                let r = request(port, "GET", "/basic/x", &[("authorization", &wrong)], b"");
+                statuses.lock().unwrap().push(r.map_or(0, |r| r.status));
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    // Wait until the flood is under way (some answered), then use the gateway.
+    assert_eventually!(20, done.load(Ordering::SeqCst) >= 1, "no flood request answered");
+    assert_eq!(get(&gw, "/open", &[]).status, 200);
+    let r = get(&gw, "/basic/x", &[("authorization", &ok)]);
+    assert_eq!(r.status, 200, "the right password (remembered) waits behind no bcrypt");
+    let answered_meanwhile = done.load(Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(answered_meanwhile < flood, "the flood was over before the open route was tried");
+    let statuses = statuses.lock().unwrap();
+    let (refused, busy) = (
+        statuses.iter().filter(|s| **s == 401).count(),
+        statuses.iter().filter(|s| **s == 503).count(),
+    );
+    assert_eq!(refused + busy, flood, "{statuses:?}");
+    assert!(
+        busy > 0,
+        "more than 2 workers x 66 wrong passwords at once: some must be refused at once"
+    );
+    assert_eq!(
+        backend.requests_to("GET /basic/x"),
+        2,
+        "only the right password reached the instance"
+    );
+}
