@@ -1,7 +1,9 @@
 //! TLS termination on the real binary, with certificates each test generates (a CA and a leaf
 //! per name, rcgen): SNI picks the certificate and no SNI gets the first, HTTP/1.1 and h2 by
 //! ALPN, `X-Forwarded-Proto: https`, session tickets resumed on any worker, certificates
-//! re-read on HUP (a broken file keeps the old ones), and `zkgate check`'s summary.
+//! re-read on HUP (a broken file keeps the old ones), `zkgate check`'s summary, and client
+//! certificates: required, optional, another CA's and a revoked one refused, the verified
+//! subject passed on as `X-Client-Cert-Subject` (a client's own such line dropped).
 
 mod support;
 
@@ -258,4 +260,101 @@ fn the_handshake_and_the_first_head_share_one_header_read_timeout() {
     let closed = accepted.elapsed();
     assert!(closed < Duration::from_millis(3000), "closed {closed:?} after the accept");
     assert!(closed >= Duration::from_millis(1900), "closed early: {closed:?}");
+}
+
+/// One `GET path` over TLS; Err: the handshake or the exchange failed (a refused client
+/// certificate shows as an alert on the first read under TLS 1.3).
+fn try_get(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    headers: &str,
+) -> Result<support::http::Response, String> {
+    let name = ServerName::try_from("a.example").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let req = format!("GET /who HTTP/1.1\r\nhost: a.example\r\n{headers}connection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    support::http::parse(&raw).map_err(|e| e.to_string())
+}
+
+fn mtls_gateway(pki: &Pki, backend: &Backend, client_auth: &str) -> (Gateway, u16) {
+    let server = pki.leaf("server", &["a.example"]);
+    let port = free_port();
+    let keys = format!("{}client_ca = {:?}\n{client_auth}", tls_section(&server), pki.ca_file());
+    let toml = Toml::new().backends("web", &[backend]).route_all("web").section("[[tls]]", &keys);
+    let gw = Gateway::with(toml)
+        .workers(2)
+        .admin()
+        .server_extra(&format!("listen_tls = [\"127.0.0.1:{port}\"]"))
+        .start();
+    (gw, port)
+}
+
+#[test]
+fn client_certificates_are_required_verified_and_their_subject_passed_on() {
+    let pki = Pki::new();
+    let backend = Backend::start("b1");
+    let (gw, port) = mtls_gateway(&pki, &backend, "");
+    let good = pki.client_leaf("client", "client-7");
+    let other_ca = Pki::new();
+    let stranger = other_ca.client_leaf("stranger", "client-7");
+    let forged = "x-client-cert-subject: CN=admin\r\nx-auth-subject: admin\r\n";
+
+    let r =
+        try_get(&pki.client_with_cert(&good), port, forged).expect("a CA-signed client is served");
+    assert_eq!(r.status, 200);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-client-cert-subject"], "CN=client-7,O=zkgate tests", "{seen}");
+    assert!(seen.get("x-auth-subject").is_none(), "{seen}");
+    let head = backend.heads.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(head.to_ascii_lowercase().matches("x-client-cert-subject").count(), 1, "{head}");
+
+    let hits = backend.hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(try_get(&pki.client(&[]), port, "").is_err(), "no certificate: no connection");
+    assert!(
+        try_get(&pki.client_with_cert(&stranger), port, "").is_err(),
+        "a certificate of another CA: no connection"
+    );
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::Relaxed), hits);
+    assert_eventually!(
+        5,
+        gw.metric("zkgate_tls_handshakes_total", "result=\"failed\"") >= 2,
+        "refused handshakes counted"
+    );
+    assert!(gw.metric("zkgate_tls_handshakes_total", "result=\"ok\"") >= 1);
+    assert!(gw.metric("zkgate_tls_certificate_not_after_seconds", "a.example") > 0);
+}
+
+#[test]
+fn optional_client_certificates_let_anonymous_clients_in_without_a_subject() {
+    let pki = Pki::new();
+    let backend = Backend::start("b1");
+    let (_gw, port) = mtls_gateway(&pki, &backend, "client_auth = \"optional\"\n");
+    let r = try_get(&pki.client(&[]), port, "x-client-cert-subject: CN=forged\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.json()["headers"].get("x-client-cert-subject").is_none(), "{}", r.body_text());
+    let good = pki.client_leaf("client", "client-8");
+    let r = try_get(&pki.client_with_cert(&good), port, "").unwrap();
+    assert_eq!(r.json()["headers"]["x-client-cert-subject"], "CN=client-8,O=zkgate tests");
+    // A presented certificate must still verify.
+    let other_ca = Pki::new();
+    let stranger = other_ca.client_leaf("stranger", "client-9");
+    assert!(try_get(&pki.client_with_cert(&stranger), port, "").is_err());
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let backend = Backend::start("b1");
+    let (revoked, kept) =
+        (pki.client_leaf("revoked", "client-r"), pki.client_leaf("kept", "client-k"));
+    let crl = format!("client_crl = {:?}\n", pki.crl(&[&revoked]));
+    let (_gw, port) = mtls_gateway(&pki, &backend, &crl);
+    assert!(try_get(&pki.client_with_cert(&revoked), port, "").is_err(), "revoked: no connection");
+    let r = try_get(&pki.client_with_cert(&kept), port, "").unwrap();
+    assert_eq!(r.json()["headers"]["x-client-cert-subject"], "CN=client-k,O=zkgate tests");
 }
