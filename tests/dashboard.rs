@@ -135,3 +135,78 @@ fn with_a_token_the_page_needs_it_and_passes_it_on() {
     let with = dom(&format!("http://127.0.0.1:{admin}/?token={token}"), 3000);
     assert!(with.contains("web") && with.contains(&b.address()), "{with}");
 }
+
+#[test]
+fn services_get_sparklines_of_rate_p99_and_errors_drawn_from_the_metrics() {
+    let b = Backend::start("b");
+    let toml = Toml::new().backends("web", &[&b]).route_all("web");
+    let gw = Gateway::with(toml).workers(2).admin().start();
+    // Traffic while the page samples: the trends need requests between two scrapes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (stop.clone(), gw.port);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 20_000 {
+                let _ = support::http::request(port, "GET", "/x", &[], b"");
+                n += 1;
+            }
+        })
+    };
+    support::wait_for_progress(&b.hits, 20);
+    let page = dom(&format!("http://127.0.0.1:{}/", gw.admin.unwrap()), 6000);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    for series in ["rps", "p99", "errors"] {
+        let tag = format!("data-service=\"web\" data-series=\"{series}\"");
+        let at = page.find(&tag).unwrap_or_else(|| panic!("no {series} sparkline:\n{page}"));
+        let svg = &page[at..at + page[at..].find("</svg>").unwrap()];
+        let points = svg.split("points=\"").nth(1).and_then(|p| p.split('"').next()).unwrap_or("");
+        assert!(points.split(' ').count() >= 2, "{series}: a line needs two samples: {svg}");
+        if series != "errors" {
+            assert!(!svg.contains("no requests"), "{series} saw no requests: {svg}");
+        }
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_names_only_metrics_the_gateway_exports() {
+    let b = Backend::start("b");
+    let gw = Gateway::with(Toml::new().backends("web", &[&b]).route_all("web"))
+        .workers(1)
+        .admin()
+        .start();
+    let board = gw.admin_get("/grafana.json");
+    assert_eq!(board.status, 200);
+    let board = board.json();
+    let metrics = gw.admin_get("/metrics").body_text();
+    let mut exprs = Vec::new();
+    for panel in board["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let mut names: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| w.starts_with("zkgate_"))
+        .map(|w| w.trim_end_matches("_bucket").to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "the board queries {name}, which /metrics does not export"
+        );
+    }
+    for needed in [
+        "zkgate_request_duration_seconds",
+        "zkgate_instance_errors_total",
+        "zkgate_tls_certificate_not_after_seconds",
+        "zkgate_auth_refusals_total",
+    ] {
+        assert!(names.iter().any(|n| n == needed), "{needed} not on the board");
+    }
+}

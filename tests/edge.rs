@@ -293,3 +293,45 @@ fn a_collector_that_is_down_costs_dropped_spans_not_requests() {
     assert_eq!(gw.metric("zkgate_trace_spans_total", "outcome=\"exported\""), 0);
     assert_eq!(backend.requests_to("GET /api/x"), 50);
 }
+
+#[test]
+fn edge_metrics_count_durations_bytes_instances_and_listeners() {
+    let (good, bad) = (Backend::start("good"), Backend::start("bad"));
+    bad.failing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let toml = Toml::new()
+        .backends("web", &[&good])
+        .backends("flaky", &[&bad])
+        .section("[[route]]", "path_prefix = \"/flaky\"\nservice = \"flaky\"")
+        .route_all("web")
+        .section("[proxy.outlier]", "consecutive_failures = 0");
+    let gw = Gateway::with(toml).workers(2).admin().start();
+    for _ in 0..10 {
+        assert_eq!(request(gw.port, "POST", "/w", &[], b"0123456789").unwrap().status, 200);
+    }
+    for _ in 0..4 {
+        assert_eq!(request(gw.port, "GET", "/flaky", &[], b"").unwrap().status, 503);
+    }
+    let web = "service=\"web\"";
+    assert_eq!(gw.metric("zkgate_request_duration_seconds_count", web), 10);
+    assert_eq!(gw.metric("zkgate_request_bytes_total", web), 100);
+    assert!(gw.metric("zkgate_response_bytes_total", web) > 100);
+    let good_instance = format!("instance=\"{}\"", good.address());
+    assert_eq!(gw.metric("zkgate_instance_requests_total", &good_instance), 10);
+    assert_eq!(gw.metric("zkgate_instance_errors_total", &good_instance), 0);
+    let bad_instance = format!("instance=\"{}\"", bad.address());
+    assert_eq!(gw.metric("zkgate_instance_errors_total", &bad_instance), 4);
+    // A connection held open shows on its listener.
+    let held = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let listener = format!("listener=\"127.0.0.1:{}\"", gw.port);
+    assert_eventually!(
+        5,
+        gw.metric("zkgate_listener_connections", &listener) == 1,
+        "open connection not counted"
+    );
+    drop(held);
+    assert_eventually!(
+        5,
+        gw.metric("zkgate_listener_connections", &listener) == 0,
+        "closed connection still counted"
+    );
+}

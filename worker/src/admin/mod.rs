@@ -156,6 +156,12 @@ impl Admin {
                 );
                 r
             }
+            "/grafana.json" => {
+                let mut r = Response::new(full(GRAFANA.to_string()));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
             "/healthz" => json(
                 StatusCode::OK,
                 serde_json::json!({
@@ -301,6 +307,11 @@ impl Admin {
 /// The live dashboard: one page, served from the binary, polling `/routes`, `/workers` and
 /// `/metrics` once a second.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// A Grafana dashboard built on `/metrics` (traffic, client-side latency, instances, TLS,
+/// auth, mirroring, tracing, discovery), to import as it is: served at `/grafana.json` so the
+/// dashboard an operator imports always matches the metric names of the running binary.
+const GRAFANA: &str = include_str!("grafana.json");
 
 fn full(s: String) -> Body {
     Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed()

@@ -38,7 +38,7 @@ impl Proxy {
             None => self.unrouted,
         };
         self.metrics.request(idx, status.as_u16(), trace.attempts.latency);
-        let bytes_out = bytes.and_then(|b| b.parse().ok()).unwrap_or(0);
+        let bytes_out = bytes.and_then(|b| b.parse().ok()).unwrap_or(trace.bytes_out);
         self.metrics.answered(idx, line.started.elapsed(), (trace.bytes_in, bytes_out));
         let instance = trace
             .attempts

@@ -91,6 +91,9 @@ pub(crate) struct Trace {
     pub(crate) span: Option<Started>,
     /// Request body bytes, when known (`Content-Length`).
     pub(crate) bytes_in: u64,
+    /// Answer body bytes, when known (`Content-Length`), if the caller of `log_request`
+    /// passes none.
+    pub(crate) bytes_out: u64,
 }
 
 impl Trace {

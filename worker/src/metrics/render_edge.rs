@@ -77,13 +77,13 @@ impl Metrics {
         let per_service: [(&str, &str, &str, Read); 5] = [
             (
                 "zkgate_request_bytes_total",
-                "Request body bytes received from clients, per service.",
+                "Request body bytes received from clients (declared lengths: chunked uploads are not counted), per service.",
                 "",
                 |s| s.bytes_in.load(Ordering::Relaxed),
             ),
             (
                 "zkgate_response_bytes_total",
-                "Answer body bytes sent to clients, per service.",
+                "Answer body bytes sent to clients (declared lengths: chunked answers are not counted), per service.",
                 "",
                 |s| s.bytes_out.load(Ordering::Relaxed),
             ),

@@ -247,6 +247,7 @@ impl<S: Io> Conn<'_, S> {
             return Step::Close;
         }
         let length = proxy.access_log.then(|| respond::content_length(&answered.response));
+        trace.bytes_out = respond::declared_length(&answered.response).unwrap_or(0);
         let close = close || !body_done;
         let http10 = head.http10;
         let (responded, spare) = respond(
