@@ -119,8 +119,11 @@ fn a_dead_shadow_fails_no_client_request() {
 /// (trace id, span id, parent span id, attributes as text).
 struct Collector {
     port: u16,
-    spans: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    spans: Arc<Mutex<Vec<Received>>>,
 }
+
+/// (trace id, span id, parent span id, attributes as `key=value` text).
+type Received = (String, String, String, String);
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
