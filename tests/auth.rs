@@ -263,3 +263,65 @@ fn basic_auth_checks_bcrypt_entries_and_a_flood_of_wrong_passwords_stalls_nothin
         "only the right password reached the instance"
     );
 }
+
+#[test]
+fn a_jwks_url_is_fetched_and_htpasswd_changes_apply_on_hup() {
+    // A JWKS served over HTTP with a max-age, as an identity provider serves it.
+    let key = Key::es256("url-1");
+    let jwks = serde_json::json!({ "keys": [key.jwk.clone()] }).to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let jwks_port = listener.local_addr().unwrap().port();
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let count = fetched.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = [0u8; 2048];
+            let _ = std::io::Read::read(&mut conn, &mut head);
+            count.fetch_add(1, Ordering::SeqCst);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: public, max-age=600\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            );
+            let _ = std::io::Write::write_all(&mut conn, answer.as_bytes());
+        }
+    });
+    let backend = Backend::start("web");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = |p: &str| format!("alice:{}\n", bcrypt::hash(p, 4).unwrap());
+    let htpasswd = write_file(dir.path(), "htpasswd", &pw("first"));
+    let toml = Toml::new()
+        .backends("web", &[&backend])
+        .section("[[route]]", "path_prefix = \"/jwt\"\nservice = \"web\"\nauth = \"idp\"")
+        .section("[[route]]", "path_prefix = \"/basic\"\nservice = \"web\"\nauth = \"ops\"")
+        .section(
+            "[auth.idp]",
+            &format!("type = \"jwt\"\njwks_url = \"http://127.0.0.1:{jwks_port}/.well-known/jwks.json\"\nalgorithms = [\"ES256\"]"),
+        )
+        .section("[auth.ops]", &format!("type = \"basic\"\nhtpasswd = {htpasswd:?}"));
+    let gw = Gateway::with(toml).workers(2).admin().start();
+    let token = bearer(&key.sign(&claims("dana", "any", 300)));
+    assert_eventually!(
+        10,
+        get(&gw, "/jwt/x", &[("authorization", &token)]).status == 200,
+        "the fetched JWKS never verified"
+    );
+    let r = get(&gw, "/jwt/x", &[("authorization", &token)]);
+    assert_eq!(r.json()["headers"]["x-auth-subject"], "dana");
+    assert!(fetched.load(Ordering::SeqCst) >= 2, "each worker fetches its set");
+
+    let basic = |p: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("alice:{p}")))
+    };
+    assert_eq!(get(&gw, "/basic/x", &[("authorization", &basic("first"))]).status, 200);
+    std::fs::write(&htpasswd, pw("second")).unwrap();
+    let old = gw.workers();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(
+        15,
+        gw.workers().iter().all(|w| !old.contains(w)) && gw.workers().len() == 2,
+        "not reloaded"
+    );
+    assert_eq!(get(&gw, "/basic/x", &[("authorization", &basic("second"))]).status, 200);
+    assert_eq!(get(&gw, "/basic/x", &[("authorization", &basic("first"))]).status, 401);
+}

@@ -7,6 +7,7 @@
 //! and `aud`, with `leeway`. Signature and expiry failures are 401, a valid token for another
 //! issuer or audience 403 (Envoy's jwt_authn answers the same).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +65,20 @@ pub struct Jwt {
     /// Claim name → header name (lower-case).
     claims: Vec<(String, Vec<u8>)>,
     url: Option<String>,
+    /// Tokens that verified, by SHA-256: their identity and until when (Unix seconds) the
+    /// answer holds — their `exp` plus leeway, at most [`REMEMBER`] from the check. A client
+    /// sends the same token on every request; the signature check (tens of microseconds for
+    /// RSA) runs once. Cleared when the key set changes.
+    verified: Arc<std::sync::Mutex<Verified>>,
 }
+
+/// Verified tokens by digest: the identity and until when it holds (Unix seconds).
+type Verified = HashMap<[u8; 32], (Identity, u64)>;
+
+/// How long a verified token is taken on trust (within its `exp`).
+pub const REMEMBER: Duration = Duration::from_secs(300);
+/// Verified tokens remembered at most per section and worker (the memory is cleared when full).
+const REMEMBERED: usize = 10_000;
 
 /// The algorithms a JWKS of public keys can verify; `HS*` and `none` are not among them.
 pub fn algorithm(name: &str) -> Option<Algorithm> {
@@ -155,6 +169,7 @@ impl Jwt {
                 .map(|(c, h)| (c.clone(), h.to_ascii_lowercase().into_bytes()))
                 .collect(),
             url: s.jwks_url.clone(),
+            verified: Arc::default(),
         })
     }
 
@@ -167,7 +182,7 @@ impl Jwt {
     /// current runtime; a failed fetch keeps the last good set and is retried in 30 s.
     pub fn start_refreshing(&self) {
         let Some(url) = self.url.clone() else { return };
-        let keys = self.keys.clone();
+        let (keys, verified) = (self.keys.clone(), self.verified.clone());
         tokio::spawn(async move {
             loop {
                 let wait = match super::fetch::jwks(&url).await {
@@ -178,6 +193,7 @@ impl Jwt {
                                 set.len()
                             );
                             keys.store(Arc::new(set));
+                            verified.lock().unwrap_or_else(|p| p.into_inner()).clear();
                             max_age
                         }
                         Err(e) => {
@@ -216,6 +232,11 @@ impl Jwt {
             return Err(Refusal::unauthorized("bearer token required", self.challenge(None)));
         };
         let invalid = |why: &str| Refusal::unauthorized(why.to_string(), self.challenge(Some(why)));
+        let digest = token_digest(token);
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(identity) = self.remembered(&digest, now) {
+            return Ok(identity);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         if !self.allowed.contains(&header.alg) {
             return Err(invalid("token algorithm not accepted"));
@@ -250,7 +271,12 @@ impl Jwt {
             use jsonwebtoken::errors::ErrorKind as K;
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
                 Ok(data) => {
-                    return self.identity(&data.claims).ok_or_else(|| invalid("malformed subject"))
+                    let identity =
+                        self.identity(&data.claims).ok_or_else(|| invalid("malformed subject"))?;
+                    let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    let until = (exp + self.leeway.as_secs()).min(now + REMEMBER.as_secs());
+                    self.remember(digest, identity.clone(), until);
+                    return Ok(identity);
                 }
                 Err(e) => {
                     last = match e.kind() {
@@ -277,6 +303,19 @@ impl Jwt {
         Err(last)
     }
 
+    fn remembered(&self, digest: &[u8; 32], now: u64) -> Option<Identity> {
+        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        verified.get(digest).filter(|(_, until)| *until > now).map(|(i, _)| i.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], identity: Identity, until: u64) {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(digest, (identity, until));
+    }
+
     /// `X-Auth-Subject` and the chosen claims. `None`: a subject that cannot be a header value.
     /// A chosen claim that cannot be one is left out (a claim is data, never a header line).
     fn identity(&self, claims: &Map<String, Value>) -> Option<Identity> {
@@ -297,6 +336,13 @@ impl Jwt {
         }
         Some(Identity { headers })
     }
+}
+
+/// SHA-256 of a token (the key verified tokens are remembered by).
+fn token_digest(token: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    out
 }
 
 /// A claim as a header value: a string as it is, anything else as JSON.

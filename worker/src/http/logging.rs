@@ -46,7 +46,8 @@ impl Proxy {
             .zip(trace.service.as_ref())
             .and_then(|(i, s)| s.instances.get(i))
             .map(|i| i.address.as_str());
-        if let (Some(tracer), Some(span)) = (&self.tracer, trace.span) {
+        let sampled = trace.span.filter(|s| s.context.sampled);
+        if let (Some(tracer), Some(span)) = (&self.tracer, sampled) {
             let finished = Finished {
                 method: line.method,
                 path: line.path,

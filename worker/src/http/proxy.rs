@@ -98,7 +98,7 @@ pub(crate) struct Trace {
 
 impl Trace {
     /// The `traceparent` the instance gets: the gateway's span in the request's trace.
-    pub(crate) fn traceparent(&self) -> Option<String> {
+    pub(crate) fn traceparent(&self) -> Option<[u8; 55]> {
         self.span.map(|s| s.context.traceparent())
     }
 }

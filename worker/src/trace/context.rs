@@ -90,7 +90,10 @@ impl Context {
 
     /// A new trace (no parent), sampled as decided.
     pub fn root(sampled: bool) -> Self {
-        let mut c = Context { trace_id: rand::random(), span_id: rand::random(), sampled };
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        let (trace, span): (u128, u64) = (rng.random(), rng.random());
+        let mut c = Context { trace_id: trace.to_le_bytes(), span_id: span.to_le_bytes(), sampled };
         // All-zero ids are invalid; the odds are nil, but the rule is absolute.
         c.trace_id[0] |= u8::from(c.trace_id.iter().all(|b| *b == 0));
         c.span_id[0] |= u8::from(c.span_id.iter().all(|b| *b == 0));
@@ -104,9 +107,21 @@ impl Context {
         Context { span_id, ..*self }
     }
 
-    /// This context as a `traceparent` value.
-    pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-0{}", hex(&self.trace_id), hex(&self.span_id), u8::from(self.sampled))
+    /// This context as a `traceparent` value, written without allocating (every request of a
+    /// traced gateway carries one, sampled or not).
+    pub fn traceparent(&self) -> [u8; 55] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, b) in self.trace_id.iter().enumerate() {
+            out[3 + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[4 + 2 * i] = DIGITS[usize::from(b & 15)];
+        }
+        for (i, b) in self.span_id.iter().enumerate() {
+            out[36 + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[37 + 2 * i] = DIGITS[usize::from(b & 15)];
+        }
+        out[54] = b'0' + u8::from(self.sampled);
+        out
     }
 }
 
@@ -119,7 +134,7 @@ mod tests {
         let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let c = Context::from_traceparent(tp).unwrap();
         assert!(c.sampled);
-        assert_eq!(c.traceparent().as_bytes(), tp);
+        assert_eq!(&c.traceparent(), tp);
         let child = c.child();
         assert_eq!(child.trace_id, c.trace_id);
         assert_ne!(child.span_id, c.span_id);

@@ -122,7 +122,7 @@ impl<S: Io> Conn<'_, S> {
             host: view.host,
             identity: identity.as_ref(),
             client_cert: self.client.cert_subject.as_deref().map(str::as_bytes),
-            traceparent: traceparent.as_deref().map(str::as_bytes),
+            traceparent: traceparent.as_ref().map(|t| &t[..]),
         };
         // The request line and every line but Host (it depends on the instance picked).
         if self.out.capacity() == 0 {

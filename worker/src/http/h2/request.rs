@@ -73,7 +73,7 @@ impl<'a> From<'a> {
         client: SocketAddr,
         host: Option<&'a str>,
         (upgrade, te_trailers): (bool, bool),
-        (identity, traceparent): (Option<&'a Identity>, Option<&'a str>),
+        (identity, traceparent): (Option<&'a Identity>, Option<&'a [u8; 55]>),
     ) -> Self {
         From {
             client,
@@ -84,7 +84,7 @@ impl<'a> From<'a> {
             te_trailers,
             identity,
             client_cert: parts.extensions.get::<ClientCert>().map(|c| c.0.as_bytes()),
-            traceparent: traceparent.map(str::as_bytes),
+            traceparent: traceparent.map(|t| &t[..]),
         }
     }
 }
@@ -169,7 +169,7 @@ impl Proxy {
                         client,
                         host.as_deref(),
                         (false, false),
-                        (identity.as_ref(), traceparent.as_deref()),
+                        (identity.as_ref(), traceparent.as_ref()),
                     );
                     let mut req = self.upstream_request(&parts, empty(), &target, "", from);
                     req.headers_mut().remove(header::HOST);
@@ -206,7 +206,7 @@ impl Proxy {
                 client,
                 host.as_deref(),
                 flags,
-                (identity.as_ref(), traceparent.as_deref()),
+                (identity.as_ref(), traceparent.as_ref()),
             );
             let req = self.upstream_request(&parts, b, &target, address, from);
             // A request with a body is watched for its end; one without is complete already.
