@@ -29,6 +29,8 @@ pub struct Gateway {
     /// The admin token at start, kept for the admin socket if a reload removes `[admin]` (the
     /// socket stays until restart, and must not become open to anyone).
     start_token: Option<String>,
+    /// Where the admin socket was bound at start: it is not reopened on reload.
+    admin_bound: Option<std::net::SocketAddr>,
 }
 
 /// The supervisor's sockets, in order: plain, TLS, then the admin socket if any.
@@ -60,11 +62,13 @@ impl Gateway {
             .map_err(|_| anyhow::anyhow!("cannot draw the TLS ticket secret"))?;
         let tls = certificates.map(|c| worker::tls::Tls { certificates: Arc::new(c), secret });
         let start_token = config.admin.as_ref().and_then(|a| a.token.clone());
+        let admin_bound = config.admin.as_ref().map(|a| a.listen);
         // A random pseudonym per running gateway (std's RandomState is seeded from the OS).
         use std::hash::{BuildHasher, Hasher};
         let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
         let via = format!("zkgate-{:08x}", random as u32);
-        Ok(Gateway { path, config: Arc::new(config), shared: None, sockets, tls, start_token, via })
+        let config = Arc::new(config);
+        Ok(Gateway { path, config, shared: None, sockets, tls, start_token, admin_bound, via })
     }
 }
 
@@ -78,6 +82,27 @@ impl worker::Lifecycle for PipeLifecycle {
 
     fn heartbeat(&self) {
         self.0.heartbeat();
+    }
+}
+
+/// A reload may not move the admin socket: it is bound once, before the first fork. A file
+/// that names another address is refused whole, so the socket that stays never takes the new
+/// file's token (or lack of one): `check` judged that token against the new address, not the
+/// one still bound. Adding `[admin]` where there was none takes effect on restart.
+fn admin_unmoved(
+    bound: Option<std::net::SocketAddr>,
+    wanted: Option<&worker::config::AdminSettings>,
+) -> Result<(), String> {
+    match (bound, wanted) {
+        (Some(bound), Some(a)) if a.listen != bound => Err(format!(
+            "admin.listen changed from {bound} to {}: the admin socket is bound once and moves on restart only; reload refused (the running workers keep the current configuration)",
+            a.listen
+        )),
+        (None, Some(a)) => {
+            log::warn!("reload: [admin] on {} takes effect on restart only", a.listen);
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -127,6 +152,7 @@ impl supervisor::App for Gateway {
     fn reload(&mut self) -> Result<supervisor::Settings, String> {
         let config = config::load(&self.path).map_err(|e| e.to_string())?;
         let certificates = config::load_tls(&self.path, &config).map_err(|e| e.to_string())?;
+        admin_unmoved(self.admin_bound, config.admin.as_ref())?;
         log::info!("reload: {} is valid", self.path.display());
         if config.server.listen_tls != self.config.server.listen_tls {
             log::warn!("reload: server.listen_tls takes effect on restart only; keeping the current sockets");

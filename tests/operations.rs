@@ -368,3 +368,56 @@ fn removing_workers_under_connection_churn_resets_no_connection() {
     assert!(s.errors.is_empty() && s.refused == 0, "{} ok, errors {:?}", s.ok, s.errors);
     assert!(s.ok > 500, "{}", s.ok);
 }
+
+#[test]
+fn the_admin_api_answers_only_its_own_host_names() {
+    let b = Backend::start("b");
+    let admin = support::free_port();
+    let toml = web(&[&b])
+        .admin(admin, Some(TOKEN))
+        .section("[admin]", "allowed_hosts = [\"gw.internal\"]");
+    let _gw = Gateway::with(toml).workers(1).start();
+    let auth = format!("Bearer {TOKEN}");
+    let get = |host: &str| {
+        request(admin, "GET", "/routes", &[("host", host), ("authorization", &auth)], b"").unwrap()
+    };
+    // A page whose own name was rebound to 127.0.0.1 sends its name: refused, nothing read.
+    let r = get("rebind.attacker.example");
+    assert_eq!(r.status, 421, "{}", r.body_text());
+    assert!(!r.body_text().contains(&b.address()), "{}", r.body_text());
+    assert_eq!(get(&format!("rebind.attacker.example:{admin}")).status, 421);
+    for host in [
+        format!("localhost:{admin}"),
+        format!("127.0.0.1:{admin}"),
+        format!("[::1]:{admin}"),
+        "GW.internal".into(),
+    ] {
+        assert_eq!(get(&host).status, 200, "{host}");
+    }
+}
+
+#[test]
+fn a_reload_cannot_move_the_admin_socket_or_strip_its_token() {
+    let b = Backend::start("b");
+    let admin = support::free_port();
+    let gw = Gateway::with(web(&[&b]).admin(admin, Some(TOKEN))).workers(1).start();
+    let before = gw.workers();
+    // The new file moves the admin API to another loopback address without a token (`check`
+    // accepts that file): the bound socket must not become open.
+    let moved = web(&[&b]).admin(admin, None).to_string().replace("127.0.0.1:", "127.0.0.2:");
+    let mut text = gw.config_text();
+    let at = text.find("[admin]").unwrap();
+    let end = text[at..].find("\n\n").map_or(text.len(), |e| at + e);
+    text.replace_range(at..end, moved[moved.find("[admin]").unwrap()..].trim_end());
+    gw.rewrite_config(&text);
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(
+        10,
+        gw.log().contains("reload failed, keeping the running configuration: admin.listen changed"),
+        "the reload was not refused:\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.workers(), before, "the refused reload replaced workers");
+    assert_eq!(admin_get(admin, "/routes", None).status, 401, "the token was dropped");
+    assert_eq!(admin_get(admin, "/routes", Some(TOKEN)).status, 200);
+}

@@ -110,7 +110,46 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
 }
 
 impl Admin {
+    /// Whether the request names a host the admin API answers to: a loopback name, the listen
+    /// address, or one of `admin.allowed_hosts`. DNS rebinding (a page on `attacker.example`
+    /// whose name turns into 127.0.0.1) arrives with the attacker's name and is refused.
+    fn host_allowed<B>(&self, req: &Request<B>) -> bool {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let Some(host) = host else { return false };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    host
+                }
+            }),
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let listen = self.config.admin.as_ref().map(|a| a.listen.ip());
+        name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || Some(ip) == listen)
+            || self
+                .config
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&name)))
+    }
+
     fn answer<B>(&self, req: &Request<B>) -> Response<Body> {
+        if !self.host_allowed(req) {
+            return json(
+                StatusCode::MISDIRECTED_REQUEST,
+                serde_json::json!({"error": "this Host is not the admin API's (admin.allowed_hosts)"}),
+            );
+        }
         if let Some(token) = &self.token {
             let header_token = req
                 .headers()

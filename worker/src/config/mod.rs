@@ -719,11 +719,15 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// When set, requests need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Host names (without port) the admin API answers to beside the loopback names
+    /// (`localhost`, `127.0.0.1`, `::1`) and its listen address. Any other `Host` is refused,
+    /// so a web page that rebinds its own name to 127.0.0.1 cannot read the API.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { listen: DEFAULT_ADMIN_LISTEN, token: None }
+        AdminSettings { listen: DEFAULT_ADMIN_LISTEN, token: None, allowed_hosts: Vec::new() }
     }
 }
 
