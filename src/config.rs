@@ -327,6 +327,14 @@ pub fn supervisor_settings(config: &Config) -> supervisor::Settings {
 /// A one-screen summary, for `zkgate check`.
 pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
     let mut out = String::new();
+    let p = &config.proxy;
+    if !p.outlier.slow_after.is_zero() && p.outlier.slow_after >= p.request_timeout {
+        out += &format!(
+            "warning     proxy.outlier.slow_after ({}) >= proxy.request_timeout ({}): a hung instance is judged only at the deadline; retryable requests give it request_timeout / 2, others get 504\n",
+            human(p.outlier.slow_after),
+            human(p.request_timeout)
+        );
+    }
     let s = &config.server;
     let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
     out += &format!("listen      {}\n", listen.join(", "));
@@ -720,5 +728,15 @@ mod tests {
         assert_eq!(hc, HealthCheck { path: hc.path.clone(), ..Default::default() });
         let services = c.services.get("demo").expect("example service");
         assert_eq!(services.load_balance, None);
+    }
+
+    #[test]
+    fn summary_warns_when_slow_after_reaches_request_timeout() {
+        let base = "[server]\nlisten = [\"127.0.0.1:8080\"]\n[proxy]\nrequest_timeout = \"5s\"\n";
+        let c = parse(base).unwrap();
+        assert!(summary(&c, None)
+            .contains("warning     proxy.outlier.slow_after (5s) >= proxy.request_timeout (5s)"));
+        let c = parse(&format!("{base}[proxy.outlier]\nslow_after = \"2s\"\n")).unwrap();
+        assert!(!summary(&c, None).contains("warning"));
     }
 }

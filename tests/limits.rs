@@ -102,3 +102,86 @@ fn max_requests_refuses_at_once_beyond_its_count_across_workers() {
     // Released: the next one passes.
     assert_eq!(request(port, "GET", "/", &[], b"").unwrap().status, 200);
 }
+
+/// The rate-limit key hash before it was keyed (FNV-1a with a splitmix64 finish): what a client
+/// could compute offline.
+fn old_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[test]
+fn keys_crafted_to_collide_under_the_old_hash_keep_their_own_buckets() {
+    // Nine header values whose old hashes all start at the same bucket: eight places are
+    // probed, so the ninth pushed the oldest out and every key started again from a full burst.
+    let mut keys = Vec::new();
+    let mut i = 0u64;
+    while keys.len() < 9 {
+        let k = format!("key-{i}");
+        if old_hash(k.as_bytes()) % 4096 == 7 {
+            keys.push(k);
+        }
+        i += 1;
+    }
+    let b = Backend::start("b");
+    let toml = Toml::new().backends("web", &[&b]).route_all("web").section(
+        "[[rate_limit]]",
+        "service = \"web\"\nper = \"header:x-api-key\"\nrate = \"1/m\"\nburst = 1",
+    );
+    let gw = Gateway::with(toml).workers(2).start();
+    let mut admitted = 0;
+    for _ in 0..5 {
+        for k in &keys {
+            if request(gw.port, "GET", "/", &[("x-api-key", k)], b"").unwrap().status == 200 {
+                admitted += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, 9, "one request per key per minute (the unkeyed hash let 45 of 45 in)");
+}
+
+#[test]
+fn a_header_limit_cannot_be_dodged_with_several_lines_or_a_canary() {
+    let (b, canary) = (Backend::start("b"), Backend::start("canary"));
+    let toml = Toml::new()
+        .backends("web", &[&b])
+        .backends("web-canary", &[&canary])
+        .section(
+            "[[route]]",
+            "path_prefix = \"/\"\nservice = \"web\"\ncanary = { service = \"web-canary\", header = \"x-canary: 1\" }",
+        )
+        .section(
+            "[[rate_limit]]",
+            "service = \"web\"\nper = \"header:x-api-key\"\nrate = \"1/m\"\nburst = 1",
+        );
+    let gw = Gateway::with(toml).workers(2).start();
+    // A fresh first line per request, the real key after it: refused, never a fresh bucket.
+    for i in 0..3 {
+        let r = support::http::raw(
+            gw.port,
+            format!("GET / HTTP/1.1\r\nhost: x\r\nx-api-key: fresh-{i}\r\nx-api-key: real\r\nconnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(support::http::status_of(&r), 400, "{r}");
+    }
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The canary has no limit of its own: it shares the primary's bucket.
+    let call = |canary: bool| {
+        let mut h = vec![("x-api-key", "k")];
+        if canary {
+            h.push(("x-canary", "1"));
+        }
+        request(gw.port, "GET", "/", &h, b"").unwrap()
+    };
+    let first = call(true);
+    assert_eq!((first.status, first.backend()), (200, "canary".to_string()));
+    assert_eq!(call(true).status, 429, "the canary escaped the primary's limit");
+    assert_eq!(call(false).status, 429, "the canary's request spent the primary's bucket");
+}

@@ -90,3 +90,20 @@ fn route_header_rules_edit_requests_and_responses_on_both_paths() {
     // …and hyper's (a body).
     check(&request(gw.port, "POST", "/c", &headers, b"payload").unwrap());
 }
+
+#[test]
+fn a_hung_instance_costs_no_504_when_slow_after_reaches_request_timeout() {
+    // slow_after keeps its default (5 s), at or beyond request_timeout: an idempotent request
+    // stuck on the hung instance must still leave room to be answered by the other one.
+    let (good, hung) = (Backend::start("good"), support::backend::Hung::start());
+    let toml = Toml::new()
+        .service("web", &[good.address(), hung.address()], "")
+        .route_all("web")
+        .proxy("request_timeout = \"2s\"");
+    let gw = Gateway::with(toml).workers(1).start();
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| request(gw.port, "GET", &format!("/{i}"), &[], b"").unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200; 6], "504s: the retry did not fit in the deadline");
+    assert_eq!(good.requests_to("GET /"), 6);
+}

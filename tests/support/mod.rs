@@ -73,6 +73,7 @@ pub struct Gateway {
 }
 
 /// Builder for [`Gateway`].
+#[derive(Clone)]
 pub struct GatewayBuilder {
     body: String,
     admin: Option<u16>,
@@ -85,6 +86,9 @@ pub struct GatewayBuilder {
     /// Run inside this network namespace (`ip netns exec`), listening on `listen_host`.
     netns: Option<String>,
     listen_host: String,
+    /// The ports were drawn by [`free_port`], not given: another may be drawn when one was
+    /// taken between the draw and the gateway's bind.
+    drawn_ports: bool,
 }
 
 impl Gateway {
@@ -101,6 +105,7 @@ impl Gateway {
             binary: None,
             netns: None,
             listen_host: "127.0.0.1".into(),
+            drawn_ports: true,
         }
     }
 
@@ -211,6 +216,7 @@ impl GatewayBuilder {
     /// Listen on this port (a restart on the port a previous gateway used).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self.drawn_ports = false;
         self
     }
 
@@ -267,20 +273,32 @@ impl GatewayBuilder {
             + &admin
     }
 
-    /// Starts the gateway and waits until every worker is ready.
-    pub fn start(self) -> Gateway {
-        let g = self.spawn();
-        let expect = match self_workers(&g) {
-            1 => "the worker is ready".to_string(),
-            n => format!("all {n} workers ready"),
-        };
-        assert_eventually!(
-            20,
-            g.log().contains(&expect),
-            "gateway did not become ready:\n{}",
-            g.log()
-        );
-        g
+    /// Starts the gateway and waits until every worker is ready. A port drawn by
+    /// [`free_port`] can be taken by another test between the draw and the bind: then the
+    /// gateway exits at once saying so, and is started again on newly drawn ports.
+    pub fn start(mut self) -> Gateway {
+        for attempt in 0.. {
+            let g = self.clone().spawn();
+            let expect = match self_workers(&g) {
+                1 => "the worker is ready".to_string(),
+                n => format!("all {n} workers ready"),
+            };
+            let taken = |g: &Gateway| g.log().contains("address already in use");
+            assert_eventually!(
+                20,
+                g.log().contains(&expect) || taken(&g),
+                "gateway did not become ready:\n{}",
+                g.log()
+            );
+            if !taken(&g) || !self.drawn_ports || attempt == 3 {
+                assert!(!taken(&g), "gateway did not become ready:\n{}", g.log());
+                return g;
+            }
+            drop(g);
+            self.port = free_port();
+            self.admin = self.admin.map(|_| free_port());
+        }
+        unreachable!()
     }
 
     /// Starts the gateway without waiting.

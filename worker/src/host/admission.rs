@@ -15,6 +15,39 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The bucket key of `parts` (a client address, a header value) under rule `rule`: SipHash
+    /// keyed with a secret the host's first worker draws and every later one reads from the
+    /// region. Unkeyed, a client could compute offline addresses or header values that land
+    /// in one bucket's neighbourhood and push each other's state out (nine crafted keys: 45 of
+    /// 45 requests admitted under `1/m, burst = 1`); keyed, it cannot choose where its keys go.
+    pub fn key(&self, rule: usize, parts: &[&[u8]]) -> u64 {
+        use std::hash::Hasher as _;
+        let secret = self.secret();
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(
+            secret,
+            secret.rotate_left(32) ^ rule as u64,
+        );
+        for p in parts {
+            h.write(p);
+            h.write_u8(0xff);
+        }
+        h.finish().max(1)
+    }
+
+    fn secret(&self) -> u64 {
+        let cell = &self.host.region.limit_secret;
+        match cell.load(Ordering::Acquire) {
+            0 => {
+                let drawn = rand::random::<u64>().max(1);
+                match cell.compare_exchange(0, drawn, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => drawn,
+                    Err(theirs) => theirs,
+                }
+            }
+            s => s,
+        }
+    }
+
     /// Counts a request in flight for service `idx`, unless that makes more than `max` across
     /// every worker of the host: then it is refused (and counted), and nothing stays counted.
     /// Exact: the request is counted before the total is read, so two workers racing for the

@@ -177,6 +177,8 @@ pub(crate) struct Region {
     pub(crate) inflight: [[AtomicU32; MAX_INSTANCES]; ACTIVE_ROWS],
     /// Instances that found no place in `instances` (their state stays per worker).
     pub(crate) instance_overflow: AtomicU64,
+    /// The key of the rate-limit bucket hash, drawn by the first worker (0: not drawn yet).
+    pub(crate) limit_secret: AtomicU64,
     /// Health-check leases, by service index.
     pub(crate) leases: [Lease; MAX_SERVICES],
     /// The registry sources' names (labels of the per-source series), and how many there are.

@@ -204,8 +204,16 @@ impl Forwarder {
         body_sent: Option<Arc<BodySent>>,
         give_up_when_slow: bool,
     ) -> Result<R, UpstreamError> {
-        let (slow_after, timeout) =
-            (self.settings.outlier.slow_after, self.settings.request_timeout);
+        let timeout = self.settings.request_timeout;
+        // A request that may go to another instance gives this one at most half its deadline,
+        // so the retry fits in what is left (nginx's proxy_next_upstream timeout within
+        // proxy_next_upstream_timeout): with slow_after >= request_timeout, a hung instance
+        // would otherwise answer every such request 504 at request_timeout.
+        let configured = self.settings.outlier.slow_after;
+        let slow_after = match give_up_when_slow && !configured.is_zero() {
+            true => configured.min(timeout / 2),
+            false => configured,
+        };
         tokio::pin!(response);
         // The instance is judged from the moment the whole request is in its hands: both
         // deadlines count from the end of the body (at once for a request without one).

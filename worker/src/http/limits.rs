@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
 
-use crate::balance::hash_key;
 use crate::config::{Config, RateKey};
 use crate::host::admission::{Admission, InFlightGuard};
 use crate::host::{monotonic_ns, RATE_RULES};
@@ -58,27 +57,52 @@ impl Limits {
     /// Admits a request to `service`, or says why not. The guard (when the service has
     /// `max_requests`) counts the request in flight until dropped: hold it until the answer's
     /// body is done.
+    ///
+    /// `primary`: the service of the route when the request goes to its canary. A canary
+    /// without limits of its own takes the primary's — its rate buckets and its
+    /// `max_requests` count — so qualifying for the canary is no way around them.
     pub fn admit(
         &self,
         (metrics, admission): (&Metrics, &Admission),
-        service: &Service,
+        (service, primary): (&Service, Option<&str>),
         req: &impl RequestView,
         client: IpAddr,
     ) -> Result<Option<InFlightGuard>, ProxyError> {
         if self.rates.is_empty() && self.max_requests.is_empty() {
             return Ok(None);
         }
-        let idx = *service.stats.get_or_init(|| metrics.service_index(&service.name));
-        if let Some(rules) = self.rates.get(&service.name) {
+        let own =
+            |name: &str| self.rates.contains_key(name) || self.max_requests.contains_key(name);
+        let name = match primary {
+            Some(p) if p != service.name && !own(&service.name) => p,
+            _ => service.name.as_str(),
+        };
+        let idx = match name == service.name {
+            true => *service.stats.get_or_init(|| metrics.service_index(&service.name)),
+            false => metrics.service_index(name),
+        };
+        if let Some(rules) = self.rates.get(name) {
             let now = monotonic_ns();
             for rule in rules {
                 let key = match &rule.per {
                     RateKey::Global => 1,
-                    RateKey::ClientIp => match client {
-                        IpAddr::V4(v4) => hash_key(&v4.octets()),
-                        IpAddr::V6(v6) => hash_key(&v6.octets()),
+                    RateKey::ClientIp => match client.to_canonical() {
+                        IpAddr::V4(v4) => admission.key(rule.index, &[&v4.octets()]),
+                        IpAddr::V6(v6) => admission.key(rule.index, &[&v6.octets()]),
                     },
-                    RateKey::Header(name) => req.header(name).map_or(1, hash_key),
+                    RateKey::Header(name) => {
+                        // One line, or none: with several, the client would choose which the
+                        // bucket is keyed on while the instance reads another.
+                        let mut lines = req.headers(name);
+                        let first = lines.next();
+                        if lines.next().is_some() {
+                            return Err(ProxyError::Refused(
+                                http::StatusCode::BAD_REQUEST,
+                                "a rate-limited header sent on several lines",
+                            ));
+                        }
+                        first.map_or(1, |v| admission.key(rule.index, &[v]))
+                    }
                 };
                 let limited = admission.rate_limit(
                     (rule.index, key),
@@ -88,14 +112,14 @@ impl Limits {
                     idx,
                 );
                 if let Err(wait) = limited {
-                    return Err(ProxyError::RateLimited(service.name.clone(), wait));
+                    return Err(ProxyError::RateLimited(name.to_string(), wait));
                 }
             }
         }
-        match self.max_requests.get(&service.name) {
+        match self.max_requests.get(name) {
             Some(max) => match admission.enter(idx, *max) {
                 Some(guard) => Ok(Some(guard)),
-                None => Err(ProxyError::Overloaded(service.name.clone())),
+                None => Err(ProxyError::Overloaded(name.to_string())),
             },
             None => Ok(None),
         }
@@ -125,6 +149,17 @@ mod tests {
         assert!(!admitted(&a, now));
         // Another key has its own bucket.
         assert!(a.rate_limit((0, 43), now, interval, tolerance, 0).is_ok());
+    }
+
+    #[test]
+    fn bucket_keys_are_keyed_per_host_and_the_same_in_every_worker() {
+        let host = crate::host::Host::local(0).started();
+        let (a, b) = (host.admission(), host.for_slot(1).admission());
+        let key = a.key(0, &[b"203.0.113.7"]);
+        assert_eq!(key, b.key(0, &[b"203.0.113.7"]), "every worker of a host agrees");
+        assert_ne!(key, a.key(1, &[b"203.0.113.7"]), "each rule has its own keys");
+        let other = crate::host::Host::local(0).started().admission();
+        assert_ne!(key, other.key(0, &[b"203.0.113.7"]), "another host draws another secret");
     }
 
     #[test]

@@ -227,6 +227,11 @@ impl Router {
         self.rules.get(target.auth?)?.auth.as_deref()
     }
 
+    /// The service of the route a request matched (for a canary's request, the primary's).
+    pub fn primary(&self, target: &Target) -> Option<&str> {
+        self.rules.get(target.rule?).map(|r| r.service.as_str())
+    }
+
     /// The route's mirror, when it has one.
     pub fn mirror(&self, target: &Target) -> Option<&crate::config::Mirror> {
         self.rules.get(target.rule?)?.mirror.as_ref()

@@ -96,7 +96,7 @@ impl<S: Io> Conn<'_, S> {
         // Held until the answer is sent (max_requests counts it in flight until then).
         let _admitted = match proxy.limits.admit(
             (&proxy.metrics, &proxy.admission),
-            &service,
+            (&service, proxy.router.primary(&routed)),
             &view,
             self.client.peer.ip(),
         ) {

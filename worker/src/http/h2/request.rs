@@ -140,8 +140,12 @@ impl Proxy {
         let traceparent = trace.traceparent();
         let service = self.service(&target.service)?;
         trace.service = Some(service.clone());
-        let admitted =
-            self.limits.admit((&self.metrics, &self.admission), &service, &view, client.ip())?;
+        let admitted = self.limits.admit(
+            (&self.metrics, &self.admission),
+            (&service, self.router.primary(&target)),
+            &view,
+            client.ip(),
+        )?;
         let identity = self.authenticate(&target, &service.name, &view).await?;
         let key = hash_on(&service, &view, client);
         let upgrade = match is_upgrade(&req) {
