@@ -21,7 +21,7 @@ pub struct Gateway {
     /// How the supervisor's sockets are laid out. Fixed at start: sockets are not reopened on
     /// reload.
     pub sockets: Layout,
-    /// The certificates of the TLS sockets (re-read on reload) and the ticket secret.
+    /// The certificates of the TLS sockets (re-read on reload).
     tls: Option<worker::tls::Tls>,
     /// This gateway's `Via` pseudonym, drawn once before the first fork so every worker (and
     /// every reload) shares it.
@@ -56,11 +56,9 @@ impl Gateway {
             tls: config.server.listen_tls.len(),
             admin: config.admin.is_some(),
         };
-        // One ticket secret per running gateway, before the first fork: every worker (and every
-        // reload's workers) can resume every other's sessions.
-        let secret = worker::tls::TicketSecret::generate()
-            .map_err(|_| anyhow::anyhow!("cannot draw the TLS ticket secret"))?;
-        let tls = certificates.map(|c| worker::tls::Tls { certificates: Arc::new(c), secret });
+        // Session-ticket keys are drawn per period by the workers, in the shared region: every
+        // worker (and every reload's workers) resumes every other's sessions.
+        let tls = certificates.map(|c| worker::tls::Tls { certificates: Arc::new(c) });
         let start_token = config.admin.as_ref().and_then(|a| a.token.clone());
         let admin_bound = config.admin.as_ref().map(|a| a.listen);
         // A random pseudonym per running gateway (std's RandomState is seeded from the OS).
@@ -157,7 +155,8 @@ impl supervisor::App for Gateway {
         if config.server.listen_tls != self.config.server.listen_tls {
             log::warn!("reload: server.listen_tls takes effect on restart only; keeping the current sockets");
         }
-        // Certificates are re-read on every reload; the secret stays (sessions survive).
+        // Certificates are re-read on every reload; ticket keys stay in the region (sessions
+        // survive).
         if let (Some(tls), Some(certificates)) = (&mut self.tls, certificates) {
             tls.certificates = Arc::new(certificates);
         }

@@ -1,14 +1,16 @@
 //! `gateway.toml` → typed configuration, checked once here at the binary's edge.
 //!
 //! The types and defaults live in `worker::config` (their one home); this module owns the
-//! whole-file parse, the checks that span sections, errors that name the file, line and
-//! column, the supervisor's part of the configuration and `zkgate check`'s summary.
+//! whole-file parse (paths resolved from the file's directory, the files it names read),
+//! errors that name the file, line and column, and the supervisor's part of the
+//! configuration. The checks that span sections are in `checks` and `edge_checks`,
+//! `zkgate check`'s summary in `summary`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-pub use worker::config::{Config, Workers};
+use crate::checks::check;
+pub use worker::config::Config;
 use worker::tls::Certificates;
 
 /// A configuration error, with where it is when that is known.
@@ -34,9 +36,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// Shortest admin token `check` accepts.
-const MIN_TOKEN_LEN: usize = 16;
 
 /// Reads, parses and checks a configuration file; files it names (`upstream_ca`) are
 /// resolved from its directory and read, so a worker never meets an unreadable one.
@@ -95,187 +94,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// Checks that span sections (serde already checked each value on its own).
-fn check(config: &Config) -> Result<(), String> {
-    crate::edge_checks::check(config)?;
-    if config.server.listen.is_empty() {
-        return Err("server.listen: at least one address is required".into());
-    }
-    if config.server.backlog < 1 {
-        return Err("server.backlog: must be at least 1".into());
-    }
-    if let Some(admin) = &config.admin {
-        if let Some(token) = &admin.token {
-            if token.trim().len() < MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "admin.token: at least {MIN_TOKEN_LEN} characters and no spaces (a guessable token protects nothing)"
-                ));
-            }
-        }
-        if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
-            return Err(format!(
-                "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
-                admin.listen
-            ));
-        }
-        if config.server.listen.contains(&admin.listen) {
-            return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
-        }
-        if config.server.listen_tls.contains(&admin.listen) {
-            return Err(format!(
-                "admin.listen = \"{}\" is also in server.listen_tls",
-                admin.listen
-            ));
-        }
-    }
-    if let Some(both) = config.server.listen_tls.iter().find(|a| config.server.listen.contains(a)) {
-        return Err(format!("server.listen_tls: {both} is also in server.listen"));
-    }
-    match (config.server.listen_tls.is_empty(), config.tls.is_empty()) {
-        (false, true) => {
-            return Err("server.listen_tls: needs at least one [[tls]] certificate".into())
-        }
-        (true, false) => {
-            return Err("[[tls]]: certificates without server.listen_tls would never be used".into())
-        }
-        _ => {}
-    }
-    for (i, r) in config.routes.iter().enumerate() {
-        check_route_extras(i, r)?;
-    }
-    if config.rate_limits.len() > worker::host::RATE_RULES {
-        return Err(format!(
-            "[[rate_limit]]: at most {} rules (their buckets live in shared memory sized at start)",
-            worker::host::RATE_RULES
-        ));
-    }
-    if let Some(r) = config.rate_limits.iter().find(|r| r.service.is_empty()) {
-        return Err(format!("[[rate_limit]]: service must name a service (rate {:?})", r.rate));
-    }
-    if let Some((name, _)) = config.services.iter().find(|(_, s)| s.max_requests == Some(0)) {
-        return Err(format!("services.{name}.max_requests: at least 1"));
-    }
-    if !(0.0..=1.0).contains(&config.proxy.retry_budget) {
-        return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
-    }
-    for (name, s) in &config.services {
-        if let Some(own) = s.instances.iter().flatten().find(|i| config.is_own_address(&i.address))
-        {
-            return Err(format!(
-                "services.{name}.instances: {} is this gateway's own address (a request loop)",
-                own.address
-            ));
-        }
-        if s.instances.is_some() && !s.weights.is_empty() {
-            return Err(format!(
-                "services.{name}.weights: only for discovered services; give static instances a weight"
-            ));
-        }
-        if let Some(hc) = &s.health_check {
-            if !hc.path.starts_with('/') {
-                return Err(format!(
-                    "services.{name}.health_check.path = {:?}: must start with '/'",
-                    hc.path
-                ));
-            }
-            if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero()
-            {
-                return Err(format!(
-                    "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
-                ));
-            }
-        }
-    }
-    config.header_routing.check_names()?;
-    supervisor::check_ids(config.server.user.as_deref(), config.server.group.as_deref())
-        .map_err(|e| format!("server.user/group: {e}"))?;
-    if config.proxy.outlier.max_ejection < config.proxy.outlier.base_ejection {
-        return Err("proxy.outlier.max_ejection: must not be below base_ejection".into());
-    }
-    if !config.zookeeper.is_empty() {
-        check_sources(&config.zookeeper)?;
-        return Ok(());
-    }
-    // Without discovery every routed service must have static instances.
-    for (i, r) in config.routes.iter().enumerate() {
-        if config.services.get(&r.service).is_none_or(|s| s.instances.is_none()) {
-            return Err(format!(
-                "route[{i}].service = {:?}: no [services.{}] with instances, and no [zookeeper] to discover it",
-                r.service, r.service
-            ));
-        }
-    }
-    for (name, s) in &config.services {
-        if s.instances.is_none() {
-            return Err(format!(
-                "services.{name}: instances is required when there is no [zookeeper]"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Headers a route's rules may not touch: they frame the message or describe the connection.
-const UNTOUCHABLE: [&str; 10] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// A route's canary and header rules.
-fn check_route_extras(i: usize, r: &worker::config::RouteRule) -> Result<(), String> {
-    let at = format!("route[{i}] ({})", r.path_prefix);
-    if let Some(c) = &r.canary {
-        if !(0.0..=100.0).contains(&c.percent) {
-            return Err(format!("{at}.canary.percent = {}: 0 to 100", c.percent));
-        }
-        if c.service.is_empty() {
-            return Err(format!("{at}.canary.service: required"));
-        }
-        if let Some(h) = &c.header {
-            let ok = h.split_once(':').is_some_and(|(n, v)| {
-                http::HeaderName::from_bytes(n.trim().as_bytes()).is_ok()
-                    && http::HeaderValue::from_str(v.trim()).is_ok()
-            });
-            if !ok {
-                return Err(format!("{at}.canary.header = {h:?}: expected \"name: value\""));
-            }
-        }
-        if let Some(k) = &c.cookie {
-            if k.split_once('=').is_none_or(|(n, _)| n.trim().is_empty()) {
-                return Err(format!("{at}.canary.cookie = {k:?}: expected \"name=value\""));
-            }
-        }
-    }
-    for (which, rules) in
-        [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)]
-    {
-        let names = rules.set.keys().chain(rules.add.keys()).chain(rules.remove.iter());
-        for name in names {
-            let lower = name.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(format!("{at}.{which}: {name:?} is not a header name"));
-            }
-            if UNTOUCHABLE.contains(&lower.as_str()) {
-                return Err(format!("{at}.{which}: {name} frames the message or the connection; the gateway owns it"));
-            }
-        }
-        for value in rules.set.values().chain(rules.add.values()) {
-            if http::HeaderValue::from_str(value).is_err() {
-                return Err(format!("{at}.{which}: {value:?} is not a header value"));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Reads and checks the `[[tls]]` certificates (relative paths from the configuration file's
 /// directory): every reload goes through here, so a bad file fails the reload and the running
 /// workers keep the certificates they have.
@@ -324,220 +142,6 @@ pub fn supervisor_settings(config: &Config) -> supervisor::Settings {
     }
 }
 
-/// A one-screen summary, for `zkgate check`.
-pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
-    let mut out = String::new();
-    let p = &config.proxy;
-    if !p.outlier.slow_after.is_zero() && p.outlier.slow_after >= p.request_timeout {
-        out += &format!(
-            "warning     proxy.outlier.slow_after ({}) >= proxy.request_timeout ({}): a hung instance is judged only at the deadline; retryable requests give it request_timeout / 2, others get 504\n",
-            human(p.outlier.slow_after),
-            human(p.request_timeout)
-        );
-    }
-    let s = &config.server;
-    let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
-    out += &format!("listen      {}\n", listen.join(", "));
-    if !s.listen_tls.is_empty() {
-        let listen: Vec<String> = s.listen_tls.iter().map(|a| a.to_string()).collect();
-        out += &format!("listen_tls  {}\n", listen.join(", "));
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    for r in &config.rate_limits {
-        let per = match &r.per {
-            worker::config::RateKey::ClientIp => "client_ip".to_string(),
-            worker::config::RateKey::Global => "global".to_string(),
-            worker::config::RateKey::Header(h) => format!("header:{h}"),
-        };
-        out += &format!(
-            "rate_limit  {}: {:.3}/s per {per}, burst {}\n",
-            r.service, r.rate.per_second, r.burst
-        );
-    }
-    for (i, cert) in tls.iter().flat_map(|t| &t.list).enumerate() {
-        let days = (cert.not_after - now).div_euclid(86_400);
-        let expiry = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_secs(cert.not_after.max(0) as u64),
-        );
-        let left = if days < 0 { "EXPIRED".to_string() } else { format!("{days} days left") };
-        out += &format!(
-            "tls         {} [{}] expires {expiry} ({left}){}\n",
-            cert.path.display(),
-            cert.names.join(", "),
-            if i == 0 { ", default" } else { "" }
-        );
-    }
-    let workers = match s.workers {
-        Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
-        Workers::Count(n) => n.to_string(),
-        Workers::PerCore(k) => format!("{} ({k} per CPU on this machine)", s.workers.resolve()),
-    };
-    out += &format!(
-        "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\n",
-        s.backlog,
-        human(s.shutdown_timeout),
-        human(s.worker_timeout)
-    );
-    out += &format!(
-        "proxy       {}, connect {}, request {}, retries {}\n",
-        config_name(&config.proxy.load_balance),
-        human(config.proxy.connect_timeout),
-        human(config.proxy.request_timeout),
-        config.proxy.retries
-    );
-    let h = &config.header_routing;
-    if h.enabled {
-        out += &format!(
-            "header      {} with headers {} + {}\n",
-            h.mount, h.service_header, h.path_header
-        );
-    } else {
-        out += "header      routing disabled\n";
-    }
-    for r in &config.routes {
-        out += &format!(
-            "route       {}{} -> {}{}\n",
-            r.host.as_deref().unwrap_or("*"),
-            r.path_prefix,
-            r.service,
-            if r.strip_prefix { " (prefix stripped)" } else { "" }
-        );
-    }
-    for (i, zk) in config.zookeeper.iter().enumerate() {
-        out += &format!(
-            "zookeeper   {}{}{} {} root {} format {}, session {}, keep_last_on_empty {}, removal_guard {}% (hold {})\n",
-            zk.source_name(i),
-            if zk.prefix.is_empty() { String::new() } else { format!(" (prefix {:?})", zk.prefix) },
-            if zk.auth.is_some() { " (auth)" } else { "" },
-            zk.hosts,
-            zk.root,
-            config_name(&zk.format),
-            human(zk.session_timeout),
-            zk.keep_last_on_empty,
-            zk.removal_guard,
-            human(zk.removal_hold)
-        );
-    }
-    if let Some(a) = &config.admin {
-        out += &format!(
-            "admin       {}{}\n",
-            a.listen,
-            if a.token.is_some() { " (bearer token)" } else { "" }
-        );
-    }
-    match (&config.cache.snapshot, config.zookeeper.first()) {
-        (Some(s), Some(_)) => out += &format!("snapshot    {}\n", s.display()),
-        (Some(s), None) => {
-            out += &format!("snapshot    {} (unused without [zookeeper])\n", s.display())
-        }
-        _ => {}
-    }
-    for (name, svc) in &config.services {
-        let instances: Vec<String> = svc
-            .instances
-            .iter()
-            .flatten()
-            .map(|i| {
-                if i.weight == 1 {
-                    i.address.clone()
-                } else {
-                    format!("{} (weight {})", i.address, i.weight)
-                }
-            })
-            .collect();
-        let lb = config_name(&svc.load_balance.unwrap_or(config.proxy.load_balance));
-        let check = svc
-            .health_check
-            .as_ref()
-            .map(|h| format!(", health check {}", h.path))
-            .unwrap_or_default();
-        if svc.instances.is_some() {
-            out += &format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "));
-        } else {
-            out += &format!("service     {name}: {lb}{check}, discovered\n");
-        }
-    }
-    out
-}
-
-/// How a value is written in gateway.toml (`round_robin`, not `RoundRobin`).
-fn config_name<T: serde::Serialize>(v: &T) -> String {
-    toml::Value::try_from(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-/// A duration as it is written in gateway.toml.
-fn human(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// `host:port[,host:port…][/chroot]`, every host with a port.
-/// The registry sources: each one's hosts and credentials; at most [`MAX_SOURCES`]; names
-/// distinct; and two sources can never list the same service name unless prefixes tell them
-/// apart (at most one source without a prefix, no two with the same one).
-fn check_sources(sources: &[worker::config::ZkSettings]) -> Result<(), String> {
-    let at = |i: usize| {
-        if sources.len() == 1 {
-            "zookeeper".to_string()
-        } else {
-            format!("zookeeper[{i}]")
-        }
-    };
-    if sources.len() > worker::host::MAX_SOURCES {
-        return Err(format!("zookeeper: at most {} sources", worker::host::MAX_SOURCES));
-    }
-    let mut names = std::collections::HashSet::new();
-    let mut prefixes = std::collections::HashSet::new();
-    for (i, zk) in sources.iter().enumerate() {
-        check_hosts(&zk.hosts).map_err(|e| format!("{}.hosts: {e}", at(i)))?;
-        if let Some(auth) = &zk.auth {
-            match zk.auth_parts() {
-                Some(("digest", creds)) if creds.contains(':') => {}
-                _ => {
-                    return Err(format!(
-                        "{}.auth = {auth:?}: write \"digest:user:password\"",
-                        at(i)
-                    ))
-                }
-            }
-        }
-        if let Some(tls) = &zk.tls {
-            tls.read().map_err(|e| format!("{}.tls: {e}", at(i)))?;
-        }
-        if !names.insert(zk.source_name(i)) {
-            return Err(format!("{}.name: {:?} names two sources", at(i), zk.source_name(i)));
-        }
-        if !prefixes.insert(zk.prefix.clone()) {
-            return Err(format!(
-                "{}.prefix: two sources with prefix {:?} could both list a service of the same name; give each source its own prefix",
-                at(i),
-                zk.prefix
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_hosts(hosts: &str) -> Result<(), String> {
-    let (list, chroot) = match hosts.find('/') {
-        Some(i) => (&hosts[..i], Some(&hosts[i..])),
-        None => (hosts, None),
-    };
-    if list.trim().is_empty() {
-        return Err("no host given".into());
-    }
-    for h in list.split(',') {
-        worker::table::Instance::validate(h.trim()).map_err(|e| format!("{e} in {hosts:?}"))?;
-    }
-    if let Some(c) = chroot {
-        if c.len() > 1 && c.ends_with('/') {
-            return Err(format!("chroot {c:?} must not end with '/'"));
-        }
-    }
-    Ok(())
-}
-
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -549,6 +153,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::summary::summary;
+    use std::time::Duration;
+    use worker::config::Workers;
     use worker::config::{AdminSettings, Format, HealthCheck, ZkSettings};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

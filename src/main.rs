@@ -2,8 +2,10 @@
 //! its settings and the worker its part (see `app.rs`). Errors get their context here.
 
 mod app;
+mod checks;
 mod config;
 mod edge_checks;
+mod summary;
 
 /// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The
 /// supervisor allocates only from its single thread, so forking stays safe.
@@ -125,7 +127,7 @@ fn init_logging(json: bool) {
 fn check(path: PathBuf) -> anyhow::Result<u8> {
     let config = config::load(&path)?;
     let tls = config::load_tls(&path, &config)?;
-    print!("{}", config::summary(&config, tls.as_ref()));
+    print!("{}", summary::summary(&config, tls.as_ref()));
     println!("{}: configuration is valid", path.display());
     Ok(0)
 }

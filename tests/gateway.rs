@@ -211,12 +211,9 @@ fn hup_with_a_changed_instance_list_applies_it_without_a_failed_request() {
         (0..3).map(|_| request_loop(gw.port, "/slow/2", 5000, 20, stop.clone())).collect();
     wait_for_progress(&b1.hits, 20);
     gw.rewrite_config(&gw.config_text().replace(&b1.address(), &b2.address()));
+    let ready = gw.readiness();
     gw.signal(Signal::SIGHUP);
-    assert_eventually!(
-        15,
-        gw.log().contains("in service on every worker"),
-        "reload did not finish"
-    );
+    assert_eventually!(15, gw.reloaded(ready), "reload did not finish");
     assert_eventually!(
         15,
         gw.workers().len() == 2 && gw.workers().iter().all(|p| !before.contains(p)),
@@ -335,10 +332,11 @@ fn hup_applies_a_new_worker_count() {
     let b1 = Backend::start("b1");
     let gw = Gateway::with(web(&[&b1])).workers(2).start();
     gw.rewrite_config(&gw.config_text().replace("workers = 2", "workers = 3"));
+    let ready = gw.readiness();
     gw.signal(Signal::SIGHUP);
     assert_eventually!(
         15,
-        gw.log().contains("in service on every worker") && gw.workers().len() == 3,
+        gw.reloaded(ready) && gw.workers().len() == 3,
         "not 3 workers: {:?}",
         gw.workers()
     );

@@ -211,7 +211,8 @@ fn tunnels_keep_their_connection_permit_and_close_when_idle() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     let r = String::from_utf8_lossy(&rest);
-    assert!(r.starts_with("TTP/1.1 200") || r.contains("200"), "{r}");
+    // The read above timed out: nothing of the answer was taken before.
+    assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
 }
 
 #[test]

@@ -185,3 +185,44 @@ fn a_header_limit_cannot_be_dodged_with_several_lines_or_a_canary() {
     assert_eq!(call(true).status, 429, "the canary escaped the primary's limit");
     assert_eq!(call(false).status, 429, "the canary's request spent the primary's bucket");
 }
+
+#[test]
+fn services_never_share_a_max_requests_count_whatever_the_table_holds() {
+    // 260 services touched first fill the host's name table (255 rows and `_other`); the two
+    // limited services were given rows at start, so each keeps a count of its own.
+    let b = Backend::start("b");
+    let mut toml = Toml::new()
+        .service("victim", &[b.address()], "max_requests = 1")
+        .service("other", &[b.address()], "max_requests = 1")
+        .section("[header_routing]", "enabled = true");
+    for i in 0..260 {
+        toml = toml.service(&format!("filler-{i}"), &[b.address()], "");
+    }
+    let gw = Gateway::with(toml).workers(2).start();
+    let via = |service: &str, path: &str| {
+        request(gw.port, "GET", "/services", &[("service_name", service), ("api_name", path)], b"")
+            .unwrap()
+            .status
+    };
+    for i in 0..260 {
+        assert_eq!(via(&format!("filler-{i}"), "/"), 200);
+    }
+    // One request in flight to `other` …
+    let port = gw.port;
+    let slow = std::thread::spawn(move || {
+        request(
+            port,
+            "GET",
+            "/services",
+            &[("service_name", "other"), ("api_name", "/slow/1500")],
+            b"",
+        )
+        .unwrap()
+        .status
+    });
+    assert_eventually!(5, b.requests_to("GET /slow/1500") == 1, "the slow request never arrived");
+    // … leaves `victim` idle and open, and `other` at its limit.
+    assert_eq!(via("victim", "/"), 200, "victim shares other's max_requests count");
+    assert_eq!(via("other", "/"), 503);
+    assert_eq!(slow.join().unwrap(), 200);
+}

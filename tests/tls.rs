@@ -134,6 +134,26 @@ fn a_session_resumes_on_any_worker() {
     assert_eq!(workers.len(), 2, "resumed connections landed on one worker only: {workers:?}");
 }
 
+#[test]
+fn a_ticket_issued_before_a_reload_resumes_on_the_new_workers() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let (gw, port) = https_gateway(&backend, &[&a], 2);
+    let client = pki.client(&[]);
+    assert!(!get(&client, port, "a.example", "/").resumed);
+    let old = gw.workers();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(
+        15,
+        gw.workers().len() == 2 && gw.workers().iter().all(|w| !old.contains(w)),
+        "not reloaded"
+    );
+    // The new workers read the period's key from the host's region: no full handshake.
+    let seen = get(&client, port, "a.example", "/");
+    assert!(seen.resumed, "the ticket from before the reload was refused");
+}
+
 fn write_over(dst: &Path, src: &Path) {
     // Written aside and renamed: the gateway never reads half a file.
     let tmp = dst.with_extension("tmp");

@@ -20,8 +20,11 @@ struct Failing {
 impl App for Failing {
     fn run_worker(&self, _ctx: WorkerContext) -> i32 {
         // SAFETY: the region is 8+ bytes, page aligned, shared and never unmapped.
-        let counter = unsafe { &*(self.starts.as_ptr() as *const AtomicU64) };
-        counter.fetch_add(1, Ordering::SeqCst);
+        let words = unsafe { &*(self.starts.as_ptr() as *const [AtomicU64; 17]) };
+        let n = words[0].fetch_add(1, Ordering::SeqCst) as usize;
+        if n < 16 {
+            words[1 + n].store(monotonic_ms(), Ordering::SeqCst);
+        }
         self.code
     }
 
@@ -70,6 +73,20 @@ fn wait_exit(pid: Pid, within: Duration) -> Option<i32> {
     None
 }
 
+/// CLOCK_MONOTONIC in milliseconds: the same clock in every process.
+fn monotonic_ms() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
+}
+
+/// When each of the first 16 workers started (CLOCK_MONOTONIC ms).
+fn start_times(region: &SharedMemory) -> Vec<u64> {
+    // SAFETY: as in run_worker.
+    let words = unsafe { &*(region.as_ptr() as *const [AtomicU64; 17]) };
+    let n = (starts(region) as usize).min(16);
+    words[1..=n].iter().map(|w| w.load(Ordering::SeqCst)).collect()
+}
+
 fn starts(region: &SharedMemory) -> u64 {
     // SAFETY: as in run_worker.
     unsafe { &*(region.as_ptr() as *const AtomicU64) }.load(Ordering::SeqCst)
@@ -87,16 +104,27 @@ fn fatal_workers_stop_their_slots_and_a_crash_loop_backs_off() {
     );
     assert_eq!(starts(&region), 2, "a fatal slot is not respawned");
 
-    // Crash loop: respawns at 0, 100, 200, 400, 800, 1600 ms … — a handful in 2 s, not thousands.
-    let region = SharedMemory::map(64).unwrap();
+    // Crash loop: respawns after 0, 100, 200, 400, 800 ms … — each wait twice the last, so a
+    // crashing worker costs a handful of starts, not thousands.
+    let region = SharedMemory::map(4096).unwrap();
     let pid = spawn_supervisor(Failing { code: 1, starts: region }, 1);
-    std::thread::sleep(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while starts(&region) < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(pid, Signal::SIGTERM).unwrap();
     assert_eq!(
         wait_exit(pid, Duration::from_secs(10)),
         Some(0),
         "TERM stops a crash-looping supervisor cleanly"
     );
-    let n = starts(&region);
-    assert!((4..=10).contains(&n), "{n} starts in 2 s");
+    let times = start_times(&region);
+    assert!(times.len() >= 6, "{} starts in 15 s", times.len());
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).take(5).collect();
+    // The first respawn comes at once; from the second on, each wait at least doubles
+    // (minus scheduling slack) and the fifth is at least 800 ms.
+    for k in 2..gaps.len() {
+        assert!(gaps[k] * 10 >= gaps[k - 1] * 18, "waits between starts: {gaps:?} ms");
+    }
+    assert!(gaps[4] >= 750, "waits between starts: {gaps:?} ms");
 }

@@ -14,6 +14,8 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -70,6 +72,46 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    /// The sd_notify socket the harness gave the supervisor (see [`GatewayBuilder::start`]),
+    /// drained by a thread until the gateway is dropped.
+    notify: Option<Notify>,
+}
+
+/// A NOTIFY_SOCKET the harness owns: readiness is the supervisor's `READY=1`, the state it
+/// tells systemd, not a log line's wording.
+struct Notify {
+    ready: std::sync::mpsc::Receiver<()>,
+    /// `READY=1` messages so far: one at start, one more when each reload is in service on
+    /// every worker.
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Notify {
+    fn new() -> (Notify, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (tx, ready) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        (Notify { ready, count, stop, _dir: dir }, path)
+    }
 }
 
 /// Builder for [`Gateway`].
@@ -142,6 +184,19 @@ impl Gateway {
             "worker {old} not replaced: {:?}",
             self.workers()
         );
+    }
+
+    /// `READY=1` announcements the supervisor made (a started gateway owns its notify socket):
+    /// take it before a HUP, and [`Gateway::reloaded`] tells when that reload is in service.
+    pub fn readiness(&self) -> usize {
+        let n = self.notify.as_ref().expect("a gateway from start() without its own NOTIFY_SOCKET");
+        n.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether a reload finished since [`Gateway::readiness`] said `before`: its workers are in
+    /// service on every slot (the supervisor's `READY=1`, state, not a log line).
+    pub fn reloaded(&self, before: usize) -> bool {
+        self.readiness() > before
     }
 
     /// `GET path` on the admin API (the builder must have asked for `.admin()`).
@@ -273,23 +328,42 @@ impl GatewayBuilder {
             + &admin
     }
 
-    /// Starts the gateway and waits until every worker is ready. A port drawn by
+    /// Starts the gateway and waits until every worker is ready: the supervisor's `READY=1`
+    /// on a NOTIFY_SOCKET the harness owns (a test that brings its own socket, or runs in a
+    /// network namespace, waits for the readiness log line instead). A port drawn by
     /// [`free_port`] can be taken by another test between the draw and the bind: then the
     /// gateway exits at once saying so, and is started again on newly drawn ports.
     pub fn start(mut self) -> Gateway {
+        let own_notify =
+            self.netns.is_none() && !self.env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
         for attempt in 0.. {
-            let g = self.clone().spawn();
+            let mut builder = self.clone();
+            let notify = own_notify.then(|| {
+                let (notify, path) = Notify::new();
+                builder.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+                notify
+            });
+            let mut g = builder.spawn();
             let expect = match self_workers(&g) {
                 1 => "the worker is ready".to_string(),
                 n => format!("all {n} workers ready"),
             };
             let taken = |g: &Gateway| g.log().contains("address already in use");
+            let mut ready = false;
             assert_eventually!(
                 20,
-                g.log().contains(&expect) || taken(&g),
+                {
+                    ready = ready
+                        || match &notify {
+                            Some(n) => n.ready.try_recv().is_ok(),
+                            None => g.log().contains(&expect),
+                        };
+                    ready || taken(&g)
+                },
                 "gateway did not become ready:\n{}",
                 g.log()
             );
+            g.notify = notify;
             if !taken(&g) || !self.drawn_ports || attempt == 3 {
                 assert!(!taken(&g), "gateway did not become ready:\n{}", g.log());
                 return g;
@@ -337,6 +411,7 @@ impl GatewayBuilder {
             dir,
             config_path,
             log_path,
+            notify: None,
         }
     }
 }
@@ -357,6 +432,9 @@ pub fn server_section(port: u16, workers: usize) -> String {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if let Some(n) = &self.notify {
+            n.stop.store(true, Ordering::Relaxed);
+        }
         if self.child.is_none() {
             return;
         }

@@ -79,7 +79,7 @@ pub struct Settings {
     pub listeners: Vec<std::net::TcpListener>,
     /// TLS sockets (inherited like the others), served with `tls`.
     pub tls_listeners: Vec<std::net::TcpListener>,
-    /// Certificates and ticket secret, when there are TLS sockets.
+    /// Certificates, when there are TLS sockets.
     pub tls: Option<tls::Tls>,
     /// The admin socket (inherited like the others) and its bearer token.
     pub admin: Option<(std::net::TcpListener, Option<String>)>,
@@ -256,7 +256,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let mut accept_loops = Vec::new();
     let tls = match (&settings.tls, settings.tls_listeners.is_empty()) {
         (Some(tls), false) => Some(tokio_rustls::TlsAcceptor::from(
-            tls.certificates.server_config(&tls.secret).map_err(Error::Tls)?,
+            tls.certificates.server_config(host).map_err(Error::Tls)?,
         )),
         _ => None,
     };

@@ -68,7 +68,23 @@ impl Admission {
             region.workers[self.host.slot].services[idx].overloaded.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(InFlightGuard(mine))
+        Some(InFlightGuard::Shared(mine))
+    }
+
+    /// Counts a request in flight in a count of this worker's own (`count`), unless that makes
+    /// more than `max`: for a service the shared name table has no row of its own for (it is
+    /// full, or the name is longer than a row holds). Its limit then holds per worker, but is
+    /// never shared with another service's.
+    pub fn enter_local(
+        &self,
+        count: std::sync::Arc<std::sync::atomic::AtomicI32>,
+        max: u32,
+    ) -> Option<InFlightGuard> {
+        if count.fetch_add(1, Ordering::AcqRel) + 1 > max as i32 {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlightGuard::Local(count))
     }
 
     /// GCRA rate limiting on bucket `key` of `rule`: admits a request when the key's
@@ -131,12 +147,21 @@ impl Admission {
     }
 }
 
-/// A request counted in flight for `max_requests` until dropped.
+/// A request counted in flight for `max_requests` until dropped: in this process's row of
+/// the shared region, or in a worker-local count.
 #[derive(Debug)]
-pub struct InFlightGuard(&'static std::sync::atomic::AtomicI32);
+pub enum InFlightGuard {
+    /// The service's row in the region (its limit holds for the host).
+    Shared(&'static std::sync::atomic::AtomicI32),
+    /// A count of this worker's own (the service has no row of its own).
+    Local(std::sync::Arc<std::sync::atomic::AtomicI32>),
+}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        match self {
+            InFlightGuard::Shared(c) => c.fetch_sub(1, Ordering::AcqRel),
+            InFlightGuard::Local(c) => c.fetch_sub(1, Ordering::AcqRel),
+        };
     }
 }

@@ -66,6 +66,11 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
+    /// The host's session-ticket key slots.
+    pub(crate) fn ticket_slots(&self) -> &'static [region::TicketSlot; 2] {
+        &self.region.tickets
+    }
+
     /// Records this worker's start: claims its process row (clearing the rows of processes
     /// that are gone, so what they counted in flight stops counting).
     pub fn started(mut self) -> Host {
@@ -76,7 +81,12 @@ impl Host {
     /// The index of `service` in the shared name table (claimed on first use): one index per
     /// service in every worker, for counters and leases alike.
     pub fn service_index(&self, service: &str) -> usize {
-        let name = &service.as_bytes()[..service.len().min(NAME_LEN)];
+        // A longer name would be cut, and two names alike in their first NAME_LEN bytes would
+        // share a row (and its limits): it has none.
+        if service.len() > NAME_LEN {
+            return MAX_SERVICES - 1;
+        }
+        let name = service.as_bytes();
         for (i, slot) in self.region.names.iter().enumerate().take(MAX_SERVICES - 1) {
             loop {
                 match slot.state.load(Ordering::Acquire) {

@@ -157,6 +157,14 @@ pub(crate) struct InstanceEntry {
     pub(crate) errors: AtomicU64,
 }
 
+/// One period's session-ticket key: `tag` is the period + 1 when the key is ready (0: empty),
+/// with the busy bit while a worker writes a fresh random key.
+#[repr(C)]
+pub(crate) struct TicketSlot {
+    pub(crate) tag: AtomicU64,
+    pub(crate) key: [AtomicU64; 4],
+}
+
 /// One health-check lease: which process probes a service for the host, until when — in one
 /// word, so taking it over is one compare-and-swap (pid << 40 | CLOCK_MONOTONIC ms).
 #[repr(C)]
@@ -179,6 +187,8 @@ pub(crate) struct Region {
     pub(crate) instance_overflow: AtomicU64,
     /// The key of the rate-limit bucket hash, drawn by the first worker (0: not drawn yet).
     pub(crate) limit_secret: AtomicU64,
+    /// TLS session-ticket keys, one slot per period parity (see `tls::tickets`).
+    pub(crate) tickets: [TicketSlot; 2],
     /// Health-check leases, by service index.
     pub(crate) leases: [Lease; MAX_SERVICES],
     /// The registry sources' names (labels of the per-source series), and how many there are.

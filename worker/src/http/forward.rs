@@ -8,16 +8,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Response;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::balance::PickContext;
 use crate::config::ProxySettings;
 use crate::http::dial::Dialer;
 use crate::http::error::ProxyError;
+use crate::http::inflight::InFlight;
+pub use crate::http::inflight::InFlightBody;
 use crate::http::pool::{IdleSet, Lease};
 use crate::http::upstream::{BodySent, Upstream, UpstreamError};
 use crate::metrics::Metrics;
@@ -418,88 +419,6 @@ impl<'a> CountGuard<'a> {
 impl Drop for CountGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a request against its instance (`least_request`, the per-instance limit) and holds
-/// its upstream slot and connection until its response body ends.
-pub struct InFlight {
-    service: Arc<Service>,
-    idx: usize,
-    _slot: OwnedSemaphorePermit,
-    /// The upstream connection; back to the pool if the body was read to its end.
-    lease: Option<Lease>,
-}
-
-impl InFlight {
-    /// Holds the upstream connection until the response body is done.
-    pub fn hold(&mut self, lease: Lease) {
-        self.lease = Some(lease);
-    }
-
-    /// The connection was taken over (101 Switching Protocols): it never returns to the pool.
-    pub fn detach_connection(&mut self) {
-        self.lease = None;
-    }
-
-    fn start(service: Arc<Service>, idx: usize, slot: OwnedSemaphorePermit) -> Self {
-        service.health.started(idx);
-        InFlight { service, idx, _slot: slot, lease: None }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.service.health.finished(self.idx);
-    }
-}
-
-/// A response body that keeps its [`InFlight`] alive while it streams.
-pub struct InFlightBody {
-    inner: Incoming,
-    _inflight: InFlight,
-}
-
-impl InFlightBody {
-    /// Wraps `inner` so the instance counts the request until the body is done.
-    pub fn new(inner: Incoming, mut inflight: InFlight) -> Self {
-        // No body at all (HEAD, 204, 304): complete already, whether or not it is ever polled.
-        if inner.is_end_stream() {
-            if let Some(lease) = inflight.lease.as_mut() {
-                lease.reusable();
-            }
-        }
-        InFlightBody { inner, _inflight: inflight }
-    }
-}
-
-impl hyper::body::Body for InFlightBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        let done = matches!(polled, std::task::Poll::Ready(None))
-            || (matches!(polled, std::task::Poll::Ready(Some(Ok(_))))
-                && self.inner.is_end_stream());
-        if done {
-            // Read to its end: the connection may carry the next request.
-            if let Some(lease) = self._inflight.lease.as_mut() {
-                lease.reusable();
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -31,6 +31,8 @@ struct Rule {
 pub struct Limits {
     rates: FxHashMap<String, Vec<Rule>>,
     max_requests: FxHashMap<String, u32>,
+    /// In-flight counts of limited services without a row of their own in the shared table.
+    local: std::sync::Mutex<FxHashMap<String, std::sync::Arc<std::sync::atomic::AtomicI32>>>,
 }
 
 impl Limits {
@@ -51,7 +53,16 @@ impl Limits {
             .iter()
             .filter_map(|(name, s)| Some((name.clone(), s.max_requests?)))
             .collect();
-        Limits { rates, max_requests }
+        Limits { rates, max_requests, local: Default::default() }
+    }
+
+    /// Claims the shared table's rows of every limited service now, before traffic to other
+    /// services can fill the table: a limited service gets a row of its own whenever there is
+    /// one to give.
+    pub fn claim_rows(&self, metrics: &Metrics) {
+        for name in self.rates.keys().chain(self.max_requests.keys()) {
+            metrics.service_index(name);
+        }
     }
 
     /// Admits a request to `service`, or says why not. The guard (when the service has
@@ -116,13 +127,25 @@ impl Limits {
                 }
             }
         }
-        match self.max_requests.get(name) {
-            Some(max) => match admission.enter(idx, *max) {
-                Some(guard) => Ok(Some(guard)),
-                None => Err(ProxyError::Overloaded(name.to_string())),
-            },
-            None => Ok(None),
-        }
+        let Some(max) = self.max_requests.get(name) else { return Ok(None) };
+        let guard = match idx == crate::host::MAX_SERVICES - 1 {
+            // No row of its own (the `_other` row is every such service's): counted apart.
+            true => {
+                let count = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                let count = match count.get(name) {
+                    Some(c) => c.clone(),
+                    None => {
+                        drop(count);
+                        log::warn!("service {name}: no row of its own in the host's table; its max_requests holds per worker");
+                        let mut all = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                        all.entry(name.to_string()).or_default().clone()
+                    }
+                };
+                admission.enter_local(count, *max)
+            }
+            false => admission.enter(idx, *max),
+        };
+        guard.map(Some).ok_or_else(|| ProxyError::Overloaded(name.to_string()))
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`limits`]: `[[rate_limit]]` and `max_requests`, exact across the host's workers.
 //! - [`policy`]: the one header policy both sides follow, requests and answers; [`headers`]:
 //!   its values (this gateway's `Via` entry, underscored names, request ids).
-//! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records.
+//! - [`forward`]: picking an instance, sending, retrying what is safe to retry, outlier records;
+//!   [`inflight`]: a request counted against its instance until its answer's body ends.
 //! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients); [`grpc`]:
 //!   which requests are gRPC, and their `grpc-timeout`.
 //! - [`mirror`]: copies of a route's requests to a shadow service, never waited for.
@@ -42,6 +43,7 @@ pub mod h1;
 pub mod h2;
 pub mod headers;
 pub mod health_check;
+pub mod inflight;
 pub mod limits;
 mod logging;
 pub mod mirror;

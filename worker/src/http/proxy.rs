@@ -142,7 +142,11 @@ impl Proxy {
             access_log: config.log.access,
             connections: shared.connections,
             transports: shared.transports,
-            limits: Limits::from_config(config),
+            limits: {
+                let limits = Limits::from_config(config);
+                limits.claim_rows(&Metrics::new(shared.host));
+                limits
+            },
             buffers: Buffers::default(),
             auth: shared.auth,
             mirrors: Mirrors::new(&config.proxy, dialer),

@@ -17,8 +17,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-pub use tickets::TicketSecret;
-
 /// Why the certificates cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -43,14 +41,12 @@ pub enum TlsError {
     Config(String),
 }
 
-/// What a worker terminates TLS with: the certificates the binary loaded and checked, and
-/// the gateway's ticket secret.
+/// What a worker terminates TLS with: the certificates the binary loaded and checked (session
+/// ticket keys live in the host's shared region, see `tickets`).
 #[derive(Debug, Clone)]
 pub struct Tls {
     /// The certificates.
     pub certificates: Arc<Certificates>,
-    /// The session-ticket secret shared by every worker.
-    pub secret: TicketSecret,
 }
 
 /// One certificate (with its chain and key), as configured by a `[[tls]]` entry.
@@ -232,7 +228,7 @@ impl Certificates {
     /// The rustls server configuration of a worker: SNI resolver, ALPN, shared tickets.
     pub fn server_config(
         &self,
-        secret: &TicketSecret,
+        host: crate::host::Host,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider)
@@ -244,7 +240,7 @@ impl Certificates {
         };
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(self)));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.ticketer = Arc::new(tickets::SharedTicketer::new(secret.clone()));
+        config.ticketer = Arc::new(tickets::SharedTicketer::new(host));
         Ok(Arc::new(config))
     }
 }

@@ -1,75 +1,134 @@
 //! Session tickets any worker of a gateway can open: a TLS client that resumes lands on
 //! whichever worker the kernel picks (SO_REUSEPORT), so every worker must hold the same keys.
 //!
-//! The gateway draws one secret before the first fork and hands it to every worker (it stays
-//! across reloads). Ticket keys are derived from it per period (HKDF-SHA256 of the period
-//! number): all workers compute the same key without talking, keys roll every [`PERIOD_SECS`],
-//! and a ticket is accepted during its period and the next. Tickets are sealed with
-//! ChaCha20-Poly1305: `period (8 bytes) ‖ nonce (12) ‖ ciphertext ‖ tag`.
+//! Each [`PERIOD_SECS`] period has a key of its own, drawn at random by the first worker that
+//! seals a ticket in it and kept in the host's shared region (one slot per period parity), so
+//! every worker of the host, and every worker a reload starts, uses it. A ticket is accepted
+//! during its period and the next. The slot of period `p` is overwritten when period `p + 2`
+//! draws its key, and a worker that finds a slot older than the previous period wipes it: at
+//! any time the region holds at most the current and the previous key. Nothing derives keys
+//! from a long-lived secret, so a memory disclosure yields those two keys, never past or
+//! future ones, and a recorded session resumed with an older ticket stays sealed.
+//!
+//! Tickets are sealed with ChaCha20-Poly1305: `period (8 bytes) ‖ nonce (12) ‖ ciphertext ‖ tag`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::host::region::TicketSlot;
+use crate::host::Host;
 
 /// How long one ticket key is used to seal new tickets.
 pub const PERIOD_SECS: u64 = 6 * 3600;
 
-/// The secret all workers derive ticket keys from.
-#[derive(Clone)]
-pub struct TicketSecret([u8; 32]);
+/// Set in a slot's tag while a worker writes its key.
+const BUSY: u64 = 1 << 63;
 
-impl std::fmt::Debug for TicketSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TicketSecret(..)")
-    }
-}
-
-impl TicketSecret {
-    /// A fresh random secret (drawn once per running gateway, before the first fork).
-    pub fn generate() -> Result<Self, ring::error::Unspecified> {
-        let mut bytes = [0u8; 32];
-        SystemRandom::new().fill(&mut bytes)?;
-        Ok(TicketSecret(bytes))
-    }
-
-    /// A fixed secret (tests).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        TicketSecret(bytes)
-    }
-
-    fn key(&self, period: u64) -> LessSafeKey {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"zkgate session tickets");
-        let prk = salt.extract(&self.0);
-        let info = period.to_be_bytes();
-        let info = [&info[..]];
-        let okm =
-            prk.expand(&info, &CHACHA20_POLY1305).expect("32-byte output is within HKDF's limit");
-        let mut key = [0u8; 32];
-        okm.fill(&mut key).expect("sized for the algorithm");
-        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte key"))
-    }
-}
-
-/// rustls's ticket producer over keys derived from a [`TicketSecret`].
-#[derive(Debug)]
+/// rustls's ticket producer over the host's period keys.
 pub struct SharedTicketer {
-    secret: TicketSecret,
+    slots: &'static [TicketSlot; 2],
     rng: SystemRandom,
 }
 
+impl std::fmt::Debug for SharedTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedTicketer(..)")
+    }
+}
+
+fn read_key(slot: &TicketSlot) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for (chunk, word) in key.chunks_mut(8).zip(&slot.key) {
+        chunk.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
+    }
+    key
+}
+
+fn write_key(slot: &TicketSlot, key: &[u8; 32]) {
+    for (chunk, word) in key.chunks(8).zip(&slot.key) {
+        word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Release);
+    }
+}
+
+fn wipe(slot: &TicketSlot, tag: u64) {
+    // Only the slot as it was seen: a worker that just drew a newer key keeps it.
+    if slot.tag.compare_exchange(tag, BUSY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        slot.key.iter().for_each(|w| w.store(0, Ordering::Release));
+        slot.tag.store(0, Ordering::Release);
+    }
+}
+
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key"))
+}
+
 impl SharedTicketer {
-    /// A ticketer for `secret`.
-    pub fn new(secret: TicketSecret) -> Self {
-        SharedTicketer { secret, rng: SystemRandom::new() }
+    /// A ticketer over `host`'s key slots.
+    pub fn new(host: Host) -> Self {
+        SharedTicketer { slots: host.ticket_slots(), rng: SystemRandom::new() }
     }
 
     fn period_now() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) / PERIOD_SECS
     }
 
+    fn slot(&self, period: u64) -> &TicketSlot {
+        &self.slots[(period % 2) as usize]
+    }
+
+    /// Wipes the other slot when it holds a key older than the previous period.
+    fn forget_old(&self, now: u64) {
+        let other = self.slot(now + 1);
+        let tag = other.tag.load(Ordering::Acquire);
+        if tag != 0 && tag & BUSY == 0 && tag < now {
+            wipe(other, tag);
+        }
+    }
+
+    /// The key of `period`, drawn now if this is its first ticket. `None` while another worker
+    /// writes it (that ticket is not issued: the client does a full handshake next time).
+    fn sealing_key(&self, period: u64) -> Option<[u8; 32]> {
+        let slot = self.slot(period);
+        let want = period + 1;
+        let tag = slot.tag.load(Ordering::Acquire);
+        if tag == want {
+            return self.opening_key(period);
+        }
+        let (busy, of) = (tag & BUSY != 0, tag & !BUSY);
+        // A newer period's key (a clock step back), or this one's being written: no ticket.
+        // A busy slot of an older period is a writer that died: taken over.
+        if of > want || (busy && of == want) {
+            return None;
+        }
+        slot.tag.compare_exchange(tag, BUSY | want, Ordering::AcqRel, Ordering::Acquire).ok()?;
+        let mut key = [0u8; 32];
+        if self.rng.fill(&mut key).is_err() {
+            slot.tag.store(tag, Ordering::Release);
+            return None;
+        }
+        write_key(slot, &key);
+        slot.tag.store(want, Ordering::Release);
+        Some(key)
+    }
+
+    /// The key of `period`, when the region still holds it (read twice around the tag, so a
+    /// key being replaced is never half read).
+    fn opening_key(&self, period: u64) -> Option<[u8; 32]> {
+        let slot = self.slot(period);
+        let tag = |s: &AtomicU64| s.load(Ordering::Acquire);
+        if tag(&slot.tag) != period + 1 {
+            return None;
+        }
+        let key = read_key(slot);
+        (tag(&slot.tag) == period + 1).then_some(key)
+    }
+
     fn seal(&self, period: u64, plain: &[u8]) -> Option<Vec<u8>> {
+        self.forget_old(period);
+        let key = aead_key(&self.sealing_key(period)?);
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(8 + NONCE_LEN + plain.len() + aead::MAX_TAG_LEN);
@@ -77,15 +136,13 @@ impl SharedTicketer {
         out.extend_from_slice(&nonce);
         let mut sealed = plain.to_vec();
         let aad = Aad::from(period.to_be_bytes());
-        self.secret
-            .key(period)
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut sealed)
-            .ok()?;
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut sealed).ok()?;
         out.extend_from_slice(&sealed);
         Some(out)
     }
 
     fn open(&self, now: u64, ticket: &[u8]) -> Option<Vec<u8>> {
+        self.forget_old(now);
         if ticket.len() < 8 + NONCE_LEN + aead::MAX_TAG_LEN {
             return None;
         }
@@ -93,10 +150,11 @@ impl SharedTicketer {
         if period != now && period.checked_add(1) != Some(now) {
             return None;
         }
+        let key = aead_key(&self.opening_key(period)?);
         let nonce = Nonce::try_assume_unique_for_key(&ticket[8..8 + NONCE_LEN]).ok()?;
         let mut sealed = ticket[8 + NONCE_LEN..].to_vec();
         let aad = Aad::from(period.to_be_bytes());
-        let plain = self.secret.key(period).open_in_place(nonce, aad, &mut sealed).ok()?;
+        let plain = key.open_in_place(nonce, aad, &mut sealed).ok()?;
         Some(plain.to_vec())
     }
 }
@@ -125,8 +183,8 @@ mod tests {
 
     #[test]
     fn any_worker_opens_a_ticket_in_its_period_and_the_next_only() {
-        let secret = TicketSecret::from_bytes([7; 32]);
-        let (issuer, other) = (SharedTicketer::new(secret.clone()), SharedTicketer::new(secret));
+        let host = Host::local(0);
+        let (issuer, other) = (SharedTicketer::new(host), SharedTicketer::new(host.for_slot(1)));
         let ticket = issuer.seal(100, b"session state").unwrap();
         assert_eq!(other.open(100, &ticket).as_deref(), Some(&b"session state"[..]));
         assert_eq!(other.open(101, &ticket).as_deref(), Some(&b"session state"[..]));
@@ -134,7 +192,29 @@ mod tests {
         let mut forged = ticket.clone();
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(other.open(100, &forged), None);
-        let stranger = SharedTicketer::new(TicketSecret::from_bytes([8; 32]));
-        assert_eq!(stranger.open(100, &ticket), None, "another gateway's secret");
+        let stranger = SharedTicketer::new(Host::local(0));
+        assert_eq!(stranger.open(100, &ticket), None, "another gateway's keys");
+    }
+
+    #[test]
+    fn each_period_draws_a_key_of_its_own_and_old_keys_are_erased() {
+        let host = Host::local(0);
+        let t = SharedTicketer::new(host);
+        let k100 = t.sealing_key(100).unwrap();
+        assert_eq!(t.sealing_key(100), Some(k100), "one key per period, for every ticket");
+        let k101 = t.sealing_key(101).unwrap();
+        assert_ne!(k100, k101, "drawn, not derived: no key tells another");
+        // Period 102 reuses 100's slot: its key is gone, 101's stays for one more period.
+        let k102 = t.sealing_key(102).unwrap();
+        assert!(![k100, k101].contains(&k102));
+        assert_eq!(t.opening_key(100), None);
+        assert_eq!(t.opening_key(101), Some(k101));
+        // Quiet until period 104: the first ticket then finds 101's key older than the
+        // previous period and wipes it, so only 104's key is left in the region.
+        let _ = t.seal(104, b"x").unwrap();
+        assert_eq!(t.opening_key(103), None);
+        assert!(
+            host.ticket_slots().iter().filter(|s| s.tag.load(Ordering::Relaxed) != 0).count() == 1
+        );
     }
 }
