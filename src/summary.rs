@@ -5,27 +5,48 @@ use std::time::Duration;
 use worker::config::{Config, Workers};
 use worker::tls::Certificates;
 
-/// A one-screen summary, for `zkgate check`.
+/// A one-screen summary, for `zkgate check`: warnings first, then each part of the file.
 pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
-    let mut out = String::new();
+    let parts = [
+        warnings(config),
+        listeners(config),
+        rate_limits(config),
+        certificates(tls),
+        processes(config),
+        routing(config),
+        edge(config),
+        registries(config),
+        services(config),
+    ];
+    parts.concat()
+}
+
+/// Settings that pass `check` but will not do what the operator likely means.
+fn warnings(config: &Config) -> String {
     let p = &config.proxy;
-    if !p.outlier.slow_after.is_zero() && p.outlier.slow_after >= p.request_timeout {
-        out += &format!(
-            "warning     proxy.outlier.slow_after ({}) >= proxy.request_timeout ({}): a hung instance is judged only at the deadline; retryable requests give it request_timeout / 2, others get 504\n",
-            human(p.outlier.slow_after),
-            human(p.request_timeout)
-        );
+    if p.outlier.slow_after.is_zero() || p.outlier.slow_after < p.request_timeout {
+        return String::new();
     }
+    format!(
+        "warning     proxy.outlier.slow_after ({}) >= proxy.request_timeout ({}): a hung instance is judged only at the deadline; retryable requests give it request_timeout / 2, others get 504\n",
+        human(p.outlier.slow_after),
+        human(p.request_timeout)
+    )
+}
+
+fn listeners(config: &Config) -> String {
     let s = &config.server;
-    let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
-    out += &format!("listen      {}\n", listen.join(", "));
+    let list =
+        |l: &[std::net::SocketAddr]| l.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    let mut out = format!("listen      {}\n", list(&s.listen));
     if !s.listen_tls.is_empty() {
-        let listen: Vec<String> = s.listen_tls.iter().map(|a| a.to_string()).collect();
-        out += &format!("listen_tls  {}\n", listen.join(", "));
+        out += &format!("listen_tls  {}\n", list(&s.listen_tls));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    out
+}
+
+fn rate_limits(config: &Config) -> String {
+    let mut out = String::new();
     for r in &config.rate_limits {
         let per = match &r.per {
             worker::config::RateKey::ClientIp => "client_ip".to_string(),
@@ -37,6 +58,14 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
             r.service, r.rate.per_second, r.burst
         );
     }
+    out
+}
+
+fn certificates(tls: Option<&Certificates>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut out = String::new();
     for (i, cert) in tls.iter().flat_map(|t| &t.list).enumerate() {
         let days = (cert.not_after - now).div_euclid(86_400);
         let expiry = humantime::format_rfc3339_seconds(
@@ -50,42 +79,90 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
             if i == 0 { ", default" } else { "" }
         );
     }
+    if let Some(client) = tls.and_then(|t| t.client.as_ref()) {
+        let how = if client.required { "required" } else { "optional" };
+        out += &format!("tls         client certificates {how} (client_ca)\n");
+    }
+    out
+}
+
+fn processes(config: &Config) -> String {
+    let s = &config.server;
     let workers = match s.workers {
         Workers::Auto => format!("{} (auto: one per CPU)", s.workers.resolve()),
         Workers::Count(n) => n.to_string(),
         Workers::PerCore(k) => format!("{} ({k} per CPU on this machine)", s.workers.resolve()),
     };
-    out += &format!(
-        "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\n",
+    format!(
+        "workers     {workers}, backlog {}, shutdown_timeout {}, worker_timeout {}\nproxy       {}, connect {}, request {}, retries {}\n",
         s.backlog,
         human(s.shutdown_timeout),
-        human(s.worker_timeout)
-    );
-    out += &format!(
-        "proxy       {}, connect {}, request {}, retries {}\n",
+        human(s.worker_timeout),
         config_name(&config.proxy.load_balance),
         human(config.proxy.connect_timeout),
         human(config.proxy.request_timeout),
         config.proxy.retries
-    );
+    )
+}
+
+fn routing(config: &Config) -> String {
     let h = &config.header_routing;
-    if h.enabled {
-        out += &format!(
+    let mut out = match h.enabled {
+        true => format!(
             "header      {} with headers {} + {}\n",
             h.mount, h.service_header, h.path_header
-        );
-    } else {
-        out += "header      routing disabled\n";
-    }
+        ),
+        false => "header      routing disabled\n".to_string(),
+    };
     for r in &config.routes {
+        let mut extras = String::new();
+        if r.strip_prefix {
+            extras += " (prefix stripped)";
+        }
+        if let Some(a) = &r.auth {
+            extras += &format!(" (auth {a})");
+        }
+        if let Some(m) = &r.mirror {
+            extras += &format!(" (mirror {}% to {})", m.percent, m.service);
+        }
         out += &format!(
-            "route       {}{} -> {}{}\n",
+            "route       {}{} -> {}{extras}\n",
             r.host.as_deref().unwrap_or("*"),
             r.path_prefix,
-            r.service,
-            if r.strip_prefix { " (prefix stripped)" } else { "" }
+            r.service
         );
     }
+    out
+}
+
+/// `[auth.NAME]` sections and `[tracing]`.
+fn edge(config: &Config) -> String {
+    let mut out = String::new();
+    for (name, a) in &config.auth {
+        out += &match a {
+            worker::config::AuthSettings::Jwt(j) => format!(
+                "auth        {name}: jwt {} {}, algorithms {}\n",
+                j.jwks.as_ref().map_or_else(String::new, |p| p.display().to_string()),
+                j.jwks_url.as_deref().unwrap_or(""),
+                j.algorithms.join(", ")
+            ),
+            worker::config::AuthSettings::Basic(b) => {
+                format!("auth        {name}: basic {}\n", b.htpasswd.display())
+            }
+        };
+    }
+    if let Some(t) = &config.tracing {
+        out += &format!(
+            "tracing     sample {}, export {}\n",
+            t.sample,
+            t.otlp_endpoint.as_deref().unwrap_or("none")
+        );
+    }
+    out
+}
+
+fn registries(config: &Config) -> String {
+    let mut out = String::new();
     for (i, zk) in config.zookeeper.iter().enumerate() {
         out += &format!(
             "zookeeper   {}{}{} {} root {} format {}, session {}, keep_last_on_empty {}, removal_guard {}% (hold {})\n",
@@ -115,17 +192,19 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
         }
         _ => {}
     }
+    out
+}
+
+fn services(config: &Config) -> String {
+    let mut out = String::new();
     for (name, svc) in &config.services {
         let instances: Vec<String> = svc
             .instances
             .iter()
             .flatten()
-            .map(|i| {
-                if i.weight == 1 {
-                    i.address.clone()
-                } else {
-                    format!("{} (weight {})", i.address, i.weight)
-                }
+            .map(|i| match i.weight {
+                1 => i.address.clone(),
+                w => format!("{} (weight {w})", i.address),
             })
             .collect();
         let lb = config_name(&svc.load_balance.unwrap_or(config.proxy.load_balance));
@@ -134,11 +213,12 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
             .as_ref()
             .map(|h| format!(", health check {}", h.path))
             .unwrap_or_default();
-        if svc.instances.is_some() {
-            out += &format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "));
-        } else {
-            out += &format!("service     {name}: {lb}{check}, discovered\n");
-        }
+        out += &match svc.instances {
+            Some(_) => {
+                format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "))
+            }
+            None => format!("service     {name}: {lb}{check}, discovered\n"),
+        };
     }
     out
 }

@@ -359,3 +359,30 @@ pub struct LocalPort(pub u16);
 /// only a connection idle for at least this long (idleness is checked once per period, so up to
 /// twice this) or at `shutdown_timeout` is closed under it.
 pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_tells_bytes_from_requests() {
+        let a = Arc::new(Activity::default());
+        assert!(!a.read_any() && !a.requests_seen());
+        let before = a.snapshot();
+        a.touch(false);
+        assert!(!a.read_any(), "a write is not a read");
+        assert!(!a.quiet_since(before, false), "a byte moved");
+        assert!(a.quiet_since(before, true), "HTTP/2: bytes alone (pings) are not activity");
+        let before = a.snapshot();
+        let open = RequestGuard::new(a.clone());
+        assert!(a.requests_seen());
+        assert!(!a.quiet_since(before, true), "a request started");
+        let during = a.snapshot();
+        assert!(!a.quiet_since(during, true), "a request open is never quiet");
+        drop(open);
+        let after = a.snapshot();
+        assert!(a.quiet_since(after, true), "ended, and nothing since");
+        a.touch(true);
+        assert!(a.read_any());
+    }
+}

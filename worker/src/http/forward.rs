@@ -427,6 +427,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tried_instances_spill_from_inline_to_the_heap_in_order() {
+        let mut tried = Tried::default();
+        assert!(tried.as_slice().is_empty());
+        for i in [7, 3, 9, 1] {
+            tried.push(i);
+        }
+        assert_eq!(tried.as_slice(), [7, 3, 9, 1]);
+        assert!(tried.more.is_empty(), "four fit inline");
+        tried.push(4);
+        tried.push(2);
+        assert_eq!(tried.as_slice(), [7, 3, 9, 1, 4, 2]);
+    }
+
+    #[test]
     fn only_what_is_safe_is_replayed() {
         let connect = UpstreamError::Connect("refused".into());
         let reset = UpstreamError::Reset("eof".into());

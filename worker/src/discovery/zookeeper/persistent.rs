@@ -114,7 +114,7 @@ impl Watcher {
     }
 
     /// Which service an event's node belongs to; a change of the root's children (a service
-    /// node created or deleted, or the root itself) sets `at_root`.
+    /// node created or deleted, or the root itself) sets `at_root`. Static services are left out.
     fn classify(
         &self,
         root: &str,
@@ -122,32 +122,15 @@ impl Watcher {
         services: &mut BTreeSet<String>,
         at_root: &mut bool,
     ) {
-        let rest = match root {
-            "/" => path.strip_prefix('/'),
-            _ => path.strip_prefix(root).and_then(|r| {
-                if r.is_empty() {
-                    Some("")
-                } else {
-                    r.strip_prefix('/')
-                }
-            }),
-        };
-        let Some(rest) = rest else { return };
-        if rest.is_empty() {
-            *at_root = true;
-            return;
+        match node_of(root, path) {
+            Node::Outside => {}
+            Node::Root => *at_root = true,
+            Node::Service(name, _) if self.skip.contains(name) => {}
+            Node::Service(name, below) => {
+                *at_root |= !below;
+                services.insert(name.to_string());
+            }
         }
-        let (service, below) = match rest.split_once('/') {
-            Some((s, b)) => (s, Some(b)),
-            None => (rest, None),
-        };
-        if self.skip.contains(service) {
-            return;
-        }
-        if below.is_none() {
-            *at_root = true;
-        }
-        services.insert(service.to_string());
     }
 
     /// The root's service names (none while it does not exist), static services left out.
@@ -201,5 +184,56 @@ impl Watcher {
         self.metrics.zk_resync();
         self.send(Update::Full(full));
         Some(names)
+    }
+}
+
+/// Where an event's path lies relative to the registry root.
+#[derive(Debug, PartialEq, Eq)]
+enum Node<'p> {
+    /// Not under the root (another tree the recursive watch cannot send, or a sibling whose
+    /// name merely starts like the root's: `/servicesX`).
+    Outside,
+    /// The root itself.
+    Root,
+    /// A service node (`false`) or a node below one (`true`: an instance, a Dubbo category).
+    Service(&'p str, bool),
+}
+
+/// Classifies `path` against `root` (`/` or a path without a trailing `/`).
+fn node_of<'p>(root: &str, path: &'p str) -> Node<'p> {
+    let rest = match root {
+        "/" => path.strip_prefix('/'),
+        _ => path.strip_prefix(root).and_then(|r| match r.is_empty() {
+            true => Some(""),
+            false => r.strip_prefix('/'),
+        }),
+    };
+    match rest {
+        None => Node::Outside,
+        Some("") => Node::Root,
+        Some(rest) => match rest.split_once('/') {
+            Some((service, _)) => Node::Service(service, true),
+            None => Node::Service(rest, false),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_paths_are_classified_against_the_root() {
+        assert_eq!(node_of("/services", "/services"), Node::Root);
+        assert_eq!(node_of("/services", "/services/web"), Node::Service("web", false));
+        assert_eq!(node_of("/services", "/services/web/10.0.0.1:80"), Node::Service("web", true));
+        assert_eq!(
+            node_of("/dubbo", "/dubbo/com.example.Api/providers/x"),
+            Node::Service("com.example.Api", true)
+        );
+        assert_eq!(node_of("/services", "/servicesX/web"), Node::Outside, "a sibling, not below");
+        assert_eq!(node_of("/services", "/other"), Node::Outside);
+        assert_eq!(node_of("/", "/"), Node::Root);
+        assert_eq!(node_of("/", "/web/i"), Node::Service("web", true));
     }
 }
