@@ -210,28 +210,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
     start_health_checks(&config, (&table, host), &transports);
-    if let Some((listener, token)) = settings.admin.take() {
-        listen(&listener, config.server.backlog).map_err(Error::Listener)?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
-        let admin = admin::Admin {
-            table: table.clone(),
-            metrics,
-            host,
-            ready: ready.clone(),
-            token,
-            slot,
-            changes,
-            reports,
-            config: config.clone(),
-            router: http::router::Router::new(&config.header_routing, &config.routes),
-            certificates: settings
-                .tls
-                .iter()
-                .flat_map(|t| &t.certificates.list)
-                .map(|c| (c.names.join(","), c.not_after))
-                .collect(),
-        };
-        tokio::spawn(admin::serve(listener, Arc::new(admin), stop_rx.clone()));
+    if let Some(admin_socket) = settings.admin.take() {
+        let parts = (table.clone(), changes, reports, ready.clone());
+        start_admin(admin_socket, &settings, parts, (metrics, host), stop_rx.clone())?;
     }
     start_heartbeat(lifecycle.clone(), metrics, table.clone());
 
@@ -253,7 +234,61 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
             "worker slot {slot}: no routes after {unready_limit:?} (zookeeper silent, no snapshot): accepting anyway; discovered services answer 503 with Retry-After until they load"
         );
     }
-    let mut accept_loops = Vec::new();
+    let accept_loops = start_accepting(&mut settings, &server, host)?;
+    tokio::spawn(report_ready(slot, ready, table, metrics, lifecycle));
+
+    if signals.next().await == Stop::Fast {
+        log::info!("worker slot {slot}: SIGQUIT: exiting now");
+        return Ok(());
+    }
+    drain(&server, (stop_tx, accept_loops), &mut signals, (slot, config.server.shutdown_timeout))
+        .await;
+    Ok(())
+}
+
+/// The admin API on its socket (listening from now on), with what it reports on.
+fn start_admin(
+    (listener, token): (std::net::TcpListener, Option<String>),
+    settings: &Settings,
+    (table, changes, reports, ready): AdminParts,
+    (metrics, host): (metrics::Metrics, host::Host),
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let config = &settings.config;
+    listen(&listener, config.server.backlog).map_err(Error::Listener)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listener)?;
+    let certificates = settings.tls.iter().flat_map(|t| &t.certificates.list);
+    let admin = admin::Admin {
+        table,
+        metrics,
+        host,
+        ready,
+        token,
+        slot: settings.slot,
+        changes,
+        reports,
+        config: config.clone(),
+        router: http::router::Router::new(&config.header_routing, &config.routes),
+        certificates: certificates.map(|c| (c.names.join(","), c.not_after)).collect(),
+    };
+    tokio::spawn(admin::serve(listener, Arc::new(admin), stop));
+    Ok(())
+}
+
+/// What the admin API reads: the table, recent changes, the registry reports, readiness.
+type AdminParts = (
+    SharedTable,
+    Arc<discovery::changes::Changes>,
+    Vec<Arc<discovery::report::RegistryReport>>,
+    tokio::sync::watch::Receiver<Option<table::Source>>,
+);
+
+/// Starts listening on every data socket (plain, then TLS) and an accept loop on each.
+fn start_accepting(
+    settings: &mut Settings,
+    server: &Arc<http::server::Server>,
+    host: host::Host,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
     let tls = match (&settings.tls, settings.tls_listeners.is_empty()) {
         (Some(tls), false) => Some(tokio_rustls::TlsAcceptor::from(
             tls.certificates.server_config(host).map_err(Error::Tls)?,
@@ -262,21 +297,26 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     };
     let plain = std::mem::take(&mut settings.listeners).into_iter().map(|l| (l, None));
     let secure = std::mem::take(&mut settings.tls_listeners).into_iter().map(|l| (l, tls.clone()));
+    let mut accept_loops = Vec::new();
     for (index, (l, tls)) in plain.chain(secure).enumerate() {
-        listen(&l, config.server.backlog).map_err(Error::Listener)?;
+        listen(&l, settings.config.server.backlog).map_err(Error::Listener)?;
         let l = tokio::net::TcpListener::from_std(l).map_err(Error::Listener)?;
         accept_loops.push(tokio::spawn(server.clone().accept_loop(l, tls, index)));
     }
-    tokio::spawn(report_ready(slot, ready, table, metrics, lifecycle));
+    Ok(accept_loops)
+}
 
-    if signals.next().await == Stop::Fast {
-        log::info!("worker slot {slot}: SIGQUIT: exiting now");
-        return Ok(());
-    }
+/// A graceful stop: accept loops end (taking what is queued), then open connections finish,
+/// for at most `shutdown_timeout` or until a second signal.
+async fn drain(
+    server: &http::server::Server,
+    (stop_tx, accept_loops): (tokio::sync::watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>),
+    signals: &mut Signals,
+    (slot, shutdown_timeout): (usize, Duration),
+) {
     log::info!(
-        "worker slot {slot}: draining {} connections (up to {:?})",
-        server.connections.active(),
-        config.server.shutdown_timeout
+        "worker slot {slot}: draining {} connections (up to {shutdown_timeout:?})",
+        server.connections.active()
     );
     let _ = stop_tx.send(true);
     for l in accept_loops {
@@ -284,7 +324,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     }
     let drained = tokio::select! {
         _ = server.connections.wait_idle() => true,
-        _ = tokio::time::sleep(config.server.shutdown_timeout) => false,
+        _ = tokio::time::sleep(shutdown_timeout) => false,
         _ = signals.next() => false,
     };
     if !drained {
@@ -293,7 +333,6 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
             server.connections.active()
         );
     }
-    Ok(())
 }
 
 /// Starts listening (idempotent: the supervisor may already have): a socket of a slot added at
