@@ -103,30 +103,16 @@ fn max_requests_refuses_at_once_beyond_its_count_across_workers() {
     assert_eq!(request(port, "GET", "/", &[], b"").unwrap().status, 200);
 }
 
-/// The rate-limit key hash before it was keyed (FNV-1a with a splitmix64 finish): what a client
-/// could compute offline.
-fn old_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 #[test]
 fn keys_crafted_to_collide_under_the_old_hash_keep_their_own_buckets() {
-    // Nine header values whose old hashes all start at the same bucket: eight places are
+    // Nine header values whose old hashes (the unkeyed hash_key the buckets used) all start at
+    // the same bucket: eight places are
     // probed, so the ninth pushed the oldest out and every key started again from a full burst.
     let mut keys = Vec::new();
     let mut i = 0u64;
     while keys.len() < 9 {
         let k = format!("key-{i}");
-        if old_hash(k.as_bytes()) % 4096 == 7 {
+        if worker::balance::hash_key(k.as_bytes()) % 4096 == 7 {
             keys.push(k);
         }
         i += 1;

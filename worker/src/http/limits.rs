@@ -31,6 +31,9 @@ struct Rule {
 pub struct Limits {
     rates: FxHashMap<String, Vec<Rule>>,
     max_requests: FxHashMap<String, u32>,
+    /// The shared-table row of every limited service, claimed at start (a canary's request
+    /// counted against its primary looks the row up here, not in the table).
+    rows: std::sync::OnceLock<FxHashMap<String, usize>>,
     /// In-flight counts of limited services without a row of their own in the shared table.
     local: std::sync::Mutex<FxHashMap<String, std::sync::Arc<std::sync::atomic::AtomicI32>>>,
 }
@@ -53,16 +56,16 @@ impl Limits {
             .iter()
             .filter_map(|(name, s)| Some((name.clone(), s.max_requests?)))
             .collect();
-        Limits { rates, max_requests, local: Default::default() }
+        Limits { rates, max_requests, rows: Default::default(), local: Default::default() }
     }
 
     /// Claims the shared table's rows of every limited service now, before traffic to other
     /// services can fill the table: a limited service gets a row of its own whenever there is
     /// one to give.
     pub fn claim_rows(&self, metrics: &Metrics) {
-        for name in self.rates.keys().chain(self.max_requests.keys()) {
-            metrics.service_index(name);
-        }
+        let names = self.rates.keys().chain(self.max_requests.keys());
+        let rows = names.map(|n| (n.clone(), metrics.service_index(n))).collect();
+        let _ = self.rows.set(rows);
     }
 
     /// Admits a request to `service`, or says why not. The guard (when the service has
@@ -90,7 +93,10 @@ impl Limits {
         };
         let idx = match name == service.name {
             true => *service.stats.get_or_init(|| metrics.service_index(&service.name)),
-            false => metrics.service_index(name),
+            false => match self.rows.get().and_then(|r| r.get(name)) {
+                Some(row) => *row,
+                None => metrics.service_index(name),
+            },
         };
         if let Some(rules) = self.rates.get(name) {
             let now = monotonic_ns();

@@ -73,15 +73,17 @@ impl Mirrors {
         copy: Option<MirrorCopy>,
         (table, transports, metrics): (&SharedTable, &Transports, Metrics),
     ) {
-        let idx = metrics.service_index(&mirror.service);
+        let Some(service) = table.load().get(&mirror.service).cloned() else {
+            let idx = metrics.service_index(&mirror.service);
+            return metrics.mirror(idx, Mirrored::Failed);
+        };
+        // The row is looked up once per service (kept with it), not per copy.
+        let idx = *service.stats.get_or_init(|| metrics.service_index(&service.name));
         let Some(copy) = copy else {
             return metrics.mirror(idx, Mirrored::Skipped);
         };
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             return metrics.mirror(idx, Mirrored::Skipped);
-        };
-        let Some(service) = table.load().get(&mirror.service).cloned() else {
-            return metrics.mirror(idx, Mirrored::Failed);
         };
         let transport = transports.get(&service.name).cloned();
         let (upstream, timeout) = (self.upstream.clone(), self.timeout);
