@@ -175,6 +175,25 @@ impl supervisor::App for Gateway {
         self.shared = Some(region);
     }
 
+    fn handover(&self) -> Vec<u8> {
+        match self.shared {
+            // SAFETY: as in run_worker; slot 0 is only used as a reading handle here.
+            Some(region) if region.len() >= worker::host::Host::size() => unsafe {
+                worker::tls::tickets::handover(worker::host::Host::from_raw(region.as_ptr(), 0))
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn adopt_handover(&mut self, state: &[u8]) {
+        if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size()) {
+            // SAFETY: as in run_worker; no worker runs yet.
+            let host = unsafe { worker::host::Host::from_raw(region.as_ptr(), 0) };
+            let keys = worker::tls::tickets::adopt(host, state);
+            log::info!("upgrade: {keys} TLS session-ticket key(s) taken over from the previous binary");
+        }
+    }
+
     fn slot_retired(&mut self, slot: usize) {
         if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size()) {
             // SAFETY: as in run_worker; the supervisor writes only the retired slot's row.

@@ -154,6 +154,37 @@ fn a_ticket_issued_before_a_reload_resumes_on_the_new_workers() {
     assert!(seen.resumed, "the ticket from before the reload was refused");
 }
 
+/// How many pipes a process holds open.
+fn pipes(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// USR2 maps a new region in the new binary: the old one hands its ticket keys over (a pipe,
+/// not the environment), so a session from before the upgrade resumes on the new workers.
+#[test]
+fn a_ticket_issued_before_an_upgrade_resumes_on_the_new_binary() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let (mut gw, port) = https_gateway(&backend, &[&a], 2);
+    let client = pki.client(&[]);
+    assert!(!get(&client, port, "a.example", "/").resumed);
+    let pipes_before = pipes(gw.pid().as_raw());
+    gw.signal(Signal::SIGUSR2);
+    assert_eventually!(20, gw.successor().is_some(), "no take-over:\n{}", gw.log());
+    // Only the new binary's workers are left to answer.
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0), "{}", gw.log());
+    let seen = get(&client, port, "a.example", "/");
+    assert_eq!(seen.response.status, 200);
+    assert!(seen.resumed, "the ticket from before the upgrade was refused:\n{}", gw.log());
+    // The hand-over pipe was read and closed, not left open in the new supervisor.
+    assert_eq!(pipes(gw.successor().unwrap()), pipes_before);
+}
+
 fn write_over(dst: &Path, src: &Path) {
     // Written aside and renamed: the gateway never reads half a file.
     let tmp = dst.with_extension("tmp");

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use support::load::{Load, Reuse, Spec};
 use support::{zkgate, Backend, Gateway, Toml};
 
@@ -28,23 +27,6 @@ fn replace(path: &Path, with: &Path) {
     let tmp = path.with_extension("new");
     std::fs::copy(with, &tmp).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Stops a process by saved pid when dropped (the new supervisor is no child of the test).
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let pid = Pid::from_raw(self.0);
-        let _ = kill(pid, Signal::SIGTERM);
-        for _ in 0..200 {
-            if kill(pid, None).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = kill(pid, Signal::SIGKILL);
-    }
 }
 
 fn alive(pid: i32) -> bool {
@@ -72,15 +54,9 @@ fn usr2_under_load_hands_the_sockets_over_with_nothing_refused_or_lost() {
 
     replace(&bin, Path::new(zkgate()));
     gw.signal(Signal::SIGUSR2);
-    assert_eventually!(20, gw.log().contains("upgrade: serving;"), "no take-over:\n{}", gw.log());
-    let new = gw
-        .log()
-        .lines()
-        .find_map(|l| {
-            l.split("new supervisor pid ").nth(1)?.split_whitespace().next()?.parse().ok()
-        })
-        .expect("the new supervisor's pid in the log");
-    let _stop_new = KillOnDrop(new);
+    // The new supervisor tells systemd MAINPID= once every worker of its own is ready.
+    assert_eventually!(20, gw.successor().is_some(), "no take-over:\n{}", gw.log());
+    let new = gw.successor().unwrap();
     // The old supervisor drains and exits 0; its workers with it.
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0), "{}", gw.log());
     for w in &old_workers {

@@ -97,6 +97,18 @@ pub trait App {
     /// Slot `slot` was removed (TTOU) and its last worker has exited: per-slot figures (the
     /// application's `/workers`, gauges) should stop showing it. A later TTIN may reuse it.
     fn slot_retired(&mut self, _slot: usize) {}
+
+    /// USR2: state the upgraded binary should start with (zkgate: its TLS session-ticket keys,
+    /// so tickets issued before the upgrade still resume). It travels through a pipe inherited
+    /// by the new binary, never its environment or arguments, and is read once. Empty: nothing.
+    /// The format is the application's; a new binary that does not know it ignores it.
+    fn handover(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// In a binary started by USR2, after [`App::attach_shared`] and before the first fork:
+    /// what the previous binary's [`App::handover`] gave (never called with nothing).
+    fn adopt_handover(&mut self, _state: &[u8]) {}
 }
 
 /// Errors that stop the supervisor from starting or running.

@@ -40,6 +40,8 @@ struct Notify {
     /// `READY=1` messages so far: one at start, one more when each reload is in service on
     /// every worker.
     count: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last `MAINPID=` told (0: none): a USR2 upgrade's new supervisor, once it took over.
+    main_pid: Arc<std::sync::atomic::AtomicI32>,
     stop: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
@@ -55,18 +57,23 @@ impl Notify {
         let done = stop.clone();
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = count.clone();
+        let main_pid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let told = main_pid.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !done.load(Ordering::Relaxed) {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    if line == "READY=1" {
                         counted.fetch_add(1, Ordering::SeqCst);
                         let _ = tx.send(());
+                    } else if let Some(pid) = line.strip_prefix("MAINPID=") {
+                        told.store(pid.parse().unwrap_or(0), Ordering::SeqCst);
                     }
                 }
             }
         });
-        (Notify { ready, count, stop, _dir: dir }, path)
+        (Notify { ready, count, main_pid, stop, _dir: dir }, path)
     }
 }
 
@@ -153,6 +160,14 @@ impl Gateway {
     /// service on every slot (the supervisor's `READY=1`, state, not a log line).
     pub fn reloaded(&self, before: usize) -> bool {
         self.readiness() > before
+    }
+
+    /// The supervisor a USR2 upgrade started, once it took over: the `MAINPID=` it told the
+    /// notify socket. Dropping the gateway stops it too (it is no child of the test).
+    pub fn successor(&self) -> Option<i32> {
+        let n = self.notify.as_ref().expect("a gateway from start() without its own NOTIFY_SOCKET");
+        let pid = n.main_pid.load(Ordering::SeqCst);
+        (pid != 0 && self.child.as_ref().is_none_or(|c| c.id() as i32 != pid)).then_some(pid)
     }
 
     /// `GET path` on the admin API (the builder must have asked for `.admin()`).
@@ -372,6 +387,16 @@ impl GatewayBuilder {
     }
 }
 
+/// SIGKILL to a supervisor that is no child of the test (an upgrade's), and to its workers.
+fn kill_tree(pid: i32) {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default();
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for w in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+        let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
+    }
+}
+
 fn self_workers(g: &Gateway) -> usize {
     let text = g.config_text();
     text.lines()
@@ -390,6 +415,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(n) = &self.notify {
             n.stop.store(true, Ordering::Relaxed);
+        }
+        if let Some(pid) = self.notify.as_ref().and_then(|_| self.successor()) {
+            kill_tree(pid);
         }
         if self.child.is_none() {
             return;

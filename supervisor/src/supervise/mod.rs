@@ -137,7 +137,11 @@ pub fn run<A: App>(settings: Settings, mut app: A) -> Result<i32, Error> {
     let mut slots = Vec::with_capacity(settings.workers);
     let inherited_from = match inherited {
         // An upgrade: the previous supervisor's slots, with their queues.
-        Some(inherited) => {
+        Some(mut inherited) => {
+            if !inherited.state.is_empty() {
+                app.adopt_handover(&inherited.state);
+                upgrade::wipe(&mut inherited.state);
+            }
             slots.extend(inherited.slots.into_iter().map(Slot::adopt));
             Some(inherited.from)
         }

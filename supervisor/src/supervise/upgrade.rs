@@ -11,11 +11,14 @@
 //!
 //! The hand-over travels in the environment: [`INHERIT`] lists the slots' descriptors
 //! (`fd,fd;fd,fd` — slot by slot, in `listen` order), [`INHERIT_LISTEN`] the addresses they
-//! are bound to, [`INHERIT_FROM`] the old supervisor's pid.
+//! are bound to, [`INHERIT_FROM`] the old supervisor's pid, and [`INHERIT_STATE`] the read
+//! end of a pipe holding the application's [`App::handover`] (secrets: a pipe's bytes are gone
+//! once read, where the environment can be read in `/proc` for the process's life).
 
 use std::ffi::{CString, OsString};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
@@ -33,6 +36,12 @@ pub const INHERIT: &str = "ZKGATE_INHERIT";
 pub const INHERIT_LISTEN: &str = "ZKGATE_INHERIT_LISTEN";
 /// The supervisor being replaced.
 pub const INHERIT_FROM: &str = "ZKGATE_INHERIT_FROM";
+/// The descriptor to read the application's hand-over from.
+pub const INHERIT_STATE: &str = "ZKGATE_INHERIT_STATE";
+
+/// The most hand-over bytes carried: what a pipe holds without a reader (the old supervisor
+/// writes it all before the new binary starts).
+const STATE_MAX: usize = 60 * 1024;
 
 /// What the binary was started as, captured at start: after an upgrade replaced the file,
 /// `/proc/self/exe` names the deleted old one, and the path is what must be run.
@@ -57,6 +66,45 @@ pub struct Inherited {
     pub slots: Vec<SlotSockets>,
     /// The supervisor to stop once this one serves.
     pub from: Pid,
+    /// What the previous binary's [`App::handover`] gave (empty: nothing).
+    pub state: Vec<u8>,
+}
+
+/// Reads the hand-over pipe named by [`INHERIT_STATE`], if any, and closes it. A pipe that
+/// cannot be read costs the state, never the upgrade.
+fn take_state(spec: Option<String>) -> Vec<u8> {
+    let Some(fd) = spec.and_then(|s| s.parse::<RawFd>().ok()).filter(|fd| *fd > 2) else {
+        return Vec::new();
+    };
+    // SAFETY: the previous supervisor created this pipe and handed its read end over by
+    // number; nothing else in this process owns it.
+    let pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut state = Vec::new();
+    match pipe.take(STATE_MAX as u64).read_to_end(&mut state) {
+        Ok(_) => state,
+        Err(e) => {
+            log::warn!("upgrade: the previous binary's state cannot be read ({e}); starting without it");
+            Vec::new()
+        }
+    }
+}
+
+/// Zeroes hand-over bytes once used: secrets leave no copy behind in the heap.
+pub(super) fn wipe(state: &mut [u8]) {
+    for b in state {
+        // SAFETY: `b` is a valid, exclusive reference; volatile so the store is not elided.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+}
+
+/// A pipe holding `state`, its write end closed: the read end for the new binary.
+fn carry(state: &[u8]) -> std::io::Result<OwnedFd> {
+    if state.len() > STATE_MAX {
+        return Err(std::io::Error::other(format!("{} bytes, over {STATE_MAX}", state.len())));
+    }
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    std::fs::File::from(write).write_all(state)?;
+    Ok(read)
 }
 
 /// Takes the hand-over from the environment, if this process is an upgrade. The variables are
@@ -66,10 +114,12 @@ pub fn take_inherited(listen: &[SocketAddr]) -> Result<Option<Inherited>, Error>
     let Some(spec) = std::env::var_os(INHERIT) else { return Ok(None) };
     let addrs = std::env::var(INHERIT_LISTEN).unwrap_or_default();
     let from = std::env::var(INHERIT_FROM).ok().and_then(|p| p.parse::<i32>().ok());
+    let state = take_state(std::env::var(INHERIT_STATE).ok());
     // SAFETY of the environment edit: the supervisor is single-threaded at this point.
     std::env::remove_var(INHERIT);
     std::env::remove_var(INHERIT_LISTEN);
     std::env::remove_var(INHERIT_FROM);
+    std::env::remove_var(INHERIT_STATE);
     let bad = |why: String| Error::Upgrade(why);
     let inherited: Vec<SocketAddr> = addrs
         .split(',')
@@ -113,7 +163,7 @@ pub fn take_inherited(listen: &[SocketAddr]) -> Result<Option<Inherited>, Error>
     if slots.is_empty() {
         return Err(bad(format!("{INHERIT}: no slot")));
     }
-    Ok(Some(Inherited { slots, from: Pid::from_raw(from) }))
+    Ok(Some(Inherited { slots, from: Pid::from_raw(from), state }))
 }
 
 impl<A: App> Supervisor<A> {
@@ -146,6 +196,7 @@ impl<A: App> Supervisor<A> {
             .filter_map(|a| CString::new(a.clone().into_vec()).ok())
             .collect();
         let me = std::process::id().to_string();
+        let state = self.handover_pipe();
         log::info!(
             "upgrade: starting {} with {} slots' sockets",
             invocation.exe.display(),
@@ -155,7 +206,7 @@ impl<A: App> Supervisor<A> {
         // flags, environment and signal mask, then execs (or exits).
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                for fd in slots.iter().flatten() {
+                for fd in slots.iter().flatten().chain(state.as_ref().map(|s| s.as_raw_fd()).as_ref()) {
                     let _ = fcntl(*fd, FcntlArg::F_SETFD(FdFlag::empty()));
                 }
                 let _ = nix::sys::signal::sigprocmask(
@@ -166,6 +217,9 @@ impl<A: App> Supervisor<A> {
                 std::env::set_var(INHERIT, &spec);
                 std::env::set_var(INHERIT_LISTEN, &listen);
                 std::env::set_var(INHERIT_FROM, &me);
+                if let Some(state) = &state {
+                    std::env::set_var(INHERIT_STATE, state.as_raw_fd().to_string());
+                }
                 // The new supervisor is systemd's main process once it takes over.
                 std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
                 let _ = execv(&exe, &args);
@@ -173,11 +227,29 @@ impl<A: App> Supervisor<A> {
                 std::process::exit(EXIT_FATAL);
             }
             Ok(ForkResult::Parent { child }) => {
+                // The new binary holds the pipe's read end now; this copy goes.
+                drop(state);
                 log::info!("upgrade: new supervisor pid {child} starting");
                 self.upgrading = Some(child);
             }
             Err(e) => log::error!("upgrade: cannot fork: {e}"),
         }
+    }
+
+    /// The application's hand-over in a pipe for the new binary (`None`: nothing to carry, or
+    /// it cannot be carried; the upgrade goes on without it).
+    fn handover_pipe(&self) -> Option<OwnedFd> {
+        let mut state = self.app.handover();
+        if state.is_empty() {
+            return None;
+        }
+        let pipe = carry(&state)
+            .map_err(|e| {
+                log::warn!("upgrade: the application's state cannot be handed over ({e}); the new binary starts without it")
+            })
+            .ok();
+        wipe(&mut state);
+        pipe
     }
 
     /// The new binary exited before taking over: this supervisor keeps serving.

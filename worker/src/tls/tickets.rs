@@ -10,6 +10,10 @@
 //! from a long-lived secret, so a memory disclosure yields those two keys, never past or
 //! future ones, and a recorded session resumed with an older ticket stays sealed.
 //!
+//! A USR2 upgrade maps a new region: [`handover`] gives the new binary the two keys (through
+//! the supervisor's hand-over pipe) and [`adopt`] puts them in its region, so tickets issued
+//! before the upgrade still resume after it.
+//!
 //! Tickets are sealed with ChaCha20-Poly1305: `period (8 bytes) ‖ nonce (12) ‖ ciphertext ‖ tag`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,6 +163,52 @@ impl SharedTicketer {
     }
 }
 
+/// The hand-over format's first bytes: a binary that does not know them ignores the rest.
+const HANDOVER_MAGIC: &[u8] = b"zkgate-ticket-keys/1\n";
+
+/// The host's ticket keys, for the binary a USR2 starts: `magic ‖ (tag ‖ key) per key held`.
+/// Empty when the region holds none (no ticket was issued yet).
+pub fn handover(host: Host) -> Vec<u8> {
+    let mut out = Vec::new();
+    for slot in host.ticket_slots() {
+        let tag = slot.tag.load(Ordering::Acquire);
+        if tag == 0 || tag & BUSY != 0 {
+            continue;
+        }
+        let key = read_key(slot);
+        if slot.tag.load(Ordering::Acquire) != tag {
+            continue;
+        }
+        if out.is_empty() {
+            out.extend_from_slice(HANDOVER_MAGIC);
+        }
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&key);
+    }
+    out
+}
+
+/// Puts the keys a previous binary handed over into `host`'s region (before any worker
+/// starts). Keys older than the previous period are dropped, as the ticketer would; anything
+/// not in the format is ignored. Returns how many keys were taken.
+pub fn adopt(host: Host, state: &[u8]) -> usize {
+    let Some(entries) = state.strip_prefix(HANDOVER_MAGIC) else { return 0 };
+    let now = SharedTicketer::period_now();
+    let mut taken = 0;
+    for entry in entries.chunks_exact(8 + 32) {
+        let tag = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+        let period = tag.wrapping_sub(1);
+        if tag == 0 || tag & BUSY != 0 || period.saturating_add(1) < now || period > now {
+            continue;
+        }
+        let slot = &host.ticket_slots()[(period % 2) as usize];
+        write_key(slot, entry[8..].try_into().expect("32 bytes"));
+        slot.tag.store(tag, Ordering::Release);
+        taken += 1;
+    }
+    taken
+}
+
 impl rustls::server::ProducesTickets for SharedTicketer {
     fn enabled(&self) -> bool {
         true
@@ -194,6 +244,34 @@ mod tests {
         assert_eq!(other.open(100, &forged), None);
         let stranger = SharedTicketer::new(Host::local(0));
         assert_eq!(stranger.open(100, &ticket), None, "another gateway's keys");
+    }
+
+    #[test]
+    fn keys_handed_over_open_the_tickets_they_sealed_in_another_region() {
+        let before = Host::local(0);
+        let now = SharedTicketer::period_now();
+        let old = SharedTicketer::new(before);
+        let previous = old.seal(now - 1, b"previous").unwrap();
+        let current = old.seal(now, b"current").unwrap();
+        let state = handover(before);
+        let after = Host::local(0);
+        assert_eq!(adopt(after, &state), 2);
+        let new = SharedTicketer::new(after);
+        assert_eq!(new.open(now, &previous).as_deref(), Some(&b"previous"[..]));
+        assert_eq!(new.open(now, &current).as_deref(), Some(&b"current"[..]));
+        // The new region seals with the adopted key: the old binary's workers, still draining,
+        // open tickets the new ones issue.
+        assert_eq!(new.sealing_key(now), old.opening_key(now));
+        assert_eq!(adopt(Host::local(0), b"something else"), 0);
+        assert!(handover(Host::local(0)).is_empty(), "no key, nothing to hand over");
+    }
+
+    #[test]
+    fn keys_of_an_old_period_are_not_adopted() {
+        let before = Host::local(0);
+        let now = SharedTicketer::period_now();
+        let _ = SharedTicketer::new(before).seal(now - 2, b"x").unwrap();
+        assert_eq!(adopt(Host::local(0), &handover(before)), 0);
     }
 
     #[test]
