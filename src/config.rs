@@ -346,4 +346,15 @@ mod tests {
         let c = parse(&format!("{base}[proxy.outlier]\nslow_after = \"2s\"\n")).unwrap();
         assert!(!summary(&c, None).contains("warning"));
     }
+
+    #[test]
+    fn summary_warns_when_the_file_names_more_services_than_the_host_table_holds() {
+        let mut text = String::from("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
+        for n in 0..worker::host::MAX_SERVICES - 1 {
+            text += &format!("[services.s{n}]\ninstances = [\"127.0.0.1:{}\"]\n", 9000 + n);
+        }
+        let c = parse(&text).unwrap();
+        let s = summary(&c, None);
+        assert!(s.contains("1023 services named, the host's service table has 1022 rows"), "{s}");
+    }
 }

@@ -23,15 +23,24 @@ pub fn summary(config: &Config, tls: Option<&Certificates>) -> String {
 
 /// Settings that pass `check` but will not do what the operator likely means.
 fn warnings(config: &Config) -> String {
+    let mut out = String::new();
     let p = &config.proxy;
-    if p.outlier.slow_after.is_zero() || p.outlier.slow_after < p.request_timeout {
-        return String::new();
+    if !p.outlier.slow_after.is_zero() && p.outlier.slow_after >= p.request_timeout {
+        out += &format!(
+            "warning     proxy.outlier.slow_after ({}) >= proxy.request_timeout ({}): a hung instance is judged only at the deadline; retryable requests give it request_timeout / 2, others get 504\n",
+            human(p.outlier.slow_after),
+            human(p.request_timeout)
+        );
     }
-    format!(
-        "warning     proxy.outlier.slow_after ({}) >= proxy.request_timeout ({}): a hung instance is judged only at the deadline; retryable requests give it request_timeout / 2, others get 504\n",
-        human(p.outlier.slow_after),
-        human(p.request_timeout)
-    )
+    // Two rows are taken before any service: `_unrouted`, and `_other` is the last.
+    let rows = worker::host::MAX_SERVICES - 2;
+    let named = config.named_services().len();
+    if named > rows {
+        out += &format!(
+            "warning     {named} services named, the host's service table has {rows} rows: the rest count as _other and their max_requests per worker\n"
+        );
+    }
+    out
 }
 
 fn listeners(config: &Config) -> String {

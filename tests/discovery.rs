@@ -397,3 +397,50 @@ fn discovery_runs_on_its_own_thread_that_yields_to_the_request_loop() {
     let main = threads.iter().find(|(c, ..)| c == "zkgate").unwrap();
     assert_eq!((main.1, main.2), (0, 0), "{threads:?}");
 }
+
+/// A service gone from the registry gives its row of the host's service table back once
+/// `server.service_row_ttl` has passed without any worker holding it: its series leave
+/// `/metrics`, and registered again it starts from zero in a row of its own.
+#[test]
+fn a_service_gone_from_zookeeper_gives_its_shared_row_back() {
+    let zk = Zk::standalone();
+    let c = zk.client();
+    let b = Backend::start("b");
+    c.register("brief", &b.address());
+    c.register("stays", &b.address());
+    let gw = Gateway::with(zk_config(&zk, "keep_last_on_empty = false"))
+        .workers(2)
+        .admin()
+        .server_extra("service_row_ttl = \"5s\"")
+        .start();
+    assert_eventually!(10, every_worker_uses(&gw, "brief", "b"), "brief not routed");
+    assert_eq!(via_headers(&gw, "stays", "/").unwrap().status, 200);
+    let rows = gw.metric("zkgate_host_service_rows", "");
+    assert!(rows >= 3, "_unrouted, brief and stays: {rows}");
+    assert!(gw.metric("zkgate_requests_total", "service=\"brief\"") >= 2);
+
+    // Deregistered, a service a worker knew answers 503 (its instances may come back); the
+    // workers a reload starts list the registry afresh and do not know it at all (404).
+    c.deregister("brief", &b.address());
+    let before = gw.readiness();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(20, gw.reloaded(before), "not reloaded:\n{}", gw.log());
+    assert_eventually!(
+        10,
+        (0..8).all(|_| via_headers(&gw, "brief", "/").unwrap().status == 404),
+        "brief still known"
+    );
+    assert_eventually!(
+        30,
+        gw.metric("zkgate_host_service_rows", "") == rows - 1,
+        "brief's row not released: {}",
+        gw.admin_get("/metrics").body_text()
+    );
+    let text = gw.admin_get("/metrics").body_text();
+    assert!(!text.contains("service=\"brief\""), "{text}");
+    assert!(text.contains("service=\"stays\""), "a service still registered keeps its row");
+
+    c.register("brief", &b.address());
+    assert_eventually!(10, via_headers(&gw, "brief", "/").unwrap().status == 200, "not back");
+    assert_eq!(gw.metric("zkgate_requests_total", "service=\"brief\""), 1, "counted from zero");
+}

@@ -174,14 +174,15 @@ fn a_header_limit_cannot_be_dodged_with_several_lines_or_a_canary() {
 
 #[test]
 fn services_never_share_a_max_requests_count_whatever_the_table_holds() {
-    // 260 services touched first fill the host's name table (255 rows and `_other`); the two
-    // limited services were given rows at start, so each keeps a count of its own.
+    // More services touched first than the host's name table has rows (the last is `_other`);
+    // the two limited services were given rows at start, so each keeps a count of its own.
+    let fillers = worker::host::MAX_SERVICES + 4;
     let b = Backend::start("b");
     let mut toml = Toml::new()
         .service("victim", &[b.address()], "max_requests = 1")
         .service("other", &[b.address()], "max_requests = 1")
         .section("[header_routing]", "enabled = true");
-    for i in 0..260 {
+    for i in 0..fillers {
         toml = toml.service(&format!("filler-{i}"), &[b.address()], "");
     }
     let gw = Gateway::with(toml).workers(2).start();
@@ -190,7 +191,7 @@ fn services_never_share_a_max_requests_count_whatever_the_table_holds() {
             .unwrap()
             .status
     };
-    for i in 0..260 {
+    for i in 0..fillers {
         assert_eq!(via(&format!("filler-{i}"), "/"), 200);
     }
     // One request in flight to `other` …

@@ -69,6 +69,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Every this many heartbeats, the host-wide entries of the table are marked as in use.
 const TOUCH_EVERY: u64 = 60;
 
+
 /// Everything one worker runs with, handed down by the binary.
 #[derive(Debug)]
 pub struct Settings {
@@ -214,7 +215,8 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         let parts = (table.clone(), changes, reports, ready.clone());
         start_admin(admin_socket, &settings, parts, (metrics, host), stop_rx.clone())?;
     }
-    start_heartbeat(lifecycle.clone(), metrics, table.clone());
+    let rows = (config.named_services(), config.server.service_row_ttl);
+    start_heartbeat(lifecycle.clone(), metrics, table.clone(), rows);
 
     // Accept nothing before the routes are loaded: until then the slot's queue waits in the
     // kernel (or, for a reload's replacement, the old worker keeps serving).
@@ -400,10 +402,35 @@ fn start_health_checks(
     }
 }
 
+/// Marks the services this worker has in the host's name table, and releases the rows of
+/// services no worker has had for a while (see `host::names`).
+fn sweep_service_rows(
+    metrics: &metrics::Metrics,
+    table: &RouteTable,
+    (named, ttl): &(std::collections::BTreeSet<String>, Duration),
+) {
+    let in_use = |s: &str| {
+        named.contains(s)
+            || s == metrics::UNROUTED
+            || table.get(s).is_some()
+            || table.held().iter().any(|h| &*h.name == s)
+    };
+    for service in metrics.host().sweep_service_rows(&in_use, *ttl) {
+        log::info!(
+            "service {service}: gone from every worker's route table for {ttl:?} (server.service_row_ttl), its shared row (counters, limits) released"
+        );
+    }
+}
+
 /// Tells the supervisor (and `/workers`) every second that the event loop is alive; marks the
-/// host-wide entries of the current table as in use (so none is reused under it) and reports
-/// the instances the removal guard holds.
-fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics, table: SharedTable) {
+/// host-wide entries of the current table, and its services' rows, as in use (so none is
+/// reused under it) and reports the instances the removal guard holds.
+fn start_heartbeat(
+    lifecycle: Arc<dyn Lifecycle>,
+    metrics: metrics::Metrics,
+    table: SharedTable,
+    rows: (std::collections::BTreeSet<String>, Duration),
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);
         let mut holding = std::collections::HashSet::new();
@@ -422,6 +449,7 @@ fn start_heartbeat(lifecycle: Arc<dyn Lifecycle>, metrics: metrics::Metrics, tab
                     s.health.touch(now);
                 }
             }
+            sweep_service_rows(&metrics, &table, &rows);
             let mut now_holding = std::collections::HashSet::new();
             for s in table.held() {
                 let n = (0..s.instances.len())

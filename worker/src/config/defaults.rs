@@ -14,6 +14,8 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `server.worker_timeout`.
 pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a service is gone from every worker before its shared row is released.
+pub const DEFAULT_SERVICE_ROW_TTL: Duration = Duration::from_secs(120);
 
 /// `proxy.retries`.
 pub const DEFAULT_RETRIES: usize = 1;

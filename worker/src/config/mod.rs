@@ -213,6 +213,19 @@ impl Config {
         self.own_addresses().contains(addr)
     }
 
+    /// Every service this file names (`[services]`, routes and their canaries and mirrors,
+    /// rate limits): their rows in the host's name table are never released while it is in
+    /// force, so their limits and leases stay where the workers cached them.
+    pub fn named_services(&self) -> std::collections::BTreeSet<String> {
+        let routes = self.routes.iter().flat_map(|r| {
+            let canary = r.canary.as_ref().map(|c| &c.service);
+            let mirror = r.mirror.as_ref().map(|m| &m.service);
+            std::iter::once(&r.service).chain(canary).chain(mirror)
+        });
+        let limits = self.rate_limits.iter().map(|l| &l.service);
+        self.services.keys().chain(routes).chain(limits).cloned().collect()
+    }
+
     /// The gateway's own sockets (listeners and admin), which no instance may be.
     pub fn own_addresses(&self) -> crate::table::instance::OwnAddresses {
         let admin = self.admin.as_ref().map(|a| a.listen);
@@ -248,6 +261,14 @@ pub struct ServerSettings {
         deserialize_with = "duration::within::<_, 2000, 3600000>"
     )]
     pub worker_timeout: Duration,
+    /// A service gone from every worker's route table (and not named in this file) for this
+    /// long gives its row of the host's service table back: its counters and series go, and
+    /// the row serves a new service. Services come and go in a registry; the table is fixed.
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "duration::within::<_, 5000, 86400000>"
+    )]
+    pub service_row_ttl: Duration,
     /// Pin worker i to CPU i.
     pub cpu_affinity: bool,
     /// Run workers as this user.
@@ -265,6 +286,7 @@ impl Default for ServerSettings {
             backlog: DEFAULT_BACKLOG,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
+            service_row_ttl: DEFAULT_SERVICE_ROW_TTL,
             cpu_affinity: false,
             user: None,
             group: None,

@@ -6,26 +6,29 @@
 //! - [`admission::Admission`]: `[[rate_limit]]` buckets and `max_requests` in-flight counts;
 //! - [`instances::Instances`]: per-instance failures, ejection, health verdict, in-flight
 //!   requests and the removal guard's verdicts, host-wide;
-//! - [`leases::Leases`]: which worker runs a service's active health checks for the host.
+//! - [`leases::Leases`]: which worker runs a service's active health checks for the host;
+//! - [`names`]: the service-name table those index by, rows released when services go.
 //!
-//! Fixed capacity, documented by the constants below: services beyond [`MAX_SERVICES`] - 1
-//! share the last metrics row (`_other`); slots beyond [`MAX_WORKERS`] share the last slot;
+//! Fixed capacity, documented by the constants below: beyond [`MAX_SERVICES`] - 1 services at
+//! once (rows of services gone are released), the rest count in the last row (`_other`, no
+//! shared `max_requests`: such a service counts its limit per worker); slots beyond [`MAX_WORKERS`] share the last slot;
 //! instances that find no place among [`MAX_INSTANCES`] keep their state per worker (counted
 //! in `zkgate_host_instances_overflow_total`).
 
 pub mod admission;
 pub mod instances;
 pub mod leases;
+pub mod names;
 pub(crate) mod region;
 
 use std::sync::atomic::Ordering;
 
-use region::{read_name, Region};
+use region::Region;
 
 /// Worker slots with their own counters.
 pub const MAX_WORKERS: usize = 64;
 /// Services with their own counters (the last row is `_other`).
-pub const MAX_SERVICES: usize = 256;
+pub const MAX_SERVICES: usize = 1024;
 /// Worker processes counted at once (a reload briefly runs two per slot).
 pub const ACTIVE_ROWS: usize = 2 * MAX_WORKERS;
 /// `[[rate_limit]]` rules with buckets in the shared region.
@@ -78,41 +81,6 @@ impl Host {
         self
     }
 
-    /// The index of `service` in the shared name table (claimed on first use): one index per
-    /// service in every worker, for counters and leases alike.
-    pub fn service_index(&self, service: &str) -> usize {
-        // A longer name would be cut, and two names alike in their first NAME_LEN bytes would
-        // share a row (and its limits): it has none.
-        if service.len() > NAME_LEN {
-            return MAX_SERVICES - 1;
-        }
-        let name = service.as_bytes();
-        for (i, slot) in self.region.names.iter().enumerate().take(MAX_SERVICES - 1) {
-            loop {
-                match slot.state.load(Ordering::Acquire) {
-                    2 if read_name(slot) == name => return i,
-                    2 => break,
-                    1 => std::hint::spin_loop(),
-                    _ => {
-                        if slot
-                            .state
-                            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                        {
-                            for (b, v) in slot.bytes.iter().zip(name) {
-                                b.store(*v, Ordering::Relaxed);
-                            }
-                            slot.len.store(name.len() as u32, Ordering::Relaxed);
-                            slot.state.store(2, Ordering::Release);
-                            return i;
-                        }
-                    }
-                }
-            }
-        }
-        MAX_SERVICES - 1
-    }
-
     /// The rate-limit and `max_requests` view.
     pub fn admission(&self) -> admission::Admission {
         admission::Admission { host: *self }
@@ -126,16 +94,6 @@ impl Host {
     /// The health-check lease view.
     pub fn leases(&self) -> leases::Leases {
         leases::Leases { host: *self }
-    }
-
-    /// The index of `service` in the shared name table, if some worker claimed one.
-    pub fn find_service_index(&self, service: &str) -> Option<usize> {
-        let name = &service.as_bytes()[..service.len().min(NAME_LEN)];
-        self.region
-            .names
-            .iter()
-            .take(MAX_SERVICES - 1)
-            .position(|slot| slot.state.load(Ordering::Acquire) == 2 && read_name(slot) == name)
     }
 
     /// A handle on the same region for another slot (as a second worker process has).

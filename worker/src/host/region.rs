@@ -14,9 +14,12 @@ use super::{MAX_LISTENERS, MAX_ROUTES, MAX_SOURCES, NAME_LEN, RATE_RULES, RATE_S
 /// A service name in the shared name table.
 #[repr(C)]
 pub(crate) struct Name {
-    /// 0 free, 1 being written, 2 ready.
+    /// `generation << 2 | state`; state 0 free, 1 being written, 2 ready, 3 being released
+    /// (see `names`).
     pub(crate) state: AtomicU32,
     pub(crate) len: AtomicU32,
+    /// CLOCK_MONOTONIC ms when a worker last held the service (in its table or configuration).
+    pub(crate) seen_ms: AtomicU64,
     pub(crate) bytes: [AtomicU8; NAME_LEN],
 }
 
@@ -224,6 +227,16 @@ impl Host {
             Host::from_raw(ptr, slot)
         }
     }
+}
+
+/// Zeroes one slot's counters of one service (a released row, before it is claimed again).
+pub(crate) fn clear_service_stats(s: &ServiceStats) {
+    const WORDS: usize = std::mem::size_of::<ServiceStats>() / 8;
+    const _: () = assert!(std::mem::size_of::<ServiceStats>().is_multiple_of(8));
+    // SAFETY: ServiceStats is `repr(C)` and made of AtomicU64 fields and arrays of them only,
+    // so it is exactly WORDS AtomicU64s, with their alignment.
+    let words = unsafe { std::slice::from_raw_parts(s as *const ServiceStats as *const AtomicU64, WORDS) };
+    words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
 }
 
 pub(crate) fn read_name(n: &Name) -> Vec<u8> {

@@ -6,6 +6,7 @@
 mod edge;
 mod render;
 mod render_edge;
+mod scrape;
 
 pub use edge::Mirrored;
 pub use render_edge::EdgeLabels;
@@ -83,6 +84,11 @@ impl Metrics {
     /// The view on `host`'s region, for its slot.
     pub fn new(host: Host) -> Metrics {
         Metrics { host, region: host.region, slot: host.slot, source: 0 }
+    }
+
+    /// The host this view reads and writes.
+    pub fn host(&self) -> Host {
+        self.host
     }
 
     /// The same view, for registry source `source` (its session's state, events, watches).

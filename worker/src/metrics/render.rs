@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::{Metrics, ZkState, BUCKETS, LAG_BUCKETS, MAX_SERVICES, MAX_SOURCES, OTHER};
-use crate::host::region::{read_name, ServiceStats, WorkerStats, ZkStats};
+use super::scrape::{escape, Count, Family, Scrape};
+use super::{Metrics, ZkState, LAG_BUCKETS, MAX_SERVICES, MAX_SOURCES};
+use crate::host::region::{read_name, WorkerStats, ZkStats};
 
 impl Metrics {
     /// Every slot that has had a worker: the `/workers` answer.
@@ -41,220 +42,207 @@ impl Metrics {
         serde_json::json!({ "workers": rows })
     }
 
-    /// Prometheus text format, summed over every slot.
+    /// Prometheus text format, summed over every slot: the request path's series, discovery's,
+    /// the host tables', then the per-source and per-slot ones.
     pub fn prometheus(&self) -> String {
+        let scrape = Scrape::new(self);
         let mut out = String::new();
-        let workers: Vec<(usize, &WorkerStats)> = self
-            .region
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.pid.load(Ordering::Relaxed) != 0)
-            .collect();
-        let sum = |f: &dyn Fn(&WorkerStats) -> u64| workers.iter().map(|(_, w)| f(w)).sum::<u64>();
-        let names: Vec<(usize, String)> = self
-            .region
-            .names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.state.load(Ordering::Acquire) == 2)
-            .map(|(i, n)| (i, String::from_utf8_lossy(&read_name(n)).into_owned()))
-            .chain(std::iter::once((MAX_SERVICES - 1, OTHER.to_string())))
-            .collect();
+        requests(&scrape, &mut out);
+        for (family, read) in REFUSALS {
+            scrape.service_counter(&mut out, family, "", read);
+        }
+        scrape.service_histogram(&mut out, UPSTREAM_LATENCY, |s| {
+            (&s.buckets, &s.count, &s.sum_micros)
+        });
+        held(&scrape, &mut out);
+        discovery_lag(&scrape, &mut out);
+        self.host_tables(&mut out);
+        per_source(&scrape, &self.sources(), &mut out);
+        per_slot(&scrape, &mut out);
+        out
+    }
 
-        out += "# HELP zkgate_requests_total Requests answered, by service and status class.\n";
-        out += "# TYPE zkgate_requests_total counter\n";
-        for (i, name) in &names {
-            for (c, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-                let n = sum(&|w| w.services[*i].by_class[c].load(Ordering::Relaxed));
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "zkgate_requests_total{{service=\"{}\",code_class=\"{class}\"}} {n}",
-                        escape(name)
-                    );
-                }
-            }
-        }
-        type Refused = fn(&ServiceStats) -> u64;
-        let refusals: [(&str, &str, Refused); 2] = [
-            ("zkgate_rate_limited_total", "Requests refused by a [[rate_limit]] (429).", |s| {
-                s.rate_limited.load(Ordering::Relaxed)
-            }),
-            ("zkgate_overloaded_total", "Requests refused by max_requests (503).", |s| {
-                s.overloaded.load(Ordering::Relaxed)
-            }),
-        ];
-        for (metric, help, read) in refusals {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (i, name) in &names {
-                let n = sum(&|w| read(&w.services[*i]));
-                if n > 0 {
-                    let _ = writeln!(out, "{metric}{{service=\"{}\"}} {n}", escape(name));
-                }
-            }
-        }
-        out += "# HELP zkgate_upstream_latency_seconds Time from sending a request to an instance to its response headers.\n";
-        out += "# TYPE zkgate_upstream_latency_seconds histogram\n";
-        for (i, name) in &names {
-            let count = sum(&|w| w.services[*i].count.load(Ordering::Relaxed));
-            if count == 0 {
-                continue;
-            }
-            let name = escape(name);
-            let mut cumulative = 0;
-            for (b, le) in BUCKETS.iter().enumerate() {
-                cumulative += sum(&|w| w.services[*i].buckets[b].load(Ordering::Relaxed));
+    /// How full the host's fixed tables are.
+    fn host_tables(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP zkgate_host_instances_overflow_total Instances that found no place in the host-wide instance table (their state stays per worker).\n# TYPE zkgate_host_instances_overflow_total counter\nzkgate_host_instances_overflow_total {}",
+            self.region.instance_overflow.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP zkgate_host_service_rows Rows of the host's service table in use (counters, limits, leases), of zkgate_host_service_rows_max; rows of services gone from every worker are released. Services beyond it count as _other.\n# TYPE zkgate_host_service_rows gauge\nzkgate_host_service_rows {}\n# HELP zkgate_host_service_rows_max Rows the host's service table has.\n# TYPE zkgate_host_service_rows_max gauge\nzkgate_host_service_rows_max {}",
+            self.host.service_rows_used(),
+            MAX_SERVICES - 1
+        );
+    }
+}
+
+const REFUSALS: [(Family, Count); 2] = [
+    (("zkgate_rate_limited_total", "Requests refused by a [[rate_limit]] (429)."), |s| {
+        s.rate_limited.load(Ordering::Relaxed)
+    }),
+    (("zkgate_overloaded_total", "Requests refused by max_requests (503)."), |s| {
+        s.overloaded.load(Ordering::Relaxed)
+    }),
+];
+
+const UPSTREAM_LATENCY: Family = (
+    "zkgate_upstream_latency_seconds",
+    "Time from sending a request to an instance to its response headers.",
+);
+
+fn requests(scrape: &Scrape, out: &mut String) {
+    *out += "# HELP zkgate_requests_total Requests answered, by service and status class.\n";
+    *out += "# TYPE zkgate_requests_total counter\n";
+    for (i, name) in &scrape.names {
+        for (c, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let n = scrape.sum(|w| w.services[*i].by_class[c].load(Ordering::Relaxed));
+            if n > 0 {
                 let _ = writeln!(
                     out,
-                    "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "zkgate_upstream_latency_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let micros = sum(&|w| w.services[*i].sum_micros.load(Ordering::Relaxed));
-            let _ = writeln!(
-                out,
-                "zkgate_upstream_latency_seconds_sum{{service=\"{name}\"}} {}",
-                micros as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "zkgate_upstream_latency_seconds_count{{service=\"{name}\"}} {count}"
-            );
-        }
-        out += "# HELP zkgate_discovery_held_instances Instances the registry removed that the removal guard keeps in rotation until they prove gone (largest over the workers).\n";
-        out += "# TYPE zkgate_discovery_held_instances gauge\n";
-        for (i, name) in &names {
-            let live = workers.iter().filter(|(_, w)| !w.is_retired());
-            let n = live.map(|(_, w)| w.services[*i].held.load(Ordering::Relaxed)).max();
-            if let Some(n) = n.filter(|n| *n > 0) {
-                let _ = writeln!(
-                    out,
-                    "zkgate_discovery_held_instances{{service=\"{}\"}} {n}",
+                    "zkgate_requests_total{{service=\"{}\",code_class=\"{class}\"}} {n}",
                     escape(name)
                 );
             }
         }
-        out += "# HELP zkgate_discovery_lag_seconds From a znode's change (its mtime, ZooKeeper's clock) to a worker's route table holding it.\n";
-        out += "# TYPE zkgate_discovery_lag_seconds histogram\n";
-        let mut cumulative = 0;
-        for (b, le) in LAG_BUCKETS.iter().enumerate() {
-            cumulative += sum(&|w| w.lag_buckets[b].load(Ordering::Relaxed));
-            let _ =
-                writeln!(out, "zkgate_discovery_lag_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+}
+
+fn held(scrape: &Scrape, out: &mut String) {
+    *out += "# HELP zkgate_discovery_held_instances Instances the registry removed that the removal guard keeps in rotation until they prove gone (largest over the workers).\n";
+    *out += "# TYPE zkgate_discovery_held_instances gauge\n";
+    for (i, name) in &scrape.names {
+        let n = scrape.live().map(|(_, w)| w.services[*i].held.load(Ordering::Relaxed)).max();
+        if let Some(n) = n.filter(|n| *n > 0) {
+            let _ = writeln!(
+                out,
+                "zkgate_discovery_held_instances{{service=\"{}\"}} {n}",
+                escape(name)
+            );
         }
-        let count = sum(&|w| w.lag_count.load(Ordering::Relaxed));
-        let _ = writeln!(out, "zkgate_discovery_lag_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let lag_ms = sum(&|w| w.lag_sum_ms.load(Ordering::Relaxed));
-        let _ = writeln!(out, "zkgate_discovery_lag_seconds_sum {}", lag_ms as f64 / 1e3);
-        let _ = writeln!(out, "zkgate_discovery_lag_seconds_count {count}");
-        out += "# HELP zkgate_host_instances_overflow_total Instances that found no place in the host-wide instance table (their state stays per worker).\n";
-        out += "# TYPE zkgate_host_instances_overflow_total counter\n";
-        let _ = writeln!(
-            out,
-            "zkgate_host_instances_overflow_total {}",
-            self.region.instance_overflow.load(Ordering::Relaxed)
-        );
-        let sources = self.sources();
-        out += "# HELP zkgate_discovery_last_sync_age_seconds Seconds since the worker last knew its route table current (session connected and synced), per registry source.\n";
-        out += "# TYPE zkgate_discovery_last_sync_age_seconds gauge\n";
-        for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
+    }
+}
+
+fn discovery_lag(scrape: &Scrape, out: &mut String) {
+    *out += "# HELP zkgate_discovery_lag_seconds From a znode's change (its mtime, ZooKeeper's clock) to a worker's route table holding it.\n";
+    *out += "# TYPE zkgate_discovery_lag_seconds histogram\n";
+    let mut cumulative = 0;
+    for (b, le) in LAG_BUCKETS.iter().enumerate() {
+        cumulative += scrape.sum(|w| w.lag_buckets[b].load(Ordering::Relaxed));
+        let _ = writeln!(out, "zkgate_discovery_lag_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let count = scrape.sum(|w| w.lag_count.load(Ordering::Relaxed));
+    let lag_ms = scrape.sum(|w| w.lag_sum_ms.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "zkgate_discovery_lag_seconds_bucket{{le=\"+Inf\"}} {count}\nzkgate_discovery_lag_seconds_sum {}\nzkgate_discovery_lag_seconds_count {count}",
+        lag_ms as f64 / 1e3
+    );
+}
+
+type PerSource = fn(&ZkStats) -> i64;
+
+const PER_SOURCE: [(&str, &str, &str, PerSource); 4] = [
+    (
+        "zkgate_zookeeper_events_total",
+        "counter",
+        "ZooKeeper listings applied, per worker slot and registry source.",
+        |z| z.events.load(Ordering::Relaxed) as i64,
+    ),
+    (
+        "zkgate_zookeeper_resyncs_total",
+        "counter",
+        "Full registry resyncs (new sessions), per worker slot and registry source.",
+        |z| z.resyncs.load(Ordering::Relaxed) as i64,
+    ),
+    (
+        "zkgate_zookeeper_session_state",
+        "gauge",
+        "0 none, 1 connected, 2 disconnected, 3 session lost; per worker slot and registry source.",
+        |z| i64::from(z.state.load(Ordering::Relaxed)),
+    ),
+    (
+        "zkgate_zookeeper_watches",
+        "gauge",
+        "Watches the worker's ZooKeeper session holds, per registry source.",
+        |z| z.watches.load(Ordering::Relaxed) as i64,
+    ),
+];
+
+fn per_source(scrape: &Scrape, sources: &[String], out: &mut String) {
+    *out += "# HELP zkgate_discovery_last_sync_age_seconds Seconds since the worker last knew its route table current (session connected and synced), per registry source.\n";
+    *out += "# TYPE zkgate_discovery_last_sync_age_seconds gauge\n";
+    for (slot, w) in scrape.live() {
+        for (s, source) in sources.iter().enumerate() {
+            if let Some(age) = sync_age(&w.zk[s]) {
+                let _ = writeln!(
+                    out,
+                    "zkgate_discovery_last_sync_age_seconds{{slot=\"{slot}\",source=\"{}\"}} {age}",
+                    escape(source)
+                );
+            }
+        }
+    }
+    for (name, kind, help, read) in PER_SOURCE {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (slot, w) in scrape.live() {
+            if sources.is_empty() {
+                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(&w.zk[0]));
+            }
             for (s, source) in sources.iter().enumerate() {
-                if let Some(age) = sync_age(&w.zk[s]) {
-                    let _ = writeln!(
-                        out,
-                        "zkgate_discovery_last_sync_age_seconds{{slot=\"{slot}\",source=\"{}\"}} {age}",
-                        escape(source)
-                    );
-                }
+                let _ = writeln!(
+                    out,
+                    "{name}{{slot=\"{slot}\",source=\"{}\"}} {}",
+                    escape(source),
+                    read(&w.zk[s])
+                );
             }
         }
-        type PerSource = fn(&ZkStats) -> i64;
-        let per_source: [(&str, &str, &str, PerSource); 4] = [
-            (
-                "zkgate_zookeeper_events_total",
-                "counter",
-                "ZooKeeper listings applied, per worker slot and registry source.",
-                |z| z.events.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_zookeeper_resyncs_total",
-                "counter",
-                "Full registry resyncs (new sessions), per worker slot and registry source.",
-                |z| z.resyncs.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_zookeeper_session_state",
-                "gauge",
-                "0 none, 1 connected, 2 disconnected, 3 session lost; per worker slot and registry source.",
-                |z| i64::from(z.state.load(Ordering::Relaxed)),
-            ),
-            (
-                "zkgate_zookeeper_watches",
-                "gauge",
-                "Watches the worker's ZooKeeper session holds, per registry source.",
-                |z| z.watches.load(Ordering::Relaxed) as i64,
-            ),
-        ];
-        for (name, kind, help, read) in per_source {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
-                if sources.is_empty() {
-                    let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(&w.zk[0]));
-                }
-                for (s, source) in sources.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{slot=\"{slot}\",source=\"{}\"}} {}",
-                        escape(source),
-                        read(&w.zk[s])
-                    );
-                }
-            }
+    }
+}
+
+type PerSlot = fn(&WorkerStats) -> i64;
+
+const PER_SLOT: [(&str, &str, &str, PerSlot); 5] = [
+    (
+        "zkgate_active_connections",
+        "gauge",
+        "Client connections open, per worker slot.",
+        |w| w.active_connections.load(Ordering::Relaxed),
+    ),
+    (
+        "zkgate_worker_requests_total",
+        "counter",
+        "Requests answered, per worker slot.",
+        |w| w.requests.load(Ordering::Relaxed) as i64,
+    ),
+    (
+        "zkgate_worker_restarts_total",
+        "counter",
+        "Workers respawned after dying, per slot.",
+        |w| w.restarts.load(Ordering::Relaxed) as i64,
+    ),
+    (
+        "zkgate_ejections_total",
+        "counter",
+        "Instances ejected by outlier detection, per worker slot.",
+        |w| w.ejections.load(Ordering::Relaxed) as i64,
+    ),
+    (
+        "zkgate_retries_total",
+        "counter",
+        "Requests retried on another instance, per worker slot.",
+        |w| w.retries.load(Ordering::Relaxed) as i64,
+    ),
+];
+
+fn per_slot(scrape: &Scrape, out: &mut String) {
+    for (name, kind, help, read) in PER_SLOT {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (slot, w) in scrape.live() {
+            let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
         }
-        type Read = fn(&WorkerStats) -> i64;
-        let per_slot: [(&str, &str, &str, Read); 5] = [
-            (
-                "zkgate_active_connections",
-                "gauge",
-                "Client connections open, per worker slot.",
-                |w| w.active_connections.load(Ordering::Relaxed),
-            ),
-            (
-                "zkgate_worker_requests_total",
-                "counter",
-                "Requests answered, per worker slot.",
-                |w| w.requests.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_worker_restarts_total",
-                "counter",
-                "Workers respawned after dying, per slot.",
-                |w| w.restarts.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_ejections_total",
-                "counter",
-                "Instances ejected by outlier detection, per worker slot.",
-                |w| w.ejections.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "zkgate_retries_total",
-                "counter",
-                "Requests retried on another instance, per worker slot.",
-                |w| w.retries.load(Ordering::Relaxed) as i64,
-            ),
-        ];
-        for (name, kind, help, read) in per_slot {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (slot, w) in workers.iter().filter(|(_, w)| !w.is_retired()) {
-                let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
-            }
-        }
-        out
     }
 }
 
@@ -274,8 +262,4 @@ impl Metrics {
             .map(|name| String::from_utf8_lossy(&read_name(name)).into_owned())
             .collect()
     }
-}
-
-pub(super) fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

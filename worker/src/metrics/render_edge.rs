@@ -7,9 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::render::escape;
-use super::{Metrics, BUCKETS, MAX_SERVICES, OTHER};
-use crate::host::region::{read_name, WorkerStats};
+use super::scrape::{escape, Count, Family, Scrape};
+use super::Metrics;
 use crate::host::{MAX_LISTENERS, MAX_ROUTES};
 
 /// The names behind the edge series, from the scraping worker.
@@ -34,146 +33,117 @@ impl Metrics {
     }
 
     fn render_edge(&self, out: &mut String, labels: &EdgeLabels) {
-        let workers: Vec<&WorkerStats> =
-            self.region.workers.iter().filter(|w| w.pid.load(Ordering::Relaxed) != 0).collect();
-        let sum = |f: &dyn Fn(&WorkerStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
-        let names: Vec<(usize, String)> = self
-            .region
-            .names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.state.load(Ordering::Acquire) == 2)
-            .map(|(i, n)| (i, String::from_utf8_lossy(&read_name(n)).into_owned()))
-            .chain(std::iter::once((MAX_SERVICES - 1, OTHER.to_string())))
-            .collect();
-        *out += "# HELP zkgate_request_duration_seconds Requests from the first byte read to the answer's head sent, as the client sees them, per service.\n";
-        *out += "# TYPE zkgate_request_duration_seconds histogram\n";
-        for (i, name) in &names {
-            let count = sum(&|w| w.services[*i].duration_count.load(Ordering::Relaxed));
-            if count == 0 {
-                continue;
-            }
-            let name = escape(name);
-            let mut cumulative = 0;
-            for (b, le) in BUCKETS.iter().enumerate() {
-                cumulative += sum(&|w| w.services[*i].duration_buckets[b].load(Ordering::Relaxed));
-                let _ = writeln!(
-                    out,
-                    "zkgate_request_duration_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "zkgate_request_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let micros = sum(&|w| w.services[*i].duration_sum_micros.load(Ordering::Relaxed));
-            let _ = writeln!(
-                out,
-                "zkgate_request_duration_seconds_sum{{service=\"{name}\"}} {}\nzkgate_request_duration_seconds_count{{service=\"{name}\"}} {count}",
-                micros as f64 / 1e6
-            );
+        let scrape = Scrape::new(self);
+        scrape.service_histogram(out, REQUEST_DURATION, |s| {
+            (&s.duration_buckets, &s.duration_count, &s.duration_sum_micros)
+        });
+        for (family, outcome, read) in PER_SERVICE {
+            scrape.service_counter(out, family, outcome, read);
         }
-        type Read = fn(&crate::host::region::ServiceStats) -> u64;
-        let per_service: [(&str, &str, &str, Read); 5] = [
-            (
-                "zkgate_request_bytes_total",
-                "Request body bytes received from clients (declared lengths: chunked uploads are not counted), per service.",
-                "",
-                |s| s.bytes_in.load(Ordering::Relaxed),
-            ),
-            (
-                "zkgate_response_bytes_total",
-                "Answer body bytes sent to clients (declared lengths: chunked answers are not counted), per service.",
-                "",
-                |s| s.bytes_out.load(Ordering::Relaxed),
-            ),
-            (
-                "zkgate_mirror_requests_total",
-                "Mirror copies to a shadow service, by outcome.",
-                "sent",
-                |s| s.mirrored.load(Ordering::Relaxed),
-            ),
-            ("zkgate_mirror_requests_total", "", "skipped", |s| {
-                s.mirror_skipped.load(Ordering::Relaxed)
-            }),
-            ("zkgate_mirror_requests_total", "", "failed", |s| {
-                s.mirror_failed.load(Ordering::Relaxed)
-            }),
-        ];
-        for (metric, help, outcome, read) in per_service {
-            if !help.is_empty() {
-                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            }
-            for (i, name) in &names {
-                let n = sum(&|w| read(&w.services[*i]));
-                if n == 0 {
-                    continue;
-                }
-                let name = escape(name);
-                let _ = match outcome {
-                    "" => writeln!(out, "{metric}{{service=\"{name}\"}} {n}"),
-                    o => writeln!(out, "{metric}{{service=\"{name}\",outcome=\"{o}\"}} {n}"),
-                };
-            }
-        }
-        *out += "# HELP zkgate_instance_requests_total Requests sent to an instance by the host's workers.\n# TYPE zkgate_instance_requests_total counter\n";
-        *out += "# HELP zkgate_instance_errors_total Requests to an instance that failed (connect error, timeout, reset, 5xx).\n# TYPE zkgate_instance_errors_total counter\n";
-        for (service, instance, requests, errors) in &labels.instances {
-            let (s, i) = (escape(service), escape(instance));
-            let _ = writeln!(
-                out,
-                "zkgate_instance_requests_total{{service=\"{s}\",instance=\"{i}\"}} {requests}\nzkgate_instance_errors_total{{service=\"{s}\",instance=\"{i}\"}} {errors}"
-            );
-        }
-        *out += "# HELP zkgate_auth_refusals_total Requests a route's auth refused, by status (401, 403, 503).\n# TYPE zkgate_auth_refusals_total counter\n";
-        for (r, label) in labels.routes.iter().enumerate().take(MAX_ROUTES) {
-            for (code, n) in [
-                (401, sum(&|w| w.routes[r].unauthorized.load(Ordering::Relaxed))),
-                (403, sum(&|w| w.routes[r].forbidden.load(Ordering::Relaxed))),
-                (503, sum(&|w| w.routes[r].auth_unavailable.load(Ordering::Relaxed))),
-            ] {
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "zkgate_auth_refusals_total{{route=\"{}\",code=\"{code}\"}} {n}",
-                        escape(label)
-                    );
-                }
-            }
-        }
-        *out += "# HELP zkgate_listener_connections Client connections open, per listening socket.\n# TYPE zkgate_listener_connections gauge\n";
-        for (l, label) in labels.listeners.iter().enumerate().take(MAX_LISTENERS) {
-            let n: i64 = workers
-                .iter()
-                .filter(|w| !w.is_retired())
-                .map(|w| w.edge.listener_connections[l].load(Ordering::Relaxed))
-                .sum();
-            let _ = writeln!(
-                out,
-                "zkgate_listener_connections{{listener=\"{}\"}} {}",
-                escape(label),
-                n.max(0)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP zkgate_tls_handshakes_total TLS handshakes with clients, by result.\n# TYPE zkgate_tls_handshakes_total counter\nzkgate_tls_handshakes_total{{result=\"ok\"}} {}\nzkgate_tls_handshakes_total{{result=\"failed\"}} {}",
-            sum(&|w| w.edge.tls_handshakes.load(Ordering::Relaxed)),
-            sum(&|w| w.edge.tls_failures.load(Ordering::Relaxed))
-        );
-        *out += "# HELP zkgate_tls_certificate_not_after_seconds When a served certificate expires (Unix seconds); alert on it minus time().\n# TYPE zkgate_tls_certificate_not_after_seconds gauge\n";
-        for (names, not_after) in &labels.certificates {
-            let _ = writeln!(
-                out,
-                "zkgate_tls_certificate_not_after_seconds{{certificate=\"{}\"}} {not_after}",
-                escape(names)
-            );
-        }
+        instances(labels, out);
+        auth_refusals(&scrape, labels, out);
+        listeners(&scrape, labels, out);
+        tls(&scrape, labels, out);
         let _ = writeln!(
             out,
             "# HELP zkgate_trace_spans_total Spans handed to the OTLP collector, or dropped (queue full, collector down).\n# TYPE zkgate_trace_spans_total counter\nzkgate_trace_spans_total{{outcome=\"exported\"}} {}\nzkgate_trace_spans_total{{outcome=\"dropped\"}} {}",
-            sum(&|w| w.edge.spans_exported.load(Ordering::Relaxed)),
-            sum(&|w| w.edge.spans_dropped.load(Ordering::Relaxed))
+            scrape.sum(|w| w.edge.spans_exported.load(Ordering::Relaxed)),
+            scrape.sum(|w| w.edge.spans_dropped.load(Ordering::Relaxed))
+        );
+    }
+}
+
+const REQUEST_DURATION: Family = (
+    "zkgate_request_duration_seconds",
+    "Requests from the first byte read to the answer's head sent, as the client sees them, per service.",
+);
+
+/// Per-service counters: the family (an empty help: a further outcome of the one before), the
+/// `outcome` label (empty: none), what is counted.
+const PER_SERVICE: [(Family, &str, Count); 5] = [
+    (
+        (
+            "zkgate_request_bytes_total",
+            "Request body bytes received from clients (declared lengths: chunked uploads are not counted), per service.",
+        ),
+        "",
+        |s| s.bytes_in.load(Ordering::Relaxed),
+    ),
+    (
+        (
+            "zkgate_response_bytes_total",
+            "Answer body bytes sent to clients (declared lengths: chunked answers are not counted), per service.",
+        ),
+        "",
+        |s| s.bytes_out.load(Ordering::Relaxed),
+    ),
+    (
+        ("zkgate_mirror_requests_total", "Mirror copies to a shadow service, by outcome."),
+        "sent",
+        |s| s.mirrored.load(Ordering::Relaxed),
+    ),
+    (("zkgate_mirror_requests_total", ""), "skipped", |s| s.mirror_skipped.load(Ordering::Relaxed)),
+    (("zkgate_mirror_requests_total", ""), "failed", |s| s.mirror_failed.load(Ordering::Relaxed)),
+];
+
+fn instances(labels: &EdgeLabels, out: &mut String) {
+    *out += "# HELP zkgate_instance_requests_total Requests sent to an instance by the host's workers.\n# TYPE zkgate_instance_requests_total counter\n";
+    *out += "# HELP zkgate_instance_errors_total Requests to an instance that failed (connect error, timeout, reset, 5xx).\n# TYPE zkgate_instance_errors_total counter\n";
+    for (service, instance, requests, errors) in &labels.instances {
+        let (s, i) = (escape(service), escape(instance));
+        let _ = writeln!(
+            out,
+            "zkgate_instance_requests_total{{service=\"{s}\",instance=\"{i}\"}} {requests}\nzkgate_instance_errors_total{{service=\"{s}\",instance=\"{i}\"}} {errors}"
+        );
+    }
+}
+
+fn auth_refusals(scrape: &Scrape, labels: &EdgeLabels, out: &mut String) {
+    *out += "# HELP zkgate_auth_refusals_total Requests a route's auth refused, by status (401, 403, 503).\n# TYPE zkgate_auth_refusals_total counter\n";
+    for (r, label) in labels.routes.iter().enumerate().take(MAX_ROUTES) {
+        for (code, n) in [
+            (401, scrape.sum(|w| w.routes[r].unauthorized.load(Ordering::Relaxed))),
+            (403, scrape.sum(|w| w.routes[r].forbidden.load(Ordering::Relaxed))),
+            (503, scrape.sum(|w| w.routes[r].auth_unavailable.load(Ordering::Relaxed))),
+        ] {
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "zkgate_auth_refusals_total{{route=\"{}\",code=\"{code}\"}} {n}",
+                    escape(label)
+                );
+            }
+        }
+    }
+}
+
+fn listeners(scrape: &Scrape, labels: &EdgeLabels, out: &mut String) {
+    *out += "# HELP zkgate_listener_connections Client connections open, per listening socket.\n# TYPE zkgate_listener_connections gauge\n";
+    for (l, label) in labels.listeners.iter().enumerate().take(MAX_LISTENERS) {
+        let n: i64 =
+            scrape.live().map(|(_, w)| w.edge.listener_connections[l].load(Ordering::Relaxed)).sum();
+        let _ = writeln!(
+            out,
+            "zkgate_listener_connections{{listener=\"{}\"}} {}",
+            escape(label),
+            n.max(0)
+        );
+    }
+}
+
+fn tls(scrape: &Scrape, labels: &EdgeLabels, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP zkgate_tls_handshakes_total TLS handshakes with clients, by result.\n# TYPE zkgate_tls_handshakes_total counter\nzkgate_tls_handshakes_total{{result=\"ok\"}} {}\nzkgate_tls_handshakes_total{{result=\"failed\"}} {}",
+        scrape.sum(|w| w.edge.tls_handshakes.load(Ordering::Relaxed)),
+        scrape.sum(|w| w.edge.tls_failures.load(Ordering::Relaxed))
+    );
+    *out += "# HELP zkgate_tls_certificate_not_after_seconds When a served certificate expires (Unix seconds); alert on it minus time().\n# TYPE zkgate_tls_certificate_not_after_seconds gauge\n";
+    for (names, not_after) in &labels.certificates {
+        let _ = writeln!(
+            out,
+            "zkgate_tls_certificate_not_after_seconds{{certificate=\"{}\"}} {not_after}",
+            escape(names)
         );
     }
 }
