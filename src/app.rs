@@ -190,7 +190,9 @@ impl supervisor::App for Gateway {
             // SAFETY: as in run_worker; no worker runs yet.
             let host = unsafe { worker::host::Host::from_raw(region.as_ptr(), 0) };
             let keys = worker::tls::tickets::adopt(host, state);
-            log::info!("upgrade: {keys} TLS session-ticket key(s) taken over from the previous binary");
+            log::info!(
+                "upgrade: {keys} TLS session-ticket key(s) taken over from the previous binary"
+            );
         }
     }
 

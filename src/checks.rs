@@ -10,51 +10,75 @@ const MIN_TOKEN_LEN: usize = 16;
 /// Checks that span sections (serde already checked each value on its own).
 pub fn check(config: &Config) -> Result<(), String> {
     crate::edge_checks::check(config)?;
+    check_listeners(config)?;
+    if let Some(admin) = &config.admin {
+        check_admin(config, admin)?;
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        check_route_extras(i, r)?;
+    }
+    check_limits(config)?;
+    for (name, s) in &config.services {
+        check_service(config, name, s)?;
+    }
+    config.header_routing.check_names()?;
+    supervisor::check_ids(config.server.user.as_deref(), config.server.group.as_deref())
+        .map_err(|e| format!("server.user/group: {e}"))?;
+    if config.proxy.outlier.max_ejection < config.proxy.outlier.base_ejection {
+        return Err("proxy.outlier.max_ejection: must not be below base_ejection".into());
+    }
+    if !config.zookeeper.is_empty() {
+        return check_sources(&config.zookeeper);
+    }
+    check_static_only(config)
+}
+
+/// `listen`, `listen_tls` and the certificates they need.
+fn check_listeners(config: &Config) -> Result<(), String> {
     if config.server.listen.is_empty() {
         return Err("server.listen: at least one address is required".into());
     }
     if config.server.backlog < 1 {
         return Err("server.backlog: must be at least 1".into());
     }
-    if let Some(admin) = &config.admin {
-        if let Some(token) = &admin.token {
-            if token.trim().len() < MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "admin.token: at least {MIN_TOKEN_LEN} characters and no spaces (a guessable token protects nothing)"
-                ));
-            }
-        }
-        if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
-            return Err(format!(
-                "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
-                admin.listen
-            ));
-        }
-        if config.server.listen.contains(&admin.listen) {
-            return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
-        }
-        if config.server.listen_tls.contains(&admin.listen) {
-            return Err(format!(
-                "admin.listen = \"{}\" is also in server.listen_tls",
-                admin.listen
-            ));
-        }
-    }
     if let Some(both) = config.server.listen_tls.iter().find(|a| config.server.listen.contains(a)) {
         return Err(format!("server.listen_tls: {both} is also in server.listen"));
     }
     match (config.server.listen_tls.is_empty(), config.tls.is_empty()) {
-        (false, true) => {
-            return Err("server.listen_tls: needs at least one [[tls]] certificate".into())
-        }
+        (false, true) => Err("server.listen_tls: needs at least one [[tls]] certificate".into()),
         (true, false) => {
-            return Err("[[tls]]: certificates without server.listen_tls would never be used".into())
+            Err("[[tls]]: certificates without server.listen_tls would never be used".into())
         }
-        _ => {}
+        _ => Ok(()),
     }
-    for (i, r) in config.routes.iter().enumerate() {
-        check_route_extras(i, r)?;
+}
+
+/// The admin API: a token worth its name, off loopback only with one, on a socket of its own.
+fn check_admin(config: &Config, admin: &worker::config::AdminSettings) -> Result<(), String> {
+    if let Some(token) = &admin.token {
+        if token.trim().len() < MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "admin.token: at least {MIN_TOKEN_LEN} characters and no spaces (a guessable token protects nothing)"
+            ));
+        }
     }
+    if !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
+        return Err(format!(
+            "admin.listen = \"{}\" is not a loopback address: set admin.token, or listen on 127.0.0.1",
+            admin.listen
+        ));
+    }
+    if config.server.listen.contains(&admin.listen) {
+        return Err(format!("admin.listen = \"{}\" is also in server.listen", admin.listen));
+    }
+    if config.server.listen_tls.contains(&admin.listen) {
+        return Err(format!("admin.listen = \"{}\" is also in server.listen_tls", admin.listen));
+    }
+    Ok(())
+}
+
+/// Rate limits and in-flight bounds fit the shared region and mean something.
+fn check_limits(config: &Config) -> Result<(), String> {
     if config.rate_limits.len() > worker::host::RATE_RULES {
         return Err(format!(
             "[[rate_limit]]: at most {} rules (their buckets live in shared memory sized at start)",
@@ -70,45 +94,45 @@ pub fn check(config: &Config) -> Result<(), String> {
     if !(0.0..=1.0).contains(&config.proxy.retry_budget) {
         return Err("proxy.retry_budget: must be between 0.0 and 1.0".into());
     }
-    for (name, s) in &config.services {
-        if let Some(own) = s.instances.iter().flatten().find(|i| config.is_own_address(&i.address))
-        {
+    Ok(())
+}
+
+/// One service: not the gateway itself, weights only where they apply, a health check that
+/// can run.
+fn check_service(
+    config: &Config,
+    name: &str,
+    s: &worker::config::ServiceSettings,
+) -> Result<(), String> {
+    if let Some(own) = s.instances.iter().flatten().find(|i| config.is_own_address(&i.address)) {
+        return Err(format!(
+            "services.{name}.instances: {} is this gateway's own address (a request loop)",
+            own.address
+        ));
+    }
+    if s.instances.is_some() && !s.weights.is_empty() {
+        return Err(format!(
+            "services.{name}.weights: only for discovered services; give static instances a weight"
+        ));
+    }
+    if let Some(hc) = &s.health_check {
+        if !hc.path.starts_with('/') {
             return Err(format!(
-                "services.{name}.instances: {} is this gateway's own address (a request loop)",
-                own.address
+                "services.{name}.health_check.path = {:?}: must start with '/'",
+                hc.path
             ));
         }
-        if s.instances.is_some() && !s.weights.is_empty() {
+        if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero() {
             return Err(format!(
-                "services.{name}.weights: only for discovered services; give static instances a weight"
+                "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
             ));
         }
-        if let Some(hc) = &s.health_check {
-            if !hc.path.starts_with('/') {
-                return Err(format!(
-                    "services.{name}.health_check.path = {:?}: must start with '/'",
-                    hc.path
-                ));
-            }
-            if hc.healthy == 0 || hc.unhealthy == 0 || hc.interval.is_zero() || hc.timeout.is_zero()
-            {
-                return Err(format!(
-                    "services.{name}.health_check: healthy, unhealthy, interval and timeout must be above 0"
-                ));
-            }
-        }
     }
-    config.header_routing.check_names()?;
-    supervisor::check_ids(config.server.user.as_deref(), config.server.group.as_deref())
-        .map_err(|e| format!("server.user/group: {e}"))?;
-    if config.proxy.outlier.max_ejection < config.proxy.outlier.base_ejection {
-        return Err("proxy.outlier.max_ejection: must not be below base_ejection".into());
-    }
-    if !config.zookeeper.is_empty() {
-        check_sources(&config.zookeeper)?;
-        return Ok(());
-    }
-    // Without discovery every routed service must have static instances.
+    Ok(())
+}
+
+/// Without discovery every routed service must have static instances.
+fn check_static_only(config: &Config) -> Result<(), String> {
     for (i, r) in config.routes.iter().enumerate() {
         if config.services.get(&r.service).is_none_or(|s| s.instances.is_none()) {
             return Err(format!(

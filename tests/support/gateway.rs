@@ -389,8 +389,8 @@ impl GatewayBuilder {
 
 /// SIGKILL to a supervisor that is no child of the test (an upgrade's), and to its workers.
 fn kill_tree(pid: i32) {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     for w in children.split_whitespace().filter_map(|p| p.parse().ok()) {
         let _ = kill(Pid::from_raw(w), Signal::SIGKILL);

@@ -69,7 +69,6 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Every this many heartbeats, the host-wide entries of the table are marked as in use.
 const TOUCH_EVERY: u64 = 60;
 
-
 /// Everything one worker runs with, handed down by the binary.
 #[derive(Debug)]
 pub struct Settings {

@@ -16,8 +16,8 @@
 //! once read, where the environment can be read in `/proc` for the process's life).
 
 use std::ffi::{CString, OsString};
-use std::net::{SocketAddr, TcpListener};
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
@@ -83,7 +83,9 @@ fn take_state(spec: Option<String>) -> Vec<u8> {
     match pipe.take(STATE_MAX as u64).read_to_end(&mut state) {
         Ok(_) => state,
         Err(e) => {
-            log::warn!("upgrade: the previous binary's state cannot be read ({e}); starting without it");
+            log::warn!(
+                "upgrade: the previous binary's state cannot be read ({e}); starting without it"
+            );
             Vec::new()
         }
     }
@@ -206,7 +208,9 @@ impl<A: App> Supervisor<A> {
         // flags, environment and signal mask, then execs (or exits).
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                for fd in slots.iter().flatten().chain(state.as_ref().map(|s| s.as_raw_fd()).as_ref()) {
+                for fd in
+                    slots.iter().flatten().chain(state.as_ref().map(|s| s.as_raw_fd()).as_ref())
+                {
                     let _ = fcntl(*fd, FcntlArg::F_SETFD(FdFlag::empty()));
                 }
                 let _ = nix::sys::signal::sigprocmask(

@@ -57,7 +57,10 @@ impl Host {
                 continue;
             }
             let writing = with_state(word, WRITING);
-            if slot.state.compare_exchange(word, writing, Ordering::SeqCst, Ordering::Acquire).is_err()
+            if slot
+                .state
+                .compare_exchange(word, writing, Ordering::SeqCst, Ordering::Acquire)
+                .is_err()
             {
                 continue;
             }
@@ -144,7 +147,10 @@ impl Host {
             if state(word) == WRITING && slot.seen_ms.load(Ordering::SeqCst) != 0 && stale(slot) {
                 // Its writer died between claiming and naming it.
                 let taking = with_state(word, RELEASING);
-                if slot.state.compare_exchange(word, taking, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                if slot
+                    .state
+                    .compare_exchange(word, taking, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
                 {
                     self.clear_row(i);
                     self.free(slot, taking);
@@ -163,7 +169,10 @@ impl Host {
                 continue;
             }
             let taking = with_state(word, RELEASING);
-            if slot.state.compare_exchange(word, taking, Ordering::SeqCst, Ordering::SeqCst).is_err()
+            if slot
+                .state
+                .compare_exchange(word, taking, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
             {
                 continue;
             }

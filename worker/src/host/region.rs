@@ -235,7 +235,8 @@ pub(crate) fn clear_service_stats(s: &ServiceStats) {
     const _: () = assert!(std::mem::size_of::<ServiceStats>().is_multiple_of(8));
     // SAFETY: ServiceStats is `repr(C)` and made of AtomicU64 fields and arrays of them only,
     // so it is exactly WORDS AtomicU64s, with their alignment.
-    let words = unsafe { std::slice::from_raw_parts(s as *const ServiceStats as *const AtomicU64, WORDS) };
+    let words =
+        unsafe { std::slice::from_raw_parts(s as *const ServiceStats as *const AtomicU64, WORDS) };
     words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
 }
 

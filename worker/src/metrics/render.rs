@@ -205,24 +205,15 @@ fn per_source(scrape: &Scrape, sources: &[String], out: &mut String) {
 type PerSlot = fn(&WorkerStats) -> i64;
 
 const PER_SLOT: [(&str, &str, &str, PerSlot); 5] = [
-    (
-        "zkgate_active_connections",
-        "gauge",
-        "Client connections open, per worker slot.",
-        |w| w.active_connections.load(Ordering::Relaxed),
-    ),
-    (
-        "zkgate_worker_requests_total",
-        "counter",
-        "Requests answered, per worker slot.",
-        |w| w.requests.load(Ordering::Relaxed) as i64,
-    ),
-    (
-        "zkgate_worker_restarts_total",
-        "counter",
-        "Workers respawned after dying, per slot.",
-        |w| w.restarts.load(Ordering::Relaxed) as i64,
-    ),
+    ("zkgate_active_connections", "gauge", "Client connections open, per worker slot.", |w| {
+        w.active_connections.load(Ordering::Relaxed)
+    }),
+    ("zkgate_worker_requests_total", "counter", "Requests answered, per worker slot.", |w| {
+        w.requests.load(Ordering::Relaxed) as i64
+    }),
+    ("zkgate_worker_restarts_total", "counter", "Workers respawned after dying, per slot.", |w| {
+        w.restarts.load(Ordering::Relaxed) as i64
+    }),
     (
         "zkgate_ejections_total",
         "counter",

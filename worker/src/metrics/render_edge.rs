@@ -120,8 +120,10 @@ fn auth_refusals(scrape: &Scrape, labels: &EdgeLabels, out: &mut String) {
 fn listeners(scrape: &Scrape, labels: &EdgeLabels, out: &mut String) {
     *out += "# HELP zkgate_listener_connections Client connections open, per listening socket.\n# TYPE zkgate_listener_connections gauge\n";
     for (l, label) in labels.listeners.iter().enumerate().take(MAX_LISTENERS) {
-        let n: i64 =
-            scrape.live().map(|(_, w)| w.edge.listener_connections[l].load(Ordering::Relaxed)).sum();
+        let n: i64 = scrape
+            .live()
+            .map(|(_, w)| w.edge.listener_connections[l].load(Ordering::Relaxed))
+            .sum();
         let _ = writeln!(
             out,
             "zkgate_listener_connections{{listener=\"{}\"}} {}",

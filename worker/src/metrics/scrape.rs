@@ -89,10 +89,8 @@ impl Scrape {
             let mut cumulative = 0;
             for (b, le) in BUCKETS.iter().enumerate() {
                 cumulative += self.sum(|w| cells(&w.services[*i]).0[b].load(Ordering::Relaxed));
-                let _ = writeln!(
-                    out,
-                    "{metric}_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
+                let _ =
+                    writeln!(out, "{metric}_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}");
             }
             let micros = self.sum(|w| cells(&w.services[*i]).2.load(Ordering::Relaxed));
             let _ = writeln!(

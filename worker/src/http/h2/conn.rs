@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,6 +33,7 @@ use crate::http::connections::{
 };
 
 use crate::http::proxy::Proxy;
+use crate::http::Body;
 
 /// How client connections are served; built once per worker from `[proxy]`.
 pub struct ConnSettings {
@@ -85,34 +86,10 @@ pub async fn serve<S>(
     let activity = Arc::new(Activity::default());
     let (draining, h2, requests) = (shutdown.clone(), http2.clone(), activity.clone());
     let service = service_fn(move |mut req: Request<Incoming>| {
-        let (proxy, draining, h2) = (proxy.clone(), draining.clone(), h2.clone());
-        // An upgrade moves the connection's permit to its tunnel (see proxy).
-        req.extensions_mut().insert(permit.clone());
-        req.extensions_mut().insert(client.scheme);
-        req.extensions_mut().insert(LocalPort(client.port));
-        if let Some(subject) = &client.cert_subject {
-            req.extensions_mut().insert(ClientCert(subject.clone()));
-        }
+        tag(&mut req, &permit, &client);
         // Counts the request as open until its answer's body is done (HTTP/2 idleness).
         let guard = RequestGuard::new(requests.clone());
-        async move {
-            let http1 = req.version() < Version::HTTP_2;
-            if !http1 {
-                h2.store(true, Ordering::Relaxed);
-            }
-            let mut resp = proxy.handle(req, peer).await;
-            // Draining: this answer is the connection's last, and the client is told so.
-            if http1 && *draining.borrow() {
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            // Only HTTP/2 idleness is measured in open streams: an HTTP/1 answer needs no
-            // wrapper (its connection's idleness is measured in bytes).
-            if http1 {
-                drop(guard);
-                return Ok::<_, Infallible>(resp);
-            }
-            Ok(resp.map(|b| guard.wrap(b)))
-        }
+        answer(proxy.clone(), req, peer, (draining.clone(), h2.clone()), guard)
     });
     let io = Tracked::new(stream, activity.clone());
     let conn = settings.http.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -172,6 +149,43 @@ pub async fn serve<S>(
         }
     };
     log_end(peer, result);
+}
+
+/// Tags a request with what its connection knows: the permit (an upgrade moves it to its
+/// tunnel, see proxy), the scheme, the local port, the verified client certificate.
+fn tag(req: &mut Request<Incoming>, permit: &ConnPermit, client: &Client) {
+    req.extensions_mut().insert(permit.clone());
+    req.extensions_mut().insert(client.scheme);
+    req.extensions_mut().insert(LocalPort(client.port));
+    if let Some(subject) = &client.cert_subject {
+        req.extensions_mut().insert(ClientCert(subject.clone()));
+    }
+}
+
+/// One request's answer; while the worker drains, an HTTP/1 answer says it is the
+/// connection's last. `h2` learns the protocol from the first request.
+async fn answer(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    (draining, h2): (watch::Receiver<bool>, Arc<AtomicBool>),
+    guard: RequestGuard,
+) -> Result<Response<Body>, Infallible> {
+    let http1 = req.version() < Version::HTTP_2;
+    if !http1 {
+        h2.store(true, Ordering::Relaxed);
+    }
+    let mut resp = proxy.handle(req, peer).await;
+    if http1 && *draining.borrow() {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    // Only HTTP/2 idleness is measured in open streams: an HTTP/1 answer needs no wrapper
+    // (its connection's idleness is measured in bytes).
+    if http1 {
+        drop(guard);
+        return Ok(resp);
+    }
+    Ok(resp.map(|b| guard.wrap(b)))
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
