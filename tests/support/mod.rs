@@ -50,8 +50,28 @@ macro_rules! assert_eventually {
     }};
 }
 
-/// A loopback port nobody listens on right now.
+/// A port nobody listens on right now, below the kernel's ephemeral range: the kernel never
+/// hands it to an outgoing connection (a ZooKeeper peer dialling its quorum, a gateway dialling
+/// an instance), which could otherwise take it between this draw and the bind, and no two
+/// draws of one test process return the same port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|h| *h > LOW + 1000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        // Free on every address (a wildcard listener would collide with a loopback one).
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
