@@ -48,12 +48,9 @@ fn registered_backends(zk: &Zk) -> (Backend, Backend, support::zk::ZkClient) {
 fn reload_rounds(gw: &Gateway, load: &Load) {
     load.wait_for(400);
     for round in 1..=rounds() {
+        let before = gw.readiness();
         gw.signal(Signal::SIGHUP);
-        assert_eventually!(
-            20,
-            gw.log_count("in service on every worker") >= round,
-            "round {round}: reload did not finish"
-        );
+        assert_eventually!(20, gw.reloaded(before), "round {round}: reload did not finish");
         load.wait_for(400);
     }
 }
@@ -123,11 +120,16 @@ fn a_restart_and_a_reload_while_zookeeper_is_down_serve_the_snapshot() {
     let port = gw.port;
     drop(gw);
     let gw = Gateway::with(body).port(port).workers(2).spawn();
-    assert_eventually!(10, gw.log().contains("listening on"), "supervisor not listening");
+    assert_eventually!(
+        10,
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "supervisor not listening"
+    );
     let load = Load::start(Spec::paced(gw.port, Reuse::Unchecked));
     load.wait_for(800);
     gw.signal(Signal::SIGHUP);
-    assert_eventually!(20, gw.log().contains("in service on every worker"), "reload stalled");
+    // One READY=1 when the workers first were, one when the reload is in service.
+    assert_eventually!(20, gw.readiness() >= 2, "reload stalled");
     load.wait_for(800);
     let tally = load.stop();
     report("restart + HUP with zookeeper down, snapshot", &tally);

@@ -159,12 +159,8 @@ fn ttin_adds_and_ttou_removes_a_worker_never_below_one() {
     let gw = Gateway::with(web(&[&b1])).workers(1).start();
     assert_eq!(gw.workers().len(), 1);
     gw.signal(Signal::SIGTTIN);
-    assert_eventually!(
-        10,
-        gw.workers().len() == 2 && gw.log().contains("worker slot 1 (pid"),
-        "TTIN did not add a worker"
-    );
-    assert_eventually!(10, gw.log_count(") ready") >= 2, "new worker not ready");
+    assert_eventually!(10, gw.workers().len() == 2, "TTIN did not add a worker");
+    assert_eventually!(10, gw.all_ready(2), "new worker not ready");
     for _ in 0..20 {
         assert_eq!(gw.get("/").unwrap().status, 200);
     }

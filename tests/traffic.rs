@@ -51,8 +51,9 @@ fn a_canary_takes_its_share_its_header_and_cookie_and_changes_on_hup_without_a_f
     let load = Load::start(Spec::paced(gw.port, Reuse::Unchecked));
     load.wait_for(300);
     gw.rewrite_config(&gw.config_text().replace("percent = 20", "percent = 0"));
+    let before = gw.readiness();
     gw.signal(Signal::SIGHUP);
-    assert_eventually!(20, gw.log_count("in service on every worker") == 1, "{}", gw.log());
+    assert_eventually!(20, gw.reloaded(before), "{}", gw.log());
     load.wait_for(300);
     let tally = load.stop();
     assert_eq!(tally.lost(), 0, "{tally}");

@@ -42,6 +42,8 @@ struct Notify {
     count: Arc<std::sync::atomic::AtomicUsize>,
     /// The last `MAINPID=` told (0: none): a USR2 upgrade's new supervisor, once it took over.
     main_pid: Arc<std::sync::atomic::AtomicI32>,
+    /// The last `STATUS=` told ("3/3 workers ready; …").
+    status: Arc<std::sync::Mutex<String>>,
     stop: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
@@ -59,6 +61,8 @@ impl Notify {
         let counted = count.clone();
         let main_pid = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let told = main_pid.clone();
+        let status = Arc::new(std::sync::Mutex::new(String::new()));
+        let status_told = status.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !done.load(Ordering::Relaxed) {
@@ -69,11 +73,13 @@ impl Notify {
                         let _ = tx.send(());
                     } else if let Some(pid) = line.strip_prefix("MAINPID=") {
                         told.store(pid.parse().unwrap_or(0), Ordering::SeqCst);
+                    } else if let Some(s) = line.strip_prefix("STATUS=") {
+                        *status_told.lock().unwrap() = s.to_string();
                     }
                 }
             }
         });
-        (Notify { ready, count, main_pid, stop, _dir: dir }, path)
+        (Notify { ready, count, main_pid, status, stop, _dir: dir }, path)
     }
 }
 
@@ -160,6 +166,13 @@ impl Gateway {
     /// service on every slot (the supervisor's `READY=1`, state, not a log line).
     pub fn reloaded(&self, before: usize) -> bool {
         self.readiness() > before
+    }
+
+    /// Whether the supervisor's last `STATUS=` says `n` of `n` workers are ready (it is
+    /// refreshed every 2 s while it changes): a TTIN's new worker is ready once this holds.
+    pub fn all_ready(&self, n: usize) -> bool {
+        let n_ = self.notify.as_ref().expect("a gateway without its own NOTIFY_SOCKET");
+        n_.status.lock().unwrap().starts_with(&format!("{n}/{n} workers ready"))
     }
 
     /// The supervisor a USR2 upgrade started, once it took over: the `MAINPID=` it told the
@@ -305,16 +318,8 @@ impl GatewayBuilder {
     /// [`free_port`] can be taken by another test between the draw and the bind: then the
     /// gateway exits at once saying so, and is started again on newly drawn ports.
     pub fn start(mut self) -> Gateway {
-        let own_notify =
-            self.netns.is_none() && !self.env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
         for attempt in 0.. {
-            let mut builder = self.clone();
-            let notify = own_notify.then(|| {
-                let (notify, path) = Notify::new();
-                builder.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
-                notify
-            });
-            let mut g = builder.spawn();
+            let g = self.clone().spawn();
             let expect = match self_workers(&g) {
                 1 => "the worker is ready".to_string(),
                 n => format!("all {n} workers ready"),
@@ -325,7 +330,7 @@ impl GatewayBuilder {
                 20,
                 {
                     ready = ready
-                        || match &notify {
+                        || match &g.notify {
                             Some(n) => n.ready.try_recv().is_ok(),
                             None => g.log().contains(&expect),
                         };
@@ -334,7 +339,6 @@ impl GatewayBuilder {
                 "gateway did not become ready:\n{}",
                 g.log()
             );
-            g.notify = notify;
             if !taken(&g) || !self.drawn_ports || attempt == 3 {
                 assert!(!taken(&g), "gateway did not become ready:\n{}", g.log());
                 return g;
@@ -346,8 +350,17 @@ impl GatewayBuilder {
         unreachable!()
     }
 
-    /// Starts the gateway without waiting.
-    pub fn spawn(self) -> Gateway {
+    /// Starts the gateway without waiting. Unless the test brings its own NOTIFY_SOCKET or
+    /// runs the gateway in a network namespace, the harness owns the notify socket, so
+    /// [`Gateway::readiness`] counts the supervisor's `READY=1`s from the start.
+    pub fn spawn(mut self) -> Gateway {
+        let own_notify =
+            self.netns.is_none() && !self.env.iter().any(|(k, _)| k == "NOTIFY_SOCKET");
+        let notify = own_notify.then(|| {
+            let (notify, path) = Notify::new();
+            self.env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+            notify
+        });
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, self.config()).unwrap();
@@ -382,7 +395,7 @@ impl GatewayBuilder {
             dir,
             config_path,
             log_path,
-            notify: None,
+            notify,
         }
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct ZkStats {
     pub(crate) synced_ms: AtomicU64,
     pub(crate) events: AtomicU64,
     pub(crate) resyncs: AtomicU64,
+    /// The session's id (0: none yet), as ZooKeeper's `cons` lists it.
+    pub(crate) session: AtomicU64,
 }
 
 /// What the host knows about one instance of one service, whichever worker learned it.

@@ -158,6 +158,11 @@ impl Metrics {
         self.zk().synced_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// A session was established: its id, for `/workers` (match it with ZooKeeper's `cons`).
+    pub fn set_zk_session(&self, id: i64) {
+        self.zk().session.store(id as u64, Ordering::Relaxed);
+    }
+
     /// The watches this worker's session holds now.
     pub fn set_zk_watches(&self, n: usize) {
         self.zk().watches.store(n as u64, Ordering::Relaxed);

@@ -29,11 +29,13 @@ impl Metrics {
                     "restarts": w.restarts.load(Ordering::Relaxed),
                     "zookeeper": ZkState::from_u32(w.zk[0].state.load(Ordering::Relaxed)).as_str(),
                     "zookeeper_watches": w.zk[0].watches.load(Ordering::Relaxed),
+                    "zookeeper_session": session(&w.zk[0]),
                     "last_sync_age_seconds": sync_age(&w.zk[0]),
                     "sources": self.sources().iter().enumerate().map(|(s, name)| serde_json::json!({
                         "name": name,
                         "zookeeper": ZkState::from_u32(w.zk[s].state.load(Ordering::Relaxed)).as_str(),
                         "watches": w.zk[s].watches.load(Ordering::Relaxed),
+                        "session": session(&w.zk[s]),
                         "last_sync_age_seconds": sync_age(&w.zk[s]),
                     })).collect::<Vec<_>>(),
                 })
@@ -235,6 +237,12 @@ fn per_slot(scrape: &Scrape, out: &mut String) {
             let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", read(w));
         }
     }
+}
+
+/// The session id as ZooKeeper writes it (`0x…`), none before the first session.
+fn session(z: &ZkStats) -> Option<String> {
+    let id = z.session.load(Ordering::Relaxed);
+    (id != 0).then(|| format!("0x{id:x}"))
 }
 
 /// Seconds since the worker last knew a source's part of its table current (`None` before

@@ -117,6 +117,7 @@ impl Watcher {
             );
             failing = false;
             backoff.reset();
+            self.metrics.set_zk_session(client.session_id().0);
             self.metrics.set_zk_state(ZkState::Connected);
             self.clone().session(client).await;
         }
