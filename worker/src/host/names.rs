@@ -31,6 +31,12 @@ fn with_state(word: u32, st: u32) -> u32 {
     word & !3 | st
 }
 
+/// Whether a row's name is `name` (compared in place: a lookup scans many rows).
+fn holds(n: &Name, name: &[u8]) -> bool {
+    n.len.load(Ordering::Relaxed) as usize == name.len()
+        && n.bytes.iter().zip(name).all(|(b, v)| b.load(Ordering::Relaxed) == *v)
+}
+
 /// Whether a name row holds a service (claimed and written).
 pub(crate) fn is_ready(n: &Name) -> bool {
     state(n.state.load(Ordering::Acquire)) == READY
@@ -50,7 +56,9 @@ impl Host {
             return i;
         }
         // Not there: the first free row. Another worker may be claiming the same name in
-        // another row at the same moment; the lower row wins and the other is given back.
+        // another row at the same moment: both rows stay (a lookup that could not wait for the
+        // lower one may have taken the higher, so neither is freed under it), every lookup
+        // from now on answers the lower, and the other is released with the service.
         for (i, slot) in self.rows().iter().enumerate() {
             let word = slot.state.load(Ordering::Acquire);
             if state(word) != FREE {
@@ -70,13 +78,7 @@ impl Host {
             }
             slot.len.store(name.len() as u32, Ordering::Relaxed);
             slot.state.store(with_state(word, READY), Ordering::SeqCst);
-            return match self.find_row(name) {
-                Some(first) if first != i => {
-                    self.free(slot, with_state(word, READY));
-                    first
-                }
-                _ => i,
-            };
+            return self.find_row(name).unwrap_or(i);
         }
         MAX_SERVICES - 1
     }
@@ -94,7 +96,7 @@ impl Host {
                         patience -= 1;
                         std::hint::spin_loop()
                     }
-                    READY if read_name(slot) == name => {
+                    READY if holds(slot, name) => {
                         slot.seen_ms.fetch_max(monotonic_ms(), Ordering::SeqCst);
                         if slot.state.load(Ordering::SeqCst) == word {
                             return Some(i);
@@ -110,7 +112,7 @@ impl Host {
     /// The index of `service` in the shared name table, if some worker claimed one.
     pub fn find_service_index(&self, service: &str) -> Option<usize> {
         let name = service.as_bytes();
-        self.rows().iter().position(|slot| is_ready(slot) && read_name(slot) == name)
+        self.rows().iter().position(|slot| is_ready(slot) && holds(slot, name))
     }
 
     /// Every claimed row with its service name, then `_other`'s row: what a scrape lists.
