@@ -6,77 +6,19 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use support::http::{request, Response};
+use support::jwt::{b64url, claims, Key};
 use support::{write_file, Backend, Gateway, Toml};
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A signing key and its public JWK.
-struct Key {
-    kid: &'static str,
-    alg: Algorithm,
-    encoding: EncodingKey,
-    jwk: serde_json::Value,
-}
-
-impl Key {
-    fn es256(kid: &'static str) -> Key {
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let raw = pair.public_key_raw();
-        assert_eq!(raw.len(), 65, "uncompressed P-256 point");
-        let jwk = serde_json::json!({
-            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-            "x": b64url(&raw[1..33]), "y": b64url(&raw[33..]),
-        });
-        let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
-        Key { kid, alg: Algorithm::ES256, encoding, jwk }
-    }
-
-    fn ed25519(kid: &'static str) -> Key {
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let jwk = serde_json::json!({
-            "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64url(pair.public_key_raw()),
-        });
-        let encoding = EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap();
-        Key { kid, alg: Algorithm::EdDSA, encoding, jwk }
-    }
-
-    fn sign(&self, claims: &serde_json::Value) -> String {
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.to_string());
-        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn claims(sub: &str, aud: &str, exp_from_now: i64) -> serde_json::Value {
-    serde_json::json!({
-        "sub": sub,
-        "iss": "https://issuer.test/",
-        "aud": aud,
-        "exp": now() as i64 + exp_from_now,
-        "email": format!("{sub}@example.test"),
-    })
-}
 
 /// A gateway with `/jwt` behind a JWT section (the two keys' JWKS), `/basic` behind an
 /// htpasswd section, and everything else open; with the admin API for `/metrics`.
 fn gateway(backend: &Backend, keys: &[&Key], htpasswd: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let jwks =
-        serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
-    let jwks = write_file(dir.path(), "jwks.json", &jwks.to_string());
+    let jwks = write_file(dir.path(), "jwks.json", &support::jwt::jwks(keys).to_string());
     let htpasswd = write_file(dir.path(), "htpasswd", htpasswd);
     let toml = Toml::new()
         .backends("web", &[backend])

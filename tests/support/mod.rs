@@ -6,8 +6,10 @@
 pub mod backend;
 pub mod config;
 pub mod http;
+pub mod jwt;
 pub mod load;
 pub mod netns;
+pub mod otlp;
 pub mod pki;
 
 use std::net::TcpListener;

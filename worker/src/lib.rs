@@ -323,14 +323,19 @@ async fn drain(
     for l in accept_loops {
         let _ = l.await;
     }
+    // Connections first, then what their requests left running (mirror copies, spans).
+    let done = async {
+        server.connections.wait_idle().await;
+        server.background_done().await;
+    };
     let drained = tokio::select! {
-        _ = server.connections.wait_idle() => true,
+        _ = done => true,
         _ = tokio::time::sleep(shutdown_timeout) => false,
         _ = signals.next() => false,
     };
     if !drained {
         log::warn!(
-            "worker slot {slot}: {} connections still open at shutdown",
+            "worker slot {slot}: {} connections still open at shutdown (or mirror copies and spans still in flight)",
             server.connections.active()
         );
     }

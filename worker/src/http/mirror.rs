@@ -31,6 +31,8 @@ use crate::SharedTable;
 /// One worker's mirroring: its bound, its client, where copies go.
 pub struct Mirrors {
     slots: Arc<Semaphore>,
+    /// `mirror_max_in_flight`: every slot back means no copy in flight.
+    capacity: u32,
     upstream: Arc<Upstream>,
     /// The largest body a copy carries.
     pub max_body: usize,
@@ -54,9 +56,18 @@ impl Mirrors {
     pub fn new(settings: &ProxySettings, dialer: Arc<Dialer>) -> Self {
         Mirrors {
             slots: Arc::new(Semaphore::new(settings.mirror_max_in_flight)),
+            capacity: u32::try_from(settings.mirror_max_in_flight).unwrap_or(u32::MAX),
             upstream: Arc::new(Upstream::new(settings, dialer)),
             max_body: settings.mirror_body_bytes,
             timeout: settings.request_timeout,
+        }
+    }
+
+    /// Resolves once no copy is in flight (each bounded by `request_timeout`): a draining
+    /// worker waits for this, so a copy already sent is answered and counted before it exits.
+    pub async fn idle(&self) {
+        if let Ok(all) = self.slots.acquire_many(self.capacity).await {
+            drop(all);
         }
     }
 

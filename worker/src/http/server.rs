@@ -52,6 +52,15 @@ impl Server {
         })
     }
 
+    /// Resolves once what requests started in the background is done: mirror copies in
+    /// flight answered, spans ended exported. Waited for after the last connection closes.
+    pub async fn background_done(&self) {
+        self.proxy.mirrors.idle().await;
+        if let Some(tracer) = &self.proxy.tracer {
+            tracer.flushed().await;
+        }
+    }
+
     /// Accepts on `listener` until shutdown, then serves what is already queued and closes it.
     /// With `tls`, each connection is a TLS handshake first (within `header_read_timeout`).
     /// `index`: the socket's place among the listeners (its connection gauge).

@@ -4,6 +4,8 @@
 //! collector is slow or down, what does not fit is dropped and counted
 //! (`zkgate_trace_spans_total{outcome="dropped"}`), never held without bound.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -77,9 +79,47 @@ impl Span {
     }
 }
 
-/// Starts the worker's exporter to `url`; returns its queue.
-pub fn start(url: &str, s: &TracingSettings, metrics: Metrics) -> mpsc::Sender<Span> {
+/// Spans queued or being posted, so a draining worker can wait for its last ones to be
+/// exported (or counted dropped) instead of losing them silently when it exits.
+#[derive(Debug, Default)]
+pub struct Pending {
+    spans: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Pending {
+    /// A span is queued.
+    pub(super) fn add(&self) {
+        self.spans.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `n` spans were exported, dropped, or never queued.
+    pub(super) fn settle(&self, n: usize) {
+        if self.spans.fetch_sub(n, Ordering::AcqRel) == n {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Resolves once nothing is queued or being posted.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.spans.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Starts the worker's exporter to `url`; returns its queue and what is pending in it.
+pub fn start(
+    url: &str,
+    s: &TracingSettings,
+    metrics: Metrics,
+) -> (mpsc::Sender<Span>, Arc<Pending>) {
     let (tx, rx) = mpsc::channel(s.queue.max(1));
+    let pending = Arc::new(Pending::default());
     let exporter = Exporter {
         url: url.to_string(),
         service: s.service_name.clone(),
@@ -87,9 +127,10 @@ pub fn start(url: &str, s: &TracingSettings, metrics: Metrics) -> mpsc::Sender<S
         every: s.flush_every,
         timeout: s.timeout,
         metrics,
+        pending: pending.clone(),
     };
     tokio::spawn(exporter.run(rx));
-    tx
+    (tx, pending)
 }
 
 struct Exporter {
@@ -99,6 +140,7 @@ struct Exporter {
     every: Duration,
     timeout: Duration,
     metrics: Metrics,
+    pending: Arc<Pending>,
 }
 
 impl Exporter {
@@ -116,7 +158,8 @@ impl Exporter {
                 }
             }
             let n = spans.len() as u64;
-            match self.post(spans).await {
+            let posted = self.post(spans).await;
+            match posted {
                 Ok(()) => {
                     if failing {
                         log::info!("tracing: exporting to {} again", self.url);
@@ -132,6 +175,7 @@ impl Exporter {
                     self.metrics.spans(0, n);
                 }
             }
+            self.pending.settle(n as usize);
         }
     }
 

@@ -25,7 +25,7 @@ pub use export::Span;
 /// One worker's tracer.
 pub struct Tracer {
     sample: f64,
-    spans: Option<mpsc::Sender<Span>>,
+    spans: Option<(mpsc::Sender<Span>, std::sync::Arc<export::Pending>)>,
     metrics: Metrics,
 }
 
@@ -97,10 +97,22 @@ impl Tracer {
     /// Ends a span: a sampled one is queued for export; when the queue is full it is dropped
     /// and counted.
     pub fn end(&self, started: Started, finished: Finished<'_>) {
-        let Some(tx) = self.spans.as_ref().filter(|_| started.context.sampled) else { return };
+        let Some((tx, pending)) = self.spans.as_ref().filter(|_| started.context.sampled) else {
+            return;
+        };
         let span = Span::new(started, unix_nanos(), finished);
+        pending.add();
         if tx.try_send(span).is_err() {
+            pending.settle(1);
             self.metrics.spans(0, 1);
+        }
+    }
+
+    /// Resolves once every span ended so far is exported or counted dropped: a draining
+    /// worker waits for this before it exits.
+    pub async fn flushed(&self) {
+        if let Some((_, pending)) = &self.spans {
+            pending.settled().await;
         }
     }
 }
