@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::http::request;
+use support::http::{h2_upload, request};
 use support::{request_loop, Backend, Gateway, Toml};
 
 /// Service `name` on these instances with more keys, and every path routed to it.
@@ -110,6 +110,28 @@ fn a_refused_connection_is_retried_on_another_instance_with_no_client_error() {
     let s = request_loop(gw.port, "/", 200, 20, stop).join().unwrap();
     assert_eq!(s.ok, 200, "{:?}", s.errors);
     assert!(gw.log().contains("retrying on another instance"), "{}", gw.log());
+}
+
+/// An HTTP/2 upload needs no content-length: a PUT streamed that way is not bodiless, so a
+/// refused first instance is never "retried" with its body gone. Every answer the instance
+/// gives is for the whole body; a request whose only try was refused gets the gateway's error.
+#[test]
+fn an_http2_upload_without_a_length_is_never_replayed_without_its_body() {
+    let good = Backend::start("good");
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let gw = Gateway::with(service("web", &[good.address(), dead], "")).workers(1).start();
+    let mut statuses = BTreeMap::new();
+    for _ in 0..6 {
+        let (status, body) = h2_upload(gw.port, "PUT", "/doc", vec![vec![b'x'; 1000]; 3]);
+        *statuses.entry(status).or_insert(0) += 1;
+        if status == 200 {
+            let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(echoed["received"], 3000, "a PUT reached the instance without its body");
+        }
+    }
+    // Round robin sent some of them to the refused instance first: not replayed.
+    assert!(statuses.keys().any(|s| *s != 200), "{statuses:?}");
+    assert_eq!(good.requests_to("PUT /doc"), statuses[&200], "{statuses:?}");
 }
 
 #[test]

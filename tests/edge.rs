@@ -10,7 +10,7 @@
 mod support;
 
 use support::backend::Hung;
-use support::http::request;
+use support::http::{h2_upload, request};
 use support::otlp::Collector;
 use support::{free_port, Backend, Gateway, Toml};
 
@@ -92,6 +92,41 @@ fn a_hung_shadow_delays_nothing_and_copies_stay_bounded() {
         "the hung copies end at request_timeout"
     );
     assert_eq!(primary.requests_to("GET /m/"), 40);
+}
+
+/// An HTTP/2 request's body streams to the primary; its copy, the same bytes, leaves once the
+/// body ended within `mirror_body_bytes`, and a larger body is counted skipped.
+#[test]
+fn http2_bodies_are_mirrored_once_whole_and_larger_ones_skipped() {
+    let (primary, shadow) = (Backend::start("primary"), Backend::start("shadow"));
+    let gw = mirrored(&primary, &shadow.address(), "percent = 100", "mirror_body_bytes = 4096");
+    // Streamed in 1000-byte frames, no content-length: the size is known only at the end.
+    let post = |path: &str, chunks: usize| {
+        let frames = (0..chunks).map(|i| vec![b'a' + i as u8; 1000]).collect();
+        let (status, body) = h2_upload(gw.port, "POST", path, frames);
+        (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+    };
+    let (status, echoed) = post("/m/h2", 3);
+    assert_eq!((status, echoed["received"].as_u64()), (200, Some(3000)));
+    assert_eventually!(10, shadow.requests_to("POST /m/h2") == 1, "no copy of the h2 body");
+    let head = shadow.heads.lock().unwrap().iter().find(|h| h.starts_with("POST")).cloned();
+    let head = head.unwrap().to_ascii_lowercase();
+    assert!(head.contains("content-length: 3000\r\n"), "the whole body, framed: {head}");
+    assert_eventually!(
+        5,
+        gw.metric("zkgate_mirror_requests_total", "outcome=\"sent\"") == 1,
+        "counted"
+    );
+
+    // Larger than mirror_body_bytes: the primary gets it all, the shadow nothing.
+    let (status, echoed) = post("/m/big", 6);
+    assert_eq!((status, echoed["received"].as_u64()), (200, Some(6000)));
+    assert_eventually!(
+        5,
+        gw.metric("zkgate_mirror_requests_total", "outcome=\"skipped\"") == 1,
+        "not counted skipped"
+    );
+    assert_eq!(shadow.requests_to("POST /m/big"), 0);
 }
 
 #[test]

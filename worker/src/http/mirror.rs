@@ -6,18 +6,20 @@
 //! cost is bounded per worker: at most `mirror_max_in_flight` copies at once (a copy that finds
 //! no slot is skipped, not queued), each within `request_timeout`, on a connection pool of its
 //! own so the primary's pooled connections are never taken. A copy carries the request's body
-//! only when the gateway already holds it whole (HTTP/1.1 with `Content-Length` up to
-//! `mirror_body_bytes`); a streamed, chunked or larger body is not copied and the request is
-//! not mirrored (counted `skipped`). Every copy is counted: `sent`, `skipped`, `failed`.
+//! up to `mirror_body_bytes`: an HTTP/1.1 body the gateway holds whole with its head, or an
+//! HTTP/2 body kept as it streams to the primary (`tee`; the copy leaves once it ended). A
+//! larger body, or an HTTP/1.1 body streamed or chunked, is not copied and the request is not
+//! mirrored (counted `skipped`). Every copy is counted: `sent`, `skipped`, `failed`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt as _, Full};
+use hyper::body::Body as _;
 use tokio::sync::Semaphore;
 
 use crate::balance::PickContext;
@@ -109,6 +111,15 @@ impl Mirrors {
             *req.method_mut() = copy.method;
             *req.uri_mut() = http::Uri::from(copy.path);
             *req.headers_mut() = copy.headers;
+            // The copy holds its body whole: framed by its length, whatever framing the
+            // client used (an HTTP/2 body has none of its own).
+            if req.headers().contains_key(CONTENT_LENGTH)
+                || req.body().size_hint().exact() != Some(0)
+            {
+                let length = req.body().size_hint().exact().unwrap_or(0);
+                req.headers_mut().remove(TRANSFER_ENCODING);
+                req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+            }
             if let Ok(host) = HeaderValue::from_str(&address) {
                 req.headers_mut().insert(HOST, host);
             }

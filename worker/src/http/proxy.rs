@@ -26,6 +26,7 @@ use crate::http::limits::Limits;
 use crate::http::mirror::{MirrorCopy, Mirrors};
 use crate::http::policy::Policy;
 use crate::http::router::{cookie, RequestView, Router, Target};
+use crate::http::tee::{OnEnd, Teed};
 use crate::http::transport::Transports;
 use crate::http::Body;
 use crate::metrics::{Metrics, UNROUTED};
@@ -59,7 +60,7 @@ pub struct Proxy {
     /// The `[auth.NAME]` sections routes name.
     pub(crate) auth: Auth,
     /// Copies to routes' shadow services.
-    pub(crate) mirrors: Mirrors,
+    pub(crate) mirrors: Arc<Mirrors>,
     /// Trace context and span export (`[tracing]`).
     pub(crate) tracer: Option<Tracer>,
 }
@@ -149,7 +150,7 @@ impl Proxy {
             },
             buffers: Buffers::default(),
             auth: shared.auth,
-            mirrors: Mirrors::new(&config.proxy, dialer),
+            mirrors: Arc::new(Mirrors::new(&config.proxy, dialer)),
             tracer: Tracer::from_config(config.tracing.as_ref(), Metrics::new(shared.host)),
         }
     }
@@ -163,6 +164,34 @@ impl Proxy {
             let to = (&self.table, &*self.transports, self.metrics);
             self.mirrors.send(mirror, copy(self.mirrors.max_body), to);
         }
+    }
+
+    /// Mirrors a request whose body streams: the body passes through to the primary while a
+    /// copy of it (up to `mirror_body_bytes`) is kept, and `head`'s copy leaves with it once
+    /// the body has ended whole; a larger or broken body is counted skipped. Returns the body
+    /// to forward (the same when the route has no mirror or the request is not sampled).
+    pub(crate) fn mirror_streamed(
+        &self,
+        target: &Target,
+        body: Body,
+        head: impl FnOnce() -> MirrorCopy,
+    ) -> Body {
+        let Some(mirror) = self.router.mirror(target) else { return body };
+        if !Mirrors::sampled(mirror) {
+            return body;
+        }
+        let (mirrors, mirror) = (self.mirrors.clone(), mirror.clone());
+        let (table, transports, metrics) =
+            (self.table.clone(), self.transports.clone(), self.metrics);
+        let mut copy = head();
+        let on_end: OnEnd = Box::new(move |whole| {
+            let copy = whole.map(|body| {
+                copy.body = body;
+                copy
+            });
+            mirrors.send(&mirror, copy, (&table, &transports, metrics));
+        });
+        http_body_util::BodyExt::boxed(Teed::new(body, self.mirrors.max_body, on_end))
     }
 
     /// The identity a routed request proves, when its route has `auth` (`Ok(None)`: no auth

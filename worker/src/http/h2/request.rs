@@ -164,30 +164,33 @@ impl Proxy {
             false => None,
         };
         let (parts, body) = req.into_parts();
-        if upgrade.is_none() {
-            // A body here streams: only bodiless requests are copied (see mirror.rs).
-            self.mirror(&target, |_| {
-                body_is_empty(&parts.headers).then(|| {
-                    let from = From::of(
-                        &parts,
-                        client,
-                        host.as_deref(),
-                        (false, false),
-                        (identity.as_ref(), traceparent.as_ref()),
-                    );
-                    let mut req = self.upstream_request(&parts, empty(), &target, "", from);
-                    req.headers_mut().remove(header::HOST);
-                    let (method, path) = (parts.method.clone(), target.path.clone());
-                    MirrorCopy {
-                        method,
-                        path,
-                        headers: std::mem::take(req.headers_mut()),
-                        body: bytes::Bytes::new(),
-                    }
-                })
-            });
+        let bodiless = body_is_empty(&parts.headers, &body);
+        // The copy's head: what the primary gets, but Host (set per shadow instance).
+        let copy_head = || {
+            let from = From::of(
+                &parts,
+                client,
+                host.as_deref(),
+                (false, false),
+                (identity.as_ref(), traceparent.as_ref()),
+            );
+            let mut req = self.upstream_request(&parts, empty(), &target, "", from);
+            req.headers_mut().remove(header::HOST);
+            MirrorCopy {
+                method: parts.method.clone(),
+                path: target.path.clone(),
+                headers: std::mem::take(req.headers_mut()),
+                body: bytes::Bytes::new(),
+            }
+        };
+        if upgrade.is_none() && bodiless {
+            self.mirror(&target, |_| Some(copy_head()));
         }
-        let body = self.request_body(&service, &parts.headers, body)?;
+        let mut body = self.request_body(&service, &parts.headers, body)?;
+        if upgrade.is_none() && !bodiless {
+            // A body streams: the copy leaves once the primary has had all of it.
+            body = self.mirror_streamed(&target, body, copy_head);
+        }
         let transport = self.transports.get(&service.name);
         let deadline = grpc::timeout(&parts.headers);
         // `TE: trailers` is how a gRPC client says it reads trailers; an HTTP/2 instance (a gRPC
@@ -198,8 +201,7 @@ impl Proxy {
                     .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
             });
         // A request without a body can be sent again; one with a body cannot (it streams).
-        let replay =
-            Replay::for_request(&parts.method, body_is_empty(&parts.headers) && upgrade.is_none());
+        let replay = Replay::for_request(&parts.method, bodiless && upgrade.is_none());
         let mut body = Some(body);
         let upstream = self.forwarder.upstream();
         let attempt = |address| {
@@ -431,11 +433,16 @@ fn empty() -> Body {
     http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed()
 }
 
-fn body_is_empty(headers: &http::HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
+/// Whether a request has no body: its stream ended with its headers (HTTP/2), it came with no
+/// framing (HTTP/1.1), or it declares a length of 0. The headers alone cannot tell: an HTTP/2
+/// body needs no `content-length`, and a streamed upload taken for bodiless would be retried
+/// without its body, or mirrored without it.
+fn body_is_empty(headers: &http::HeaderMap, body: &Incoming) -> bool {
+    use hyper::body::Body as _;
+    body.is_end_stream()
+        || headers
             .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
+            .is_some_and(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
 }
 
 #[cfg(test)]
