@@ -11,12 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tokio::sync::Semaphore;
 
+use super::remembered::{digest, Remembered};
 use super::{Identity, Refusal};
 use crate::config::BasicSettings;
 
@@ -46,7 +47,7 @@ pub struct Basic {
     challenge: String,
     checks: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
-    verified: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
+    verified: Arc<Remembered<(), Instant>>,
     dummy: String,
 }
 
@@ -87,7 +88,7 @@ impl Basic {
             challenge: format!("Basic realm=\"{}\", charset=\"UTF-8\"", s.realm.replace('"', "")),
             checks: Arc::new(Semaphore::new(CHECKS_AT_ONCE)),
             waiting: Arc::new(AtomicUsize::new(0)),
-            verified: Arc::new(Mutex::new(HashMap::new())),
+            verified: Arc::new(Remembered::new(REMEMBERED)),
             dummy,
         })
     }
@@ -103,9 +104,9 @@ impl Basic {
         }
         let identity =
             Identity { headers: vec![(b"x-auth-subject".to_vec(), user.clone().into_bytes())] };
-        let pair = pair_digest(&user, &password);
+        let pair = digest(&[user.as_bytes(), password.as_bytes()]);
         let now = Instant::now();
-        if self.remembered(&pair, now) {
+        if self.verified.get(&pair, now).is_some() {
             return Ok(identity);
         }
         let hash = self.users.get(&user).cloned();
@@ -131,17 +132,8 @@ impl Basic {
         if !(ok && known) {
             return Err(refuse("wrong user or password"));
         }
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= REMEMBERED {
-            verified.clear();
-        }
-        verified.insert(pair, now + REMEMBER);
+        self.verified.insert(pair, (), now + REMEMBER);
         Ok(identity)
-    }
-
-    fn remembered(&self, pair: &[u8; 32], now: Instant) -> bool {
-        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        verified.get(pair).is_some_and(|until| *until > now)
     }
 }
 
@@ -155,17 +147,6 @@ fn credentials(value: &[u8]) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_string(), password.to_string()))
-}
-
-/// SHA-256 of user and password (the key verified pairs are remembered by).
-fn pair_digest(user: &str, password: &str) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(user.as_bytes());
-    ctx.update(&[0]);
-    ctx.update(password.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
 }
 
 #[cfg(test)]

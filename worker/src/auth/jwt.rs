@@ -7,7 +7,6 @@
 //! and `aud`, with `leeway`. Signature and expiry failures are 401, a valid token for another
 //! issuer or audience 403 (Envoy's jwt_authn answers the same).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::remembered::{digest, Remembered};
 use super::{Identity, Presented, Refusal};
 use crate::config::JwtSettings;
 
@@ -69,11 +69,8 @@ pub struct Jwt {
     /// answer holds — their `exp` plus leeway, at most [`REMEMBER`] from the check. A client
     /// sends the same token on every request; the signature check (tens of microseconds for
     /// RSA) runs once. Cleared when the key set changes.
-    verified: Arc<std::sync::Mutex<Verified>>,
+    verified: Arc<Remembered<Identity, u64>>,
 }
-
-/// Verified tokens by digest: the identity and until when it holds (Unix seconds).
-type Verified = HashMap<[u8; 32], (Identity, u64)>;
 
 /// How long a verified token is taken on trust (within its `exp`).
 pub const REMEMBER: Duration = Duration::from_secs(300);
@@ -169,7 +166,7 @@ impl Jwt {
                 .map(|(c, h)| (c.clone(), h.to_ascii_lowercase().into_bytes()))
                 .collect(),
             url: s.jwks_url.clone(),
-            verified: Arc::default(),
+            verified: Arc::new(Remembered::new(REMEMBERED)),
         })
     }
 
@@ -193,7 +190,7 @@ impl Jwt {
                                 set.len()
                             );
                             keys.store(Arc::new(set));
-                            verified.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                            verified.clear();
                             max_age
                         }
                         Err(e) => {
@@ -232,9 +229,9 @@ impl Jwt {
             return Err(Refusal::unauthorized("bearer token required", self.challenge(None)));
         };
         let invalid = |why: &str| Refusal::unauthorized(why.to_string(), self.challenge(Some(why)));
-        let digest = token_digest(token);
+        let digest = digest(&[token]);
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(identity) = self.remembered(&digest, now) {
+        if let Some(identity) = self.verified.get(&digest, now) {
             return Ok(identity);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
@@ -275,7 +272,7 @@ impl Jwt {
                         self.identity(&data.claims).ok_or_else(|| invalid("malformed subject"))?;
                     let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
                     let until = (exp + self.leeway.as_secs()).min(now + REMEMBER.as_secs());
-                    self.remember(digest, identity.clone(), until);
+                    self.verified.insert(digest, identity.clone(), until);
                     return Ok(identity);
                 }
                 Err(e) => {
@@ -303,19 +300,6 @@ impl Jwt {
         Err(last)
     }
 
-    fn remembered(&self, digest: &[u8; 32], now: u64) -> Option<Identity> {
-        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        verified.get(digest).filter(|(_, until)| *until > now).map(|(i, _)| i.clone())
-    }
-
-    fn remember(&self, digest: [u8; 32], identity: Identity, until: u64) {
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= REMEMBERED {
-            verified.clear();
-        }
-        verified.insert(digest, (identity, until));
-    }
-
     /// `X-Auth-Subject` and the chosen claims. `None`: a subject that cannot be a header value.
     /// A chosen claim that cannot be one is left out (a claim is data, never a header line).
     fn identity(&self, claims: &Map<String, Value>) -> Option<Identity> {
@@ -336,13 +320,6 @@ impl Jwt {
         }
         Some(Identity { headers })
     }
-}
-
-/// SHA-256 of a token (the key verified tokens are remembered by).
-fn token_digest(token: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
-    out
 }
 
 /// A claim as a header value: a string as it is, anything else as JSON.

@@ -14,6 +14,7 @@
 pub mod basic;
 pub mod fetch;
 pub mod jwt;
+pub mod remembered;
 
 use std::collections::HashMap;
 use std::sync::Arc;
