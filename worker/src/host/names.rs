@@ -162,7 +162,13 @@ impl Host {
             if state(word) != READY {
                 continue;
             }
-            let name = String::from_utf8_lossy(&read_name(slot)).into_owned();
+            // Read into the stack: the sweep runs every second on the request loop.
+            let mut bytes = [0u8; NAME_LEN];
+            let len = (slot.len.load(Ordering::Relaxed) as usize).min(NAME_LEN);
+            for (b, a) in bytes.iter_mut().zip(&slot.bytes[..len]) {
+                *b = a.load(Ordering::Relaxed);
+            }
+            let name = String::from_utf8_lossy(&bytes[..len]);
             if in_use(&name) {
                 slot.seen_ms.fetch_max(now, Ordering::SeqCst);
                 continue;
@@ -185,7 +191,7 @@ impl Host {
             }
             self.clear_row(i);
             self.free(slot, taking);
-            released.push(name);
+            released.push(name.into_owned());
         }
         released
     }
