@@ -4,6 +4,7 @@
 //! `retries` and the retry budget.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,6 +157,9 @@ impl Forwarder {
             let give_up_when_slow =
                 replay == Replay::IfNoResponse && self.may_retry(service, charged);
             let (exchange, body_sent) = attempt(address);
+            // Pinned here and lent to `timed`: a future moved into it and pinned there would
+            // be stored twice in this request's state (its argument, then its pinned local).
+            let exchange = std::pin::pin!(exchange);
             let result = self.timed(service, idx, exchange, body_sent, give_up_when_slow).await;
             attempts.latency = Some(sent.elapsed());
             // A held instance (removed by the registry, kept by the removal guard) that cannot
@@ -201,7 +205,7 @@ impl Forwarder {
         &self,
         service: &Service,
         idx: usize,
-        response: impl Future<Output = Result<R, UpstreamError>>,
+        mut response: Pin<&mut impl Future<Output = Result<R, UpstreamError>>>,
         body_sent: Option<Arc<BodySent>>,
         give_up_when_slow: bool,
     ) -> Result<R, UpstreamError> {
@@ -215,7 +219,6 @@ impl Forwarder {
             true => configured.min(timeout / 2),
             false => configured,
         };
-        tokio::pin!(response);
         // The instance is judged from the moment the whole request is in its hands: both
         // deadlines count from the end of the body (at once for a request without one).
         if let Some(sent) = &body_sent {
