@@ -79,7 +79,9 @@ fn take_state(spec: Option<String>) -> Vec<u8> {
     // SAFETY: the previous supervisor created this pipe and handed its read end over by
     // number; nothing else in this process owns it.
     let pipe = unsafe { std::fs::File::from_raw_fd(fd) };
-    let mut state = Vec::new();
+    // Room for all of it at once: a buffer grown while reading would leave copies of the
+    // secrets in freed memory, out of `wipe`'s reach.
+    let mut state = Vec::with_capacity(STATE_MAX);
     match pipe.take(STATE_MAX as u64).read_to_end(&mut state) {
         Ok(_) => state,
         Err(e) => {

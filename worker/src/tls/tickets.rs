@@ -169,7 +169,8 @@ const HANDOVER_MAGIC: &[u8] = b"zkgate-ticket-keys/1\n";
 /// The host's ticket keys, for the binary a USR2 starts: `magic ‖ (tag ‖ key) per key held`.
 /// Empty when the region holds none (no ticket was issued yet).
 pub fn handover(host: Host) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Sized once: a buffer grown while filling would leave key bytes in freed memory.
+    let mut out = Vec::with_capacity(HANDOVER_MAGIC.len() + 2 * (8 + 32));
     for slot in host.ticket_slots() {
         let tag = slot.tag.load(Ordering::Acquire);
         if tag == 0 || tag & BUSY != 0 {
