@@ -308,23 +308,11 @@ fn a_chunked_answer_with_a_length_reaches_every_client_whole() {
         .start();
     let r = KeepAlive::connect(gw.port).request("GET", "/h1", &[]);
     assert_eq!((r.body_text().as_str(), r.header("content-length")), ("HELLO WORLD", None));
-    use http_body_util::{BodyExt, Empty};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (length, body) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(tcp);
-        let (mut h2, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::get(format!("http://127.0.0.1:{}/h2", gw.port))
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = h2.send_request(req).await.unwrap();
-        let length = resp.headers().get("content-length").map(|v| v.to_str().unwrap().to_string());
-        (length, resp.into_body().collect().await.unwrap().to_bytes())
-    });
+    let req = hyper::Request::get(format!("http://127.0.0.1:{}/h2", gw.port))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let (_, headers, body) = support::http::h2_send(gw.port, req);
+    let length = headers.get("content-length").map(|v| v.to_str().unwrap().to_string());
     assert_eq!((length, &body[..]), (None, &b"HELLO WORLD"[..]));
 }
 

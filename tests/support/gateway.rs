@@ -171,8 +171,8 @@ impl Gateway {
     /// Whether the supervisor's last `STATUS=` says `n` of `n` workers are ready (it is
     /// refreshed every 2 s while it changes): a TTIN's new worker is ready once this holds.
     pub fn all_ready(&self, n: usize) -> bool {
-        let n_ = self.notify.as_ref().expect("a gateway without its own NOTIFY_SOCKET");
-        n_.status.lock().unwrap().starts_with(&format!("{n}/{n} workers ready"))
+        let notify = self.notify.as_ref().expect("a gateway without its own NOTIFY_SOCKET");
+        notify.status.lock().unwrap().starts_with(&format!("{n}/{n} workers ready"))
     }
 
     /// The supervisor a USR2 upgrade started, once it took over: the `MAINPID=` it told the
@@ -400,7 +400,7 @@ impl GatewayBuilder {
     }
 }
 
-/// SIGKILL to a supervisor that is no child of the test (an upgrade's), and to its workers.
+/// SIGKILL to a supervisor (the test's child, or an upgrade's that is not) and to its workers.
 fn kill_tree(pid: i32) {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
@@ -435,12 +435,8 @@ impl Drop for Gateway {
         if self.child.is_none() {
             return;
         }
-        let workers = self.workers();
         let Some(mut child) = self.child.take() else { return };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        for w in workers {
-            let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
-        }
+        kill_tree(child.id() as i32);
         let _ = child.wait();
         if std::thread::panicking() {
             eprintln!("---- zkgate log ----\n{}", self.log());

@@ -232,11 +232,14 @@ pub fn status_of(response: &str) -> u16 {
     response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-/// One HTTP/2 request (h2c, prior knowledge) whose body streams as `chunks` DATA frames with no
-/// `content-length`, as an HTTP/2 client uploading a stream sends it. Returns the status and
-/// the answer's body.
-pub fn h2_upload(port: u16, method: &str, path: &str, chunks: Vec<Vec<u8>>) -> (u16, Vec<u8>) {
-    use http_body_util::{BodyExt as _, StreamBody};
+/// One HTTP/2 request (h2c, prior knowledge) on a connection of its own. Returns the status,
+/// the answer's headers and its body.
+pub fn h2_send<B>(port: u16, req: hyper::Request<B>) -> (u16, http::HeaderMap, Vec<u8>)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -246,17 +249,24 @@ pub fn h2_upload(port: u16, method: &str, path: &str, chunks: Vec<Vec<u8>>) -> (
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let frames = chunks.into_iter().map(|c| {
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(c)))
-        });
-        let body = StreamBody::new(futures::stream::iter(frames.collect::<Vec<_>>()));
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://127.0.0.1:{port}{path}"))
-            .body(body)
-            .unwrap();
         let resp = h2.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        (status, headers, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
     })
+}
+
+/// One HTTP/2 request whose body streams as `chunks` DATA frames with no `content-length`, as
+/// an HTTP/2 client uploading a stream sends it. Returns the status and the answer's body.
+pub fn h2_upload(port: u16, method: &str, path: &str, chunks: Vec<Vec<u8>>) -> (u16, Vec<u8>) {
+    let frames = chunks.into_iter().map(|c| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(c)))
+    });
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames.collect::<Vec<_>>()));
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .body(body)
+        .unwrap();
+    let (status, _, body) = h2_send(port, req);
+    (status, body)
 }
