@@ -173,7 +173,7 @@ fn health_checks_run_once_per_host_whatever_the_worker_count_and_survive_the_pro
 }
 
 #[test]
-fn a_mass_removal_of_live_instances_is_held_and_their_death_then_costs_no_request() {
+fn a_mass_removal_of_live_health_checked_instances_serves_until_their_check_fails_losing_none() {
     let _one = serial();
     let zk = Zk::standalone();
     let backends: Vec<Backend> = (0..4).map(|i| Backend::start(&format!("b{i}"))).collect();
@@ -181,16 +181,20 @@ fn a_mass_removal_of_live_instances_is_held_and_their_death_then_costs_no_reques
     for b in &backends {
         c.register("web", &b.address());
     }
-    let gw = Gateway::with(Toml::new().zookeeper(&zk, "").route_all("web"))
-        .workers(WORKERS)
-        .admin()
-        .start();
+    let check = "health_check = { path = \"/health\", interval = \"200ms\", timeout = \"200ms\" }";
+    let gw = Gateway::with(
+        Toml::new().zookeeper(&zk, "").route_all("web").section("[services.web]", check),
+    )
+    .workers(WORKERS)
+    .admin()
+    .start();
     let load = Load::start(Spec::paced(gw.port, Reuse::Unchecked));
     load.wait_for(400);
-    // A script deletes 3 of the 4 znodes while the instances live, one after the other.
-    for b in &backends[..3] {
-        c.delete(&format!("/services/web/{}", b.address()));
-    }
+    assert_eventually!(5, backends.iter().all(|b| b.requests_to("GET /health") > 0), "no probe");
+    // A script deletes 3 of the 4 znodes, in one transaction, while the instances live.
+    let paths: Vec<String> =
+        backends[..3].iter().map(|b| format!("/services/web/{}", b.address())).collect();
+    c.delete_together(&paths);
     assert_eventually!(
         10,
         gw.metric("zkgate_discovery_held_instances", "service=\"web\"") == 3,
@@ -200,7 +204,9 @@ fn a_mass_removal_of_live_instances_is_held_and_their_death_then_costs_no_reques
     assert_eq!(gw.log_count("holding"), WORKERS, "one hold line per worker");
     let state = instance_state(&gw, "web", &backends[0].address());
     assert_eq!(state["held"], true, "{state}");
-    // They keep their share of the traffic.
+    assert_eq!(state["state"], "held", "{state}");
+    assert!(state["why"].as_str().unwrap().contains("health check passing"), "{state}");
+    // Their health check vouches for them: they keep their share of the traffic.
     let before: Vec<usize> =
         backends.iter().map(|b| b.hits.load(std::sync::atomic::Ordering::Relaxed)).collect();
     load.wait_for(800);
@@ -208,8 +214,8 @@ fn a_mass_removal_of_live_instances_is_held_and_their_death_then_costs_no_reques
         let now = b.hits.load(std::sync::atomic::Ordering::Relaxed);
         assert!(now > then + 50, "{} got {} requests while held", b.name, now - then);
     }
-    // Then the instances die: each one's first connect failure releases it, and no client sees
-    // an error.
+    // Then the instances die: each one's first connect failure or failed probe releases it,
+    // and no client sees an error.
     for b in &backends[..3] {
         b.kill();
     }

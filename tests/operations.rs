@@ -51,7 +51,8 @@ fn admin_endpoints_answer_with_their_shapes_and_require_the_token() {
     assert_eq!(
         svc["instances"][0],
         serde_json::json!({
-            "address": b.address(), "weight": 1, "ejected": false, "ejected_for_ms": 0,
+            "address": b.address(), "state": "routable", "why": "listed, healthy, not ejected",
+            "weight": 1, "ejected": false, "ejected_for_ms": 0,
             "ejections": 0, "healthy": true, "held": false, "released": false, "in_flight": 0,
             "in_flight_worker": 0, "host_wide": true
         })

@@ -346,6 +346,28 @@ impl ZkClient {
         }
     }
 
+    /// Deletes every node of `paths` in one ZooKeeper `multi`: watchers see them go in one
+    /// transaction (a script or a registry fault deleting a service's nodes at once).
+    pub fn delete_together(&self, paths: &[String]) {
+        let mut multi = self.client.new_multi_writer();
+        for p in paths {
+            multi.add_delete(p, None).unwrap();
+        }
+        self.rt.block_on(multi.commit()).unwrap_or_else(|e| panic!("delete {paths:?}: {e:?}"));
+    }
+
+    /// Closes the session as a registration client's clean shutdown does: ZooKeeper deletes
+    /// its ephemeral nodes at once, not after the session timeout.
+    pub fn close(self) {
+        let ZkClient { rt, client } = self;
+        // The close request goes out from the session task, which runs on this runtime: drop
+        // the last client handle, then let the task send it before the runtime goes.
+        rt.block_on(async move {
+            drop(client);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+    }
+
     /// Fills the registry with `services` × `per` Registrator-style persistent instances,
     /// pipelining the creates.
     pub fn populate(&self, services: usize, per: usize) {

@@ -98,40 +98,52 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
     (StatusCode::OK, body)
 }
 
+/// What instance `idx` of `svc` does now, and why, in an operator's words: `routable`, `held`
+/// (by the removal guard, routed while its health check passes), `fallback` (held, used only
+/// when no listed instance is routable), `released`, `ejected`, `unhealthy` or `idle`.
+pub(crate) fn instance_state(svc: &Service, idx: usize) -> (&'static str, String) {
+    let h = &svc.health;
+    let (ejected_ms, ejections) = h.ejection(idx);
+    let hold = h.hold(idx);
+    let held_why = hold.map_or("", |h| &*h.why);
+    if h.released(idx) {
+        ("released", format!("removed by the registry ({held_why}), held, then found gone"))
+    } else if h.ejected(idx) {
+        let until = wall_ms() + ejected_ms;
+        (
+            "ejected",
+            format!(
+                "ejected by outlier detection until {until} (unix ms, {} s left; ejected {ejections} times)",
+                ejected_ms.div_ceil(1000)
+            ),
+        )
+    } else if h.down(idx) {
+        ("unhealthy", "its active health check failed".to_string())
+    } else if h.fallback(idx) {
+        (
+            "fallback",
+            format!("held: {held_why}; no health check vouches for it, so it takes traffic only while no listed instance is routable"),
+        )
+    } else if hold.is_some() && h.passing(idx) {
+        ("held", format!("held: {held_why}, health check passing"))
+    } else if hold.is_some() {
+        ("held", format!("held: {held_why}; its health check has not passed since: no traffic"))
+    } else if svc.instances.get(idx).is_some_and(|i| i.weight == 0) {
+        ("idle", "weight 0: takes no traffic".to_string())
+    } else {
+        ("routable", "listed, healthy, not ejected".to_string())
+    }
+}
+
 /// Each instance of `svc`, its state and why.
 fn instances(admin: &Admin, svc: &Service) -> Vec<Value> {
     let report = admin.nodes(&svc.name);
-    let now = wall_ms();
     svc.instances
         .iter()
         .enumerate()
         .map(|(i, inst)| {
             let h = &svc.health;
-            let (ejected_ms, ejections) = h.ejection(i);
-            let (state, why) = if h.released(i) {
-                ("released", "removed by the registry, held, then found gone".to_string())
-            } else if h.ejected(i) {
-                let until = now + ejected_ms;
-                (
-                    "ejected",
-                    format!(
-                        "ejected by outlier detection until {until} (unix ms, {} s left; ejected {ejections} times)",
-                        ejected_ms.div_ceil(1000)
-                    ),
-                )
-            } else if h.down(i) {
-                ("unhealthy", "its active health check failed".to_string())
-            } else if h.held(i) {
-                (
-                    "held",
-                    "removed by the registry; kept in rotation by the removal guard until it proves gone"
-                        .to_string(),
-                )
-            } else if inst.weight == 0 {
-                ("idle", "weight 0: takes no traffic".to_string())
-            } else {
-                ("routable", "listed, healthy, not ejected".to_string())
-            };
+            let (state, why) = instance_state(svc, i);
             let mut v = json!({
                 "address": inst.address,
                 "state": state,
@@ -149,7 +161,9 @@ fn instances(admin: &Admin, svc: &Service) -> Vec<Value> {
                     });
                 }
             }
-            let node = report.iter().find(|n| n.instance.as_deref() == Some(&inst.address));
+            let node = report.iter().find(|n| {
+                n.outcome == Outcome::Accepted && n.instance.as_deref() == Some(&inst.address)
+            });
             if let Some(note) = node.and_then(|n| n.reason.as_ref()) {
                 v["overridden"] = json!(note);
             }
@@ -170,10 +184,11 @@ fn not_routed(admin: &Admin, service: &str) -> Vec<Value> {
                 Some(r) if r.contains("override") || r.contains("disabled") => {
                     "disabled by the registry"
                 }
+                Some(r) if r.starts_with("withdrawn:") => "withdrawn",
                 _ if n.outcome == Outcome::Rejected => "rejected",
                 _ => "excluded",
             };
-            json!({"node": n.node, "state": state, "why": n.reason})
+            json!({"node": n.node, "state": state, "why": n.reason, "instance": n.instance})
         })
         .collect()
 }

@@ -302,8 +302,11 @@ impl Admin {
                     .enumerate()
                     .map(|(i, inst)| {
                         let (ejected_ms, ejections) = s.health.ejection(i);
+                        let (state, why) = explain::instance_state(s, i);
                         serde_json::json!({
                             "address": inst.address,
+                            "state": state,
+                            "why": why,
                             "weight": inst.weight,
                             "ejected": s.health.ejected(i),
                             "ejected_for_ms": ejected_ms,

@@ -48,7 +48,8 @@ pub struct ZkSettings {
         deserialize_with = "duration::within::<_, 1, 300000>"
     )]
     pub connect_timeout: Duration,
-    /// A service whose last instance vanishes keeps its last list (true) or answers 503 (false).
+    /// A service whose last instance vanishes keeps its last list (true; never a registration
+    /// its status withdrew) or answers 503 (false; then the removal guard holds nothing for it).
     pub keep_last_on_empty: bool,
     /// ServerSet only: route to this `additionalEndpoints` entry instead of `serviceEndpoint`.
     pub serverset_endpoint: Option<String>,
@@ -62,9 +63,11 @@ pub struct ZkSettings {
     /// TLS to the ensemble (its `secureClientPort`): the CA that signed the servers'
     /// certificates, and a client certificate and key when the servers ask for one.
     pub tls: Option<ZkTls>,
-    /// The removal guard: when one listing removes more than this share (percent) of a
-    /// service's instances, the removed ones stay in rotation, held, until each proves gone
-    /// (a connect failure, a failed health check) or `removal_hold` passes. 100: off.
+    /// The removal guard: when a burst of listings removes more than this share (percent) of
+    /// a service's instances, what the listing crossing the share removed is held — routed
+    /// while the service's health check passes, else only as a fallback — until each proves
+    /// gone (a connect failure, a failed health check) or `removal_hold` passes. Registrations
+    /// withdrawn by their status are never held. 100: off.
     #[serde(deserialize_with = "values::percent")]
     pub removal_guard: u32,
     /// How long the removal guard holds an instance at most.

@@ -9,11 +9,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::discovery::changes::Changes;
-use crate::discovery::guard::RemovalGuard;
+use crate::discovery::guard::{self, RemovalGuard};
 use crate::discovery::snapshot::Sections;
 use crate::discovery::update::{Registries, Sourced, Update};
 use crate::metrics::Metrics;
-use crate::table::{Instance, Policy, RouteTable, Service, ServiceMap, Source, Tracker};
+use crate::table::{Hold, Instance, Policy, RouteTable, Service, ServiceMap, Source, Tracker};
 use crate::SharedTable;
 
 /// Turns a registry listing into services, reusing what did not change.
@@ -27,7 +27,7 @@ pub struct TableBuilder {
     all: ServiceMap,
     /// Instances over `all`, kept up to date the same way.
     instances: usize,
-    /// Instances the registry removed en masse, kept in rotation until they prove gone.
+    /// Instances the registry removed en masse, held on terms until they prove gone.
     guard: RemovalGuard,
     /// Services with an instance in its slow start: rebuilt every [`RAMP_STEP`] until done.
     ramping: HashSet<String>,
@@ -113,7 +113,7 @@ impl TableBuilder {
                         (source, policy),
                         &self.tracker,
                         previous,
-                        &self.guard.held_addresses(name),
+                        &self.holds(name),
                     );
                     match service.ramp {
                         Some(_) => self.ramping.insert(name.clone()),
@@ -139,6 +139,28 @@ impl TableBuilder {
         let held = self.guard.services().filter_map(|n| self.current.get(n).cloned()).collect();
         RouteTable::from_map(self.all.clone(), self.instances, held)
     }
+
+    /// The terms each instance the guard holds for `name` serves on: while the service's
+    /// active health check passes, or — without one — as its fallback.
+    fn holds(&self, name: &str) -> HashMap<String, Hold> {
+        let checked = self.config.services.get(name).is_some_and(|s| s.health_check.is_some());
+        self.guard
+            .held(name)
+            .iter()
+            .map(|h| (h.instance.address.clone(), Hold { checked, why: h.why.as_str().into() }))
+            .collect()
+    }
+}
+
+/// One service's listing changed: what the removal guard is shown once the batch is applied.
+struct Listed {
+    name: String,
+    before: Vec<Instance>,
+    after: Vec<Instance>,
+    /// It came with this worker's resync of the whole registry (after a session loss).
+    resync: bool,
+    /// Its source's `keep_last_on_empty = false`.
+    empty_is_empty: bool,
 }
 
 /// Where the builder's results go.
@@ -251,18 +273,23 @@ impl Builder {
         let mut changed = HashSet::new();
         let mut live = HashSet::new();
         let mut stamps = Vec::new();
-        let now = self.tables.tracker.clock().now_ms();
+        let mut listed = Vec::new();
         for Sourced(source, update) in batch.into_iter().map(Into::into) {
             let Some(registry) = self.registries.get_mut(source) else { continue };
             if !matches!(update, Update::Snapshot(_)) {
                 live.insert(source);
             }
-            let before: HashMap<String, Vec<Instance>> = match &update {
+            let mut before: HashMap<String, Vec<Instance>> = match update {
                 Update::Stamp(at) => {
-                    stamps.push(*at);
+                    stamps.push(at);
                     continue;
                 }
-                Update::Service(name, _) | Update::Removed(name) => registry
+                Update::Withdrawn(name, withdrawals) => {
+                    self.tables.guard.withdrawn(&name, withdrawals.clone());
+                    registry.apply(Update::Withdrawn(name, withdrawals));
+                    continue;
+                }
+                Update::Service(ref name, _) | Update::Removed(ref name) => registry
                     .listing()
                     .get(name)
                     .map(|l| (name.clone(), l.clone()))
@@ -275,15 +302,18 @@ impl Builder {
             // ZooKeeper's first listing replaces the snapshot's whole: a snapshot is no
             // evidence that an instance it names still lives.
             let guarded = registry.source() == Some(Source::Zookeeper);
-            let (mut lines, names) = registry.apply(update);
+            let resync = matches!(update, Update::Full(_));
+            let (lines, names) = registry.apply(update);
             for name in names.iter().filter(|_| guarded) {
-                let Some(before) = before.get(name) else { continue };
-                let after = registry.listing().get(name).map_or(&[][..], Vec::as_slice);
-                lines.extend(self.tables.guard.listed(name, before, after, now));
+                let Some(before) = before.remove(name) else { continue };
+                let after = registry.listing().get(name).cloned().unwrap_or_default();
+                let empty_is_empty = !registry.keeps_last_on_empty();
+                listed.push(Listed { name: name.clone(), before, after, resync, empty_is_empty });
             }
             self.log(lines);
             changed.extend(names);
         }
+        self.guard(listed);
         if !changed.is_empty() || self.out.table.load().counts().0 == 0 {
             self.publish(&changed);
             let wall = crate::table::wall_ms();
@@ -312,6 +342,29 @@ impl Builder {
         if out.snapshot.is_some() && (!changed.is_empty() || !live.is_empty()) && any_live {
             self.snapshot_dirty = true;
             self.flush_snapshot();
+        }
+    }
+
+    /// Shows the removal guard what this batch changed, naming the faults the gateway can see:
+    /// a removal that came with this worker's own resync (after a session loss), or a batch
+    /// that took most of several services at once (fleets do not die service by service in
+    /// the same instant; registries and scripts fail that way).
+    fn guard(&mut self, listed: Vec<Listed>) {
+        let now_ms = self.tables.tracker.clock().now_ms();
+        let guard = &self.tables.guard;
+        let mass = listed.iter().filter(|l| guard.beyond_share(&l.before, &l.after)).count();
+        let mass_why = format!("{mass} services lost most of their instances at once");
+        for l in listed {
+            let suspect = match (l.resync, mass > 1) {
+                (true, _) => Some(
+                    "came with this worker's resync of the registry after its session was lost",
+                ),
+                (false, true) => Some(mass_why.as_str()),
+                (false, false) => None,
+            };
+            let cx = guard::Context { now_ms, empty_is_empty: l.empty_is_empty, suspect };
+            let lines = self.tables.guard.listed(&l.name, &l.before, &l.after, cx);
+            self.log(lines);
         }
     }
 

@@ -117,8 +117,9 @@ fn harness_full(snapshot: bool, config: Arc<Config>) -> Harness {
         metrics: Metrics::new(crate::host::Host::local(0)),
         changes: Arc::default(),
     };
+    let keep = config.zookeeper.first().is_none_or(|z| z.keep_last_on_empty);
     let tables = TableBuilder::new(config, Tracker::local(Clock::system()));
-    let registries = Registries::new(vec![Registry::new(true)]);
+    let registries = Registries::new(vec![Registry::new(keep)]);
     let builder = Builder::new(registries, vec!["zk0".into()], tables, out);
     Harness { builder, table, ready, snapshot }
 }
@@ -191,4 +192,86 @@ fn a_mass_removal_stays_in_rotation_held_until_removal_hold_passes() {
     std::thread::sleep(std::time::Duration::from_millis(150));
     b.expire_holds();
     assert_eq!(addresses(&table, "a"), ["10.0.0.4:80"], "removal_hold passed");
+}
+
+/// Every address `service` holds, and the terms: `true` when its health check vouches.
+fn holds(table: &SharedTable, service: &str) -> Vec<(String, bool, String)> {
+    let t = table.load();
+    let s = t.get(service).unwrap();
+    (0..s.instances.len())
+        .filter_map(|i| {
+            let h = s.health.hold(i)?;
+            Some((s.instances[i].address.clone(), h.checked, h.why.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_withdrawal_is_never_held_and_a_hold_serves_on_its_services_terms() {
+    let checked = crate::config::HealthCheck { path: "/h".into(), ..Default::default() };
+    let mut config = Config::default();
+    config.services.insert(
+        "web".into(),
+        ServiceSettings { health_check: Some(checked), ..Default::default() },
+    );
+    config.zookeeper = vec![crate::config::ZkSettings::default()];
+    let Harness { builder: mut b, table, .. } = harness_with(Arc::new(config));
+    let four = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
+    b.apply(vec![Update::Full(listing(&[("web", &four), ("api", &four)]))]);
+    // Aurora drains three members: STOPPING, all at once. Intent: none is held.
+    let stopping = |a: &str| (a.to_string(), "status STOPPING (only ALIVE is routed)".to_string());
+    b.apply(vec![
+        Update::Withdrawn("web".into(), four[..3].iter().map(|a| stopping(a)).collect()),
+        svc("web", &["10.0.0.4:80"]),
+    ]);
+    assert_eq!(addresses(&table, "web"), ["10.0.0.4:80"], "withdrawn on purpose: out at once");
+    // The same share deleted: doubt. web has a health check (held while it passes); api has
+    // none (a fallback).
+    b.apply(vec![svc("web", &four)]);
+    b.apply(vec![svc("web", &["10.0.0.4:80"]), svc("api", &["10.0.0.4:80"])]);
+    let web = holds(&table, "web");
+    assert_eq!(web.len(), 3, "{web:?}");
+    assert!(web
+        .iter()
+        .all(|(_, checked, why)| *checked && why.starts_with("3 of 4 removed within")));
+    let api = holds(&table, "api");
+    assert_eq!(api.len(), 3);
+    assert!(api.iter().all(|(_, checked, _)| !checked), "no health check: fallback only");
+}
+
+#[test]
+fn a_removal_with_a_resync_or_emptying_several_services_is_a_suspected_fault() {
+    let mut config = Config::default();
+    config.zookeeper = vec![crate::config::ZkSettings::default()];
+    let Harness { builder: mut b, table, .. } = harness_with(Arc::new(config));
+    let three = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+    let one = ["10.0.0.1:80"];
+    b.apply(vec![Update::Full(listing(&[("a", &three), ("b", &three), ("c", &three)]))]);
+    // Watch events that take most of one service: doubt, but nothing points at a fault.
+    b.apply(vec![svc("a", &one)]);
+    let a = holds(&table, "a");
+    assert!(a.len() == 2 && !a[0].2.contains("suspected"), "{a:?}");
+    // A resync (after a session loss) that lists b with one instance left.
+    b.apply(vec![Update::Full(listing(&[("a", &one), ("b", &one), ("c", &three)]))]);
+    let b_holds = holds(&table, "b");
+    assert!(
+        b_holds[0].2.contains("suspected registry fault: came with this worker's resync"),
+        "{b_holds:?}"
+    );
+    // Most of two services gone in one batch of watch events.
+    b.apply(vec![svc("a", &three), svc("c", &three)]);
+    b.apply(vec![svc("a", &one), svc("c", &one)]);
+    let c = holds(&table, "c");
+    assert!(c[0].2.contains("2 services lost most of their instances at once"), "{c:?}");
+}
+
+#[test]
+fn keep_last_on_empty_false_answers_503_for_an_emptied_service() {
+    let mut config = Config::default();
+    config.zookeeper = vec![crate::config::ZkSettings::default()];
+    config.zookeeper[0].keep_last_on_empty = false;
+    let Harness { builder: mut b, table, .. } = harness_with(Arc::new(config));
+    b.apply(vec![Update::Full(listing(&[("a", &["10.0.0.1:80", "10.0.0.2:80"])]))]);
+    b.apply(vec![Update::Removed("a".into())]);
+    assert!(addresses(&table, "a").is_empty(), "every node deleted: empty is empty");
 }

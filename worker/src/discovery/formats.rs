@@ -3,8 +3,9 @@
 //!
 //! A node that does not parse yields an error naming why (*rejected*); the caller skips it with
 //! one warning. [`Node::Excluded`] is a well-formed node that must not take traffic now, with
-//! the reason in words (ServerSet not ALIVE, Curator `enabled: false` or no usable port, a Spring
-//! Cloud instance whose `instance_status` is not `UP`, a Dubbo provider disabled in its URL).
+//! the reason in words (no usable port), or *withdrawn* on purpose by its own status (ServerSet
+//! or Nerve not ALIVE, Curator `enabled: false`, a Spring Cloud instance whose
+//! `instance_status` is not `UP`, a Dubbo provider disabled in its URL or by an override).
 
 use serde_json::Value;
 
@@ -18,6 +19,10 @@ pub enum Node {
     Accepted(Instance),
     /// A well-formed node that must not take traffic now, and why.
     Excluded(String),
+    /// A registration its own status withdrew on purpose (a drain, a blue/green switch, a
+    /// disabled provider): its address, and why. Intent, never doubt: the removal guard never
+    /// holds it.
+    Withdrawn(String, String),
 }
 
 impl Node {
@@ -25,8 +30,18 @@ impl Node {
     pub fn instance(self) -> Option<Instance> {
         match self {
             Node::Accepted(i) => Some(i),
-            Node::Excluded(_) => None,
+            Node::Excluded(_) | Node::Withdrawn(..) => None,
         }
+    }
+}
+
+/// A registration withdrawn by its status: [`Node::Withdrawn`] with the address it names
+/// (`address`: what parsing it as an instance gives), or merely excluded when it names none
+/// that could be an instance (it was never routed, so nothing is withdrawn).
+fn withdrawn(why: String, address: Result<Node, String>) -> Node {
+    match address {
+        Ok(Node::Accepted(i)) => Node::Withdrawn(i.address, why),
+        _ => Node::Excluded(why),
     }
 }
 
@@ -156,15 +171,15 @@ fn dubbo(name: &str) -> Result<Node, String> {
     }
     let (authority, query) = authority_and_query(rest);
     let param = |key: &str| query_param(query, key);
+    let (host, port) = authority.rsplit_once(':').ok_or("provider URL without a port")?;
+    let port: u64 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
     if param("enabled") == Some("false") || param("disabled") == Some("true") {
-        return Ok(Node::Excluded("disabled in its provider URL".into()));
+        return Ok(withdrawn("disabled in its provider URL".into(), instance(host, port, 1)));
     }
     let weight = match param("weight") {
         Some(w) => w.parse::<u64>().map_err(|_| format!("invalid weight {w:?}"))?,
         None => DUBBO_DEFAULT_WEIGHT,
     };
-    let (host, port) = authority.rsplit_once(':').ok_or("provider URL without a port")?;
-    let port: u64 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
     let number = |key: &str| param(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok(match instance(host, port, weight)? {
         // A provider warms up over `warmup` ms from its `timestamp` (its start), as Dubbo's
@@ -263,7 +278,8 @@ pub fn apply_overrides(node: Node, overrides: &[Override]) -> (Node, Option<Stri
         weight = o.weight.or(weight);
     }
     if disabled == Some(true) {
-        return (Node::Excluded("disabled by a dubbo-admin override".into()), None);
+        let why = "disabled by a dubbo-admin override".to_string();
+        return (Node::Withdrawn(instance.address, why), None);
     }
     let note = weight.map(|w| {
         let note =
@@ -406,18 +422,25 @@ fn json(data: &[u8]) -> Result<Value, String> {
 /// none, is routed).
 fn curator(data: &[u8], tls: bool) -> Result<Node, String> {
     let v = json(data)?;
+    let listed = || curator_instance(&v, tls);
     if v.get("enabled").and_then(Value::as_bool) == Some(false) {
-        return Ok(Node::Excluded("\"enabled\": false".into()));
+        return Ok(withdrawn("\"enabled\": false".into(), listed()));
     }
     let status = v.pointer("/payload/metadata/instance_status");
     match status {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.eq_ignore_ascii_case("UP") => {}
         Some(Value::String(s)) => {
-            return Ok(Node::Excluded(format!("Spring instance_status {s} (only UP is routed)")))
+            let why = format!("Spring instance_status {s} (only UP is routed)");
+            return Ok(withdrawn(why, listed()));
         }
         Some(other) => return Err(format!("invalid payload.metadata.instance_status {other}")),
     }
+    listed()
+}
+
+/// A Curator `ServiceInstance`'s address, on the port its service needs.
+fn curator_instance(v: &Value, tls: bool) -> Result<Node, String> {
     let address = v.get("address").and_then(Value::as_str).ok_or("missing \"address\"")?;
     let port = |key: &str| match v.get(key) {
         Some(Value::Number(p)) => p.as_u64().map(Some).ok_or(format!("invalid \"{key}\"")),
@@ -446,18 +469,21 @@ fn endpoint(v: &Value) -> Result<(String, u64), String> {
 fn serverset(data: &[u8], named: Option<&str>) -> Result<Node, String> {
     let v = json(data)?;
     let status = v.get("status").and_then(Value::as_str).ok_or("missing \"status\"")?;
-    if status != "ALIVE" {
-        return Ok(Node::Excluded(format!("status {status} (only ALIVE is routed)")));
-    }
-    let ep = match named {
-        Some(name) => v
-            .get("additionalEndpoints")
-            .and_then(|a| a.get(name))
-            .ok_or_else(|| format!("no additionalEndpoints.{name}"))?,
-        None => v.get("serviceEndpoint").ok_or("missing \"serviceEndpoint\"")?,
+    let listed = || {
+        let ep = match named {
+            Some(name) => v
+                .get("additionalEndpoints")
+                .and_then(|a| a.get(name))
+                .ok_or_else(|| format!("no additionalEndpoints.{name}"))?,
+            None => v.get("serviceEndpoint").ok_or("missing \"serviceEndpoint\"")?,
+        };
+        let (host, port) = endpoint(ep)?;
+        instance(&host, port, 1)
     };
-    let (host, port) = endpoint(ep)?;
-    instance(&host, port, 1)
+    if status != "ALIVE" {
+        return Ok(withdrawn(format!("status {status} (only ALIVE is routed)"), listed()));
+    }
+    listed()
 }
 
 fn nerve(name: &str, data: &[u8]) -> Result<Node, String> {
@@ -476,7 +502,17 @@ fn nerve(name: &str, data: &[u8]) -> Result<Node, String> {
         None | Some(Value::Null) => 1,
         Some(w) => w.as_u64().ok_or("invalid \"weight\" (an integer >= 0)")?,
     };
-    instance(host, port, weight)
+    // Nerve writes no status; writers sharing its layout with ServerSet's (kazoo's
+    // ServerSet-style members) add one, and a member not ALIVE is withdrawn.
+    match v.get("status") {
+        None | Some(Value::Null) => instance(host, port, weight),
+        Some(Value::String(s)) if s == "ALIVE" => instance(host, port, weight),
+        Some(Value::String(s)) => Ok(withdrawn(
+            format!("status {s} (only ALIVE is routed)"),
+            instance(host, port, weight),
+        )),
+        Some(other) => Err(format!("invalid \"status\" {other}")),
+    }
 }
 
 /// Nerve's `use_path_encoding`: `base64_<len>_<base64 of the JSON>_<seq>`.

@@ -96,7 +96,10 @@ fn dubbo_admin_overrides_disable_and_reweigh_providers() {
     assert_eq!(rules.len(), 2, "a rule with enabled=false says nothing");
     let provider = |addr: &str| Node::Accepted(Instance::weighted(addr, 100));
     let (node, _) = apply_overrides(provider("10.20.153.10:20880"), &rules);
-    assert!(matches!(node, Node::Excluded(ref why) if why.contains("override")), "{node:?}");
+    assert!(
+        matches!(node, Node::Withdrawn(ref a, ref why) if a == "10.20.153.10:20880" && why.contains("override")),
+        "{node:?}"
+    );
     let (node, note) = apply_overrides(provider("10.20.153.10:20881"), &rules);
     assert_eq!(node.instance().unwrap().weight, 50, "the rule for every provider applies");
     assert!(note.unwrap().contains("overridden to 50"));
@@ -126,7 +129,10 @@ fn spring_cloud_instances_are_routed_only_while_up() {
     for status in ["OUT_OF_SERVICE", "DOWN", "STARTING"] {
         let node = Format::Curator.parse("x", spring(status).as_bytes(), None, false);
         match node {
-            Ok(Node::Excluded(why)) => assert!(why.contains(status), "{why}"),
+            Ok(Node::Withdrawn(address, why)) => {
+                assert_eq!(address, "10.0.0.7:8080");
+                assert!(why.contains(status), "{why}");
+            }
             other => panic!("{status}: {other:?}"),
         }
     }
@@ -152,6 +158,36 @@ fn serverset_takes_alive_members_and_named_endpoints() {
     );
     let dead = br#"{"serviceEndpoint":{"host":"10.0.0.5","port":31000},"status":"DEAD"}"#;
     assert_eq!(addr(Format::Serverset.parse("member_1", dead, None, false)), None);
+    // Aurora's drain: STOPPING withdraws the member it names, a host name too.
+    let stopping =
+        br#"{"serviceEndpoint":{"host":"web-3.example","port":31000},"status":"STOPPING"}"#;
+    assert_eq!(
+        Format::Serverset.parse("member_1", stopping, None, false),
+        Ok(Node::Withdrawn(
+            "web-3.example:31000".into(),
+            "status STOPPING (only ALIVE is routed)".into()
+        ))
+    );
+    // Not ALIVE and naming no usable endpoint: nothing was routed, nothing is withdrawn.
+    let bare = br#"{"status":"STOPPING"}"#;
+    assert!(matches!(
+        Format::Serverset.parse("member_1", bare, None, false),
+        Ok(Node::Excluded(_))
+    ));
+}
+
+#[test]
+fn nerve_members_with_a_status_other_than_alive_are_withdrawn() {
+    let d = br#"{"host":"10.0.0.5","port":8080,"name":"i-abc","status":"STOPPING"}"#;
+    assert_eq!(
+        Format::Nerve.parse("i-abc_0000000003", d, None, false),
+        Ok(Node::Withdrawn(
+            "10.0.0.5:8080".into(),
+            "status STOPPING (only ALIVE is routed)".into()
+        ))
+    );
+    let alive = br#"{"host":"10.0.0.5","port":8080,"status":"ALIVE"}"#;
+    assert!(addr(Format::Nerve.parse("i_1", alive, None, false)).is_some());
 }
 
 #[test]
@@ -188,7 +224,10 @@ fn dubbo_providers_are_read_from_their_encoded_urls() {
     let e = Format::Dubbo.parse(binary, b"", None, false).unwrap_err();
     assert!(e.contains("not HTTP-based"), "{e}");
     let disabled = "rest%3A%2F%2F10.0.0.9%3A8080%2Fx%3Fdisabled%3Dtrue";
-    assert_eq!(addr(Format::Dubbo.parse(disabled, b"", None, false)), None);
+    assert_eq!(
+        Format::Dubbo.parse(disabled, b"", None, false),
+        Ok(Node::Withdrawn("10.0.0.9:8080".into(), "disabled in its provider URL".into()))
+    );
     let off = "rest%3A%2F%2F10.0.0.9%3A8080%2Fx%3Fenabled%3Dfalse";
     assert_eq!(addr(Format::Dubbo.parse(off, b"", None, false)), None);
     assert!(!Format::Dubbo.accepts_name("configurators"));

@@ -2,7 +2,7 @@
 //! ([`Registry`]): the rules for applying updates, and the log line each change deserves.
 //! Pure: no ZooKeeper, no I/O, so unit tests drive it directly.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::discovery::snapshot::Listing;
 use crate::table::{count, Instance, Source};
@@ -18,6 +18,10 @@ pub enum Update {
     Service(String, Vec<Instance>),
     /// A service node is gone.
     Removed(String),
+    /// The next listing of a service leaves these registrations out on purpose — their own
+    /// status withdrew them (address, why) — so the removal guard never holds them. Sent just
+    /// before that listing (its [`Update::Service`] or [`Update::Full`]).
+    Withdrawn(String, Vec<(String, String)>),
     /// The next update carries a znode change ZooKeeper recorded at this wall-clock time (ms
     /// since the epoch, the znode's mtime): the builder measures its discovery lag.
     Stamp(u64),
@@ -93,12 +97,25 @@ pub struct Registry {
     services: Listing,
     source: Option<Source>,
     keep_last_on_empty: bool,
+    /// Addresses the next listing of each service withdraws on purpose: `keep_last_on_empty`
+    /// never keeps them (it keeps what a registry may have lost, not what it took out).
+    withdrawing: HashMap<String, HashSet<String>>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new(keep_last_on_empty: bool) -> Self {
-        Registry { services: Listing::new(), source: None, keep_last_on_empty }
+        Registry {
+            services: Listing::new(),
+            source: None,
+            keep_last_on_empty,
+            withdrawing: HashMap::new(),
+        }
+    }
+
+    /// Whether a service the registry empties keeps its last instances.
+    pub fn keeps_last_on_empty(&self) -> bool {
+        self.keep_last_on_empty
     }
 
     /// Where the current listing came from (`None` until the first one).
@@ -156,6 +173,10 @@ impl Registry {
                 }
             }
             Update::Stamp(_) => {}
+            Update::Withdrawn(name, withdrawals) => {
+                let addresses = withdrawals.into_iter().map(|(a, _)| a).collect();
+                self.withdrawing.insert(name, addresses);
+            }
             Update::Removed(name) => {
                 if self.services.contains_key(&name)
                     && self.set(&name, Vec::new(), self.keep_last_on_empty, &mut log)
@@ -206,17 +227,30 @@ impl Registry {
     ) -> bool {
         list.sort();
         list.dedup_by(|a, b| a.address == b.address);
+        let withdrawing = self.withdrawing.remove(name).unwrap_or_default();
         let old = self.services.get(name);
         if old == Some(&list) {
             return false;
         }
         if list.is_empty() && keep {
             if let Some(old) = old.filter(|o| !o.is_empty()) {
-                log.push(format!(
-                    "service {name}: no instances left in the registry; keeping the last {} (keep_last_on_empty)",
-                    old.len()
-                ));
-                return false;
+                // Kept: what the registry may have lost; never what it withdrew on purpose.
+                let kept: Vec<Instance> =
+                    old.iter().filter(|i| !withdrawing.contains(&i.address)).cloned().collect();
+                if kept.len() == old.len() {
+                    log.push(format!(
+                        "service {name}: no instances left in the registry; keeping the last {} (keep_last_on_empty)",
+                        old.len()
+                    ));
+                    return false;
+                }
+                if !kept.is_empty() {
+                    log.push(format!(
+                        "service {name}: no instances left in the registry; keeping the last {} not withdrawn on purpose (keep_last_on_empty)",
+                        kept.len()
+                    ));
+                }
+                list = kept;
             }
         }
         let before: HashSet<&str> =
@@ -296,6 +330,28 @@ pub(crate) mod tests {
         assert!(strict.listing()["a"].is_empty(), "known service with no instance: 503");
         strict.apply(Update::Full(Listing::new()));
         assert!(!strict.listing().contains_key("a"), "gone after a resync: 404");
+    }
+
+    #[test]
+    fn keep_last_on_empty_never_keeps_what_the_registry_withdrew_on_purpose() {
+        let mut r = Registry::new(true);
+        r.apply(svc("a", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+        let stopping = |a: &str| (a.to_string(), "status STOPPING".to_string());
+        // Every member drained: empty is what the registry meant.
+        r.apply(Update::Withdrawn(
+            "a".into(),
+            vec![stopping("10.0.0.1:80"), stopping("10.0.0.2:80"), stopping("10.0.0.3:80")],
+        ));
+        let (_, changed) = r.apply(svc("a", &[]));
+        assert!(changed.contains("a") && r.listing()["a"].is_empty());
+        // One drained, the others' nodes gone: the others are kept, the drained one is not.
+        r.apply(svc("a", &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+        r.apply(Update::Withdrawn("a".into(), vec![stopping("10.0.0.1:80")]));
+        let (log, _) = r.apply(svc("a", &[]));
+        assert_eq!(r.listing()["a"].len(), 2, "{log:?}");
+        // A withdrawal applies to the listing it came with only.
+        let (_, changed) = r.apply(svc("a", &[]));
+        assert!(changed.is_empty() && r.listing()["a"].len() == 2);
     }
 
     #[test]

@@ -256,11 +256,13 @@ impl Forwarder {
         }
     }
 
-    /// Picks among available instances not tried yet; when none is available (all ejected or
-    /// unhealthy), among every instance not tried yet: a degraded answer beats a 503 (Envoy's
-    /// panic mode). `least_request` compares the host's in-flight counts; the connection limit
-    /// is this worker's. `avoid_held`: a held instance of this request proved gone, so the
-    /// others held with it are passed over too.
+    /// Picks among available listed instances not tried yet; when none is, among the held
+    /// fallbacks (instances the registry removed en masse, of a service without a health
+    /// check: a last resort, never beside a listed one); when none is available (all ejected
+    /// or unhealthy), among every listed instance not tried yet: a degraded answer beats a 503
+    /// (Envoy's panic mode). `least_request` compares the host's in-flight counts; the
+    /// connection limit is this worker's. `avoid_held`: a held instance of this request proved
+    /// gone, so the others held with it are passed over too.
     fn pick(
         &self,
         service: &Service,
@@ -276,11 +278,13 @@ impl Forwarder {
                 || full(i)
                 || (avoid_held && service.health.held(i))
         };
-        let already_tried = |i: usize| tried.contains(&i) || full(i);
+        let listed_only = |i: usize| unavailable(i) || service.health.fallback(i);
+        let already_tried = |i: usize| tried.contains(&i) || full(i) || service.health.held(i);
         let load = |i: usize| service.health.active(i);
         let balancer = &service.balancer;
         balancer
-            .pick(&PickContext { key, skip: &unavailable, load: &load })
+            .pick(&PickContext { key, skip: &listed_only, load: &load })
+            .or_else(|| balancer.pick(&PickContext { key, skip: &unavailable, load: &load }))
             .or_else(|| balancer.pick(&PickContext { key, skip: &already_tried, load: &load }))
             .ok_or_else(|| ProxyError::NoInstance(service.name.clone()))
     }

@@ -144,10 +144,11 @@ impl Mirrors {
     }
 }
 
-/// An instance of the shadow service that may take traffic.
+/// An instance of the shadow service that may take traffic (a copy never goes to a held
+/// fallback: it is a last resort for clients, not for copies).
 fn pick(service: &crate::table::Service) -> Option<usize> {
     let health = &service.health;
-    let skip = |i: usize| !health.available(i);
+    let skip = |i: usize| !health.available(i) || health.fallback(i);
     let load = |i: usize| health.active(i);
     service.balancer.pick(&PickContext { key: None, skip: &skip, load: &load })
 }

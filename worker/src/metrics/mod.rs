@@ -179,7 +179,7 @@ impl Metrics {
         me.lag_sum_ms.fetch_add(lag.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Instances of service `idx` this worker keeps in rotation under the removal guard.
+    /// Instances of service `idx` this worker holds under the removal guard.
     pub fn set_held(&self, service_idx: usize, n: usize) {
         self.me().services[service_idx.min(MAX_SERVICES - 1)]
             .held

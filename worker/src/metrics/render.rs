@@ -112,7 +112,7 @@ fn requests(scrape: &Scrape, out: &mut String) {
 }
 
 fn held(scrape: &Scrape, out: &mut String) {
-    *out += "# HELP zkgate_discovery_held_instances Instances the registry removed that the removal guard keeps in rotation until they prove gone (largest over the workers).\n";
+    *out += "# HELP zkgate_discovery_held_instances Instances the registry removed that the removal guard holds (routed while their health check passes, else as a fallback) until they prove gone (largest over the workers).\n";
     *out += "# TYPE zkgate_discovery_held_instances gauge\n";
     for (i, name) in &scrape.names {
         let n = scrape.live().map(|(_, w)| w.services[*i].held.load(Ordering::Relaxed)).max();

@@ -14,7 +14,7 @@
 //! `max_ejection_percent` of a service is ejected at once (at least one may be); when no
 //! instance is available the proxy spreads over all of them (panic mode) rather than answer 503.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,13 +97,27 @@ pub struct InstanceState {
     local_active: AtomicUsize,
 }
 
+/// Why the removal guard keeps an instance the registry removed, and on what evidence it may
+/// take traffic. A removal the registry meant (a status, a drain) is never held; a mass removal
+/// is doubt, and doubt serves only on evidence of life (Envoy keeps a host discovery removed
+/// only while its active health check passes) or as a last resort.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The service has an active health check: the instance is routed while its last probe
+    /// passed. Without one it is a *fallback*: used only when no listed instance is routable.
+    pub checked: bool,
+    /// Why it is held, in words: "3 of 4 removed within 2 s", and a suspected registry fault
+    /// when the gateway saw one.
+    pub why: Arc<str>,
+}
+
 /// Health of one service's instances, index-aligned with its instance list.
 #[derive(Debug)]
 pub struct ServiceHealth {
     clock: Clock,
     states: Vec<Arc<InstanceState>>,
-    /// Instances the registry removed that the removal guard keeps in rotation.
-    held: Vec<bool>,
+    /// Instances the registry removed that the removal guard keeps, and on what terms.
+    held: Vec<Option<Hold>>,
 }
 
 impl ServiceHealth {
@@ -115,7 +129,7 @@ impl ServiceHealth {
         service: &str,
         instances: &[Instance],
         previous: Option<(&[Instance], &ServiceHealth)>,
-        (tracker, held): (&Tracker, &HashSet<String>),
+        (tracker, held): (&Tracker, &HashMap<String, Hold>),
     ) -> Self {
         let known: HashMap<&str, &Arc<InstanceState>> = match previous {
             Some((list, health)) => {
@@ -133,9 +147,10 @@ impl ServiceHealth {
                 }),
             })
             .collect();
-        let held: Vec<bool> = instances.iter().map(|i| held.contains(&i.address)).collect();
+        let held: Vec<Option<Hold>> =
+            instances.iter().map(|i| held.get(&i.address).cloned()).collect();
         for (s, held) in states.iter().zip(&held) {
-            if !held {
+            if held.is_none() {
                 s.entry.fields().released.store(0, Ordering::Relaxed);
             }
         }
@@ -154,7 +169,7 @@ impl ServiceHealth {
                     })
                 })
                 .collect(),
-            held: vec![false; instances],
+            held: vec![None; instances],
         }
     }
 
@@ -163,12 +178,22 @@ impl ServiceHealth {
     }
 
     /// Whether instance `idx` may take traffic now: not ejected, not taken out by the health
-    /// check, and — when held by the removal guard — not found gone yet.
+    /// check, and — when held by the removal guard — not found gone yet and, for a service
+    /// with a health check, its last probe passed (evidence of life). A held instance of a
+    /// service without one is available too, but only as a [`fallback`](Self::fallback).
     pub fn available(&self, idx: usize) -> bool {
         let Some(s) = self.fields(idx) else { return false };
         s.down.load(Ordering::Relaxed) == 0
             && s.ejected_until.load(Ordering::Relaxed) <= self.clock.now_ms()
             && !self.released(idx)
+            && (!self.hold(idx).is_some_and(|h| h.checked) || self.passing(idx))
+    }
+
+    /// Whether `idx`'s last health check probe passed.
+    pub fn passing(&self, idx: usize) -> bool {
+        self.fields(idx).is_some_and(|s| {
+            s.down.load(Ordering::Relaxed) == 0 && s.probe_oks.load(Ordering::Relaxed) > 0
+        })
     }
 
     /// Whether `idx` is ejected now (for `/routes`).
@@ -190,9 +215,20 @@ impl ServiceHealth {
         self.fields(idx).is_some_and(|s| s.down.load(Ordering::Relaxed) != 0)
     }
 
-    /// Whether the removal guard holds `idx` (removed by the registry, kept in rotation).
+    /// Whether the removal guard holds `idx` (removed by the registry, kept on its terms).
     pub fn held(&self, idx: usize) -> bool {
-        self.held.get(idx).copied().unwrap_or(false)
+        self.hold(idx).is_some()
+    }
+
+    /// Why and on what terms the removal guard holds `idx`.
+    pub fn hold(&self, idx: usize) -> Option<&Hold> {
+        self.held.get(idx).and_then(Option::as_ref)
+    }
+
+    /// Whether `idx` is held without a health check to vouch for it: the service's last
+    /// resort, picked only when no listed instance is routable.
+    pub fn fallback(&self, idx: usize) -> bool {
+        self.hold(idx).is_some_and(|h| !h.checked)
     }
 
     /// Whether `idx`, held, was found gone (released: out of rotation).
@@ -413,7 +449,7 @@ mod tests {
         ];
         let tracker = Tracker::local(clock.clone());
         let carried =
-            ServiceHealth::carry("svc", &after, Some((&before, &h)), (&tracker, &HashSet::new()));
+            ServiceHealth::carry("svc", &after, Some((&before, &h)), (&tracker, &HashMap::new()));
         assert!(carried.ejected(2), "10.0.0.3 stays ejected");
         assert!(!carried.ejected(1), "the newcomer starts healthy");
         assert_eq!(carried.active(0), 1, "in-flight count of 10.0.0.1 kept");
@@ -425,7 +461,7 @@ mod tests {
     fn failures_count_host_wide_and_a_new_worker_starts_from_the_ejection() {
         let host = crate::host::Host::local(0);
         let list = vec![Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")];
-        let none = HashSet::new();
+        let none = HashMap::new();
         let worker = |slot: usize| {
             let tracker = Tracker::host(host.for_slot(slot).instances());
             ServiceHealth::carry("svc", &list, None, (&tracker, &none))
@@ -450,7 +486,7 @@ mod tests {
     fn a_verdict_written_by_the_prober_holds_for_every_worker() {
         let host = crate::host::Host::local(0);
         let list = vec![Instance::new("10.0.0.1:80")];
-        let none = HashSet::new();
+        let none = HashMap::new();
         let tracker = Tracker::host(host.instances());
         let prober = ServiceHealth::carry("svc", &list, None, (&tracker, &none));
         let reader = ServiceHealth::carry("svc", &list, None, (&tracker, &none));
@@ -464,14 +500,35 @@ mod tests {
         let host = crate::host::Host::local(0);
         let list = vec![Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")];
         let tracker = Tracker::host(host.instances());
-        let held: HashSet<String> = ["10.0.0.2:80".to_string()].into();
+        let hold = Hold { checked: false, why: "1 of 2 removed".into() };
+        let held: HashMap<String, Hold> = [("10.0.0.2:80".to_string(), hold)].into();
         let h = ServiceHealth::carry("svc", &list, None, (&tracker, &held));
         assert!(h.held(1) && !h.held(0) && h.available(1));
+        assert!(h.fallback(1) && !h.fallback(0), "no health check: a fallback");
         assert!(!h.release(0), "a listed instance is never released");
         assert!(h.release(1));
         assert!(!h.release(1), "released once");
         assert!(!h.available(1) && h.released(1));
-        let listed = ServiceHealth::carry("svc", &list, None, (&tracker, &HashSet::new()));
+        let listed = ServiceHealth::carry("svc", &list, None, (&tracker, &HashMap::new()));
         assert!(listed.available(1), "listed again: in rotation");
+    }
+
+    #[test]
+    fn a_held_instance_of_a_checked_service_serves_only_while_its_last_probe_passed() {
+        let host = crate::host::Host::local(0);
+        let list = vec![Instance::new("10.0.0.1:80"), Instance::new("10.0.0.2:80")];
+        let tracker = Tracker::host(host.instances());
+        let c = HealthCheck { path: "/h".into(), healthy: 1, unhealthy: 2, ..Default::default() };
+        let hold = Hold { checked: true, why: "2 of 2 removed".into() };
+        let held: HashMap<String, Hold> =
+            list.iter().map(|i| (i.address.clone(), hold.clone())).collect();
+        let h = ServiceHealth::carry("svc", &list, None, (&tracker, &held));
+        assert!(!h.available(0), "never probed: no evidence of life, not routed");
+        assert!(!h.fallback(0), "a checked hold is no fallback");
+        h.probe(0, true, &c);
+        assert!(h.available(0) && h.passing(0), "its probe passed: routed");
+        h.probe(0, false, &c);
+        assert!(!h.available(0), "one failed probe ends the evidence, before it is down");
+        assert!(!h.down(0), "still up by the check's own count");
     }
 }

@@ -12,7 +12,7 @@
 pub mod health;
 pub mod instance;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::balance::{self, Balancer, Strategy};
 use crate::config::{Config, HashOn};
-pub use health::{Clock, ServiceHealth, Tracker};
+pub use health::{Clock, Hold, ServiceHealth, Tracker};
 pub use instance::Instance;
 
 /// Where a service's instance list came from.
@@ -196,18 +196,18 @@ impl Service {
         tracker: &Tracker,
         previous: Option<&Service>,
     ) -> Self {
-        Service::with_held(name, instances, (source, policy), tracker, previous, &HashSet::new())
+        Service::with_held(name, instances, (source, policy), tracker, previous, &HashMap::new())
     }
 
-    /// [`Service::new`], where `held` names the instances the removal guard keeps in rotation
-    /// although the registry removed them.
+    /// [`Service::new`], where `held` names the instances the removal guard keeps although the
+    /// registry removed them, and on what terms.
     pub fn with_held(
         name: impl Into<String>,
         mut instances: Vec<Instance>,
         (source, policy): (Source, Policy),
         tracker: &Tracker,
         previous: Option<&Service>,
-        held: &HashSet<String>,
+        held: &HashMap<String, Hold>,
     ) -> Self {
         let name = name.into();
         instances.sort();

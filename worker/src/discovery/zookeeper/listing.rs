@@ -10,6 +10,7 @@ use super::Watcher;
 use crate::config::Format;
 use crate::discovery::formats::{apply_overrides, Node, Override};
 use crate::discovery::report::{NodeReport, Outcome};
+use crate::discovery::update::Update;
 use crate::table::Instance;
 
 /// What one node read said: its data and its stat (mzxid, mtime, ctime) when read.
@@ -44,9 +45,17 @@ pub(super) struct Listed {
     children: Vec<String>,
     /// Every node read, with its outcome.
     pub(super) nodes: Vec<NodeReport>,
+    /// Registrations their status withdrew on purpose: address, why.
+    pub(super) withdrawn: Vec<(String, String)>,
 }
 
 impl Listed {
+    /// The [`Update::Withdrawn`] that goes just before this listing, when it withdraws any.
+    pub(super) fn withdrawals(&mut self, service: &str) -> Option<Update> {
+        let list = std::mem::take(&mut self.withdrawn);
+        (!list.is_empty()).then(|| Update::Withdrawn(service.to_string(), list))
+    }
+
     fn empty(watches: Vec<zk::OneshotWatcher>) -> Self {
         Listed {
             instances: Vec::new(),
@@ -55,6 +64,7 @@ impl Listed {
             newest: None,
             children: Vec::new(),
             nodes: Vec::new(),
+            withdrawn: Vec::new(),
         }
     }
 
@@ -278,27 +288,22 @@ impl Watcher {
                 Ok((Node::Excluded(why), _)) => {
                     listed.nodes.push(report(Outcome::Excluded, Some(why), None));
                 }
+                Ok((Node::Withdrawn(address, why), _)) => {
+                    let reason = format!("withdrawn: {why}");
+                    listed.nodes.push(report(
+                        Outcome::Excluded,
+                        Some(reason),
+                        Some(address.clone()),
+                    ));
+                    listed.withdrawn.push((address, why));
+                }
                 Err(why) => {
                     listed.nodes.push(report(Outcome::Rejected, Some(why.clone()), None));
                     listed.malformed.push((format!("{path}/{child}"), why));
                 }
             }
         }
-        for (node, rule) in overrides {
-            let (outcome, reason) = match rule {
-                Ok(Some(o)) => (Outcome::Accepted, format!("override for {}: {o:?}", o.host)),
-                Ok(None) => (Outcome::Excluded, "override turned off or empty".to_string()),
-                Err(why) => (Outcome::Rejected, why.clone()),
-            };
-            listed.nodes.push(NodeReport {
-                node: format!("configurators/{node}"),
-                outcome,
-                reason: Some(reason),
-                instance: None,
-                mzxid: None,
-                changed_unix_ms: None,
-            });
-        }
+        listed.nodes.extend(overrides.iter().map(override_report));
         listed
     }
 
@@ -427,3 +432,20 @@ pub(super) async fn children_or_creation(
 
 /// Reads per multi-read request (a few hundred kilobytes of answer at most).
 const MULTI_READ: usize = 1000;
+
+/// What `/registry` says of one Dubbo override node.
+fn override_report((node, rule): &(String, Result<Option<Override>, String>)) -> NodeReport {
+    let (outcome, reason) = match rule {
+        Ok(Some(o)) => (Outcome::Accepted, format!("override for {}: {o:?}", o.host)),
+        Ok(None) => (Outcome::Excluded, "override turned off or empty".to_string()),
+        Err(why) => (Outcome::Rejected, why.clone()),
+    };
+    NodeReport {
+        node: format!("configurators/{node}"),
+        outcome,
+        reason: Some(reason),
+        instance: None,
+        mzxid: None,
+        changed_unix_ms: None,
+    }
+}

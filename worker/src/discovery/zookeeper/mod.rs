@@ -85,6 +85,7 @@ impl Watcher {
             }
             Update::Service(n, list) => Update::Service(named(n), list),
             Update::Removed(n) => Update::Removed(named(n)),
+            Update::Withdrawn(n, list) => Update::Withdrawn(named(n), list),
             other => other,
         };
         let _ = self.tx.send(Sourced(self.index, update));

@@ -49,7 +49,10 @@ impl Watcher {
         let mut first = Vec::new();
         let mut report = std::collections::BTreeMap::new();
         while let Some((name, l)) = listed.next().await {
-            let l = l?;
+            let mut l = l?;
+            if let Some(w) = l.withdrawals(&name) {
+                self.send(w);
+            }
             let mut warned = HashSet::new();
             l.warn_malformed(&name, &mut warned);
             let mut stamps = Stamps::default();
@@ -208,13 +211,17 @@ impl Watcher {
                 }
             }
             let known = stamps.names(&name);
-            let Some(l) = retry(&what, || self.list_service(&client, &name, known)).await else {
+            let Some(mut l) = retry(&what, || self.list_service(&client, &name, known)).await
+            else {
                 return;
             };
             l.warn_malformed(&name, &mut warned);
             self.metrics.zk_event();
             if let Some(at) = stamps.seen(&name, &l) {
                 self.send(Update::Stamp(at));
+            }
+            if let Some(w) = l.withdrawals(&name) {
+                self.send(w);
             }
             self.report.service(&name, l.nodes);
             self.send(Update::Service(name.clone(), l.instances));

@@ -78,12 +78,15 @@ impl Watcher {
                         let known_nodes = stamps.names(&name);
                         let listing =
                             retry(&what, || self.list_service_as(client, &name, false, known_nodes));
-                        let Some(l) = listing.await else {
+                        let Some(mut l) = listing.await else {
                             return Some(zk::SessionState::Expired);
                         };
                         l.warn_malformed(&name, warned.entry(name.clone()).or_default());
                         if let Some(at) = stamps.seen(&name, &l) {
                             self.send(Update::Stamp(at));
+                        }
+                        if let Some(w) = l.withdrawals(&name) {
+                            self.send(w);
                         }
                         self.report.service(&name, l.nodes);
                         self.send(Update::Service(name, l.instances));
@@ -174,8 +177,11 @@ impl Watcher {
         let listed = retry(&what, || self.list_many(client, &ordered)).await?;
         let mut full = Listing::new();
         let mut report = std::collections::BTreeMap::new();
-        for (name, l) in ordered.into_iter().zip(listed) {
+        for (name, mut l) in ordered.into_iter().zip(listed) {
             l.warn_malformed(&name, warned.entry(name.clone()).or_default());
+            if let Some(w) = l.withdrawals(&name) {
+                self.send(w);
+            }
             stamps.baseline(&name, &l);
             report.insert(name.clone(), l.nodes);
             full.insert(name, l.instances);
