@@ -29,6 +29,8 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     /// Every request head it received (request line and header lines, as sent), in order.
     pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every trailer line of the chunked request bodies it received, in order.
+    pub trailers: Arc<std::sync::Mutex<Vec<String>>>,
     /// Its open connections (to close them all when it is killed).
     open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
@@ -49,6 +51,7 @@ impl Backend {
         let gauge = Arc::new(Gauge::default());
         let peak = gauge.peak.clone();
         let heads = gauge.heads.clone();
+        let trailers = gauge.trailers.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
         let (n, s, h, f) = (name.to_string(), stop.clone(), hits.clone(), failing.clone());
@@ -77,6 +80,7 @@ impl Backend {
             peak,
             connections,
             heads,
+            trailers,
             open,
         }
     }
@@ -116,6 +120,7 @@ struct Gauge {
     now: AtomicUsize,
     peak: Arc<AtomicUsize>,
     heads: Arc<std::sync::Mutex<Vec<String>>>,
+    trailers: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// One request in progress until dropped.
@@ -175,7 +180,11 @@ fn serve(conn: TcpStream, name: &str, hits: &AtomicUsize, failing: &AtomicBool, 
                 headers.push((k, v));
             }
         }
-        let received = if chunked { read_chunked(&mut reader) } else { drain(&mut reader, length) };
+        let received = if chunked {
+            read_chunked(&mut reader, &gauge.trailers)
+        } else {
+            drain(&mut reader, length)
+        };
         let Some(received) = received else { return };
         hits.fetch_add(1, Ordering::Relaxed);
         let _in_progress = InProgress::new(gauge);
@@ -241,16 +250,26 @@ fn drain(reader: &mut impl Read, mut n: usize) -> Option<u64> {
     Some(total)
 }
 
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<u64> {
+fn read_chunked(
+    reader: &mut BufReader<TcpStream>,
+    trailers: &std::sync::Mutex<Vec<String>>,
+) -> Option<u64> {
     let mut total = 0u64;
     loop {
         let mut size = String::new();
         reader.read_line(&mut size).ok()?;
         let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
         if n == 0 {
-            let mut end = String::new();
-            reader.read_line(&mut end).ok()?;
-            return Some(total);
+            // The trailer section, up to its empty line.
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).ok()?;
+                let line = line.trim_end();
+                if line.is_empty() {
+                    return Some(total);
+                }
+                trailers.lock().unwrap().push(line.to_string());
+            }
         }
         total += drain(reader, n)?;
         let mut crlf = String::new();

@@ -205,7 +205,8 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         transports: transports.clone(),
         auth,
     };
-    let router = http::router::Router::new(&config.header_routing, &config.routes);
+    let router = http::router::Router::new(&config.header_routing, &config.routes)
+        .with_paths(config.proxy.path_normalization);
     let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
@@ -269,7 +270,8 @@ fn start_admin(
         changes,
         reports,
         config: config.clone(),
-        router: http::router::Router::new(&config.header_routing, &config.routes),
+        router: http::router::Router::new(&config.header_routing, &config.routes)
+            .with_paths(config.proxy.path_normalization),
         certificates: certificates.map(|c| (c.names.join(","), c.not_after)).collect(),
     };
     tokio::spawn(admin::serve(listener, Arc::new(admin), stop));

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, BasicSettings, JwtSettings};
 pub use defaults::*;
-pub use proxy::{HeaderRouting, OutlierSettings, ProxySettings};
+pub use proxy::{
+    EscapedSlashes, HeaderRouting, OutlierSettings, PathParameters, PathRules, ProxySettings,
+};
 pub use route::{Canary, HeaderRules, Mirror, RouteRule};
 pub use service::{HealthCheck, Protocol, ServiceSettings, Services};
 pub use tracing::TracingSettings;

@@ -93,6 +93,12 @@ pub struct ProxySettings {
     /// Mirror copies one worker has in flight at most; beyond it a copy is skipped (counted),
     /// so a slow shadow service cannot pile up memory or connections.
     pub mirror_max_in_flight: usize,
+    /// How a request's path is put in the one canonical form routes, auth and the instance
+    /// read (see `http::target`).
+    pub path_normalization: PathRules,
+    /// Protocols a client may switch to through the gateway (`Upgrade`); any other upgrade
+    /// goes on as a plain request. `h2c` never passes, listed or not.
+    pub upgrade_protocols: Vec<String>,
 }
 
 impl Default for ProxySettings {
@@ -120,6 +126,8 @@ impl Default for ProxySettings {
             outlier: OutlierSettings::default(),
             mirror_body_bytes: DEFAULT_MIRROR_BODY_BYTES,
             mirror_max_in_flight: DEFAULT_MIRROR_IN_FLIGHT,
+            path_normalization: PathRules::default(),
+            upgrade_protocols: vec!["websocket".to_string()],
         }
     }
 }
@@ -209,6 +217,56 @@ impl Default for HeaderRouting {
             service_header: DEFAULT_SERVICE_HEADER.into(),
             path_header: DEFAULT_PATH_HEADER.into(),
             deny_services: Vec::new(),
+        }
+    }
+}
+
+/// What `%2F`, `%5C` and a raw `\` in a path do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400 (servers disagree whether they separate segments).
+    #[default]
+    Reject,
+    /// Forwarded as they came (`%2F` upper-cased), never a separator to the gateway.
+    Keep,
+    /// Decoded into `/` before merging and dot-segment removal.
+    Unescape,
+}
+
+/// What `;parameters` in a path segment do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Routed on both readings (with and without parameters); 400 when they disagree.
+    #[default]
+    RejectAmbiguous,
+    /// 400 for any `;` in the path.
+    Reject,
+    /// Removed from every segment before routing and forwarding (Tomcat's reading).
+    Strip,
+    /// A plain character (Go's and Python's reading).
+    Keep,
+}
+
+/// `[proxy] path_normalization`: how a request's path is put in one canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathRules {
+    /// Merge repeated slashes (`//a` reads `/a`).
+    pub merge_slashes: bool,
+    /// What encoded slashes and backslashes do.
+    pub escaped_slashes: EscapedSlashes,
+    /// What path parameters do.
+    pub path_parameters: PathParameters,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        PathRules {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            path_parameters: PathParameters::RejectAmbiguous,
         }
     }
 }

@@ -52,6 +52,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod target;
 pub mod tee;
 pub mod transport;
 pub mod tunnel;

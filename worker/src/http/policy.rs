@@ -38,7 +38,9 @@ pub enum Kind {
     /// `X-Forwarded-For`: this hop appended (a trusted peer's list kept before it).
     ForwardedFor,
     /// `X-Forwarded-Proto`, `-Host`, `-Port`, `Forwarded`: a trusted peer's kept, anyone
-    /// else's replaced by the gateway's.
+    /// else's replaced by the gateway's. The client-address headers frameworks prefer to
+    /// `X-Forwarded-For` (`X-Real-IP`, `True-Client-IP`, `X-Client-IP`: chi's RealIP, Akamai,
+    /// Rails) likewise: a trusted peer's kept, anyone else's dropped.
     ForwardedOther,
     /// `X-Request-Id`: kept; one is added when absent.
     RequestId,
@@ -68,7 +70,10 @@ pub fn kind_of(name: &[u8]) -> Kind {
         3 if is("via") => Kind::Via,
         6 if is("expect") => Kind::HopByHop,
         7 if is("trailer") || is("upgrade") => Kind::HopByHop,
-        9 if is("forwarded") => Kind::ForwardedOther,
+        9 if is("forwarded") || is("x-real-ip") => Kind::ForwardedOther,
+        11 if is("x-client-ip") => Kind::ForwardedOther,
+        14 if is("true-client-ip") => Kind::ForwardedOther,
+        14 if is("http2-settings") => Kind::HopByHop,
         10 if is("connection") => Kind::Connection,
         10 if is("keep-alive") => Kind::HopByHop,
         12 if is("x-request-id") => Kind::RequestId,
@@ -389,3 +394,72 @@ pub fn status_allows_length(status: u16) -> bool {
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;
+
+/// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing, connection control,
+/// authentication, and what decides how the content is processed — a sender could otherwise
+/// say in a trailer what the head was checked for.
+const FORBIDDEN_IN_TRAILERS: [&str; 22] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "authorization",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "www-authenticate",
+    "cookie",
+    "set-cookie",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "cache-control",
+    "location",
+    "max-forwards",
+];
+
+/// Whether a request trailer field reaches the instance: only gRPC's own (`grpc-*`). Instances
+/// that merge trailers into the head (older Puma, CGI bridges) would otherwise take, after
+/// the gateway's checks, what the head was checked for — an `X-Auth-Subject`, an
+/// `X-Forwarded-For` — so request trailers pass by an allow-list, never a deny-list.
+pub fn request_trailer_allowed(name: &[u8]) -> bool {
+    name.len() > 5 && name[..5].eq_ignore_ascii_case(b"grpc-") && kind_of(name) == Kind::Plain
+}
+
+/// Whether an answer's trailer field reaches the client: any but what RFC 9110 forbids there.
+pub fn response_trailer_allowed(name: &[u8]) -> bool {
+    !FORBIDDEN_IN_TRAILERS.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
+/// Keeps the request trailer fields [`request_trailer_allowed`] lets through (the h2 side's
+/// trailers frame).
+pub fn filter_request_trailers(trailers: &mut HeaderMap) {
+    let dropped: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| !request_trailer_allowed(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in dropped {
+        trailers.remove(name);
+    }
+}
+
+/// Whether an `Upgrade` value asks only for protocols the operator allows
+/// (`proxy.upgrade_protocols`, compared without regard to case or version). `h2c` never
+/// passes: an instance that switched would leave the client speaking HTTP/2 straight to it,
+/// past every per-request check (h2c smuggling).
+pub fn upgrade_allowed(value: &[u8], allowed: &[String]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else { return false };
+    let mut protocols = value.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()).peekable();
+    protocols.peek().is_some()
+        && protocols.all(|p| {
+            let name = p.split('/').next().unwrap_or(p).trim();
+            !name.eq_ignore_ascii_case("h2c")
+                && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+}

@@ -183,3 +183,45 @@ fn identity_lines_come_from_the_gateway_only() {
     assert_eq!(got.matches("traceparent").count(), 1, "{got}");
     assert!(got.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"));
 }
+
+#[test]
+fn client_address_headers_pass_only_from_trusted_proxies() {
+    let raw = [
+        ("X-Real-IP", "6.6.6.6"),
+        ("True-Client-IP", "6.6.6.6"),
+        ("X-Client-IP", "6.6.6.6"),
+        ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+    ];
+    let untrusted = request(&policy(&[]), &raw, None);
+    assert!(!untrusted.contains("6.6.6.6") && !untrusted.contains("AAMA"), "{untrusted}");
+    let trusted = request(&policy(&["192.0.2.0/24"]), &raw, None);
+    assert_eq!(trusted.matches("6.6.6.6").count(), 3, "{trusted}");
+    assert!(!trusted.contains("AAMA"), "HTTP2-Settings is hop-by-hop: {trusted}");
+}
+
+#[test]
+fn upgrades_pass_by_the_allow_list_and_h2c_never() {
+    let allowed = vec!["websocket".to_string()];
+    assert!(upgrade_allowed(b"websocket", &allowed));
+    assert!(upgrade_allowed(b"WebSocket", &allowed));
+    assert!(!upgrade_allowed(b"h2c", &allowed));
+    assert!(!upgrade_allowed(b"websocket, h2c", &allowed));
+    assert!(!upgrade_allowed(b"h2c", &["h2c".to_string()]), "h2c is never forwarded");
+    assert!(!upgrade_allowed(b"", &allowed));
+    assert!(!upgrade_allowed(b"TLS/1.2", &allowed));
+}
+
+#[test]
+fn request_trailers_pass_by_an_allow_list_answers_by_a_deny_list() {
+    for owned in ["x-auth-subject", "x-client-cert-subject", "x-forwarded-for", "x-real-ip"] {
+        assert!(!request_trailer_allowed(owned.as_bytes()), "{owned}");
+    }
+    assert!(!request_trailer_allowed(b"x-checksum"));
+    assert!(request_trailer_allowed(b"grpc-status"));
+    let mut map = HeaderMap::new();
+    map.insert("x-auth-subject", HeaderValue::from_static("admin"));
+    map.insert("grpc-message", HeaderValue::from_static("ok"));
+    filter_request_trailers(&mut map);
+    assert_eq!(map.len(), 1);
+    assert!(response_trailer_allowed(b"grpc-status") && !response_trailer_allowed(b"set-cookie"));
+}

@@ -6,10 +6,13 @@
 //!   client can choose the path on an instance but never the instance's host;
 //! - `[[route]]` rules on host and path prefix, first match wins, with optional prefix stripping.
 
+use std::borrow::Cow;
+
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::config::{Canary, HeaderRouting, HeaderRules, RouteRule};
+use crate::http::target::{self, PathParameters, PathRules, Unreadable};
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +175,17 @@ pub struct Router {
     header: Option<HeaderMode>,
     rules: Vec<RouteRule>,
     extras: Vec<RuleExtras>,
+    /// How a path is put in its one canonical form before anything reads it.
+    paths: PathRules,
+}
+
+/// What a canonical path and host match, before the canary and the forwarded path are worked
+/// out: compared between the two readings of a path with parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matched {
+    Header,
+    Rule(usize),
+    Nothing,
 }
 
 impl Router {
@@ -219,7 +233,18 @@ impl Router {
                 response: HeaderActions::new(&r.response_headers),
             })
             .collect();
-        Router { header: mode.flatten(), rules: rules.to_vec(), extras }
+        Router {
+            header: mode.flatten(),
+            rules: rules.to_vec(),
+            extras,
+            paths: PathRules::default(),
+        }
+    }
+
+    /// The same router, reading paths by `paths` (`[proxy] path_normalization`).
+    pub fn with_paths(mut self, paths: PathRules) -> Self {
+        self.paths = paths;
+        self
     }
 
     /// The `[auth.NAME]` a routed request must satisfy.
@@ -250,36 +275,54 @@ impl Router {
         self.route_view(&HyperRequest { uri, headers, host: host.as_deref() })
     }
 
-    /// Routes one request, whichever way it was parsed (hyper's types or the engine's).
+    /// Routes one request, whichever way it was parsed (hyper's types or the engine's), on the
+    /// canonical form of its path and host (see [`target`](crate::http::target)): a path with
+    /// no one reading is 400, and the instance receives the canonical path.
     pub fn route_view(&self, req: &impl RequestView) -> Result<Target, RouteError> {
-        let path = req.path();
-        if let Some(h) = &self.header {
-            if prefix_matches(&h.mount, path) {
-                return route_by_headers(h, req);
-            }
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            if let Some(want) = &rule.host {
-                if !req.host().is_some_and(|h| h.eq_ignore_ascii_case(want)) {
-                    continue;
+        let unreadable = |e: Unreadable| RouteError::BadRequest(e.to_string());
+        let path = target::canonical(req.path(), &self.paths).map_err(unreadable)?;
+        let host = req.host().map(|h| h.strip_suffix('.').unwrap_or(h));
+        let matched = self.matched(&path, host);
+        if self.paths.path_parameters == PathParameters::RejectAmbiguous {
+            if let Some(other) = target::without_parameters(&path, &self.paths) {
+                if self.matched(&other, host) != matched {
+                    return Err(unreadable(Unreadable::Parameters));
                 }
             }
-            if !prefix_matches(&rule.path_prefix, path) {
-                continue;
-            }
-            let forwarded = if rule.strip_prefix {
-                strip(&rule.path_prefix, path, req.query())
-            } else {
-                origin_form(req.path_and_query())
-            };
-            let service = match &self.extras[i].canary {
-                Some(canary) if canary.takes(req) => canary.service.clone(),
-                _ => rule.service.clone(),
-            };
-            let auth = rule.auth.is_some().then_some(i);
-            return Ok(Target { service, path: forwarded, rule: Some(i), auth });
         }
-        Err(RouteError::NoRoute)
+        let i = match matched {
+            Matched::Header => {
+                let h = self.header.as_ref().expect("matched in header mode");
+                return route_by_headers(h, req, &self.paths);
+            }
+            Matched::Rule(i) => i,
+            Matched::Nothing => return Err(RouteError::NoRoute),
+        };
+        let rule = &self.rules[i];
+        let forwarded = match (&path, rule.strip_prefix) {
+            (_, true) => strip(&rule.path_prefix, &path, req.query()),
+            (Cow::Borrowed(_), false) => origin_form(req.path_and_query()),
+            (Cow::Owned(p), false) => with_query(p, req.query()),
+        };
+        let service = match &self.extras[i].canary {
+            Some(canary) if canary.takes(req) => canary.service.clone(),
+            _ => rule.service.clone(),
+        };
+        let auth = rule.auth.is_some().then_some(i);
+        Ok(Target { service, path: forwarded, rule: Some(i), auth })
+    }
+
+    /// What a canonical `path` on `host` (no trailing dot) matches: header routing under its
+    /// mount, else the first `[[route]]`.
+    fn matched(&self, path: &str, host: Option<&str>) -> Matched {
+        if self.header.as_ref().is_some_and(|h| prefix_matches(&h.mount, path)) {
+            return Matched::Header;
+        }
+        let hit = self.rules.iter().position(|rule| {
+            rule.host.as_ref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && prefix_matches(&rule.path_prefix, path)
+        });
+        hit.map_or(Matched::Nothing, Matched::Rule)
     }
 }
 
@@ -331,7 +374,11 @@ impl RequestView for HyperRequest<'_> {
     }
 }
 
-fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, RouteError> {
+fn route_by_headers(
+    h: &HeaderMode,
+    req: &impl RequestView,
+    paths: &PathRules,
+) -> Result<Target, RouteError> {
     let header = |name: &HeaderName| -> Result<&str, RouteError> {
         let v = req
             .header(name)
@@ -354,9 +401,15 @@ fn route_by_headers(h: &HeaderMode, req: &impl RequestView) -> Result<Target, Ro
             h.path
         )));
     }
-    let path: PathAndQuery = api
-        .parse()
-        .map_err(|_| RouteError::BadRequest(format!("header {} is not a valid path", h.path)))?;
+    // The path the client chose on the instance, in its canonical form too.
+    let (api_path, query) = api.split_once('?').map_or((api, None), |(p, q)| (p, Some(q)));
+    let canonical = target::canonical(api_path, paths)
+        .map_err(|e| RouteError::BadRequest(format!("header {}: {e}", h.path)))?;
+    let path: PathAndQuery = match canonical {
+        Cow::Borrowed(_) => api.parse().ok(),
+        Cow::Owned(p) => with_query(&p, query).into(),
+    }
+    .ok_or_else(|| RouteError::BadRequest(format!("header {} is not a valid path", h.path)))?;
     let rule = h.rule_of.get(service).copied();
     let auth = h.auth_of.get(service).copied();
     Ok(Target { service: service.to_string(), path, rule, auth })
@@ -369,6 +422,16 @@ fn origin_form(pq: PathAndQuery) -> PathAndQuery {
         return pq;
     }
     format!("/{}", pq.as_str()).parse().unwrap_or_else(|_| PathAndQuery::from_static("/"))
+}
+
+/// A canonical path and the request's query, as forwarded.
+fn with_query(path: &str, query: Option<&str>) -> PathAndQuery {
+    let full = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    // A canonical path only decodes unreserved characters of a valid target: still valid.
+    full.parse().unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }
 
 /// `prefix` matches `path` when equal, or when `path` continues it at a segment boundary.

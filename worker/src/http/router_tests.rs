@@ -165,3 +165,68 @@ fn a_header_cannot_route_around_a_routes_auth() {
     let guarded = router.route(&"/pay/x".parse().unwrap(), &HeaderMap::new()).unwrap();
     assert_eq!(router.auth(&guarded), Some("staff"));
 }
+
+/// A protected `/admin` route beside a catch-all to the same service, and a protected host.
+fn guarded() -> Router {
+    let rule = |host: Option<&str>, prefix: &str, auth: Option<&str>| RouteRule {
+        host: host.map(str::to_string),
+        path_prefix: prefix.into(),
+        service: "web".into(),
+        strip_prefix: false,
+        canary: None,
+        mirror: None,
+        auth: auth.map(str::to_string),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    };
+    Router::new(
+        &HeaderRouting::default(),
+        &[
+            rule(Some("admin.example"), "/", Some("idp")),
+            rule(None, "/admin", Some("idp")),
+            rule(None, "/", None),
+        ],
+    )
+}
+
+#[test]
+fn every_spelling_of_a_protected_path_is_routed_under_its_auth_or_refused() {
+    let router = guarded();
+    let route = |target: &str, host: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, host.parse().unwrap());
+        router.route(&target.parse().unwrap(), &h)
+    };
+    // Read by Tomcat, Go or Python as /admin/secret: each is either refused or sent there
+    // under the route's auth, never forwarded unauthenticated.
+    for spelling in [
+        "/admin/secret",
+        "/%61dmin/secret",
+        "/x/../admin/secret",
+        "/./admin/secret",
+        "//admin/secret",
+        "/%2e/admin/secret",
+        "/x/%2e%2e/admin/secret",
+        "/admin;x=1/secret",
+        "/public/..;x=1/admin/secret",
+        "/public%2f..%2fadmin/secret",
+        "/public%5C..%5Cadmin/secret",
+        "/admin%2fsecret",
+    ] {
+        match route(spelling, "www.example") {
+            Ok(t) => {
+                assert_eq!(t.auth, Some(1), "{spelling} forwarded without auth as {}", t.path);
+                assert!(t.path.as_str().starts_with("/admin"), "{spelling}: {}", t.path);
+            }
+            Err(RouteError::BadRequest(_)) => {}
+            Err(e) => panic!("{spelling}: {e}"),
+        }
+    }
+    assert_eq!(route("/%61dmin/secret?q=%61", "www.example").unwrap().path, "/admin/secret?q=%61");
+    assert_eq!(route("/public/x", "www.example").unwrap().auth, None);
+    assert_eq!(route("/public;v=2/x", "www.example").unwrap().path, "/public;v=2/x");
+    // Host spellings: case, one trailing dot, a port.
+    for host in ["admin.example", "ADMIN.example", "admin.example.", "admin.example:80"] {
+        assert_eq!(route("/x", host).unwrap().auth, Some(0), "{host}");
+    }
+}

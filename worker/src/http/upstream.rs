@@ -138,7 +138,8 @@ impl BodySent {
     }
 }
 
-/// A request body that marks its [`BodySent`] when it ends.
+/// A request body that marks its [`BodySent`] when it ends, its trailers filtered by the
+/// policy.
 pub struct SentBody {
     inner: Body,
     sent: Arc<BodySent>,
@@ -166,7 +167,14 @@ impl hyper::body::Body for SentBody {
         if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
             self.sent.mark();
         }
-        polled
+        // Request trailers pass by the policy's allow-list, as on the engine's side.
+        polled.map_ok(|frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                crate::http::policy::filter_request_trailers(&mut trailers);
+                hyper::body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        })
     }
 
     fn is_end_stream(&self) -> bool {

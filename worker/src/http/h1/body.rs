@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::http::h1::chunked::{self, Decoder};
 use crate::http::h1::head::BodyFraming;
 use crate::http::h1::io::timeout;
+use crate::http::policy;
 use crate::http::upstream::{BodySent, UpstreamError};
 
 /// Largest read of a streamed body at once.
@@ -86,7 +87,7 @@ pub fn start(
                 return Err(BodyError::TooLarge);
             }
             if decoder.is_done() {
-                chunked::finish(&decoder, out);
+                chunked::finish(&decoder, policy::request_trailer_allowed, out);
                 return Ok(Start::Whole { used });
             }
             Ok(Start::Streamed(Upload::new(State::Chunked(decoder), max, seen)))
@@ -204,7 +205,7 @@ impl Upload {
                     return Err(BodyError::TooLarge);
                 }
                 if decoder.is_done() {
-                    chunked::finish(decoder, out);
+                    chunked::finish(decoder, policy::request_trailer_allowed, out);
                     self.leftover.extend_from_slice(&read[used..]);
                     self.state = State::Done;
                 }
@@ -234,8 +235,8 @@ mod tests {
             start(BodyFraming::Chunked, b"3;x=1\r\nabc\r\n0\r\nT: 1\r\n\r\nNEXT", 0, &mut out);
         assert!(matches!(got, Ok(Start::Whole { used: 23 })), "{got:?}");
         assert_eq!(
-            out, b"3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
-            "re-framed; extensions dropped, the trailer kept"
+            out, b"3\r\nabc\r\n0\r\n\r\n",
+            "re-framed; extensions dropped, a request trailer not gRPC's dropped"
         );
     }
 

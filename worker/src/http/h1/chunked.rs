@@ -221,37 +221,10 @@ pub fn encode(data: &[u8], out: &mut Vec<u8>) {
 /// The last chunk, with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing, connection control,
-/// authentication, and what decides how the content is processed — a sender could otherwise
-/// say in a trailer what the head was checked for.
-const FORBIDDEN_IN_TRAILERS: [&str; 22] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "authorization",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "www-authenticate",
-    "cookie",
-    "set-cookie",
-    "content-type",
-    "content-encoding",
-    "content-range",
-    "cache-control",
-    "location",
-    "max-forwards",
-];
-
 /// Ends a re-encoded body: the last chunk, the trailer fields of the decoded body that may be
-/// forwarded (well-formed `name: value` lines, none of [`FORBIDDEN_IN_TRAILERS`]), the end.
-pub fn finish(decoder: &Decoder, out: &mut Vec<u8>) {
+/// forwarded (well-formed `name: value` lines `allowed` lets through: the policy's
+/// `request_trailer_allowed` or `response_trailer_allowed`), the end.
+pub fn finish(decoder: &Decoder, allowed: fn(&[u8]) -> bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     for line in decoder.trailer.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -259,7 +232,7 @@ pub fn finish(decoder: &Decoder, out: &mut Vec<u8>) {
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         let token = !name.is_empty()
             && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
-        if token && !FORBIDDEN_IN_TRAILERS.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes())) {
+        if token && allowed(name) {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
@@ -272,6 +245,7 @@ pub fn finish(decoder: &Decoder, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::policy::{request_trailer_allowed, response_trailer_allowed};
 
     fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, usize, bool), ChunkError> {
         let mut d = Decoder::default();
@@ -325,11 +299,21 @@ mod tests {
         d.decode(body, |_| {}).unwrap();
         assert!(d.is_done());
         let mut out = Vec::new();
-        finish(&d, &mut out);
+        finish(&d, response_trailer_allowed, &mut out);
         assert_eq!(out, b"0\r\nX-Checksum: abc\r\nX-T: 1\r\n\r\n");
         let mut plain = Vec::new();
-        finish(&Decoder::default(), &mut plain);
+        finish(&Decoder::default(), response_trailer_allowed, &mut plain);
         assert_eq!(plain, LAST_CHUNK);
+    }
+
+    #[test]
+    fn a_request_trailer_passes_only_when_grpc_owns_its_name() {
+        let body = b"1\r\na\r\n0\r\nX-Auth-Subject: admin\r\nX-Forwarded-For: 1.2.3.4\r\nX-Client-Cert-Subject: CN=root\r\ngrpc-status: 0\r\nX-Checksum: abc\r\n\r\n";
+        let mut d = Decoder::default();
+        d.decode(body, |_| {}).unwrap();
+        let mut out = Vec::new();
+        finish(&d, request_trailer_allowed, &mut out);
+        assert_eq!(out, b"0\r\ngrpc-status: 0\r\n\r\n");
     }
 
     #[test]

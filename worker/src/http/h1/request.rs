@@ -19,7 +19,7 @@ use crate::http::h1::respond::{self, respond, Responded};
 use crate::http::h1::upstream::Attempt;
 use crate::http::h1::{Conn, Spare, Step};
 use crate::http::mirror::MirrorCopy;
-use crate::http::policy::{HeadSink, Origin};
+use crate::http::policy::{upgrade_allowed, HeadSink, Origin};
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
 use crate::http::router::{host_of, RequestView};
 use crate::http::upstream::UpstreamError;
@@ -139,7 +139,12 @@ impl<S: Io> Conn<'_, S> {
             base.put(b"transfer-encoding", b"chunked");
         }
         // An upgrade is asked again on this hop (the policy drops hop-by-hop lines).
-        let upgrade = head.upgrade.map(|i| head.lines[i].value.get(req));
+        // Only to a protocol the operator allows (never h2c): any other goes on as a plain
+        // request, its Upgrade line dropped with the hop-by-hop ones.
+        let upgrade = head
+            .upgrade
+            .map(|i| head.lines[i].value.get(req))
+            .filter(|p| upgrade_allowed(p, &proxy.settings.upgrade_protocols));
         if let Some(protocol) = upgrade {
             base.put(b"connection", b"upgrade");
             base.put(b"upgrade", protocol);

@@ -17,7 +17,7 @@ use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
 use crate::http::h1::upstream::Exchange;
 use crate::http::h1::{Spare, Step};
-use crate::http::policy::{status_allows_length, HeadSink, Kind};
+use crate::http::policy::{self, status_allows_length, HeadSink, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
 use crate::http::tunnel::pipe;
@@ -88,7 +88,7 @@ pub(super) async fn respond<S: Io>(
                 Ok(used) => {
                     reusable &= used == ex.buf.len() - body_start || !decoder.is_done();
                     if decoder.is_done() && !raw {
-                        chunked::finish(&decoder, out);
+                        chunked::finish(&decoder, policy::response_trailer_allowed, out);
                     }
                     write_within(client, out, idle).await.is_ok()
                         && (decoder.is_done()
@@ -249,7 +249,7 @@ async fn copy_chunked<S: Io>(
             }
         }
         if decoder.is_done() && !raw {
-            chunked::finish(&decoder, out);
+            chunked::finish(&decoder, policy::response_trailer_allowed, out);
         }
         if write_within(client, out, idle).await.is_err() {
             return false;

@@ -148,7 +148,10 @@ impl Proxy {
         )?;
         let identity = self.authenticate(&target, &service.name, &view).await?;
         let key = hash_on(&service, &view, client);
-        let upgrade = match is_upgrade(&req) {
+        let allowed = req.headers().get(header::UPGRADE).is_some_and(|v| {
+            crate::http::policy::upgrade_allowed(v.as_bytes(), &self.settings.upgrade_protocols)
+        });
+        let upgrade = match is_upgrade(&req) && allowed {
             // A tunnel outlives this HTTP exchange: it takes over the connection's
             // max_connections permit, so upgraded connections never exceed the limit.
             true => {
