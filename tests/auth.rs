@@ -40,6 +40,12 @@ fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
     request(gw.port, "GET", path, headers, b"").unwrap()
 }
 
+/// `claims` without `name`.
+fn without(mut claims: serde_json::Value, name: &str) -> serde_json::Value {
+    claims.as_object_mut().unwrap().remove(name);
+    claims
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -102,6 +108,8 @@ fn jwt_routes_take_valid_tokens_only_and_the_instance_gets_the_gateways_identity
         ("HMAC with the public key", Some(hmac), 401, ""),
         ("garbage", Some("not.a.token".into()), 401, ""),
         ("wrong audience", Some(es.sign(&claims("alice", "billing", 300))), 403, "audience"),
+        ("no audience", Some(es.sign(&without(claims("alice", "api", 300), "aud"))), 401, "aud"),
+        ("no issuer", Some(es.sign(&without(claims("alice", "api", 300), "iss"))), 401, "iss"),
     ];
     for (what, token, status, reason) in &cases {
         let auth = token.as_deref().map(bearer);
@@ -251,7 +259,7 @@ fn a_jwks_url_is_fetched_and_htpasswd_changes_apply_on_hup() {
         .section("[[route]]", "path_prefix = \"/basic\"\nservice = \"web\"\nauth = \"ops\"")
         .section(
             "[auth.idp]",
-            &format!("type = \"jwt\"\njwks_url = \"http://127.0.0.1:{jwks_port}/.well-known/jwks.json\"\nalgorithms = [\"ES256\"]"),
+            &format!("type = \"jwt\"\njwks_url = \"http://127.0.0.1:{jwks_port}/.well-known/jwks.json\"\ninsecure_jwks_url = true\nalgorithms = [\"ES256\"]"),
         )
         .section("[auth.ops]", &format!("type = \"basic\"\nhtpasswd = {htpasswd:?}"));
     let gw = Gateway::with(toml).workers(2).admin().start();
@@ -279,4 +287,59 @@ fn a_jwks_url_is_fetched_and_htpasswd_changes_apply_on_hup() {
     );
     assert_eq!(get(&gw, "/basic/x", &[("authorization", &basic("second"))]).status, 200);
     assert_eq!(get(&gw, "/basic/x", &[("authorization", &basic("first"))]).status, 401);
+}
+
+#[test]
+fn one_credential_is_verified_then_hidden_and_two_are_refused() {
+    let backend = Backend::start("web");
+    let es = Key::es256("es-1");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = write_file(dir.path(), "jwks.json", &support::jwt::jwks(&[&es]).to_string());
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let htpasswd = write_file(dir.path(), "htpasswd", &format!("ops:{hash}\n"));
+    // `audience` as the single string the documentation shows; both sections hide what they
+    // verified.
+    let toml = Toml::new()
+        .backends("web", &[&backend])
+        .section("[[route]]", "path_prefix = \"/jwt\"\nservice = \"web\"\nauth = \"staff\"")
+        .section("[[route]]", "path_prefix = \"/basic\"\nservice = \"web\"\nauth = \"ops\"")
+        .section(
+            "[auth.staff]",
+            &format!("type = \"jwt\"\njwks = {jwks:?}\naudience = \"api\"\nalgorithms = [\"ES256\"]\ncookie = \"session\"\nhide_credentials = true"),
+        )
+        .section(
+            "[auth.ops]",
+            &format!("type = \"basic\"\nhtpasswd = {htpasswd:?}\nhide_credentials = true"),
+        );
+    let gw = Gateway::with(toml).workers(1).admin().start();
+    let token = es.sign(&claims("alice", "api", 300));
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ops:s3cret"));
+    // Verified, then hidden: the instance gets the gateway's identity, not the credential.
+    let r = get(&gw, "/jwt/a", &[("authorization", &bearer(&token))]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let cookie = format!("theme=dark; session={token}");
+    assert_eq!(get(&gw, "/jwt/b", &[("cookie", &cookie)]).status, 200);
+    assert_eq!(get(&gw, "/basic/c", &[("authorization", &basic)]).status, 200);
+    let heads = backend.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3);
+    for head in &heads {
+        let lower = head.to_ascii_lowercase();
+        assert!(!lower.contains("authorization") && !head.contains(&token), "{head}");
+        assert!(lower.contains("x-auth-subject:"), "{head}");
+    }
+    assert!(heads[1].to_ascii_lowercase().contains("cookie: theme=dark\r\n"), "{}", heads[1]);
+    // Two credentials: the gateway would verify one, the instance might read the other.
+    let none = format!("Bearer {}.{}.", b64url(br#"{"alg":"none"}"#), b64url(b"{}"));
+    for (path, headers) in [
+        ("/jwt/x", vec![("authorization", bearer(&token)), ("authorization", none.clone())]),
+        ("/basic/x", vec![("authorization", basic.clone()), ("authorization", basic.clone())]),
+        ("/jwt/x", vec![("cookie", format!("session={token}; session=forged"))]),
+        ("/jwt/x", vec![("cookie", format!("session={token}")), ("cookie", "session=x".into())]),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let r = get(&gw, path, &headers);
+        assert_eq!(r.status, 400, "{path} {headers:?}: {}", r.body_text());
+    }
+    assert_eq!(backend.heads.lock().unwrap().len(), 3, "a request with two credentials passed");
+    assert_eq!(gw.metric("zkgate_auth_refusals_total", "code=\"400\""), 4);
 }

@@ -49,6 +49,8 @@ pub struct Basic {
     waiting: Arc<AtomicUsize>,
     verified: Arc<Remembered<(), Instant>>,
     dummy: String,
+    /// `hide_credentials`.
+    hide: bool,
 }
 
 /// Parses htpasswd text: `user:hash` lines of bcrypt hashes (`$2y$`, `$2b$`, `$2a$`); blank
@@ -90,7 +92,13 @@ impl Basic {
             waiting: Arc::new(AtomicUsize::new(0)),
             verified: Arc::new(Remembered::new(REMEMBERED)),
             dummy,
+            hide: s.hide_credentials,
         })
+    }
+
+    /// Whether the verified `Authorization` line is stripped before forwarding.
+    pub fn hides(&self) -> bool {
+        self.hide
     }
 
     /// Checks `Authorization: Basic …`; the user becomes `X-Auth-Subject`.
@@ -102,8 +110,10 @@ impl Basic {
         if user.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
             return Err(refuse("wrong user or password"));
         }
-        let identity =
-            Identity { headers: vec![(b"x-auth-subject".to_vec(), user.clone().into_bytes())] };
+        let identity = Identity {
+            headers: vec![(b"x-auth-subject".to_vec(), user.clone().into_bytes())],
+            hide: None,
+        };
         let pair = digest(&[user.as_bytes(), password.as_bytes()]);
         let now = Instant::now();
         if self.verified.get(&pair, now).is_some() {
@@ -174,8 +184,12 @@ mod tests {
     async fn right_and_wrong_passwords() {
         let dir = std::env::temp_dir().join(format!("zkgate-basic-{}", std::process::id()));
         std::fs::write(&dir, format!("alice:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
-        let basic =
-            Basic::load(&BasicSettings { htpasswd: dir.clone(), realm: "r".into() }).unwrap();
+        let basic = Basic::load(&BasicSettings {
+            htpasswd: dir.clone(),
+            realm: "r".into(),
+            hide_credentials: false,
+        })
+        .unwrap();
         let _ = std::fs::remove_file(&dir);
         let auth = |u: &str, p: &str| {
             let v = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));

@@ -43,6 +43,9 @@ pub enum JwksError {
     /// Neither `jwks` nor `jwks_url`.
     #[error("set jwks (a file) or jwks_url")]
     NoSource,
+    /// A `jwks_url` that is not `https://`.
+    #[error("jwks_url {0:?} is not https:// (anyone on the path could mint tokens); set insecure_jwks_url = true for a loopback or test key server")]
+    InsecureUrl(String),
 }
 
 /// One verification key of the set.
@@ -70,6 +73,8 @@ pub struct Jwt {
     /// sends the same token on every request; the signature check (tens of microseconds for
     /// RSA) runs once. Cleared when the key set changes.
     verified: Arc<Remembered<Identity, u64>>,
+    /// `hide_credentials`.
+    hide: bool,
 }
 
 /// How long a verified token is taken on trust (within its `exp`).
@@ -143,6 +148,12 @@ impl Jwt {
             .iter()
             .map(|a| algorithm(a).ok_or_else(|| JwksError::Algorithm(a.clone())))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(url) = s.jwks_url.as_deref() {
+            let https = url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+            if !https && !s.insecure_jwks_url {
+                return Err(JwksError::InsecureUrl(url.to_string()));
+            }
+        }
         let keys = match &s.jwks {
             Some(path) => {
                 let what = path.display().to_string();
@@ -167,7 +178,13 @@ impl Jwt {
                 .collect(),
             url: s.jwks_url.clone(),
             verified: Arc::new(Remembered::new(REMEMBERED)),
+            hide: s.hide_credentials,
         })
+    }
+
+    /// Whether the verified credential is stripped before forwarding.
+    pub fn hides(&self) -> bool {
+        self.hide
     }
 
     /// The cookie a token may come in.
@@ -255,14 +272,21 @@ impl Jwt {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // What the section checks, the token must carry: an absent `iss` or `aud` is no
+        // match for a configured one.
+        let mut required = vec!["exp"];
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match self.audience.is_empty() {
             true => validation.validate_aud = false,
-            false => validation.set_audience(&self.audience),
+            false => {
+                validation.set_audience(&self.audience);
+                required.push("aud");
+            }
         }
+        validation.set_required_spec_claims(&required);
         let mut last = invalid("no key for this token");
         for key in candidates {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -318,7 +342,7 @@ impl Jwt {
                 headers.push((header.clone(), value.into_bytes()));
             }
         }
-        Some(Identity { headers })
+        Some(Identity { headers, hide: None })
     }
 }
 
@@ -333,4 +357,26 @@ fn claim_text(v: &Value) -> String {
 /// Whether `v` can be a header value as it is: visible ASCII, spaces and tabs, at most 4 KiB.
 fn header_safe(v: &str) -> bool {
     v.len() <= 4096 && v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &str) -> JwtSettings {
+        let text = format!("jwks_url = \"http://127.0.0.1:1/jwks\"\naudience = \"api\"\n{extra}");
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_plain_http_jwks_url_is_refused_unless_asked_for_and_audience_takes_a_string() {
+        let s = settings("");
+        assert_eq!(s.audience, ["api"], "the single-string form");
+        assert!(matches!(Jwt::load(&s), Err(JwksError::InsecureUrl(_))));
+        assert!(Jwt::load(&settings("insecure_jwks_url = true")).is_ok());
+        let list: JwtSettings =
+            toml::from_str("jwks_url = \"https://x/\"\naudience = [\"a\", \"b\"]").unwrap();
+        assert_eq!(list.audience, ["a", "b"]);
+        assert!(toml::from_str::<JwtSettings>("jwks_url = \"https://x/\"\naudience = 3").is_err());
+    }
 }

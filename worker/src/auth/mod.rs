@@ -61,6 +61,16 @@ pub struct Presented<'a> {
 pub struct Identity {
     /// `(name, value)` lines added to the forwarded request.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The credential to strip before forwarding (`hide_credentials`), when asked.
+    pub hide: Option<Hide>,
+}
+
+/// A verified credential the instance does not get (`hide_credentials`): the `Authorization`
+/// lines, and the token's cookie when it came in one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hide {
+    /// The cookie the token is read from, removed from `Cookie` lines.
+    pub cookie: Option<Arc<str>>,
 }
 
 /// A request the gateway answers itself.
@@ -141,6 +151,15 @@ impl Auth {
 }
 
 impl Method {
+    /// What of the credential is stripped before forwarding (`hide_credentials`).
+    pub fn hide(&self) -> Option<Hide> {
+        match self {
+            Method::Jwt(j) if j.hides() => Some(Hide { cookie: j.cookie().map(Arc::from) }),
+            Method::Basic(b) if b.hides() => Some(Hide { cookie: None }),
+            _ => None,
+        }
+    }
+
     /// The cookie a token may come in (JWT with `cookie`).
     pub fn cookie(&self) -> Option<&str> {
         match self {

@@ -27,15 +27,20 @@ pub struct JwtSettings {
     /// (`oct`) keys are refused: a gateway holding the signing secret could mint tokens.
     #[serde(default)]
     pub jwks: Option<PathBuf>,
-    /// A JWKS fetched over HTTP(S) and cached for its `Cache-Control: max-age` (at least 1 min,
+    /// A JWKS fetched over HTTPS and cached for its `Cache-Control: max-age` (at least 1 min,
     /// at most a day; 5 min without one); the last good set is kept while it cannot be fetched.
     #[serde(default)]
     pub jwks_url: Option<String>,
-    /// Required `iss`.
+    /// Accept a `jwks_url` over plain HTTP (anyone on the path could then mint tokens: a
+    /// loopback or test key server only).
+    #[serde(default)]
+    pub insecure_jwks_url: bool,
+    /// Required `iss`: a token without one is refused (401), another one 403.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Accepted `aud` values (one of them must be in the token); none: `aud` is not checked.
-    #[serde(default, deserialize_with = "super::values::one_or_many")]
+    /// Accepted `aud` values, a string or a list (one of them must be in the token; a token
+    /// without `aud` is refused); none: `aud` is not checked.
+    #[serde(default, deserialize_with = "super::values::string_or_list")]
     pub audience: Vec<String>,
     /// Accepted algorithms: any of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,
     /// EdDSA. HMAC (`HS*`) and `none` are never accepted.
@@ -51,6 +56,10 @@ pub struct JwtSettings {
     /// it is, others as JSON). The subject always goes as `X-Auth-Subject`.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, String>,
+    /// Strip the verified credential (the `Authorization` line, or the token's cookie) before
+    /// forwarding (Kong's `hide_credentials`): the instance gets the gateway's `X-Auth-*`.
+    #[serde(default)]
+    pub hide_credentials: bool,
 }
 
 /// `type = "basic"`.
@@ -62,6 +71,9 @@ pub struct BasicSettings {
     /// The realm in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Strip the verified `Authorization` line before forwarding (Kong's `hide_credentials`).
+    #[serde(default)]
+    pub hide_credentials: bool,
 }
 
 fn default_algorithms() -> Vec<String> {

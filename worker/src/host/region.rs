@@ -54,10 +54,11 @@ pub(crate) struct ServiceStats {
 /// One worker slot's counters for one `[[route]]` (by its place in the file).
 #[repr(C)]
 pub(crate) struct RouteStats {
-    /// Requests its `auth` answered 401, 403 and 503.
+    /// Requests its `auth` answered 401, 403 and 503, and 400 (credentials presented twice).
     pub(crate) unauthorized: AtomicU64,
     pub(crate) forbidden: AtomicU64,
     pub(crate) auth_unavailable: AtomicU64,
+    pub(crate) ambiguous: AtomicU64,
 }
 
 /// One worker slot's TLS and tracing counters.

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{Identity, CLIENT_CERT_SUBJECT};
+use crate::auth::{Hide, Identity, CLIENT_CERT_SUBJECT};
 use crate::config::TrustedProxies;
 use crate::http::headers::{request_id_bytes, via_lists, Underscores};
 use crate::http::router::HeaderActions;
@@ -245,9 +245,15 @@ impl Policy {
         let ours = |name: &[u8]| actions.is_none_or(|a| !a.drops(name));
         let mut has_request_id = false;
         let mut sent = SentForwarded::default();
+        let hide = origin.identity.and_then(|i| i.hide.as_ref());
         for line in lines.clone() {
             if !ours(line.name) || named.contains(line.name) {
                 continue;
+            }
+            if let Some(hide) = hide {
+                if hidden(hide, line, out) {
+                    continue;
+                }
             }
             let keep = match line.kind {
                 Kind::Plain | Kind::Via | Kind::ContentLength => true,
@@ -394,6 +400,34 @@ pub fn status_allows_length(status: u16) -> bool {
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;
+
+/// With `hide_credentials`: whether `line` carries the verified credential — an
+/// `Authorization` line (dropped), or a `Cookie` line with the token's cookie (written here
+/// without it, or dropped when nothing else is left).
+fn hidden(hide: &Hide, line: Line<'_>, out: &mut impl HeadSink) -> bool {
+    if line.name.eq_ignore_ascii_case(b"authorization") {
+        return true;
+    }
+    let Some(name) = hide.cookie.as_deref() else { return false };
+    if !line.name.eq_ignore_ascii_case(b"cookie") {
+        return false;
+    }
+    let is_token =
+        |kv: &[u8]| kv.trim_ascii().split(|b| *b == b'=').next() == Some(name.as_bytes());
+    if !line.value.split(|b| *b == b';').any(is_token) {
+        return false;
+    }
+    let kept: Vec<&[u8]> = line
+        .value
+        .split(|b| *b == b';')
+        .filter(|kv| !is_token(kv))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    if !kept.is_empty() {
+        out.put(line.name, &kept.join(&b"; "[..]));
+    }
+    true
+}
 
 /// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing, connection control,
 /// authentication, and what decides how the content is processed — a sender could otherwise

@@ -162,7 +162,8 @@ fn identity_lines_come_from_the_gateway_only() {
     assert!(got.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
     assert!(got.contains("Accept: */*"));
     // Verified: the gateway's own lines, once each, and its traceparent instead of the client's.
-    let identity = Identity { headers: vec![(b"x-auth-subject".to_vec(), b"alice".to_vec())] };
+    let identity =
+        Identity { headers: vec![(b"x-auth-subject".to_vec(), b"alice".to_vec())], hide: None };
     let lines = raw.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
     let origin = Origin {
         peer: "192.0.2.1".parse().unwrap(),
@@ -224,4 +225,35 @@ fn request_trailers_pass_by_an_allow_list_answers_by_a_deny_list() {
     filter_request_trailers(&mut map);
     assert_eq!(map.len(), 1);
     assert!(response_trailer_allowed(b"grpc-status") && !response_trailer_allowed(b"set-cookie"));
+}
+
+#[test]
+fn hide_credentials_strips_the_verified_credential_only() {
+    let identity = Identity {
+        headers: vec![(b"x-auth-subject".to_vec(), b"alice".to_vec())],
+        hide: Some(Hide { cookie: Some("session".into()) }),
+    };
+    let lines = [
+        ("Authorization", "Bearer t"),
+        ("Cookie", "a=1; session=t; b=2"),
+        ("Cookie", "session=t"),
+        ("Accept", "*/*"),
+    ];
+    let lines = lines.iter().map(|(n, v)| Line::new(n.as_bytes(), v.as_bytes()));
+    let origin = Origin {
+        peer: "192.0.2.1".parse().unwrap(),
+        peer_text: "192.0.2.1",
+        scheme: "http",
+        port: 8080,
+        host: None,
+        identity: Some(&identity),
+        client_cert: None,
+        traceparent: None,
+    };
+    let mut out = Vec::new();
+    policy(&[]).request(lines, &origin, None, &mut out);
+    let got = String::from_utf8(out).unwrap();
+    assert!(!got.contains("Bearer") && !got.contains("session"), "{got}");
+    assert!(got.contains("Cookie: a=1; b=2\r\n") && got.contains("Accept: */*"), "{got}");
+    assert!(got.contains("x-auth-subject: alice"), "{got}");
 }

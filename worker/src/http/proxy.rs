@@ -25,7 +25,7 @@ use crate::http::headers;
 use crate::http::limits::Limits;
 use crate::http::mirror::{MirrorCopy, Mirrors};
 use crate::http::policy::Policy;
-use crate::http::router::{cookie, RequestView, Router, Target};
+use crate::http::router::{cookie, cookie_count, RequestView, Router, Target};
 use crate::http::tee::{OnEnd, Teed};
 use crate::http::transport::Transports;
 use crate::http::Body;
@@ -215,11 +215,24 @@ impl Proxy {
                 challenge: None,
             }));
         };
+        // One credential, or none: with two, the gateway would verify one while the instance
+        // might read the other (an unverified `alg: none` token sent last).
+        let authorizations = req.headers(&http::header::AUTHORIZATION).count();
+        let cookies = method.cookie().map_or(0, |c| cookie_count(req, c));
+        if authorizations > 1 || cookies > 1 {
+            return Err(refuse(Refusal {
+                status: 400,
+                reason: "credentials presented more than once".into(),
+                challenge: None,
+            }));
+        }
         let presented = Presented {
             authorization: req.header(&http::header::AUTHORIZATION),
             cookie: method.cookie().and_then(|c| cookie(req, c)),
         };
-        method.check(presented).await.map(Some).map_err(refuse)
+        let mut identity = method.check(presented).await.map_err(refuse)?;
+        identity.hide = method.hide();
+        Ok(Some(identity))
     }
 
     /// The service in the current table. Unknown before the routes are loaded is "not ready"

@@ -131,15 +131,21 @@ struct RuleExtras {
 
 /// The value of cookie `name` in the request's `Cookie` lines.
 pub fn cookie<'a>(req: &'a impl RequestView, name: &str) -> Option<&'a [u8]> {
-    req.headers(&http::header::COOKIE)
-        .flat_map(|v| v.split(|b| *b == b';'))
-        .filter_map(|kv| {
-            let kv = kv.trim_ascii();
-            let eq = kv.iter().position(|b| *b == b'=')?;
-            Some((&kv[..eq], &kv[eq + 1..]))
-        })
-        .find(|(k, _)| *k == name.as_bytes())
-        .map(|(_, v)| v)
+    cookies(req).find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+}
+
+/// How many cookies named `name` the request's `Cookie` lines carry.
+pub fn cookie_count(req: &impl RequestView, name: &str) -> usize {
+    cookies(req).filter(|(k, _)| *k == name.as_bytes()).count()
+}
+
+/// Every `name=value` pair of the request's `Cookie` lines.
+fn cookies<'a>(req: &'a impl RequestView) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    req.headers(&http::header::COOKIE).flat_map(|v| v.split(|b| *b == b';')).filter_map(|kv| {
+        let kv = kv.trim_ascii();
+        let eq = kv.iter().position(|b| *b == b'=')?;
+        Some((&kv[..eq], &kv[eq + 1..]))
+    })
 }
 
 /// Why a request cannot be routed; each maps to a status in the gateway's error answers.

@@ -33,12 +33,13 @@ impl Metrics {
         s.bytes_out.fetch_add(bytes.1, Ordering::Relaxed);
     }
 
-    /// A route's `auth` answered `status` (401, 403 or 503).
+    /// A route's `auth` answered `status` (400, 401, 403 or 503).
     pub fn auth_refused(&self, rule: usize, status: u16) {
         let r = &self.me().routes[rule.min(MAX_ROUTES - 1)];
         let counter = match status {
             401 => &r.unauthorized,
             403 => &r.forbidden,
+            400 => &r.ambiguous,
             _ => &r.auth_unavailable,
         };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -99,12 +99,13 @@ fn instances(labels: &EdgeLabels, out: &mut String) {
 }
 
 fn auth_refusals(scrape: &Scrape, labels: &EdgeLabels, out: &mut String) {
-    *out += "# HELP zkgate_auth_refusals_total Requests a route's auth refused, by status (401, 403, 503).\n# TYPE zkgate_auth_refusals_total counter\n";
+    *out += "# HELP zkgate_auth_refusals_total Requests a route's auth refused, by status (400: credentials presented twice, 401, 403, 503).\n# TYPE zkgate_auth_refusals_total counter\n";
     for (r, label) in labels.routes.iter().enumerate().take(MAX_ROUTES) {
         for (code, n) in [
             (401, scrape.sum(|w| w.routes[r].unauthorized.load(Ordering::Relaxed))),
             (403, scrape.sum(|w| w.routes[r].forbidden.load(Ordering::Relaxed))),
             (503, scrape.sum(|w| w.routes[r].auth_unavailable.load(Ordering::Relaxed))),
+            (400, scrape.sum(|w| w.routes[r].ambiguous.load(Ordering::Relaxed))),
         ] {
             if n > 0 {
                 let _ = writeln!(
