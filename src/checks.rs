@@ -215,7 +215,8 @@ fn check_route_extras(i: usize, r: &worker::config::RouteRule) -> Result<(), Str
 /// `host:port[,host:port…][/chroot]`, every host with a port.
 /// The registry sources: each one's hosts and credentials; at most [`MAX_SOURCES`]; names
 /// distinct; and two sources can never list the same service name unless prefixes tell them
-/// apart (at most one source without a prefix, no two with the same one).
+/// apart (at most one source without a prefix, no two with the same one, none a prefix of
+/// another: the unprefixed source drops names in a prefixed source's namespace at run time).
 fn check_sources(sources: &[worker::config::ZkSettings]) -> Result<(), String> {
     let at = |i: usize| {
         if sources.len() == 1 {
@@ -247,6 +248,22 @@ fn check_sources(sources: &[worker::config::ZkSettings]) -> Result<(), String> {
         }
         if !names.insert(zk.source_name(i)) {
             return Err(format!("{}.name: {:?} names two sources", at(i), zk.source_name(i)));
+        }
+        let nested = sources.iter().enumerate().find(|(j, other)| {
+            *j != i
+                && !zk.prefix.is_empty()
+                && other.prefix != zk.prefix
+                && other.prefix.starts_with(zk.prefix.as_str())
+        });
+        if let Some((j, other)) = nested {
+            return Err(format!(
+                "{}.prefix {:?} is a prefix of {}.prefix {:?}: a service named {:?}… would be in both namespaces; give each source a prefix that does not start another",
+                at(i),
+                zk.prefix,
+                at(j),
+                other.prefix,
+                other.prefix
+            ));
         }
         if !prefixes.insert(zk.prefix.clone()) {
             return Err(format!(

@@ -220,6 +220,18 @@ mod tests {
     }
 
     #[test]
+    fn registry_namespaces_never_overlap() {
+        let two = |a: &str, b: &str| {
+            format!("[[zookeeper]]\nhosts = \"127.0.0.1:1\"\nroot = \"/a\"\nprefix = \"{a}\"\n[[zookeeper]]\nhosts = \"127.0.0.1:1\"\nroot = \"/b\"\nprefix = \"{b}\"\n")
+        };
+        assert!(parse(&two("", "dubbo.")).is_ok(), "the unprefixed source leaves dubbo.* alone");
+        let e = parse(&two("dubbo.", "dubbo.v2.")).unwrap_err();
+        assert!(e.message.contains("is a prefix of"), "{e}");
+        let e = parse(&two("x.", "x.")).unwrap_err();
+        assert!(e.message.contains("two sources with prefix"), "{e}");
+    }
+
+    #[test]
     fn an_unknown_user_is_found_by_check() {
         let e = parse("[server]\nuser = \"no-such-user-zkgate\"\n").unwrap_err();
         assert!(

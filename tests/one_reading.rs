@@ -159,3 +159,29 @@ fn identity_never_passes_from_a_client_in_headers_or_trailers_and_h2c_is_never_f
     assert!(head.starts_with("get /public/u "), "{head}");
     assert!(!head.contains("upgrade") && !head.contains("http2-settings"), "h2c forwarded: {head}");
 }
+
+#[test]
+fn one_registry_source_never_takes_over_another_sources_service_names() {
+    let zk = support::zk::Zk::standalone();
+    let c = zk.client();
+    let (real, hijack) = (Backend::start("billing"), Backend::start("hijack"));
+    // The prefixed source lists billing; the unprefixed one holds a node named as if it were
+    // that source's (dubbo.billing), first in the file.
+    c.create(&format!("/b/billing/{}", real.address()), b"", false);
+    c.create(&format!("/a/dubbo.billing/{}", hijack.address()), b"", false);
+    let toml = format!(
+        "{}\n[[zookeeper]]\nname = \"plain\"\nhosts = \"{hosts}\"\nroot = \"/a\"\nsession_timeout = \"4s\"\n\n[[zookeeper]]\nname = \"dubbo\"\nhosts = \"{hosts}\"\nroot = \"/b\"\nprefix = \"dubbo.\"\nsession_timeout = \"4s\"\n\n[[route]]\npath_prefix = \"/\"\nservice = \"dubbo.billing\"\n",
+        Toml::new(),
+        hosts = zk.hosts()
+    );
+    let gw = Gateway::with(toml).workers(1).admin().start();
+    assert_eventually!(10, h1(&gw, "/x", "www.example", "") == 200, "not routed:\n{}", gw.log());
+    for _ in 0..20 {
+        assert_eq!(h1(&gw, "/x", "www.example", ""), 200);
+    }
+    assert_eq!(hijack.hits.load(std::sync::atomic::Ordering::Relaxed), 0, "the hijack was routed");
+    assert_eq!(real.hits.load(std::sync::atomic::Ordering::Relaxed), 21);
+    // /registry says why the plain source's node is not taken.
+    let registry = gw.admin_get("/registry").body_text();
+    assert!(registry.contains("in source dubbo's namespace"), "{registry}");
+}

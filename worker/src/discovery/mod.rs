@@ -125,8 +125,22 @@ fn spawn_all(
         let tls =
             config.services.iter().filter(|(_, s)| s.tls()).filter_map(|(n, _)| own(n)).collect();
         let report = reports.get(i).cloned().unwrap_or_default();
-        let link =
-            zookeeper::Link { index: i, tx: tx.clone(), metrics: metrics.for_source(i), report };
+        // Other sources' namespaces inside this one's (the unprefixed source's: every other).
+        let foreign = config
+            .zookeeper
+            .iter()
+            .enumerate()
+            .filter(|(j, other)| *j != i && other.prefix != zk.prefix)
+            .filter(|(_, other)| other.prefix.starts_with(zk.prefix.as_str()))
+            .map(|(j, other)| (other.prefix.clone(), other.source_name(j)))
+            .collect();
+        let link = zookeeper::Link {
+            index: i,
+            tx: tx.clone(),
+            metrics: metrics.for_source(i),
+            report,
+            foreign,
+        };
         let watcher = zookeeper::Watcher::new(zk.clone(), (skip, tls), link);
         tokio::spawn(Arc::new(watcher).run());
     }

@@ -166,7 +166,7 @@ struct HeaderMode {
     service: HeaderName,
     path: HeaderName,
     /// Services a client may not name: `deny_services`, and every service that is only a
-    /// canary target.
+    /// canary target or a shadow.
     hidden: Vec<String>,
     /// Per service, the first `[[route]]` to it: its header rules apply to the service however
     /// a request reaches it.
@@ -208,9 +208,12 @@ impl Router {
     pub fn new(header: &HeaderRouting, rules: &[RouteRule]) -> Self {
         let mode = header.enabled.then(|| {
             let routed = |name: &str| rules.iter().any(|r| r.service == name);
+            // A service reachable only as a route's canary or shadow (mirror) is the route's
+            // business: naming it in a header would reach it without the route's auth.
             let canaries = rules.iter().filter_map(|r| r.canary.as_ref().map(|c| &c.service));
+            let shadows = rules.iter().filter_map(|r| r.mirror.as_ref().map(|m| &m.service));
             let mut hidden: Vec<String> = header.deny_services.clone();
-            hidden.extend(canaries.filter(|c| !routed(c)).cloned());
+            hidden.extend(canaries.chain(shadows).filter(|c| !routed(c)).cloned());
             let mut rule_of = rustc_hash::FxHashMap::default();
             let mut auth_of = rustc_hash::FxHashMap::default();
             for (i, rule) in rules.iter().enumerate() {

@@ -71,7 +71,7 @@ fn an_empty_path_with_a_query_is_forwarded_origin_form() {
 }
 
 #[test]
-fn header_routing_keeps_a_services_route_rules_and_hides_canaries() {
+fn header_routing_keeps_a_services_route_rules_and_hides_canaries_and_shadows() {
     let request_headers =
         crate::config::HeaderRules { remove: vec!["x-user-id".into()], ..Default::default() };
     let canary = crate::config::Canary {
@@ -86,7 +86,7 @@ fn header_routing_keeps_a_services_route_rules_and_hides_canaries() {
         service: "user".into(),
         strip_prefix: false,
         canary: Some(canary),
-        mirror: None,
+        mirror: Some(crate::config::Mirror { service: "user-shadow".into(), percent: 100.0 }),
         auth: None,
         request_headers,
         response_headers: Default::default(),
@@ -105,6 +105,7 @@ fn header_routing_keeps_a_services_route_rules_and_hides_canaries() {
     let (request, _) = router.header_actions(&user).expect("the route's rules apply");
     assert!(request.drops(b"X-User-Id"));
     assert_eq!(named("user-canary"), Err(RouteError::NoRoute));
+    assert_eq!(named("user-shadow"), Err(RouteError::NoRoute), "a shadow past the route's auth");
     assert_eq!(named("internal"), Err(RouteError::NoRoute));
     assert_eq!(named("other").unwrap().rule, None);
 }

@@ -157,8 +157,7 @@ pub fn subject(der: &CertificateDer<'_>) -> Option<Arc<str>> {
             .map(|a| {
                 let name = x509_parser::objects::oid2abbrev(a.attr_type(), registry)
                     .map_or_else(|_| a.attr_type().to_id_string(), str::to_string);
-                let value = a.as_str().map_or_else(|_| "#".to_string(), escape_dn_value);
-                format!("{name}={value}")
+                format!("{name}={}", dn_value(a.attr_value()))
             })
             .collect();
         parts.push(attrs.join("+"));
@@ -167,6 +166,37 @@ pub fn subject(der: &CertificateDer<'_>) -> Option<Arc<str>> {
     let text = parts.join(",");
     // A header value: visible ASCII only (other bytes are escaped above, controls dropped).
     Some(Arc::from(text.as_str()))
+}
+
+/// An attribute value as RFC 4514 §2.4 writes it: a directory string as its text (UTF-8,
+/// BMPString's UTF-16 and UniversalString's UTF-32 alike — so `CN=alice` and `CN=bob` in
+/// BMPString stay apart), escaped; anything else as `#` and the hex of its DER encoding.
+/// Distinct values never share a text.
+fn dn_value(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> String {
+    use x509_parser::der_parser::asn1_rs::{Tag, ToDer};
+    let data = v.data;
+    let text = match v.tag() {
+        Tag::NumericString | Tag::PrintableString | Tag::Utf8String | Tag::Ia5String => {
+            std::str::from_utf8(data).ok().map(str::to_string)
+        }
+        Tag::BmpString if data.len().is_multiple_of(2) => {
+            let units = data.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            char::decode_utf16(units).collect::<Result<String, _>>().ok()
+        }
+        Tag::UniversalString if data.len().is_multiple_of(4) => data
+            .chunks(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect::<Option<String>>(),
+        _ => None,
+    };
+    match text {
+        Some(t) => escape_dn_value(&t),
+        None => {
+            let der = v.to_der_vec().unwrap_or_default();
+            let hex: String = der.iter().map(|b| format!("{b:02X}")).collect();
+            format!("#{hex}")
+        }
+    }
 }
 
 /// RFC 4514 §2.4 escaping, plus every byte outside printable ASCII as `\XX`.
@@ -328,6 +358,29 @@ impl ResolvesServerCert for SniResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate whose subject is `O=Example` and this CN value.
+    fn cert_with_cn(cn: rcgen::DnValue) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Example");
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn subjects_follow_rfc_4514_and_never_collide() {
+        let bmp = |s: &str| rcgen::DnValue::BmpString(s.try_into().unwrap());
+        let universal = |s: &str| rcgen::DnValue::UniversalString(s.try_into().unwrap());
+        let alice = subject(&cert_with_cn(bmp("alice"))).unwrap();
+        let bob = subject(&cert_with_cn(bmp("bob"))).unwrap();
+        assert_eq!(&*alice, "CN=alice,O=Example");
+        assert_eq!(&*bob, "CN=bob,O=Example");
+        assert_eq!(&*subject(&cert_with_cn(universal("carol"))).unwrap(), "CN=carol,O=Example");
+        let utf8 = subject(&cert_with_cn(rcgen::DnValue::Utf8String("a,b".into()))).unwrap();
+        assert_eq!(&*utf8, "CN=a\\,b,O=Example");
+    }
 
     fn key(tag: u8) -> Arc<CertifiedKey> {
         // Only the identity of the Arc matters to these tests.

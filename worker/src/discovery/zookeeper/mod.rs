@@ -45,6 +45,9 @@ pub struct Link {
     pub metrics: Metrics,
     /// Its nodes, for `/registry`.
     pub report: Arc<RegistryReport>,
+    /// Other sources' namespaces inside this one's: their prefix and name. A service name in
+    /// one of them is theirs, never this source's (file order decides nothing).
+    pub foreign: Vec<(String, String)>,
 }
 
 /// The ZooKeeper side of discovery for one worker and one source.
@@ -62,6 +65,8 @@ pub struct Watcher {
     watches: AtomicUsize,
     /// Every node read and what became of it (`GET /registry`).
     report: Arc<RegistryReport>,
+    /// Other sources' namespaces inside this one's (see [`Link::foreign`]).
+    foreign: Vec<(String, String)>,
 }
 
 impl Watcher {
@@ -71,24 +76,57 @@ impl Watcher {
         (skip, tls): (HashSet<String>, HashSet<String>),
         link: Link,
     ) -> Self {
-        let Link { index, tx, metrics, report } = link;
-        Watcher { settings, skip, tls, index, tx, metrics, watches: AtomicUsize::new(0), report }
+        let Link { index, tx, metrics, report, foreign } = link;
+        let watches = AtomicUsize::new(0);
+        Watcher { settings, skip, tls, index, tx, metrics, watches, report, foreign }
     }
 
-    /// Sends an update to the builder, tagged with this source and its names prefixed.
+    /// Sends an update to the builder, tagged with this source and its names prefixed; a
+    /// service whose name falls in another source's namespace is left out.
     fn send(&self, update: Update) {
-        let prefix = &self.settings.prefix;
-        let named = |n: String| if prefix.is_empty() { n } else { format!("{prefix}{n}") };
         let update = match update {
-            Update::Full(all) => {
-                Update::Full(all.into_iter().map(|(k, v)| (named(k), v)).collect())
-            }
-            Update::Service(n, list) => Update::Service(named(n), list),
-            Update::Removed(n) => Update::Removed(named(n)),
-            Update::Withdrawn(n, list) => Update::Withdrawn(named(n), list),
+            Update::Full(all) => Update::Full(
+                all.into_iter().filter_map(|(k, v)| Some((self.own_name(&k)?, v))).collect(),
+            ),
+            Update::Service(n, list) => match self.own_name(&n) {
+                Some(n) => Update::Service(n, list),
+                None => return,
+            },
+            Update::Removed(n) => match self.own_name(&n) {
+                Some(n) => Update::Removed(n),
+                None => return,
+            },
+            Update::Withdrawn(n, list) => match self.own_name(&n) {
+                Some(n) => Update::Withdrawn(n, list),
+                None => return,
+            },
             other => other,
         };
         let _ = self.tx.send(Sourced(self.index, update));
+    }
+
+    /// `name` as routes know it (this source's prefix before it); `None` when that falls in
+    /// another source's namespace — the reason goes to `/registry`.
+    fn own_name(&self, name: &str) -> Option<String> {
+        let full = format!("{}{name}", self.settings.prefix);
+        let Some((prefix, source)) =
+            self.foreign.iter().find(|(p, _)| full.starts_with(p.as_str()))
+        else {
+            return Some(full);
+        };
+        let why = format!(
+            "service name {full:?} is in source {source}'s namespace (prefix {prefix:?}): not taken from this source"
+        );
+        let node = crate::discovery::report::NodeReport {
+            node: name.to_string(),
+            outcome: crate::discovery::report::Outcome::Rejected,
+            reason: Some(why),
+            instance: None,
+            mzxid: None,
+            changed_unix_ms: None,
+        };
+        self.report.service(name, vec![node]);
+        None
     }
 
     /// Runs forever: connect, sync, watch; on session loss, reconnect and resync.
