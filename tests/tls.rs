@@ -410,3 +410,31 @@ fn a_revoked_client_certificate_is_refused() {
     let r = try_get(&pki.client_with_cert(&kept), port, "").unwrap();
     assert_eq!(r.json()["headers"]["x-client-cert-subject"], "CN=client-k,O=zkgate tests");
 }
+
+#[test]
+fn a_session_resumed_after_the_client_checks_tighten_is_verified_anew() {
+    let pki = Pki::new();
+    let backend = Backend::start("b1");
+    let (gw, port) = mtls_gateway(&pki, &backend, "client_auth = \"optional\"\n");
+    let leaf = pki.client_leaf("later-revoked", "client-l");
+    // Each client keeps its session (rustls's client cache) and resumes with its ticket.
+    let (anonymous, revoked) = (pki.client(&[]), pki.client_with_cert(&leaf));
+    assert_eq!(try_get(&anonymous, port, "").unwrap().status, 200);
+    assert_eq!(try_get(&revoked, port, "").unwrap().status, 200);
+    // The operator tightens: certificates required, this one revoked; a reload.
+    let tightened = gw.config_text().replace(
+        "client_auth = \"optional\"",
+        &format!("client_auth = \"required\"\nclient_crl = {:?}", pki.crl(&[&leaf])),
+    );
+    gw.rewrite_config(&tightened);
+    let before = gw.readiness();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eventually!(15, gw.reloaded(before), "not reloaded:\n{}", gw.log());
+    let hits = backend.hits.load(std::sync::atomic::Ordering::Relaxed);
+    // The old tickets open nothing now: full handshakes, judged by the new settings.
+    assert!(try_get(&anonymous, port, "").is_err(), "resumed without a certificate");
+    assert!(try_get(&revoked, port, "").is_err(), "resumed with a revoked certificate");
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::Relaxed), hits);
+    let good = pki.client_leaf("good", "client-g");
+    assert_eq!(try_get(&pki.client_with_cert(&good), port, "").unwrap().status, 200);
+}

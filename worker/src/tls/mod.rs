@@ -87,6 +87,9 @@ pub struct ClientVerification {
     crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
     /// A handshake without a valid certificate fails; else a client may present none.
     pub required: bool,
+    /// SHA-256 of the CAs, the revocation lists and `required`: session tickets are bound to
+    /// it, so a session verified under other settings is never resumed under these.
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for ClientVerification {
@@ -103,7 +106,12 @@ impl ClientVerification {
     /// Reads the CA file (PEM certificates) and the optional CRL file (PEM).
     pub fn load(ca: &Path, crl: Option<&Path>, required: bool) -> Result<Self, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(b"zkgate client verification/1");
+        digest.update(&[u8::from(required)]);
         for cert in read_chain(ca)? {
+            digest.update(&(cert.len() as u64).to_be_bytes());
+            digest.update(cert.as_ref());
             roots.add(cert).map_err(|e| TlsError::File {
                 path: ca.to_path_buf(),
                 why: format!("not a usable CA certificate: {e}"),
@@ -124,7 +132,14 @@ impl ClientVerification {
                 crls
             }
         };
-        let verification = ClientVerification { roots: Arc::new(roots), crls, required };
+        for crl in &crls {
+            digest.update(&(crl.as_ref().len() as u64).to_be_bytes());
+            digest.update(crl.as_ref());
+        }
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.finish().as_ref());
+        let roots = Arc::new(roots);
+        let verification = ClientVerification { roots, crls, required, fingerprint };
         verification.verifier()?;
         Ok(verification)
     }
@@ -270,7 +285,11 @@ impl Certificates {
         };
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(self)));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.ticketer = Arc::new(tickets::SharedTicketer::new(host));
+        // Tickets are bound to the client-verification settings: after client_ca, client_crl
+        // or client_auth change, an old ticket opens nothing and the client does a full
+        // handshake, verified as the settings now say.
+        let binding = self.client.as_ref().map_or([0u8; 32], |c| c.fingerprint);
+        config.ticketer = Arc::new(tickets::SharedTicketer::new(host, binding));
         Ok(Arc::new(config))
     }
 }

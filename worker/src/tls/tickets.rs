@@ -35,6 +35,10 @@ const BUSY: u64 = 1 << 63;
 pub struct SharedTicketer {
     slots: &'static [TicketSlot; 2],
     rng: SystemRandom,
+    /// What a ticket is bound to besides its period (the client-verification settings'
+    /// fingerprint): authenticated with it, so a ticket sealed under other settings never
+    /// opens.
+    binding: [u8; 32],
 }
 
 impl std::fmt::Debug for SharedTicketer {
@@ -70,9 +74,17 @@ fn aead_key(key: &[u8; 32]) -> LessSafeKey {
 }
 
 impl SharedTicketer {
-    /// A ticketer over `host`'s key slots.
-    pub fn new(host: Host) -> Self {
-        SharedTicketer { slots: host.ticket_slots(), rng: SystemRandom::new() }
+    /// A ticketer over `host`'s key slots, its tickets bound to `binding`.
+    pub fn new(host: Host, binding: [u8; 32]) -> Self {
+        SharedTicketer { slots: host.ticket_slots(), rng: SystemRandom::new(), binding }
+    }
+
+    /// The additional data a ticket is sealed with: its period and the binding.
+    fn aad(&self, period: u64) -> Aad<[u8; 40]> {
+        let mut aad = [0u8; 40];
+        aad[..8].copy_from_slice(&period.to_be_bytes());
+        aad[8..].copy_from_slice(&self.binding);
+        Aad::from(aad)
     }
 
     fn period_now() -> u64 {
@@ -139,7 +151,7 @@ impl SharedTicketer {
         out.extend_from_slice(&period.to_be_bytes());
         out.extend_from_slice(&nonce);
         let mut sealed = plain.to_vec();
-        let aad = Aad::from(period.to_be_bytes());
+        let aad = self.aad(period);
         key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut sealed).ok()?;
         out.extend_from_slice(&sealed);
         Some(out)
@@ -157,7 +169,7 @@ impl SharedTicketer {
         let key = aead_key(&self.opening_key(period)?);
         let nonce = Nonce::try_assume_unique_for_key(&ticket[8..8 + NONCE_LEN]).ok()?;
         let mut sealed = ticket[8 + NONCE_LEN..].to_vec();
-        let aad = Aad::from(period.to_be_bytes());
+        let aad = self.aad(period);
         let plain = key.open_in_place(nonce, aad, &mut sealed).ok()?;
         Some(plain.to_vec())
     }
@@ -235,7 +247,8 @@ mod tests {
     #[test]
     fn any_worker_opens_a_ticket_in_its_period_and_the_next_only() {
         let host = Host::local(0);
-        let (issuer, other) = (SharedTicketer::new(host), SharedTicketer::new(host.for_slot(1)));
+        let (issuer, other) =
+            (SharedTicketer::new(host, [0; 32]), SharedTicketer::new(host.for_slot(1), [0; 32]));
         let ticket = issuer.seal(100, b"session state").unwrap();
         assert_eq!(other.open(100, &ticket).as_deref(), Some(&b"session state"[..]));
         assert_eq!(other.open(101, &ticket).as_deref(), Some(&b"session state"[..]));
@@ -243,21 +256,23 @@ mod tests {
         let mut forged = ticket.clone();
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(other.open(100, &forged), None);
-        let stranger = SharedTicketer::new(Host::local(0));
+        let stranger = SharedTicketer::new(Host::local(0), [0; 32]);
         assert_eq!(stranger.open(100, &ticket), None, "another gateway's keys");
+        let rebound = SharedTicketer::new(host.for_slot(1), [7; 32]);
+        assert_eq!(rebound.open(100, &ticket), None, "sealed under other client settings");
     }
 
     #[test]
     fn keys_handed_over_open_the_tickets_they_sealed_in_another_region() {
         let before = Host::local(0);
         let now = SharedTicketer::period_now();
-        let old = SharedTicketer::new(before);
+        let old = SharedTicketer::new(before, [0; 32]);
         let previous = old.seal(now - 1, b"previous").unwrap();
         let current = old.seal(now, b"current").unwrap();
         let state = handover(before);
         let after = Host::local(0);
         assert_eq!(adopt(after, &state), 2);
-        let new = SharedTicketer::new(after);
+        let new = SharedTicketer::new(after, [0; 32]);
         assert_eq!(new.open(now, &previous).as_deref(), Some(&b"previous"[..]));
         assert_eq!(new.open(now, &current).as_deref(), Some(&b"current"[..]));
         // The new region seals with the adopted key: the old binary's workers, still draining,
@@ -271,14 +286,14 @@ mod tests {
     fn keys_of_an_old_period_are_not_adopted() {
         let before = Host::local(0);
         let now = SharedTicketer::period_now();
-        let _ = SharedTicketer::new(before).seal(now - 2, b"x").unwrap();
+        let _ = SharedTicketer::new(before, [0; 32]).seal(now - 2, b"x").unwrap();
         assert_eq!(adopt(Host::local(0), &handover(before)), 0);
     }
 
     #[test]
     fn each_period_draws_a_key_of_its_own_and_old_keys_are_erased() {
         let host = Host::local(0);
-        let t = SharedTicketer::new(host);
+        let t = SharedTicketer::new(host, [0; 32]);
         let k100 = t.sealing_key(100).unwrap();
         assert_eq!(t.sealing_key(100), Some(k100), "one key per period, for every ticket");
         let k101 = t.sealing_key(101).unwrap();
