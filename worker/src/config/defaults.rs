@@ -113,6 +113,8 @@ pub const DEFAULT_MIRROR_IN_FLIGHT: usize = 64;
 
 /// `tracing.sample`.
 pub const DEFAULT_TRACE_SAMPLE: f64 = 1.0;
+/// `tracing.max_exported_per_second` (per worker).
+pub const DEFAULT_TRACE_CLIENT_SAMPLED: u32 = 100;
 /// `tracing.queue`: spans a worker holds for export.
 pub const DEFAULT_TRACE_QUEUE: usize = 2048;
 /// `tracing.batch`: spans per export request.

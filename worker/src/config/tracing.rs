@@ -14,8 +14,14 @@ pub struct TracingSettings {
     /// none: trace context is propagated, nothing is exported.
     pub otlp_endpoint: Option<String>,
     /// Share of new traces (requests without a sampled parent) that are sampled, 0..1. A
-    /// parent's sampled flag is followed.
+    /// parent's sampled flag is followed (see `honour_client_sampling`).
     pub sample: f64,
+    /// Follow a client's sampled flag (W3C's rule; true) or decide by `sample` alone.
+    pub honour_client_sampling: bool,
+    /// Traces a client's sampled flag makes a worker export beyond its own `sample` share, per
+    /// second at most; past it they go on unsampled. A client cannot make every request
+    /// exported. 0: no cap.
+    pub max_exported_per_second: u32,
     /// `service.name` of the exported spans.
     pub service_name: String,
     /// Spans a worker keeps waiting for export; beyond it they are dropped and counted.
@@ -35,6 +41,8 @@ impl Default for TracingSettings {
         TracingSettings {
             otlp_endpoint: None,
             sample: super::DEFAULT_TRACE_SAMPLE,
+            honour_client_sampling: true,
+            max_exported_per_second: super::DEFAULT_TRACE_CLIENT_SAMPLED,
             service_name: "zkgate".into(),
             queue: super::DEFAULT_TRACE_QUEUE,
             batch: super::DEFAULT_TRACE_BATCH,

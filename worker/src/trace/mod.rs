@@ -27,6 +27,11 @@ pub struct Tracer {
     sample: f64,
     spans: Option<(mpsc::Sender<Span>, std::sync::Arc<export::Pending>)>,
     metrics: Metrics,
+    /// `honour_client_sampling`.
+    honour: bool,
+    /// `max_exported_per_second`, and this second's count (the second in the high bits).
+    cap: u32,
+    forced: std::sync::atomic::AtomicU64,
 }
 
 /// A request's span, begun.
@@ -77,7 +82,38 @@ impl Tracer {
     pub fn from_config(settings: Option<&TracingSettings>, metrics: Metrics) -> Option<Self> {
         let s = settings?;
         let spans = s.otlp_endpoint.as_ref().map(|url| export::start(url, s, metrics));
-        Some(Tracer { sample: s.sample.clamp(0.0, 1.0), spans, metrics })
+        Some(Tracer {
+            sample: s.sample.clamp(0.0, 1.0),
+            spans,
+            metrics,
+            honour: s.honour_client_sampling,
+            cap: s.max_exported_per_second,
+            forced: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The gateway's own sampling decision (`sample`).
+    fn own_decision(&self) -> bool {
+        self.sample >= 1.0 || rand::random::<f64>() < self.sample
+    }
+
+    /// Whether a client's sampled flag may make this request exported beyond the gateway's own
+    /// decision: within `max_exported_per_second` this second.
+    fn client_may_force(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.cap == 0 {
+            return true;
+        }
+        let second = unix_nanos() / 1_000_000_000;
+        let now = self.forced.load(Ordering::Relaxed);
+        let (at, n) = (now >> 32, now & 0xffff_ffff);
+        let next = if at == second { n + 1 } else { 1 };
+        if next > u64::from(self.cap) {
+            return false;
+        }
+        // Lost races only under-count by a request or two: a cap, not a ledger.
+        self.forced.store(second << 32 | next, Ordering::Relaxed);
+        true
     }
 
     /// Begins a request's span from the context the client sent (`header` looks a request
@@ -88,8 +124,17 @@ impl Tracer {
             Context::from_b3(header(&B3), multi)
         });
         let context = match parent {
-            Some(p) => p.child(),
-            None => Context::root(self.sample >= 1.0 || rand::random::<f64>() < self.sample),
+            Some(p) => {
+                let mut child = p.child();
+                // A client's sampled flag is followed (beyond the gateway's own share only
+                // within the cap), or, when not honoured, the gateway decides alone.
+                child.sampled = match self.honour {
+                    true => p.sampled && (self.own_decision() || self.client_may_force()),
+                    false => self.own_decision(),
+                };
+                child
+            }
+            None => Context::root(self.own_decision()),
         };
         Started { context, parent: parent.map(|p| p.span_id), start: unix_nanos() }
     }
@@ -114,5 +159,39 @@ impl Tracer {
         if let Some((_, pending)) = &self.spans {
             pending.settled().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracer(sample: f64, honour: bool, cap: u32) -> Tracer {
+        let s = TracingSettings {
+            sample,
+            honour_client_sampling: honour,
+            max_exported_per_second: cap,
+            ..Default::default()
+        };
+        Tracer::from_config(Some(&s), Metrics::new(crate::host::Host::local(0))).unwrap()
+    }
+
+    fn sampled_parent(t: &Tracer) -> bool {
+        let tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        t.begin(|n| (*n == TRACEPARENT).then_some(&tp[..])).context.sampled
+    }
+
+    #[test]
+    fn a_client_cannot_make_every_request_exported() {
+        let capped = tracer(0.0, true, 5);
+        let forced = (0..50).filter(|_| sampled_parent(&capped)).count();
+        // Five a second: 5, or 10 when the test straddles a second.
+        assert!((5..=10).contains(&forced), "{forced} of 50 exported");
+        let ignored = tracer(0.0, false, 0);
+        assert_eq!((0..20).filter(|_| sampled_parent(&ignored)).count(), 0);
+        let uncapped = tracer(0.0, true, 0);
+        assert_eq!((0..20).filter(|_| sampled_parent(&uncapped)).count(), 20);
+        let own = tracer(1.0, true, 1);
+        assert_eq!((0..20).filter(|_| sampled_parent(&own)).count(), 20, "its own share");
     }
 }
