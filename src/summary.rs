@@ -60,6 +60,7 @@ fn rate_limits(config: &Config) -> String {
         let per = match &r.per {
             worker::config::RateKey::ClientIp => "client_ip".to_string(),
             worker::config::RateKey::Global => "global".to_string(),
+            worker::config::RateKey::Identity => "identity (after auth)".to_string(),
             worker::config::RateKey::Header(h) => format!("header:{h}"),
         };
         out += &format!(

@@ -343,3 +343,38 @@ fn one_credential_is_verified_then_hidden_and_two_are_refused() {
     assert_eq!(backend.heads.lock().unwrap().len(), 3, "a request with two credentials passed");
     assert_eq!(gw.metric("zkgate_auth_refusals_total", "code=\"400\""), 4);
 }
+
+#[test]
+fn a_rate_limit_per_identity_counts_each_verified_user_and_no_anonymous_client_spends_theirs() {
+    let backend = Backend::start("web");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (bcrypt::hash("pa", 4).unwrap(), bcrypt::hash("pb", 4).unwrap());
+    let htpasswd = write_file(dir.path(), "htpasswd", &format!("alice:{a}\nbob:{b}\n"));
+    // /basic needs a user; /open reaches the same service without one.
+    let toml = Toml::new()
+        .backends("web", &[&backend])
+        .section("[[route]]", "path_prefix = \"/basic\"\nservice = \"web\"\nauth = \"ops\"")
+        .route_all("web")
+        .section("[auth.ops]", &format!("type = \"basic\"\nhtpasswd = {htpasswd:?}"))
+        .section(
+            "[[rate_limit]]",
+            "service = \"web\"\nper = \"identity\"\nrate = \"1/m\"\nburst = 3",
+        );
+    let gw = Gateway::with(toml).workers(2).admin().start();
+    let basic = |user: &str, pass: &str| {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        format!("Basic {creds}")
+    };
+    let (alice, bob) = (basic("alice", "pa"), basic("bob", "pb"));
+    // Anonymous clients share one bucket of their own: they use it up…
+    let open: Vec<u16> = (0..5).map(|_| get(&gw, "/open", &[]).status).collect();
+    assert_eq!(open, [200, 200, 200, 429, 429]);
+    // …and each user still has a whole burst, whatever worker answers.
+    let statuses = |auth: &str| -> Vec<u16> {
+        (0..4).map(|_| get(&gw, "/basic/x", &[("authorization", auth)]).status).collect()
+    };
+    assert_eq!(statuses(&alice), [200, 200, 200, 429]);
+    assert_eq!(statuses(&bob), [200, 200, 200, 429]);
+    // A wrong password is refused by auth before any bucket is spent.
+    assert_eq!(get(&gw, "/basic/x", &[("authorization", &basic("bob", "x"))]).status, 401);
+}

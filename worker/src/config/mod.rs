@@ -93,6 +93,9 @@ pub enum RateKey {
     Header(http::HeaderName),
     /// All requests to the service together.
     Global,
+    /// Each identity a route's `auth` verified (`X-Auth-Subject`), checked after auth; requests
+    /// without one share one bucket of their own, never an identity's.
+    Identity,
 }
 
 impl std::str::FromStr for RateKey {
@@ -101,13 +104,14 @@ impl std::str::FromStr for RateKey {
         match s {
             "client_ip" => Ok(RateKey::ClientIp),
             "global" => Ok(RateKey::Global),
+            "identity" => Ok(RateKey::Identity),
             _ => match s.strip_prefix("header:") {
                 Some(h) => http::HeaderName::from_bytes(h.as_bytes())
                     .map(RateKey::Header)
                     .map_err(|_| format!("{h:?} is not a header name")),
-                None => {
-                    Err(format!("{s:?}: expected \"client_ip\", \"global\" or \"header:NAME\""))
-                }
+                None => Err(format!(
+                    "{s:?}: expected \"client_ip\", \"global\", \"identity\" or \"header:NAME\""
+                )),
             },
         }
     }
@@ -124,6 +128,7 @@ impl Serialize for RateKey {
         match self {
             RateKey::ClientIp => s.serialize_str("client_ip"),
             RateKey::Global => s.serialize_str("global"),
+            RateKey::Identity => s.serialize_str("identity"),
             RateKey::Header(h) => s.serialize_str(&format!("header:{h}")),
         }
     }

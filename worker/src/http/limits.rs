@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
 
+use crate::auth::Identity;
 use crate::config::{Config, RateKey};
 use crate::host::admission::{Admission, InFlightGuard};
 use crate::host::{monotonic_ns, RATE_RULES};
@@ -85,24 +86,13 @@ impl Limits {
         if self.rates.is_empty() && self.max_requests.is_empty() {
             return Ok(None);
         }
-        let own =
-            |name: &str| self.rates.contains_key(name) || self.max_requests.contains_key(name);
-        let name = match primary {
-            Some(p) if p != service.name && !own(&service.name) => p,
-            _ => service.name.as_str(),
-        };
-        let idx = match name == service.name {
-            true => *service.stats.get_or_init(|| metrics.service_index(&service.name)),
-            false => match self.rows.get().and_then(|r| r.get(name)) {
-                Some(row) => *row,
-                None => metrics.service_index(name),
-            },
-        };
+        let (name, idx) = self.limited(metrics, service, primary);
         if let Some(rules) = self.rates.get(name) {
             let now = monotonic_ns();
-            for rule in rules {
+            // Rules keyed on the identity wait for auth (see `admit_identity`).
+            for rule in rules.iter().filter(|r| r.per != RateKey::Identity) {
                 let key = match &rule.per {
-                    RateKey::Global => 1,
+                    RateKey::Global | RateKey::Identity => 1,
                     RateKey::ClientIp => match client.to_canonical() {
                         IpAddr::V4(v4) => admission.key(rule.index, &[&v4.octets()]),
                         IpAddr::V6(v6) => admission.key(rule.index, &[&v6.octets()]),
@@ -121,16 +111,7 @@ impl Limits {
                         first.map_or(1, |v| admission.key(rule.index, &[v]))
                     }
                 };
-                let limited = admission.rate_limit(
-                    (rule.index, key),
-                    now,
-                    rule.interval_ns,
-                    rule.tolerance_ns,
-                    idx,
-                );
-                if let Err(wait) = limited {
-                    return Err(ProxyError::RateLimited(name.to_string(), wait));
-                }
+                rule.take(admission, key, (now, idx), name)?;
             }
         }
         let Some(max) = self.max_requests.get(name) else { return Ok(None) };
@@ -152,6 +133,75 @@ impl Limits {
             false => admission.enter(idx, *max),
         };
         guard.map(Some).ok_or_else(|| ProxyError::Overloaded(name.to_string()))
+    }
+}
+
+impl Limits {
+    /// The service whose limits a request counts against (a canary without limits of its own:
+    /// its primary), and its shared-table row.
+    fn limited<'s>(
+        &'s self,
+        metrics: &Metrics,
+        service: &'s Service,
+        primary: Option<&'s str>,
+    ) -> (&'s str, usize) {
+        let own =
+            |name: &str| self.rates.contains_key(name) || self.max_requests.contains_key(name);
+        let name = match primary {
+            Some(p) if p != service.name && !own(&service.name) => p,
+            _ => service.name.as_str(),
+        };
+        let idx = match name == service.name {
+            true => *service.stats.get_or_init(|| metrics.service_index(&service.name)),
+            false => match self.rows.get().and_then(|r| r.get(name)) {
+                Some(row) => *row,
+                None => metrics.service_index(name),
+            },
+        };
+        (name, idx)
+    }
+
+    /// The `per = "identity"` rules, once the route's auth spoke: each verified identity
+    /// (`X-Auth-Subject`) has its own bucket; requests without one share one bucket that no
+    /// identity's key can be (so an unauthenticated client never spends an identity's).
+    pub fn admit_identity(
+        &self,
+        (metrics, admission): (&Metrics, &Admission),
+        (service, primary): (&Service, Option<&str>),
+        identity: Option<&Identity>,
+    ) -> Result<(), ProxyError> {
+        if self.rates.is_empty() {
+            return Ok(());
+        }
+        let (name, idx) = self.limited(metrics, service, primary);
+        let Some(rules) = self.rates.get(name) else { return Ok(()) };
+        let subject = identity.and_then(|i| {
+            i.headers.iter().find(|(n, _)| n == b"x-auth-subject").map(|(_, v)| v.as_slice())
+        });
+        let now = monotonic_ns();
+        for rule in rules.iter().filter(|r| r.per == RateKey::Identity) {
+            let key = match subject {
+                Some(s) => admission.key(rule.index, &[b"identity\0", s]),
+                None => admission.key(rule.index, &[b"anonymous\0"]),
+            };
+            rule.take(admission, key, (now, idx), name)?;
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    /// Takes one request from the bucket `key` of this rule (429 when it is empty).
+    fn take(
+        &self,
+        admission: &Admission,
+        key: u64,
+        (now, idx): (u64, usize),
+        service: &str,
+    ) -> Result<(), ProxyError> {
+        admission
+            .rate_limit((self.index, key), now, self.interval_ns, self.tolerance_ns, idx)
+            .map_err(|wait| ProxyError::RateLimited(service.to_string(), wait))
     }
 }
 

@@ -107,6 +107,13 @@ impl<S: Io> Conn<'_, S> {
             Ok(identity) => identity,
             Err(e) => refuse!(e, close || has_body),
         };
+        if let Err(e) = proxy.limits.admit_identity(
+            (&proxy.metrics, &proxy.admission),
+            (&service, proxy.router.primary(&routed)),
+            identity.as_ref(),
+        ) {
+            refuse!(e, close || has_body);
+        }
         let key = hash_on(&service, &view, self.client.peer);
         let actions = proxy.router.header_actions(&routed);
         let (request_actions, response_actions) = match actions {

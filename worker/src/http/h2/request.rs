@@ -147,6 +147,11 @@ impl Proxy {
             client.ip(),
         )?;
         let identity = self.authenticate(&target, &service.name, &view).await?;
+        self.limits.admit_identity(
+            (&self.metrics, &self.admission),
+            (&service, self.router.primary(&target)),
+            identity.as_ref(),
+        )?;
         let key = hash_on(&service, &view, client);
         let allowed = req.headers().get(header::UPGRADE).is_some_and(|v| {
             crate::http::policy::upgrade_allowed(v.as_bytes(), &self.settings.upgrade_protocols)
