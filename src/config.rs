@@ -81,11 +81,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and checks configuration text; `path` is only used in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        position: e.span().map(|s| line_col(text, s.start)),
-        message: e.message().trim().to_string(),
-    })?;
+    // The dotted key of a wrong value goes in the message ("auth.idp.leeway: …"), toml's span
+    // gives its line and column.
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = e.path().to_string();
+            let e = e.into_inner();
+            let message = e.message().trim();
+            ConfigError {
+                path: path.to_path_buf(),
+                position: e.span().map(|s| line_col(text, s.start)),
+                message: match key.as_str() {
+                    "" | "." | "?" => message.to_string(),
+                    _ => format!("{key}: {message}"),
+                },
+            }
+        })?;
     check(&config).map_err(|message| ConfigError {
         path: path.to_path_buf(),
         position: None,
@@ -154,6 +165,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use crate::summary::summary;
+    use std::collections::BTreeMap;
     use std::time::Duration;
     use worker::config::Workers;
     use worker::config::{AdminSettings, Format, HealthCheck, ZkSettings};
@@ -186,7 +198,7 @@ mod tests {
     fn unknown_keys_are_rejected_with_file_line_and_column() {
         let e = parse("[server]\nlisten = [\"127.0.0.1:1\"]\nworkerz = 2\n").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("gw.toml:3:1: unknown field `workerz`"), "{msg}");
+        assert!(msg.starts_with("gw.toml:3:1: server.workerz: unknown field `workerz`"), "{msg}");
     }
 
     #[test]
@@ -217,6 +229,64 @@ mod tests {
             assert_eq!(e.position.map(|p| p.0), Some(line), "{text}: {e}");
             assert!(e.message.contains(what), "{text}: {e}");
         }
+    }
+
+    /// The dotted key of every `key = value` line of `text`, by line number (1-based): the
+    /// section's path (`route[0]` for the first `[[route]]`), then the key.
+    fn keys_of(text: &str) -> Vec<(usize, String)> {
+        let (mut section, mut arrays) = (String::new(), BTreeMap::<String, usize>::new());
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+                let i = arrays.entry(name.to_string()).and_modify(|i| *i += 1).or_insert(0);
+                section = format!("{name}[{i}]");
+            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+            } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#'))
+            {
+                keys.push((n + 1, format!("{section}.{}", key.trim())));
+            }
+        }
+        keys
+    }
+
+    /// Every key of `text` given a value of a type no key takes (an array of arrays) is refused
+    /// with a message naming that key, at its line.
+    fn every_wrong_type_names_its_key(text: &str) {
+        let keys = keys_of(text);
+        assert!(keys.len() > 10, "{keys:?}");
+        for (line, key) in keys {
+            let broken: Vec<String> = text
+                .lines()
+                .enumerate()
+                .map(|(n, l)| match (n + 1 == line, l.split_once(" = ")) {
+                    (true, Some((k, _))) => format!("{k} = [[1]]"),
+                    _ => l.to_string(),
+                })
+                .collect();
+            let e = parse(&broken.join("\n")).unwrap_err();
+            assert!(e.message.starts_with(&key), "{key} (line {line}): {e}");
+            assert_eq!(e.position.map(|p| p.0), Some(line), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_at_any_key_names_the_key_and_its_line() {
+        every_wrong_type_names_its_key(include_str!("../gateway.toml"));
+        // The sections the shipped file shows commented out.
+        every_wrong_type_names_its_key(concat!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\nlisten_tls = [\"127.0.0.1:8443\"]\n",
+            "[zookeeper]\nhosts = \"127.0.0.1:2181\"\nroot = \"/services\"\nformat = \"registrator\"\n",
+            "session_timeout = \"10s\"\nkeep_last_on_empty = true\nremoval_guard = \"50%\"\nremoval_hold = \"60s\"\n",
+            "[services.web]\nload_balance = \"weighted\"\nmax_requests = 10\n",
+            "health_check = { path = \"/h\", interval = \"5s\" }\n",
+            "[[route]]\npath_prefix = \"/\"\nservice = \"web\"\nauth = \"idp\"\n",
+            "[[rate_limit]]\nservice = \"web\"\nper = \"identity\"\nrate = \"10/s\"\nburst = 5\n",
+            "[auth.idp]\ntype = \"jwt\"\njwks = \"/x\"\nissuer = \"i\"\naudience = \"api\"\n",
+            "leeway = \"30s\"\ncookie = \"s\"\nhide_credentials = true\n",
+            "[auth.ops]\ntype = \"basic\"\nhtpasswd = \"/h\"\nrealm = \"r\"\n",
+            "[tracing]\nsample = 0.5\nhonour_client_sampling = true\nmax_exported_per_second = 10\n",
+        ));
     }
 
     #[test]

@@ -281,7 +281,10 @@ fn check_accepts_a_good_file_and_names_line_column_and_key_of_a_bad_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:5:1: unknown field `conect_timeout`"), "{err}");
+    assert!(
+        err.contains("bad.toml:5:1: proxy.conect_timeout: unknown field `conect_timeout`"),
+        "{err}"
+    );
 
     let missing = dir.path().join("missing.toml");
     let out = std::process::Command::new(support::zkgate())

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::values::duration;
 
-/// One `[auth.NAME]`, by its `type`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// One `[auth.NAME]`, by its `type`. Read through [`RawAuth`] (every key of every type, each
+/// with its own position), not as an internally tagged enum: serde buffers such an enum's
+/// table, and a wrong value inside it was reported at the section's first line without its key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum AuthSettings {
     /// `type = "jwt"`: a signed JSON Web Token, checked against a JWKS.
@@ -86,4 +88,104 @@ fn default_leeway() -> Duration {
 
 fn default_realm() -> String {
     "zkgate".into()
+}
+
+/// An `[auth.NAME]` table as written: every key any type takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(rename = "type")]
+    kind: Kind,
+    jwks: Option<PathBuf>,
+    jwks_url: Option<String>,
+    insecure_jwks_url: Option<bool>,
+    issuer: Option<String>,
+    #[serde(default, deserialize_with = "some_string_or_list")]
+    audience: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some_duration")]
+    leeway: Option<Duration>,
+    cookie: Option<String>,
+    claims_to_headers: Option<BTreeMap<String, String>>,
+    hide_credentials: Option<bool>,
+    htpasswd: Option<PathBuf>,
+    realm: Option<String>,
+}
+
+/// `type`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Jwt,
+    Basic,
+}
+
+fn some_string_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    super::values::string_or_list(d).map(Some)
+}
+
+fn some_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration::deserialize(d).map(Some)
+}
+
+impl<'de> Deserialize<'de> for AuthSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawAuth::deserialize(d)?;
+        raw.settings().map_err(serde::de::Error::custom)
+    }
+}
+
+impl RawAuth {
+    /// The settings of its `type`; a key of the other type is refused by name.
+    fn settings(self) -> Result<AuthSettings, String> {
+        let foreign = |keys: &[(&str, bool)], kind: &str| {
+            keys.iter()
+                .find(|(_, set)| *set)
+                .map_or(Ok(()), |(key, _)| Err(format!("{key} is not a key of type = \"{kind}\"")))
+        };
+        match self.kind {
+            Kind::Jwt => {
+                foreign(
+                    &[("htpasswd", self.htpasswd.is_some()), ("realm", self.realm.is_some())],
+                    "jwt",
+                )?;
+                Ok(AuthSettings::Jwt(JwtSettings {
+                    jwks: self.jwks,
+                    jwks_url: self.jwks_url,
+                    insecure_jwks_url: self.insecure_jwks_url.unwrap_or(false),
+                    issuer: self.issuer,
+                    audience: self.audience.unwrap_or_default(),
+                    algorithms: self.algorithms.unwrap_or_else(default_algorithms),
+                    leeway: self.leeway.unwrap_or_else(default_leeway),
+                    cookie: self.cookie,
+                    claims_to_headers: self.claims_to_headers.unwrap_or_default(),
+                    hide_credentials: self.hide_credentials.unwrap_or(false),
+                }))
+            }
+            Kind::Basic => {
+                foreign(
+                    &[
+                        ("jwks", self.jwks.is_some()),
+                        ("jwks_url", self.jwks_url.is_some()),
+                        ("insecure_jwks_url", self.insecure_jwks_url.is_some()),
+                        ("issuer", self.issuer.is_some()),
+                        ("audience", self.audience.is_some()),
+                        ("algorithms", self.algorithms.is_some()),
+                        ("leeway", self.leeway.is_some()),
+                        ("cookie", self.cookie.is_some()),
+                        ("claims_to_headers", self.claims_to_headers.is_some()),
+                    ],
+                    "basic",
+                )?;
+                let htpasswd = self.htpasswd.ok_or("type = \"basic\" needs htpasswd")?;
+                Ok(AuthSettings::Basic(BasicSettings {
+                    htpasswd,
+                    realm: self.realm.unwrap_or_else(default_realm),
+                    hide_credentials: self.hide_credentials.unwrap_or(false),
+                }))
+            }
+        }
+    }
 }
