@@ -29,6 +29,17 @@ fn cases() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 ("x-forwarded-proto", "gopher"),
                 ("x-forwarded-port", "1"),
                 ("forwarded", "for=6.6.6.6"),
+                ("x-real-ip", "6.6.6.6"),
+                ("true-client-ip", "6.6.6.6"),
+                ("x-client-ip", "6.6.6.6"),
+            ],
+        ),
+        (
+            "owned identity",
+            vec![
+                ("x-auth-subject", "admin"),
+                ("x-client-cert-subject", "CN=root"),
+                ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
             ],
         ),
         (
@@ -273,6 +284,9 @@ fn every_way_a_request_arrives_gets_the_same_header_policy() {
             "secret",
             "proxy-authorization",
             "forwarded:",
+            "admin",
+            "CN=root",
+            "http2-settings",
         ] {
             assert!(!joined.contains(never), "{case}: {never} reached the instance:\n{joined}");
         }
