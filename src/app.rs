@@ -83,6 +83,25 @@ impl worker::Lifecycle for PipeLifecycle {
     }
 }
 
+impl Gateway {
+    /// With `[fleet]`: how the host's release watcher checks a release (the file with its
+    /// sections, through `check`'s code), where it caches them, and how it asks for a reload.
+    fn fleet_hooks(&self) -> Option<worker::fleet::apply::Hooks> {
+        self.config.fleet.as_ref()?;
+        let path = self.path.clone();
+        let validate = move |release: &str| {
+            let text = config::read(&path).map_err(|e| e.to_string())?;
+            let config = config::load_release(&path, &text, release).map_err(|e| e.to_string())?;
+            config::load_tls(&path, &config).map(|_| ()).map_err(|e| e.to_string())
+        };
+        Some(worker::fleet::apply::Hooks {
+            validate: Arc::new(validate),
+            reload: Arc::new(supervisor::request_reload),
+            cache: crate::fleet::cache_dir(&self.path, &self.config),
+        })
+    }
+}
+
 /// A reload may not move the admin socket: it is bound once, before the first fork. A file
 /// that names another address is refused whole, so the socket that stays never takes the new
 /// file's token (or lack of one): `check` judged that token against the new address, not the
@@ -137,6 +156,7 @@ impl supervisor::App for Gateway {
             generation: ctx.generation,
             replacing: ctx.replacing,
             via: self.via.clone(),
+            fleet: self.fleet_hooks(),
         };
         match worker::run(settings, Arc::new(PipeLifecycle(ctx.control))) {
             Ok(()) => 0,

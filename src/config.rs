@@ -38,14 +38,55 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Reads, parses and checks a configuration file; files it names (`upstream_ca`) are
-/// resolved from its directory and read, so a worker never meets an unreadable one.
+/// resolved from its directory and read, so a worker never meets an unreadable one. With
+/// `[fleet]`, the release the host last applied (its cache) supplies the dynamic sections; a
+/// cached release that no longer fits the file is set aside (logged) and the file serves.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = read(path)?;
+    let config = parse(path, &text)?;
+    let Some(fleet) = &config.fleet else { return finish(path, config) };
+    let cache = crate::fleet::cache_dir(path, &config);
+    let Some((id, release)) = crate::fleet::current(&cache) else {
+        return finish(path, config);
+    };
+    match load_release(path, &text, &release) {
+        Ok(mut with_release) => {
+            with_release.release = Some(id);
+            Ok(with_release)
+        }
+        Err(e) => {
+            log::warn!(
+                "fleet {}: cached release {id} set aside ({e}); serving {} alone",
+                fleet.cluster,
+                path.display()
+            );
+            finish(path, config)
+        }
+    }
+}
+
+/// The file's text.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         position: None,
         message: format!("cannot read: {e}"),
-    })?;
-    let mut config = parse(path, &text)?;
+    })
+}
+
+/// The file `text` (at `path`) with a release's dynamic sections, parsed and checked as
+/// [`load`] checks a file: what a host runs `zkgate config` releases through before serving
+/// one.
+pub fn load_release(path: &Path, text: &str, release: &str) -> Result<Config, ConfigError> {
+    let refuse =
+        |message: String| ConfigError { path: path.to_path_buf(), position: None, message };
+    let merged = crate::fleet::overlay(text, release).map_err(refuse)?;
+    let config = parse(Path::new("release"), &merged)?;
+    finish(path, config)
+}
+
+/// Resolves the paths a configuration names from `path`'s directory and reads the files.
+fn finish(path: &Path, mut config: Config) -> Result<Config, ConfigError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let relative = |p: &mut PathBuf| {
         if p.is_relative() {

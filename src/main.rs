@@ -5,6 +5,7 @@ mod app;
 mod checks;
 mod config;
 mod edge_checks;
+mod fleet;
 mod summary;
 
 /// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The
@@ -42,6 +43,14 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// The fleet's configuration releases in ZooKeeper (needs [fleet] in the file).
+    Config {
+        /// This host's configuration file (names the ensemble and the fleet).
+        #[arg(short, long, default_value = "gateway.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        verb: fleet::Verb,
+    },
     /// Register an instance in ZooKeeper (as an ephemeral node, in the configured format) and keep
     /// it registered until TERM/INT, then remove it.
     Register {
@@ -76,6 +85,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
+        Command::Config { config, verb } => fleet::run(&config, verb),
         Command::Register { config, service, address, weight } => {
             register(config, &service, &address, weight)
         }

@@ -45,6 +45,16 @@ pub fn check_ids(user: Option<&str>, group: Option<&str>) -> Result<(), Error> {
 pub use spawn::{ControlPipe, WorkerContext};
 pub use supervise::run;
 
+/// From a worker: asks its supervisor for a reload (SIGHUP to the parent), the same rolling,
+/// zero-loss reload an operator's HUP starts. A worker whose supervisor is gone (it was
+/// re-parented) asks nobody.
+pub fn request_reload() {
+    let parent = nix::unistd::getppid();
+    if parent.as_raw() > 1 {
+        let _ = nix::sys::signal::kill(parent, nix::sys::signal::Signal::SIGHUP);
+    }
+}
+
 /// Exit code a worker uses when it cannot start for a reason a respawn will not fix (bad
 /// configuration, a resource it cannot open). The supervisor stops respawning that slot instead
 /// of crash-looping, as gunicorn does with its exit code 3.

@@ -43,6 +43,7 @@ pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod fleet;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -95,6 +96,8 @@ pub struct Settings {
     /// Another worker serves this slot meanwhile (a reload's replacement): accept nothing
     /// until the routes are loaded, however long ZooKeeper takes.
     pub replacing: bool,
+    /// With `[fleet]`: what the host's release watcher borrows from the binary.
+    pub fleet: Option<fleet::apply::Hooks>,
 }
 
 /// Events a worker reports to whoever runs it (the supervisor, through the binary).
@@ -211,6 +214,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let server =
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
     start_health_checks(&config, (&table, host), &transports);
+    if let Some(hooks) = settings.fleet.clone() {
+        fleet::apply::start(&config, host, hooks);
+    }
     if let Some(admin_socket) = settings.admin.take() {
         let parts = (table.clone(), changes, reports, ready.clone());
         start_admin(admin_socket, &settings, parts, (metrics, host), stop_rx.clone())?;

@@ -224,6 +224,7 @@ impl Admin {
                 json(status, body)
             }
             "/workers" => json(StatusCode::OK, self.metrics.workers_json()),
+            "/config" => json(StatusCode::OK, self.fleet_config()),
             "/metrics" => {
                 let mut r = Response::new(full(self.metrics.prometheus_with(&self.edge_labels())));
                 r.headers_mut().insert(
@@ -288,6 +289,18 @@ impl Admin {
             }
         }
         Vec::new()
+    }
+
+    /// The configuration this worker serves: the fleet's release, or the file alone.
+    fn fleet_config(&self) -> serde_json::Value {
+        let fleet = self.config.fleet.as_ref();
+        serde_json::json!({
+            "worker": {"pid": std::process::id(), "slot": self.slot},
+            "cluster": fleet.map(|f| f.cluster.clone()),
+            "host": fleet.map(|f| f.host_name()),
+            "labels": fleet.map(|f| f.labels.clone()),
+            "release": self.config.release,
+        })
     }
 
     fn routes(&self) -> serde_json::Value {

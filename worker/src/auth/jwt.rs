@@ -269,24 +269,7 @@ impl Jwt {
                 && k.alg.is_none_or(|a| a == header.alg)
                 && header.kid.as_ref().is_none_or(|kid| k.kid.as_ref() == Some(kid))
         });
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_nbf = true;
-        // What the section checks, the token must carry: an absent `iss` or `aud` is no
-        // match for a configured one.
-        let mut required = vec!["exp"];
-        if let Some(iss) = &self.issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        match self.audience.is_empty() {
-            true => validation.validate_aud = false,
-            false => {
-                validation.set_audience(&self.audience);
-                required.push("aud");
-            }
-        }
-        validation.set_required_spec_claims(&required);
+        let validation = self.validation(header.alg);
         let mut last = invalid("no key for this token");
         for key in candidates {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -322,6 +305,30 @@ impl Jwt {
             }
         }
         Err(last)
+    }
+
+    /// What a token signed with `alg` is checked for: `exp` always, and — what the section
+    /// configures, the token must carry — `iss` and `aud` (absent is no match).
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        // What the section checks, the token must carry: an absent `iss` or `aud` is no
+        // match for a configured one.
+        let mut required = vec!["exp"];
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match self.audience.is_empty() {
+            true => validation.validate_aud = false,
+            false => {
+                validation.set_audience(&self.audience);
+                required.push("aud");
+            }
+        }
+        validation.set_required_spec_claims(&required);
+        validation
     }
 
     /// `X-Auth-Subject` and the chosen claims. `None`: a subject that cannot be a header value.

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod defaults;
+pub mod fleet;
 pub mod proxy;
 pub mod route;
 pub mod service;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, BasicSettings, JwtSettings};
 pub use defaults::*;
+pub use fleet::FleetSettings;
 pub use proxy::{
     EscapedSlashes, HeaderRouting, OutlierSettings, PathParameters, PathRules, ProxySettings,
 };
@@ -65,6 +67,12 @@ pub struct Config {
     pub auth: BTreeMap<String, AuthSettings>,
     /// `[tracing]`: trace context and span export.
     pub tracing: Option<TracingSettings>,
+    /// `[fleet]`: the dynamic sections come from releases in ZooKeeper.
+    pub fleet: Option<FleetSettings>,
+    /// The release whose dynamic sections this configuration holds (set by the binary when it
+    /// overlaid a cached release on the file; never written in a file).
+    #[serde(skip)]
+    pub release: Option<String>,
 }
 
 /// One `[[rate_limit]]`: a token bucket per key on a service, exact across the host's workers.

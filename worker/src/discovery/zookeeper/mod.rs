@@ -162,30 +162,9 @@ impl Watcher {
         }
     }
 
-    /// A new session; with `auth`, its credentials are added before the first request, so
-    /// nodes behind ZooKeeper ACLs (digest) can be read.
+    /// A new session for this source (see [`connect`]).
     async fn connect(&self) -> Result<zk::Client, zk::Error> {
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(self.settings.session_timeout)
-            .with_connection_timeout(self.settings.connect_timeout)
-            .with_fail_eagerly();
-        if let Some((scheme, credentials)) = self.settings.auth_parts() {
-            connector = connector.with_auth(scheme, credentials.as_bytes());
-        }
-        if let Some(tls) = &self.settings.tls {
-            // Read at every session: renewed certificates are picked up by the next one.
-            let (ca, identity) = tls.read().map_err(|e| {
-                log::warn!("zookeeper {}: {e}", self.settings.hosts);
-                zk::Error::BadArguments(&"zookeeper.tls: unreadable PEM file")
-            })?;
-            let mut options = zk::TlsOptions::new().with_pem_ca(&ca)?;
-            if let Some((cert, key)) = identity {
-                options = options.with_pem_identity(&cert, &key)?;
-            }
-            // Every host of the connect string over TLS (`tcp://host` would opt one out).
-            return connector.with_tls(options).secure_connect(&self.settings.hosts).await;
-        }
-        connector.connect(&self.settings.hosts).await
+        connect(&self.settings).await
     }
 
     /// One session: initial sync, then watch until the session ends — under one persistent
@@ -214,4 +193,31 @@ impl Watcher {
             "zookeeper: disconnected; serving the last known routes while the client reconnects"
         );
     }
+}
+
+/// A new session on the ensemble `settings` names; with `auth`, its credentials are added
+/// before the first request, so nodes behind ZooKeeper ACLs (digest) can be read; with `tls`,
+/// over TLS.
+pub(crate) async fn connect(settings: &ZkSettings) -> Result<zk::Client, zk::Error> {
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .with_connection_timeout(settings.connect_timeout)
+        .with_fail_eagerly();
+    if let Some((scheme, credentials)) = settings.auth_parts() {
+        connector = connector.with_auth(scheme, credentials.as_bytes());
+    }
+    if let Some(tls) = &settings.tls {
+        // Read at every session: renewed certificates are picked up by the next one.
+        let (ca, identity) = tls.read().map_err(|e| {
+            log::warn!("zookeeper {}: {e}", settings.hosts);
+            zk::Error::BadArguments(&"zookeeper.tls: unreadable PEM file")
+        })?;
+        let mut options = zk::TlsOptions::new().with_pem_ca(&ca)?;
+        if let Some((cert, key)) = identity {
+            options = options.with_pem_identity(&cert, &key)?;
+        }
+        // Every host of the connect string over TLS (`tcp://host` would opt one out).
+        return connector.with_tls(options).secure_connect(&settings.hosts).await;
+    }
+    connector.connect(&settings.hosts).await
 }

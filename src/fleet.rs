@@ -1,0 +1,278 @@
+//! `zkgate config …`: the fleet's releases from an operator's terminal, and the glue that puts
+//! a release's sections over the local file (`[fleet]` in `gateway.toml`).
+//!
+//! A release is a gateway.toml-schema document holding only the dynamic sections
+//! (`worker::config::fleet::DYNAMIC_SECTIONS`); the local file keeps listeners, TLS files,
+//! admin, `[[zookeeper]]` and `[fleet]` itself. Exit codes: 0 done, 1 refused or failed, 3 a
+//! conflict (someone else moved the channel: read again and retry).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use worker::config::fleet::DYNAMIC_SECTIONS;
+use worker::config::Config;
+use worker::fleet::store::{Store, StoreError};
+
+/// The fleet verbs.
+#[derive(Subcommand)]
+pub enum Verb {
+    /// Create the cluster's tree in ZooKeeper (idempotent).
+    ///
+    /// Example: zkgate config init -c /etc/zkgate/gateway.toml
+    Init,
+    /// Check a release file against this host's file, store it, print its id on the last line.
+    ///
+    /// Example: zkgate config push -c gateway.toml routes.toml -m "move /api to api-v2"
+    Push {
+        /// The release: a TOML document of dynamic sections only.
+        file: PathBuf,
+        /// Why (kept in the audit history).
+        #[arg(short, long)]
+        message: String,
+    },
+    /// Point `stable` at a release: every host applies it (this version rolls to all at once).
+    ///
+    /// Example: zkgate config rollout -c gateway.toml r-3f2a9c0d11e4b5a6 --all -m "api-v2"
+    Rollout {
+        /// The release id.
+        release: String,
+        /// Every host at once (staged rollouts are not built yet).
+        #[arg(long, required = true)]
+        all: bool,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Point `stable` back at the release before the current one, or at `--to`: hosts that
+    /// had it apply it from their cache.
+    ///
+    /// Example: zkgate config rollback -c gateway.toml --to r-3f2a9c0d11e4b5a6
+    Rollback {
+        /// The release to go back to (default: the one `stable` served before).
+        #[arg(long)]
+        to: Option<String>,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// What `stable` serves and, per host, the release it serves and its last rejection.
+    /// With `--wait`, exits 0 once every host serves that release (1 at the timeout).
+    ///
+    /// Example: zkgate config status -c gateway.toml --wait r-3f2a9c0d11e4b5a6 --timeout 60s
+    Status {
+        /// A release every host must serve.
+        #[arg(long)]
+        wait: Option<String>,
+        /// How long to wait for it.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Every push and flip, oldest first, once each.
+    History,
+    /// A release's text.
+    Show {
+        /// The release id.
+        release: String,
+    },
+    /// Check a release file against this host's file without storing it.
+    Validate {
+        /// The release file.
+        file: PathBuf,
+    },
+}
+
+/// Where the host keeps the releases it applied: beside the route snapshot, else beside the
+/// file.
+pub fn cache_dir(path: &Path, config: &Config) -> PathBuf {
+    let dir = match &config.cache.snapshot {
+        Some(snapshot) => snapshot.parent().map(Path::to_path_buf),
+        None => path.parent().map(Path::to_path_buf),
+    };
+    dir.unwrap_or_else(|| PathBuf::from(".")).join("zkgate-releases")
+}
+
+/// The release the host serves from its cache: its id and text.
+pub fn current(cache: &Path) -> Option<(String, String)> {
+    let id = std::fs::read_to_string(cache.join(worker::fleet::apply::CURRENT)).ok()?;
+    let id = id.trim().to_string();
+    let text = std::fs::read_to_string(worker::fleet::apply::cached(cache, &id)).ok()?;
+    Some((id, text))
+}
+
+/// The local file's text with `release`'s sections in place of its own dynamic sections.
+/// A release holding anything else is refused by name.
+pub fn overlay(local: &str, release: &str) -> Result<String, String> {
+    let release: toml::Table =
+        toml::from_str(release).map_err(|e| format!("release: {}", e.message().trim()))?;
+    if let Some(key) = release.keys().find(|k| !DYNAMIC_SECTIONS.contains(&k.as_str())) {
+        return Err(format!(
+            "release: {key} is not a section a release may hold (only {}); it stays in each host's own file",
+            DYNAMIC_SECTIONS.join(", ")
+        ));
+    }
+    let mut merged: toml::Table =
+        toml::from_str(local).map_err(|e| format!("local file: {}", e.message().trim()))?;
+    for section in DYNAMIC_SECTIONS {
+        merged.remove(section);
+    }
+    merged.extend(release);
+    toml::to_string(&merged).map_err(|e| e.to_string())
+}
+
+/// Runs a verb.
+pub fn run(path: &Path, verb: Verb) -> anyhow::Result<u8> {
+    let config = crate::config::load(path)?;
+    let fleet = config.fleet.clone().with_context(|| {
+        format!("{}: zkgate config needs a [fleet] section (cluster, labels)", path.display())
+    })?;
+    if let Verb::Validate { file } = &verb {
+        let text = release_text(file)?;
+        crate::config::load_release(path, &crate::config::read(path)?, &text)?;
+        println!("{}: a valid release for {}", file.display(), path.display());
+        return Ok(0);
+    }
+    let source = match &fleet.zookeeper {
+        Some(name) => config.zookeeper.iter().enumerate().find(|(i, z)| z.source_name(*i) == *name),
+        None => config.zookeeper.iter().enumerate().next(),
+    }
+    .map(|(_, z)| z.clone())
+    .with_context(|| format!("{}: [fleet] names no [[zookeeper]] source", path.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let store = Store::connect(&source, &fleet).await?;
+        match verb_on(&store, path, verb).await {
+            Err(e) if matches!(e.downcast_ref(), Some(StoreError::Conflict { .. })) => {
+                eprintln!("zkgate: {e:#}");
+                Ok(3)
+            }
+            other => other,
+        }
+    })
+}
+
+fn release_text(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+}
+
+/// Who runs a verb, for the audit history.
+fn who() -> String {
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}@{}", user.unwrap_or_else(|_| "unknown".into()), host.trim())
+}
+
+async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
+    match verb {
+        Verb::Init => {
+            store.init().await?;
+            println!("initialised");
+        }
+        Verb::Push { file, message } => {
+            let text = release_text(&file)?;
+            crate::config::load_release(path, &crate::config::read(path)?, &text)
+                .with_context(|| format!("{} refused", file.display()))?;
+            let (manifest, new) = store.push(&text, &who(), &message).await?;
+            if !new {
+                println!("already stored ({} bytes)", manifest.size);
+            }
+            println!("{}", manifest.id);
+        }
+        Verb::Rollout { release, message, .. } => {
+            let (from, version) = store.channel("stable").await?;
+            store.flip("stable", (&release, version), (&who(), "rollout", &message)).await?;
+            println!("stable: {} -> {release}", from.as_deref().unwrap_or("nothing"));
+        }
+        Verb::Rollback { to, message } => {
+            let (now, version) = store.channel("stable").await?;
+            let to = match to {
+                Some(to) => to,
+                None => previous(store, now.as_deref()).await?,
+            };
+            store.flip("stable", (&to, version), (&who(), "rollback", &message)).await?;
+            println!("stable: {} -> {to}", now.as_deref().unwrap_or("nothing"));
+        }
+        Verb::Status { wait, timeout } => return status(store, wait, timeout).await,
+        Verb::History => {
+            for e in store.history().await? {
+                println!(
+                    "{}\t{}\t{}\t{} -> {}\t{}",
+                    e.at_ms,
+                    e.who,
+                    e.verb,
+                    e.from.as_deref().unwrap_or("-"),
+                    e.to,
+                    e.why
+                );
+            }
+        }
+        Verb::Show { release } => print!("{}", store.fetch(&release).await?),
+        Verb::Validate { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(0)
+}
+
+/// The release `stable` served before `now` (the history's last flip to `now`).
+async fn previous(store: &Store, now: Option<&str>) -> anyhow::Result<String> {
+    let history = store.history().await?;
+    let flip = history
+        .iter()
+        .rev()
+        .find(|e| e.verb != "push" && Some(e.to.as_str()) == now)
+        .and_then(|e| e.from.clone());
+    match flip {
+        Some(from) => Ok(from),
+        None => bail!("stable has no earlier release to go back to; name one with --to"),
+    }
+}
+
+async fn status(
+    store: &Store,
+    wait: Option<String>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (stable, _) = store.channel("stable").await?;
+        let hosts = store.hosts().await?;
+        let done = wait.as_ref().is_none_or(|w| {
+            !hosts.is_empty() && hosts.iter().all(|(_, h)| h.serving.as_ref() == Some(w))
+        });
+        if done || tokio::time::Instant::now() >= deadline {
+            println!("stable\t{}", stable.as_deref().unwrap_or("-"));
+            for (name, h) in &hosts {
+                let rejected =
+                    h.rejected.as_ref().map(|(id, why)| format!("\trejected {id}: {why}"));
+                println!(
+                    "{name}\tserving {}{}",
+                    h.serving.as_deref().unwrap_or("its file"),
+                    rejected.unwrap_or_default()
+                );
+            }
+            return Ok(if done { 0 } else { 1 });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_replaces_the_dynamic_sections_only() {
+        let local = "[server]\nlisten = [\"127.0.0.1:1\"]\n[services.old]\ninstances = [\"127.0.0.1:2\"]\n[[route]]\npath_prefix = \"/\"\nservice = \"old\"\n";
+        let release = "[services.new]\ninstances = [\"127.0.0.1:3\"]\n[[route]]\npath_prefix = \"/\"\nservice = \"new\"\n";
+        let merged: toml::Table = toml::from_str(&overlay(local, release).unwrap()).unwrap();
+        assert!(merged["server"].get("listen").is_some(), "the host's own section stays");
+        let services = merged["services"].as_table().unwrap();
+        assert!(services.contains_key("new") && !services.contains_key("old"));
+        assert_eq!(merged["route"].as_array().unwrap().len(), 1);
+        let e = overlay(local, "[admin]\nlisten = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(e.contains("admin is not a section a release may hold"), "{e}");
+        assert!(overlay(local, "[[route]\n").is_err());
+    }
+}

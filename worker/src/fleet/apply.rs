@@ -1,0 +1,195 @@
+//! The host's side of fleet configuration: one worker per host (the lease pattern the health
+//! prober uses) follows the cluster's `stable` channel. When it names a release this host does
+//! not serve, that worker takes it from the host's cache or fetches it (one read of its bytes
+//! per host, its hash checked), has the binary check it against this host (the same checks as
+//! `zkgate check`, host-local files included), caches it, and asks for the zero-loss reload:
+//! every worker is replaced by one that serves the new release, never a mix. A release that
+//! fails the checks never serves: the host keeps what it has and publishes the rejection in
+//! its ephemeral host node.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, FleetSettings, ZkSettings};
+use crate::discovery::retry::Backoff;
+use crate::fleet::store::{HostState, Store, StoreError};
+use crate::host::Host;
+
+/// Checks a release's text as this host would serve it; `Err` says which key and why.
+pub type Validate = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the binary lends the host's watcher.
+#[derive(Clone)]
+pub struct Hooks {
+    /// Checks a release's text as this host would serve it (the file with the release's
+    /// sections): `Err` names the key and what is wrong.
+    pub validate: Validate,
+    /// Asks the supervisor for the zero-loss reload (it re-reads the file and the cache).
+    pub reload: Arc<dyn Fn() + Send + Sync>,
+    /// The host's release cache (a directory).
+    pub cache: PathBuf,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+/// The lease row one worker per host holds to watch the channel.
+const LEASE: &str = "zkgate:fleet";
+
+/// How long a lease holds without renewal.
+const LEASE_MS: u64 = 3_000;
+
+/// The file naming the release the host serves, in the cache directory.
+pub const CURRENT: &str = "current";
+
+/// A cached release's file.
+pub fn cached(cache: &Path, id: &str) -> PathBuf {
+    cache.join(format!("{id}.toml"))
+}
+
+/// Writes `text` as release `id` into the cache and makes it current (each file written
+/// aside, then renamed: a crash leaves the old or the new, never half of one).
+pub fn cache_release(cache: &Path, id: &str, text: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(cache)?;
+    let write = |path: PathBuf, bytes: &[u8]| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    };
+    write(cached(cache, id), text.as_bytes())?;
+    write(cache.join(CURRENT), id.as_bytes())
+}
+
+/// Starts the host's watcher when the configuration has `[fleet]`.
+pub fn start(config: &Config, host: Host, hooks: Hooks) {
+    let Some(fleet) = config.fleet.clone() else { return };
+    let source = match &fleet.zookeeper {
+        Some(name) => config.zookeeper.iter().enumerate().find(|(i, z)| z.source_name(*i) == *name),
+        None => config.zookeeper.iter().enumerate().next(),
+    };
+    let Some((_, source)) = source else {
+        log::warn!("fleet {}: no [[zookeeper]] source holds the releases", fleet.cluster);
+        return;
+    };
+    let watcher = Watcher {
+        fleet,
+        source: source.clone(),
+        serving: config.release.clone(),
+        rejected: None,
+        hooks,
+        host,
+    };
+    tokio::spawn(watcher.run());
+}
+
+struct Watcher {
+    fleet: FleetSettings,
+    source: ZkSettings,
+    /// The release this worker's configuration holds.
+    serving: Option<String>,
+    /// The last release refused here, and why.
+    rejected: Option<(String, String)>,
+    hooks: Hooks,
+    host: Host,
+}
+
+impl Watcher {
+    /// Waits for the host's lease, then follows the channel while it holds it; a lost
+    /// session or lease starts over.
+    async fn run(mut self) {
+        let lease = self.host.service_index(LEASE);
+        let mut backoff = Backoff::default();
+        loop {
+            if !self.host.leases().hold(lease, LEASE_MS) {
+                tokio::time::sleep(Duration::from_millis(LEASE_MS / 3)).await;
+                continue;
+            }
+            match self.follow(lease).await {
+                Ok(()) => backoff = Backoff::default(),
+                Err(e) => {
+                    log::warn!("fleet {}: {e}; retrying", self.fleet.cluster);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// One session: publish the host, then apply what `stable` names until the lease is lost
+    /// or a reload was asked (this worker is about to be replaced).
+    async fn follow(&mut self, lease: usize) -> Result<(), StoreError> {
+        let store = Store::connect(&self.source, &self.fleet).await?;
+        let host = self.fleet.host_name();
+        store.publish(&host, &self.state()).await?;
+        loop {
+            let (target, watcher) = store.watch_channel("stable").await?;
+            if let Some(id) = target.filter(|t| self.wants(t)) {
+                if self.apply(&store, &id).await {
+                    // Replaced shortly by a worker serving it; keep the lease meanwhile.
+                    self.serving = Some(id);
+                }
+                store.publish(&host, &self.state()).await?;
+            }
+            let changed = watcher.changed();
+            tokio::pin!(changed);
+            loop {
+                tokio::select! {
+                    _ = &mut changed => break,
+                    _ = tokio::time::sleep(Duration::from_millis(LEASE_MS / 3)) => {
+                        if !self.host.leases().hold(lease, LEASE_MS) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `id` is a release to apply: not the one served, not one already refused.
+    fn wants(&self, id: &str) -> bool {
+        self.serving.as_deref() != Some(id)
+            && self.rejected.as_ref().is_none_or(|(refused, _)| refused != id)
+    }
+
+    /// Takes release `id` (from the cache when the host had it: a rollback reads nothing),
+    /// checks it, caches it and asks for the reload. `false`: refused, the reason kept.
+    async fn apply(&mut self, store: &Store, id: &str) -> bool {
+        let cluster = &self.fleet.cluster;
+        let text = match std::fs::read_to_string(cached(&self.hooks.cache, id)) {
+            Ok(text) => Ok(text),
+            Err(_) => store.fetch(id).await.map_err(|e| e.to_string()),
+        };
+        let checked = text.and_then(|t| (self.hooks.validate)(&t).map(|()| t));
+        let outcome = checked.and_then(|t| {
+            cache_release(&self.hooks.cache, id, &t)
+                .map_err(|e| format!("cannot cache it in {}: {e}", self.hooks.cache.display()))
+        });
+        match outcome {
+            Ok(()) => {
+                log::info!(
+                    "fleet {cluster}: applying release {id} (was {}): reloading",
+                    self.serving.as_deref().unwrap_or("the file")
+                );
+                (self.hooks.reload)();
+                true
+            }
+            Err(why) => {
+                log::warn!("fleet {cluster}: release {id} refused on this host: {why}");
+                self.rejected = Some((id.to_string(), why));
+                false
+            }
+        }
+    }
+
+    fn state(&self) -> HostState {
+        HostState {
+            labels: self.fleet.labels.clone(),
+            serving: self.serving.clone(),
+            rejected: self.rejected.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}

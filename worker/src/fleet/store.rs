@@ -1,0 +1,380 @@
+//! The fleet's releases in ZooKeeper, under `<root>/<cluster>`:
+//!
+//! ```text
+//! blobs/<sha256>/c-00000…   a release's bytes, in chunks of CHUNK (ZooKeeper refuses requests
+//!                           over 1 MiB); written once, never changed
+//! releases/<id>             its manifest (JSON: sha256, size, chunks, author, message, created)
+//! channels/stable           the release every host serves (its id), flipped by compare-and-set
+//! audit/e-<seq>             append-only (JSON: who, verb, from, to, why, at), written in the
+//!                           same multi as the change it records
+//! hosts/<host>              ephemeral: labels, the release it serves, its last rejection
+//! ```
+//!
+//! A release's id is `r-` and the first 16 hex digits of its SHA-256: content-addressed, so a
+//! push of the same document stores nothing new. Every node is created with the source's ACLs
+//! (ZooKeeper does not inherit them): the creator's only when the source authenticates, else
+//! open.
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client as zk;
+
+use crate::config::{FleetSettings, ZkSettings};
+
+/// The largest chunk of a release's bytes one request carries.
+pub const CHUNK: usize = 512 * 1024;
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// ZooKeeper refused or could not be reached.
+    #[error("zookeeper {path}: {source}")]
+    Zk {
+        /// The node concerned.
+        path: String,
+        /// What ZooKeeper said.
+        source: zk::Error,
+    },
+    /// The channel moved since it was read: someone else flipped it.
+    #[error("conflict: channel {channel} moved meanwhile (it now serves {now}); read it again and retry")]
+    Conflict {
+        /// The channel.
+        channel: String,
+        /// What it points at now.
+        now: String,
+    },
+    /// No such release.
+    #[error("no release {0} in this cluster")]
+    Unknown(String),
+    /// A release's bytes do not hash to its id, or are cut short.
+    #[error("release {0}: its bytes do not match its manifest ({1})")]
+    Corrupt(String, String),
+    /// A node holds something this version cannot read.
+    #[error("{0}: {1}")]
+    Malformed(String, String),
+}
+
+/// A release's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// `r-` + 16 hex digits of its SHA-256.
+    pub id: String,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub size: usize,
+    /// How many chunks hold it.
+    pub chunks: usize,
+    /// Who pushed it.
+    pub author: String,
+    /// Why.
+    pub message: String,
+    /// When (Unix ms).
+    pub created_ms: u64,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Who did it.
+    pub who: String,
+    /// `push`, `rollout`, `rollback`.
+    pub verb: String,
+    /// What the channel served before (for a flip).
+    pub from: Option<String>,
+    /// The release concerned.
+    pub to: String,
+    /// The operator's words.
+    pub why: String,
+    /// Unix ms.
+    pub at_ms: u64,
+}
+
+/// What a host publishes about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The release its workers serve (none: its own file).
+    pub serving: Option<String>,
+    /// The last release it refused, and why (the dotted key and message).
+    pub rejected: Option<(String, String)>,
+    /// The binary's version.
+    pub version: String,
+}
+
+/// The id of a document: `r-` and 16 hex digits of its SHA-256.
+pub fn release_id(text: &str) -> (String, String) {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    (format!("r-{}", &hex[..16]), hex)
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One session on the cluster's tree.
+pub struct Store {
+    client: zk::Client,
+    base: String,
+    /// The source authenticates: nodes are its own (`creator_all`), else open.
+    private: bool,
+}
+
+impl Store {
+    /// A session on the ensemble of `source`, for `fleet`'s cluster.
+    pub async fn connect(source: &ZkSettings, fleet: &FleetSettings) -> Result<Self, StoreError> {
+        let client = crate::discovery::zookeeper::connect(source)
+            .await
+            .map_err(|source| StoreError::Zk { path: source_path(fleet), source })?;
+        Ok(Store { client, base: fleet.base(), private: source.auth.is_some() })
+    }
+
+    fn acls(&self) -> zk::Acls<'static> {
+        match self.private {
+            true => zk::Acls::creator_all(),
+            false => zk::Acls::anyone_all(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.base)
+    }
+
+    fn err(path: &str) -> impl FnOnce(zk::Error) -> StoreError + '_ {
+        move |source| StoreError::Zk { path: path.to_string(), source }
+    }
+
+    /// Creates the tree (idempotent).
+    pub async fn init(&self) -> Result<(), StoreError> {
+        let acls = self.acls();
+        let persistent = zk::CreateMode::Persistent.with_acls(acls);
+        for dir in ["blobs", "releases", "channels", "audit", "hosts"] {
+            let path = self.path(dir);
+            self.client.mkdir(&path, &persistent).await.map_err(Self::err(&path))?;
+        }
+        let stable = self.path("channels/stable");
+        match self.client.create(&stable, b"", &persistent).await {
+            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(Self::err(&stable)(e)),
+        }
+    }
+
+    /// Stores `text` as a release (its chunks first, then its manifest and the audit entry in
+    /// one multi); returns its manifest and whether it is new.
+    pub async fn push(
+        &self,
+        text: &str,
+        author: &str,
+        message: &str,
+    ) -> Result<(Manifest, bool), StoreError> {
+        let (id, sha256) = release_id(text);
+        if let Ok(existing) = self.manifest(&id).await {
+            return Ok((existing, false));
+        }
+        let persistent = zk::CreateMode::Persistent.with_acls(self.acls());
+        let blob = self.path(&format!("blobs/{sha256}"));
+        match self.client.create(&blob, b"", &persistent).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(Self::err(&blob)(e)),
+        }
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let path = format!("{blob}/c-{i:05}");
+            match self.client.create(&path, chunk, &persistent).await {
+                Ok(_) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(Self::err(&path)(e)),
+            }
+        }
+        let manifest = Manifest {
+            id: id.clone(),
+            sha256,
+            size: text.len(),
+            chunks: chunks.len(),
+            author: author.to_string(),
+            message: message.to_string(),
+            created_ms: now_ms(),
+        };
+        let entry = AuditEntry {
+            who: author.to_string(),
+            verb: "push".into(),
+            from: None,
+            to: id.clone(),
+            why: message.to_string(),
+            at_ms: now_ms(),
+        };
+        let release = self.path(&format!("releases/{id}"));
+        let audit = self.path("audit/e-");
+        let sequential = zk::CreateMode::PersistentSequential.with_acls(self.acls());
+        let mut multi = self.client.new_multi_writer();
+        multi.add_create(&release, &manifest.bytes(), &persistent).map_err(Self::err(&release))?;
+        multi.add_create(&audit, &entry.bytes(), &sequential).map_err(Self::err(&audit))?;
+        match multi.commit().await {
+            Ok(_) => Ok((manifest, true)),
+            // Pushed by someone else meanwhile: the same bytes, the same release.
+            Err(e) if zk::Error::from(e.clone()) == zk::Error::NodeExists => {
+                Ok((self.manifest(&id).await?, false))
+            }
+            Err(e) => Err(Self::err(&release)(e.into())),
+        }
+    }
+
+    /// A release's manifest.
+    pub async fn manifest(&self, id: &str) -> Result<Manifest, StoreError> {
+        let path = self.path(&format!("releases/{id}"));
+        match self.client.get_data(&path).await {
+            Ok((data, _)) => serde_json::from_slice(&data)
+                .map_err(|e| StoreError::Malformed(path, e.to_string())),
+            Err(zk::Error::NoNode) => Err(StoreError::Unknown(id.to_string())),
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+
+    /// A release's text, its hash checked.
+    pub async fn fetch(&self, id: &str) -> Result<String, StoreError> {
+        let m = self.manifest(id).await?;
+        let mut bytes = Vec::with_capacity(m.size);
+        for i in 0..m.chunks {
+            let path = self.path(&format!("blobs/{}/c-{i:05}", m.sha256));
+            let (chunk, _) = self.client.get_data(&path).await.map_err(|e| match e {
+                zk::Error::NoNode => StoreError::Corrupt(id.to_string(), format!("{path} is gone")),
+                e => Self::err(&path)(e),
+            })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| StoreError::Corrupt(id.to_string(), "not UTF-8".into()))?;
+        let (got, _) = release_id(&text);
+        if got != m.id || text.len() != m.size {
+            return Err(StoreError::Corrupt(id.to_string(), format!("it hashes to {got}")));
+        }
+        Ok(text)
+    }
+
+    /// What `channel` serves, and the version to flip it from.
+    pub async fn channel(&self, channel: &str) -> Result<(Option<String>, i32), StoreError> {
+        let path = self.path(&format!("channels/{channel}"));
+        let (data, stat) = self.client.get_data(&path).await.map_err(Self::err(&path))?;
+        let id = String::from_utf8_lossy(&data).trim().to_string();
+        Ok(((!id.is_empty()).then_some(id), stat.version))
+    }
+
+    /// Points `channel` at `to` if it is still at `version` (compare-and-set), with its audit
+    /// entry in the same multi: one of two concurrent flips wins, the other gets
+    /// [`StoreError::Conflict`], and the history holds each change exactly once.
+    pub async fn flip(
+        &self,
+        channel: &str,
+        (to, version): (&str, i32),
+        (who, verb, why): (&str, &str, &str),
+    ) -> Result<(), StoreError> {
+        self.manifest(to).await?;
+        let path = self.path(&format!("channels/{channel}"));
+        let from = self.channel(channel).await.ok().and_then(|(id, _)| id);
+        let entry = AuditEntry {
+            who: who.into(),
+            verb: verb.into(),
+            from,
+            to: to.into(),
+            why: why.into(),
+            at_ms: now_ms(),
+        };
+        let audit = self.path("audit/e-");
+        let sequential = zk::CreateMode::PersistentSequential.with_acls(self.acls());
+        let mut multi = self.client.new_multi_writer();
+        multi.add_set_data(&path, to.as_bytes(), Some(version)).map_err(Self::err(&path))?;
+        multi.add_create(&audit, &entry.bytes(), &sequential).map_err(Self::err(&audit))?;
+        match multi.commit().await {
+            Ok(_) => Ok(()),
+            Err(e) if zk::Error::from(e.clone()) == zk::Error::BadVersion => {
+                let now = self.channel(channel).await?.0.unwrap_or_else(|| "nothing".into());
+                Err(StoreError::Conflict { channel: channel.into(), now })
+            }
+            Err(e) => Err(Self::err(&path)(e.into())),
+        }
+    }
+
+    /// Every audit entry, oldest first.
+    pub async fn history(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let dir = self.path("audit");
+        let mut names = self.client.list_children(&dir).await.map_err(Self::err(&dir))?;
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let path = format!("{dir}/{name}");
+            let (data, _) = self.client.get_data(&path).await.map_err(Self::err(&path))?;
+            out.push(
+                serde_json::from_slice(&data)
+                    .map_err(|e| StoreError::Malformed(path, e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Publishes this host's state in its ephemeral node (created with this session).
+    pub async fn publish(&self, host: &str, state: &HostState) -> Result<(), StoreError> {
+        let path = self.path(&format!("hosts/{host}"));
+        let data = state.bytes();
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(self.acls());
+        match self.client.create(&path, &data, &ephemeral).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NodeExists) => {
+                self.client.set_data(&path, &data, None).await.map(|_| ()).map_err(Self::err(&path))
+            }
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+
+    /// Every host that published its state, by name.
+    pub async fn hosts(&self) -> Result<Vec<(String, HostState)>, StoreError> {
+        let dir = self.path("hosts");
+        let mut names = self.client.list_children(&dir).await.map_err(Self::err(&dir))?;
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let path = format!("{dir}/{name}");
+            // A host that left between the listing and the read is simply gone.
+            let Ok((data, _)) = self.client.get_data(&path).await else { continue };
+            let state = serde_json::from_slice(&data).unwrap_or_default();
+            out.push((name, state));
+        }
+        Ok(out)
+    }
+
+    /// What `channel` serves now, and a watch that fires when it changes.
+    pub async fn watch_channel(
+        &self,
+        channel: &str,
+    ) -> Result<(Option<String>, zk::OneshotWatcher), StoreError> {
+        let path = self.path(&format!("channels/{channel}"));
+        let (data, _, watcher) =
+            self.client.get_and_watch_data(&path).await.map_err(Self::err(&path))?;
+        let id = String::from_utf8_lossy(&data).trim().to_string();
+        Ok(((!id.is_empty()).then_some(id), watcher))
+    }
+}
+
+/// The cluster's path, for errors before a session exists.
+fn source_path(fleet: &FleetSettings) -> String {
+    fleet.base()
+}
+
+/// JSON bytes of the fleet's records.
+mod erased {
+    /// A record written as JSON.
+    pub trait Json {
+        /// Its bytes.
+        fn bytes(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn bytes(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}
+
+use erased::Json as _;
