@@ -31,15 +31,39 @@ pub enum Verb {
         #[arg(short, long)]
         message: String,
     },
-    /// Point `stable` at a release: every host applies it (this version rolls to all at once).
+    /// Roll a release out: to every host at once (`--all`), or first to K canary hosts for
+    /// `--bake`, comparing their 5xx share with the other hosts' meanwhile: it aborts by itself
+    /// (canaries back to stable, exit 2) when theirs is worse by more than `--max-5xx-increase`,
+    /// and becomes `stable` when the bake ends. If this command dies, the rollout waits:
+    /// `promote` or `abort` finishes it.
     ///
-    /// Example: zkgate config rollout -c gateway.toml r-3f2a9c0d11e4b5a6 --all -m "api-v2"
+    /// Example: zkgate config rollout -c gateway.toml r-3f2a9c0d11e4b5a6 --canary 2 --bake 5m
     Rollout {
         /// The release id.
         release: String,
-        /// Every host at once (staged rollouts are not built yet).
-        #[arg(long, required = true)]
+        /// Every host at once.
+        #[arg(long, conflicts_with = "canary", required_unless_present = "canary")]
         all: bool,
+        /// This many hosts first (by name, among those with `--label`).
+        #[arg(long)]
+        canary: Option<usize>,
+        /// Only hosts with this label (`dc=eu1`) are canaries.
+        #[arg(long)]
+        label: Option<String>,
+        /// How long the canaries bake before the release becomes stable.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        bake: std::time::Duration,
+        /// How much worse (a share, 0..1) the canaries' 5xx may be than the others'.
+        #[arg(long, default_value_t = 0.05)]
+        max_5xx_increase: f64,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Make the release of the rollout in progress stable now.
+    Promote,
+    /// Abort the rollout in progress: its canaries go back to stable.
+    Abort {
         /// Why.
         #[arg(short, long, default_value = "")]
         message: String,
@@ -181,11 +205,19 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             }
             println!("{}", manifest.id);
         }
-        Verb::Rollout { release, message, .. } => {
+        Verb::Rollout { release, canary: None, message, .. } => {
             let (from, version) = store.channel("stable").await?;
             store.flip("stable", (&release, version), (&who(), "rollout", &message)).await?;
             println!("stable: {} -> {release}", from.as_deref().unwrap_or("nothing"));
         }
+        Verb::Rollout {
+            release, canary: Some(k), label, bake, max_5xx_increase, message, ..
+        } => {
+            let plan = crate::rollout::Plan { k, label, bake, max_5xx_increase };
+            return crate::rollout::staged(store, &release, plan, (&who(), &message)).await;
+        }
+        Verb::Promote => crate::rollout::promote(store, &who()).await?,
+        Verb::Abort { message } => crate::rollout::abort(store, (&who(), &message)).await?,
         Verb::Rollback { to, message } => {
             let (now, version) = store.channel("stable").await?;
             let to = match to {

@@ -6,6 +6,7 @@ mod checks;
 mod config;
 mod edge_checks;
 mod fleet;
+mod rollout;
 mod summary;
 
 /// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The

@@ -185,3 +185,70 @@ fn two_concurrent_flips_one_wins_the_other_gets_a_conflict() {
         other => panic!("exit codes {other:?}\n{history}"),
     }
 }
+
+/// A host of the fleet: its own file (and release cache) in `dir`, routing everything to
+/// `good` until a release says otherwise.
+fn host(zk: &Zk, name: &str, good: &Backend) -> Gateway {
+    let toml = Toml::new()
+        .zookeeper(zk, "")
+        .section("[services.web]", &format!("instances = [\"{}\"]", good.address()))
+        .route_all("web")
+        .section("[fleet]", &format!("cluster = \"stage\"\nhost = \"{name}\""));
+    Gateway::with(toml).workers(2).admin().start()
+}
+
+#[test]
+fn a_canary_that_answers_worse_than_the_other_hosts_is_rolled_back_by_itself() {
+    let zk = Zk::standalone();
+    let (good, bad) = (Backend::start("good"), Backend::start("bad"));
+    bad.failing.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let (h1, h2) = (host(&zk, "h1", &good), host(&zk, "h2", &good));
+    assert_eq!(config(&h1, &["init"]).0, 0);
+    let base = push(&h1, &write_file(dir.path(), "base.toml", &routes_to(&good)), "base");
+    assert_eq!(config(&h1, &["rollout", &base, "--all"]).0, 0);
+    let (code, out, _) = config(&h1, &["status", "--wait", &base, "--timeout", "20s"]);
+    assert_eq!(code, 0, "{out}");
+    let broken = push(&h1, &write_file(dir.path(), "broken.toml", &routes_to(&bad)), "broken");
+    let mut spec = Spec::paced(h1.port, Reuse::Unchecked);
+    (spec.keep_alive, spec.fresh, spec.rate) = (4, 1, 200);
+    let load1 = Load::start(spec.clone());
+    spec.port = h2.port;
+    let load2 = Load::start(spec);
+    load2.wait_for(100);
+    // One canary (h1, first by name), a bake long enough to judge it.
+    let started = std::time::Instant::now();
+    let (code, out, err) =
+        config(&h1, &["rollout", &broken, "--canary", "1", "--bake", "60s", "-m", "try"]);
+    let took = started.elapsed();
+    assert_eq!(code, 2, "not aborted by itself: {out}{err}");
+    assert!(out.contains("canary: h1 serve"), "{out}");
+    assert!(out.contains("aborted: canary 5xx share"), "{out}");
+    eprintln!("fleet config: canary aborted after {took:?}: {out}");
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    // h1 is back on the stable release, h2 never left it.
+    assert_eventually!(
+        10,
+        h1.admin_get("/config").json()["release"] == base.as_str()
+            && answers(&h1, 10) == ["good".to_string()].into(),
+        "the canary did not go back to stable"
+    );
+    let tally2 = load2.stop();
+    let tally1 = load1.stop();
+    eprintln!("fleet config: canary host {tally1}; other host {tally2}");
+    assert_eq!(tally2.lost(), 0, "the other host served the broken release: {tally2}");
+    assert!(tally1.status.get(&503).copied().unwrap_or(0) > 0, "the canary never served it");
+    assert_eq!(h2.metric("zkgate_requests_total", "code_class=\"5xx\""), 0);
+    // The audit entry has the numbers.
+    let (_, history, _) = config(&h1, &["history"]);
+    let abort = history.lines().find(|l| l.contains("\tabort\t")).expect(&history);
+    assert!(abort.contains("5xx share") && abort.contains("requests"), "{abort}");
+    // A release that bakes well becomes stable, and every host serves it.
+    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
+    let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
+    let (code, out, err) = config(&h1, &["rollout", &next, "--canary", "1", "--bake", "3s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("promoted: stable -> {next}")), "{out}");
+    let (code, out, _) = config(&h2, &["status", "--wait", &next, "--timeout", "20s"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -215,7 +215,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
     start_health_checks(&config, (&table, host), &transports);
     if let Some(hooks) = settings.fleet.clone() {
-        fleet::apply::start(&config, host, hooks);
+        fleet::apply::start(&config, (host, metrics), hooks);
     }
     if let Some(admin_socket) = settings.admin.take() {
         let parts = (table.clone(), changes, reports, ready.clone());

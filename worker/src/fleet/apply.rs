@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crate::config::{Config, FleetSettings, ZkSettings};
 use crate::discovery::retry::Backoff;
-use crate::fleet::store::{HostState, Store, StoreError};
+use crate::fleet::store::{HostState, Rollout, Store, StoreError};
 use crate::host::Host;
+use crate::metrics::Metrics;
 
 /// Checks a release's text as this host would serve it; `Err` says which key and why.
 pub type Validate = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -43,6 +44,9 @@ const LEASE: &str = "zkgate:fleet";
 /// How long a lease holds without renewal.
 const LEASE_MS: u64 = 3_000;
 
+/// How often the lease holder renews it and publishes the host's answer counts.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
 /// The file naming the release the host serves, in the cache directory.
 pub const CURRENT: &str = "current";
 
@@ -65,7 +69,7 @@ pub fn cache_release(cache: &Path, id: &str, text: &str) -> std::io::Result<()> 
 }
 
 /// Starts the host's watcher when the configuration has `[fleet]`.
-pub fn start(config: &Config, host: Host, hooks: Hooks) {
+pub fn start(config: &Config, (host, metrics): (Host, Metrics), hooks: Hooks) {
     let Some(fleet) = config.fleet.clone() else { return };
     let source = match &fleet.zookeeper {
         Some(name) => config.zookeeper.iter().enumerate().find(|(i, z)| z.source_name(*i) == *name),
@@ -82,6 +86,7 @@ pub fn start(config: &Config, host: Host, hooks: Hooks) {
         rejected: None,
         hooks,
         host,
+        metrics,
     };
     tokio::spawn(watcher.run());
 }
@@ -95,6 +100,7 @@ struct Watcher {
     rejected: Option<(String, String)>,
     hooks: Hooks,
     host: Host,
+    metrics: Metrics,
 }
 
 impl Watcher {
@@ -118,30 +124,36 @@ impl Watcher {
         }
     }
 
-    /// One session: publish the host, then apply what `stable` names until the lease is lost
-    /// or a reload was asked (this worker is about to be replaced).
+    /// One session: publish the host, then apply what `stable` (or, on a canary host, the
+    /// staged rollout) names until the lease is lost; the host's answer counts are published
+    /// every [`STATS_EVERY`] for the rollout to compare.
     async fn follow(&mut self, lease: usize) -> Result<(), StoreError> {
         let store = Store::connect(&self.source, &self.fleet).await?;
         let host = self.fleet.host_name();
         store.publish(&host, &self.state()).await?;
         loop {
-            let (target, watcher) = store.watch_channel("stable").await?;
-            if let Some(id) = target.filter(|t| self.wants(t)) {
+            let (stable, stable_changed) = store.watch_channel("stable").await?;
+            let (rollout, rollout_changed) = store.watch_rollout().await?;
+            let target = Rollout::target_for(rollout.as_ref(), &host, stable.as_deref());
+            if let Some(id) = target.filter(|t| self.wants(t)).map(str::to_string) {
                 if self.apply(&store, &id).await {
                     // Replaced shortly by a worker serving it; keep the lease meanwhile.
                     self.serving = Some(id);
                 }
                 store.publish(&host, &self.state()).await?;
             }
-            let changed = watcher.changed();
-            tokio::pin!(changed);
+            let (a, b) = (stable_changed.changed(), rollout_changed.changed());
+            tokio::pin!(a);
+            tokio::pin!(b);
             loop {
                 tokio::select! {
-                    _ = &mut changed => break,
-                    _ = tokio::time::sleep(Duration::from_millis(LEASE_MS / 3)) => {
+                    _ = &mut a => break,
+                    _ = &mut b => break,
+                    _ = tokio::time::sleep(STATS_EVERY) => {
                         if !self.host.leases().hold(lease, LEASE_MS) {
                             return Ok(());
                         }
+                        store.publish(&host, &self.state()).await?;
                     }
                 }
             }
@@ -190,6 +202,10 @@ impl Watcher {
             serving: self.serving.clone(),
             rejected: self.rejected.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            answered: self.metrics.answered_by_class(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }

@@ -5,6 +5,8 @@
 //!                           over 1 MiB); written once, never changed
 //! releases/<id>             its manifest (JSON: sha256, size, chunks, author, message, created)
 //! channels/stable           the release every host serves (its id), flipped by compare-and-set
+//! rollout                   the staged rollout in progress (JSON: release, canary hosts, bake,
+//!                           threshold, state), also by compare-and-set
 //! audit/e-<seq>             append-only (JSON: who, verb, from, to, why, at), written in the
 //!                           same multi as the change it records
 //! hosts/<host>              ephemeral: labels, the release it serves, its last rejection
@@ -89,6 +91,44 @@ pub struct AuditEntry {
     pub at_ms: u64,
 }
 
+/// A staged rollout: its canary hosts serve `release` while `state` is `canary`; everyone
+/// else follows `stable`. Whoever decides (the operator's `zkgate config rollout`, or a
+/// later `promote`/`abort`) moves it on; if that process dies the rollout waits, it is never
+/// stranded half-way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The release on trial.
+    pub release: String,
+    /// What `stable` served when it started.
+    pub from: Option<String>,
+    /// The hosts that serve it meanwhile.
+    pub canary: Vec<String>,
+    /// `canary`, `promoted` or `aborted`.
+    pub state: String,
+    /// When it started (Unix ms) and how long it bakes.
+    pub started_ms: u64,
+    /// Bake time, ms.
+    pub bake_ms: u64,
+    /// The canaries' 5xx share may exceed the others' by this much before it aborts.
+    pub max_5xx_increase: f64,
+}
+
+impl Rollout {
+    /// The release `host` should serve, given what `stable` serves.
+    pub fn target_for<'a>(
+        rollout: Option<&'a Rollout>,
+        host: &str,
+        stable: Option<&'a str>,
+    ) -> Option<&'a str> {
+        match rollout {
+            Some(r) if r.state == "canary" && r.canary.iter().any(|h| h == host) => {
+                Some(&r.release)
+            }
+            _ => stable,
+        }
+    }
+}
+
 /// What a host publishes about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostState {
@@ -100,6 +140,13 @@ pub struct HostState {
     pub rejected: Option<(String, String)>,
     /// The binary's version.
     pub version: String,
+    /// Requests the host answered since it started, by status class (1xx..5xx), and when
+    /// they were counted (Unix ms): what a rollout compares between hosts.
+    #[serde(default)]
+    pub answered: [u64; 5],
+    /// When `answered` was read.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// The id of a document: `r-` and 16 hex digits of its SHA-256.
@@ -156,11 +203,65 @@ impl Store {
             let path = self.path(dir);
             self.client.mkdir(&path, &persistent).await.map_err(Self::err(&path))?;
         }
-        let stable = self.path("channels/stable");
-        match self.client.create(&stable, b"", &persistent).await {
-            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
-            Err(e) => Err(Self::err(&stable)(e)),
+        for node in ["channels/stable", "rollout"] {
+            let path = self.path(node);
+            match self.client.create(&path, b"", &persistent).await {
+                Ok(_) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(Self::err(&path)(e)),
+            }
         }
+        Ok(())
+    }
+
+    /// The staged rollout, if one was ever started, and the version to change it from.
+    pub async fn rollout(&self) -> Result<(Option<Rollout>, i32), StoreError> {
+        let path = self.path("rollout");
+        let (data, stat) = self.client.get_data(&path).await.map_err(Self::err(&path))?;
+        if data.is_empty() {
+            return Ok((None, stat.version));
+        }
+        let r = serde_json::from_slice(&data)
+            .map_err(|e| StoreError::Malformed(path, e.to_string()))?;
+        Ok((Some(r), stat.version))
+    }
+
+    /// Writes the rollout if it is still at `version`, with its audit entry, in one multi.
+    pub async fn set_rollout(
+        &self,
+        rollout: &Rollout,
+        version: i32,
+        (who, verb, why): (&str, &str, &str),
+    ) -> Result<(), StoreError> {
+        let path = self.path("rollout");
+        let entry = AuditEntry {
+            who: who.into(),
+            verb: verb.into(),
+            from: rollout.from.clone(),
+            to: rollout.release.clone(),
+            why: why.into(),
+            at_ms: now_ms(),
+        };
+        let audit = self.path("audit/e-");
+        let sequential = zk::CreateMode::PersistentSequential.with_acls(self.acls());
+        let mut multi = self.client.new_multi_writer();
+        multi.add_set_data(&path, &rollout.bytes(), Some(version)).map_err(Self::err(&path))?;
+        multi.add_create(&audit, &entry.bytes(), &sequential).map_err(Self::err(&audit))?;
+        match multi.commit().await {
+            Ok(_) => Ok(()),
+            Err(e) if zk::Error::from(e.clone()) == zk::Error::BadVersion => {
+                Err(StoreError::Conflict { channel: "rollout".into(), now: "another state".into() })
+            }
+            Err(e) => Err(Self::err(&path)(e.into())),
+        }
+    }
+
+    /// The rollout as it is now, and a watch that fires when it changes.
+    pub async fn watch_rollout(&self) -> Result<(Option<Rollout>, zk::OneshotWatcher), StoreError> {
+        let path = self.path("rollout");
+        let (data, _, watcher) =
+            self.client.get_and_watch_data(&path).await.map_err(Self::err(&path))?;
+        let rollout = serde_json::from_slice(&data).ok();
+        Ok((rollout, watcher))
     }
 
     /// Stores `text` as a release (its chunks first, then its manifest and the audit entry in

@@ -231,3 +231,28 @@ fn every_spelling_of_a_protected_path_is_routed_under_its_auth_or_refused() {
         assert_eq!(route("/x", host).unwrap().auth, Some(0), "{host}");
     }
 }
+
+/// Found by the `canonical` fuzz target: a target whose query holds dots and parameters is
+/// routed on its path alone, and forwarded as its canonical path plus the query untouched.
+#[test]
+fn a_query_is_never_read_as_part_of_the_path() {
+    let input = "/x/%2e%2E?%d16min;j=1/ma";
+    let rules = PathRules::default();
+    let once = target::canonical(input, &rules).unwrap();
+    assert_eq!(target::canonical(&once, &rules).unwrap(), once);
+    let uri: Uri = input.parse().unwrap();
+    let everything = RouteRule {
+        host: None,
+        path_prefix: "/".into(),
+        service: "a".into(),
+        strip_prefix: false,
+        canary: None,
+        mirror: None,
+        auth: None,
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    };
+    let router = Router::new(&HeaderRouting::default(), &[everything]);
+    let t = router.route(&uri, &HeaderMap::new()).unwrap();
+    assert_eq!(t.path.path(), target::canonical(uri.path(), &rules).unwrap());
+}

@@ -196,6 +196,19 @@ impl Metrics {
         self.me().active_connections.load(Ordering::Relaxed)
     }
 
+    /// Requests the host answered since its start, by status class (1xx..5xx), over every
+    /// service and every worker: what a fleet rollout compares between hosts.
+    pub fn answered_by_class(&self) -> [u64; 5] {
+        let scrape = scrape::Scrape::new(self);
+        let mut out = [0u64; 5];
+        for (i, _) in &scrape.names {
+            for (c, n) in out.iter_mut().enumerate() {
+                *n += scrape.sum(|w| w.services[*i].by_class[c].load(Ordering::Relaxed));
+            }
+        }
+        out
+    }
+
     /// The index of `service` in the shared name table (claimed on first use).
     pub fn service_index(&self, service: &str) -> usize {
         self.host.service_index(service)

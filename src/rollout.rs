@@ -1,0 +1,185 @@
+//! `zkgate config rollout --canary K`: a release goes to K hosts first, bakes, and becomes
+//! `stable` — or aborts by itself when its canaries answer worse than the other hosts over the
+//! same window. The state lives in ZooKeeper's `rollout` node (see `worker::fleet::store`), so
+//! this process deciding can die: the rollout then waits for `promote` or `abort`.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use worker::fleet::store::{HostState, Rollout, Store};
+
+/// How a staged rollout goes.
+pub struct Plan {
+    /// Canary hosts.
+    pub k: usize,
+    /// Only hosts with this `name=value` label are canaries.
+    pub label: Option<String>,
+    /// Bake time.
+    pub bake: Duration,
+    /// How much worse the canaries' 5xx share may be.
+    pub max_5xx_increase: f64,
+}
+
+/// Fewer requests than this on either side say nothing yet.
+const MIN_REQUESTS: u64 = 20;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the rollout, watches it bake, then promotes or aborts it. Exit 0 promoted, 2
+/// aborted on its own.
+pub async fn staged(
+    store: &Store,
+    release: &str,
+    plan: Plan,
+    (who, why): (&str, &str),
+) -> anyhow::Result<u8> {
+    store.manifest(release).await?;
+    let (current, version) = store.rollout().await?;
+    if let Some(r) = current.filter(|r| r.state == "canary") {
+        bail!("rollout of {} in progress: promote or abort it first", r.release);
+    }
+    let hosts = store.hosts().await?;
+    let wanted = plan.label.as_deref().and_then(|l| l.split_once('='));
+    let mut eligible: Vec<&str> = hosts
+        .iter()
+        .filter(|(_, h)| wanted.is_none_or(|(k, v)| h.labels.get(k).map(String::as_str) == Some(v)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    eligible.sort();
+    if eligible.len() < plan.k || plan.k == 0 {
+        bail!("--canary {}: {} eligible hosts", plan.k, eligible.len());
+    }
+    let canary: Vec<String> = eligible[..plan.k].iter().map(|h| h.to_string()).collect();
+    let (from, _) = store.channel("stable").await?;
+    let rollout = Rollout {
+        release: release.to_string(),
+        from,
+        canary: canary.clone(),
+        state: "canary".into(),
+        started_ms: now_ms(),
+        bake_ms: plan.bake.as_millis() as u64,
+        max_5xx_increase: plan.max_5xx_increase,
+    };
+    store.set_rollout(&rollout, version, (who, "canary", why)).await?;
+    println!(
+        "canary: {} serve {release} for {}",
+        canary.join(" "),
+        humantime::format_duration(plan.bake)
+    );
+    // Each host's counts from its first report after the start: a report published before
+    // it (a host between workers publishes none for a moment) would date the window wrong.
+    let mut baseline: Vec<(String, HostState)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + plan.bake;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = store.hosts().await?;
+        for (name, h) in &now {
+            if h.at_ms >= rollout.started_ms && !baseline.iter().any(|(n, _)| n == name) {
+                baseline.push((name.clone(), h.clone()));
+            }
+        }
+        let judged: Vec<(String, HostState)> =
+            now.into_iter().filter(|(n, _)| baseline.iter().any(|(b, _)| b == n)).collect();
+        if let Some(why) = regression(&baseline, &judged, &canary, plan.max_5xx_increase) {
+            finish(store, "aborted", (who, "abort", &why)).await?;
+            println!("aborted: {why}");
+            return Ok(2);
+        }
+    }
+    let (_, version) = store.channel("stable").await?;
+    store.flip("stable", (release, version), (who, "promote", "bake passed")).await?;
+    finish(store, "promoted", (who, "promoted", "bake passed")).await?;
+    println!("promoted: stable -> {release}");
+    Ok(0)
+}
+
+/// The canaries' and the others' 5xx share since `baseline`: `Some(why)` when the canaries'
+/// is worse by more than `max` (with enough requests on both sides to say so).
+fn regression(
+    baseline: &[(String, HostState)],
+    now: &[(String, HostState)],
+    canary: &[String],
+    max: f64,
+) -> Option<String> {
+    let delta = |name: &str, h: &HostState| {
+        let before = baseline.iter().find(|(n, _)| n == name).map_or([0; 5], |(_, b)| b.answered);
+        let total: u64 = (0..5).map(|c| h.answered[c].saturating_sub(before[c])).sum();
+        (total, h.answered[4].saturating_sub(before[4]))
+    };
+    let (mut c, mut o) = ((0u64, 0u64), (0u64, 0u64));
+    for (name, h) in now {
+        let (total, errors) = delta(name, h);
+        let side = if canary.contains(name) { &mut c } else { &mut o };
+        side.0 += total;
+        side.1 += errors;
+    }
+    if c.0 < MIN_REQUESTS {
+        return None;
+    }
+    let share =
+        |(total, errors): (u64, u64)| if total == 0 { 0.0 } else { errors as f64 / total as f64 };
+    let (cs, os) = (share(c), share(o));
+    (cs - os > max).then(|| {
+        format!(
+            "canary 5xx share {cs:.3} over {} requests vs {os:.3} over {} on the other hosts (allowed +{max})",
+            c.0, o.0
+        )
+    })
+}
+
+/// Ends the rollout in progress with `state`, its audit entry recording why.
+async fn finish(store: &Store, state: &str, audit: (&str, &str, &str)) -> anyhow::Result<()> {
+    let (current, version) = store.rollout().await?;
+    let Some(mut r) = current.filter(|r| r.state == "canary") else {
+        bail!("no rollout in progress");
+    };
+    r.state = state.to_string();
+    store.set_rollout(&r, version, audit).await?;
+    Ok(())
+}
+
+/// `promote`: the rollout's release becomes stable now.
+pub async fn promote(store: &Store, who: &str) -> anyhow::Result<()> {
+    let (current, _) = store.rollout().await?;
+    let Some(r) = current.filter(|r| r.state == "canary") else {
+        bail!("no rollout in progress");
+    };
+    let (_, version) = store.channel("stable").await?;
+    store.flip("stable", (&r.release, version), (who, "promote", "by hand")).await?;
+    finish(store, "promoted", (who, "promoted", "by hand")).await?;
+    println!("promoted: stable -> {}", r.release);
+    Ok(())
+}
+
+/// `abort`: the canaries go back to stable.
+pub async fn abort(store: &Store, (who, why): (&str, &str)) -> anyhow::Result<()> {
+    finish(store, "aborted", (who, "abort", why)).await?;
+    println!("aborted");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, answered: [u64; 5]) -> (String, HostState) {
+        (name.to_string(), HostState { answered, ..Default::default() })
+    }
+
+    #[test]
+    fn canaries_regress_only_on_enough_requests_and_a_worse_share() {
+        let base = vec![host("a", [0; 5]), host("b", [0; 5])];
+        let canary = vec!["a".to_string()];
+        let bad = vec![host("a", [0, 50, 0, 0, 50]), host("b", [0, 100, 0, 0, 0])];
+        let why = regression(&base, &bad, &canary, 0.05).unwrap();
+        assert!(why.contains("0.500 over 100 requests"), "{why}");
+        let few = vec![host("a", [0, 5, 0, 0, 5]), host("b", [0, 100, 0, 0, 0])];
+        assert!(regression(&base, &few, &canary, 0.05).is_none(), "too few to say");
+        let even = vec![host("a", [0, 90, 0, 0, 10]), host("b", [0, 90, 0, 0, 10])];
+        assert!(regression(&base, &even, &canary, 0.05).is_none(), "as bad as the others");
+    }
+}
