@@ -438,3 +438,49 @@ fn a_session_resumed_after_the_client_checks_tighten_is_verified_anew() {
     let good = pki.client_leaf("good", "client-g");
     assert_eq!(try_get(&pki.client_with_cert(&good), port, "").unwrap().status, 200);
 }
+
+#[test]
+fn spellings_of_a_protected_path_over_tls_never_reach_the_instance_unauthenticated() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.example"]);
+    let backend = Backend::start("b1");
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let htpasswd = support::write_file(dir.path(), "htpasswd", &format!("ops:{hash}\n"));
+    let port = free_port();
+    let toml = Toml::new()
+        .backends("web", &[&backend])
+        .section("[[route]]", "path_prefix = \"/admin\"\nservice = \"web\"\nauth = \"ops\"")
+        .route_all("web")
+        .section("[auth.ops]", &format!("type = \"basic\"\nhtpasswd = {htpasswd:?}"))
+        .section("[[tls]]", &tls_section(&a));
+    let _gw = Gateway::with(toml)
+        .workers(1)
+        .server_extra(&format!("listen_tls = [\"127.0.0.1:{port}\"]"))
+        .start();
+    let spellings = ["/admin/x", "/%61dmin/x", "/y/../admin/x", "//admin/x", "/admin;j=1/x"];
+    // HTTP/1.1 over TLS.
+    let h1 = pki.client(&[b"http/1.1"]);
+    for path in spellings {
+        let status = get(&h1, port, "a.example", path).response.status;
+        assert!(matches!(status, 400 | 401), "TLS HTTP/1.1 {path}: {status}");
+    }
+    // HTTP/2 over TLS (ALPN h2).
+    let h2_client = pki.client(&[b"h2"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = ServerName::try_from("a.example").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(h2_client).connect(name, tcp).await.unwrap();
+        let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        for path in spellings {
+            let req = hyper::Request::get(format!("https://a.example{path}")).body(()).unwrap();
+            let (resp, _) = h2.send_request(req, true).unwrap();
+            let status = resp.await.unwrap().status().as_u16();
+            assert!(matches!(status, 400 | 401), "TLS HTTP/2 {path}: {status}");
+        }
+    });
+    let heads = backend.heads.lock().unwrap().clone();
+    assert!(heads.is_empty(), "the instance received:\n{heads:#?}");
+}
