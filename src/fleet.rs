@@ -99,6 +99,26 @@ pub enum Verb {
         /// The release id.
         release: String,
     },
+    /// A release's text, to a file (or standard output), for editing into the next one.
+    ///
+    /// Example: zkgate config export -c gateway.toml r-3f2a9c0d11e4b5a6 -o routes.toml
+    Export {
+        /// The release id.
+        release: String,
+        /// Where to write it (default: standard output).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// What changes between two releases (ids or files): services, routes and the other
+    /// sections added, removed or changed.
+    ///
+    /// Example: zkgate config diff -c gateway.toml r-3f2a9c0d11e4b5a6 routes.toml
+    Diff {
+        /// The release before (an id, or a file).
+        a: String,
+        /// The release after (an id, or a file).
+        b: String,
+    },
     /// Check a release file against this host's file without storing it.
     Validate {
         /// The release file.
@@ -142,6 +162,67 @@ pub fn overlay(local: &str, release: &str) -> Result<String, String> {
     }
     merged.extend(release);
     toml::to_string(&merged).map_err(|e| e.to_string())
+}
+
+/// The changes from release `a` to release `b`, in an operator's terms: `+ service web`,
+/// `- route api.example/v1`, `~ service web: instances, load_balance`, `~ tracing`.
+pub fn diff(a: &str, b: &str) -> Result<Vec<String>, String> {
+    let parse = |t: &str| toml::from_str::<toml::Table>(t).map_err(|e| e.message().to_string());
+    let (a, b) = (parse(a)?, parse(b)?);
+    let mut out = Vec::new();
+    let table = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_table()).cloned();
+    let (sa, sb) =
+        (table(&a, "services").unwrap_or_default(), table(&b, "services").unwrap_or_default());
+    keyed_changes("service", &sa, &sb, &mut out);
+    let routes = |t: &toml::Table| -> toml::Table {
+        let list = t.get("route").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        list.into_iter()
+            .map(|r| {
+                let host = r.get("host").and_then(|h| h.as_str()).unwrap_or("").to_string();
+                let prefix = r.get("path_prefix").and_then(|p| p.as_str()).unwrap_or("");
+                (format!("{host}{prefix}"), r)
+            })
+            .collect()
+    };
+    keyed_changes("route", &routes(&a), &routes(&b), &mut out);
+    let (aa, ab) = (table(&a, "auth").unwrap_or_default(), table(&b, "auth").unwrap_or_default());
+    keyed_changes("auth", &aa, &ab, &mut out);
+    for section in ["rate_limit", "header_routing", "tracing"] {
+        let (x, y) = (a.get(section), b.get(section));
+        match (x, y) {
+            (None, Some(_)) => out.push(format!("+ {section}")),
+            (Some(_), None) => out.push(format!("- {section}")),
+            (Some(x), Some(y)) if x != y => out.push(format!("~ {section}")),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Added, removed and changed entries of one keyed section (changed: which keys).
+fn keyed_changes(what: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<String>) {
+    for (name, value) in b {
+        match a.get(name) {
+            None => out.push(format!("+ {what} {name}")),
+            Some(old) if old != value => {
+                let keys = |v: &toml::Value| v.as_table().cloned().unwrap_or_default();
+                let (ko, kn) = (keys(old), keys(value));
+                let mut changed: Vec<&str> = kn
+                    .iter()
+                    .filter(|(k, v)| ko.get(*k) != Some(*v))
+                    .map(|(k, _)| k.as_str())
+                    .chain(ko.keys().filter(|k| !kn.contains_key(*k)).map(String::as_str))
+                    .collect();
+                changed.sort();
+                changed.dedup();
+                out.push(format!("~ {what} {name}: {}", changed.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    for name in a.keys().filter(|k| !b.contains_key(*k)) {
+        out.push(format!("- {what} {name}"));
+    }
 }
 
 /// Runs a verb.
@@ -242,6 +323,30 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             }
         }
         Verb::Show { release } => print!("{}", store.fetch(&release).await?),
+        Verb::Export { release, out } => {
+            let text = store.fetch(&release).await?;
+            match out {
+                Some(file) => std::fs::write(&file, text)
+                    .with_context(|| format!("writing {}", file.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        Verb::Diff { a, b } => {
+            let read = |x: String| async move {
+                match std::path::Path::new(&x).is_file() {
+                    true => release_text(Path::new(&x)),
+                    false => store.fetch(&x).await.map_err(anyhow::Error::from),
+                }
+            };
+            let (a, b) = (read(a).await?, read(b).await?);
+            let changes = diff(&a, &b).map_err(anyhow::Error::msg)?;
+            for line in &changes {
+                println!("{line}");
+            }
+            if changes.is_empty() {
+                println!("no change");
+            }
+        }
         Verb::Validate { .. } => unreachable!("handled before connecting"),
     }
     Ok(0)
@@ -293,6 +398,22 @@ async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diff_speaks_in_services_routes_and_sections() {
+        let a = "[services.web]\ninstances = [\"10.0.0.1:80\"]\n[services.old]\ninstances = []\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n";
+        let b = "[services.web]\ninstances = [\"10.0.0.2:80\"]\nload_balance = \"random\"\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n[[route]]\nhost = \"api.example\"\npath_prefix = \"/v1\"\nservice = \"web\"\n[tracing]\nsample = 0.5\n";
+        assert_eq!(
+            diff(a, b).unwrap(),
+            [
+                "~ service web: instances, load_balance",
+                "- service old",
+                "+ route api.example/v1",
+                "+ tracing"
+            ]
+        );
+        assert!(diff(a, a).unwrap().is_empty());
+    }
 
     #[test]
     fn a_release_replaces_the_dynamic_sections_only() {

@@ -91,6 +91,11 @@ fn releases_roll_out_through_zookeeper_lose_no_request_and_roll_back_from_the_ca
     // Release 2 back to a; then release 1's bytes vanish from ZooKeeper and a rollback still
     // works: the host has it cached.
     let two = push(&gw, &write_file(dir.path(), "two.toml", &routes_to(&a)), "back to a");
+    let (code, out, _) = config(&gw, &["diff", &one, &two]);
+    assert_eq!((code, out.trim()), (0, "~ service web: instances"), "{out}");
+    let exported = dir.path().join("exported.toml");
+    assert_eq!(config(&gw, &["export", &one, "-o", exported.to_str().unwrap()]).0, 0);
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), routes_to(&b));
     assert_eq!(config(&gw, &["rollout", &two, "--all"]).0, 0);
     assert_eventually!(20, answers(&gw, 20) == ["a".to_string()].into(), "not on release 2");
     assert!(a.hits.load(Ordering::Relaxed) > hits_a);
