@@ -119,6 +119,16 @@ pub enum Verb {
         /// The release after (an id, or a file).
         b: String,
     },
+    /// Freeze the channels (no rollout, rollback or promotion) until `unlock`.
+    ///
+    /// Example: zkgate config lock -c gateway.toml -m "black friday"
+    Lock {
+        /// Why.
+        #[arg(short, long)]
+        message: String,
+    },
+    /// Lift the freeze.
+    Unlock,
     /// Check a release file against this host's file without storing it.
     Validate {
         /// The release file.
@@ -271,7 +281,24 @@ fn who() -> String {
 }
 
 async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
+    let moves = matches!(
+        verb,
+        Verb::Rollout { .. } | Verb::Rollback { .. } | Verb::Promote | Verb::Abort { .. }
+    );
+    if moves {
+        if let Some(by) = store.locked().await? {
+            bail!("the channels are locked ({by}); `zkgate config unlock` first");
+        }
+    }
     match verb {
+        Verb::Lock { message } => {
+            store.lock(&who(), &message).await?;
+            println!("locked");
+        }
+        Verb::Unlock => {
+            store.unlock().await?;
+            println!("unlocked");
+        }
         Verb::Init => {
             store.init().await?;
             println!("initialised");

@@ -86,6 +86,8 @@ fn releases_roll_out_through_zookeeper_lose_no_request_and_roll_back_from_the_ca
     let served = gw.admin_get("/config").json();
     assert_eq!(served["release"], one.as_str(), "{served}");
     assert_eq!(served["labels"]["dc"], "eu1", "{served}");
+    let release_info = format!("cluster=\"test\",host=\"h1\",release=\"{one}\"");
+    assert_eq!(gw.metric("zkgate_config_release_info", &release_info), 1);
     let hits_a = a.hits.load(Ordering::Relaxed);
 
     // Release 2 back to a; then release 1's bytes vanish from ZooKeeper and a rollback still
@@ -177,6 +179,12 @@ fn two_concurrent_flips_one_wins_the_other_gets_a_conflict() {
                 .code()
         })
     };
+    // A freeze holds every flip until it is lifted.
+    assert_eq!(config(&gw, &["lock", "-m", "freeze"]).0, 0);
+    let (code, _, err) = config(&gw, &["rollout", &one, "--all"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("locked") && err.contains("freeze"), "{err}");
+    assert_eq!(config(&gw, &["unlock"]).0, 0);
     let (x, y) = (flip(one.clone()), flip(two.clone()));
     let mut codes = [x.join().unwrap(), y.join().unwrap()];
     codes.sort();

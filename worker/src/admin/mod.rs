@@ -226,7 +226,9 @@ impl Admin {
             "/workers" => json(StatusCode::OK, self.metrics.workers_json()),
             "/config" => json(StatusCode::OK, self.fleet_config()),
             "/metrics" => {
-                let mut r = Response::new(full(self.metrics.prometheus_with(&self.edge_labels())));
+                let mut text = self.metrics.prometheus_with(&self.edge_labels());
+                self.release_info(&mut text);
+                let mut r = Response::new(full(text));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -289,6 +291,19 @@ impl Admin {
             }
         }
         Vec::new()
+    }
+
+    /// `zkgate_config_release_info`: the release the answering worker serves (dashboards join
+    /// on it to see a rollout converge).
+    fn release_info(&self, out: &mut String) {
+        let Some(fleet) = &self.config.fleet else { return };
+        let release = self.config.release.as_deref().unwrap_or("file");
+        *out += "# HELP zkgate_config_release_info The fleet release this worker serves (\"file\": none, the local file alone).\n# TYPE zkgate_config_release_info gauge\n";
+        *out += &format!(
+            "zkgate_config_release_info{{cluster=\"{}\",host=\"{}\",release=\"{release}\"}} 1\n",
+            fleet.cluster.replace(['"', '\\', '\n'], "_"),
+            fleet.host_name().replace(['"', '\\', '\n'], "_")
+        );
     }
 
     /// The configuration this worker serves: the fleet's release, or the file alone.

@@ -213,6 +213,41 @@ impl Store {
         Ok(())
     }
 
+    /// Freezes the channels: no rollout, rollback or promotion until [`Store::unlock`]
+    /// (a change freeze, an incident). `Err(NodeExists)` as a conflict when already locked.
+    pub async fn lock(&self, who: &str, why: &str) -> Result<(), StoreError> {
+        let path = self.path("lock");
+        let persistent = zk::CreateMode::Persistent.with_acls(self.acls());
+        let text = format!("{who}: {why}");
+        match self.client.create(&path, text.as_bytes(), &persistent).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NodeExists) => Err(StoreError::Conflict {
+                channel: "lock".into(),
+                now: self.locked().await?.unwrap_or_default(),
+            }),
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+
+    /// Lifts the freeze.
+    pub async fn unlock(&self) -> Result<(), StoreError> {
+        let path = self.path("lock");
+        match self.client.delete(&path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+
+    /// Who froze the channels and why, when they are.
+    pub async fn locked(&self) -> Result<Option<String>, StoreError> {
+        let path = self.path("lock");
+        match self.client.get_data(&path).await {
+            Ok((data, _)) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+
     /// The staged rollout, if one was ever started, and the version to change it from.
     pub async fn rollout(&self) -> Result<(Option<Rollout>, i32), StoreError> {
         let path = self.path("rollout");
