@@ -44,6 +44,9 @@ const LEASE: &str = "zkgate:fleet";
 /// How long a lease holds without renewal.
 const LEASE_MS: u64 = 3_000;
 
+/// The most a host waits before it reads a release's bytes after a flip.
+const FETCH_JITTER: Duration = Duration::from_millis(500);
+
 /// How often the lease holder renews it and publishes the host's answer counts.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -172,7 +175,13 @@ impl Watcher {
         let cluster = &self.fleet.cluster;
         let text = match std::fs::read_to_string(cached(&self.hooks.cache, id)) {
             Ok(text) => Ok(text),
-            Err(_) => store.fetch(id).await.map_err(|e| e.to_string()),
+            Err(_) => {
+                // A flip reaches every host at once: spread the reads of the bytes (a rollback
+                // to a cached release reads nothing and waits for nothing).
+                let jitter = rand::random::<u64>() % FETCH_JITTER.as_millis() as u64;
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                store.fetch(id).await.map_err(|e| e.to_string())
+            }
         };
         let checked = text.and_then(|t| (self.hooks.validate)(&t).map(|()| t));
         let outcome = checked.and_then(|t| {
