@@ -265,3 +265,60 @@ fn a_canary_that_answers_worse_than_the_other_hosts_is_rolled_back_by_itself() {
     let (code, out, _) = config(&h2, &["status", "--wait", &next, "--timeout", "20s"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A release with 200 routes `/r0` … `/r199` (and `/`) to `service`, whose instance is
+/// `backend`; both services are defined so either release can route to either.
+fn two_hundred_routes(service: &str, a: &Backend, b: &Backend) -> String {
+    let mut text = format!(
+        "[services.sa]\ninstances = [\"{}\"]\n\n[services.sb]\ninstances = [\"{}\"]\n",
+        a.address(),
+        b.address()
+    );
+    for i in 0..200 {
+        text += &format!("\n[[route]]\npath_prefix = \"/r{i}\"\nservice = \"{service}\"\n");
+    }
+    text + &format!("\n[[route]]\npath_prefix = \"/\"\nservice = \"{service}\"\n")
+}
+
+#[test]
+fn a_release_changing_200_routes_switches_under_load_and_every_answer_names_its_release() {
+    let zk = Zk::standalone();
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = Toml::new()
+        .zookeeper(&zk, "")
+        .proxy("debug_headers = true")
+        .section("[services.web]", &format!("instances = [\"{}\"]", a.address()))
+        .route_all("web")
+        .section("[fleet]", "cluster = \"big\"\nhost = \"h1\"");
+    let gw = Gateway::with(toml).workers(2).admin().start();
+    assert_eq!(config(&gw, &["init"]).0, 0);
+    let ra = push(&gw, &write_file(dir.path(), "a.toml", &two_hundred_routes("sa", &a, &b)), "a");
+    let rb = push(&gw, &write_file(dir.path(), "b.toml", &two_hundred_routes("sb", &a, &b)), "b");
+    assert_eq!(config(&gw, &["rollout", &ra, "--all"]).0, 0);
+    assert_eq!(config(&gw, &["status", "--wait", &ra, "--timeout", "20s"]).0, 0);
+    let mut spec = Spec::paced(gw.port, Reuse::Unchecked);
+    spec.path = "/r7".into();
+    let load = Load::start(spec);
+    load.wait_for(200);
+    assert_eq!(config(&gw, &["rollout", &rb, "--all"]).0, 0);
+    let flipped = std::time::Instant::now();
+    // Every answer names the release that routed it, and was routed as that release says.
+    let (mut in_a_row, mut checked) = (0, 0);
+    while in_a_row < 40 {
+        assert!(flipped.elapsed() < std::time::Duration::from_secs(30), "never converged");
+        let path = format!("/r{}", checked % 200);
+        let r = gw.get(&path).unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        let release = r.header("x-zkgate-release").expect("the release header").to_string();
+        let want = if release == rb { "b" } else { "a" };
+        assert!(release == ra || release == rb, "{release}");
+        assert_eq!(r.backend(), want, "{path} answered by {} under {release}", r.backend());
+        in_a_row = if release == rb { in_a_row + 1 } else { 0 };
+        checked += 1;
+    }
+    let converged = flipped.elapsed();
+    let tally = load.stop();
+    eprintln!("fleet config: 200 routes switched, every worker on the new release {converged:?} after the flip ({checked} answers checked); {tally}");
+    assert_eq!(tally.lost(), 0, "{tally}");
+}

@@ -204,6 +204,8 @@ pub struct Policy {
     keep_underscored: Underscores,
     trusted: TrustedProxies,
     debug: Option<Vec<u8>>,
+    /// With debug headers: the fleet release this worker serves (`x-zkgate-release`).
+    release: Option<Vec<u8>>,
 }
 
 impl Policy {
@@ -215,7 +217,13 @@ impl Policy {
         trusted: TrustedProxies,
         debug: Option<Vec<u8>>,
     ) -> Self {
-        Policy { via, keep_underscored, trusted, debug }
+        Policy { via, keep_underscored, trusted, debug, release: None }
+    }
+
+    /// The same policy; with debug headers, answers name the fleet release that routed them.
+    pub fn with_release(mut self, release: Option<&str>) -> Self {
+        self.release = release.map(|r| r.as_bytes().to_vec());
+        self
     }
 
     /// This gateway's `Via` entry.
@@ -348,6 +356,9 @@ impl Policy {
         if let Some(worker) = &self.debug {
             out.put(b"x-zkgate-instance", address.as_bytes());
             out.put(b"x-zkgate-worker", worker);
+            if let Some(release) = &self.release {
+                out.put(b"x-zkgate-release", release);
+            }
         }
         if let Some(actions) = actions {
             put_actions(out, actions);

@@ -136,7 +136,8 @@ impl Proxy {
                 keep_underscored,
                 config.proxy.trusted_proxies.clone(),
                 config.proxy.debug_headers.then(|| std::process::id().to_string().into_bytes()),
-            ),
+            )
+            .with_release(config.release.as_deref()),
             unrouted: shared.host.service_index(UNROUTED),
             metrics: Metrics::new(shared.host),
             admission: shared.host.admission(),
