@@ -80,8 +80,13 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 pub fn load_release(path: &Path, text: &str, release: &str) -> Result<Config, ConfigError> {
     let refuse =
         |message: String| ConfigError { path: path.to_path_buf(), position: None, message };
+    // A wrong value is reported at its line in the release, then the whole is checked.
+    deserialize(Path::new("release"), release)?;
     let merged = crate::fleet::overlay(text, release).map_err(refuse)?;
-    let config = parse(Path::new("release"), &merged)?;
+    let config = parse(Path::new("release"), &merged).map_err(|e| ConfigError {
+        position: None, // a line of the merged document would point nowhere the operator knows
+        ..e
+    })?;
     finish(path, config)
 }
 
@@ -122,8 +127,18 @@ fn finish(path: &Path, mut config: Config) -> Result<Config, ConfigError> {
 
 /// Parses and checks configuration text; `path` is only used in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    // The dotted key of a wrong value goes in the message ("auth.idp.leeway: …"), toml's span
-    // gives its line and column.
+    let config = deserialize(path, text)?;
+    check(&config).map_err(|message| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message,
+    })?;
+    Ok(config)
+}
+
+/// The text as typed sections, unchecked. The dotted key of a wrong value goes in the message
+/// ("auth.idp.leeway: …"), toml's span gives its line and column.
+fn deserialize(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let config: Config =
         serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
             let key = e.path().to_string();
@@ -138,11 +153,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 },
             }
         })?;
-    check(&config).map_err(|message| ConfigError {
-        path: path.to_path_buf(),
-        position: None,
-        message,
-    })?;
     Ok(config)
 }
 
@@ -328,6 +338,49 @@ mod tests {
             "[auth.ops]\ntype = \"basic\"\nhtpasswd = \"/h\"\nrealm = \"r\"\n",
             "[tracing]\nsample = 0.5\nhonour_client_sampling = true\nmax_exported_per_second = 10\n",
         ));
+    }
+
+    #[test]
+    fn fifty_invalid_releases_are_refused_and_the_valid_one_passes() {
+        let local = "[server]\nlisten = [\"127.0.0.1:8080\"]\n[zookeeper]\nhosts = \"127.0.0.1:1\"\n[fleet]\ncluster = \"c\"\n";
+        let release = concat!(
+            "[header_routing]\nenabled = true\nmount = \"/services\"\n",
+            "[services.web]\nload_balance = \"weighted\"\nmax_requests = 10\n",
+            "health_check = { path = \"/h\", interval = \"5s\" }\n",
+            "[services.api]\ninstances = [\"127.0.0.1:9001\"]\nslow_start = \"10s\"\n",
+            "[[route]]\npath_prefix = \"/api\"\nservice = \"api\"\nstrip_prefix = true\nauth = \"idp\"\n",
+            "[[route]]\nhost = \"a.example\"\npath_prefix = \"/\"\nservice = \"web\"\n",
+            "[[rate_limit]]\nservice = \"web\"\nper = \"client_ip\"\nrate = \"10/s\"\nburst = 5\n",
+            "[auth.idp]\ntype = \"jwt\"\njwks_url = \"https://idp.example/jwks\"\naudience = \"api\"\n",
+            "leeway = \"30s\"\nhide_credentials = true\n",
+            "[tracing]\nsample = 0.5\nmax_exported_per_second = 10\n",
+        );
+        let path = Path::new("gw.toml");
+        load_release(path, local, release).expect("the valid release");
+        let keys = keys_of(release);
+        let mut refused = 0;
+        for (line, key) in &keys {
+            // Each key given a wrong value, then spelled wrong.
+            for (n, variant) in [(0, "= [[1]]"), (1, "x = 1")].into_iter() {
+                let broken: Vec<String> = release
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| match (i + 1 == *line, l.split_once(" = ")) {
+                        (true, Some((k, v))) if n == 0 => format!("{k} {variant}{}", &v[..0]),
+                        (true, Some((k, _))) => format!("{k}{variant}"),
+                        _ => l.to_string(),
+                    })
+                    .collect();
+                let e = load_release(path, local, &broken.join("\n"));
+                assert!(e.is_err(), "{key} ({variant}) was accepted");
+                refused += 1;
+            }
+        }
+        for structural in ["[server]\nworkers = 1\n", "[[route]\n", "[admin]\n", "tracing = 3\n"] {
+            assert!(load_release(path, local, structural).is_err(), "{structural}");
+            refused += 1;
+        }
+        assert!(refused >= 50, "only {refused} invalid releases tried");
     }
 
     #[test]
