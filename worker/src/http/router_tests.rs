@@ -51,9 +51,9 @@ fn req(uri: &str, headers: &[(&str, &str)]) -> Result<Target, RouteError> {
     router().route(&uri.parse().unwrap(), &h)
 }
 
-#[test]
-fn an_empty_path_with_a_query_is_forwarded_origin_form() {
-    let everything = RouteRule {
+/// One rule sending every path to service `a`.
+fn everything() -> RouteRule {
+    RouteRule {
         host: None,
         path_prefix: "/".into(),
         service: "a".into(),
@@ -63,8 +63,12 @@ fn an_empty_path_with_a_query_is_forwarded_origin_form() {
         auth: None,
         request_headers: Default::default(),
         response_headers: Default::default(),
-    };
-    let router = Router::new(&HeaderRouting::default(), &[everything]);
+    }
+}
+
+#[test]
+fn an_empty_path_with_a_query_is_forwarded_origin_form() {
+    let router = Router::new(&HeaderRouting::default(), &[everything()]);
     let uri = "http://api.example?7".parse().unwrap();
     let t = router.route(&uri, &HeaderMap::new()).unwrap();
     assert_eq!(t.path.as_str(), "/?7");
@@ -241,18 +245,7 @@ fn a_query_is_never_read_as_part_of_the_path() {
     let once = target::canonical(input, &rules).unwrap();
     assert_eq!(target::canonical(&once, &rules).unwrap(), once);
     let uri: Uri = input.parse().unwrap();
-    let everything = RouteRule {
-        host: None,
-        path_prefix: "/".into(),
-        service: "a".into(),
-        strip_prefix: false,
-        canary: None,
-        mirror: None,
-        auth: None,
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-    };
-    let router = Router::new(&HeaderRouting::default(), &[everything]);
+    let router = Router::new(&HeaderRouting::default(), &[everything()]);
     let t = router.route(&uri, &HeaderMap::new()).unwrap();
     assert_eq!(t.path.path(), target::canonical(uri.path(), &rules).unwrap());
 }
