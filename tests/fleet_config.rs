@@ -322,3 +322,32 @@ fn a_release_changing_200_routes_switches_under_load_and_every_answer_names_its_
     eprintln!("fleet config: 200 routes switched, every worker on the new release {converged:?} after the flip ({checked} answers checked); {tally}");
     assert_eq!(tally.lost(), 0, "{tally}");
 }
+
+#[test]
+fn a_host_restarted_while_zookeeper_is_down_boots_its_cached_release() {
+    let mut zk = Zk::standalone();
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    // The release cache lives beside the snapshot: it outlives the gateway process.
+    let body = Toml::new()
+        .zookeeper(&zk, "")
+        .snapshot(&dir.path().join("routes.json"))
+        .section("[services.web]", &format!("instances = [\"{}\"]", a.address()))
+        .route_all("web")
+        .section("[fleet]", "cluster = \"boot\"\nhost = \"h1\"");
+    let mut gw = Gateway::with(body.clone()).workers(2).admin().start();
+    assert_eq!(config(&gw, &["init"]).0, 0);
+    let one = push(&gw, &write_file(dir.path(), "one.toml", &routes_to(&b)), "to b");
+    assert_eq!(config(&gw, &["rollout", &one, "--all"]).0, 0);
+    assert_eventually!(20, answers(&gw, 10) == ["b".to_string()].into(), "not on the release");
+    // The ensemble goes; the host keeps serving the release, then restarts meanwhile.
+    zk.kill(0);
+    assert_eq!(answers(&gw, 10), ["b".to_string()].into());
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+    let port = gw.port;
+    drop(gw);
+    let gw = Gateway::with(body).port(port).workers(2).admin().start();
+    assert_eq!(answers(&gw, 20), ["b".to_string()].into(), "booted on the file, not the release");
+    assert_eq!(gw.admin_get("/config").json()["release"], one.as_str());
+}
