@@ -50,7 +50,12 @@ pub enum Verb {
         /// Only hosts with this label (`dc=eu1`) are canaries.
         #[arg(long)]
         label: Option<String>,
-        /// How long the canaries bake before the release becomes stable.
+        /// Stages after the canaries, as shares of the hosts (`50%,100%`), each baked in
+        /// turn; 100% ends in stable.
+        #[arg(long, value_delimiter = ',', value_parser = percent)]
+        stages: Vec<u32>,
+        /// How long each stage bakes before the next (the last: before the release becomes
+        /// stable).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         bake: std::time::Duration,
         /// How much worse (a share, 0..1) the canaries' 5xx may be than the others'.
@@ -134,6 +139,16 @@ pub enum Verb {
         /// The release file.
         file: PathBuf,
     },
+}
+
+/// `50%` or `50`, 1..100.
+fn percent(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a share like 50%"))?;
+    (1..=100).contains(&n).then_some(n).ok_or_else(|| format!("{s}: between 1% and 100%"))
 }
 
 /// Where the host keeps the releases it applied: beside the route snapshot, else beside the
@@ -319,9 +334,16 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             println!("stable: {} -> {release}", from.as_deref().unwrap_or("nothing"));
         }
         Verb::Rollout {
-            release, canary: Some(k), label, bake, max_5xx_increase, message, ..
+            release,
+            canary: Some(k),
+            label,
+            bake,
+            max_5xx_increase,
+            stages,
+            message,
+            ..
         } => {
-            let plan = crate::rollout::Plan { k, label, bake, max_5xx_increase };
+            let plan = crate::rollout::Plan { k, label, bake, max_5xx_increase, stages };
             return crate::rollout::staged(store, &release, plan, (&who(), &message)).await;
         }
         Verb::Promote => crate::rollout::promote(store, &who()).await?,

@@ -18,6 +18,9 @@ pub struct Plan {
     pub bake: Duration,
     /// How much worse the canaries' 5xx share may be.
     pub max_5xx_increase: f64,
+    /// Shares of the hosts (percent) the release extends to after the canaries, each baked
+    /// in turn; 100 (or none left) ends in `stable`.
+    pub stages: Vec<u32>,
 }
 
 /// Fewer requests than this on either side say nothing yet.
@@ -53,27 +56,60 @@ pub async fn staged(
     if eligible.len() < plan.k || plan.k == 0 {
         bail!("--canary {}: {} eligible hosts", plan.k, eligible.len());
     }
-    let canary: Vec<String> = eligible[..plan.k].iter().map(|h| h.to_string()).collect();
+    // The canaries of each stage: K hosts, then each stage's share of the eligible ones (at
+    // least as many as before); a last stage of 100% is the flip of stable itself.
+    let mut stages = vec![plan.k];
+    for p in &plan.stages {
+        let n = (eligible.len() * *p as usize).div_ceil(100).max(plan.k);
+        if *p < 100 && n > *stages.last().unwrap_or(&0) && n < eligible.len() {
+            stages.push(n);
+        }
+    }
     let (from, _) = store.channel("stable").await?;
-    let rollout = Rollout {
-        release: release.to_string(),
-        from,
-        canary: canary.clone(),
-        state: "canary".into(),
-        started_ms: now_ms(),
-        bake_ms: plan.bake.as_millis() as u64,
-        max_5xx_increase: plan.max_5xx_increase,
-    };
-    store.set_rollout(&rollout, version, (who, "canary", why)).await?;
-    println!(
-        "canary: {} serve {release} for {}",
-        canary.join(" "),
-        humantime::format_duration(plan.bake)
-    );
-    // Each host's counts from its first report after the start: a report published before
-    // it (a host between workers publishes none for a moment) would date the window wrong.
+    let mut version = version;
+    for (i, n) in stages.iter().enumerate() {
+        let canary: Vec<String> = eligible[..*n].iter().map(|h| h.to_string()).collect();
+        let rollout = Rollout {
+            release: release.to_string(),
+            from: from.clone(),
+            canary: canary.clone(),
+            state: "canary".into(),
+            started_ms: now_ms(),
+            bake_ms: plan.bake.as_millis() as u64,
+            max_5xx_increase: plan.max_5xx_increase,
+        };
+        let verb = if i == 0 {
+            "canary".to_string()
+        } else {
+            format!("stage {n} of {} hosts", eligible.len())
+        };
+        store.set_rollout(&rollout, version, (who, &verb, why)).await?;
+        println!(
+            "canary: {} serve {release} for {}",
+            canary.join(" "),
+            humantime::format_duration(plan.bake)
+        );
+        if let Some(why) = bake(store, &rollout, plan.bake).await? {
+            finish(store, "aborted", (who, "abort", &why)).await?;
+            println!("aborted: {why}");
+            return Ok(2);
+        }
+        version = store.rollout().await?.1;
+    }
+    let (_, version) = store.channel("stable").await?;
+    store.flip("stable", (release, version), (who, "promote", "bake passed")).await?;
+    finish(store, "promoted", (who, "promoted", "bake passed")).await?;
+    println!("promoted: stable -> {release}");
+    Ok(0)
+}
+
+/// Watches one stage bake for `bake`: `Some(why)` as soon as its canaries answer worse than
+/// the other hosts. Each host's counts are taken from its first report after the stage
+/// started: a report published before it (a host between workers publishes none for a
+/// moment) would date the window wrong.
+async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Result<Option<String>> {
     let mut baseline: Vec<(String, HostState)> = Vec::new();
-    let deadline = tokio::time::Instant::now() + plan.bake;
+    let deadline = tokio::time::Instant::now() + bake;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = store.hosts().await?;
@@ -84,17 +120,12 @@ pub async fn staged(
         }
         let judged: Vec<(String, HostState)> =
             now.into_iter().filter(|(n, _)| baseline.iter().any(|(b, _)| b == n)).collect();
-        if let Some(why) = regression(&baseline, &judged, &canary, plan.max_5xx_increase) {
-            finish(store, "aborted", (who, "abort", &why)).await?;
-            println!("aborted: {why}");
-            return Ok(2);
+        if let Some(why) = regression(&baseline, &judged, &rollout.canary, rollout.max_5xx_increase)
+        {
+            return Ok(Some(why));
         }
     }
-    let (_, version) = store.channel("stable").await?;
-    store.flip("stable", (release, version), (who, "promote", "bake passed")).await?;
-    finish(store, "promoted", (who, "promoted", "bake passed")).await?;
-    println!("promoted: stable -> {release}");
-    Ok(0)
+    Ok(None)
 }
 
 /// The canaries' and the others' 5xx share since `baseline`: `Some(why)` when the canaries'

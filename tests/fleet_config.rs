@@ -351,3 +351,49 @@ fn a_host_restarted_while_zookeeper_is_down_boots_its_cached_release() {
     assert_eq!(answers(&gw, 20), ["b".to_string()].into(), "booted on the file, not the release");
     assert_eq!(gw.admin_get("/config").json()["release"], one.as_str());
 }
+
+#[test]
+fn a_staged_rollout_reaches_the_canary_then_half_the_hosts_then_stable_in_that_order() {
+    let zk = Zk::standalone();
+    let good = Backend::start("good");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts: Vec<Gateway> = ["h1", "h2", "h3"].iter().map(|h| host(&zk, h, &good)).collect();
+    assert_eq!(config(&hosts[0], &["init"]).0, 0);
+    let base = push(&hosts[0], &write_file(dir.path(), "base.toml", &routes_to(&good)), "base");
+    assert_eq!(config(&hosts[0], &["rollout", &base, "--all"]).0, 0);
+    assert_eq!(config(&hosts[0], &["status", "--wait", &base, "--timeout", "20s"]).0, 0);
+    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
+    let next = push(&hosts[0], &write_file(dir.path(), "next.toml", &next), "next");
+    let rollout = std::process::Command::new(support::zkgate())
+        .args(["config", "rollout", &next, "--canary", "1", "--stages", "50%,100%"])
+        .args(["--bake", "3s", "-c"])
+        .arg(&hosts[0].config_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What each host serves, watched while the rollout runs: a later host never serves the
+    // release before an earlier one does.
+    let serving = |gw: &Gateway| gw.admin_get("/config").json()["release"] == next.as_str();
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let now: Vec<bool> = hosts.iter().map(serving).collect();
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.iter().all(|s| *s) || started.elapsed() > std::time::Duration::from_secs(40) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = rollout.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("canary: h1 serve") && text.contains("canary: h1 h2 serve"), "{text}");
+    assert!(text.contains(&format!("promoted: stable -> {next}")), "{text}");
+    for state in &seen {
+        assert!(state.windows(2).all(|w| w[0] || !w[1]), "out of order: {seen:?}");
+    }
+    assert!(seen.contains(&vec![true, true, false]), "no half stage seen: {seen:?}");
+    assert_eq!(seen.last(), Some(&vec![true, true, true]), "{seen:?}");
+}
