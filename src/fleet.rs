@@ -61,6 +61,12 @@ pub enum Verb {
         /// How much worse (a share, 0..1) the canaries' 5xx may be than the others'.
         #[arg(long, default_value_t = 0.05)]
         max_5xx_increase: f64,
+        /// How much worse (a share) the canaries' no-route 404s may be than the others'.
+        #[arg(long, default_value_t = 0.05)]
+        max_404_increase: f64,
+        /// How many times the others' p99 the canaries' may be (when above 100 ms).
+        #[arg(long, default_value_t = 3.0)]
+        max_p99_ratio: f64,
         /// Why.
         #[arg(short, long, default_value = "")]
         message: String,
@@ -339,11 +345,21 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             label,
             bake,
             max_5xx_increase,
+            max_404_increase,
+            max_p99_ratio,
             stages,
             message,
             ..
         } => {
-            let plan = crate::rollout::Plan { k, label, bake, max_5xx_increase, stages };
+            let plan = crate::rollout::Plan {
+                k,
+                label,
+                bake,
+                max_5xx_increase,
+                max_404_increase,
+                max_p99_ratio,
+                stages,
+            };
             return crate::rollout::staged(store, &release, plan, (&who(), &message)).await;
         }
         Verb::Promote => crate::rollout::promote(store, &who()).await?,

@@ -18,6 +18,10 @@ pub struct Plan {
     pub bake: Duration,
     /// How much worse the canaries' 5xx share may be.
     pub max_5xx_increase: f64,
+    /// How much worse their no-route (404) share may be.
+    pub max_404_increase: f64,
+    /// How many times the others' p99 theirs may be.
+    pub max_p99_ratio: f64,
     /// Shares of the hosts (percent) the release extends to after the canaries, each baked
     /// in turn; 100 (or none left) ends in `stable`.
     pub stages: Vec<u32>,
@@ -77,6 +81,8 @@ pub async fn staged(
             started_ms: now_ms(),
             bake_ms: plan.bake.as_millis() as u64,
             max_5xx_increase: plan.max_5xx_increase,
+            max_404_increase: plan.max_404_increase,
+            max_p99_ratio: plan.max_p99_ratio,
         };
         let verb = if i == 0 {
             "canary".to_string()
@@ -120,44 +126,107 @@ async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Resul
         }
         let judged: Vec<(String, HostState)> =
             now.into_iter().filter(|(n, _)| baseline.iter().any(|(b, _)| b == n)).collect();
-        if let Some(why) = regression(&baseline, &judged, &rollout.canary, rollout.max_5xx_increase)
-        {
+        if let Some(why) = regression(&baseline, &judged, &rollout.canary, rollout) {
             return Ok(Some(why));
         }
     }
     Ok(None)
 }
 
-/// The canaries' and the others' 5xx share since `baseline`: `Some(why)` when the canaries'
-/// is worse by more than `max` (with enough requests on both sides to say so).
+/// What one side (the canaries, or the other hosts) answered in the window.
+#[derive(Default)]
+struct Side {
+    total: u64,
+    errors: u64,
+    unrouted: u64,
+    durations: Vec<u64>,
+    timed: u64,
+}
+
+impl Side {
+    /// Adds what `h` answered since `before`.
+    fn add(&mut self, h: &HostState, before: Option<&HostState>) {
+        let zero = HostState::default();
+        let b = before.unwrap_or(&zero);
+        self.total += (0..5).map(|c| h.answered[c].saturating_sub(b.answered[c])).sum::<u64>();
+        self.errors += h.answered[4].saturating_sub(b.answered[4]);
+        self.unrouted += h.unrouted.saturating_sub(b.unrouted);
+        self.timed += h.timed.saturating_sub(b.timed);
+        self.durations.resize(h.durations.len().max(self.durations.len()), 0);
+        for (i, n) in h.durations.iter().enumerate() {
+            self.durations[i] += n.saturating_sub(b.durations.get(i).copied().unwrap_or(0));
+        }
+    }
+
+    fn share(&self, n: u64) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            n as f64 / self.total as f64
+        }
+    }
+
+    /// The upper bound of the bucket holding the 99th percentile (seconds), with enough
+    /// timed requests to say (beyond the last bucket: its bound).
+    fn p99(&self) -> Option<f64> {
+        if self.timed < MIN_TIMED {
+            return None;
+        }
+        let want = (self.timed as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.durations.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return worker::metrics::BUCKETS.get(i).copied();
+            }
+        }
+        worker::metrics::BUCKETS.last().copied()
+    }
+}
+
+/// Fewer timed requests than this on either side give no p99 to compare.
+const MIN_TIMED: u64 = 100;
+
+/// The canaries' answers against the other hosts' since `baseline`: `Some(why)` when their
+/// 5xx share or no-route share is worse by more than the rollout allows, or their p99 more
+/// than `max_p99_ratio` times the others' (and above 100 ms) — with enough requests to say.
 fn regression(
     baseline: &[(String, HostState)],
     now: &[(String, HostState)],
     canary: &[String],
-    max: f64,
+    rollout: &Rollout,
 ) -> Option<String> {
-    let delta = |name: &str, h: &HostState| {
-        let before = baseline.iter().find(|(n, _)| n == name).map_or([0; 5], |(_, b)| b.answered);
-        let total: u64 = (0..5).map(|c| h.answered[c].saturating_sub(before[c])).sum();
-        (total, h.answered[4].saturating_sub(before[4]))
-    };
-    let (mut c, mut o) = ((0u64, 0u64), (0u64, 0u64));
+    let (mut c, mut o) = (Side::default(), Side::default());
     for (name, h) in now {
-        let (total, errors) = delta(name, h);
-        let side = if canary.contains(name) { &mut c } else { &mut o };
-        side.0 += total;
-        side.1 += errors;
+        let before = baseline.iter().find(|(n, _)| n == name).map(|(_, b)| b);
+        match canary.contains(name) {
+            true => c.add(h, before),
+            false => o.add(h, before),
+        }
     }
-    if c.0 < MIN_REQUESTS {
+    if c.total < MIN_REQUESTS {
         return None;
     }
-    let share =
-        |(total, errors): (u64, u64)| if total == 0 { 0.0 } else { errors as f64 / total as f64 };
-    let (cs, os) = (share(c), share(o));
-    (cs - os > max).then(|| {
-        format!(
+    let (totals, max) = ((c.total, o.total), rollout.max_5xx_increase);
+    let (cs, os) = (c.share(c.errors), o.share(o.errors));
+    if cs - os > max {
+        return Some(format!(
             "canary 5xx share {cs:.3} over {} requests vs {os:.3} over {} on the other hosts (allowed +{max})",
-            c.0, o.0
+            totals.0, totals.1
+        ));
+    }
+    let (cu, ou, max) = (c.share(c.unrouted), o.share(o.unrouted), rollout.max_404_increase);
+    if cu - ou > max {
+        return Some(format!(
+            "canary no-route share {cu:.3} over {} requests vs {ou:.3} over {} on the other hosts (allowed +{max})",
+            totals.0, totals.1
+        ));
+    }
+    let (cp, op) = (c.p99()?, o.p99()?);
+    (cp > 0.1 && cp > op * rollout.max_p99_ratio).then(|| {
+        format!(
+            "canary p99 under {cp}s vs under {op}s on the other hosts (allowed {}x)",
+            rollout.max_p99_ratio
         )
     })
 }
@@ -203,14 +272,43 @@ mod tests {
 
     #[test]
     fn canaries_regress_only_on_enough_requests_and_a_worse_share() {
+        let rollout = Rollout {
+            release: "r".into(),
+            from: None,
+            canary: vec![],
+            state: "canary".into(),
+            started_ms: 0,
+            bake_ms: 0,
+            max_5xx_increase: 0.05,
+            max_404_increase: 0.05,
+            max_p99_ratio: 3.0,
+        };
         let base = vec![host("a", [0; 5]), host("b", [0; 5])];
         let canary = vec!["a".to_string()];
         let bad = vec![host("a", [0, 50, 0, 0, 50]), host("b", [0, 100, 0, 0, 0])];
-        let why = regression(&base, &bad, &canary, 0.05).unwrap();
+        let why = regression(&base, &bad, &canary, &rollout).unwrap();
         assert!(why.contains("0.500 over 100 requests"), "{why}");
         let few = vec![host("a", [0, 5, 0, 0, 5]), host("b", [0, 100, 0, 0, 0])];
-        assert!(regression(&base, &few, &canary, 0.05).is_none(), "too few to say");
+        assert!(regression(&base, &few, &canary, &rollout).is_none(), "too few to say");
         let even = vec![host("a", [0, 90, 0, 0, 10]), host("b", [0, 90, 0, 0, 10])];
-        assert!(regression(&base, &even, &canary, 0.05).is_none(), "as bad as the others");
+        assert!(regression(&base, &even, &canary, &rollout).is_none(), "as bad as the others");
+        // No route for a fifth of the canary's requests.
+        let mut lost = host("a", [0, 80, 0, 20, 0]);
+        lost.1.unrouted = 20;
+        let why = regression(&base, &[lost, host("b", [0, 100, 0, 0, 0])], &canary, &rollout);
+        assert!(why.unwrap().contains("no-route share 0.200"));
+        // Slow: the canary's p99 in the 1 s bucket, the others' in 25 ms.
+        let timed = |bucket: usize| {
+            let mut h = host("x", [0, 200, 0, 0, 0]).1;
+            h.durations = vec![0; worker::metrics::BUCKETS.len()];
+            h.durations[bucket] = 200;
+            h.timed = 200;
+            h
+        };
+        let slow = vec![("a".to_string(), timed(9)), ("b".to_string(), timed(4))];
+        let why = regression(&base, &slow, &canary, &rollout).unwrap();
+        assert!(why.contains("p99 under 1s vs under 0.025s"), "{why}");
+        let alike = vec![("a".to_string(), timed(4)), ("b".to_string(), timed(4))];
+        assert!(regression(&base, &alike, &canary, &rollout).is_none());
     }
 }

@@ -206,7 +206,11 @@ impl Watcher {
     }
 
     fn state(&self) -> HostState {
+        let (unrouted, durations, timed) = self.metrics.unrouted_and_durations();
         HostState {
+            unrouted,
+            durations,
+            timed,
             labels: self.fleet.labels.clone(),
             serving: self.serving.clone(),
             rejected: self.rejected.clone(),

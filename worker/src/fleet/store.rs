@@ -111,6 +111,20 @@ pub struct Rollout {
     pub bake_ms: u64,
     /// The canaries' 5xx share may exceed the others' by this much before it aborts.
     pub max_5xx_increase: f64,
+    /// Likewise for the share of requests no route took (404).
+    #[serde(default = "default_increase")]
+    pub max_404_increase: f64,
+    /// The canaries' p99 may be this many times the others' (above 100 ms) before it aborts.
+    #[serde(default = "default_p99_ratio")]
+    pub max_p99_ratio: f64,
+}
+
+fn default_increase() -> f64 {
+    0.05
+}
+
+fn default_p99_ratio() -> f64 {
+    3.0
 }
 
 impl Rollout {
@@ -147,6 +161,15 @@ pub struct HostState {
     /// When `answered` was read.
     #[serde(default)]
     pub at_ms: u64,
+    /// Requests no route took (answered 4xx by the gateway), since it started.
+    #[serde(default)]
+    pub unrouted: u64,
+    /// The request-duration histogram's counts per bucket (`metrics::BUCKETS`), and in all.
+    #[serde(default)]
+    pub durations: Vec<u64>,
+    /// Requests timed.
+    #[serde(default)]
+    pub timed: u64,
 }
 
 /// The id of a document: `r-` and 16 hex digits of its SHA-256.

@@ -196,6 +196,26 @@ impl Metrics {
         self.me().active_connections.load(Ordering::Relaxed)
     }
 
+    /// What a fleet rollout compares between hosts, since the host started: requests no
+    /// route took (answered 4xx), and the duration histogram's counts per bucket
+    /// ([`BUCKETS`]) and in all, over every service and every worker.
+    pub fn unrouted_and_durations(&self) -> (u64, Vec<u64>, u64) {
+        let scrape = scrape::Scrape::new(self);
+        let unrouted = self
+            .host
+            .find_service_index(UNROUTED)
+            .map_or(0, |i| scrape.sum(|w| w.services[i].by_class[3].load(Ordering::Relaxed)));
+        let mut buckets = vec![0u64; BUCKETS.len()];
+        let mut count = 0;
+        for (i, _) in &scrape.names {
+            for (b, n) in buckets.iter_mut().enumerate() {
+                *n += scrape.sum(|w| w.services[*i].duration_buckets[b].load(Ordering::Relaxed));
+            }
+            count += scrape.sum(|w| w.services[*i].duration_count.load(Ordering::Relaxed));
+        }
+        (unrouted, buckets, count)
+    }
+
     /// Requests the host answered since its start, by status class (1xx..5xx), over every
     /// service and every worker: what a fleet rollout compares between hosts.
     pub fn answered_by_class(&self) -> [u64; 5] {
