@@ -424,6 +424,7 @@ fn sweep_service_rows(
     let in_use = |s: &str| {
         named.contains(s)
             || s == metrics::UNROUTED
+            || s == fleet::apply::LEASE
             || table.get(s).is_some()
             || table.held().iter().any(|h| &*h.name == s)
     };

@@ -38,8 +38,9 @@ impl std::fmt::Debug for Hooks {
     }
 }
 
-/// The lease row one worker per host holds to watch the channel.
-const LEASE: &str = "zkgate:fleet";
+/// The lease row one worker per host holds to watch the channel (never released by the
+/// service-row sweep: see `sweep_service_rows`).
+pub const LEASE: &str = "zkgate:fleet";
 
 /// How long a lease holds without renewal.
 const LEASE_MS: u64 = 3_000;
