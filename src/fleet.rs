@@ -73,6 +73,11 @@ pub enum Verb {
     },
     /// Make the release of the rollout in progress stable now.
     Promote,
+    /// Hold the rollout in progress: its canaries keep the release, the bake neither runs
+    /// nor judges until `resume`.
+    Pause,
+    /// Go on with a paused rollout.
+    Resume,
     /// Abort the rollout in progress: its canaries go back to stable.
     Abort {
         /// Why.
@@ -304,7 +309,12 @@ fn who() -> String {
 async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
     let moves = matches!(
         verb,
-        Verb::Rollout { .. } | Verb::Rollback { .. } | Verb::Promote | Verb::Abort { .. }
+        Verb::Rollout { .. }
+            | Verb::Rollback { .. }
+            | Verb::Promote
+            | Verb::Abort { .. }
+            | Verb::Pause
+            | Verb::Resume
     );
     if moves {
         if let Some(by) = store.locked().await? {
@@ -363,6 +373,8 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             return crate::rollout::staged(store, &release, plan, (&who(), &message)).await;
         }
         Verb::Promote => crate::rollout::promote(store, &who()).await?,
+        Verb::Pause => crate::rollout::hold(store, ("canary", "paused"), &who()).await?,
+        Verb::Resume => crate::rollout::hold(store, ("paused", "canary"), &who()).await?,
         Verb::Abort { message } => crate::rollout::abort(store, (&who(), &message)).await?,
         Verb::Rollback { to, message } => {
             let (now, version) = store.channel("stable").await?;

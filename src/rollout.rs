@@ -46,8 +46,8 @@ pub async fn staged(
 ) -> anyhow::Result<u8> {
     store.manifest(release).await?;
     let (current, version) = store.rollout().await?;
-    if let Some(r) = current.filter(|r| r.state == "canary") {
-        bail!("rollout of {} in progress: promote or abort it first", r.release);
+    if let Some(r) = current.filter(|r| in_progress(r)) {
+        bail!("rollout of {} in progress ({}): promote or abort it first", r.release, r.state);
     }
     let hosts = store.hosts().await?;
     let wanted = plan.label.as_deref().and_then(|l| l.split_once('='));
@@ -95,10 +95,17 @@ pub async fn staged(
             canary.join(" "),
             humantime::format_duration(plan.bake)
         );
-        if let Some(why) = bake(store, &rollout, plan.bake).await? {
-            finish(store, "aborted", (who, "abort", &why)).await?;
-            println!("aborted: {why}");
-            return Ok(2);
+        match bake(store, &rollout, plan.bake).await? {
+            Baked::Passed => {}
+            Baked::Regressed(why) => {
+                finish(store, "aborted", (who, "abort", &why)).await?;
+                println!("aborted: {why}");
+                return Ok(2);
+            }
+            Baked::Ended(state) => {
+                println!("{state} by hand meanwhile");
+                return Ok(if state == "promoted" { 0 } else { 2 });
+            }
         }
         version = store.rollout().await?.1;
     }
@@ -109,15 +116,32 @@ pub async fn staged(
     Ok(0)
 }
 
-/// Watches one stage bake for `bake`: `Some(why)` as soon as its canaries answer worse than
-/// the other hosts. Each host's counts are taken from its first report after the stage
-/// started: a report published before it (a host between workers publishes none for a
-/// moment) would date the window wrong.
-async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Result<Option<String>> {
+/// How a stage's bake ended.
+enum Baked {
+    /// It baked its time without a regression.
+    Passed,
+    /// Its canaries answered worse than the other hosts: why.
+    Regressed(String),
+    /// Someone promoted or aborted it by hand meanwhile.
+    Ended(String),
+}
+
+/// Watches one stage bake for `bake` of unpaused time, judging it each second (a paused
+/// stage is neither judged nor timed). Each host's counts are taken from its first report
+/// after the stage started: a report published before it (a host between workers publishes
+/// none for a moment) would date the window wrong.
+async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Result<Baked> {
     let mut baseline: Vec<(String, HostState)> = Vec::new();
-    let deadline = tokio::time::Instant::now() + bake;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut left = bake;
+    while !left.is_zero() {
+        let step = left.min(Duration::from_secs(1));
+        tokio::time::sleep(step).await;
+        match store.rollout().await?.0.map(|r| r.state) {
+            Some(state) if state == "paused" => continue,
+            Some(state) if state != "canary" => return Ok(Baked::Ended(state)),
+            _ => {}
+        }
+        left -= step;
         let now = store.hosts().await?;
         for (name, h) in &now {
             if h.at_ms >= rollout.started_ms && !baseline.iter().any(|(n, _)| n == name) {
@@ -127,10 +151,10 @@ async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Resul
         let judged: Vec<(String, HostState)> =
             now.into_iter().filter(|(n, _)| baseline.iter().any(|(b, _)| b == n)).collect();
         if let Some(why) = regression(&baseline, &judged, &rollout.canary, rollout) {
-            return Ok(Some(why));
+            return Ok(Baked::Regressed(why));
         }
     }
-    Ok(None)
+    Ok(Baked::Passed)
 }
 
 /// What one side (the canaries, or the other hosts) answered in the window.
@@ -234,7 +258,7 @@ fn regression(
 /// Ends the rollout in progress with `state`, its audit entry recording why.
 async fn finish(store: &Store, state: &str, audit: (&str, &str, &str)) -> anyhow::Result<()> {
     let (current, version) = store.rollout().await?;
-    let Some(mut r) = current.filter(|r| r.state == "canary") else {
+    let Some(mut r) = current.filter(in_progress) else {
         bail!("no rollout in progress");
     };
     r.state = state.to_string();
@@ -245,13 +269,32 @@ async fn finish(store: &Store, state: &str, audit: (&str, &str, &str)) -> anyhow
 /// `promote`: the rollout's release becomes stable now.
 pub async fn promote(store: &Store, who: &str) -> anyhow::Result<()> {
     let (current, _) = store.rollout().await?;
-    let Some(r) = current.filter(|r| r.state == "canary") else {
+    let Some(r) = current.filter(in_progress) else {
         bail!("no rollout in progress");
     };
     let (_, version) = store.channel("stable").await?;
     store.flip("stable", (&r.release, version), (who, "promote", "by hand")).await?;
     finish(store, "promoted", (who, "promoted", "by hand")).await?;
     println!("promoted: stable -> {}", r.release);
+    Ok(())
+}
+
+/// Whether a rollout is still under way (baking, or paused).
+fn in_progress(r: &Rollout) -> bool {
+    r.state == "canary" || r.state == "paused"
+}
+
+/// `pause` (from `canary`) or `resume` (from `paused`): the canaries keep the release while
+/// paused, and the deciding command neither judges nor times the bake.
+pub async fn hold(store: &Store, (from, to): (&str, &str), who: &str) -> anyhow::Result<()> {
+    let (current, version) = store.rollout().await?;
+    let Some(mut r) = current.filter(|r| r.state == from) else {
+        bail!("no rollout is {from}");
+    };
+    r.state = to.to_string();
+    let verb = if to == "paused" { "pause" } else { "resume" };
+    store.set_rollout(&r, version, (who, verb, "by hand")).await?;
+    println!("{verb}d: {}", r.release);
     Ok(())
 }
 

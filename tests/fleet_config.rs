@@ -397,3 +397,39 @@ fn a_staged_rollout_reaches_the_canary_then_half_the_hosts_then_stable_in_that_o
     assert!(seen.contains(&vec![true, true, false]), "no half stage seen: {seen:?}");
     assert_eq!(seen.last(), Some(&vec![true, true, true]), "{seen:?}");
 }
+
+#[test]
+fn a_paused_rollout_holds_its_canaries_and_goes_on_when_resumed() {
+    let zk = Zk::standalone();
+    let good = Backend::start("good");
+    let dir = tempfile::tempdir().unwrap();
+    let (h1, h2) = (host(&zk, "h1", &good), host(&zk, "h2", &good));
+    assert_eq!(config(&h1, &["init"]).0, 0);
+    let base = push(&h1, &write_file(dir.path(), "base.toml", &routes_to(&good)), "base");
+    assert_eq!(config(&h1, &["rollout", &base, "--all"]).0, 0);
+    assert_eq!(config(&h1, &["status", "--wait", &base, "--timeout", "20s"]).0, 0);
+    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
+    let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
+    let mut rollout = std::process::Command::new(support::zkgate())
+        .args(["config", "rollout", &next, "--canary", "1", "--bake", "3s", "-c"])
+        .arg(&h1.config_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let on_next = |gw: &Gateway| gw.admin_get("/config").json()["release"] == next.as_str();
+    assert_eventually!(15, on_next(&h1), "the canary never took the release");
+    assert_eq!(config(&h1, &["pause"]).0, 0);
+    // Paused for longer than the whole bake: nothing moves.
+    let paused = std::time::Instant::now();
+    while paused.elapsed() < std::time::Duration::from_secs(5) {
+        assert!(rollout.try_wait().unwrap().is_none(), "the rollout ended while paused");
+        assert!(on_next(&h1) && !on_next(&h2), "paused canaries moved");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, _, err) = config(&h1, &["rollout", &base, "--canary", "1"]);
+    assert_eq!(code, 1, "a second rollout while one is paused: {err}");
+    assert!(err.contains("in progress (paused)"), "{err}");
+    assert_eq!(config(&h1, &["resume"]).0, 0);
+    assert_eq!(rollout.wait().unwrap().code(), Some(0), "not promoted after the resume");
+    assert_eq!(config(&h2, &["status", "--wait", &next, "--timeout", "20s"]).0, 0);
+}

@@ -103,7 +103,8 @@ pub struct Rollout {
     pub from: Option<String>,
     /// The hosts that serve it meanwhile.
     pub canary: Vec<String>,
-    /// `canary`, `promoted` or `aborted`.
+    /// `canary`, `paused` (the canaries keep it; nothing is judged), `promoted` or
+    /// `aborted`.
     pub state: String,
     /// When it started (Unix ms) and how long it bakes.
     pub started_ms: u64,
@@ -135,7 +136,10 @@ impl Rollout {
         stable: Option<&'a str>,
     ) -> Option<&'a str> {
         match rollout {
-            Some(r) if r.state == "canary" && r.canary.iter().any(|h| h == host) => {
+            Some(r)
+                if (r.state == "canary" || r.state == "paused")
+                    && r.canary.iter().any(|h| h == host) =>
+            {
                 Some(&r.release)
             }
             _ => stable,
