@@ -46,7 +46,7 @@ pub async fn staged(
 ) -> anyhow::Result<u8> {
     store.manifest(release).await?;
     let (current, version) = store.rollout().await?;
-    if let Some(r) = current.filter(|r| in_progress(r)) {
+    if let Some(r) = current.filter(in_progress) {
         bail!("rollout of {} in progress ({}): promote or abort it first", r.release, r.state);
     }
     let hosts = store.hosts().await?;
