@@ -203,7 +203,7 @@ impl Store {
     pub async fn connect(source: &ZkSettings, fleet: &FleetSettings) -> Result<Self, StoreError> {
         let client = crate::discovery::zookeeper::connect(source)
             .await
-            .map_err(|source| StoreError::Zk { path: source_path(fleet), source })?;
+            .map_err(|source| StoreError::Zk { path: fleet.base(), source })?;
         Ok(Store { client, base: fleet.base(), private: source.auth.is_some() })
     }
 
@@ -520,24 +520,12 @@ impl Store {
     }
 }
 
-/// The cluster's path, for errors before a session exists.
-fn source_path(fleet: &FleetSettings) -> String {
-    fleet.base()
-}
-
-/// JSON bytes of the fleet's records.
-mod erased {
-    /// A record written as JSON.
-    pub trait Json {
-        /// Its bytes.
-        fn bytes(&self) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn bytes(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
-        }
+/// A record the tree stores (manifest, audit entry, rollout, host state), written as JSON.
+trait Record: Serialize {
+    /// Its bytes.
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
-use erased::Json as _;
+impl<T: Serialize> Record for T {}
