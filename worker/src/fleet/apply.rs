@@ -129,8 +129,9 @@ impl Watcher {
     }
 
     /// One session: publish the host, then apply what `stable` (or, on a canary host, the
-    /// staged rollout) names until the lease is lost; the host's answer counts are published
-    /// every [`STATS_EVERY`] for the rollout to compare.
+    /// staged rollout) names until the lease is lost; while a rollout is under way the host's
+    /// answer counts are published every [`STATS_EVERY`] for it to compare, otherwise only
+    /// when what the host serves or refused changes.
     async fn follow(&mut self, lease: usize) -> Result<(), StoreError> {
         let store = Store::connect(&self.source, &self.fleet).await?;
         let host = self.fleet.host_name();
@@ -139,6 +140,10 @@ impl Watcher {
             let (stable, stable_changed) = store.watch_channel("stable").await?;
             let (rollout, rollout_changed) = store.watch_rollout().await?;
             let target = Rollout::target_for(rollout.as_ref(), &host, stable.as_deref());
+            // Answer counts matter only while a rollout is judged: a thousand hosts writing
+            // their node every second for nothing would be a thousand writes a second.
+            let judged =
+                rollout.as_ref().is_some_and(|r| r.state == "canary" || r.state == "paused");
             if let Some(id) = target.filter(|t| self.wants(t)).map(str::to_string) {
                 if self.apply(&store, &id).await {
                     // Replaced shortly by a worker serving it; keep the lease meanwhile.
@@ -157,7 +162,9 @@ impl Watcher {
                         if !self.host.leases().hold(lease, LEASE_MS) {
                             return Ok(());
                         }
-                        store.publish(&host, &self.state()).await?;
+                        if judged {
+                            store.publish(&host, &self.state()).await?;
+                        }
                     }
                 }
             }
