@@ -320,6 +320,7 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
         if let Some(by) = store.locked().await? {
             bail!("the channels are locked ({by}); `zkgate config unlock` first");
         }
+        return move_channels(store, verb).await;
     }
     match verb {
         Verb::Lock { message } => {
@@ -344,6 +345,15 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             }
             println!("{}", manifest.id);
         }
+        Verb::Status { wait, timeout } => return status(store, wait, timeout).await,
+        read => read_tree(store, read).await?,
+    }
+    Ok(0)
+}
+
+/// The verbs that move what hosts serve: rollout, rollback, promote, pause, resume, abort.
+async fn move_channels(store: &Store, verb: Verb) -> anyhow::Result<u8> {
+    match verb {
         Verb::Rollout { release, canary: None, message, .. } => {
             let (from, version) = store.channel("stable").await?;
             store.flip("stable", (&release, version), (&who(), "rollout", &message)).await?;
@@ -385,18 +395,18 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             store.flip("stable", (&to, version), (&who(), "rollback", &message)).await?;
             println!("stable: {} -> {to}", now.as_deref().unwrap_or("nothing"));
         }
-        Verb::Status { wait, timeout } => return status(store, wait, timeout).await,
+        _ => unreachable!("only the verbs that move channels come here"),
+    }
+    Ok(0)
+}
+
+/// The verbs that only read the tree: history, show, export, diff.
+async fn read_tree(store: &Store, verb: Verb) -> anyhow::Result<()> {
+    match verb {
         Verb::History => {
             for e in store.history().await? {
-                println!(
-                    "{}\t{}\t{}\t{} -> {}\t{}",
-                    e.at_ms,
-                    e.who,
-                    e.verb,
-                    e.from.as_deref().unwrap_or("-"),
-                    e.to,
-                    e.why
-                );
+                let from = e.from.as_deref().unwrap_or("-");
+                println!("{}\t{}\t{}\t{from} -> {}\t{}", e.at_ms, e.who, e.verb, e.to, e.why);
             }
         }
         Verb::Show { release } => print!("{}", store.fetch(&release).await?),
@@ -410,7 +420,7 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
         }
         Verb::Diff { a, b } => {
             let read = |x: String| async move {
-                match std::path::Path::new(&x).is_file() {
+                match Path::new(&x).is_file() {
                     true => release_text(Path::new(&x)),
                     false => store.fetch(&x).await.map_err(anyhow::Error::from),
                 }
@@ -424,9 +434,9 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
                 println!("no change");
             }
         }
-        Verb::Validate { .. } => unreachable!("handled before connecting"),
+        _ => unreachable!("validate is handled before connecting; the others are dispatched"),
     }
-    Ok(0)
+    Ok(())
 }
 
 /// The release `stable` served before `now` (the history's last flip to `now`).
@@ -473,36 +483,5 @@ async fn status(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_diff_speaks_in_services_routes_and_sections() {
-        let a = "[services.web]\ninstances = [\"10.0.0.1:80\"]\n[services.old]\ninstances = []\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n";
-        let b = "[services.web]\ninstances = [\"10.0.0.2:80\"]\nload_balance = \"random\"\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n[[route]]\nhost = \"api.example\"\npath_prefix = \"/v1\"\nservice = \"web\"\n[tracing]\nsample = 0.5\n";
-        assert_eq!(
-            diff(a, b).unwrap(),
-            [
-                "~ service web: instances, load_balance",
-                "- service old",
-                "+ route api.example/v1",
-                "+ tracing"
-            ]
-        );
-        assert!(diff(a, a).unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_release_replaces_the_dynamic_sections_only() {
-        let local = "[server]\nlisten = [\"127.0.0.1:1\"]\n[services.old]\ninstances = [\"127.0.0.1:2\"]\n[[route]]\npath_prefix = \"/\"\nservice = \"old\"\n";
-        let release = "[services.new]\ninstances = [\"127.0.0.1:3\"]\n[[route]]\npath_prefix = \"/\"\nservice = \"new\"\n";
-        let merged: toml::Table = toml::from_str(&overlay(local, release).unwrap()).unwrap();
-        assert!(merged["server"].get("listen").is_some(), "the host's own section stays");
-        let services = merged["services"].as_table().unwrap();
-        assert!(services.contains_key("new") && !services.contains_key("old"));
-        assert_eq!(merged["route"].as_array().unwrap().len(), 1);
-        let e = overlay(local, "[admin]\nlisten = \"0.0.0.0:1\"\n").unwrap_err();
-        assert!(e.contains("admin is not a section a release may hold"), "{e}");
-        assert!(overlay(local, "[[route]\n").is_err());
-    }
-}
+#[path = "fleet_tests.rs"]
+mod tests;

@@ -10,6 +10,7 @@
 use serde_json::Value;
 
 pub use crate::config::Format;
+pub(crate) use crate::discovery::urlcode::{url_decode, url_encode};
 use crate::table::instance::Instance;
 
 /// What one registry node says, once parsed.
@@ -299,47 +300,6 @@ fn authority_and_query(rest: &str) -> (&str, &str) {
 /// The first value of `key` in a URL query.
 fn query_param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
-}
-
-/// Percent-decoding as Java's `URLDecoder` (`+` is a space); `None` if not valid UTF-8 or a
-/// `%` is not followed by two hex digits.
-pub(crate) fn url_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Percent-encoding as Java's `URLEncoder` (what Dubbo writes).
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// `host:port`, bracketing IPv6 literals.

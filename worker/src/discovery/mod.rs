@@ -26,6 +26,7 @@ pub mod report;
 pub mod retry;
 pub mod snapshot;
 pub mod update;
+pub mod urlcode;
 pub mod zookeeper;
 
 use std::collections::HashSet;

@@ -3,7 +3,9 @@
 //! runs, a `stable` channel every host follows, and one watcher per host that fetches, checks,
 //! caches and applies a release through the zero-loss reload.
 //!
-//! [`store`] is the tree in ZooKeeper; [`apply`] the host's side.
+//! [`store`] is the tree in ZooKeeper, [`records`] what its nodes hold; [`apply`] the host's
+//! side.
 
 pub mod apply;
+pub mod records;
 pub mod store;

@@ -22,6 +22,9 @@ use crate::auth::{Hide, Identity, CLIENT_CERT_SUBJECT};
 use crate::config::TrustedProxies;
 use crate::http::headers::{request_id_bytes, via_lists, Underscores};
 use crate::http::router::HeaderActions;
+pub use crate::http::trailers::{
+    filter_request_trailers, request_trailer_allowed, response_trailer_allowed,
+};
 
 /// What a header line is to the policy, decided by its name alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,60 +441,6 @@ fn hidden(hide: &Hide, line: Line<'_>, out: &mut impl HeadSink) -> bool {
         out.put(line.name, &kept.join(&b"; "[..]));
     }
     true
-}
-
-/// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing, connection control,
-/// authentication, and what decides how the content is processed — a sender could otherwise
-/// say in a trailer what the head was checked for.
-const FORBIDDEN_IN_TRAILERS: [&str; 22] = [
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "authorization",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "www-authenticate",
-    "cookie",
-    "set-cookie",
-    "content-type",
-    "content-encoding",
-    "content-range",
-    "cache-control",
-    "location",
-    "max-forwards",
-];
-
-/// Whether a request trailer field reaches the instance: only gRPC's own (`grpc-*`). Instances
-/// that merge trailers into the head (older Puma, CGI bridges) would otherwise take, after
-/// the gateway's checks, what the head was checked for — an `X-Auth-Subject`, an
-/// `X-Forwarded-For` — so request trailers pass by an allow-list, never a deny-list.
-pub fn request_trailer_allowed(name: &[u8]) -> bool {
-    name.len() > 5 && name[..5].eq_ignore_ascii_case(b"grpc-") && kind_of(name) == Kind::Plain
-}
-
-/// Whether an answer's trailer field reaches the client: any but what RFC 9110 forbids there.
-pub fn response_trailer_allowed(name: &[u8]) -> bool {
-    !FORBIDDEN_IN_TRAILERS.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
-}
-
-/// Keeps the request trailer fields [`request_trailer_allowed`] lets through (the h2 side's
-/// trailers frame).
-pub fn filter_request_trailers(trailers: &mut HeaderMap) {
-    let dropped: Vec<HeaderName> = trailers
-        .keys()
-        .filter(|n| !request_trailer_allowed(n.as_str().as_bytes()))
-        .cloned()
-        .collect();
-    for name in dropped {
-        trailers.remove(name);
-    }
 }
 
 /// Whether an `Upgrade` value asks only for protocols the operator allows
