@@ -187,6 +187,31 @@ impl supervisor::App for Gateway {
         Ok(config::supervisor_settings(&self.config))
     }
 
+    fn generation_failed(&mut self, why: &str) -> bool {
+        let (Some(fleet), Some(id)) = (&self.config.fleet, &self.config.release) else {
+            return false; // the host's own file: nothing to go back to
+        };
+        let cache = crate::fleet::cache_dir(&self.path, &self.config);
+        match worker::fleet::apply::revert(&cache, id, why) {
+            Ok(back) => {
+                log::error!(
+                    "fleet {}: release {id} reverted on this host ({why}); back to {}",
+                    fleet.cluster,
+                    back.as_deref().unwrap_or("the local file")
+                );
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "fleet {}: release {id} failed ({why}) but cannot be reverted in {}: {e}",
+                    fleet.cluster,
+                    cache.display()
+                );
+                false
+            }
+        }
+    }
+
     fn shared_memory_size(&self) -> usize {
         worker::host::Host::size()
     }

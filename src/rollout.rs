@@ -148,6 +148,15 @@ async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Resul
                 baseline.push((name.clone(), h.clone()));
             }
         }
+        let refused = now.iter().find_map(|(name, h)| match &h.rejected {
+            Some((id, why)) if *id == rollout.release && rollout.canary.contains(name) => {
+                Some(format!("canary {name} refused {id}: {why}"))
+            }
+            _ => None,
+        });
+        if let Some(why) = refused {
+            return Ok(Baked::Regressed(why));
+        }
         let judged: Vec<(String, HostState)> =
             now.into_iter().filter(|(n, _)| baseline.iter().any(|(b, _)| b == n)).collect();
         if let Some(why) = regression(&baseline, &judged, &rollout.canary, rollout) {

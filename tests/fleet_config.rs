@@ -9,43 +9,10 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
+use support::fleet::{answers, config, host, push, routes_to};
 use support::load::{Load, Reuse, Spec};
 use support::zk::Zk;
 use support::{write_file, Backend, Gateway, Toml};
-
-/// `zkgate config ARGS -c <gw's file>`: exit code, stdout, stderr.
-fn config(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(support::zkgate())
-        .arg("config")
-        .args(args)
-        .arg("-c")
-        .arg(&gw.config_path)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
-/// The release id `push` printed on its last line.
-fn push(gw: &Gateway, file: &std::path::Path, why: &str) -> String {
-    let (code, out, err) = config(gw, &["push", file.to_str().unwrap(), "-m", why]);
-    assert_eq!(code, 0, "push {}: {err}", file.display());
-    out.lines().last().unwrap().to_string()
-}
-
-/// Who answered `n` fresh requests.
-fn answers(gw: &Gateway, n: usize) -> std::collections::BTreeSet<String> {
-    (0..n)
-        .filter_map(|_| gw.get("/").ok().filter(|r| r.status == 200).map(|r| r.backend()))
-        .collect()
-}
-
-fn routes_to(b: &Backend) -> String {
-    format!(
-        "[services.web]\ninstances = [\"{}\"]\n\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n",
-        b.address()
-    )
-}
 
 #[test]
 fn releases_roll_out_through_zookeeper_lose_no_request_and_roll_back_from_the_cache() {
@@ -197,17 +164,6 @@ fn two_concurrent_flips_one_wins_the_other_gets_a_conflict() {
         [Some(0), Some(0)] => assert_eq!(flips, 2, "{history}"),
         other => panic!("exit codes {other:?}\n{history}"),
     }
-}
-
-/// A host of the fleet: its own file (and release cache) in `dir`, routing everything to
-/// `good` until a release says otherwise.
-fn host(zk: &Zk, name: &str, good: &Backend) -> Gateway {
-    let toml = Toml::new()
-        .zookeeper(zk, "")
-        .section("[services.web]", &format!("instances = [\"{}\"]", good.address()))
-        .route_all("web")
-        .section("[fleet]", &format!("cluster = \"stage\"\nhost = \"{name}\""));
-    Gateway::with(toml).workers(2).admin().start()
 }
 
 #[test]

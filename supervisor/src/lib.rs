@@ -91,6 +91,15 @@ pub trait App {
     /// logged); `Ok` makes the next workers run the new configuration.
     fn reload(&mut self) -> Result<Settings, String>;
 
+    /// The configuration the current generation runs has failed on this host: a reload's
+    /// replacement died (or hung) before it was ready, or a worker of the generation
+    /// crash-loops (`why` says which). The application may switch back to a configuration that
+    /// worked (zkgate: the fleet release it served before); `true` makes the supervisor reload
+    /// to it at once. `false` (the default): nothing to go back to, the usual backoff goes on.
+    fn generation_failed(&mut self, _why: &str) -> bool {
+        false
+    }
+
     /// A one-line summary for systemd's `STATUS=` (e.g. services and instances configured).
     fn status(&self) -> String {
         String::new()

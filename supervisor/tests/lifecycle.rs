@@ -128,3 +128,106 @@ fn fatal_workers_stop_their_slots_and_a_crash_loop_backs_off() {
     }
     assert!(gaps[4] >= 750, "waits between starts: {gaps:?} ms");
 }
+
+/// An application whose configuration the test picks for each reload (word 0: 0 good, 1 its
+/// workers die before they are ready, 2 they crash soon after), and which can go back to the
+/// good one when the supervisor says the generation failed. Words: 1 = reverts, 2 = why the
+/// last revert (1 died before ready, 2 crash loop), 3 = good workers ready, 4 = bad starts.
+struct Reverting {
+    mode: u64,
+    words: SharedMemory,
+}
+
+impl Reverting {
+    fn words(&self) -> &[AtomicU64; 8] {
+        // SAFETY: the region is 64+ bytes, page aligned, shared and never unmapped.
+        unsafe { &*(self.words.as_ptr() as *const [AtomicU64; 8]) }
+    }
+}
+
+impl App for Reverting {
+    fn run_worker(&self, ctx: WorkerContext) -> i32 {
+        let words = self.words();
+        match self.mode {
+            0 => {
+                ctx.control.ready();
+                words[3].fetch_add(1, Ordering::SeqCst);
+                loop {
+                    ctx.control.heartbeat();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            1 => {
+                words[4].fetch_add(1, Ordering::SeqCst);
+                1
+            }
+            _ => {
+                words[4].fetch_add(1, Ordering::SeqCst);
+                ctx.control.ready();
+                std::thread::sleep(Duration::from_millis(100));
+                1
+            }
+        }
+    }
+
+    fn reload(&mut self) -> Result<Settings, String> {
+        self.mode = self.words()[0].swap(0, Ordering::SeqCst);
+        Ok(settings(2))
+    }
+
+    fn generation_failed(&mut self, why: &str) -> bool {
+        let words = self.words();
+        words[1].fetch_add(1, Ordering::SeqCst);
+        let kind = if why.contains("before it was ready") { 1 } else { 2 };
+        words[2].store(kind, Ordering::SeqCst);
+        self.mode = 0;
+        true
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_generation_that_fails_goes_back_to_the_configuration_that_worked() {
+    let region = SharedMemory::map(64).unwrap();
+    let app = Reverting { mode: 0, words: region };
+    // SAFETY: as in run_worker.
+    let words = unsafe { &*(region.as_ptr() as *const [AtomicU64; 8]) };
+    // SAFETY: as in spawn_supervisor.
+    let pid = match unsafe { fork() }.unwrap() {
+        ForkResult::Child => std::process::exit(supervisor::run(settings(2), app).unwrap_or(99)),
+        ForkResult::Parent { child } => child,
+    };
+    let read = |i: usize| words[i].load(Ordering::SeqCst);
+    wait_for("two good workers", || read(3) == 2);
+
+    // A reload whose first replacement dies before it is ready: the roll stops and the
+    // application is asked once; it goes back, and the good configuration rolls on both slots.
+    words[0].store(1, Ordering::SeqCst);
+    kill(pid, Signal::SIGHUP).unwrap();
+    wait_for("the revert after a replacement died", || read(1) == 1);
+    assert_eq!(read(2), 1, "the reason says it died before it was ready");
+    wait_for("the good configuration on both slots again", || read(3) == 4);
+    assert_eq!(read(4), 1, "one bad worker only: the roll stopped at the first");
+
+    // A reload whose workers are ready, then crash: after three crashes in a row of one slot
+    // the application goes back, and the crashes stop.
+    words[0].store(2, Ordering::SeqCst);
+    kill(pid, Signal::SIGHUP).unwrap();
+    wait_for("the revert after a crash loop", || read(1) == 2);
+    assert_eq!(read(2), 2, "the reason says crash loop");
+    wait_for("the good configuration on both slots again", || read(3) == 6);
+    let bad = read(4);
+    assert!((4..=8).contains(&bad), "{bad} bad starts: three on one slot, a few on the other");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read(4), bad, "no bad worker starts once reverted");
+    assert_eq!(read(3), 6, "the good workers stay");
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(pid, Duration::from_secs(10)), Some(0));
+}

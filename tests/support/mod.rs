@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod jwt;
 pub mod load;

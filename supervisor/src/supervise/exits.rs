@@ -15,6 +15,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A worker that lived this long resets its slot's backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// This many crashes in a row, each before [`STABLE_AFTER`], and the slot crash-loops: the
+/// application is asked whether its configuration can go back to one that worked.
+const CRASH_LOOP: u32 = 3;
 
 /// How long to wait before respawning a slot whose worker crashed after living `lived`, given
 /// the slot's `failures` so far; returns the delay and the new failure count. The first crash
@@ -79,8 +82,9 @@ impl<A: App> Supervisor<A> {
         if self.slots[slot_idx].sockets.is_none() {
             return;
         }
-        // A reload's replacement that died before it was ready: the roll stops there.
-        let was_incoming = w.phase == Phase::Starting
+        // A reload's replacement that died (or hung, and was killed) before it was ready:
+        // the roll stops there.
+        let was_incoming = matches!(w.phase, Phase::Starting | Phase::Killed { respawn: true })
             && self.roll == Some(slot_idx)
             && w.generation == self.generation;
         if code == Some(EXIT_FATAL) {
@@ -90,11 +94,18 @@ impl<A: App> Supervisor<A> {
             self.slots[slot_idx].fatal = true;
             if was_incoming {
                 self.abort_roll(slot_idx);
+                self.revert(format!(
+                    "the new worker for slot {slot_idx} {how} before it was ready"
+                ));
             }
             return;
         }
         if was_incoming {
             self.abort_roll(slot_idx);
+            let why = format!("the new worker for slot {slot_idx} {how} before it was ready");
+            if self.revert(why) {
+                return;
+            }
         }
         if self.workers.iter().any(|o| o.slot == slot_idx && o.phase.live()) {
             return; // the slot still has a worker (the old one after a failed replacement)
@@ -102,6 +113,15 @@ impl<A: App> Supervisor<A> {
         let slot = &mut self.slots[slot_idx];
         let (delay, failures) = respawn_delay(slot.failures, lived);
         slot.failures = failures;
+        if failures >= CRASH_LOOP && w.generation == self.generation {
+            let why = format!(
+                "worker slot {slot_idx} crashed {failures} times in a row, each within {}s of its start (last: {how})",
+                STABLE_AFTER.as_secs()
+            );
+            if self.revert(why) {
+                return;
+            }
+        }
         if !delay.is_zero() {
             log::warn!(
                 "worker slot {slot_idx} is crash-looping: respawn in {}ms",
@@ -110,6 +130,23 @@ impl<A: App> Supervisor<A> {
         }
         self.schedule_respawn(slot_idx, delay);
         self.on_timers();
+    }
+
+    /// The current generation failed (`why`): when the application can go back to a
+    /// configuration that worked, reload to it now. Whether it did.
+    pub(super) fn revert(&mut self, why: String) -> bool {
+        if !matches!(self.mode, Mode::Running) || !self.app.generation_failed(&why) {
+            return false;
+        }
+        log::error!(
+            "supervisor: generation {} failed ({why}): going back to the configuration that worked",
+            self.generation
+        );
+        for s in &mut self.slots {
+            s.respawn_at = None;
+        }
+        self.reload();
+        true
     }
 
     /// Respawns `slot` after `delay` (from the loop's timers).

@@ -59,17 +59,78 @@ pub fn cached(cache: &Path, id: &str) -> PathBuf {
     cache.join(format!("{id}.toml"))
 }
 
-/// Writes `text` as release `id` into the cache and makes it current (each file written
-/// aside, then renamed: a crash leaves the old or the new, never half of one).
+/// The file naming the release served before the current one (absent: the host's own file),
+/// what a host reverts to by itself.
+pub const PREVIOUS: &str = "previous";
+
+/// The releases this host reverted by itself (a line each: id, a tab, why): never applied
+/// here again. Deleting the file lets the host try them again.
+pub const REVERTED: &str = "reverted";
+
+/// Writes `bytes` to `path` aside, then renames it: a crash leaves the old or the new file,
+/// never half of one.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes `path`; one already gone is no error.
+fn remove_if_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The release the cache names as current, if any.
+fn current_id(cache: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(cache.join(CURRENT)).ok()?;
+    Some(id.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// Writes `text` as release `id` into the cache and makes it current; the release it replaces
+/// becomes the one to revert to.
 pub fn cache_release(cache: &Path, id: &str, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(cache)?;
-    let write = |path: PathBuf, bytes: &[u8]| {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, &path)
-    };
-    write(cached(cache, id), text.as_bytes())?;
-    write(cache.join(CURRENT), id.as_bytes())
+    write_whole(&cached(cache, id), text.as_bytes())?;
+    match current_id(cache) {
+        Some(was) if was == id => {}
+        Some(was) => write_whole(&cache.join(PREVIOUS), was.as_bytes())?,
+        None => remove_if_any(&cache.join(PREVIOUS))?,
+    }
+    write_whole(&cache.join(CURRENT), id.as_bytes())
+}
+
+/// Release `id` failed on this host after it was applied (`why`): records it as reverted and
+/// makes the release served before it current again (or none: the host's file serves).
+/// Returns what serves now. The previous release becomes the last one to fall back on, so a
+/// chain of failures ends at the file, never in a loop.
+pub fn revert(cache: &Path, id: &str, why: &str) -> std::io::Result<Option<String>> {
+    use std::io::Write;
+    let line = format!("{id}\t{}\n", why.replace(['\t', '\n'], " "));
+    let mut log =
+        std::fs::OpenOptions::new().create(true).append(true).open(cache.join(REVERTED))?;
+    log.write_all(line.as_bytes())?;
+    let previous = std::fs::read_to_string(cache.join(PREVIOUS)).ok();
+    let back = previous
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty() && p != id && cached(cache, p).exists());
+    remove_if_any(&cache.join(PREVIOUS))?;
+    match &back {
+        Some(p) => write_whole(&cache.join(CURRENT), p.as_bytes())?,
+        None => remove_if_any(&cache.join(CURRENT))?,
+    }
+    Ok(back)
+}
+
+/// The releases this host reverted by itself, oldest first: (id, why).
+pub fn reverted(cache: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(cache.join(REVERTED)).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(id, why)| (id.to_string(), why.to_string()))
+        .collect()
 }
 
 /// Starts the host's watcher when the configuration has `[fleet]`.
@@ -87,7 +148,9 @@ pub fn start(config: &Config, (host, metrics): (Host, Metrics), hooks: Hooks) {
         fleet,
         source: source.clone(),
         serving: config.release.clone(),
-        rejected: None,
+        // A release this host reverted by itself stays refused (and published) after the
+        // reload that reverted it.
+        rejected: reverted(&hooks.cache).pop(),
         hooks,
         host,
         metrics,
@@ -171,10 +234,12 @@ impl Watcher {
         }
     }
 
-    /// Whether `id` is a release to apply: not the one served, not one already refused.
+    /// Whether `id` is a release to apply: not the one served, not one already refused or
+    /// reverted here.
     fn wants(&self, id: &str) -> bool {
         self.serving.as_deref() != Some(id)
             && self.rejected.as_ref().is_none_or(|(refused, _)| refused != id)
+            && !reverted(&self.hooks.cache).iter().any(|(r, _)| r == id)
     }
 
     /// Takes release `id` (from the cache when the host had it: a rollback reads nothing),

@@ -1,0 +1,50 @@
+//! Fleet configuration helpers: `zkgate config` against a gateway's own file, and hosts of
+//! one cluster on loopback.
+
+use super::zk::Zk;
+use super::{Backend, Gateway, Toml};
+
+/// `zkgate config ARGS -c <gw's file>`: exit code, stdout, stderr.
+pub fn config(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(super::zkgate())
+        .arg("config")
+        .args(args)
+        .arg("-c")
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// The release id `push` printed on its last line.
+pub fn push(gw: &Gateway, file: &std::path::Path, why: &str) -> String {
+    let (code, out, err) = config(gw, &["push", file.to_str().unwrap(), "-m", why]);
+    assert_eq!(code, 0, "push {}: {err}", file.display());
+    out.lines().last().unwrap().to_string()
+}
+
+/// Who answered `n` fresh requests.
+pub fn answers(gw: &Gateway, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .filter_map(|_| gw.get("/").ok().filter(|r| r.status == 200).map(|r| r.backend()))
+        .collect()
+}
+
+pub fn routes_to(b: &Backend) -> String {
+    format!(
+        "[services.web]\ninstances = [\"{}\"]\n\n[[route]]\npath_prefix = \"/\"\nservice = \"web\"\n",
+        b.address()
+    )
+}
+
+/// A host of the fleet: its own file (and release cache) in `dir`, routing everything to
+/// `good` until a release says otherwise.
+pub fn host(zk: &Zk, name: &str, good: &Backend) -> Gateway {
+    let toml = Toml::new()
+        .zookeeper(zk, "")
+        .section("[services.web]", &format!("instances = [\"{}\"]", good.address()))
+        .route_all("web")
+        .section("[fleet]", &format!("cluster = \"stage\"\nhost = \"{name}\""));
+    Gateway::with(toml).workers(2).admin().start()
+}
