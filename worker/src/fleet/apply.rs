@@ -295,3 +295,32 @@ impl Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current(cache: &Path) -> Option<String> {
+        current_id(cache)
+    }
+
+    #[test]
+    fn a_revert_goes_back_one_release_then_to_the_file_and_remembers_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("zkgate-releases");
+        cache_release(&cache, "r-1", "a").unwrap();
+        cache_release(&cache, "r-2", "b").unwrap();
+        cache_release(&cache, "r-2", "b").unwrap(); // applied again: r-1 stays the one before
+        assert_eq!(current(&cache).as_deref(), Some("r-2"));
+        assert_eq!(revert(&cache, "r-2", "crashed\tthrice\n").unwrap().as_deref(), Some("r-1"));
+        assert_eq!(current(&cache).as_deref(), Some("r-1"));
+        // r-1 fails too: nothing before it is known, the host's file serves.
+        assert_eq!(revert(&cache, "r-1", "hung").unwrap(), None);
+        assert_eq!(current(&cache), None);
+        let why = reverted(&cache);
+        assert_eq!(why, [("r-2".into(), "crashed thrice ".into()), ("r-1".into(), "hung".into())]);
+        // From the file, a release's previous is the file again.
+        cache_release(&cache, "r-3", "c").unwrap();
+        assert_eq!(revert(&cache, "r-3", "x").unwrap(), None);
+    }
+}
