@@ -194,6 +194,13 @@ impl supervisor::App for Gateway {
         let cache = crate::fleet::cache_dir(&self.path, &self.config);
         match worker::fleet::apply::revert(&cache, id, why) {
             Ok(back) => {
+                if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size())
+                {
+                    // SAFETY: as in run_worker; only the host-wide refusal count is written.
+                    unsafe { worker::host::Host::from_raw(region.as_ptr(), 0) }
+                        .releases()
+                        .rejected();
+                }
                 log::error!(
                     "fleet {}: release {id} reverted on this host ({why}); back to {}",
                     fleet.cluster,

@@ -345,7 +345,7 @@ async fn verb_on(store: &Store, path: &Path, verb: Verb) -> anyhow::Result<u8> {
             }
             println!("{}", manifest.id);
         }
-        Verb::Status { wait, timeout } => return status(store, wait, timeout).await,
+        Verb::Status { wait, timeout } => return crate::status::status(store, wait, timeout).await,
         read => read_tree(store, read).await?,
     }
     Ok(0)
@@ -450,35 +450,6 @@ async fn previous(store: &Store, now: Option<&str>) -> anyhow::Result<String> {
     match flip {
         Some(from) => Ok(from),
         None => bail!("stable has no earlier release to go back to; name one with --to"),
-    }
-}
-
-async fn status(
-    store: &Store,
-    wait: Option<String>,
-    timeout: std::time::Duration,
-) -> anyhow::Result<u8> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let (stable, _) = store.channel("stable").await?;
-        let hosts = store.hosts().await?;
-        let done = wait.as_ref().is_none_or(|w| {
-            !hosts.is_empty() && hosts.iter().all(|(_, h)| h.serving.as_ref() == Some(w))
-        });
-        if done || tokio::time::Instant::now() >= deadline {
-            println!("stable\t{}", stable.as_deref().unwrap_or("-"));
-            for (name, h) in &hosts {
-                let rejected =
-                    h.rejected.as_ref().map(|(id, why)| format!("\trejected {id}: {why}"));
-                println!(
-                    "{name}\tserving {}{}",
-                    h.serving.as_deref().unwrap_or("its file"),
-                    rejected.unwrap_or_default()
-                );
-            }
-            return Ok(if done { 0 } else { 1 });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

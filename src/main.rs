@@ -7,6 +7,7 @@ mod config;
 mod edge_checks;
 mod fleet;
 mod rollout;
+mod status;
 mod summary;
 
 /// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The

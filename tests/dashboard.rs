@@ -99,6 +99,7 @@ fn the_dashboard_shows_services_workers_and_changes_live_in_chromium() {
     assert_eq!(page.matches(fallback).count(), 3, "{page}");
     assert!(page.contains("(this worker 0)"), "{page}");
     assert!(page.contains(" s ago"), "sync age missing:\n{page}");
+    assert!(page.contains("local file"), "the release column is missing:\n{page}");
 
     // The registry section names a node that is not routed, and why; ?explain= explains a
     // service on the page.

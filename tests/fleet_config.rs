@@ -54,7 +54,7 @@ fn releases_roll_out_through_zookeeper_lose_no_request_and_roll_back_from_the_ca
     assert_eq!(served["release"], one.as_str(), "{served}");
     assert_eq!(served["labels"]["dc"], "eu1", "{served}");
     let release_info = format!("cluster=\"test\",host=\"h1\",release=\"{one}\"");
-    assert_eq!(gw.metric("zkgate_config_release_info", &release_info), 1);
+    assert_eq!(gw.metric("zkgate_config_release_info", &release_info), 2, "on each worker");
     let hits_a = a.hits.load(Ordering::Relaxed);
 
     // Release 2 back to a; then release 1's bytes vanish from ZooKeeper and a rollback still
@@ -277,6 +277,22 @@ fn a_release_changing_200_routes_switches_under_load_and_every_answer_names_its_
     let tally = load.stop();
     eprintln!("fleet config: 200 routes switched, every worker on the new release {converged:?} after the flip ({checked} answers checked); {tally}");
     assert_eq!(tally.lost(), 0, "{tally}");
+    // The host timed it: from the pointer's flip to its last worker serving the release.
+    let metrics = gw.admin_get("/metrics").body_text();
+    let seconds = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
+        assert!(line.contains(&format!("release=\"{rb}\"")), "{line}");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (apply, convergence) =
+        (seconds("zkgate_config_apply_seconds"), seconds("zkgate_config_convergence_seconds"));
+    eprintln!("fleet config: the host applied it in {apply} s, {convergence} s after the flip");
+    assert!(apply <= convergence && convergence < converged.as_secs_f64() + 1.0);
+    let slots = metrics.lines().filter(|l| l.starts_with("zkgate_config_release_info{")).count();
+    assert_eq!(slots, 2, "one release_info per worker:\n{metrics}");
 }
 
 #[test]

@@ -104,6 +104,20 @@ fn a_canary_whose_workers_crash_loop_reverts_by_itself_and_the_rollout_aborts() 
         h1.admin_get("/config").json()["release"] == base.as_str(),
         "h1 is not back on {base}"
     );
+    let cfg = h1.admin_get("/config").json();
+    assert_eq!(cfg["last_rejection"]["release"], next.as_str(), "{cfg}");
+    assert!(cfg["reverted"][0]["why"].as_str().unwrap().contains("crashed"), "{cfg}");
+    assert_eventually!(
+        10,
+        h1.admin_get("/workers").json()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["release"] == base.as_str()),
+        "a worker of h1 does not serve {base}: {}",
+        h1.admin_get("/workers").body_text()
+    );
+    assert_eq!(h1.metric("zkgate_config_rejections_total", ""), 1);
     let (_, status, _) = config(&h1, &["status"]);
     let line = status.lines().find(|l| l.starts_with("h1")).expect(&status);
     assert!(line.contains(&format!("rejected {next}")) && line.contains("crashed"), "{line}");

@@ -243,7 +243,8 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         );
     }
     let accept_loops = start_accepting(&mut settings, &server, host)?;
-    tokio::spawn(report_ready(slot, ready, table, metrics, lifecycle));
+    let release = config.release.clone();
+    tokio::spawn(report_ready((slot, release), ready, table, metrics, lifecycle));
 
     if signals.next().await == Stop::Fast {
         log::info!("worker slot {slot}: SIGQUIT: exiting now");
@@ -279,6 +280,7 @@ fn start_admin(
         router: http::router::Router::new(&config.header_routing, &config.routes)
             .with_paths(config.proxy.path_normalization),
         certificates: certificates.map(|c| (c.names.join(","), c.not_after)).collect(),
+        release_cache: settings.fleet.as_ref().map(|f| f.cache.clone()),
     };
     tokio::spawn(admin::serve(listener, Arc::new(admin), stop));
     Ok(())
@@ -369,7 +371,7 @@ async fn routes_loaded(
 
 /// Tells the supervisor this worker is ready once its routes are loaded (it accepts already).
 async fn report_ready(
-    slot: usize,
+    (slot, release): (usize, Option<String>),
     mut ready: tokio::sync::watch::Receiver<Option<table::Source>>,
     table: SharedTable,
     metrics: metrics::Metrics,
@@ -386,6 +388,7 @@ async fn report_ready(
             table::count(instances, "instance"),
         );
         lifecycle.ready();
+        metrics.host().releases().serving(release.as_deref());
     }
 }
 

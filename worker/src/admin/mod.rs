@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod explain;
+mod fleet;
 
 use crate::discovery::changes::Changes;
 use crate::discovery::report::RegistryReport;
@@ -53,6 +54,8 @@ pub struct Admin {
     pub router: Router,
     /// The served certificates' names and expiry (Unix seconds), for `/metrics`.
     pub certificates: Vec<(String, i64)>,
+    /// With `[fleet]`: the host's release cache (its last refusal and reverts, for `/config`).
+    pub release_cache: Option<std::path::PathBuf>,
 }
 
 impl Admin {
@@ -291,31 +294,6 @@ impl Admin {
             }
         }
         Vec::new()
-    }
-
-    /// `zkgate_config_release_info`: the release the answering worker serves (dashboards join
-    /// on it to see a rollout converge).
-    fn release_info(&self, out: &mut String) {
-        let Some(fleet) = &self.config.fleet else { return };
-        let release = self.config.release.as_deref().unwrap_or("file");
-        *out += "# HELP zkgate_config_release_info The fleet release this worker serves (\"file\": none, the local file alone).\n# TYPE zkgate_config_release_info gauge\n";
-        *out += &format!(
-            "zkgate_config_release_info{{cluster=\"{}\",host=\"{}\",release=\"{release}\"}} 1\n",
-            fleet.cluster.replace(['"', '\\', '\n'], "_"),
-            fleet.host_name().replace(['"', '\\', '\n'], "_")
-        );
-    }
-
-    /// The configuration this worker serves: the fleet's release, or the file alone.
-    fn fleet_config(&self) -> serde_json::Value {
-        let fleet = self.config.fleet.as_ref();
-        serde_json::json!({
-            "worker": {"pid": std::process::id(), "slot": self.slot},
-            "cluster": fleet.map(|f| f.cluster.clone()),
-            "host": fleet.map(|f| f.host_name()),
-            "labels": fleet.map(|f| f.labels.clone()),
-            "release": self.config.release,
-        })
     }
 
     fn routes(&self) -> serde_json::Value {

@@ -112,6 +112,7 @@ pub fn revert(cache: &Path, id: &str, why: &str) -> std::io::Result<Option<Strin
     let mut log =
         std::fs::OpenOptions::new().create(true).append(true).open(cache.join(REVERTED))?;
     log.write_all(line.as_bytes())?;
+    record_rejection(cache, id, why)?;
     let previous = std::fs::read_to_string(cache.join(PREVIOUS)).ok();
     let back = previous
         .map(|p| p.trim().to_string())
@@ -122,6 +123,24 @@ pub fn revert(cache: &Path, id: &str, why: &str) -> std::io::Result<Option<Strin
         None => remove_if_any(&cache.join(CURRENT))?,
     }
     Ok(back)
+}
+
+/// The file holding the last release this host refused or reverted, and why (id, a tab,
+/// why): what `/config` and the host's node show across reloads.
+pub const REJECTED: &str = "rejected";
+
+/// Records `id` as the last release refused on this host.
+pub fn record_rejection(cache: &Path, id: &str, why: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(cache)?;
+    let line = format!("{id}\t{}", why.replace(['\t', '\n'], " "));
+    write_whole(&cache.join(REJECTED), line.as_bytes())
+}
+
+/// The last release refused or reverted on this host, and why.
+pub fn last_rejection(cache: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(cache.join(REJECTED)).ok()?;
+    let (id, why) = text.trim_end().split_once('\t')?;
+    Some((id.to_string(), why.to_string()))
 }
 
 /// The releases this host reverted by itself, oldest first: (id, why).
@@ -148,9 +167,9 @@ pub fn start(config: &Config, (host, metrics): (Host, Metrics), hooks: Hooks) {
         fleet,
         source: source.clone(),
         serving: config.release.clone(),
-        // A release this host reverted by itself stays refused (and published) after the
-        // reload that reverted it.
-        rejected: reverted(&hooks.cache).pop(),
+        // The last refusal (or revert) stays published after the reload that followed it.
+        rejected: last_rejection(&hooks.cache),
+        refused: None,
         hooks,
         host,
         metrics,
@@ -163,8 +182,10 @@ struct Watcher {
     source: ZkSettings,
     /// The release this worker's configuration holds.
     serving: Option<String>,
-    /// The last release refused here, and why.
+    /// The last release refused or reverted on this host, and why (what it publishes).
     rejected: Option<(String, String)>,
+    /// The release this watcher refused (not checked again until the next reload).
+    refused: Option<String>,
     hooks: Hooks,
     host: Host,
     metrics: Metrics,
@@ -199,19 +220,26 @@ impl Watcher {
         let store = Store::connect(&self.source, &self.fleet).await?;
         let host = self.fleet.host_name();
         store.publish(&host, &self.state()).await?;
+        let mut published = self.workers();
         loop {
-            let (stable, stable_changed) = store.watch_channel("stable").await?;
-            let (rollout, rollout_changed) = store.watch_rollout().await?;
+            let (stable, stable_ms, stable_changed) = store.watch_channel("stable").await?;
+            let (rollout, rollout_ms, rollout_changed) = store.watch_rollout().await?;
             let target = Rollout::target_for(rollout.as_ref(), &host, stable.as_deref());
+            // When the pointer that names the target moved: where convergence is timed from.
+            let flip_ms = match target == stable.as_deref() {
+                true => stable_ms,
+                false => rollout_ms,
+            };
             // Answer counts matter only while a rollout is judged: a thousand hosts writing
             // their node every second for nothing would be a thousand writes a second.
             let judged =
                 rollout.as_ref().is_some_and(|r| r.state == "canary" || r.state == "paused");
             if let Some(id) = target.filter(|t| self.wants(t)).map(str::to_string) {
-                if self.apply(&store, &id).await {
+                if self.apply(&store, &id, flip_ms).await {
                     // Replaced shortly by a worker serving it; keep the lease meanwhile.
                     self.serving = Some(id);
                 }
+                published = self.workers();
                 store.publish(&host, &self.state()).await?;
             }
             let (a, b) = (stable_changed.changed(), rollout_changed.changed());
@@ -225,7 +253,9 @@ impl Watcher {
                         if !self.host.leases().hold(lease, LEASE_MS) {
                             return Ok(());
                         }
-                        if judged {
+                        // Also once a reload's workers all serve what the host applied.
+                        if judged || self.workers() != published {
+                            published = self.workers();
                             store.publish(&host, &self.state()).await?;
                         }
                     }
@@ -234,17 +264,17 @@ impl Watcher {
         }
     }
 
-    /// Whether `id` is a release to apply: not the one served, not one already refused or
-    /// reverted here.
+    /// Whether `id` is a release to apply: not the one served, not one this watcher refused
+    /// already (a reload, after the host was fixed, checks it again), not one reverted here.
     fn wants(&self, id: &str) -> bool {
         self.serving.as_deref() != Some(id)
-            && self.rejected.as_ref().is_none_or(|(refused, _)| refused != id)
+            && self.refused.as_deref() != Some(id)
             && !reverted(&self.hooks.cache).iter().any(|(r, _)| r == id)
     }
 
     /// Takes release `id` (from the cache when the host had it: a rollback reads nothing),
     /// checks it, caches it and asks for the reload. `false`: refused, the reason kept.
-    async fn apply(&mut self, store: &Store, id: &str) -> bool {
+    async fn apply(&mut self, store: &Store, id: &str, flip_ms: u64) -> bool {
         let cluster = &self.fleet.cluster;
         let text = match std::fs::read_to_string(cached(&self.hooks.cache, id)) {
             Ok(text) => Ok(text),
@@ -267,15 +297,26 @@ impl Watcher {
                     "fleet {cluster}: applying release {id} (was {}): reloading",
                     self.serving.as_deref().unwrap_or("the file")
                 );
+                self.host.releases().applying(id, flip_ms);
                 (self.hooks.reload)();
                 true
             }
             Err(why) => {
                 log::warn!("fleet {cluster}: release {id} refused on this host: {why}");
+                self.host.releases().rejected();
+                if let Err(e) = record_rejection(&self.hooks.cache, id, &why) {
+                    log::warn!("fleet {cluster}: cannot record the refusal of {id}: {e}");
+                }
+                self.refused = Some(id.to_string());
                 self.rejected = Some((id.to_string(), why));
                 false
             }
         }
+    }
+
+    /// The release each live worker of the host serves, by slot.
+    fn workers(&self) -> Vec<Option<String>> {
+        self.host.releases().by_slot().into_iter().map(|(_, r)| r).collect()
     }
 
     fn state(&self) -> HostState {
@@ -289,6 +330,8 @@ impl Watcher {
             rejected: self.rejected.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             answered: self.metrics.answered_by_class(),
+            workers: self.workers(),
+            applied_ms: self.host.releases().converged().map_or(0, |c| c.at_ms),
             at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),

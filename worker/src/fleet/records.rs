@@ -122,6 +122,21 @@ pub struct HostState {
     /// Requests timed.
     #[serde(default)]
     pub timed: u64,
+    /// The release each live worker serves, by slot (`None`: the file): a host mid-reload
+    /// serves two.
+    #[serde(default)]
+    pub workers: Vec<Option<String>>,
+    /// When the host's last apply reached its last worker (Unix ms; 0: none since it started).
+    #[serde(default)]
+    pub applied_ms: u64,
+}
+
+impl HostState {
+    /// Whether the host and every one of its workers serve `release`.
+    pub fn serves(&self, release: &str) -> bool {
+        self.serving.as_deref() == Some(release)
+            && self.workers.iter().all(|w| w.as_deref() == Some(release))
+    }
 }
 
 /// The id of a document: `r-` and 16 hex digits of its SHA-256.

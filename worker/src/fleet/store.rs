@@ -190,13 +190,16 @@ impl Store {
         }
     }
 
-    /// The rollout as it is now, and a watch that fires when it changes.
-    pub async fn watch_rollout(&self) -> Result<(Option<Rollout>, zk::OneshotWatcher), StoreError> {
+    /// The rollout as it is now, when it last changed (ZooKeeper's mtime, Unix ms), and a
+    /// watch that fires when it changes.
+    pub async fn watch_rollout(
+        &self,
+    ) -> Result<(Option<Rollout>, u64, zk::OneshotWatcher), StoreError> {
         let path = self.path("rollout");
-        let (data, _, watcher) =
+        let (data, stat, watcher) =
             self.client.get_and_watch_data(&path).await.map_err(Self::err(&path))?;
         let rollout = serde_json::from_slice(&data).ok();
-        Ok((rollout, watcher))
+        Ok((rollout, stat.mtime as u64, watcher))
     }
 
     /// Stores `text` as a release (its chunks first, then its manifest and the audit entry in
@@ -380,16 +383,17 @@ impl Store {
         Ok(out)
     }
 
-    /// What `channel` serves now, and a watch that fires when it changes.
+    /// What `channel` serves now, when it last moved (ZooKeeper's mtime, Unix ms), and a
+    /// watch that fires when it changes.
     pub async fn watch_channel(
         &self,
         channel: &str,
-    ) -> Result<(Option<String>, zk::OneshotWatcher), StoreError> {
+    ) -> Result<(Option<String>, u64, zk::OneshotWatcher), StoreError> {
         let path = self.path(&format!("channels/{channel}"));
-        let (data, _, watcher) =
+        let (data, stat, watcher) =
             self.client.get_and_watch_data(&path).await.map_err(Self::err(&path))?;
         let id = String::from_utf8_lossy(&data).trim().to_string();
-        Ok(((!id.is_empty()).then_some(id), watcher))
+        Ok(((!id.is_empty()).then_some(id), stat.mtime as u64, watcher))
     }
 }
 

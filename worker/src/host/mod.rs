@@ -20,6 +20,7 @@ pub mod instances;
 pub mod leases;
 pub mod names;
 pub(crate) mod region;
+pub mod releases;
 
 use std::sync::atomic::Ordering;
 
@@ -94,6 +95,11 @@ impl Host {
     /// The health-check lease view.
     pub fn leases(&self) -> leases::Leases {
         leases::Leases { host: *self }
+    }
+
+    /// The fleet release view.
+    pub fn releases(&self) -> releases::Releases {
+        releases::Releases { host: *self }
     }
 
     /// A handle on the same region for another slot (as a second worker process has).

@@ -114,6 +114,8 @@ pub(crate) struct WorkerStats {
     pub(crate) lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     pub(crate) lag_count: AtomicU64,
     pub(crate) lag_sum_ms: AtomicU64,
+    /// The fleet release this worker serves once ready (`releases::encode`; 0: the file).
+    pub(crate) release: AtomicU64,
     pub(crate) services: [ServiceStats; MAX_SERVICES],
     pub(crate) routes: [RouteStats; MAX_ROUTES],
     pub(crate) edge: EdgeStats,
@@ -173,6 +175,20 @@ pub(crate) struct TicketSlot {
 
 /// One health-check lease: which process probes a service for the host, until when — in one
 /// word, so taking it over is one compare-and-swap (pid << 40 | CLOCK_MONOTONIC ms).
+/// Fleet releases on the host (see `releases`): the one being applied, when it was decided
+/// and its pointer flipped, the last apply that reached every worker, and refusals.
+#[repr(C)]
+pub(crate) struct FleetStats {
+    pub(crate) applying: AtomicU64,
+    pub(crate) decided_ms: AtomicU64,
+    pub(crate) flip_ms: AtomicU64,
+    pub(crate) converged: AtomicU64,
+    pub(crate) converged_at_ms: AtomicU64,
+    pub(crate) apply_ms: AtomicU64,
+    pub(crate) convergence_ms: AtomicU64,
+    pub(crate) rejections: AtomicU64,
+}
+
 #[repr(C)]
 pub(crate) struct Lease {
     pub(crate) word: AtomicU64,
@@ -200,6 +216,7 @@ pub(crate) struct Region {
     /// The registry sources' names (labels of the per-source series), and how many there are.
     pub(crate) sources: [Name; MAX_SOURCES],
     pub(crate) source_count: AtomicU32,
+    pub(crate) fleet: FleetStats,
 }
 
 impl Host {

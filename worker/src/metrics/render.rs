@@ -27,6 +27,7 @@ impl Metrics {
                     "requests": w.requests.load(Ordering::Relaxed),
                     "active_connections": w.active_connections.load(Ordering::Relaxed),
                     "restarts": w.restarts.load(Ordering::Relaxed),
+                    "release": crate::host::releases::decode(w.release.load(Ordering::Relaxed)),
                     "zookeeper": ZkState::from_u32(w.zk[0].state.load(Ordering::Relaxed)).as_str(),
                     "zookeeper_watches": w.zk[0].watches.load(Ordering::Relaxed),
                     "zookeeper_session": session(&w.zk[0]),
