@@ -127,35 +127,47 @@ enum Baked {
 }
 
 /// Watches one stage bake for `bake` of unpaused time, judging it each second (a paused
-/// stage is neither judged nor timed). Each host's counts are taken from its first report
-/// after the stage started: a report published before it (a host between workers publishes
-/// none for a moment) would date the window wrong.
+/// stage is neither judged nor timed, nor is one while ZooKeeper cannot be reached: the bake
+/// goes on where it was once it is back). Each host's counts are taken from its first report
+/// after the stage started (a report published before it would date the window wrong), and
+/// again after the host restarted (its counts start over).
 async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Result<Baked> {
     let mut baseline: Vec<(String, HostState)> = Vec::new();
     let mut left = bake;
+    let mut outage = false;
     while !left.is_zero() {
         let step = left.min(Duration::from_secs(1));
         tokio::time::sleep(step).await;
-        match store.rollout().await?.0.map(|r| r.state) {
+        let Some((state, now)) = look(store).await else {
+            if !outage {
+                println!("zookeeper unreachable: the bake waits, untimed, until it is back");
+                outage = true;
+            }
+            continue;
+        };
+        if std::mem::take(&mut outage) {
+            println!(
+                "zookeeper back: the bake goes on ({} left)",
+                humantime::format_duration(left)
+            );
+        }
+        match state.map(|r| r.state) {
             Some(state) if state == "paused" => continue,
             Some(state) if state != "canary" => return Ok(Baked::Ended(state)),
             _ => {}
         }
         left -= step;
-        let now = store.hosts().await?;
-        for (name, h) in &now {
-            if h.at_ms >= rollout.started_ms && !baseline.iter().any(|(n, _)| n == name) {
-                baseline.push((name.clone(), h.clone()));
-            }
-        }
-        let refused = now.iter().find_map(|(name, h)| match &h.rejected {
-            Some((id, why)) if *id == rollout.release && rollout.canary.contains(name) => {
-                Some(format!("canary {name} refused {id}: {why}"))
-            }
-            _ => None,
-        });
-        if let Some(why) = refused {
+        if let Some(why) = refused(&now, rollout) {
             return Ok(Baked::Regressed(why));
+        }
+        for (name, h) in &now {
+            let restarted = |b: &HostState| (0..5).any(|c| h.answered[c] < b.answered[c]);
+            match baseline.iter_mut().find(|(n, _)| n == name) {
+                Some((_, b)) if restarted(b) => *b = h.clone(),
+                Some(_) => {}
+                None if h.at_ms >= rollout.started_ms => baseline.push((name.clone(), h.clone())),
+                None => {}
+            }
         }
         let judged: Vec<(String, HostState)> =
             now.into_iter().filter(|(n, _)| baseline.iter().any(|(b, _)| b == n)).collect();
@@ -164,6 +176,33 @@ async fn bake(store: &Store, rollout: &Rollout, bake: Duration) -> anyhow::Resul
         }
     }
     Ok(Baked::Passed)
+}
+
+/// How long one look at the tree may take before ZooKeeper counts as unreachable.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The rollout's state and every host's report, or `None` while ZooKeeper cannot be reached
+/// (a new session is opened for the next look).
+async fn look(store: &Store) -> Option<(Option<Rollout>, Vec<(String, HostState)>)> {
+    let read = async { anyhow::Ok((store.rollout().await?.0, store.hosts().await?)) };
+    match tokio::time::timeout(LOOK_TIMEOUT, read).await {
+        Ok(Ok(seen)) => Some(seen),
+        _ => {
+            let _ = tokio::time::timeout(LOOK_TIMEOUT, store.reconnect()).await;
+            None
+        }
+    }
+}
+
+/// A canary that refused the release (its checks failed there) or reverted it (its workers
+/// crash-looped): why, for the abort.
+fn refused(now: &[(String, HostState)], rollout: &Rollout) -> Option<String> {
+    now.iter().find_map(|(name, h)| match &h.rejected {
+        Some((id, why)) if *id == rollout.release && rollout.canary.contains(name) => {
+            Some(format!("canary {name} refused {id}: {why}"))
+        }
+        _ => None,
+    })
 }
 
 /// What one side (the canaries, or the other hosts) answered in the window.

@@ -8,45 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::fleet::{answers, config, host, push, routes_to};
+use support::fleet::{answers, config, host, push, routes_to, Deciding};
 use support::load::{Load, Reuse, Spec};
 use support::zk::Zk;
 use support::{write_file, Backend};
-
-/// `zkgate config rollout …` running in the background; killed by its saved pid if the test
-/// fails before it ends.
-struct Deciding(Option<std::process::Child>);
-
-impl Deciding {
-    fn start(gw: &support::Gateway, args: &[&str]) -> Self {
-        let child = std::process::Command::new(support::zkgate())
-            .arg("config")
-            .args(args)
-            .arg("-c")
-            .arg(&gw.config_path)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        Deciding(Some(child))
-    }
-
-    fn wait(mut self) -> (i32, String) {
-        let out = self.0.take().unwrap().wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code().unwrap_or(-1), text)
-    }
-}
-
-impl Drop for Deciding {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[test]
 fn a_canary_whose_workers_crash_loop_reverts_by_itself_and_the_rollout_aborts() {

@@ -48,3 +48,38 @@ pub fn host(zk: &Zk, name: &str, good: &Backend) -> Gateway {
         .section("[fleet]", &format!("cluster = \"stage\"\nhost = \"{name}\""));
     Gateway::with(toml).workers(2).admin().start()
 }
+
+/// `zkgate config rollout …` running in the background; killed by its saved pid if the test
+/// fails before it ends.
+pub struct Deciding(Option<std::process::Child>);
+
+impl Deciding {
+    pub fn start(gw: &Gateway, args: &[&str]) -> Self {
+        let child = std::process::Command::new(super::zkgate())
+            .arg("config")
+            .args(args)
+            .arg("-c")
+            .arg(&gw.config_path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Deciding(Some(child))
+    }
+
+    pub fn wait(mut self) -> (i32, String) {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+impl Drop for Deciding {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

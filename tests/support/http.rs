@@ -33,6 +33,18 @@ impl Response {
     }
 }
 
+/// `GET path` with `Connection: close` to `ip:port` (a gateway in a network namespace).
+pub fn get_at(ip: &str, port: u16, path: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect((ip, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
 /// Sends one request with `Connection: close` and reads the whole response.
 pub fn request(
     port: u16,

@@ -122,6 +122,19 @@ impl Zk {
         }
     }
 
+    /// Stops every node (KILL): the whole ensemble is gone.
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+
+    /// Starts every node again on its data dir and port, and waits until each serves (a
+    /// quorum needs most of them up before any answers).
+    pub fn restart_all(&mut self) {
+        self.start_all();
+    }
+
     /// The connect string with every node on `ip` (an ensemble started `ensemble_anywhere`).
     pub fn hosts_at(&self, ip: &str) -> String {
         self.nodes.iter().map(|n| format!("{ip}:{}", n.port)).collect::<Vec<_>>().join(",")

@@ -63,12 +63,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One session on the cluster's tree.
+/// One session on the cluster's tree (a new one after [`Store::reconnect`]).
 pub struct Store {
-    client: zk::Client,
+    client: std::sync::Mutex<zk::Client>,
     base: String,
     /// The source authenticates: nodes are its own (`creator_all`), else open.
     private: bool,
+    /// Where the session was opened, to open another.
+    source: ZkSettings,
 }
 
 impl Store {
@@ -77,7 +79,27 @@ impl Store {
         let client = crate::discovery::zookeeper::connect(source)
             .await
             .map_err(|source| StoreError::Zk { path: fleet.base(), source })?;
-        Ok(Store { client, base: fleet.base(), private: source.auth.is_some() })
+        Ok(Store {
+            client: std::sync::Mutex::new(client),
+            base: fleet.base(),
+            private: source.auth.is_some(),
+            source: source.clone(),
+        })
+    }
+
+    /// Replaces the session with a new one (after an outage expired it): what a long-running
+    /// command (a rollout's bake) does rather than give up.
+    pub async fn reconnect(&self) -> Result<(), StoreError> {
+        let client = crate::discovery::zookeeper::connect(&self.source)
+            .await
+            .map_err(|source| StoreError::Zk { path: self.base.clone(), source })?;
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+        Ok(())
+    }
+
+    /// The session's client (a cheap handle).
+    fn client(&self) -> zk::Client {
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn acls(&self) -> zk::Acls<'static> {
@@ -101,11 +123,11 @@ impl Store {
         let persistent = zk::CreateMode::Persistent.with_acls(acls);
         for dir in ["blobs", "releases", "channels", "audit", "hosts"] {
             let path = self.path(dir);
-            self.client.mkdir(&path, &persistent).await.map_err(Self::err(&path))?;
+            self.client().mkdir(&path, &persistent).await.map_err(Self::err(&path))?;
         }
         for node in ["channels/stable", "rollout"] {
             let path = self.path(node);
-            match self.client.create(&path, b"", &persistent).await {
+            match self.client().create(&path, b"", &persistent).await {
                 Ok(_) | Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(Self::err(&path)(e)),
             }
@@ -119,7 +141,7 @@ impl Store {
         let path = self.path("lock");
         let persistent = zk::CreateMode::Persistent.with_acls(self.acls());
         let text = format!("{who}: {why}");
-        match self.client.create(&path, text.as_bytes(), &persistent).await {
+        match self.client().create(&path, text.as_bytes(), &persistent).await {
             Ok(_) => Ok(()),
             Err(zk::Error::NodeExists) => Err(StoreError::Conflict {
                 channel: "lock".into(),
@@ -132,7 +154,7 @@ impl Store {
     /// Lifts the freeze.
     pub async fn unlock(&self) -> Result<(), StoreError> {
         let path = self.path("lock");
-        match self.client.delete(&path, None).await {
+        match self.client().delete(&path, None).await {
             Ok(()) | Err(zk::Error::NoNode) => Ok(()),
             Err(e) => Err(Self::err(&path)(e)),
         }
@@ -141,7 +163,7 @@ impl Store {
     /// Who froze the channels and why, when they are.
     pub async fn locked(&self) -> Result<Option<String>, StoreError> {
         let path = self.path("lock");
-        match self.client.get_data(&path).await {
+        match self.client().get_data(&path).await {
             Ok((data, _)) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
             Err(zk::Error::NoNode) => Ok(None),
             Err(e) => Err(Self::err(&path)(e)),
@@ -151,7 +173,7 @@ impl Store {
     /// The staged rollout, if one was ever started, and the version to change it from.
     pub async fn rollout(&self) -> Result<(Option<Rollout>, i32), StoreError> {
         let path = self.path("rollout");
-        let (data, stat) = self.client.get_data(&path).await.map_err(Self::err(&path))?;
+        let (data, stat) = self.client().get_data(&path).await.map_err(Self::err(&path))?;
         if data.is_empty() {
             return Ok((None, stat.version));
         }
@@ -178,7 +200,8 @@ impl Store {
         };
         let audit = self.path("audit/e-");
         let sequential = zk::CreateMode::PersistentSequential.with_acls(self.acls());
-        let mut multi = self.client.new_multi_writer();
+        let client = self.client();
+        let mut multi = client.new_multi_writer();
         multi.add_set_data(&path, &rollout.bytes(), Some(version)).map_err(Self::err(&path))?;
         multi.add_create(&audit, &entry.bytes(), &sequential).map_err(Self::err(&audit))?;
         match multi.commit().await {
@@ -197,7 +220,7 @@ impl Store {
     ) -> Result<(Option<Rollout>, u64, zk::OneshotWatcher), StoreError> {
         let path = self.path("rollout");
         let (data, stat, watcher) =
-            self.client.get_and_watch_data(&path).await.map_err(Self::err(&path))?;
+            self.client().get_and_watch_data(&path).await.map_err(Self::err(&path))?;
         let rollout = serde_json::from_slice(&data).ok();
         Ok((rollout, stat.mtime as u64, watcher))
     }
@@ -216,14 +239,14 @@ impl Store {
         }
         let persistent = zk::CreateMode::Persistent.with_acls(self.acls());
         let blob = self.path(&format!("blobs/{sha256}"));
-        match self.client.create(&blob, b"", &persistent).await {
+        match self.client().create(&blob, b"", &persistent).await {
             Ok(_) | Err(zk::Error::NodeExists) => {}
             Err(e) => return Err(Self::err(&blob)(e)),
         }
         let chunks: Vec<&[u8]> = text.as_bytes().chunks(CHUNK).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let path = format!("{blob}/c-{i:05}");
-            match self.client.create(&path, chunk, &persistent).await {
+            match self.client().create(&path, chunk, &persistent).await {
                 Ok(_) | Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(Self::err(&path)(e)),
             }
@@ -248,7 +271,8 @@ impl Store {
         let release = self.path(&format!("releases/{id}"));
         let audit = self.path("audit/e-");
         let sequential = zk::CreateMode::PersistentSequential.with_acls(self.acls());
-        let mut multi = self.client.new_multi_writer();
+        let client = self.client();
+        let mut multi = client.new_multi_writer();
         multi.add_create(&release, &manifest.bytes(), &persistent).map_err(Self::err(&release))?;
         multi.add_create(&audit, &entry.bytes(), &sequential).map_err(Self::err(&audit))?;
         match multi.commit().await {
@@ -264,7 +288,7 @@ impl Store {
     /// A release's manifest.
     pub async fn manifest(&self, id: &str) -> Result<Manifest, StoreError> {
         let path = self.path(&format!("releases/{id}"));
-        match self.client.get_data(&path).await {
+        match self.client().get_data(&path).await {
             Ok((data, _)) => serde_json::from_slice(&data)
                 .map_err(|e| StoreError::Malformed(path, e.to_string())),
             Err(zk::Error::NoNode) => Err(StoreError::Unknown(id.to_string())),
@@ -278,7 +302,7 @@ impl Store {
         let mut bytes = Vec::with_capacity(m.size);
         for i in 0..m.chunks {
             let path = self.path(&format!("blobs/{}/c-{i:05}", m.sha256));
-            let (chunk, _) = self.client.get_data(&path).await.map_err(|e| match e {
+            let (chunk, _) = self.client().get_data(&path).await.map_err(|e| match e {
                 zk::Error::NoNode => StoreError::Corrupt(id.to_string(), format!("{path} is gone")),
                 e => Self::err(&path)(e),
             })?;
@@ -296,7 +320,7 @@ impl Store {
     /// What `channel` serves, and the version to flip it from.
     pub async fn channel(&self, channel: &str) -> Result<(Option<String>, i32), StoreError> {
         let path = self.path(&format!("channels/{channel}"));
-        let (data, stat) = self.client.get_data(&path).await.map_err(Self::err(&path))?;
+        let (data, stat) = self.client().get_data(&path).await.map_err(Self::err(&path))?;
         let id = String::from_utf8_lossy(&data).trim().to_string();
         Ok(((!id.is_empty()).then_some(id), stat.version))
     }
@@ -323,7 +347,8 @@ impl Store {
         };
         let audit = self.path("audit/e-");
         let sequential = zk::CreateMode::PersistentSequential.with_acls(self.acls());
-        let mut multi = self.client.new_multi_writer();
+        let client = self.client();
+        let mut multi = client.new_multi_writer();
         multi.add_set_data(&path, to.as_bytes(), Some(version)).map_err(Self::err(&path))?;
         multi.add_create(&audit, &entry.bytes(), &sequential).map_err(Self::err(&audit))?;
         match multi.commit().await {
@@ -339,12 +364,12 @@ impl Store {
     /// Every audit entry, oldest first.
     pub async fn history(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let dir = self.path("audit");
-        let mut names = self.client.list_children(&dir).await.map_err(Self::err(&dir))?;
+        let mut names = self.client().list_children(&dir).await.map_err(Self::err(&dir))?;
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let path = format!("{dir}/{name}");
-            let (data, _) = self.client.get_data(&path).await.map_err(Self::err(&path))?;
+            let (data, _) = self.client().get_data(&path).await.map_err(Self::err(&path))?;
             out.push(
                 serde_json::from_slice(&data)
                     .map_err(|e| StoreError::Malformed(path, e.to_string()))?,
@@ -353,30 +378,52 @@ impl Store {
         Ok(out)
     }
 
-    /// Publishes this host's state in its ephemeral node (created with this session).
+    /// Publishes this host's state in its ephemeral node, owned by this session: a node left
+    /// by an earlier session of the host (the lease holder before a reload) is replaced, or it
+    /// would vanish when that session expires, with what was written into it.
     pub async fn publish(&self, host: &str, state: &HostState) -> Result<(), StoreError> {
         let path = self.path(&format!("hosts/{host}"));
         let data = state.bytes();
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(self.acls());
-        match self.client.create(&path, &data, &ephemeral).await {
-            Ok(_) => Ok(()),
-            Err(zk::Error::NodeExists) => {
-                self.client.set_data(&path, &data, None).await.map(|_| ()).map_err(Self::err(&path))
+        let client = self.client();
+        for _ in 0..3 {
+            match client.create(&path, &data, &ephemeral).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(Self::err(&path)(e)),
             }
-            Err(e) => Err(Self::err(&path)(e)),
+            let stat = match client.check_stat(&path).await.map_err(Self::err(&path))? {
+                Some(stat) => stat,
+                None => continue, // gone meanwhile: create it
+            };
+            if stat.ephemeral_owner == client.session_id().0 {
+                return client
+                    .set_data(&path, &data, Some(stat.version))
+                    .await
+                    .map(|_| ())
+                    .map_err(Self::err(&path));
+            }
+            // The node of an earlier session of this host (the worker that held the lease
+            // before a reload): it goes when that session expires, taking whatever was written
+            // into it. Replace it with one of this session.
+            match client.delete(&path, Some(stat.version)).await {
+                Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => {}
+                Err(e) => return Err(Self::err(&path)(e)),
+            }
         }
+        Err(StoreError::Malformed(path, "another session keeps replacing this host's node: is another host configured with the same [fleet] host name?".into()))
     }
 
     /// Every host that published its state, by name.
     pub async fn hosts(&self) -> Result<Vec<(String, HostState)>, StoreError> {
         let dir = self.path("hosts");
-        let mut names = self.client.list_children(&dir).await.map_err(Self::err(&dir))?;
+        let mut names = self.client().list_children(&dir).await.map_err(Self::err(&dir))?;
         names.sort();
         let mut out = Vec::new();
         for name in names {
             let path = format!("{dir}/{name}");
             // A host that left between the listing and the read is simply gone.
-            let Ok((data, _)) = self.client.get_data(&path).await else { continue };
+            let Ok((data, _)) = self.client().get_data(&path).await else { continue };
             let state = serde_json::from_slice(&data).unwrap_or_default();
             out.push((name, state));
         }
@@ -391,7 +438,7 @@ impl Store {
     ) -> Result<(Option<String>, u64, zk::OneshotWatcher), StoreError> {
         let path = self.path(&format!("channels/{channel}"));
         let (data, stat, watcher) =
-            self.client.get_and_watch_data(&path).await.map_err(Self::err(&path))?;
+            self.client().get_and_watch_data(&path).await.map_err(Self::err(&path))?;
         let id = String::from_utf8_lossy(&data).trim().to_string();
         Ok(((!id.is_empty()).then_some(id), stat.mtime as u64, watcher))
     }
