@@ -122,6 +122,11 @@ impl Zk {
         }
     }
 
+    /// Node `i`'s process id, while it runs (a bench reads its CPU time).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
     /// Stops every node (KILL): the whole ensemble is gone.
     pub fn kill_all(&mut self) {
         for n in &mut self.nodes {

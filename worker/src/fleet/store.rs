@@ -17,6 +17,8 @@
 //! (ZooKeeper does not inherit them): the creator's only when the source authenticates, else
 //! open.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 use zookeeper_client as zk;
 
@@ -71,6 +73,8 @@ pub struct Store {
     private: bool,
     /// Where the session was opened, to open another.
     source: ZkSettings,
+    /// This session created the host's node ([`Store::publish`] then writes it in one request).
+    own_node: AtomicBool,
 }
 
 impl Store {
@@ -84,6 +88,7 @@ impl Store {
             base: fleet.base(),
             private: source.auth.is_some(),
             source: source.clone(),
+            own_node: AtomicBool::new(false),
         })
     }
 
@@ -94,6 +99,7 @@ impl Store {
             .await
             .map_err(|source| StoreError::Zk { path: self.base.clone(), source })?;
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+        self.own_node.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -386,9 +392,20 @@ impl Store {
         let data = state.bytes();
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(self.acls());
         let client = self.client();
+        if self.own_node.load(Ordering::Relaxed) {
+            // This session's node (the common case, each second of a rollout): one request.
+            match client.set_data(&path, &data, None).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NoNode) => self.own_node.store(false, Ordering::Relaxed),
+                Err(e) => return Err(Self::err(&path)(e)),
+            }
+        }
         for _ in 0..3 {
             match client.create(&path, &data, &ephemeral).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.own_node.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(Self::err(&path)(e)),
             }
@@ -397,11 +414,9 @@ impl Store {
                 None => continue, // gone meanwhile: create it
             };
             if stat.ephemeral_owner == client.session_id().0 {
-                return client
-                    .set_data(&path, &data, Some(stat.version))
-                    .await
-                    .map(|_| ())
-                    .map_err(Self::err(&path));
+                self.own_node.store(true, Ordering::Relaxed);
+                let set = client.set_data(&path, &data, Some(stat.version)).await;
+                return set.map(|_| ()).map_err(Self::err(&path));
             }
             // The node of an earlier session of this host (the worker that held the lease
             // before a reload): it goes when that session expires, taking whatever was written
