@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{after, Mode, Phase, Supervisor};
+use super::{after, Mode, Phase, Supervisor, Worker};
 use crate::{App, EXIT_FATAL};
 
 /// A slot that crash-loops waits this long before its second respawn, doubling up to [`BACKOFF_MAX`].
@@ -78,6 +78,13 @@ impl<A: App> Supervisor<A> {
             w.generation,
             lived.as_secs_f64()
         );
+        self.crashed(&w, code, &how);
+    }
+
+    /// A worker of a live slot died unexpectedly: stop a roll it was part of, give up on a
+    /// slot that cannot start, go back to the configuration that worked when this generation
+    /// fails, else respawn (with backoff while it crash-loops).
+    fn crashed(&mut self, w: &Worker, code: Option<i32>, how: &str) {
         let slot_idx = w.slot;
         if self.slots[slot_idx].sockets.is_none() {
             return;
@@ -87,6 +94,8 @@ impl<A: App> Supervisor<A> {
         let was_incoming = matches!(w.phase, Phase::Starting | Phase::Killed { respawn: true })
             && self.roll == Some(slot_idx)
             && w.generation == self.generation;
+        let before_ready =
+            || format!("the new worker for slot {slot_idx} {how} before it was ready");
         if code == Some(EXIT_FATAL) {
             log::error!(
                 "worker slot {slot_idx}: fatal start-up error (exit code {EXIT_FATAL}); not respawning this slot"
@@ -94,16 +103,13 @@ impl<A: App> Supervisor<A> {
             self.slots[slot_idx].fatal = true;
             if was_incoming {
                 self.abort_roll(slot_idx);
-                self.revert(format!(
-                    "the new worker for slot {slot_idx} {how} before it was ready"
-                ));
+                self.revert(before_ready());
             }
             return;
         }
         if was_incoming {
             self.abort_roll(slot_idx);
-            let why = format!("the new worker for slot {slot_idx} {how} before it was ready");
-            if self.revert(why) {
+            if self.revert(before_ready()) {
                 return;
             }
         }
@@ -111,7 +117,7 @@ impl<A: App> Supervisor<A> {
             return; // the slot still has a worker (the old one after a failed replacement)
         }
         let slot = &mut self.slots[slot_idx];
-        let (delay, failures) = respawn_delay(slot.failures, lived);
+        let (delay, failures) = respawn_delay(slot.failures, w.started.elapsed());
         slot.failures = failures;
         if failures >= CRASH_LOOP && w.generation == self.generation {
             let why = format!(

@@ -78,15 +78,19 @@ impl fmt::Display for Instance {
 /// Config form: `"10.0.0.5:80"` or `{ address = "10.0.0.5:80", weight = 3 }`.
 impl<'de> Deserialize<'de> for Instance {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A misspelt key (`wieght = 3`) is refused, never ignored.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            address: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Form {
             Plain(String),
-            Full {
-                address: String,
-                #[serde(default = "one")]
-                weight: u32,
-            },
+            Full(Full),
         }
         fn one() -> u32 {
             1
@@ -97,7 +101,7 @@ impl<'de> Deserialize<'de> for Instance {
             )
         })? {
             Form::Plain(a) => (a, 1),
-            Form::Full { address, weight } => (address, weight),
+            Form::Full(Full { address, weight }) => (address, weight),
         };
         Instance::validate(&address).map_err(serde::de::Error::custom)?;
         Ok(Instance::weighted(address, weight))
@@ -151,5 +155,16 @@ mod tests {
         assert!(Instance::validate("10.0.0.1").is_err());
         assert!(Instance::validate("user@evil:80").is_err());
         assert!(Instance::validate("a b:80").is_err());
+    }
+
+    #[test]
+    fn a_misspelt_key_of_an_instance_is_refused_not_ignored() {
+        #[derive(Deserialize)]
+        struct S {
+            i: Vec<Instance>,
+        }
+        let ok: S = toml::from_str(r#"i = ["a:1", { address = "b:2", weight = 3 }]"#).unwrap();
+        assert_eq!(ok.i[1], Instance::weighted("b:2", 3));
+        assert!(toml::from_str::<S>(r#"i = [{ address = "b:2", wieght = 3 }]"#).is_err());
     }
 }
