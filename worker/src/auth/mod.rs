@@ -100,8 +100,14 @@ impl Refusal {
 /// Whether a request header name is one the gateway sets from a verified identity: the
 /// client's own lines of these names never reach an instance.
 pub fn is_identity_header(name: &[u8]) -> bool {
-    (name.len() >= 7 && name[..7].eq_ignore_ascii_case(b"x-auth-"))
-        || name.eq_ignore_ascii_case(CLIENT_CERT_SUBJECT)
+    // Every header line of every message asks: most names fail on the first byte.
+    match name.first() {
+        Some(b'x' | b'X') if name.len() >= 7 => {
+            name[..7].eq_ignore_ascii_case(b"x-auth-")
+                || name.eq_ignore_ascii_case(CLIENT_CERT_SUBJECT)
+        }
+        _ => false,
+    }
 }
 
 /// The header a verified client certificate's subject reaches the instance in.

@@ -292,17 +292,23 @@ impl Policy {
             }
         }
         if ours(b"x-forwarded-for") {
-            // A trusted peer's list (every line, joined: RFC 9110 §5.3), then this hop.
-            let mut xff = Vec::with_capacity(64);
-            if trusted {
-                let hops = lines.clone().filter(|l| l.kind == Kind::ForwardedFor);
-                for hop in hops.filter(|l| !l.value.is_empty() && !named.contains(l.name)) {
-                    xff.extend_from_slice(hop.value);
-                    xff.extend_from_slice(b", ");
+            // A trusted peer's list (every line, joined: RFC 9110 §5.3), then this hop; from
+            // anyone else, this hop alone (no buffer to build: the common case).
+            let hops = lines.clone().filter(|l| l.kind == Kind::ForwardedFor);
+            let mut hops =
+                hops.filter(|l| trusted && !l.value.is_empty() && !named.contains(l.name));
+            match hops.next() {
+                None => out.put(b"x-forwarded-for", origin.peer_text.as_bytes()),
+                Some(first) => {
+                    let mut xff = Vec::with_capacity(64);
+                    for hop in std::iter::once(first).chain(hops) {
+                        xff.extend_from_slice(hop.value);
+                        xff.extend_from_slice(b", ");
+                    }
+                    xff.extend_from_slice(origin.peer_text.as_bytes());
+                    out.put(b"x-forwarded-for", &xff);
                 }
             }
-            xff.extend_from_slice(origin.peer_text.as_bytes());
-            out.put(b"x-forwarded-for", &xff);
         }
         if !sent.proto && ours(b"x-forwarded-proto") {
             out.put(b"x-forwarded-proto", origin.scheme.as_bytes());
