@@ -48,6 +48,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod outbound;
+pub mod shutdown;
 pub mod table;
 pub mod tls;
 pub mod trace;
@@ -189,7 +190,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let shared = (table.clone(), changes.clone(), reports.clone());
     let ready =
         discovery::start(&config, slot, shared, tracker, metrics).map_err(Error::Runtime)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = shutdown::channel();
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let transports =
         Arc::new(http::transport::Transports::from_config(&config).map_err(Error::Transport)?);
@@ -212,14 +213,14 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         .with_paths(config.proxy.path_normalization);
     let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
     let server =
-        http::server::Server::new(proxy, &config.proxy, stop_rx.clone(), metrics, connections);
+        http::server::Server::new(proxy, &config.proxy, shutdown.clone(), metrics, connections);
     start_health_checks(&config, (&table, host), &transports);
     if let Some(hooks) = settings.fleet.clone() {
         fleet::apply::start(&config, (host, metrics), hooks);
     }
     if let Some(admin_socket) = settings.admin.take() {
         let parts = (table.clone(), changes, reports, ready.clone());
-        start_admin(admin_socket, &settings, parts, (metrics, host), stop_rx.clone())?;
+        start_admin(admin_socket, &settings, parts, (metrics, host), shutdown.clone())?;
     }
     let rows = (config.named_services(), config.server.service_row_ttl);
     start_heartbeat(lifecycle.clone(), metrics, table.clone(), rows);
@@ -250,7 +251,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         log::info!("worker slot {slot}: SIGQUIT: exiting now");
         return Ok(());
     }
-    drain(&server, (stop_tx, accept_loops), &mut signals, (slot, config.server.shutdown_timeout))
+    drain(&server, (stop, accept_loops), &mut signals, (slot, config.server.shutdown_timeout))
         .await;
     Ok(())
 }
@@ -261,7 +262,7 @@ fn start_admin(
     settings: &Settings,
     (table, changes, reports, ready): AdminParts,
     (metrics, host): (metrics::Metrics, host::Host),
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: shutdown::Shutdown,
 ) -> Result<(), Error> {
     let config = &settings.config;
     listen(&listener, config.server.backlog).map_err(Error::Listener)?;
@@ -321,7 +322,7 @@ fn start_accepting(
 /// for at most `shutdown_timeout` or until a second signal.
 async fn drain(
     server: &http::server::Server,
-    (stop_tx, accept_loops): (tokio::sync::watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>),
+    (stop, accept_loops): (shutdown::Trigger, Vec<tokio::task::JoinHandle<()>>),
     signals: &mut Signals,
     (slot, shutdown_timeout): (usize, Duration),
 ) {
@@ -329,7 +330,7 @@ async fn drain(
         "worker slot {slot}: draining {} connections (up to {shutdown_timeout:?})",
         server.connections.active()
     );
-    let _ = stop_tx.send(true);
+    stop.fire();
     for l in accept_loops {
         let _ = l.await;
     }

@@ -27,6 +27,7 @@ use crate::discovery::report::RegistryReport;
 use crate::http::router::Router;
 use crate::http::Body;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use crate::table::Source;
 use crate::SharedTable;
 
@@ -89,13 +90,13 @@ impl Admin {
 }
 
 /// Serves the admin API until shutdown.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: Shutdown) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.recv() => return,
         };
         let Ok((stream, _)) = accepted else { continue };
         let admin = admin.clone();

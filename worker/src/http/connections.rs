@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::http::Body;
 
@@ -100,12 +100,6 @@ impl Drop for ConnGuard {
             self.0.idle.notify_waiters();
         }
     }
-}
-
-/// Resolves once shutdown was requested (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    // Drop the returned guard here: it must not be held across an await.
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// What moved on one connection: bytes either way (idle timeout, drain grace) and requests

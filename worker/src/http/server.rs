@@ -11,18 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxySettings;
-use crate::http::connections::{
-    stopped, Client, ConnGuard, ConnPermit, Connections, Rewind, Scheme,
-};
+use crate::http::connections::{Client, ConnGuard, ConnPermit, Connections, Rewind, Scheme};
 use crate::http::h1::io::Io;
 use crate::http::h1::{self, End};
 use crate::http::h2::conn::{self, ConnSettings};
 use crate::http::proxy::Proxy;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// What every connection task shares.
 pub struct Server {
@@ -30,7 +29,7 @@ pub struct Server {
     conn: Arc<ConnSettings>,
     /// Open connections.
     pub connections: Arc<Connections>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     metrics: Metrics,
 }
 
@@ -39,7 +38,7 @@ impl Server {
     pub fn new(
         proxy: Arc<Proxy>,
         settings: &ProxySettings,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
         metrics: Metrics,
         connections: Arc<Connections>,
     ) -> Arc<Self> {
@@ -76,11 +75,11 @@ impl Server {
             // the worker running out of descriptors.
             let permit = tokio::select! {
                 p = self.connections.permit() => match p { Some(p) => p, None => break },
-                _ = stopped(&mut shutdown) => break,
+                _ = shutdown.recv() => break,
             };
             let accepted = tokio::select! {
                 r = listener.accept() => r,
-                _ = stopped(&mut shutdown) => break,
+                _ = shutdown.recv() => break,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -177,7 +176,7 @@ impl Drop for ListenerGuard {
 struct On {
     proxy: Arc<Proxy>,
     settings: Arc<ConnSettings>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     permit: ConnPermit,
 }
 

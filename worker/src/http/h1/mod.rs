@@ -32,14 +32,14 @@ use std::future::Future;
 use std::pin::Pin;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::http::buffers::Buffers;
-use crate::http::connections::{stopped, Client, DRAIN_IDLE_GRACE};
+use crate::http::connections::{Client, DRAIN_IDLE_GRACE};
 use crate::http::h1::head::{parse_request, Parse, RequestHead, ResponseHead};
 use crate::http::h1::io::Io;
 use crate::http::proxy::Proxy;
+use crate::shutdown::Shutdown;
 
 /// How a connection left the engine.
 pub enum End<S> {
@@ -105,7 +105,7 @@ pub async fn serve<S: Io>(
     stream: S,
     client: Client,
     proxy: &Proxy,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
 ) -> End<S> {
     let ip = client.peer.ip().to_canonical().to_string();
     let (idle_since, peer) = (client.accepted, client.peer);
@@ -122,7 +122,7 @@ pub async fn serve<S: Io>(
         spare: None,
         idle_since,
         requests: 0,
-        draining: *shutdown.borrow(),
+        draining: shutdown.is_shutdown(),
     };
     // One timer and one drain watch for the connection's life, not one per request: the timer
     // is moved earlier when a deadline comes sooner, and when it fires late it is checked
@@ -130,7 +130,7 @@ pub async fn serve<S: Io>(
     let timer = tokio::time::sleep_until(idle_since + proxy.settings.header_read_timeout);
     tokio::pin!(timer);
     let mut drain = shutdown.clone();
-    let stop = stopped(&mut drain);
+    let stop = drain.recv();
     tokio::pin!(stop);
     loop {
         match conn.next_head(timer.as_mut(), stop.as_mut()).await {
@@ -146,7 +146,7 @@ pub async fn serve<S: Io>(
             Next::Closed => return End::Closed,
         }
         conn.requests += 1;
-        let draining = conn.draining || *shutdown.borrow();
+        let draining = conn.draining || shutdown.is_shutdown();
         // Boxed: a request's state (forward, retries, the body pump, the answer relay) is many
         // times a waiting connection's, and an unboxed future would make every connection's
         // task that large while it waits (memory per connection); one allocation per request

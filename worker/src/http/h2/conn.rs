@@ -24,13 +24,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 use crate::http::connections::{
-    stopped, Activity, Client, ClientCert, ConnPermit, LocalPort, RequestGuard, Tracked,
-    DRAIN_IDLE_GRACE,
+    Activity, Client, ClientCert, ConnPermit, LocalPort, RequestGuard, Tracked, DRAIN_IDLE_GRACE,
 };
+use crate::shutdown::Shutdown;
 
 use crate::http::proxy::Proxy;
 use crate::http::Body;
@@ -75,7 +74,7 @@ pub async fn serve<S>(
     stream: S,
     proxy: Arc<Proxy>,
     settings: Arc<ConnSettings>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
     permit: ConnPermit,
     client: Client,
 ) where
@@ -132,7 +131,7 @@ pub async fn serve<S>(
                 }
             }
         }
-        _ = stopped(&mut shutdown) => {
+        _ = shutdown.recv() => {
             if !http2.load(Ordering::Relaxed) {
                 // HTTP/1: busy connections end with their next answer (Connection: close). An
                 // idle one is closed only after a grace, so a client about to reuse it is not
@@ -168,7 +167,7 @@ async fn answer(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    (draining, h2): (watch::Receiver<bool>, Arc<AtomicBool>),
+    (draining, h2): (Shutdown, Arc<AtomicBool>),
     guard: RequestGuard,
 ) -> Result<Response<Body>, Infallible> {
     let http1 = req.version() < Version::HTTP_2;
@@ -176,7 +175,7 @@ async fn answer(
         h2.store(true, Ordering::Relaxed);
     }
     let mut resp = proxy.handle(req, peer).await;
-    if http1 && *draining.borrow() {
+    if http1 && draining.is_shutdown() {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Only HTTP/2 idleness is measured in open streams: an HTTP/1 answer needs no wrapper
