@@ -13,20 +13,33 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 
 /// The host of a `Host` value, without port; `None` when it is not a valid authority.
 pub fn host_of(raw: &[u8]) -> Option<&str> {
-    // The common shape (a name or IPv4 address, maybe a port) without building an Authority.
-    let colon = raw.iter().position(|b| *b == b':');
-    let (host, port) = match colon {
-        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
-        None => (raw, None),
-    };
-    let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-';
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 5
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+    // The common shape (a name or IPv4 address, maybe a port), in one pass, without building an
+    // Authority: every request asks.
+    let mut colon = None;
+    let mut plain = !raw.is_empty();
+    for (i, b) in raw.iter().enumerate() {
+        match b {
+            b':' => {
+                colon = Some(i);
+                break;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' => {}
+            _ => {
+                plain = false;
+                break;
+            }
+        }
+    }
+    let port_ok = colon.is_none_or(|i| {
+        let port = &raw[i + 1..];
+        (1..=5).contains(&port.len())
+            && port
+                .iter()
+                .try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+                .is_some_and(|n| n <= 65535)
     });
-    if port_ok && !host.is_empty() && host.iter().all(plain) {
+    let host = &raw[..colon.unwrap_or(raw.len())];
+    if plain && port_ok && !host.is_empty() {
         // ASCII by the check above.
         return std::str::from_utf8(host).ok();
     }
@@ -36,4 +49,61 @@ pub fn host_of(raw: &[u8]) -> Option<&str> {
     // The authority's host is a slice of `raw` (userinfo and port cut off).
     let start = raw.find(host)?;
     Some(&raw[start..start + host.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    /// The first version, iterator by iterator: the model the one-pass `host_of` keeps to.
+    fn host_of_model(raw: &[u8]) -> Option<&str> {
+        let colon = raw.iter().position(|b| *b == b':');
+        let (host, port) = match colon {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+            None => (raw, None),
+        };
+        let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-';
+        let port_ok = port.is_none_or(|p| {
+            !p.is_empty()
+                && p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+        });
+        if port_ok && !host.is_empty() && host.iter().all(plain) {
+            return std::str::from_utf8(host).ok();
+        }
+        let raw = std::str::from_utf8(raw).ok()?;
+        let auth: http::uri::Authority = raw.parse().ok()?;
+        let host = auth.host();
+        let start = raw.find(host)?;
+        Some(&raw[start..start + host.len()])
+    }
+
+    #[test]
+    fn the_host_of_a_host_value_in_every_shape() {
+        let cases: [&[u8]; 16] = [
+            b"api.example",
+            b"api.example:8080",
+            b"10.0.0.1:65535",
+            b"10.0.0.1:65536",
+            b"10.0.0.1:",
+            b"10.0.0.1:80a",
+            b"[::1]:8080",
+            b"[::1]",
+            b"",
+            b":80",
+            b"a b",
+            b"user@host:80",
+            b"API.Example",
+            b"host:123456",
+            b"h\xffst:80",
+            b"a:b:c",
+        ];
+        for raw in cases {
+            assert_eq!(host_of(raw), host_of_model(raw), "{:?}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(host_of(b"api.example:8080"), Some("api.example"));
+        assert_eq!(host_of(b"[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_of(b"a b"), None);
+    }
 }
