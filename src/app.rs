@@ -70,6 +70,22 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The host's shared region as slot `slot` sees it (`None` before the supervisor mapped
+    /// it): the one door to it. Its invariants are checked here, once, not at each use: the
+    /// supervisor mapped it before the first fork, page aligned, zero-filled, at least
+    /// `Host::size()` bytes, and never unmaps it; every field is an atomic, so any process or
+    /// thread may hold a handle.
+    fn host(&self, slot: usize) -> Option<worker::host::Host> {
+        let region = self.shared?;
+        assert!(region.len() >= worker::host::Host::size(), "shared region too small");
+        assert!((region.as_ptr() as usize).is_multiple_of(4096), "shared region not page aligned");
+        // SAFETY: checked just above (size, alignment); mapped zero-filled (a valid Region:
+        // all atomics) and never unmapped, per `supervisor::SharedMemory`.
+        Some(unsafe { worker::host::Host::from_raw(region.as_ptr(), slot) })
+    }
+}
+
 /// Reports worker readiness and heartbeats on the supervisor's control pipe.
 struct PipeLifecycle(ControlPipe);
 
@@ -137,14 +153,7 @@ impl supervisor::App for Gateway {
             None => self.start_token.clone(),
         };
         let admin = admin_socket.map(|l| (l, token));
-        let host = match self.shared {
-            // SAFETY: the region was mapped with Host::size() bytes before the fork, page
-            // aligned and zero-filled, and is never unmapped.
-            Some(region) if region.len() >= worker::host::Host::size() => unsafe {
-                worker::host::Host::from_raw(region.as_ptr(), ctx.slot)
-            },
-            _ => worker::host::Host::local(ctx.slot),
-        };
+        let host = self.host(ctx.slot).unwrap_or_else(|| worker::host::Host::local(ctx.slot));
         let settings = worker::Settings {
             slot: ctx.slot,
             listeners,
@@ -194,12 +203,8 @@ impl supervisor::App for Gateway {
         let cache = crate::fleet::cache_dir(&self.path, &self.config);
         match worker::fleet::apply::revert(&cache, id, why) {
             Ok(back) => {
-                if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size())
-                {
-                    // SAFETY: as in run_worker; only the host-wide refusal count is written.
-                    unsafe { worker::host::Host::from_raw(region.as_ptr(), 0) }
-                        .releases()
-                        .rejected();
+                if let Some(host) = self.host(0) {
+                    host.releases().rejected();
                 }
                 log::error!(
                     "fleet {}: release {id} reverted on this host ({why}); back to {}",
@@ -228,19 +233,11 @@ impl supervisor::App for Gateway {
     }
 
     fn handover(&self) -> Vec<u8> {
-        match self.shared {
-            // SAFETY: as in run_worker; slot 0 is only used as a reading handle here.
-            Some(region) if region.len() >= worker::host::Host::size() => unsafe {
-                worker::tls::tickets::handover(worker::host::Host::from_raw(region.as_ptr(), 0))
-            },
-            _ => Vec::new(),
-        }
+        self.host(0).map(worker::tls::tickets::handover).unwrap_or_default()
     }
 
     fn adopt_handover(&mut self, state: &[u8]) {
-        if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size()) {
-            // SAFETY: as in run_worker; no worker runs yet.
-            let host = unsafe { worker::host::Host::from_raw(region.as_ptr(), 0) };
+        if let Some(host) = self.host(0) {
             let keys = worker::tls::tickets::adopt(host, state);
             log::info!(
                 "upgrade: {keys} TLS session-ticket key(s) taken over from the previous binary"
@@ -249,23 +246,13 @@ impl supervisor::App for Gateway {
     }
 
     fn slot_retired(&mut self, slot: usize) {
-        if let Some(region) = self.shared.filter(|r| r.len() >= worker::host::Host::size()) {
-            // SAFETY: as in run_worker; the supervisor writes only the retired slot's row.
-            worker::metrics::Metrics::new(unsafe {
-                worker::host::Host::from_raw(region.as_ptr(), slot)
-            })
-            .retire();
+        if let Some(host) = self.host(slot) {
+            // The supervisor writes only the retired slot's row.
+            worker::metrics::Metrics::new(host).retire();
         }
     }
 
     fn status(&self) -> String {
-        match self.shared {
-            // SAFETY: as in run_worker; slot 0 is only used as a reading handle here.
-            Some(region) if region.len() >= worker::host::Host::size() => unsafe {
-                worker::metrics::Metrics::new(worker::host::Host::from_raw(region.as_ptr(), 0))
-                    .status_line()
-            },
-            _ => String::new(),
-        }
+        self.host(0).map(|h| worker::metrics::Metrics::new(h).status_line()).unwrap_or_default()
     }
 }

@@ -326,4 +326,79 @@ mod tests {
         host.region.instances[start].seen_ms.store(0, Ordering::Release);
         assert!(host.instances().claim("svc", "x").shared());
     }
+
+    /// Workers racing: threads claim the same instances at once, in different orders, then
+    /// count requests on them. Checked against the model of the table: one entry per
+    /// instance, whoever claimed it first; distinct instances in distinct entries; exactly
+    /// one key in the table per instance; no count lost; nothing left in flight.
+    #[test]
+    fn workers_claiming_and_counting_at_once_keep_one_entry_per_instance() {
+        const THREADS: usize = 8;
+        const INSTANCES: usize = 300;
+        const ROUNDS: u64 = 50;
+        let host = Host::local(0);
+        let barrier = std::sync::Barrier::new(THREADS);
+        let claimed: Vec<Vec<usize>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (host, barrier) = (host.for_slot(t), &barrier);
+                    s.spawn(move || {
+                        let mut order: Vec<usize> = (0..INSTANCES).collect();
+                        order.rotate_left(t * INSTANCES / THREADS);
+                        if t % 2 == 1 {
+                            order.reverse();
+                        }
+                        barrier.wait();
+                        let mut entries: Vec<Option<Entry>> =
+                            (0..INSTANCES).map(|_| None).collect();
+                        for i in order {
+                            entries[i] = Some(
+                                host.instances()
+                                    .claim("svc", &format!("10.0.{}.{}:80", i / 250, i % 250)),
+                            );
+                        }
+                        let entries: Vec<Entry> = entries.into_iter().map(Option::unwrap).collect();
+                        for round in 0..ROUNDS {
+                            for e in &entries {
+                                e.started();
+                                e.answered(round % 5 == 0);
+                                e.finished();
+                            }
+                        }
+                        entries
+                            .iter()
+                            .map(|e| e.fields() as *const InstanceEntry as usize)
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let first = &claimed[0];
+        for (t, mine) in claimed.iter().enumerate() {
+            assert_eq!(mine, first, "thread {t} holds another entry for some instance");
+        }
+        let distinct: std::collections::BTreeSet<usize> = first.iter().copied().collect();
+        assert_eq!(distinct.len(), INSTANCES, "two instances share an entry");
+        for i in 0..INSTANCES {
+            let (key, tag) = hashes("svc", &format!("10.0.{}.{}:80", i / 250, i % 250));
+            let holders = host
+                .region
+                .instances
+                .iter()
+                .filter(|e| {
+                    e.key.load(Ordering::Acquire) == key && e.tag.load(Ordering::Acquire) == tag
+                })
+                .count();
+            assert_eq!(holders, 1, "instance {i} has {holders} places in the table");
+            let e = host.instances().claim("svc", &format!("10.0.{}.{}:80", i / 250, i % 250));
+            assert_eq!(e.active(), 0, "instance {i}: still in flight");
+            let want = THREADS as u64 * ROUNDS;
+            assert_eq!(
+                e.answered_counts(),
+                (want, THREADS as u64 * ROUNDS.div_ceil(5)),
+                "instance {i}"
+            );
+        }
+    }
 }
