@@ -6,8 +6,12 @@
 //! a thread and event loop of its own, so registry churn never takes the request loop's turns.
 //!
 //! # Layout
-//! Leaf types first; every dependency points up this list, never down.
-//! - `table::instance`: the leaf type [`table::Instance`] (address, weight).
+//! Leaf types first; every dependency points up this list, never down (`scripts/import-cycles`
+//! checks it).
+//! - [`instance`]: the leaf type [`instance::Instance`] (address, weight).
+//! - [`shutdown`]: the worker's stop, as each task sees it.
+//! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait,
+//!   and the [`balance::Strategy`] names `load_balance` takes.
 //! - [`config`]: `gateway.toml` as typed sections, and every default in one place.
 //! - [`host`]: what the host's workers share — the supervisor's memory region, its layout and
 //!   its views: rate limits and `max_requests`, host-wide instance state (failures, ejection,
@@ -15,7 +19,6 @@
 //! - [`outbound`]: the gateway's own HTTP requests (a JWKS fetch, an OTLP export).
 //! - [`auth`]: `[auth.NAME]` sections — JWT over a JWKS and htpasswd basic auth — checked for
 //!   the routes that name them.
-//! - [`balance`]: one file per load-balancing strategy behind the [`balance::Balancer`] trait.
 //! - [`table`]: the immutable [`table::RouteTable`] (services → instances), swapped whole;
 //!   per-instance state, kept by address in the host's instance table.
 //! - [`metrics`]: counters and worker status, the region's counters view.
@@ -29,6 +32,7 @@
 //!   (one-shot watches as the fallback), the task that builds route tables (with the removal
 //!   guard), the registry formats and governance (Spring status, Dubbo overrides, slow start),
 //!   the per-node report, the snapshot, recent changes, and `zkgate register`.
+//! - [`fleet`]: the fleet's releases in ZooKeeper, and the host's watcher that applies them.
 //! - [`admin`]: the dashboard and the admin API (`/`, `/healthz`, `/readyz`, `/routes`,
 //!   `/workers`, `/metrics`, `/registry`, `/explain`).
 //!
@@ -46,6 +50,7 @@ pub mod discovery;
 pub mod fleet;
 pub mod host;
 pub mod http;
+pub mod instance;
 pub mod metrics;
 pub mod outbound;
 pub mod shutdown;
@@ -63,8 +68,7 @@ use crate::config::Config;
 use crate::http::connections::Connections;
 use crate::table::{RouteTable, Tracker};
 
-/// The route table as every request sees it: swapped whole, read without a lock.
-pub type SharedTable = Arc<ArcSwap<RouteTable>>;
+pub use table::SharedTable;
 
 /// How often a worker tells its supervisor it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);

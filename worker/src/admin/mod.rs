@@ -28,8 +28,8 @@ use crate::http::router::Router;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::table::SharedTable;
 use crate::table::Source;
-use crate::SharedTable;
 
 /// What the admin endpoints read.
 pub struct Admin {

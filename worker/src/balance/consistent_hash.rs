@@ -6,7 +6,7 @@
 //! host, so all of them send a key to the same instance.
 
 use super::{eligible, random::pick_random, Balancer, PickContext};
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Ring points per unit of weight.
 const POINTS_PER_WEIGHT: u32 = 100;

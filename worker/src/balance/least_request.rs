@@ -8,7 +8,7 @@
 use rand::Rng;
 
 use super::{eligible, Balancer, PickContext};
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Power-of-two-choices over in-flight counts.
 pub struct LeastRequest {

@@ -14,7 +14,7 @@ mod weighted;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 pub use consistent_hash::{hash_key, ConsistentHash};
 pub use least_request::LeastRequest;

@@ -3,7 +3,7 @@
 use rand::Rng;
 
 use super::{eligible, Balancer, PickContext};
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Picks uniformly among instances with a non-zero weight.
 pub struct Random {

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{eligible, Balancer, PickContext};
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Cycles through the instances that have a non-zero weight.
 pub struct RoundRobin {

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Balancer, PickContext};
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Longest precomputed sequence; larger weight sums are scaled down proportionally.
 const MAX_PERIOD: u64 = 4096;

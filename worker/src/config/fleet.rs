@@ -1,5 +1,5 @@
 //! `[fleet]`: this host's place in a fleet whose dynamic configuration lives in ZooKeeper as
-//! releases (see `crate::fleet`). Absent: the file is the whole configuration, as before.
+//! releases (see the `fleet` module). Absent: the file is the whole configuration, as before.
 
 use std::collections::BTreeMap;
 

@@ -242,10 +242,10 @@ impl Config {
     }
 
     /// The gateway's own sockets (listeners and admin), which no instance may be.
-    pub fn own_addresses(&self) -> crate::table::instance::OwnAddresses {
+    pub fn own_addresses(&self) -> crate::instance::OwnAddresses {
         let admin = self.admin.as_ref().map(|a| a.listen);
         let listen = self.server.listen.iter().chain(&self.server.listen_tls);
-        crate::table::instance::OwnAddresses::new(listen.chain(admin.as_ref()).copied())
+        crate::instance::OwnAddresses::new(listen.chain(admin.as_ref()).copied())
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::defaults::*;
 use super::values::{self, duration, HashOn};
 use crate::balance::Strategy;
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// `[services.NAME]`: static instances and per-service options.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -13,8 +13,8 @@ use crate::discovery::guard::{self, RemovalGuard};
 use crate::discovery::snapshot::Sections;
 use crate::discovery::update::{Registries, Sourced, Update};
 use crate::metrics::Metrics;
+use crate::table::SharedTable;
 use crate::table::{Hold, Instance, Policy, RouteTable, Service, ServiceMap, Source, Tracker};
-use crate::SharedTable;
 
 /// Turns a registry listing into services, reusing what did not change.
 pub struct TableBuilder {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub use crate::config::Format;
 pub(crate) use crate::discovery::urlcode::{url_decode, url_encode};
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// What one registry node says, once parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -332,7 +332,7 @@ fn instance(host: &str, port: u64, weight: u64) -> Result<Node, String> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     let address = match literal.parse::<std::net::IpAddr>() {
         Ok(ip) => {
-            if let Some(why) = crate::table::instance::unusable(ip) {
+            if let Some(why) = crate::instance::unusable(ip) {
                 return Err(format!("address {ip} is {why}: it cannot be an instance"));
             }
             std::net::SocketAddr::new(ip, port).to_string()

@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::table::SharedTable;
 use crate::table::{Source, Tracker};
-use crate::SharedTable;
 use builder::{Builder, Outputs, TableBuilder};
 use changes::Changes;
 use report::RegistryReport;

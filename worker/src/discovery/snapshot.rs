@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use tokio::sync::watch;
 
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Discovered services and their instances.
 pub type Listing = BTreeMap<String, Vec<Instance>>;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-pub use crate::table::instance::{unusable, OwnAddresses};
+pub use crate::instance::{unusable, OwnAddresses};
 
 /// How long a name's addresses are reused before it is resolved again.
 pub const TTL: Duration = Duration::from_secs(30);

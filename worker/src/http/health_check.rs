@@ -17,7 +17,7 @@ use crate::config::HealthCheck;
 use crate::host::Host;
 use crate::http::transport::Transport;
 use crate::http::upstream::Upstream;
-use crate::SharedTable;
+use crate::table::SharedTable;
 
 /// Probes every instance of `service` every `interval`, on whatever table is current, while
 /// this worker holds the service's lease.

@@ -28,7 +28,7 @@ use crate::http::dial::Dialer;
 use crate::http::transport::Transports;
 use crate::http::upstream::Upstream;
 use crate::metrics::{Metrics, Mirrored};
-use crate::SharedTable;
+use crate::table::SharedTable;
 
 /// One worker's mirroring: its bound, its client, where copies go.
 pub struct Mirrors {

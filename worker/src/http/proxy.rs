@@ -30,9 +30,9 @@ use crate::http::tee::{OnEnd, Teed};
 use crate::http::transport::Transports;
 use crate::http::Body;
 use crate::metrics::{Metrics, UNROUTED};
+use crate::table::SharedTable;
 use crate::table::{Service, Source};
 use crate::trace::{Started, Tracer};
-use crate::SharedTable;
 
 /// Everything a worker needs to proxy requests; shared by all its connections.
 pub struct Proxy {

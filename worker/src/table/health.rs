@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::config::{HealthCheck, OutlierSettings};
 use crate::host::instances::{self, Entry, Instances};
 use crate::host::monotonic_ms;
-use crate::table::instance::Instance;
+use crate::instance::Instance;
 
 /// Milliseconds on a clock every process of the host shares (CLOCK_MONOTONIC), so an ejection
 /// deadline one worker writes means the same to all. Tests drive a manual one instead of

@@ -1,16 +1,14 @@
 //! The route table: which instances each service has, as one immutable value.
 //!
-//! A new table is built for every change and swapped in whole (see [`crate::SharedTable`]), so a
+//! A new table is built for every change and swapped in whole (see [`SharedTable`]), so a
 //! request reads a consistent snapshot without a lock. The table knows nothing of HTTP or
 //! ZooKeeper; each service carries the balancer built for its instance list and the health
 //! state of its instances, which a rebuilt service takes over by address.
 //!
-//! - [`instance`]: the leaf type [`Instance`] (address, weight).
 //! - [`health`]: per-instance state (ejection, health check, in-flight count, the removal
 //!   guard's hold), kept host-wide through its [`Tracker`], and its [`Clock`].
 
 pub mod health;
-pub mod instance;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,8 +19,11 @@ use serde::Serialize;
 
 use crate::balance::{self, Balancer, Strategy};
 use crate::config::{Config, HashOn};
+pub use crate::instance::Instance;
 pub use health::{Clock, Hold, ServiceHealth, Tracker};
-pub use instance::Instance;
+
+/// The route table as every request sees it: swapped whole, read without a lock.
+pub type SharedTable = std::sync::Arc<arc_swap::ArcSwap<RouteTable>>;
 
 /// Where a service's instance list came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
