@@ -34,12 +34,12 @@ impl Proxy {
         bytes: Option<&str>,
     ) {
         let idx = match &trace.service {
-            Some(s) => *s.stats.get_or_init(|| self.metrics.service_index(&s.name)),
-            None => self.unrouted,
+            Some(s) => *s.stats.get_or_init(|| self.observe.metrics.service_index(&s.name)),
+            None => self.routes.unrouted,
         };
-        self.metrics.request(idx, status.as_u16(), trace.attempts.latency);
+        self.observe.metrics.request(idx, status.as_u16(), trace.attempts.latency);
         let bytes_out = bytes.and_then(|b| b.parse().ok()).unwrap_or(trace.bytes_out);
-        self.metrics.answered(idx, line.started.elapsed(), (trace.bytes_in, bytes_out));
+        self.observe.metrics.answered(idx, line.started.elapsed(), (trace.bytes_in, bytes_out));
         let instance = trace
             .attempts
             .instance
@@ -47,12 +47,12 @@ impl Proxy {
             .and_then(|(i, s)| s.instances.get(i))
             .map(|i| i.address.as_str());
         let sampled = trace.span.filter(|s| s.context.sampled);
-        if let (Some(tracer), Some(span)) = (&self.tracer, sampled) {
+        if let (Some(tracer), Some(span)) = (&self.observe.tracer, sampled) {
             let finished = Finished {
                 method: line.method,
                 path: line.path,
                 status: status.as_u16(),
-                route: trace.rule.map(|r| self.router.label(r)),
+                route: trace.rule.map(|r| self.routes.router.label(r)),
                 service: trace.service.as_ref().map(|s| s.name.as_str()),
                 instance,
                 retries: trace.attempts.made.saturating_sub(1),
@@ -60,7 +60,7 @@ impl Proxy {
             };
             tracer.end(span, finished);
         }
-        if self.access_log {
+        if self.observe.access_log {
             log::info!(
                 target: "access",
                 "{} \"{} {}\" {} {} service={} instance={} {:.1}ms",

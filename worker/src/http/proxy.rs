@@ -36,31 +36,58 @@ use crate::trace::{Started, Tracer};
 
 /// Everything a worker needs to proxy requests; shared by all its connections.
 pub struct Proxy {
+    /// Where a request goes.
+    pub(crate) routes: Routes,
+    /// Whether it may go: limits and credentials.
+    pub(crate) gate: Gate,
+    /// How it is sent, and what else is sent with it.
+    pub(crate) send: Sending,
+    /// What is recorded of it.
+    pub(crate) observe: Observe,
+    pub(crate) settings: ProxySettings,
+    /// The header policy every protocol side follows.
+    pub(crate) policy: Policy,
+}
+
+/// Where a request goes: the table, the router over it, and whether routes are loaded.
+pub(crate) struct Routes {
     pub(crate) table: SharedTable,
     /// `Some` once routes are loaded (a listing or the snapshot).
     pub(crate) ready: watch::Receiver<Option<Source>>,
     pub(crate) router: Router,
-    pub(crate) forwarder: Forwarder,
-    pub(crate) settings: ProxySettings,
-    /// The header policy every protocol side follows.
-    pub(crate) policy: Policy,
-    pub(crate) metrics: Metrics,
-    /// Rate-limit buckets and `max_requests` counts, host-wide.
-    pub(crate) admission: Admission,
+    /// The metrics row of requests no route took.
     pub(crate) unrouted: usize,
-    pub(crate) access_log: bool,
-    /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
-    pub(crate) connections: Arc<Connections>,
-    /// How each service that is not plain HTTP/1.1 is reached.
-    pub(crate) transports: Arc<Transports>,
+}
+
+/// Whether a request may go: rate limits and `max_requests`, and the routes' `[auth.NAME]`.
+pub(crate) struct Gate {
     /// Rate limits and `max_requests`.
     pub(crate) limits: Limits,
-    /// Buffers the engine's connections borrow while they work.
-    pub(crate) buffers: Buffers,
+    /// Rate-limit buckets and `max_requests` counts, host-wide.
+    pub(crate) admission: Admission,
     /// The `[auth.NAME]` sections routes name.
     pub(crate) auth: Auth,
+}
+
+/// How a request is sent: the forwarder (pick, attempts, retries), the transports of
+/// services that are not plain HTTP/1.1, the engine's buffers, mirror copies, and the open
+/// connections (tunnels count).
+pub(crate) struct Sending {
+    pub(crate) forwarder: Forwarder,
+    /// How each service that is not plain HTTP/1.1 is reached.
+    pub(crate) transports: Arc<Transports>,
+    /// Buffers the engine's connections borrow while they work.
+    pub(crate) buffers: Buffers,
     /// Copies to routes' shadow services.
     pub(crate) mirrors: Arc<Mirrors>,
+    /// Upgraded tunnels count as open connections, so a draining worker waits for them too.
+    pub(crate) connections: Arc<Connections>,
+}
+
+/// What is recorded of a request: counters, the access log, spans.
+pub(crate) struct Observe {
+    pub(crate) metrics: Metrics,
+    pub(crate) access_log: bool,
     /// Trace context and span export (`[tracing]`).
     pub(crate) tracer: Option<Tracer>,
 }
@@ -126,10 +153,33 @@ impl Proxy {
         };
         let dialer = Arc::new(Dialer::new(config.proxy.connect_timeout, config.own_addresses()));
         Proxy {
-            table: shared.table,
-            ready: shared.ready,
-            router,
-            forwarder: Forwarder::new(&config.proxy, Metrics::new(shared.host), dialer.clone()),
+            routes: Routes {
+                table: shared.table,
+                ready: shared.ready,
+                router,
+                unrouted: shared.host.service_index(UNROUTED),
+            },
+            gate: Gate {
+                limits: {
+                    let limits = Limits::from_config(config);
+                    limits.claim_rows(&Metrics::new(shared.host));
+                    limits
+                },
+                admission: shared.host.admission(),
+                auth: shared.auth,
+            },
+            send: Sending {
+                forwarder: Forwarder::new(&config.proxy, Metrics::new(shared.host), dialer.clone()),
+                transports: shared.transports,
+                buffers: Buffers::default(),
+                mirrors: Arc::new(Mirrors::new(&config.proxy, dialer)),
+                connections: shared.connections,
+            },
+            observe: Observe {
+                metrics: Metrics::new(shared.host),
+                access_log: config.log.access,
+                tracer: Tracer::from_config(config.tracing.as_ref(), Metrics::new(shared.host)),
+            },
             settings: config.proxy.clone(),
             policy: Policy::new(
                 headers::via_entry(via),
@@ -138,21 +188,6 @@ impl Proxy {
                 config.proxy.debug_headers.then(|| std::process::id().to_string().into_bytes()),
             )
             .with_release(config.release.as_deref()),
-            unrouted: shared.host.service_index(UNROUTED),
-            metrics: Metrics::new(shared.host),
-            admission: shared.host.admission(),
-            access_log: config.log.access,
-            connections: shared.connections,
-            transports: shared.transports,
-            limits: {
-                let limits = Limits::from_config(config);
-                limits.claim_rows(&Metrics::new(shared.host));
-                limits
-            },
-            buffers: Buffers::default(),
-            auth: shared.auth,
-            mirrors: Arc::new(Mirrors::new(&config.proxy, dialer)),
-            tracer: Tracer::from_config(config.tracing.as_ref(), Metrics::new(shared.host)),
         }
     }
 
@@ -160,10 +195,10 @@ impl Proxy {
     /// and the request is sampled; `copy` builds it (`None`: it cannot be copied), given the
     /// largest body a copy may carry. Never waits for the copy.
     pub(crate) fn mirror(&self, target: &Target, copy: impl FnOnce(usize) -> Option<MirrorCopy>) {
-        let Some(mirror) = self.router.mirror(target) else { return };
+        let Some(mirror) = self.routes.router.mirror(target) else { return };
         if Mirrors::sampled(mirror) {
-            let to = (&self.table, &*self.transports, self.metrics);
-            self.mirrors.send(mirror, copy(self.mirrors.max_body), to);
+            let to = (&self.routes.table, &*self.send.transports, self.observe.metrics);
+            self.send.mirrors.send(mirror, copy(self.send.mirrors.max_body), to);
         }
     }
 
@@ -177,13 +212,13 @@ impl Proxy {
         body: Body,
         head: impl FnOnce() -> MirrorCopy,
     ) -> Body {
-        let Some(mirror) = self.router.mirror(target) else { return body };
+        let Some(mirror) = self.routes.router.mirror(target) else { return body };
         if !Mirrors::sampled(mirror) {
             return body;
         }
-        let (mirrors, mirror) = (self.mirrors.clone(), mirror.clone());
+        let (mirrors, mirror) = (self.send.mirrors.clone(), mirror.clone());
         let (table, transports, metrics) =
-            (self.table.clone(), self.transports.clone(), self.metrics);
+            (self.routes.table.clone(), self.send.transports.clone(), self.observe.metrics);
         let mut copy = head();
         let on_end: OnEnd = Box::new(move |whole| {
             let copy = whole.map(|body| {
@@ -192,7 +227,7 @@ impl Proxy {
             });
             mirrors.send(&mirror, copy, (&table, &transports, metrics));
         });
-        http_body_util::BodyExt::boxed(Teed::new(body, self.mirrors.max_body, on_end))
+        http_body_util::BodyExt::boxed(Teed::new(body, self.send.mirrors.max_body, on_end))
     }
 
     /// The identity a routed request proves, when its route has `auth` (`Ok(None)`: no auth
@@ -204,12 +239,12 @@ impl Proxy {
         service: &str,
         req: &impl RequestView,
     ) -> Result<Option<Identity>, ProxyError> {
-        let Some(name) = self.router.auth(target) else { return Ok(None) };
+        let Some(name) = self.routes.router.auth(target) else { return Ok(None) };
         let refuse = |r: Refusal| {
-            self.metrics.auth_refused(target.auth.unwrap_or(0), r.status);
+            self.observe.metrics.auth_refused(target.auth.unwrap_or(0), r.status);
             ProxyError::Auth(service.to_string(), r)
         };
-        let Some(method) = self.auth.get(name) else {
+        let Some(method) = self.gate.auth.get(name) else {
             return Err(refuse(Refusal {
                 status: 503,
                 reason: format!("authentication {name} unavailable"),
@@ -239,10 +274,10 @@ impl Proxy {
     /// The service in the current table. Unknown before the routes are loaded is "not ready"
     /// (503, retry), never "no such service" (404).
     pub(crate) fn service(&self, name: &str) -> Result<Arc<Service>, ProxyError> {
-        if let Some(service) = self.table.load().get(name) {
+        if let Some(service) = self.routes.table.load().get(name) {
             return Ok(service.clone());
         }
-        if self.ready.borrow().is_none() {
+        if self.routes.ready.borrow().is_none() {
             return Err(ProxyError::NotReady(name.to_string()));
         }
         Err(ProxyError::UnknownService(name.to_string()))

@@ -54,8 +54,8 @@ impl Server {
     /// Resolves once what requests started in the background is done: mirror copies in
     /// flight answered, spans ended exported. Waited for after the last connection closes.
     pub async fn background_done(&self) {
-        self.proxy.mirrors.idle().await;
-        if let Some(tracer) = &self.proxy.tracer {
+        self.proxy.send.mirrors.idle().await;
+        if let Some(tracer) = &self.proxy.observe.tracer {
             tracer.flushed().await;
         }
     }
@@ -203,7 +203,7 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut client: Client,
     let peer = client.peer;
     // The handshake is part of the first head: one deadline for both, from the accept.
     let deadline = client.accepted + on.settings.header_read_timeout();
-    let metrics = on.proxy.metrics;
+    let metrics = on.proxy.observe.metrics;
     let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

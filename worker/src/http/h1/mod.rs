@@ -210,7 +210,7 @@ impl<S: Io> Conn<'_, S> {
                 timer.as_mut().reset(deadline);
             }
             let draining = self.draining;
-            let buffers = &self.proxy.buffers;
+            let buffers = &self.proxy.send.buffers;
             tokio::select! {
                 biased;
                 r = read_more(&mut self.stream, &mut self.buf, buffers) => match r {
@@ -240,7 +240,7 @@ impl<S: Io> Conn<'_, S> {
     /// header buffer on keep-alive too): an idle connection holds none, unless the next
     /// request is already in `buf` (pipelined).
     fn release_when_idle(&mut self) {
-        let buffers = &self.proxy.buffers;
+        let buffers = &self.proxy.send.buffers;
         if self.buf.is_empty() {
             buffers.give(std::mem::take(&mut self.buf));
         }

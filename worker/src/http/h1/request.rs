@@ -32,7 +32,7 @@ impl<S: Io> Conn<'_, S> {
     /// Answers the request whose head is in `buf`; sets `used` (and `carry`) to what it took.
     pub(super) async fn answer(&mut self, draining: bool) -> Step {
         let proxy = self.proxy;
-        let _active = proxy.forwarder.active();
+        let _active = proxy.send.forwarder.active();
         let started = StdInstant::now();
         let head = &self.head;
         self.used = head.len;
@@ -50,7 +50,7 @@ impl<S: Io> Conn<'_, S> {
         let has_body = head.body != BodyFraming::None;
         let close = head.close || draining;
         let mut trace = Trace {
-            span: proxy.tracer.as_ref().map(|t| t.begin(|n| view.header(n))),
+            span: proxy.observe.tracer.as_ref().map(|t| t.begin(|n| view.header(n))),
             bytes_in: match head.body {
                 BodyFraming::Length(n) => n,
                 _ => 0,
@@ -74,7 +74,7 @@ impl<S: Io> Conn<'_, S> {
             let why = "request loop: it already passed through this gateway";
             refuse!(ProxyError::Refused(StatusCode::LOOP_DETECTED, why), close || has_body);
         }
-        let routed = match proxy.router.route_view(&view) {
+        let routed = match proxy.routes.router.route_view(&view) {
             Ok(routed) => routed,
             Err(e) => refuse!(ProxyError::Route(e), close || has_body),
         };
@@ -83,7 +83,7 @@ impl<S: Io> Conn<'_, S> {
             Ok(service) => service,
             Err(e) => refuse!(e, close || has_body),
         };
-        if proxy.transports.get(&service.name).is_some() {
+        if proxy.send.transports.get(&service.name).is_some() {
             return Step::Handover;
         }
         trace.service = Some(service.clone());
@@ -94,9 +94,9 @@ impl<S: Io> Conn<'_, S> {
             }
         }
         // Held until the answer is sent (max_requests counts it in flight until then).
-        let _admitted = match proxy.limits.admit(
-            (&proxy.metrics, &proxy.admission),
-            (&service, proxy.router.primary(&routed)),
+        let _admitted = match proxy.gate.limits.admit(
+            (&proxy.observe.metrics, &proxy.gate.admission),
+            (&service, proxy.routes.router.primary(&routed)),
             &view,
             self.client.peer.ip(),
         ) {
@@ -107,15 +107,15 @@ impl<S: Io> Conn<'_, S> {
             Ok(identity) => identity,
             Err(e) => refuse!(e, close || has_body),
         };
-        if let Err(e) = proxy.limits.admit_identity(
-            (&proxy.metrics, &proxy.admission),
-            (&service, proxy.router.primary(&routed)),
+        if let Err(e) = proxy.gate.limits.admit_identity(
+            (&proxy.observe.metrics, &proxy.gate.admission),
+            (&service, proxy.routes.router.primary(&routed)),
             identity.as_ref(),
         ) {
             refuse!(e, close || has_body);
         }
         let key = hash_on(&service, &view, self.client.peer);
-        let actions = proxy.router.header_actions(&routed);
+        let actions = proxy.routes.router.header_actions(&routed);
         let (request_actions, response_actions) = match actions {
             Some((request, response)) => (Some(request), Some(response)),
             None => (None, None),
@@ -133,7 +133,7 @@ impl<S: Io> Conn<'_, S> {
         };
         // The request line and every line but Host (it depends on the instance picked).
         if self.out.capacity() == 0 {
-            self.out = proxy.buffers.take();
+            self.out = proxy.send.buffers.take();
         }
         let base = &mut self.out;
         base.clear();
@@ -201,7 +201,7 @@ impl<S: Io> Conn<'_, S> {
                 Some(MirrorCopy { method, path, headers, body })
             });
         }
-        let settings = proxy.forwarder.settings();
+        let settings = proxy.send.forwarder.settings();
         let preserved = host_value.filter(|_| settings.preserve_host);
         let mut spare = self.spare.take();
         let sent = upload.as_ref().map(|u| u.sent.clone());
@@ -213,7 +213,7 @@ impl<S: Io> Conn<'_, S> {
             let Spare { mut request, mut response, head } = spare.take().unwrap_or_default();
             for buf in [&mut request, &mut response] {
                 if buf.capacity() == 0 {
-                    *buf = proxy.buffers.take();
+                    *buf = proxy.send.buffers.take();
                 }
             }
             request.clear();
@@ -224,8 +224,8 @@ impl<S: Io> Conn<'_, S> {
             request.extend_from_slice(b"\r\n");
             request.extend_from_slice(&body_start);
             let attempt = Attempt {
-                pool: proxy.forwarder.plain_pool(),
-                dialer: proxy.forwarder.dialer(),
+                pool: proxy.send.forwarder.plain_pool(),
+                dialer: proxy.send.forwarder.dialer(),
                 idle_timeout: settings.idle_timeout,
                 request,
                 buf: response,
@@ -239,7 +239,7 @@ impl<S: Io> Conn<'_, S> {
             (attempt.run(address), sent.clone())
         };
         let forwarded =
-            proxy.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts).await;
+            proxy.send.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts).await;
         let body_done = upload.as_ref().is_none_or(Upload::is_done);
         if let Some(upload) = upload.as_mut() {
             self.carry = std::mem::take(&mut upload.leftover);
@@ -258,7 +258,7 @@ impl<S: Io> Conn<'_, S> {
             respond::tunnel(proxy, &mut self.stream, (answered, response_actions), pending).await;
             return Step::Close;
         }
-        let length = proxy.access_log.then(|| respond::content_length(&answered.response));
+        let length = proxy.observe.access_log.then(|| respond::content_length(&answered.response));
         trace.bytes_out = respond::declared_length(&answered.response).unwrap_or(0);
         let close = close || !body_done;
         let http10 = head.http10;

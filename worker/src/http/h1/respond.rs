@@ -115,7 +115,7 @@ pub(super) async fn respond<S: Io>(
     };
     let Exchange { conn, head, buf, request } = ex;
     if done && reusable {
-        proxy.forwarder.plain_pool().put(address, conn);
+        proxy.send.forwarder.plain_pool().put(address, conn);
     }
     drop(inflight);
     let step = match done && !close {

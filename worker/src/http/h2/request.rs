@@ -92,12 +92,13 @@ impl<'a> From<'a> {
 impl Proxy {
     /// Answers one client request; never fails (errors are answered with their status).
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
-        let _active = self.forwarder.active();
+        let _active = self.send.forwarder.active();
         let (method, path, started) =
             (req.method().clone(), req.uri().path().to_string(), Instant::now());
         let line = RequestLine { method: method.as_str(), path: &path, client, started };
         let mut trace = Trace {
             span: self
+                .observe
                 .tracer
                 .as_ref()
                 .map(|t| t.begin(|n| req.headers().get(n).map(|v| v.as_bytes()))),
@@ -135,21 +136,21 @@ impl Proxy {
         }
         let host = request_host(req.uri(), req.headers());
         let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
-        let target = self.router.route_view(&view)?;
+        let target = self.routes.router.route_view(&view)?;
         trace.rule = target.rule;
         let traceparent = trace.traceparent();
         let service = self.service(&target.service)?;
         trace.service = Some(service.clone());
-        let admitted = self.limits.admit(
-            (&self.metrics, &self.admission),
-            (&service, self.router.primary(&target)),
+        let admitted = self.gate.limits.admit(
+            (&self.observe.metrics, &self.gate.admission),
+            (&service, self.routes.router.primary(&target)),
             &view,
             client.ip(),
         )?;
         let identity = self.authenticate(&target, &service.name, &view).await?;
-        self.limits.admit_identity(
-            (&self.metrics, &self.admission),
-            (&service, self.router.primary(&target)),
+        self.gate.limits.admit_identity(
+            (&self.observe.metrics, &self.gate.admission),
+            (&service, self.routes.router.primary(&target)),
             identity.as_ref(),
         )?;
         let key = hash_on(&service, &view, client);
@@ -162,11 +163,12 @@ impl Proxy {
             true => {
                 let conn = req.extensions().get::<ConnPermit>().cloned();
                 let own = conn.as_ref().and_then(ConnPermit::take);
-                let permit =
-                    own.or_else(|| self.connections.try_permit()).ok_or(ProxyError::Refused(
+                let permit = own.or_else(|| self.send.connections.try_permit()).ok_or(
+                    ProxyError::Refused(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "connection limit reached",
-                    ))?;
+                    ),
+                )?;
                 Some(Upgrade { client_side: hyper::upgrade::on(&mut req), permit, conn })
             }
             false => None,
@@ -199,7 +201,7 @@ impl Proxy {
             // A body streams: the copy leaves once the primary has had all of it.
             body = self.mirror_streamed(&target, body, copy_head);
         }
-        let transport = self.transports.get(&service.name);
+        let transport = self.send.transports.get(&service.name);
         let deadline = grpc::timeout(&parts.headers);
         // `TE: trailers` is how a gRPC client says it reads trailers; an HTTP/2 instance (a gRPC
         // server) is told the same. Any other TE value stays on its hop.
@@ -211,7 +213,7 @@ impl Proxy {
         // A request without a body can be sent again; one with a body cannot (it streams).
         let replay = Replay::for_request(&parts.method, bodiless && upgrade.is_none());
         let mut body = Some(body);
-        let upstream = self.forwarder.upstream();
+        let upstream = self.send.forwarder.upstream();
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
             let flags = (upgrade.is_some(), te_trailers);
@@ -231,7 +233,8 @@ impl Proxy {
             };
             (upstream.request(transport.map(|t| &**t), address, req), sent)
         };
-        let forward = self.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts);
+        let forward =
+            self.send.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts);
         // A gRPC client's deadline bounds the wait for the answer (the instance sees the same
         // grpc-timeout and enforces it on its side).
         let answered = match deadline {
@@ -240,7 +243,7 @@ impl Proxy {
             })??,
             None => forward.await?,
         };
-        let actions = self.router.header_actions(&target).map(|(_, response)| response);
+        let actions = self.routes.router.header_actions(&target).map(|(_, response)| response);
         let resp = self.respond(answered, parts.version, upgrade, actions);
         // Counted in flight (max_requests) until the answer's body is done.
         Ok(match admitted {
@@ -357,7 +360,7 @@ impl Proxy {
             client_cert,
             traceparent,
         };
-        let actions = self.router.header_actions(target).map(|(request, _)| request);
+        let actions = self.routes.router.header_actions(target).map(|(request, _)| request);
         let mut headers = http::HeaderMap::with_capacity(old.len() + 6);
         self.policy.request(map_lines(old).into_iter(), &origin, actions, &mut headers);
         // What the protocol itself dictates: an upgrade asked for again on this hop, and
@@ -403,7 +406,8 @@ impl Proxy {
             if let Some(Upgrade { client_side, permit, .. }) = upgrade {
                 let mut up = Response::from_parts(parts.clone(), ());
                 let upstream_side = hyper::upgrade::on(&mut up);
-                let open = (ConnGuard::new(self.connections.clone(), self.metrics), permit);
+                let open =
+                    (ConnGuard::new(self.send.connections.clone(), self.observe.metrics), permit);
                 let idle = self.settings.idle_timeout;
                 let address = address.to_string();
                 tokio::spawn(tunnel(client_side, upstream_side, address, open, idle));
