@@ -26,6 +26,10 @@ impl Io for tokio::net::TcpStream {
 /// rustls may hold decrypted bytes the socket no longer signals: always ready.
 impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
+/// An in-memory stream: the engine's unit tests script a client on its other end.
+#[cfg(test)]
+impl Io for tokio::io::DuplexStream {}
+
 /// Writes all of `buf` and flushes it (a TLS stream keeps records until then), within `limit`
 /// once the socket is full: a write that goes through at once — the common case — needs no
 /// timer.

@@ -28,6 +28,9 @@ mod request;
 mod respond;
 pub mod upstream;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::pin::Pin;
 

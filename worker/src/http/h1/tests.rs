@@ -1,0 +1,180 @@
+//! The engine's connection loop on scripted bytes: a client scripted on one end of an
+//! in-memory stream, a real proxy built from a configuration, and an instance on loopback that
+//! records what it received and answers what the test says. What the engine writes back and
+//! what the instance got are both asserted, byte for byte where it matters.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{serve, End};
+use crate::config::Config;
+use crate::host::Host;
+use crate::http::connections::{Client, Connections, Scheme};
+use crate::http::proxy::{Proxy, Shared};
+use crate::http::router::Router;
+use crate::table::{RouteTable, Source, Tracker};
+
+/// An instance that answers each request it reads with `answer`, and keeps what it read.
+async fn instance(answer: &'static [u8]) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut pending = Vec::new();
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    // One answer per complete head (the tests send bodiless requests).
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+/// A proxy routing `prefix` to `address`, as a worker builds it.
+fn proxy_for(address: &str, prefix: &str) -> Proxy {
+    let config: Config = toml::from_str(&format!(
+        "[services.web]\ninstances = [\"{address}\"]\n\n[[route]]\npath_prefix = \"{prefix}\"\nservice = \"web\"\n"
+    ))
+    .unwrap();
+    let host = Host::local(0);
+    let tracker = Tracker::host(host.instances());
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &tracker)));
+    let (_ready_tx, ready) = tokio::sync::watch::channel(Some(Source::Static));
+    let shared = Shared {
+        table,
+        ready,
+        host,
+        connections: Arc::new(Connections::new(16)),
+        transports: Arc::new(crate::http::transport::Transports::from_config(&config).unwrap()),
+        auth: crate::auth::Auth::from_config(&config).unwrap_or_else(|(auth, _)| auth),
+    };
+    let router = Router::new(&config.header_routing, &config.routes);
+    Proxy::new(shared, router, &config, "zkgate-test")
+}
+
+/// A proxy routing everything to `address`.
+fn proxy(address: &str) -> Proxy {
+    proxy_for(address, "/")
+}
+
+fn client() -> Client {
+    Client {
+        peer: "192.0.2.7:40000".parse().unwrap(),
+        port: 8080,
+        scheme: Scheme::Http,
+        accepted: tokio::time::Instant::now(),
+        cert_subject: None,
+    }
+}
+
+/// Runs the engine on one connection: writes `script`, reads until the engine closes it.
+async fn exchange(proxy: &Proxy, script: &[u8]) -> (Vec<u8>, bool) {
+    exchange_draining(proxy, script, false).await
+}
+
+/// As [`exchange`], with the worker already draining when `draining`.
+async fn exchange_draining(proxy: &Proxy, script: &[u8], draining: bool) -> (Vec<u8>, bool) {
+    let (mut near, far) = tokio::io::duplex(1 << 16);
+    let (trigger, mut shutdown) = crate::shutdown::channel();
+    if draining {
+        trigger.fire();
+    }
+    let engine = async {
+        let end = serve(far, client(), proxy, &mut shutdown).await;
+        matches!(end, End::Closed)
+    };
+    let talk = async {
+        near.write_all(script).await.unwrap();
+        let mut out = Vec::new();
+        near.read_to_end(&mut out).await.unwrap();
+        out
+    };
+    let (closed, out) = tokio::join!(engine, talk);
+    (out, closed)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-from: instance\r\n\r\nhello";
+
+#[tokio::test]
+async fn pipelined_keep_alive_requests_are_answered_in_order_then_close_ends_the_connection() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let script = b"GET /one HTTP/1.1\r\nhost: api.example\r\n\r\n\
+GET /two HTTP/1.1\r\nhost: api.example\r\nx-request-id: abc\r\n\r\n\
+GET /three HTTP/1.1\r\nhost: api.example\r\nconnection: close\r\n\r\n";
+    let (out, closed) = exchange(&proxy, script).await;
+    assert!(closed, "the engine served the connection to its end");
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    assert_eq!(text.matches("hello").count(), 3, "{text}");
+    assert!(text.ends_with("hello"), "the last answer is whole: {text}");
+    assert_eq!(text.matches("connection: close").count(), 1, "only the last says close: {text}");
+    let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    let order: Vec<&str> = upstream.lines().filter(|l| l.starts_with("GET ")).collect();
+    assert_eq!(order, ["GET /one HTTP/1.1", "GET /two HTTP/1.1", "GET /three HTTP/1.1"]);
+    assert_eq!(upstream.matches("x-forwarded-for: 192.0.2.7\r\n").count(), 3, "{upstream}");
+    assert!(upstream.contains("x-request-id: abc\r\n"), "{upstream}");
+    assert_eq!(upstream.matches("x-request-id: ").count(), 3, "one each, the client's kept");
+    assert!(!upstream.to_ascii_lowercase().contains("connection: close"), "hop-by-hop: {upstream}");
+}
+
+#[tokio::test]
+async fn a_head_with_two_lengths_is_refused_and_nothing_reaches_the_instance() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let script =
+        b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd";
+    let (out, closed) = exchange(&proxy, script).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(seen.lock().unwrap().is_empty(), "a request in doubt never reaches an instance");
+}
+
+#[tokio::test]
+async fn a_request_no_route_takes_gets_the_gateways_own_404_and_the_connection_goes_on() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy_for(&address, "/api");
+    let script = b"GET /elsewhere HTTP/1.1\r\nhost: a\r\n\r\nGET /api/x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    let (out, _) = exchange(&proxy, script).await;
+    let text = String::from_utf8_lossy(&out);
+    let first = text.find("HTTP/1.1 404 ").expect(&text);
+    let second = text.find("HTTP/1.1 200 OK").expect(&text);
+    assert!(first < second, "answered in order: {text}");
+    let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(upstream.starts_with("GET /api/x HTTP/1.1\r\n"), "only the routed one: {upstream}");
+}
+
+#[tokio::test]
+async fn a_draining_worker_answers_then_closes_a_keep_alive_connection() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let script = b"GET /one HTTP/1.1\r\nhost: a\r\n\r\nGET /two HTTP/1.1\r\nhost: a\r\n\r\n";
+    let (out, closed) = exchange_draining(&proxy, script, true).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 1, "one answer, then close: {text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert_eq!(upstream.matches("GET ").count(), 1, "{upstream}");
+}
