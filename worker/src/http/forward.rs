@@ -19,7 +19,6 @@ use crate::config::ProxySettings;
 use crate::http::dial::Dialer;
 use crate::http::error::ProxyError;
 use crate::http::inflight::InFlight;
-pub use crate::http::inflight::InFlightBody;
 use crate::http::pool::{IdleSet, Lease};
 use crate::http::upstream::{BodySent, Upstream, UpstreamError};
 use crate::metrics::Metrics;

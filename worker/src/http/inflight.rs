@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::http::pool::Lease;
@@ -46,51 +45,27 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its [`InFlight`] alive while it streams.
-pub struct InFlightBody {
-    inner: Incoming,
-    _inflight: InFlight,
+/// A response body that keeps its [`InFlight`] until it ends: read whole, its connection goes
+/// back to the pool; failed or dropped, it is closed.
+pub type InFlightBody = crate::http::eos::Watched<Incoming, Returns>;
+
+/// Wraps `inner` so the instance counts the request until the body is done.
+pub fn in_flight_body(inner: Incoming, inflight: InFlight) -> InFlightBody {
+    crate::http::eos::Watched::new(inner, Returns(Some(inflight)))
 }
 
-impl InFlightBody {
-    /// Wraps `inner` so the instance counts the request until the body is done.
-    pub fn new(inner: Incoming, mut inflight: InFlight) -> Self {
-        // No body at all (HEAD, 204, 304): complete already, whether or not it is ever polled.
-        if inner.is_end_stream() {
-            if let Some(lease) = inflight.lease.as_mut() {
-                lease.reusable();
+/// What an [`InFlightBody`] does at its end.
+pub struct Returns(Option<InFlight>);
+
+impl crate::http::eos::Watch for Returns {
+    fn end(&mut self, how: crate::http::eos::End) {
+        if let Some(mut inflight) = self.0.take() {
+            if how == crate::http::eos::End::Whole {
+                // Read to its end: the connection may carry the next request.
+                if let Some(lease) = inflight.lease.as_mut() {
+                    lease.reusable();
+                }
             }
         }
-        InFlightBody { inner, _inflight: inflight }
-    }
-}
-
-impl hyper::body::Body for InFlightBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        let done = matches!(polled, std::task::Poll::Ready(None))
-            || (matches!(polled, std::task::Poll::Ready(Some(Ok(_))))
-                && self.inner.is_end_stream());
-        if done {
-            // Read to its end: the connection may carry the next request.
-            if let Some(lease) = self._inflight.lease.as_mut() {
-                lease.reusable();
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -36,6 +36,7 @@
 pub mod buffers;
 pub mod connections;
 pub mod dial;
+pub mod eos;
 pub mod error;
 pub mod forward;
 pub mod grpc;
@@ -72,30 +73,5 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// or dropped.
 pub fn hold<T: Send + Sync + Unpin + 'static>(body: Body, held: T) -> Body {
     use http_body_util::BodyExt;
-    Held { inner: body, _held: held }.boxed()
-}
-
-struct Held<T> {
-    inner: Body,
-    _held: T,
-}
-
-impl<T: Unpin> hyper::body::Body for Held<T> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
+    eos::Watched::new(body, eos::Holding(Some(held))).boxed()
 }

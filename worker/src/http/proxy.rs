@@ -26,7 +26,7 @@ use crate::http::limits::Limits;
 use crate::http::mirror::{MirrorCopy, Mirrors};
 use crate::http::policy::Policy;
 use crate::http::router::{cookie, cookie_count, RequestView, Router, Target};
-use crate::http::tee::{OnEnd, Teed};
+use crate::http::tee::{tee, OnEnd};
 use crate::http::transport::Transports;
 use crate::http::Body;
 use crate::metrics::{Metrics, UNROUTED};
@@ -227,7 +227,7 @@ impl Proxy {
             });
             mirrors.send(&mirror, copy, (&table, &transports, metrics));
         });
-        http_body_util::BodyExt::boxed(Teed::new(body, self.send.mirrors.max_body, on_end))
+        http_body_util::BodyExt::boxed(tee(body, self.send.mirrors.max_body, on_end))
     }
 
     /// The identity a routed request proves, when its route has `auth` (`Ok(None)`: no auth

@@ -3,86 +3,53 @@
 //! ended whole, so the shadow gets exactly what the primary got, and the client's upload
 //! never waits for it.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::{Bytes, BytesMut};
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Frame;
 
-use crate::http::{Body, BoxError};
+use crate::http::eos::{End, Watch, Watched};
+use crate::http::Body;
 
 /// Told the whole body when it ended within the bound; `None` when it did not (larger, a
 /// client error, or dropped before its end).
 pub type OnEnd = Box<dyn FnOnce(Option<Bytes>) + Send + Sync>;
 
-/// See the module.
-pub struct Teed {
-    inner: Body,
+/// A body passed through while a bounded copy of it is kept: see the module.
+pub type Teed = Watched<Body, Keeps>;
+
+/// Passes `inner` through, keeping at most `max` bytes of it for `on_end`.
+pub fn tee(inner: Body, max: usize, on_end: OnEnd) -> Teed {
+    Watched::new(inner, Keeps { kept: Some(BytesMut::new()), max, on_end: Some(on_end) })
+}
+
+/// The copy a [`Teed`] keeps, and whom to tell at the end.
+pub struct Keeps {
     kept: Option<BytesMut>,
     max: usize,
     on_end: Option<OnEnd>,
 }
 
-impl Teed {
-    /// Passes `inner` through, keeping at most `max` bytes of it for `on_end`.
-    pub fn new(inner: Body, max: usize, on_end: OnEnd) -> Teed {
-        Teed { inner, kept: Some(BytesMut::new()), max, on_end: Some(on_end) }
-    }
-
-    fn end(&mut self, whole: bool) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(self.kept.take().filter(|_| whole).map(BytesMut::freeze));
-        }
-    }
-}
-
-impl HttpBody for Teed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let (Some(data), Some(kept)) = (f.data_ref(), this.kept.as_mut()) {
-                    if kept.len() + data.len() <= this.max {
-                        kept.extend_from_slice(data);
-                    } else {
-                        this.kept = None;
-                    }
-                }
-                if this.inner.is_end_stream() {
-                    this.end(true);
-                }
+impl Watch for Keeps {
+    fn frame(&mut self, frame: &mut Frame<Bytes>) {
+        if let (Some(data), Some(kept)) = (frame.data_ref(), self.kept.as_mut()) {
+            if kept.len() + data.len() <= self.max {
+                kept.extend_from_slice(data);
+            } else {
+                self.kept = None;
             }
-            Some(Err(_)) => this.end(false),
-            None => this.end(true),
         }
-        Poll::Ready(frame)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Teed {
-    fn drop(&mut self) {
-        self.end(false);
+    fn end(&mut self, how: End) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.kept.take().filter(|_| how == End::Whole).map(BytesMut::freeze));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::BoxError;
     use http_body_util::{BodyExt as _, StreamBody};
     use std::sync::{Arc, Mutex};
 
@@ -95,7 +62,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(None));
         let told = seen.clone();
         let on_end: OnEnd = Box::new(move |b| *told.lock().unwrap() = Some(b));
-        (Teed::new(body(chunks), max, on_end), seen)
+        (tee(body(chunks), max, on_end), seen)
     }
 
     #[tokio::test]

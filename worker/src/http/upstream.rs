@@ -11,7 +11,6 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use hyper::body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
@@ -138,51 +137,29 @@ impl BodySent {
     }
 }
 
-/// A request body that marks its [`BodySent`] when it ends, its trailers filtered by the
-/// policy.
-pub struct SentBody {
-    inner: Body,
-    sent: Arc<BodySent>,
+/// A request body that marks its [`BodySent`] when it ends whole, its trailers filtered by
+/// the policy (as on the engine's side).
+pub type SentBody = crate::http::eos::Watched<Body, MarksSent>;
+
+/// Wraps `inner`; an already finished body (none at all) is marked at once.
+pub fn sent_body(inner: Body, sent: Arc<BodySent>) -> SentBody {
+    crate::http::eos::Watched::new(inner, MarksSent(sent))
 }
 
-impl SentBody {
-    /// Wraps `inner`; an already finished body (none at all) is marked at once.
-    pub fn new(inner: Body, sent: Arc<BodySent>) -> Self {
-        if inner.is_end_stream() {
-            sent.mark();
+/// What a [`SentBody`] does as it streams.
+pub struct MarksSent(Arc<BodySent>);
+
+impl crate::http::eos::Watch for MarksSent {
+    fn frame(&mut self, frame: &mut hyper::body::Frame<bytes::Bytes>) {
+        if let Some(trailers) = frame.trailers_mut() {
+            crate::http::policy::filter_request_trailers(trailers);
         }
-        SentBody { inner, sent }
     }
-}
 
-impl hyper::body::Body for SentBody {
-    type Data = bytes::Bytes;
-    type Error = crate::http::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.sent.mark();
+    fn end(&mut self, how: crate::http::eos::End) {
+        if how == crate::http::eos::End::Whole {
+            self.0.mark();
         }
-        // Request trailers pass by the policy's allow-list, as on the engine's side.
-        polled.map_ok(|frame| match frame.into_trailers() {
-            Ok(mut trailers) => {
-                crate::http::policy::filter_request_trailers(&mut trailers);
-                hyper::body::Frame::trailers(trailers)
-            }
-            Err(frame) => frame,
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

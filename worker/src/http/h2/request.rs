@@ -26,15 +26,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::auth::Identity;
 use crate::http::connections::{ClientCert, ConnGuard, ConnPermit, LocalPort, Scheme};
 use crate::http::error::{ProxyError, ALLOW};
-use crate::http::forward::{Answered, InFlightBody, Replay};
+use crate::http::forward::{Answered, Replay};
 use crate::http::grpc;
+use crate::http::inflight::in_flight_body;
 use crate::http::mirror::MirrorCopy;
 use crate::http::policy::{map_lines, status_allows_length, Origin};
 use crate::http::pool::Lease;
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
 use crate::http::router::{request_host, HeaderActions, HyperRequest, Target};
 use crate::http::tunnel::{is_upgrade, tunnel};
-use crate::http::upstream::{BodySent, ClientBodyError, SentBody, UpstreamError};
+use crate::http::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
 use crate::http::{Body, BoxError};
 use crate::table::Service;
 
@@ -228,7 +229,7 @@ impl Proxy {
             // A request with a body is watched for its end; one without is complete already.
             let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
             let req = match &sent {
-                Some(sent) => req.map(|b| SentBody::new(b, sent.clone()).boxed()),
+                Some(sent) => req.map(|b| sent_body(b, sent.clone()).boxed()),
                 None => req,
             };
             (upstream.request(transport.map(|t| &**t), address, req), sent)
@@ -436,7 +437,7 @@ impl Proxy {
                 }
             }
         }
-        let body = InFlightBody::new(body, inflight).map_err(BoxError::from).boxed();
+        let body = in_flight_body(body, inflight).map_err(BoxError::from).boxed();
         Response::from_parts(parts, body)
     }
 }
