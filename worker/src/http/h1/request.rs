@@ -15,7 +15,7 @@ use crate::http::forward::Replay;
 use crate::http::h1::body::{self, Start, Upload};
 use crate::http::h1::head::{lines, BodyFraming, RequestHead};
 use crate::http::h1::io::{write_within, Io};
-use crate::http::h1::respond::{self, respond, Responded};
+use crate::http::h1::respond::{self, respond, Responded, ToClient};
 use crate::http::h1::upstream::Attempt;
 use crate::http::h1::{Conn, Spare, Step};
 use crate::http::mirror::MirrorCopy;
@@ -266,7 +266,7 @@ impl<S: Io> Conn<'_, S> {
             proxy,
             &mut self.stream,
             (answered, response_actions),
-            (close, http10),
+            ToClient { close, http10 },
             &mut self.out,
         )
         .await;

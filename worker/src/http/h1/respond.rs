@@ -42,6 +42,25 @@ pub(super) fn declared_length(ex: &Exchange) -> Option<u64> {
     std::str::from_utf8(line.value.get(&ex.buf)).ok()?.trim().parse().ok()
 }
 
+/// What the client's side of the exchange asks of the answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ToClient {
+    /// The connection ends after this answer (the client asked, the worker drains, or the
+    /// request body was not read whole).
+    pub(super) close: bool,
+    /// An HTTP/1.0 client: no chunked framing toward it.
+    pub(super) http10: bool,
+}
+
+/// How the head sent to the client frames its body.
+#[derive(Debug, Clone, Copy)]
+struct HeadFraming {
+    /// The body is re-framed as chunked (its length is unknown): no `Content-Length` line.
+    rechunk: bool,
+    /// `Connection: close` is added.
+    close: bool,
+}
+
 /// Sends the instance's answer to the client.
 ///
 /// To an HTTP/1.0 client (`http10`) a body of unknown length (chunked or until-close) is sent
@@ -51,16 +70,17 @@ pub(super) async fn respond<S: Io>(
     proxy: &Proxy,
     client: &mut S,
     (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
-    (close, http10): (bool, bool),
+    to: ToClient,
     out: &mut Vec<u8>,
 ) -> (Responded, Option<Spare>) {
+    let ToClient { close, http10 } = to;
     let Answered { response: mut ex, address, inflight } = answered;
     let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
     let unknown_length = matches!(framing, Framing::Chunked | Framing::UntilClose);
     let close = close || (http10 && unknown_length);
     let rechunk = unknown_length && !http10;
     let raw = http10;
-    response_head(proxy, (&ex, actions), address, (rechunk, close), out);
+    response_head(proxy, (&ex, actions), address, HeadFraming { rechunk, close }, out);
     if http10 && !close {
         out.truncate(out.len() - 2);
         out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
@@ -137,7 +157,8 @@ pub(super) async fn tunnel<S: Io>(
 ) {
     let Answered { response: mut ex, address, inflight } = answered;
     let mut out = Vec::new();
-    response_head(proxy, (&ex, actions), address, (false, false), &mut out);
+    let as_sent = HeadFraming { rechunk: false, close: false };
+    response_head(proxy, (&ex, actions), address, as_sent, &mut out);
     out.truncate(out.len() - 2);
     let protocol =
         ex.head.lines.iter().find(|l| l.name.get(&ex.buf).eq_ignore_ascii_case(b"upgrade"));
@@ -164,7 +185,7 @@ fn response_head(
     proxy: &Proxy,
     (ex, actions): (&Exchange, Option<&HeaderActions>),
     address: &str,
-    (rechunk, close): (bool, bool),
+    HeadFraming { rechunk, close }: HeadFraming,
     out: &mut Vec<u8>,
 ) {
     let (buf, head) = (&ex.buf, &ex.head);

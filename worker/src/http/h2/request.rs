@@ -67,13 +67,22 @@ struct From<'a> {
     traceparent: Option<&'a [u8]>,
 }
 
+/// What a request asks of its hop beyond its headers.
+#[derive(Debug, Clone, Copy)]
+struct Asks {
+    /// It asks for an upgrade (one the operator allows), asked again on this hop.
+    upgrade: bool,
+    /// `TE: trailers` is passed on (gRPC to an HTTP/2 instance).
+    te_trailers: bool,
+}
+
 impl<'a> From<'a> {
-    /// Where `parts` came from; `(upgrade, te_trailers)` as the request asks.
+    /// Where `parts` came from, and what the request asks.
     fn of(
         parts: &'a http::request::Parts,
         client: SocketAddr,
         host: Option<&'a str>,
-        (upgrade, te_trailers): (bool, bool),
+        Asks { upgrade, te_trailers }: Asks,
         (identity, traceparent): (Option<&'a Identity>, Option<&'a [u8; 55]>),
     ) -> Self {
         From {
@@ -182,7 +191,7 @@ impl Proxy {
                 &parts,
                 client,
                 host.as_deref(),
-                (false, false),
+                Asks { upgrade: false, te_trailers: false },
                 (identity.as_ref(), traceparent.as_ref()),
             );
             let mut req = self.upstream_request(&parts, empty(), &target, "", from);
@@ -217,7 +226,7 @@ impl Proxy {
         let upstream = self.send.forwarder.upstream();
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
-            let flags = (upgrade.is_some(), te_trailers);
+            let flags = Asks { upgrade: upgrade.is_some(), te_trailers };
             let from = From::of(
                 &parts,
                 client,
