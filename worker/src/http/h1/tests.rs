@@ -178,3 +178,39 @@ async fn a_draining_worker_answers_then_closes_a_keep_alive_connection() {
     let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
     assert_eq!(upstream.matches("GET ").count(), 1, "{upstream}");
 }
+
+const CHUNKED: &[u8] =
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+2\r\nok\r\n3\r\n!!!\r\n0\r\nx-checksum: abc\r\ncontent-length: 99\r\nhost: evil.example\r\n\r\n";
+
+#[tokio::test]
+async fn a_chunked_answer_is_relayed_chunk_by_chunk_with_only_the_trailers_allowed() {
+    let (address, _) = instance(CHUNKED).await;
+    let proxy = proxy(&address);
+    let script = b"GET /t HTTP/1.1\r\nhost: a\r\nte: trailers\r\nconnection: close\r\n\r\n";
+    let (out, _) = exchange(&proxy, script).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{text:?}"
+    );
+    assert!(!text.contains("evil.example") && !text.contains("99"), "{text:?}");
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_a_body_of_unknown_length_unframed_until_the_close() {
+    let (address, seen) = instance(CHUNKED).await;
+    let proxy = proxy(&address);
+    let (out, closed) = exchange(&proxy, b"GET /old HTTP/1.0\r\nhost: a\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(closed);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "never chunked to 1.0: {text}"
+    );
+    assert!(text.ends_with("\r\n\r\nok!!!"), "the body as it came, ended by the close: {text:?}");
+    let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(upstream.starts_with("GET /old HTTP/1.1\r\n"), "spoken in 1.1 upstream: {upstream}");
+}
