@@ -9,7 +9,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use support::fleet::{answers, config, host, push, routes_to};
+use support::fleet::{answers, config, host, push, routes_to, two_hosts_on_base};
 use support::load::{Load, Reuse, Spec};
 use support::zk::Zk;
 use support::{write_file, Backend, Gateway, Toml};
@@ -172,12 +172,7 @@ fn a_canary_that_answers_worse_than_the_other_hosts_is_rolled_back_by_itself() {
     let (good, bad) = (Backend::start("good"), Backend::start("bad"));
     bad.failing.store(true, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
-    let (h1, h2) = (host(&zk, "h1", &good), host(&zk, "h2", &good));
-    assert_eq!(config(&h1, &["init"]).0, 0);
-    let base = push(&h1, &write_file(dir.path(), "base.toml", &routes_to(&good)), "base");
-    assert_eq!(config(&h1, &["rollout", &base, "--all"]).0, 0);
-    let (code, out, _) = config(&h1, &["status", "--wait", &base, "--timeout", "20s"]);
-    assert_eq!(code, 0, "{out}");
+    let (h1, h2, base) = two_hosts_on_base(&zk, &good, dir.path());
     let broken = push(&h1, &write_file(dir.path(), "broken.toml", &routes_to(&bad)), "broken");
     let mut spec = Spec::paced(h1.port, Reuse::Unchecked);
     (spec.keep_alive, spec.fresh, spec.rate) = (4, 1, 200);
@@ -375,11 +370,7 @@ fn a_paused_rollout_holds_its_canaries_and_goes_on_when_resumed() {
     let zk = Zk::standalone();
     let good = Backend::start("good");
     let dir = tempfile::tempdir().unwrap();
-    let (h1, h2) = (host(&zk, "h1", &good), host(&zk, "h2", &good));
-    assert_eq!(config(&h1, &["init"]).0, 0);
-    let base = push(&h1, &write_file(dir.path(), "base.toml", &routes_to(&good)), "base");
-    assert_eq!(config(&h1, &["rollout", &base, "--all"]).0, 0);
-    assert_eq!(config(&h1, &["status", "--wait", &base, "--timeout", "20s"]).0, 0);
+    let (h1, h2, base) = two_hosts_on_base(&zk, &good, dir.path());
     let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
     let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
     let mut rollout = std::process::Command::new(support::zkgate())

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::fleet::{answers, config, host, push, routes_to, Deciding};
+use support::fleet::{answers, config, push, routes_to, two_hosts_on_base, Deciding};
 use support::load::{Load, Reuse, Spec};
 use support::zk::Zk;
 use support::{write_file, Backend};
@@ -18,12 +18,7 @@ fn a_canary_whose_workers_crash_loop_reverts_by_itself_and_the_rollout_aborts() 
     let zk = Zk::standalone();
     let good = Backend::start("good");
     let dir = tempfile::tempdir().unwrap();
-    let (h1, h2) = (host(&zk, "h1", &good), host(&zk, "h2", &good));
-    assert_eq!(config(&h1, &["init"]).0, 0);
-    let base = push(&h1, &write_file(dir.path(), "base.toml", &routes_to(&good)), "base");
-    assert_eq!(config(&h1, &["rollout", &base, "--all"]).0, 0);
-    let (code, out, _) = config(&h1, &["status", "--wait", &base, "--timeout", "20s"]);
-    assert_eq!(code, 0, "{out}");
+    let (h1, h2, base) = two_hosts_on_base(&zk, &good, dir.path());
     let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
     let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
     let mut spec = Spec::paced(h2.port, Reuse::Unchecked);

@@ -38,6 +38,23 @@ pub fn routes_to(b: &Backend) -> String {
     )
 }
 
+/// Two hosts of one cluster (`h1`, `h2`, each routing to `good`), the tree initialised and a
+/// first release (routes to `good`) stable and served by both: what a rollout test starts
+/// from. Returns the hosts and that release.
+pub fn two_hosts_on_base(
+    zk: &Zk,
+    good: &Backend,
+    dir: &std::path::Path,
+) -> (Gateway, Gateway, String) {
+    let (h1, h2) = (host(zk, "h1", good), host(zk, "h2", good));
+    assert_eq!(config(&h1, &["init"]).0, 0);
+    let base = push(&h1, &super::write_file(dir, "base.toml", &routes_to(good)), "base");
+    assert_eq!(config(&h1, &["rollout", &base, "--all"]).0, 0);
+    let (code, out, _) = config(&h1, &["status", "--wait", &base, "--timeout", "20s"]);
+    assert_eq!(code, 0, "{out}");
+    (h1, h2, base)
+}
+
 /// A host of the fleet: its own file (and release cache) in `dir`, routing everything to
 /// `good` until a release says otherwise.
 pub fn host(zk: &Zk, name: &str, good: &Backend) -> Gateway {

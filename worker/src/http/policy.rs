@@ -148,6 +148,25 @@ impl HeadSink for HeaderMap {
     }
 }
 
+/// `X-Forwarded-For`: a trusted peer's list (`hops`, every line, joined: RFC 9110 §5.3), then
+/// this hop (`peer`); with no list, this hop alone — no buffer to build, the common case.
+fn forwarded_for<'l>(
+    mut hops: impl Iterator<Item = Line<'l>>,
+    peer: &str,
+    out: &mut impl HeadSink,
+) {
+    let Some(first) = hops.next() else {
+        return out.put(b"x-forwarded-for", peer.as_bytes());
+    };
+    let mut xff = Vec::with_capacity(64);
+    for hop in std::iter::once(first).chain(hops) {
+        xff.extend_from_slice(hop.value);
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(peer.as_bytes());
+    out.put(b"x-forwarded-for", &xff);
+}
+
 /// Whether a comma-separated header value lists `token` (without regard to case).
 pub fn lists(value: &[u8], token: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
@@ -292,23 +311,9 @@ impl Policy {
             }
         }
         if ours(b"x-forwarded-for") {
-            // A trusted peer's list (every line, joined: RFC 9110 §5.3), then this hop; from
-            // anyone else, this hop alone (no buffer to build: the common case).
             let hops = lines.clone().filter(|l| l.kind == Kind::ForwardedFor);
-            let mut hops =
-                hops.filter(|l| trusted && !l.value.is_empty() && !named.contains(l.name));
-            match hops.next() {
-                None => out.put(b"x-forwarded-for", origin.peer_text.as_bytes()),
-                Some(first) => {
-                    let mut xff = Vec::with_capacity(64);
-                    for hop in std::iter::once(first).chain(hops) {
-                        xff.extend_from_slice(hop.value);
-                        xff.extend_from_slice(b", ");
-                    }
-                    xff.extend_from_slice(origin.peer_text.as_bytes());
-                    out.put(b"x-forwarded-for", &xff);
-                }
-            }
+            let hops = hops.filter(|l| trusted && !l.value.is_empty() && !named.contains(l.name));
+            forwarded_for(hops, origin.peer_text, out);
         }
         if !sent.proto && ours(b"x-forwarded-proto") {
             out.put(b"x-forwarded-proto", origin.scheme.as_bytes());
