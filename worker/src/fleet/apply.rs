@@ -136,6 +136,14 @@ pub fn record_rejection(cache: &Path, id: &str, why: &str) -> std::io::Result<()
     write_whole(&cache.join(REJECTED), line.as_bytes())
 }
 
+/// Forgets the last refusal when it names `id` (now applied).
+pub fn clear_rejection(cache: &Path, id: &str) -> std::io::Result<()> {
+    match last_rejection(cache) {
+        Some((refused, _)) if refused == id => remove_if_any(&cache.join(REJECTED)),
+        _ => Ok(()),
+    }
+}
+
 /// The last release refused or reverted on this host, and why.
 pub fn last_rejection(cache: &Path) -> Option<(String, String)> {
     let text = std::fs::read_to_string(cache.join(REJECTED)).ok()?;
@@ -298,6 +306,14 @@ impl Watcher {
                     self.serving.as_deref().unwrap_or("the file")
                 );
                 self.host.releases().applying(id, flip_ms);
+                // Refused here once (a file the host lacked then), served now: no longer its
+                // rejection, or a rollout of it would read the old refusal as a new one.
+                if self.rejected.as_ref().is_some_and(|(refused, _)| refused == id) {
+                    self.rejected = None;
+                    if let Err(e) = clear_rejection(&self.hooks.cache, id) {
+                        log::warn!("fleet {cluster}: cannot clear the refusal of {id}: {e}");
+                    }
+                }
                 (self.hooks.reload)();
                 true
             }
@@ -362,6 +378,11 @@ mod tests {
         assert_eq!(current(&cache), None);
         let why = reverted(&cache);
         assert_eq!(why, [("r-2".into(), "crashed thrice ".into()), ("r-1".into(), "hung".into())]);
+        assert_eq!(last_rejection(&cache), Some(("r-1".into(), "hung".into())));
+        clear_rejection(&cache, "r-2").unwrap();
+        assert!(last_rejection(&cache).is_some(), "another release's refusal stays");
+        clear_rejection(&cache, "r-1").unwrap();
+        assert_eq!(last_rejection(&cache), None);
         // From the file, a release's previous is the file again.
         cache_release(&cache, "r-3", "c").unwrap();
         assert_eq!(revert(&cache, "r-3", "x").unwrap(), None);
