@@ -125,7 +125,8 @@ fn step(
     let started = Instant::now();
     rt.block_on(async {
         let (_, version) = store.channel("stable").await.unwrap();
-        store.flip("stable", (id, version), ("bench", "rollout", what)).await.unwrap();
+        let change = worker::fleet::store::Change { who: "bench", verb: "rollout", why: what };
+        store.flip("stable", (id, version), change).await.unwrap();
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let took: Vec<u64> = loop {

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use worker::config::fleet::DYNAMIC_SECTIONS;
 use worker::config::Config;
-use worker::fleet::store::{Store, StoreError};
+use worker::fleet::store::{Change, Store, StoreError};
 
 /// The fleet verbs.
 #[derive(Subcommand)]
@@ -356,7 +356,13 @@ async fn move_channels(store: &Store, verb: Verb) -> anyhow::Result<u8> {
     match verb {
         Verb::Rollout { release, canary: None, message, .. } => {
             let (from, version) = store.channel("stable").await?;
-            store.flip("stable", (&release, version), (&who(), "rollout", &message)).await?;
+            store
+                .flip(
+                    "stable",
+                    (&release, version),
+                    Change { who: &who(), verb: "rollout", why: &message },
+                )
+                .await?;
             println!("stable: {} -> {release}", from.as_deref().unwrap_or("nothing"));
         }
         Verb::Rollout {
@@ -392,7 +398,13 @@ async fn move_channels(store: &Store, verb: Verb) -> anyhow::Result<u8> {
                 Some(to) => to,
                 None => previous(store, now.as_deref()).await?,
             };
-            store.flip("stable", (&to, version), (&who(), "rollback", &message)).await?;
+            store
+                .flip(
+                    "stable",
+                    (&to, version),
+                    Change { who: &who(), verb: "rollback", why: &message },
+                )
+                .await?;
             println!("stable: {} -> {to}", now.as_deref().unwrap_or("nothing"));
         }
         _ => unreachable!("only the verbs that move channels come here"),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use worker::fleet::store::{HostState, Rollout, Store};
+use worker::fleet::store::{Change, HostState, Rollout, Store};
 
 /// How a staged rollout goes.
 pub struct Plan {
@@ -89,7 +89,7 @@ pub async fn staged(
         } else {
             format!("stage {n} of {} hosts", eligible.len())
         };
-        store.set_rollout(&rollout, version, (who, &verb, why)).await?;
+        store.set_rollout(&rollout, version, Change { who, verb: &verb, why }).await?;
         println!(
             "canary: {} serve {release} for {}",
             canary.join(" "),
@@ -98,7 +98,7 @@ pub async fn staged(
         match bake(store, &rollout, plan.bake).await? {
             Baked::Passed => {}
             Baked::Regressed(why) => {
-                finish(store, "aborted", (who, "abort", &why)).await?;
+                finish(store, "aborted", Change { who, verb: "abort", why: &why }).await?;
                 println!("aborted: {why}");
                 return Ok(2);
             }
@@ -110,8 +110,10 @@ pub async fn staged(
         version = store.rollout().await?.1;
     }
     let (_, version) = store.channel("stable").await?;
-    store.flip("stable", (release, version), (who, "promote", "bake passed")).await?;
-    finish(store, "promoted", (who, "promoted", "bake passed")).await?;
+    store
+        .flip("stable", (release, version), Change { who, verb: "promote", why: "bake passed" })
+        .await?;
+    finish(store, "promoted", Change { who, verb: "promoted", why: "bake passed" }).await?;
     println!("promoted: stable -> {release}");
     Ok(0)
 }
@@ -304,7 +306,7 @@ fn regression(
 }
 
 /// Ends the rollout in progress with `state`, its audit entry recording why.
-async fn finish(store: &Store, state: &str, audit: (&str, &str, &str)) -> anyhow::Result<()> {
+async fn finish(store: &Store, state: &str, audit: Change<'_>) -> anyhow::Result<()> {
     let (current, version) = store.rollout().await?;
     let Some(mut r) = current.filter(in_progress) else {
         bail!("no rollout in progress");
@@ -321,8 +323,10 @@ pub async fn promote(store: &Store, who: &str) -> anyhow::Result<()> {
         bail!("no rollout in progress");
     };
     let (_, version) = store.channel("stable").await?;
-    store.flip("stable", (&r.release, version), (who, "promote", "by hand")).await?;
-    finish(store, "promoted", (who, "promoted", "by hand")).await?;
+    store
+        .flip("stable", (&r.release, version), Change { who, verb: "promote", why: "by hand" })
+        .await?;
+    finish(store, "promoted", Change { who, verb: "promoted", why: "by hand" }).await?;
     println!("promoted: stable -> {}", r.release);
     Ok(())
 }
@@ -341,14 +345,14 @@ pub async fn hold(store: &Store, (from, to): (&str, &str), who: &str) -> anyhow:
     };
     r.state = to.to_string();
     let verb = if to == "paused" { "pause" } else { "resume" };
-    store.set_rollout(&r, version, (who, verb, "by hand")).await?;
+    store.set_rollout(&r, version, Change { who, verb, why: "by hand" }).await?;
     println!("{verb}d: {}", r.release);
     Ok(())
 }
 
 /// `abort`: the canaries go back to stable.
 pub async fn abort(store: &Store, (who, why): (&str, &str)) -> anyhow::Result<()> {
-    finish(store, "aborted", (who, "abort", why)).await?;
+    finish(store, "aborted", Change { who, verb: "abort", why }).await?;
     println!("aborted");
     Ok(())
 }

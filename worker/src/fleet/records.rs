@@ -39,6 +39,18 @@ pub struct AuditEntry {
     pub at_ms: u64,
 }
 
+/// Who changes the tree, how and why: what an audit entry records beside the releases (named
+/// fields: three strings in a tuple would swap unseen).
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    /// Who (user@host).
+    pub who: &'a str,
+    /// The verb (`rollout`, `rollback`, `canary`, `promote`, `abort` …).
+    pub verb: &'a str,
+    /// The operator's words, or the deciding command's.
+    pub why: &'a str,
+}
+
 /// A staged rollout: its canary hosts serve `release` while `state` is `canary`; everyone
 /// else follows `stable`. Whoever decides (the operator's `zkgate config rollout`, or a
 /// later `promote`/`abort`) moves it on; if that process dies the rollout waits, it is never

@@ -23,7 +23,7 @@ use serde::Serialize;
 use zookeeper_client as zk;
 
 use crate::config::{FleetSettings, ZkSettings};
-pub use crate::fleet::records::{release_id, AuditEntry, HostState, Manifest, Rollout};
+pub use crate::fleet::records::{release_id, AuditEntry, Change, HostState, Manifest, Rollout};
 
 /// The largest chunk of a release's bytes one request carries.
 pub const CHUNK: usize = 512 * 1024;
@@ -193,7 +193,7 @@ impl Store {
         &self,
         rollout: &Rollout,
         version: i32,
-        (who, verb, why): (&str, &str, &str),
+        Change { who, verb, why }: Change<'_>,
     ) -> Result<(), StoreError> {
         let path = self.path("rollout");
         let entry = AuditEntry {
@@ -338,7 +338,7 @@ impl Store {
         &self,
         channel: &str,
         (to, version): (&str, i32),
-        (who, verb, why): (&str, &str, &str),
+        Change { who, verb, why }: Change<'_>,
     ) -> Result<(), StoreError> {
         self.manifest(to).await?;
         let path = self.path(&format!("channels/{channel}"));
