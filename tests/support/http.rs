@@ -243,6 +243,17 @@ pub fn raw(port: u16, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// As [`raw`], for a request that asks the gateway to close (`Connection: close`): waits up to
+/// 20 s for the close, so a slow machine cannot cut the answer short.
+pub fn raw_until_close(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The status code of a raw answer (0 when there is none).
 pub fn status_of(response: &str) -> u16 {
     response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
