@@ -7,7 +7,7 @@
 //! the lease goes (its session dropped, not closed) and a new one takes the lease, opens a new
 //! session, replaces the host's node and watches the channels again. What the simulation
 //! leaves out is what a reload costs that is not fleet configuration: each new worker's own
-//! discovery session and registry sync (see SCALING.md), and the binary's `check` of the
+//! discovery session and registry sync (see docs/SCALING.md), and the binary's `check` of the
 //! release (CPU on the host, no ZooKeeper request; a TOML parse stands in for it).
 //!
 //! For each step — the first release to stable, a second release (200 routes) to stable, a
