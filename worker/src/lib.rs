@@ -198,13 +198,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
     let transports =
         Arc::new(http::transport::Transports::from_config(&config).map_err(Error::Transport)?);
-    let auth = auth::Auth::from_config(&config).unwrap_or_else(|(auth, errors)| {
-        for e in errors {
-            log::error!("{e}: its routes answer 503 until a reload loads it");
-        }
-        auth
-    });
-    auth.start_refreshing();
+    let auth = load_auth(&config);
     let shared = http::proxy::Shared {
         table: table.clone(),
         ready: ready.clone(),
@@ -258,6 +252,19 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     drain(&server, (stop, accept_loops), &mut signals, (slot, config.server.shutdown_timeout))
         .await;
     Ok(())
+}
+
+/// The `[auth.NAME]` sections, loaded and refreshing; a section that did not load is logged
+/// and its routes answer 503 until a reload loads it.
+fn load_auth(config: &Config) -> auth::Auth {
+    let auth = auth::Auth::from_config(config).unwrap_or_else(|(auth, errors)| {
+        for e in errors {
+            log::error!("{e}: its routes answer 503 until a reload loads it");
+        }
+        auth
+    });
+    auth.start_refreshing();
+    auth
 }
 
 /// The admin API on its socket (listening from now on), with what it reports on.

@@ -147,6 +147,35 @@ impl Admin {
                 .is_some_and(|a| a.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&name)))
     }
 
+    /// With `admin.token`: the request's bearer token (or, for the dashboard page only,
+    /// `?token=`) must match it; `Some` is the 401 to send when it does not.
+    fn unauthorized<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let token = self.token.as_ref()?;
+        let header_token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token);
+        // A browser cannot send a bearer token when it opens the dashboard: the page (only
+        // it) also takes `?token=`, and its scripts send the header.
+        let query_token = (req.uri().path() == "/")
+            .then(|| req.uri().query())
+            .flatten()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        let ok = header_token
+            .or(query_token)
+            .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+        if ok {
+            return None;
+        }
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(r)
+    }
+
     fn answer<B>(&self, req: &Request<B>) -> Response<Body> {
         if !self.host_allowed(req) {
             return json(
@@ -154,30 +183,8 @@ impl Admin {
                 serde_json::json!({"error": "this Host is not the admin API's (admin.allowed_hosts)"}),
             );
         }
-        if let Some(token) = &self.token {
-            let header_token = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token);
-            // A browser cannot send a bearer token when it opens the dashboard: the page (only
-            // it) also takes `?token=`, and its scripts send the header.
-            let query_token = (req.uri().path() == "/")
-                .then(|| req.uri().query())
-                .flatten()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-            let ok = header_token
-                .or(query_token)
-                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
-            if !ok {
-                let mut r = json(
-                    StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error": "missing or wrong bearer token"}),
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
-            }
+        if let Some(refused) = self.unauthorized(req) {
+            return refused;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "GET only"}));
