@@ -9,7 +9,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use support::fleet::{answers, config, host, push, routes_to, two_hosts_on_base};
+use support::fleet::{answers, config, host, push, push_next, routes_to, two_hosts_on_base};
 use support::load::{Load, Reuse, Spec};
 use support::zk::Zk;
 use support::{write_file, Backend, Gateway, Toml};
@@ -208,8 +208,7 @@ fn a_canary_that_answers_worse_than_the_other_hosts_is_rolled_back_by_itself() {
     let abort = history.lines().find(|l| l.contains("\tabort\t")).expect(&history);
     assert!(abort.contains("5xx share") && abort.contains("requests"), "{abort}");
     // A release that bakes well becomes stable, and every host serves it.
-    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
-    let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
+    let next = push_next(&h1, &good, dir.path());
     let (code, out, err) = config(&h1, &["rollout", &next, "--canary", "1", "--bake", "3s"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("promoted: stable -> {next}")), "{out}");
@@ -371,8 +370,7 @@ fn a_paused_rollout_holds_its_canaries_and_goes_on_when_resumed() {
     let good = Backend::start("good");
     let dir = tempfile::tempdir().unwrap();
     let (h1, h2, base) = two_hosts_on_base(&zk, &good, dir.path());
-    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
-    let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
+    let next = push_next(&h1, &good, dir.path());
     let mut rollout = std::process::Command::new(support::zkgate())
         .args(["config", "rollout", &next, "--canary", "1", "--bake", "3s", "-c"])
         .arg(&h1.config_path)

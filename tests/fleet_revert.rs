@@ -8,10 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::fleet::{answers, config, push, routes_to, two_hosts_on_base, Deciding};
+use support::fleet::{answers, config, push_next, two_hosts_on_base, Deciding};
 use support::load::{Load, Reuse, Spec};
 use support::zk::Zk;
-use support::{write_file, Backend};
+use support::Backend;
 
 #[test]
 fn a_canary_whose_workers_crash_loop_reverts_by_itself_and_the_rollout_aborts() {
@@ -19,8 +19,7 @@ fn a_canary_whose_workers_crash_loop_reverts_by_itself_and_the_rollout_aborts() 
     let good = Backend::start("good");
     let dir = tempfile::tempdir().unwrap();
     let (h1, h2, base) = two_hosts_on_base(&zk, &good, dir.path());
-    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(&good));
-    let next = push(&h1, &write_file(dir.path(), "next.toml", &next), "next");
+    let next = push_next(&h1, &good, dir.path());
     let mut spec = Spec::paced(h2.port, Reuse::Unchecked);
     (spec.keep_alive, spec.fresh, spec.rate) = (4, 1, 200);
     let load2 = Load::start(spec);

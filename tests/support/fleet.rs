@@ -55,6 +55,13 @@ pub fn two_hosts_on_base(
     (h1, h2, base)
 }
 
+/// A second release, routing as the first (`routes_to(good)`) with tracing sampled: a change
+/// a rollout can carry without changing any answer. Its id.
+pub fn push_next(h1: &Gateway, good: &Backend, dir: &std::path::Path) -> String {
+    let next = format!("{}\n[tracing]\nsample = 0.5\n", routes_to(good));
+    push(h1, &super::write_file(dir, "next.toml", &next), "next")
+}
+
 /// A host of the fleet: its own file (and release cache) in `dir`, routing everything to
 /// `good` until a release says otherwise.
 pub fn host(zk: &Zk, name: &str, good: &Backend) -> Gateway {

@@ -235,19 +235,19 @@ fn chunked_end(buf: &[u8], mut at: usize) -> Option<usize> {
 /// Sends raw bytes on a new connection; returns what came back until the gateway closed it or
 /// 3 s passed.
 pub fn raw(port: u16, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    raw_within(port, bytes, Duration::from_secs(3))
 }
 
 /// As [`raw`], for a request that asks the gateway to close (`Connection: close`): waits up to
 /// 20 s for the close, so a slow machine cannot cut the answer short.
 pub fn raw_until_close(port: u16, bytes: &[u8]) -> String {
+    raw_within(port, bytes, Duration::from_secs(20))
+}
+
+/// Sends raw bytes; what came back until the close or `limit` without a byte.
+fn raw_within(port: u16, bytes: &[u8], limit: Duration) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
     s.write_all(bytes).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
