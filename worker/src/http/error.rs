@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::HeaderMap;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -92,7 +93,7 @@ impl ProxyError {
     }
 
     /// The JSON answer: `{"error": "...", "service": "..."}`.
-    pub fn into_response(self) -> Response<Body> {
+    pub fn into_answer(self) -> OwnAnswer {
         let message = match &self {
             ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
                 "upstream timeout".to_string()
@@ -106,26 +107,87 @@ impl ProxyError {
             ProxyError::Upstream(..) => "upstream failure".to_string(),
             other => other.to_string(),
         };
-        let mut resp = json_response(self.status(), &message, self.service());
+        let mut answer = OwnAnswer::json(self.status(), &message, self.service());
         match self {
             ProxyError::NotReady(_) => {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                answer.headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::RateLimited(_, wait) => {
                 let secs = retry_after(wait);
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                answer.headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ProxyError::Refused(StatusCode::METHOD_NOT_ALLOWED, _) => {
-                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+                answer.headers.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
             }
             ProxyError::Auth(_, Refusal { challenge: Some(c), .. }) => {
                 if let Ok(v) = HeaderValue::from_str(&c) {
-                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    answer.headers.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
             _ => {}
         }
+        answer
+    }
+}
+
+/// An answer the gateway writes itself (a refusal, `OPTIONS *`): whole in memory, built once
+/// and rendered by each protocol side — as bytes by the engine ([`OwnAnswer::write_h1`]), as a
+/// `Response` by hyper ([`OwnAnswer::into_response`]) — so both send the same status, headers
+/// and body.
+#[derive(Debug, Clone)]
+pub struct OwnAnswer {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers, framing aside (each side frames the body its own way).
+    pub headers: HeaderMap,
+    /// Its body, whole.
+    pub body: Bytes,
+}
+
+impl OwnAnswer {
+    /// A small JSON error body, for the proxy and the server's own refusals.
+    pub fn json(status: StatusCode, error: &str, service: Option<&str>) -> Self {
+        let mut body = serde_json::json!({ "error": error });
+        if let Some(s) = service {
+            body["service"] = serde_json::Value::from(s);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        OwnAnswer { status, headers, body: Bytes::from(format!("{body}\n")) }
+    }
+
+    /// An empty answer with this status.
+    pub fn empty(status: StatusCode) -> Self {
+        OwnAnswer { status, headers: HeaderMap::new(), body: Bytes::new() }
+    }
+
+    /// The answer on hyper's side.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(Full::new(self.body).map_err(|never| match never {}).boxed());
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
         resp
+    }
+
+    /// The answer as the engine writes it: an HTTP/1.1 head with `Content-Length` (and
+    /// `Connection: close` when the connection ends after it), then the body.
+    pub fn write_h1(&self, close: bool, out: &mut Vec<u8>) {
+        use crate::http::policy::HeadSink as _;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &self.headers {
+            out.put(name.as_str().as_bytes(), value.as_bytes());
+        }
+        out.put(b"content-length", self.body.len().to_string().as_bytes());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
     }
 }
 
@@ -163,20 +225,20 @@ impl ProxyError {
 
     /// The answer to a gRPC client: HTTP 200 with `grpc-status` and `grpc-message` and no body
     /// (a "trailers-only" response), as gRPC servers and Envoy answer.
-    pub fn into_grpc_response(self) -> Response<Body> {
+    pub fn into_grpc_answer(self) -> OwnAnswer {
         let (code, _) = self.grpc_status();
         let message = match self.service() {
             Some(s) => format!("zkgate: service {s}: {self}"),
             None => format!("zkgate: {self}"),
         };
-        let mut resp = Response::new(full(String::new()));
-        let h = resp.headers_mut();
+        let mut answer = OwnAnswer::empty(StatusCode::OK);
+        let h = &mut answer.headers;
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(u16::from(code)));
         if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
             h.insert("grpc-message", v);
         }
-        resp
+        answer
     }
 }
 
@@ -200,22 +262,6 @@ pub fn retry_after(wait: std::time::Duration) -> u64 {
 
 /// Methods the gateway forwards (for `Allow`).
 pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE";
-
-/// A small JSON error body, for the proxy and the server's own refusals.
-pub fn json_response(status: StatusCode, error: &str, service: Option<&str>) -> Response<Body> {
-    let mut body = serde_json::json!({ "error": error });
-    if let Some(s) = service {
-        body["service"] = serde_json::Value::from(s);
-    }
-    let mut resp = Response::new(full(format!("{body}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn full(s: String) -> Body {
-    Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed()
-}
 
 #[cfg(test)]
 mod tests {

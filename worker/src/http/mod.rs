@@ -49,6 +49,9 @@ pub mod inflight;
 pub mod limits;
 mod logging;
 pub mod mirror;
+pub mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
@@ -60,6 +63,9 @@ pub mod trailers;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;
+
+#[cfg(test)]
+mod testing;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

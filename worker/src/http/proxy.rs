@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::HeaderName;
-use http::Response;
 use tokio::sync::watch;
 
 use crate::auth::{Auth, Identity, Presented, Refusal};
@@ -281,12 +280,6 @@ impl Proxy {
             return Err(ProxyError::NotReady(name.to_string()));
         }
         Err(ProxyError::UnknownService(name.to_string()))
-    }
-
-    /// The gateway's own answer, logged at the level the failure deserves.
-    pub(crate) fn answer_error(&self, e: ProxyError, line: &RequestLine<'_>) -> Response<Body> {
-        self.log_error(&e, line);
-        e.into_response()
     }
 }
 

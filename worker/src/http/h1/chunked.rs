@@ -84,7 +84,6 @@ impl Decoder {
     ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
-            let b = input[i];
             match self.state {
                 State::Done => return Ok(i),
                 State::Data => {
@@ -96,104 +95,126 @@ impl Decoder {
                     if self.size == 0 {
                         self.state = State::DataCr;
                     }
-                    continue;
                 }
-                State::Size => match hex(b) {
-                    Some(d) => {
-                        if self.digits == 16 {
-                            return Err(ChunkError("chunk size too large"));
-                        }
-                        self.size = self.size << 4 | u64::from(d);
-                        self.digits += 1;
-                    }
-                    None if self.digits == 0 => return Err(ChunkError("chunk size expected")),
-                    None => match b {
-                        b' ' | b'\t' => self.state = State::SizeSpace,
-                        b';' => self.state = State::Extension,
-                        b'\r' => self.state = State::SizeLf,
-                        _ => return Err(ChunkError("bad character in chunk size")),
-                    },
-                },
-                State::SizeSpace => match b {
-                    b' ' | b'\t' => {}
-                    b';' => self.state = State::Extension,
-                    b'\r' => self.state = State::SizeLf,
-                    _ => return Err(ChunkError("bad character after chunk size")),
-                },
-                State::Extension => match b {
-                    b'\r' => self.state = State::SizeLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => {}
-                    _ => return Err(ChunkError("control character in chunk extension")),
-                },
-                State::SizeLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError("CR without LF after chunk size"));
-                    }
-                    self.digits = 0;
-                    self.line = 0;
-                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
+                State::Size | State::SizeSpace | State::Extension | State::SizeLf => {
+                    self.size_line(input[i])?;
                     i += 1;
-                    continue;
                 }
                 State::DataCr => {
-                    if b != b'\r' {
+                    if input[i] != b'\r' {
                         return Err(ChunkError("chunk data longer than its size"));
                     }
                     self.state = State::DataLf;
+                    i += 1;
                 }
                 State::DataLf => {
-                    if b != b'\n' {
+                    if input[i] != b'\n' {
                         return Err(ChunkError("CR without LF after chunk data"));
                     }
                     self.state = State::Size;
+                    i += 1;
                 }
-                State::TrailerStart => match b {
-                    b'\r' => self.state = State::EndLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => {
-                        self.trailer.push(b);
-                        self.state = State::Trailer
-                    }
-                    _ => return Err(ChunkError("control character in trailer")),
-                },
-                State::Trailer => match b {
-                    b'\r' => {
-                        self.trailer.push(b);
-                        self.state = State::TrailerLf
-                    }
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => self.trailer.push(b),
-                    _ => return Err(ChunkError("control character in trailer")),
-                },
-                State::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError("CR without LF in trailer"));
-                    }
-                    self.trailer.push(b);
-                    self.state = State::TrailerStart;
-                }
-                State::EndLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError("CR without LF at the end"));
-                    }
-                    self.state = State::Done;
-                    return Ok(i + 1);
+                State::TrailerStart | State::Trailer | State::TrailerLf | State::EndLf => {
+                    self.trailer_byte(input[i])?;
+                    i += 1;
                 }
             }
-            // Bounds on everything that is not data.
-            if matches!(self.state, State::Size | State::SizeSpace | State::Extension) {
-                self.line += 1;
-                if self.line > MAX_SIZE_LINE {
-                    return Err(ChunkError("chunk size line too long"));
-                }
-            }
-            if matches!(self.state, State::Trailer | State::TrailerLf | State::EndLf) {
-                self.trailers += 1;
-                if self.trailers > MAX_TRAILERS {
-                    return Err(ChunkError("trailer section too large"));
-                }
-            }
-            i += 1;
         }
         Ok(i)
+    }
+
+    /// One byte of a chunk-size line: hex digits, whitespace, an extension, its CRLF; the
+    /// line's length bounded.
+    fn size_line(&mut self, b: u8) -> Result<(), ChunkError> {
+        match self.state {
+            State::Size => match hex(b) {
+                Some(d) => {
+                    if self.digits == 16 {
+                        return Err(ChunkError("chunk size too large"));
+                    }
+                    self.size = self.size << 4 | u64::from(d);
+                    self.digits += 1;
+                }
+                None if self.digits == 0 => return Err(ChunkError("chunk size expected")),
+                None => match b {
+                    b' ' | b'\t' => self.state = State::SizeSpace,
+                    b';' => self.state = State::Extension,
+                    b'\r' => self.state = State::SizeLf,
+                    _ => return Err(ChunkError("bad character in chunk size")),
+                },
+            },
+            State::SizeSpace => match b {
+                b' ' | b'\t' => {}
+                b';' => self.state = State::Extension,
+                b'\r' => self.state = State::SizeLf,
+                _ => return Err(ChunkError("bad character after chunk size")),
+            },
+            State::Extension => match b {
+                b'\r' => self.state = State::SizeLf,
+                b'\t' | b' '..=b'~' | 0x80..=0xff => {}
+                _ => return Err(ChunkError("control character in chunk extension")),
+            },
+            _ => {
+                if b != b'\n' {
+                    return Err(ChunkError("CR without LF after chunk size"));
+                }
+                self.digits = 0;
+                self.line = 0;
+                self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
+                return Ok(());
+            }
+        }
+        if matches!(self.state, State::Size | State::SizeSpace | State::Extension) {
+            self.line += 1;
+            if self.line > MAX_SIZE_LINE {
+                return Err(ChunkError("chunk size line too long"));
+            }
+        }
+        Ok(())
+    }
+
+    /// One byte of the trailer section (kept, for the policy to filter) or of the final CRLF;
+    /// the section's size bounded.
+    fn trailer_byte(&mut self, b: u8) -> Result<(), ChunkError> {
+        match self.state {
+            State::TrailerStart => match b {
+                b'\r' => self.state = State::EndLf,
+                b'\t' | b' '..=b'~' | 0x80..=0xff => {
+                    self.trailer.push(b);
+                    self.state = State::Trailer
+                }
+                _ => return Err(ChunkError("control character in trailer")),
+            },
+            State::Trailer => match b {
+                b'\r' => {
+                    self.trailer.push(b);
+                    self.state = State::TrailerLf
+                }
+                b'\t' | b' '..=b'~' | 0x80..=0xff => self.trailer.push(b),
+                _ => return Err(ChunkError("control character in trailer")),
+            },
+            State::TrailerLf => {
+                if b != b'\n' {
+                    return Err(ChunkError("CR without LF in trailer"));
+                }
+                self.trailer.push(b);
+                self.state = State::TrailerStart;
+            }
+            _ => {
+                if b != b'\n' {
+                    return Err(ChunkError("CR without LF at the end"));
+                }
+                self.state = State::Done;
+                return Ok(());
+            }
+        }
+        if matches!(self.state, State::Trailer | State::TrailerLf | State::EndLf) {
+            self.trailers += 1;
+            if self.trailers > MAX_TRAILERS {
+                return Err(ChunkError("trailer section too large"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -143,48 +143,11 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     head.expect_continue = false;
     head.upgrade = None;
     head.http10 = version == 0;
-    let mut keep_alive = false;
-    let (mut chunked, mut length, mut upgrade_asked) = (false, None, false);
-    for h in req.headers.iter() {
-        let kind = kind_of(h.name.as_bytes());
-        let value = h.value.trim_ascii();
-        match kind {
-            Kind::Host if head.host.is_some() => return Parse::Handover,
-            Kind::Host => head.host = Some(head.lines.len()),
-            Kind::TransferEncoding if chunked => {
-                return Parse::Refuse(400, "several Transfer-Encoding lines")
-            }
-            Kind::TransferEncoding if value.eq_ignore_ascii_case(b"chunked") => chunked = true,
-            Kind::TransferEncoding => return refuse_coding(value),
-            Kind::ContentLength if length.is_some() => {
-                return Parse::Refuse(400, "several Content-Length lines")
-            }
-            Kind::ContentLength => match parse_length(value) {
-                Some(n) => length = Some(n),
-                None => return Parse::Refuse(400, "Content-Length is not a number"),
-            },
-            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => {
-                head.upgrade = Some(head.lines.len())
-            }
-            Kind::HopByHop if h.name.eq_ignore_ascii_case("expect") => {
-                if !value.eq_ignore_ascii_case(b"100-continue") {
-                    return Parse::Refuse(417, "only Expect: 100-continue is supported");
-                }
-                head.expect_continue = true;
-            }
-            Kind::Connection => {
-                head.close |= lists(value, b"close");
-                keep_alive |= lists(value, b"keep-alive");
-                upgrade_asked |= lists(value, b"upgrade");
-            }
-            _ => {}
-        }
-        head.lines.push(Line {
-            name: Span::of(base, h.name.as_bytes()),
-            value: Span::of(base, value),
-            kind,
-        });
-    }
+    let Framed { chunked, length, keep_alive, mut upgrade_asked } =
+        match read_lines(head, req.headers, base) {
+            Ok(framed) => framed,
+            Err(refused) => return refused,
+        };
     if head.http10 {
         // RFC 9112 §6.1: a transfer coding in an HTTP/1.0 message is a framing in doubt. An
         // expectation is ignored (RFC 9110 §10.1.1) and there is no upgrade from HTTP/1.0.
@@ -209,6 +172,68 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
         return Parse::Handover;
     }
     Parse::Complete
+}
+
+/// What the header lines say of the message's framing and its connection.
+struct Framed {
+    chunked: bool,
+    length: Option<u64>,
+    keep_alive: bool,
+    upgrade_asked: bool,
+}
+
+/// Reads the header lines into `head` (spans into the buffer at `base`), noting where `Host`,
+/// `Upgrade` and `Expect` are; `Err` with the verdict for a head refused or handed over.
+fn read_lines(
+    head: &mut RequestHead,
+    headers: &[httparse::Header<'_>],
+    base: *const u8,
+) -> Result<Framed, Parse> {
+    let mut framed =
+        Framed { chunked: false, length: None, keep_alive: false, upgrade_asked: false };
+    for h in headers {
+        let kind = kind_of(h.name.as_bytes());
+        let value = h.value.trim_ascii();
+        match kind {
+            Kind::Host if head.host.is_some() => return Err(Parse::Handover),
+            Kind::Host => head.host = Some(head.lines.len()),
+            Kind::TransferEncoding if framed.chunked => {
+                return Err(Parse::Refuse(400, "several Transfer-Encoding lines"))
+            }
+            Kind::TransferEncoding if value.eq_ignore_ascii_case(b"chunked") => {
+                framed.chunked = true
+            }
+            Kind::TransferEncoding => return Err(refuse_coding(value)),
+            Kind::ContentLength if framed.length.is_some() => {
+                return Err(Parse::Refuse(400, "several Content-Length lines"))
+            }
+            Kind::ContentLength => match parse_length(value) {
+                Some(n) => framed.length = Some(n),
+                None => return Err(Parse::Refuse(400, "Content-Length is not a number")),
+            },
+            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => {
+                head.upgrade = Some(head.lines.len())
+            }
+            Kind::HopByHop if h.name.eq_ignore_ascii_case("expect") => {
+                if !value.eq_ignore_ascii_case(b"100-continue") {
+                    return Err(Parse::Refuse(417, "only Expect: 100-continue is supported"));
+                }
+                head.expect_continue = true;
+            }
+            Kind::Connection => {
+                head.close |= lists(value, b"close");
+                framed.keep_alive |= lists(value, b"keep-alive");
+                framed.upgrade_asked |= lists(value, b"upgrade");
+            }
+            _ => {}
+        }
+        head.lines.push(Line {
+            name: Span::of(base, h.name.as_bytes()),
+            value: Span::of(base, value),
+            kind,
+        });
+    }
+    Ok(framed)
 }
 
 /// A `Transfer-Encoding` other than `chunked`: a real coding before chunked is unsupported

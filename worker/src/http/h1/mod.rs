@@ -25,6 +25,8 @@ pub mod chunked;
 pub mod head;
 pub mod io;
 mod request;
+#[cfg(test)]
+pub(crate) use request::View;
 mod respond;
 pub mod upstream;
 

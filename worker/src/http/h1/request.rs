@@ -1,284 +1,99 @@
-//! One request on the engine, as the shared core's phases: loop check, route, service, limits,
-//! the header policy, the body, forward with retries, the answer — and the gateway's own answer
-//! when a phase refuses.
+//! One request on the engine: the engine's side of the pipeline (`pipeline.rs`). The parsed
+//! head is shown to the phases as an [`Exchange`]; then the engine does what only it can — the
+//! head it forwards, the body, the attempts on its own upstream client, the answer relay — and
+//! writes the gateway's own answer, as bytes, when a phase refuses.
 
+use std::net::SocketAddr;
 use std::time::Instant as StdInstant;
 
 use bytes::Bytes;
-use futures::FutureExt as _;
 use http::uri::PathAndQuery;
-use http::{HeaderName, Method, Response, StatusCode};
-use http_body_util::BodyExt as _;
+use http::{HeaderName, Method, StatusCode};
 
+use crate::http::connections::Client;
 use crate::http::error::ProxyError;
-use crate::http::forward::Replay;
+use crate::http::forward::{Answered, Replay};
 use crate::http::h1::body::{self, Start, Upload};
 use crate::http::h1::head::{lines, BodyFraming, RequestHead};
 use crate::http::h1::io::{write_within, Io};
 use crate::http::h1::respond::{self, respond, Responded, ToClient};
-use crate::http::h1::upstream::Attempt;
+use crate::http::h1::upstream::{Attempt, Reply};
 use crate::http::h1::{Conn, Spare, Step};
 use crate::http::mirror::MirrorCopy;
-use crate::http::policy::{upgrade_allowed, HeadSink, Origin};
-use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
-use crate::http::router::{host_of, RequestView};
+use crate::http::pipeline::{self, Admitted, Exchange};
+use crate::http::policy::{self, upgrade_allowed, HeadSink, Origin};
+use crate::http::proxy::{Proxy, RequestLine, Trace};
+use crate::http::router::{host_of, HeaderActions, RequestView, Target};
 use crate::http::upstream::UpstreamError;
-use crate::http::Body;
+use crate::table::Service;
 
 /// `100 Continue`, sent before the body is read when the client asked for it.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// One request's side of the connection: the parts of [`Conn`] it writes, borrowed apart from
+/// the buffer its head was parsed in (which the phases read meanwhile).
+struct OnEngine<'c, S> {
+    proxy: &'c Proxy,
+    stream: &'c mut S,
+    client: &'c Client,
+    /// The client's address as `X-Forwarded-For` gets it.
+    ip: &'c str,
+    out: &'c mut Vec<u8>,
+    spare: &'c mut Option<Spare>,
+    carry: &'c mut Vec<u8>,
+    used: &'c mut usize,
+    /// The connection ends after this answer: the client asked, the worker drains, or the
+    /// answer failed midway.
+    close: bool,
+    /// The client has body bytes the engine did not read: a refusal must close the connection.
+    body_unread: bool,
+}
+
+/// The instance's side of a request: where its head is, what goes after it, what it asks.
+struct Outgoing<'b> {
+    /// The whole body (sent again when a retry needs it), or the start of a streamed one.
+    body: &'b [u8],
+    /// The rest of a streamed body.
+    upload: Option<&'b mut Upload>,
+    /// An upgrade is asked again on this hop.
+    upgrade: bool,
+    /// The gateway writes `Host` (no `request_headers` rule dropped it).
+    own_host: bool,
+}
+
 impl<S: Io> Conn<'_, S> {
     /// Answers the request whose head is in `buf`; sets `used` (and `carry`) to what it took.
     pub(super) async fn answer(&mut self, draining: bool) -> Step {
-        let proxy = self.proxy;
+        let Conn { proxy, stream, client, ip, buf, head, used, carry, out, spare, .. } = self;
+        let proxy: &Proxy = proxy;
         let _active = proxy.send.forwarder.active();
+        *used = head.len;
+        let view = View::of(buf, head, client.peer);
         let started = StdInstant::now();
-        let head = &self.head;
-        self.used = head.len;
-        let req = &self.buf[..head.len];
-        let method = std::str::from_utf8(head.method.get(req)).unwrap_or("-");
-        let target = std::str::from_utf8(head.target.get(req)).unwrap_or("/");
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
-        let host_value = head.host.map(|i| head.lines[i].value.get(req));
-        let view = View { buf: req, head, path, query, target, host: host_value.and_then(host_of) };
-        let line = RequestLine { method, path, client: self.client.peer, started };
-        // A body the engine does not read (refused before it) leaves the connection unusable.
-        let has_body = head.body != BodyFraming::None;
-        let close = head.close || draining;
+        let line =
+            RequestLine { method: view.method, path: view.path, client: client.peer, started };
         let mut trace = Trace {
             span: proxy.observe.tracer.as_ref().map(|t| t.begin(|n| view.header(n))),
-            bytes_in: match head.body {
-                BodyFraming::Length(n) => n,
-                _ => 0,
-            },
+            bytes_in: view.declared_length().unwrap_or(0),
             ..Trace::default()
         };
-        macro_rules! refuse {
-            ($e:expr, $close:expr) => {
-                return own_answer(
-                    proxy,
-                    &mut self.stream,
-                    &mut self.out,
-                    $e,
-                    (&line, &trace),
-                    $close,
-                )
-                .await
-            };
-        }
-        if proxy.policy.looped(lines(req, &head.lines)) {
-            let why = "request loop: it already passed through this gateway";
-            refuse!(ProxyError::Refused(StatusCode::LOOP_DETECTED, why), close || has_body);
-        }
-        let routed = match proxy.routes.router.route_view(&view) {
-            Ok(routed) => routed,
-            Err(e) => refuse!(ProxyError::Route(e), close || has_body),
-        };
-        trace.rule = routed.rule;
-        let service = match proxy.service(&routed.service) {
-            Ok(service) => service,
-            Err(e) => refuse!(e, close || has_body),
-        };
-        if proxy.send.transports.get(&service.name).is_some() {
-            return Step::Handover;
-        }
-        trace.service = Some(service.clone());
-        let max_body = proxy.settings.max_body_bytes;
-        if let BodyFraming::Length(n) = head.body {
-            if max_body != 0 && n > max_body {
-                refuse!(ProxyError::BodyTooLarge(service.name.clone()), true);
-            }
-        }
-        // Held until the answer is sent (max_requests counts it in flight until then).
-        let _admitted = match proxy.gate.limits.admit(
-            (&proxy.observe.metrics, &proxy.gate.admission),
-            (&service, proxy.routes.router.primary(&routed)),
-            &view,
-            self.client.peer.ip(),
-        ) {
-            Ok(guard) => guard,
-            Err(e) => refuse!(e, close || has_body),
-        };
-        let identity = match proxy.authenticate(&routed, &service.name, &view).await {
-            Ok(identity) => identity,
-            Err(e) => refuse!(e, close || has_body),
-        };
-        if let Err(e) = proxy.gate.limits.admit_identity(
-            (&proxy.observe.metrics, &proxy.gate.admission),
-            (&service, proxy.routes.router.primary(&routed)),
-            identity.as_ref(),
-        ) {
-            refuse!(e, close || has_body);
-        }
-        let key = hash_on(&service, &view, self.client.peer);
-        let actions = proxy.routes.router.header_actions(&routed);
-        let (request_actions, response_actions) = match actions {
-            Some((request, response)) => (Some(request), Some(response)),
-            None => (None, None),
-        };
-        let traceparent = trace.traceparent();
-        let origin = Origin {
-            peer: self.client.peer.ip(),
-            peer_text: &self.ip,
-            scheme: self.client.scheme.as_str(),
-            port: self.client.port,
-            host: view.host,
-            identity: identity.as_ref(),
-            client_cert: self.client.cert_subject.as_deref().map(str::as_bytes),
-            traceparent: traceparent.as_ref().map(|t| &t[..]),
-        };
-        // The request line and every line but Host (it depends on the instance picked).
-        if self.out.capacity() == 0 {
-            self.out = proxy.send.buffers.take();
-        }
-        let base = &mut self.out;
-        base.clear();
-        base.extend_from_slice(head.method.get(req));
-        base.push(b' ');
-        base.extend_from_slice(routed.path.as_str().as_bytes());
-        base.extend_from_slice(b" HTTP/1.1\r\n");
-        proxy.policy.request(lines(req, &head.lines), &origin, request_actions, base);
-        if head.body == BodyFraming::Chunked {
-            base.put(b"transfer-encoding", b"chunked");
-        }
-        // An upgrade is asked again on this hop (the policy drops hop-by-hop lines).
-        // Only to a protocol the operator allows (never h2c): any other goes on as a plain
-        // request, its Upgrade line dropped with the hop-by-hop ones.
-        let upgrade = head
-            .upgrade
-            .map(|i| head.lines[i].value.get(req))
-            .filter(|p| upgrade_allowed(p, &proxy.settings.upgrade_protocols));
-        if let Some(protocol) = upgrade {
-            base.put(b"connection", b"upgrade");
-            base.put(b"upgrade", protocol);
-        }
-        // The body: whole with the head (sent again if a retry needs it), or its start.
-        let mut body_start = Vec::new();
-        let avail = &self.buf[head.len..];
-        let mut upload = match body::start(head.body, avail, max_body, &mut body_start) {
-            Ok(Start::Whole { used }) => {
-                self.used += used;
-                None
-            }
-            Ok(Start::Streamed(upload)) => {
-                self.used = self.buf.len();
-                Some(upload)
-            }
-            Err(e) => refuse!(ProxyError::Upstream(service.name.clone(), e.into()), true),
-        };
-        if upload.is_some() && head.expect_continue {
-            // The client waits for this before it sends the body (nginx says it as it starts
-            // reading the body, as here).
-            if write_within(&mut self.stream, CONTINUE, proxy.settings.idle_timeout).await.is_err()
-            {
-                return Step::Close;
-            }
-        }
-        let own_host = request_actions.is_none_or(|a| !a.drops(b"host"));
-        let method_ = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
-        let replay = Replay::for_request(&method_, upload.is_none() && upgrade.is_none());
-        if upgrade.is_none() {
-            proxy.mirror(&routed, |max_body| {
-                let body = match head.body {
-                    BodyFraming::None => Bytes::new(),
-                    BodyFraming::Length(n) if upload.is_none() && n <= max_body as u64 => {
-                        Bytes::copy_from_slice(&body_start)
-                    }
-                    _ => return None,
-                };
-                let mut headers = http::HeaderMap::new();
-                proxy.policy.request(
-                    lines(req, &head.lines),
-                    &origin,
-                    request_actions,
-                    &mut headers,
-                );
-                let (method, path) = (method_.clone(), routed.path.clone());
-                Some(MirrorCopy { method, path, headers, body })
-            });
-        }
-        let settings = proxy.send.forwarder.settings();
-        let preserved = host_value.filter(|_| settings.preserve_host);
-        let mut spare = self.spare.take();
-        let sent = upload.as_ref().map(|u| u.sent.clone());
-        let mut streamed = upload.as_mut().map(|u| (u, &mut self.stream));
-        let base: &[u8] = base;
-        let attempt = |address| {
-            let address: &str = address;
-            let host: &[u8] = preserved.unwrap_or(address.as_bytes());
-            let Spare { mut request, mut response, head } = spare.take().unwrap_or_default();
-            for buf in [&mut request, &mut response] {
-                if buf.capacity() == 0 {
-                    *buf = proxy.send.buffers.take();
-                }
-            }
-            request.clear();
-            request.extend_from_slice(base);
-            if own_host {
-                request.put(b"host", host);
-            }
-            request.extend_from_slice(b"\r\n");
-            request.extend_from_slice(&body_start);
-            let attempt = Attempt {
-                pool: proxy.send.forwarder.plain_pool(),
-                dialer: proxy.send.forwarder.dialer(),
-                idle_timeout: settings.idle_timeout,
-                request,
-                buf: response,
-                head,
-                head_request: method_ == Method::HEAD,
-                replayable: replay == Replay::IfNoResponse,
-                // A streamed body goes with the first attempt only (it is never replayed).
-                upload: streamed.take().map(|(u, c)| (u, &mut *c)),
-                upgrade: upgrade.is_some(),
-            };
-            (attempt.run(address), sent.clone())
-        };
-        let forwarded =
-            proxy.send.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts).await;
-        let body_done = upload.as_ref().is_none_or(Upload::is_done);
-        if let Some(upload) = upload.as_mut() {
-            self.carry = std::mem::take(&mut upload.leftover);
-        }
-        let answered = match forwarded {
-            Ok(answered) => answered,
-            Err(e) => refuse!(e, close || !body_done),
-        };
-        let status =
-            StatusCode::from_u16(answered.response.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection becomes a tunnel: it stays this connection's (counted open, its
-            // max_connections permit held) until either side closes or it idles out.
-            proxy.log_request(&line, &trace, status, None);
-            let pending = &self.buf[self.used..];
-            respond::tunnel(proxy, &mut self.stream, (answered, response_actions), pending).await;
-            return Step::Close;
-        }
-        let length = proxy.observe.access_log.then(|| respond::content_length(&answered.response));
-        trace.bytes_out = respond::declared_length(&answered.response).unwrap_or(0);
-        let close = close || !body_done;
-        let http10 = head.http10;
-        let (responded, spare) = respond(
+        let mut ex = OnEngine {
             proxy,
-            &mut self.stream,
-            (answered, response_actions),
-            ToClient { close, http10 },
-            &mut self.out,
-        )
-        .await;
-        self.spare = spare;
-        match responded {
-            Responded::Sent(step) => {
-                proxy.log_request(&line, &trace, status, length.flatten().as_deref());
-                step
-            }
-            Responded::Malformed(why) => {
-                let e = ProxyError::Upstream(service.name.clone(), UpstreamError::Failed(why));
-                refuse!(e, true)
+            stream,
+            client,
+            ip,
+            out,
+            spare,
+            carry,
+            used,
+            close: head.close || draining,
+            body_unread: head.body != BodyFraming::None,
+        };
+        match ex.run(&view, &line, &mut trace).await {
+            Ok(step) => step,
+            Err(e) => {
+                let close = ex.close || ex.body_unread;
+                own_answer(proxy, (ex.stream, ex.out), e, (&line, &trace), close).await
             }
         }
     }
@@ -294,62 +109,246 @@ impl<S: Io> Conn<'_, S> {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         log::info!("connection from {}: request refused ({status}): {why}", self.client.peer);
         let e = ProxyError::Refused(status, why);
-        own_answer(
-            self.proxy,
-            &mut self.stream,
-            &mut self.out,
-            e,
-            (&line, &Trace::default()),
-            true,
-        )
-        .await;
+        let to = (&mut self.stream, &mut self.out);
+        own_answer(self.proxy, to, e, (&line, &Trace::default()), true).await;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
     }
 }
 
-/// Sends the gateway's own answer for `e`.
+impl<S: Io> OnEngine<'_, S> {
+    /// The pipeline's phases, then the engine's own: head, body, forward, relay.
+    async fn run(
+        &mut self,
+        view: &View<'_>,
+        line: &RequestLine<'_>,
+        trace: &mut Trace,
+    ) -> Result<Step, ProxyError> {
+        let proxy = self.proxy;
+        let routed = pipeline::route(proxy, view, trace)?;
+        if proxy.send.transports.get(&routed.service.name).is_some() {
+            return Ok(Step::Handover);
+        }
+        let admitted = pipeline::admit(proxy, view, routed).await?;
+        // Held until the answer is sent (max_requests counts it in flight until then).
+        let Admitted { target, service, identity, key, in_flight: _held } = admitted;
+        let actions = proxy.routes.router.header_actions(&target);
+        let (request_actions, response_actions) = (actions.map(|a| a.0), actions.map(|a| a.1));
+        let traceparent = trace.traceparent();
+        let origin = Origin {
+            peer: self.client.peer.ip(),
+            peer_text: self.ip,
+            scheme: self.client.scheme.as_str(),
+            port: self.client.port,
+            host: view.host,
+            identity: identity.as_ref(),
+            client_cert: self.client.cert_subject.as_deref().map(str::as_bytes),
+            traceparent: traceparent.as_ref().map(|t| &t[..]),
+        };
+        let upgrade = view.upgrade(&proxy.settings.upgrade_protocols);
+        self.request_head(view, &target.path, (&origin, request_actions), upgrade);
+        let mut body = Vec::new();
+        let mut upload = self.body_start(view, &service, &mut body)?;
+        if upload.is_some() && view.head.expect_continue {
+            // The client waits for this before it sends the body (nginx says it as it starts
+            // reading the body, as here).
+            let idle = proxy.settings.idle_timeout;
+            if write_within(&mut *self.stream, CONTINUE, idle).await.is_err() {
+                return Ok(Step::Close);
+            }
+        }
+        if upgrade.is_none() {
+            let whole = upload.is_none().then_some(&body[..]);
+            mirror(proxy, view, &target, (&origin, request_actions), whole);
+        }
+        let own_host = request_actions.is_none_or(|a| !a.drops(b"host"));
+        let outgoing =
+            Outgoing { body: &body, upload: upload.as_mut(), upgrade: upgrade.is_some(), own_host };
+        let forwarded = self.forward(view, (&service, key), outgoing, trace).await;
+        if let Some(upload) = upload.as_mut() {
+            *self.carry = std::mem::take(&mut upload.leftover);
+            self.body_unread = !upload.is_done();
+        }
+        self.relay(view, (forwarded?, &service.name), response_actions, (line, trace)).await
+    }
+
+    /// The request line and every header line but `Host` (it depends on the instance picked),
+    /// as the policy writes them, into `out`.
+    fn request_head(
+        &mut self,
+        view: &View<'_>,
+        path: &PathAndQuery,
+        (origin, actions): (&Origin<'_>, Option<&HeaderActions>),
+        upgrade: Option<&[u8]>,
+    ) {
+        if self.out.capacity() == 0 {
+            *self.out = self.proxy.send.buffers.take();
+        }
+        let (head, base) = (view.head, &mut *self.out);
+        base.clear();
+        base.extend_from_slice(head.method.get(view.buf));
+        base.push(b' ');
+        base.extend_from_slice(path.as_str().as_bytes());
+        base.extend_from_slice(b" HTTP/1.1\r\n");
+        self.proxy.policy.request(view.lines(), origin, actions, base);
+        if head.body == BodyFraming::Chunked {
+            base.put(b"transfer-encoding", b"chunked");
+        }
+        if let Some(protocol) = upgrade {
+            base.put(b"connection", b"upgrade");
+            base.put(b"upgrade", protocol);
+        }
+    }
+
+    /// The body: whole with the head (`Ok(None)`), or its start with the rest to stream.
+    fn body_start(
+        &mut self,
+        view: &View<'_>,
+        service: &Service,
+        body: &mut Vec<u8>,
+    ) -> Result<Option<Upload>, ProxyError> {
+        let (head, max) = (view.head, self.proxy.settings.max_body_bytes);
+        match body::start(head.body, &view.buf[head.len..], max, body) {
+            Ok(Start::Whole { used }) => {
+                *self.used += used;
+                self.body_unread = false;
+                Ok(None)
+            }
+            Ok(Start::Streamed(upload)) => {
+                *self.used = view.buf.len();
+                Ok(Some(upload))
+            }
+            Err(e) => Err(ProxyError::Upstream(service.name.clone(), e.into())),
+        }
+    }
+
+    /// Sends the request to an instance of `service` with the engine's own client: each
+    /// attempt writes the head (with the picked instance's `Host`) and the body in one write.
+    async fn forward<'s>(
+        &mut self,
+        view: &View<'_>,
+        (service, key): (&'s std::sync::Arc<Service>, Option<u64>),
+        outgoing: Outgoing<'_>,
+        trace: &mut Trace,
+    ) -> Result<Answered<'s, Reply>, ProxyError> {
+        let Outgoing { body, upload, upgrade, own_host } = outgoing;
+        let forwarder = &self.proxy.send.forwarder;
+        let (settings, buffers) = (forwarder.settings(), &self.proxy.send.buffers);
+        let preserved = view.host_line().filter(|_| settings.preserve_host);
+        let method = Method::from_bytes(view.method.as_bytes()).unwrap_or(Method::POST);
+        let replay = Replay::for_request(&method, upload.is_none() && !upgrade);
+        let sent = upload.as_ref().map(|u| u.sent.clone());
+        let mut streamed = upload.map(|u| (u, &mut *self.stream));
+        let (base, spare) = (&self.out[..], &mut *self.spare);
+        let attempt = |address: &'s str| {
+            let host = preserved.unwrap_or(address.as_bytes());
+            let Spare { mut request, mut response, head } = spare.take().unwrap_or_default();
+            for buf in [&mut request, &mut response] {
+                if buf.capacity() == 0 {
+                    *buf = buffers.take();
+                }
+            }
+            request.clear();
+            request.extend_from_slice(base);
+            if own_host {
+                request.put(b"host", host);
+            }
+            request.extend_from_slice(b"\r\n");
+            request.extend_from_slice(body);
+            let attempt = Attempt {
+                pool: forwarder.plain_pool(),
+                dialer: forwarder.dialer(),
+                idle_timeout: settings.idle_timeout,
+                request,
+                buf: response,
+                head,
+                head_request: method == Method::HEAD,
+                replayable: replay == Replay::IfNoResponse,
+                // A streamed body goes with the first attempt only (it is never replayed).
+                upload: streamed.take().map(|(u, c)| (u, &mut *c)),
+                upgrade,
+            };
+            (attempt.run(address), sent.clone())
+        };
+        forwarder.forward(service, key, replay, attempt, &mut trace.attempts).await
+    }
+
+    /// Relays the instance's answer to the client (a 101 turns the connection into a tunnel).
+    async fn relay(
+        &mut self,
+        view: &View<'_>,
+        (answered, service): (Answered<'_, Reply>, &str),
+        actions: Option<&HeaderActions>,
+        (line, trace): (&RequestLine<'_>, &mut Trace),
+    ) -> Result<Step, ProxyError> {
+        let proxy = self.proxy;
+        let status =
+            StatusCode::from_u16(answered.response.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes a tunnel: it stays this connection's (counted open, its
+            // max_connections permit held) until either side closes or it idles out.
+            proxy.log_request(line, trace, status, None);
+            let pending = &view.buf[*self.used..];
+            respond::tunnel(proxy, &mut *self.stream, (answered, actions), pending).await;
+            return Ok(Step::Close);
+        }
+        let length = proxy.observe.access_log.then(|| respond::content_length(&answered.response));
+        trace.bytes_out = respond::declared_length(&answered.response).unwrap_or(0);
+        let to = ToClient { close: self.close || self.body_unread, http10: view.head.http10 };
+        let (responded, spare) =
+            respond(proxy, &mut *self.stream, (answered, actions), to, self.out).await;
+        *self.spare = spare;
+        match responded {
+            Responded::Sent(step) => {
+                proxy.log_request(line, trace, status, length.flatten().as_deref());
+                Ok(step)
+            }
+            Responded::Malformed(why) => {
+                self.close = true;
+                Err(ProxyError::Upstream(service.to_string(), UpstreamError::Failed(why)))
+            }
+        }
+    }
+}
+
+/// Sends a copy of the request to the route's shadow service (with its body when the body is
+/// whole and small enough; a streamed one is not copied).
+fn mirror(
+    proxy: &Proxy,
+    view: &View<'_>,
+    target: &Target,
+    (origin, actions): (&Origin<'_>, Option<&HeaderActions>),
+    whole: Option<&[u8]>,
+) {
+    proxy.mirror(target, |max_body| {
+        let body = match (view.head.body, whole) {
+            (BodyFraming::None, _) => Bytes::new(),
+            (BodyFraming::Length(n), Some(body)) if n <= max_body as u64 => {
+                Bytes::copy_from_slice(body)
+            }
+            _ => return None,
+        };
+        let mut headers = http::HeaderMap::new();
+        proxy.policy.request(view.lines(), origin, actions, &mut headers);
+        let method = Method::from_bytes(view.method.as_bytes()).unwrap_or(Method::POST);
+        Some(MirrorCopy { method, path: target.path.clone(), headers, body })
+    });
+}
+
+/// Writes the gateway's own answer for `e` (the one [`Proxy::refuse`] builds) as bytes.
 async fn own_answer<S: Io>(
     proxy: &Proxy,
-    client: &mut S,
-    out: &mut Vec<u8>,
+    (client, out): (&mut S, &mut Vec<u8>),
     e: ProxyError,
     (line, trace): (&RequestLine<'_>, &Trace),
     close: bool,
 ) -> Step {
-    let resp = proxy.answer_error(e, line);
-    let status = resp.status();
-    let length = serialise(resp, close, out);
-    proxy.log_request(line, trace, status, Some(&length.to_string()));
+    let answer = proxy.refuse(e, line, false);
+    answer.write_h1(close, out);
+    proxy.log_request(line, trace, answer.status, Some(&answer.body.len().to_string()));
     match write_within(client, out, proxy.settings.idle_timeout).await {
         Ok(()) if !close => Step::KeepAlive,
         _ => Step::Close,
     }
-}
-
-/// The gateway's own answer, serialised; returns the body's length.
-fn serialise(resp: Response<Body>, close: bool, out: &mut Vec<u8>) -> usize {
-    let (parts, body) = resp.into_parts();
-    // The gateway's answers are whole in memory (`error::json_response`).
-    let body = match body.collect().now_or_never() {
-        Some(Ok(collected)) => collected.to_bytes(),
-        _ => Bytes::new(),
-    };
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.put(name.as_str().as_bytes(), value.as_bytes());
-    }
-    out.put(b"content-length", body.len().to_string().as_bytes());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    body.len()
 }
 
 /// Whether the target is made of the characters a URI path and query may hold unescaped (hyper
@@ -361,14 +360,44 @@ pub(super) fn plain_target(buf: &[u8], head: &RequestHead) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(b))
 }
 
-/// A parsed head as the router and the hash key read it.
-struct View<'a> {
+/// A parsed head as the phases read it: the engine's [`Exchange`].
+pub(crate) struct View<'a> {
+    /// The connection's buffer: the head, then whatever followed it.
     buf: &'a [u8],
     head: &'a RequestHead,
+    method: &'a str,
     path: &'a str,
     query: Option<&'a str>,
     target: &'a str,
     host: Option<&'a str>,
+    client: SocketAddr,
+}
+
+impl<'a> View<'a> {
+    /// The head parsed into `head` from `buf`, sent by `client`.
+    pub(crate) fn of(buf: &'a [u8], head: &'a RequestHead, client: SocketAddr) -> Self {
+        let method = std::str::from_utf8(head.method.get(buf)).unwrap_or("-");
+        let target = std::str::from_utf8(head.target.get(buf)).unwrap_or("/");
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let host = head.host.map(|i| head.lines[i].value.get(buf)).and_then(host_of);
+        View { buf, head, method, path, query, target, host, client }
+    }
+
+    /// The `Host` line's value as sent (`preserve_host` forwards it as it came).
+    fn host_line(&self) -> Option<&'a [u8]> {
+        self.head.host.map(|i| self.head.lines[i].value.get(self.buf))
+    }
+
+    /// The upgrade asked again on this hop: only to a protocol the operator allows (never
+    /// h2c); any other goes on as a plain request, its `Upgrade` line dropped with the
+    /// hop-by-hop ones.
+    fn upgrade(&self, allowed: &[String]) -> Option<&'a [u8]> {
+        let protocol = self.head.upgrade.map(|i| self.head.lines[i].value.get(self.buf));
+        protocol.filter(|p| upgrade_allowed(p, allowed))
+    }
 }
 
 impl RequestView for View<'_> {
@@ -396,5 +425,20 @@ impl RequestView for View<'_> {
             .iter()
             .filter(move |l| l.name.get(self.buf).eq_ignore_ascii_case(want))
             .map(|l| l.value.get(self.buf))
+    }
+}
+
+impl Exchange for View<'_> {
+    fn lines(&self) -> impl Iterator<Item = policy::Line<'_>> + Clone {
+        lines(self.buf, &self.head.lines)
+    }
+    fn declared_length(&self) -> Option<u64> {
+        match self.head.body {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+    fn client(&self) -> SocketAddr {
+        self.client
     }
 }

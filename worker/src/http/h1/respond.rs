@@ -15,7 +15,7 @@ use crate::http::forward::Answered;
 use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
 use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
-use crate::http::h1::upstream::Exchange;
+use crate::http::h1::upstream::Reply;
 use crate::http::h1::{Spare, Step};
 use crate::http::policy::{self, status_allows_length, HeadSink, Kind};
 use crate::http::proxy::Proxy;
@@ -31,13 +31,13 @@ pub(super) enum Responded {
 }
 
 /// The answer's `Content-Length`, for the access log.
-pub(super) fn content_length(ex: &Exchange) -> Option<String> {
+pub(super) fn content_length(ex: &Reply) -> Option<String> {
     let line = ex.head.lines.iter().find(|l| l.kind == Kind::ContentLength)?;
     Some(String::from_utf8_lossy(line.value.get(&ex.buf)).into_owned())
 }
 
 /// The answer's `Content-Length` as a number (bytes out, for the metrics): no allocation.
-pub(super) fn declared_length(ex: &Exchange) -> Option<u64> {
+pub(super) fn declared_length(ex: &Reply) -> Option<u64> {
     let line = ex.head.lines.iter().find(|l| l.kind == Kind::ContentLength)?;
     std::str::from_utf8(line.value.get(&ex.buf)).ok()?.trim().parse().ok()
 }
@@ -69,7 +69,7 @@ struct HeadFraming {
 pub(super) async fn respond<S: Io>(
     proxy: &Proxy,
     client: &mut S,
-    (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
+    (answered, actions): (Answered<'_, Reply>, Option<&HeaderActions>),
     to: ToClient,
     out: &mut Vec<u8>,
 ) -> (Responded, Option<Spare>) {
@@ -133,7 +133,7 @@ pub(super) async fn respond<S: Io>(
                 && copy_until_close(&mut ex, client, (idle, raw), out).await
         }
     };
-    let Exchange { conn, head, buf, request } = ex;
+    let Reply { conn, head, buf, request } = ex;
     if done && reusable {
         proxy.send.forwarder.plain_pool().put(address, conn);
     }
@@ -152,7 +152,7 @@ pub(super) async fn respond<S: Io>(
 pub(super) async fn tunnel<S: Io>(
     proxy: &Proxy,
     client: &mut S,
-    (answered, actions): (Answered<'_, Exchange>, Option<&HeaderActions>),
+    (answered, actions): (Answered<'_, Reply>, Option<&HeaderActions>),
     pending: &[u8],
 ) {
     let Answered { response: mut ex, address, inflight } = answered;
@@ -183,7 +183,7 @@ pub(super) async fn tunnel<S: Io>(
 /// The response head as the client receives it.
 fn response_head(
     proxy: &Proxy,
-    (ex, actions): (&Exchange, Option<&HeaderActions>),
+    (ex, actions): (&Reply, Option<&HeaderActions>),
     address: &str,
     HeadFraming { rechunk, close }: HeadFraming,
     out: &mut Vec<u8>,
@@ -212,7 +212,7 @@ fn response_head(
 
 /// Copies the rest of a `Content-Length` body (`left` bytes).
 async fn copy_length<S: Io>(
-    ex: &mut Exchange,
+    ex: &mut Reply,
     client: &mut S,
     mut left: u64,
     idle: Duration,
@@ -246,7 +246,7 @@ fn frame(data: &[u8], raw: bool, out: &mut Vec<u8>) {
 
 /// Decodes the rest of a chunked body and sends it chunked again (raw to HTTP/1.0).
 async fn copy_chunked<S: Io>(
-    ex: &mut Exchange,
+    ex: &mut Reply,
     client: &mut S,
     (mut decoder, raw): (Decoder, bool),
     idle: Duration,
@@ -281,7 +281,7 @@ async fn copy_chunked<S: Io>(
 
 /// Sends a body delimited by the instance closing, chunked.
 async fn copy_until_close<S: Io>(
-    ex: &mut Exchange,
+    ex: &mut Reply,
     client: &mut S,
     (idle, raw): (Duration, bool),
     out: &mut Vec<u8>,

@@ -5,17 +5,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{serve, End};
-use crate::config::Config;
-use crate::host::Host;
-use crate::http::connections::{Client, Connections, Scheme};
-use crate::http::proxy::{Proxy, Shared};
-use crate::http::router::Router;
-use crate::table::{RouteTable, Source, Tracker};
+use crate::http::connections::{Client, Scheme};
+use crate::http::proxy::Proxy;
 
 /// An instance that answers each request it reads with `answer`, and keeps what it read.
 async fn instance(answer: &'static [u8]) -> (String, Arc<Mutex<Vec<u8>>>) {
@@ -52,24 +47,9 @@ async fn instance(answer: &'static [u8]) -> (String, Arc<Mutex<Vec<u8>>>) {
 
 /// A proxy routing `prefix` to `address`, as a worker builds it.
 fn proxy_for(address: &str, prefix: &str) -> Proxy {
-    let config: Config = toml::from_str(&format!(
+    crate::http::testing::proxy(&format!(
         "[services.web]\ninstances = [\"{address}\"]\n\n[[route]]\npath_prefix = \"{prefix}\"\nservice = \"web\"\n"
     ))
-    .unwrap();
-    let host = Host::local(0);
-    let tracker = Tracker::host(host.instances());
-    let table = Arc::new(ArcSwap::from_pointee(RouteTable::statics(&config, &tracker)));
-    let (_ready_tx, ready) = tokio::sync::watch::channel(Some(Source::Static));
-    let shared = Shared {
-        table,
-        ready,
-        host,
-        connections: Arc::new(Connections::new(16)),
-        transports: Arc::new(crate::http::transport::Transports::from_config(&config).unwrap()),
-        auth: crate::auth::Auth::from_config(&config).unwrap_or_else(|(auth, _)| auth),
-    };
-    let router = Router::new(&config.header_routing, &config.routes);
-    Proxy::new(shared, router, &config, "zkgate-test")
 }
 
 /// A proxy routing everything to `address`.

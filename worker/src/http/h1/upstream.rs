@@ -21,7 +21,7 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// An instance's answer: its head, the bytes read so far (head and the start of the body) and
 /// the connection the rest comes on.
-pub struct Exchange {
+pub struct Reply {
     /// The connection to the instance.
     pub conn: TcpStream,
     /// The parsed head (offsets into `buf`).
@@ -32,7 +32,7 @@ pub struct Exchange {
     pub request: Vec<u8>,
 }
 
-impl Answer for Exchange {
+impl Answer for Reply {
     fn status(&self) -> http::StatusCode {
         http::StatusCode::from_u16(self.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY)
     }
@@ -74,7 +74,7 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
     /// Sends the request to `address` and reads the response head (skipping interim 1xx).
     /// A pooled connection that turns out closed is handled by the one rule for both sides
     /// ([`Stale::decide`]): at most one fresh connection more.
-    pub async fn run(mut self, address: &str) -> Result<Exchange, UpstreamError> {
+    pub async fn run(mut self, address: &str) -> Result<Reply, UpstreamError> {
         let mut pooled = self.pool.take(address);
         let mut resent = false;
         loop {
@@ -92,7 +92,7 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
             match self.exchange(&mut conn).await {
                 Ok(()) => {
                     let Attempt { request, buf, head, .. } = self;
-                    return Ok(Exchange { conn, head, buf, request });
+                    return Ok(Reply { conn, head, buf, request });
                 }
                 Err(Failure::Lost { written, why }) => {
                     let replayable = self.replayable && self.upload_untouched();

@@ -1,14 +1,15 @@
-//! hyper's side of the request path: the phases of a request that arrived over HTTP/2 (h2,
-//! h2c) or was handed over by the engine, on hyper's types. Routing, limits, forwarding and
-//! the header policy are the shared core's (`proxy`, `forward`, `policy`).
+//! hyper's side of the pipeline (`pipeline.rs`): a request that arrived over HTTP/2 (h2, h2c)
+//! or was handed over by the engine, on hyper's types. The phases (loop check, route, limits,
+//! auth) are the pipeline's; what is hyper's is below.
 //!
 //! ```text
-//! handle ─▶ proxy ─┬─ request_filter   CONNECT, OPTIONS *, non-path targets, codings, loops
-//!                  ├─ route, service   the shared core
-//!                  ├─ request_body     the body, limited to max_body_bytes
-//!                  ├─ forward          pick, upstream_request (Policy::request), send, retry
-//!                  └─ respond          Policy::response; 101 → tunnel
-//!        ─▶ answer_error               the gateway's own answer when a phase failed
+//! handle ─▶ proxy ─┬─ request_filter     CONNECT, OPTIONS *, non-path targets, codings
+//!                  ├─ pipeline::route, pipeline::admit
+//!                  ├─ upgrade            the tunnel's permit
+//!                  ├─ request_body       the body, capped at max_body_bytes; mirror
+//!                  ├─ forward            upstream_request (Policy::request), send, retry
+//!                  └─ respond            Policy::response; 101 → tunnel
+//!        ─▶ Proxy::refuse              the gateway's own answer when a phase failed
 //!        ─▶ log_request                metrics and the access log
 //! ```
 
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -25,15 +27,16 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Identity;
 use crate::http::connections::{ClientCert, ConnGuard, ConnPermit, LocalPort, Scheme};
-use crate::http::error::{ProxyError, ALLOW};
+use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
 use crate::http::forward::{Answered, Replay};
 use crate::http::grpc;
 use crate::http::inflight::in_flight_body;
 use crate::http::mirror::MirrorCopy;
-use crate::http::policy::{map_lines, status_allows_length, Origin};
+use crate::http::pipeline::{self, Admitted, Exchange};
+use crate::http::policy::{map_lines, status_allows_length, Line, Origin};
 use crate::http::pool::Lease;
-use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
-use crate::http::router::{request_host, HeaderActions, HyperRequest, Target};
+use crate::http::proxy::{Proxy, RequestLine, Trace};
+use crate::http::router::{request_host, HeaderActions, HyperRequest, RequestView, Target};
 use crate::http::tunnel::{is_upgrade, tunnel};
 use crate::http::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
 use crate::http::{Body, BoxError};
@@ -76,26 +79,73 @@ struct Asks {
     te_trailers: bool,
 }
 
-impl<'a> From<'a> {
-    /// Where `parts` came from, and what the request asks.
-    fn of(
-        parts: &'a http::request::Parts,
-        client: SocketAddr,
-        host: Option<&'a str>,
-        Asks { upgrade, te_trailers }: Asks,
-        (identity, traceparent): (Option<&'a Identity>, Option<&'a [u8; 55]>),
-    ) -> Self {
+/// An admitted request on hyper's side, ready to be sent: its head, where it goes, and what
+/// the phases learned of it.
+struct Outgoing<'a> {
+    parts: &'a http::request::Parts,
+    client: SocketAddr,
+    /// The host it was sent to, from the URI's authority or `Host`.
+    host: Option<&'a str>,
+    target: &'a Target,
+    identity: Option<&'a Identity>,
+    traceparent: Option<[u8; 55]>,
+}
+
+impl Outgoing<'_> {
+    /// Where the request came from, and what it asks of this hop.
+    fn from(&self, Asks { upgrade, te_trailers }: Asks) -> From<'_> {
+        let parts = self.parts;
         From {
-            client,
-            host,
+            client: self.client,
+            host: self.host,
             upgrade,
             scheme: parts.extensions.get::<Scheme>().copied().unwrap_or(Scheme::Http),
             port: parts.extensions.get::<LocalPort>().map_or(0, |p| p.0),
             te_trailers,
-            identity,
+            identity: self.identity,
             client_cert: parts.extensions.get::<ClientCert>().map(|c| c.0.as_bytes()),
-            traceparent: traceparent.map(|t| &t[..]),
+            traceparent: self.traceparent.as_ref().map(|t| &t[..]),
         }
+    }
+}
+
+/// A request's head as the phases read it: hyper's [`Exchange`].
+pub(crate) struct OnHyper<'a> {
+    pub(crate) req: HyperRequest<'a>,
+    pub(crate) client: SocketAddr,
+}
+
+impl RequestView for OnHyper<'_> {
+    fn path(&self) -> &str {
+        self.req.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.req.query()
+    }
+    fn path_and_query(&self) -> http::uri::PathAndQuery {
+        self.req.path_and_query()
+    }
+    fn host(&self) -> Option<&str> {
+        self.req.host()
+    }
+    fn header(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        self.req.header(name)
+    }
+    fn headers<'a>(&'a self, name: &'a http::HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.req.headers(name)
+    }
+}
+
+impl Exchange for OnHyper<'_> {
+    fn lines(&self) -> impl Iterator<Item = Line<'_>> + Clone {
+        map_lines(self.req.headers).into_iter()
+    }
+    fn declared_length(&self) -> Option<u64> {
+        let length = self.req.headers.get(header::CONTENT_LENGTH)?;
+        length.to_str().ok()?.trim().parse().ok()
+    }
+    fn client(&self) -> SocketAddr {
+        self.client
     }
 }
 
@@ -122,11 +172,7 @@ impl Proxy {
         let grpc = grpc::is_grpc(req.headers());
         let resp = match self.proxy(req, client, &mut trace).await {
             Ok(resp) => resp,
-            Err(e) if grpc => {
-                self.log_error(&e, &line);
-                e.into_grpc_response()
-            }
-            Err(e) => self.answer_error(e, &line),
+            Err(e) => self.refuse(e, &line, grpc).into_response(),
         };
         // The length: declared, or known from the body (the gateway's own answers).
         let exact = resp.body().size_hint().exact().map(|n| n.to_string());
@@ -135,6 +181,7 @@ impl Proxy {
         resp
     }
 
+    /// The pipeline's phases, then hyper's side: body, mirror, forward, respond.
     async fn proxy(
         &self,
         mut req: Request<Incoming>,
@@ -142,77 +189,89 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<Response<Body>, ProxyError> {
         if let Some(answer) = self.request_filter(&req)? {
-            return Ok(answer);
+            return Ok(answer.into_response());
         }
         let host = request_host(req.uri(), req.headers());
         let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
-        let target = self.routes.router.route_view(&view)?;
-        trace.rule = target.rule;
-        let traceparent = trace.traceparent();
-        let service = self.service(&target.service)?;
-        trace.service = Some(service.clone());
-        let admitted = self.gate.limits.admit(
-            (&self.observe.metrics, &self.gate.admission),
-            (&service, self.routes.router.primary(&target)),
-            &view,
-            client.ip(),
-        )?;
-        let identity = self.authenticate(&target, &service.name, &view).await?;
-        self.gate.limits.admit_identity(
-            (&self.observe.metrics, &self.gate.admission),
-            (&service, self.routes.router.primary(&target)),
-            identity.as_ref(),
-        )?;
-        let key = hash_on(&service, &view, client);
-        let allowed = req.headers().get(header::UPGRADE).is_some_and(|v| {
-            crate::http::policy::upgrade_allowed(v.as_bytes(), &self.settings.upgrade_protocols)
-        });
-        let upgrade = match is_upgrade(&req) && allowed {
-            // A tunnel outlives this HTTP exchange: it takes over the connection's
-            // max_connections permit, so upgraded connections never exceed the limit.
-            true => {
-                let conn = req.extensions().get::<ConnPermit>().cloned();
-                let own = conn.as_ref().and_then(ConnPermit::take);
-                let permit = own.or_else(|| self.send.connections.try_permit()).ok_or(
-                    ProxyError::Refused(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "connection limit reached",
-                    ),
-                )?;
-                Some(Upgrade { client_side: hyper::upgrade::on(&mut req), permit, conn })
-            }
-            false => None,
-        };
+        let view = OnHyper { req: view, client };
+        let routed = pipeline::route(self, &view, trace)?;
+        let admitted = pipeline::admit(self, &view, routed).await?;
+        let Admitted { target, service, identity, key, in_flight } = admitted;
+        let upgrade = self.upgrade(&mut req)?;
         let (parts, body) = req.into_parts();
         let bodiless = body_is_empty(&parts.headers, &body);
+        let outgoing = Outgoing {
+            parts: &parts,
+            client,
+            host: host.as_deref(),
+            target: &target,
+            identity: identity.as_ref(),
+            traceparent: trace.traceparent(),
+        };
         // The copy's head: what the primary gets, but Host (set per shadow instance).
         let copy_head = || {
-            let from = From::of(
-                &parts,
-                client,
-                host.as_deref(),
-                Asks { upgrade: false, te_trailers: false },
-                (identity.as_ref(), traceparent.as_ref()),
-            );
+            let from = outgoing.from(Asks { upgrade: false, te_trailers: false });
             let mut req = self.upstream_request(&parts, empty(), &target, "", from);
             req.headers_mut().remove(header::HOST);
+            let (method, path) = (parts.method.clone(), target.path.clone());
             MirrorCopy {
-                method: parts.method.clone(),
-                path: target.path.clone(),
+                method,
+                path,
                 headers: std::mem::take(req.headers_mut()),
-                body: bytes::Bytes::new(),
+                body: Bytes::new(),
             }
         };
         if upgrade.is_none() && bodiless {
             self.mirror(&target, |_| Some(copy_head()));
         }
-        let mut body = self.request_body(&service, &parts.headers, body)?;
+        let mut body = self.request_body(body);
         if upgrade.is_none() && !bodiless {
             // A body streams: the copy leaves once the primary has had all of it.
             body = self.mirror_streamed(&target, body, copy_head);
         }
+        // A request without a body can be sent again; one with a body cannot (it streams).
+        let replay = Replay::for_request(&parts.method, bodiless && upgrade.is_none());
+        let sent = (&outgoing, body, upgrade.is_some());
+        let answered = self.forward(sent, (&service, key), replay, trace).await?;
+        let actions = self.routes.router.header_actions(&target).map(|(_, response)| response);
+        let resp = self.respond(answered, parts.version, upgrade, actions);
+        // Counted in flight (max_requests) until the answer's body is done.
+        Ok(match in_flight {
+            Some(guard) => resp.map(|b| crate::http::hold(b, guard)),
+            None => resp,
+        })
+    }
+
+    /// The upgrade a request asks for, when the operator allows its protocol. A tunnel outlives
+    /// this HTTP exchange: it takes over the connection's max_connections permit, so upgraded
+    /// connections never exceed the limit.
+    fn upgrade(&self, req: &mut Request<Incoming>) -> Result<Option<Upgrade>, ProxyError> {
+        let allowed = req.headers().get(header::UPGRADE).is_some_and(|v| {
+            crate::http::policy::upgrade_allowed(v.as_bytes(), &self.settings.upgrade_protocols)
+        });
+        if !(is_upgrade(req) && allowed) {
+            return Ok(None);
+        }
+        let conn = req.extensions().get::<ConnPermit>().cloned();
+        let own = conn.as_ref().and_then(ConnPermit::take);
+        let permit = own.or_else(|| self.send.connections.try_permit()).ok_or(
+            ProxyError::Refused(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached"),
+        )?;
+        Ok(Some(Upgrade { client_side: hyper::upgrade::on(req), permit, conn }))
+    }
+
+    /// Sends the request to an instance of `service` with hyper's client (its transport: plain
+    /// HTTP/1.1, TLS, HTTP/2), retrying what `replay` allows; a gRPC client's deadline bounds
+    /// the wait for the answer (the instance sees the same grpc-timeout and enforces it too).
+    async fn forward<'s>(
+        &self,
+        (outgoing, body, upgrade): (&Outgoing<'_>, Body, bool),
+        (service, key): (&'s Arc<Service>, Option<u64>),
+        replay: Replay,
+        trace: &mut Trace,
+    ) -> Result<Answered<'s, (Response<Incoming>, Lease)>, ProxyError> {
+        let parts = outgoing.parts;
         let transport = self.send.transports.get(&service.name);
-        let deadline = grpc::timeout(&parts.headers);
         // `TE: trailers` is how a gRPC client says it reads trailers; an HTTP/2 instance (a gRPC
         // server) is told the same. Any other TE value stays on its hop.
         let te_trailers = transport.is_some_and(|t| t.is_h2())
@@ -220,21 +279,12 @@ impl Proxy {
                 v.to_str()
                     .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
             });
-        // A request without a body can be sent again; one with a body cannot (it streams).
-        let replay = Replay::for_request(&parts.method, bodiless && upgrade.is_none());
         let mut body = Some(body);
         let upstream = self.send.forwarder.upstream();
         let attempt = |address| {
             let b = body.take().unwrap_or_else(empty);
-            let flags = Asks { upgrade: upgrade.is_some(), te_trailers };
-            let from = From::of(
-                &parts,
-                client,
-                host.as_deref(),
-                flags,
-                (identity.as_ref(), traceparent.as_ref()),
-            );
-            let req = self.upstream_request(&parts, b, &target, address, from);
+            let from = outgoing.from(Asks { upgrade, te_trailers });
+            let req = self.upstream_request(parts, b, outgoing.target, address, from);
             // A request with a body is watched for its end; one without is complete already.
             let sent = (!req.body().is_end_stream()).then(|| Arc::new(BodySent::default()));
             let req = match &sent {
@@ -244,31 +294,19 @@ impl Proxy {
             (upstream.request(transport.map(|t| &**t), address, req), sent)
         };
         let forward =
-            self.send.forwarder.forward(&service, key, replay, attempt, &mut trace.attempts);
-        // A gRPC client's deadline bounds the wait for the answer (the instance sees the same
-        // grpc-timeout and enforces it on its side).
-        let answered = match deadline {
+            self.send.forwarder.forward(service, key, replay, attempt, &mut trace.attempts);
+        match grpc::timeout(&parts.headers) {
             Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
                 ProxyError::Upstream(service.name.clone(), UpstreamError::Timeout(limit))
-            })??,
-            None => forward.await?,
-        };
-        let actions = self.routes.router.header_actions(&target).map(|(_, response)| response);
-        let resp = self.respond(answered, parts.version, upgrade, actions);
-        // Counted in flight (max_requests) until the answer's body is done.
-        Ok(match admitted {
-            Some(guard) => resp.map(|b| crate::http::hold(b, guard)),
-            None => resp,
-        })
+            })?,
+            None => forward.await,
+        }
     }
 
     /// What the gateway refuses or answers itself, before routing: only origin-form targets
     /// (and absolute-form, whose path is used) are ever forwarded, so no request can make the
     /// gateway build an upstream address of its choosing.
-    fn request_filter(
-        &self,
-        req: &Request<Incoming>,
-    ) -> Result<Option<Response<Body>>, ProxyError> {
+    fn request_filter(&self, req: &Request<Incoming>) -> Result<Option<OwnAnswer>, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Refused(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -277,9 +315,9 @@ impl Proxy {
         }
         if req.uri().path() == "*" && req.method() == Method::OPTIONS {
             // OPTIONS * asks about the server itself: the gateway answers.
-            let mut resp = Response::new(empty());
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOW));
-            return Ok(Some(resp));
+            let mut answer = OwnAnswer::empty(StatusCode::OK);
+            answer.headers.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            return Ok(Some(answer));
         }
         if !req.uri().path().starts_with('/') {
             return Err(ProxyError::Refused(
@@ -297,37 +335,19 @@ impl Proxy {
                 ));
             }
         }
-        if self.policy.looped(map_lines(req.headers()).into_iter()) {
-            return Err(ProxyError::Refused(
-                StatusCode::LOOP_DETECTED,
-                "request loop: it already passed through this gateway",
-            ));
-        }
         Ok(None)
     }
 
-    /// Refuses a declared body over `max_body_bytes` at once (413) and caps a streamed one.
-    fn request_body(
-        &self,
-        service: &Service,
-        headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Body, ProxyError> {
+    /// The client's body, capped at `max_body_bytes` (a declared length over it was refused
+    /// by the pipeline before this).
+    fn request_body(&self, body: Incoming) -> Body {
         // Tag the client's own body errors, so a malformed upload is the client's 400, not the
         // instance's 502 (and does not count against the instance).
         let body = body.map_err(|e| BoxError::from(ClientBodyError(e)));
-        let max = self.settings.max_body_bytes;
-        if max == 0 {
-            return Ok(body.boxed());
+        match usize::try_from(self.settings.max_body_bytes).unwrap_or(usize::MAX) {
+            0 => body.boxed(),
+            limit => http_body_util::Limited::new(body, limit).boxed(),
         }
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::BodyTooLarge(service.name.clone()));
-        }
-        let limit = usize::try_from(max).unwrap_or(usize::MAX);
-        Ok(http_body_util::Limited::new(body, limit).boxed())
     }
 
     /// The request as the instance receives it. Its URI is the origin-form path alone: the

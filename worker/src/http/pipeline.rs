@@ -1,0 +1,115 @@
+//! The phases of a request, written once for both protocol sides. A side (the engine, `h1`;
+//! hyper's, `hyper`) reads a request's head, shows it to the phases as an [`Exchange`], and
+//! does with their decision what only it can do: write the head it forwards, move the body,
+//! relay the answer.
+//!
+//! ```text
+//! side: head read ─▶ Exchange
+//!   route()   loop check (Via) ─▶ router ─▶ service in the table
+//!   side:     hands the request over / refuses what it cannot carry
+//!   admit()   max_body_bytes ─▶ rate limits, max_requests ─▶ auth ─▶ per-identity limits
+//!             ─▶ the consistent_hash key
+//!   side:     Policy::request ─▶ body ─▶ mirror ─▶ Forwarder::forward ─▶ Policy::response
+//!   refuse()  any phase's ProxyError ─▶ the gateway's OwnAnswer, logged once
+//! ```
+//!
+//! "Where is auth applied?" has one answer: [`admit`]. A phase returns `Result<_, ProxyError>`;
+//! the side turns the error into bytes or a `Response` through [`Proxy::refuse`], never by
+//! itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use crate::auth::Identity;
+use crate::host::admission::InFlightGuard;
+use crate::http::error::{OwnAnswer, ProxyError};
+use crate::http::policy::Line;
+use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
+use crate::http::router::{RequestView, Target};
+use crate::table::Service;
+
+/// A request as the phases read it, whichever side parsed it: its head (the router's view),
+/// its header lines as sent, the body length it declares and who sent it.
+pub(crate) trait Exchange: RequestView {
+    /// Every header line, in the order sent.
+    fn lines(&self) -> impl Iterator<Item = Line<'_>> + Clone;
+    /// The body length the head declares (`Content-Length`), when it declares one.
+    fn declared_length(&self) -> Option<u64>;
+    /// The client's address (before `trusted_proxies`: the peer).
+    fn client(&self) -> SocketAddr;
+}
+
+/// Where a request goes: the route that took it and its service, as the table has it now.
+pub(crate) struct Routed {
+    pub(crate) target: Target,
+    pub(crate) service: Arc<Service>,
+}
+
+/// A request the gate let through, with what it proved.
+pub(crate) struct Admitted {
+    pub(crate) target: Target,
+    pub(crate) service: Arc<Service>,
+    /// What the route's auth verified (`None`: the route has no auth).
+    pub(crate) identity: Option<Identity>,
+    /// The `consistent_hash` key, for services that hash.
+    pub(crate) key: Option<u64>,
+    /// Counted in flight (`max_requests`) until dropped: the side holds it until the answer
+    /// is sent whole.
+    pub(crate) in_flight: Option<InFlightGuard>,
+}
+
+/// The loop check, the route and the service: what a request is, before anything is spent on
+/// it. Never consumes a token or a credential check, so a side may still hand the request to
+/// the other after it.
+pub(crate) fn route(
+    proxy: &Proxy,
+    ex: &impl Exchange,
+    trace: &mut Trace,
+) -> Result<Routed, ProxyError> {
+    if proxy.policy.looped(ex.lines()) {
+        let why = "request loop: it already passed through this gateway";
+        return Err(ProxyError::Refused(StatusCode::LOOP_DETECTED, why));
+    }
+    let target = proxy.routes.router.route_view(ex)?;
+    trace.rule = target.rule;
+    let service = proxy.service(&target.service)?;
+    trace.service = Some(service.clone());
+    Ok(Routed { target, service })
+}
+
+/// Whether the request may go: a declared body over `max_body_bytes` (413 before a byte of it
+/// is read), the rate limits and `max_requests`, the route's auth, the limits per verified
+/// identity; then the key a `consistent_hash` service picks its instance by.
+pub(crate) async fn admit(
+    proxy: &Proxy,
+    ex: &impl Exchange,
+    Routed { target, service }: Routed,
+) -> Result<Admitted, ProxyError> {
+    let max_body = proxy.settings.max_body_bytes;
+    if max_body != 0 && ex.declared_length().is_some_and(|n| n > max_body) {
+        return Err(ProxyError::BodyTooLarge(service.name.clone()));
+    }
+    let gate = &proxy.gate;
+    let limited = (&proxy.observe.metrics, &gate.admission);
+    let primary = proxy.routes.router.primary(&target);
+    let in_flight = gate.limits.admit(limited, (&service, primary), ex, ex.client().ip())?;
+    let identity = proxy.authenticate(&target, &service.name, ex).await?;
+    gate.limits.admit_identity(limited, (&service, primary), identity.as_ref())?;
+    let key = hash_on(&service, ex, ex.client());
+    Ok(Admitted { target, service, identity, key, in_flight })
+}
+
+impl Proxy {
+    /// The gateway's own answer to a request a phase refused, logged at the level the failure
+    /// deserves; `grpc`: the client reads `grpc-status` (a trailers-only answer), not the HTTP
+    /// status.
+    pub(crate) fn refuse(&self, e: ProxyError, line: &RequestLine<'_>, grpc: bool) -> OwnAnswer {
+        self.log_error(&e, line);
+        match grpc {
+            true => e.into_grpc_answer(),
+            false => e.into_answer(),
+        }
+    }
+}
