@@ -115,7 +115,8 @@ fn finish(path: &Path, mut config: Config) -> Result<Config, ConfigError> {
     }
     let refuse =
         |message: String| ConfigError { path: path.to_path_buf(), position: None, message };
-    worker::http::transport::Transports::from_config(&config).map_err(|e| refuse(e.to_string()))?;
+    worker::http::client::transport::Transports::from_config(&config)
+        .map_err(|e| refuse(e.to_string()))?;
     // Every JWKS and htpasswd file is read now: a bad one fails `check` and the reload, and
     // the running workers keep what they have.
     if let Err((_, errors)) = worker::auth::Auth::from_config(&config) {

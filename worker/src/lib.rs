@@ -130,7 +130,7 @@ pub enum Error {
     Tls(tls::TlsError),
     /// A service's transport toward its instances could not be built.
     #[error("{0}")]
-    Transport(http::transport::TransportError),
+    Transport(http::client::transport::TransportError),
 }
 
 /// Runs a worker until SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
@@ -196,8 +196,9 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         discovery::start(&config, slot, shared, tracker, metrics).map_err(Error::Runtime)?;
     let (stop, shutdown) = shutdown::channel();
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
-    let transports =
-        Arc::new(http::transport::Transports::from_config(&config).map_err(Error::Transport)?);
+    let transports = Arc::new(
+        http::client::transport::Transports::from_config(&config).map_err(Error::Transport)?,
+    );
     let auth = load_auth(&config);
     let shared = http::proxy::Shared {
         table: table.clone(),
@@ -409,7 +410,7 @@ async fn report_ready(
 fn start_health_checks(
     config: &Config,
     (table, host): (&SharedTable, host::Host),
-    transports: &http::transport::Transports,
+    transports: &http::client::transport::Transports,
 ) {
     let checks: Vec<_> = config
         .services
@@ -419,8 +420,9 @@ fn start_health_checks(
     if checks.is_empty() {
         return;
     }
-    let dialer = http::dial::Dialer::new(config.proxy.connect_timeout, config.own_addresses());
-    let checker = Arc::new(http::upstream::Upstream::new(&config.proxy, Arc::new(dialer)));
+    let dialer =
+        http::client::dial::Dialer::new(config.proxy.connect_timeout, config.own_addresses());
+    let checker = Arc::new(http::client::upstream::Upstream::new(&config.proxy, Arc::new(dialer)));
     for (name, check) in checks {
         let transport = transports.get(&name).cloned();
         let shared = (table.clone(), host);

@@ -319,7 +319,7 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// (not unspecified, multicast or broadcast, in any spelling: IPv4-mapped IPv6 too), or a host
 /// name (Spring Cloud Zookeeper registers host names unless `prefer-ip-address` is set;
 /// Kubernetes pods register DNS names), resolved when connecting and judged again then (see
-/// `http::dial`).
+/// `http::client::dial`).
 fn instance(host: &str, port: u64, weight: u64) -> Result<Node, String> {
     let port = u16::try_from(port)
         .ok()

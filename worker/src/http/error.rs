@@ -8,8 +8,8 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::auth::Refusal;
+use crate::http::client::upstream::UpstreamError;
 use crate::http::router::RouteError;
-use crate::http::upstream::UpstreamError;
 use crate::http::Body;
 
 /// Why a request was answered by the gateway itself.

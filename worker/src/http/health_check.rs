@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Empty};
 
 use crate::config::HealthCheck;
 use crate::host::Host;
-use crate::http::transport::Transport;
-use crate::http::upstream::Upstream;
+use crate::http::client::transport::Transport;
+use crate::http::client::upstream::Upstream;
 use crate::table::SharedTable;
 
 /// Probes every instance of `service` every `interval`, on whatever table is current, while

@@ -3,9 +3,9 @@
 
 use http::StatusCode;
 
+use crate::http::client::upstream::UpstreamError;
 use crate::http::error::ProxyError;
 use crate::http::proxy::{Proxy, RequestLine, Trace};
-use crate::http::upstream::UpstreamError;
 use crate::trace::Finished;
 
 impl Proxy {

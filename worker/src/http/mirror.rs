@@ -24,9 +24,9 @@ use tokio::sync::Semaphore;
 
 use crate::balance::PickContext;
 use crate::config::{Mirror, ProxySettings};
-use crate::http::dial::Dialer;
-use crate::http::transport::Transports;
-use crate::http::upstream::Upstream;
+use crate::http::client::dial::Dialer;
+use crate::http::client::transport::Transports;
+use crate::http::client::upstream::Upstream;
 use crate::metrics::{Metrics, Mirrored};
 use crate::table::SharedTable;
 
@@ -127,7 +127,7 @@ impl Mirrors {
                 let (resp, _lease) = upstream.request(transport.as_deref(), &address, req).await?;
                 // Read to the end, so the connection goes back to the mirror's pool.
                 let _ = resp.into_body().collect().await;
-                Ok::<_, crate::http::upstream::UpstreamError>(())
+                Ok::<_, crate::http::client::upstream::UpstreamError>(())
             };
             match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok(())) => metrics.mirror(idx, Mirrored::Sent),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use crate::http::h1::head::{parse_request, Parse, RequestHead};
 use crate::http::h1::View;
-use crate::http::h2::request::OnHyper;
+use crate::http::hyper::request::OnHyper;
 use crate::http::pipeline::{self, Exchange};
 use crate::http::proxy::{Proxy, Trace};
 use crate::http::router::{request_host, HyperRequest};

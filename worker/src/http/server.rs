@@ -1,4 +1,4 @@
-//! The client side: accept loops on the slot's sockets, one task per client (the engine, `h1::serve`, or hyper's `h2::conn::serve`), and
+//! The client side: accept loops on the slot's sockets, one task per client (the engine, `h1::serve`, or hyper's `hyper::conn::serve`), and
 //! `max_connections`, which keeps a worker alive under excessive traffic.
 //!
 //! Shutdown is explicit: a `watch` channel flips to `true`, accept loops take what is already
@@ -18,7 +18,7 @@ use crate::config::ProxySettings;
 use crate::http::connections::{Client, ConnGuard, ConnPermit, Connections, Rewind, Scheme};
 use crate::http::h1::io::Io;
 use crate::http::h1::{self, End};
-use crate::http::h2::conn::{self, ConnSettings};
+use crate::http::hyper::conn::{self, ConnSettings};
 use crate::http::proxy::Proxy;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;

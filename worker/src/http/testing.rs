@@ -24,7 +24,9 @@ pub(crate) fn proxy(text: &str) -> Proxy {
         ready,
         host,
         connections: Arc::new(Connections::new(16)),
-        transports: Arc::new(crate::http::transport::Transports::from_config(&config).unwrap()),
+        transports: Arc::new(
+            crate::http::client::transport::Transports::from_config(&config).unwrap(),
+        ),
         auth: crate::auth::Auth::from_config(&config).unwrap_or_else(|(auth, _)| auth),
     };
     let router = Router::new(&config.header_routing, &config.routes);

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::http::client::upstream::error_chain;
 use crate::http::connections::{Activity, ConnGuard, Tracked};
-use crate::http::upstream::error_chain;
 
 /// Copies bytes both ways between an upgraded client connection and instance connection,
 /// until either side closes or nothing moves either way for `idle_timeout`. `_open` counts the

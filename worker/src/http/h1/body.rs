@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::http::client::upstream::{BodySent, UpstreamError};
 use crate::http::h1::chunked::{self, Decoder};
 use crate::http::h1::head::BodyFraming;
 use crate::http::h1::io::timeout;
 use crate::http::policy;
-use crate::http::upstream::{BodySent, UpstreamError};
 
 /// Largest read of a streamed body at once.
 const READ: usize = 64 * 1024;

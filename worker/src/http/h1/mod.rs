@@ -4,10 +4,10 @@
 //!
 //! ```text
 //! serve (mod.rs) ─▶ next_head (httparse into the connection's buffer; idle / head / drain)
-//!                ─▶ answer (request.rs) ─┬─ route, service, limits         (the shared core)
+//!                ─▶ answer (request.rs) ─┬─ pipeline::route, ::admit       (pipeline.rs)
 //!                                        ├─ Policy::request                (policy.rs)
 //!                                        ├─ body::start / Upload::pump     (body.rs)
-//!                                        ├─ Forwarder::forward ▶ Attempt   (upstream.rs)
+//!                                        ├─ Forwarder::forward ▶ Attempt   (client/h1.rs)
 //!                                        └─ respond (respond.rs)           (Policy::response, framing)
 //! ```
 //!
@@ -28,7 +28,6 @@ mod request;
 #[cfg(test)]
 pub(crate) use request::View;
 mod respond;
-pub mod upstream;
 
 #[cfg(test)]
 mod tests;

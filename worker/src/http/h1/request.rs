@@ -10,21 +10,21 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderName, Method, StatusCode};
 
+use crate::http::client::forward::{Answered, Replay};
+use crate::http::client::h1::{Attempt, Reply};
+use crate::http::client::upstream::UpstreamError;
 use crate::http::connections::Client;
 use crate::http::error::ProxyError;
-use crate::http::forward::{Answered, Replay};
 use crate::http::h1::body::{self, Start, Upload};
 use crate::http::h1::head::{lines, BodyFraming, RequestHead};
 use crate::http::h1::io::{write_within, Io};
 use crate::http::h1::respond::{self, respond, Responded, ToClient};
-use crate::http::h1::upstream::{Attempt, Reply};
 use crate::http::h1::{Conn, Spare, Step};
 use crate::http::mirror::MirrorCopy;
 use crate::http::pipeline::{self, Admitted, Exchange};
 use crate::http::policy::{self, upgrade_allowed, HeadSink, Origin};
 use crate::http::proxy::{Proxy, RequestLine, Trace};
 use crate::http::router::{host_of, HeaderActions, RequestView, Target};
-use crate::http::upstream::UpstreamError;
 use crate::table::Service;
 
 /// `100 Continue`, sent before the body is read when the client asked for it.

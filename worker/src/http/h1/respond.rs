@@ -11,11 +11,11 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::buffers::KEPT_CAPACITY;
-use crate::http::forward::Answered;
+use crate::http::client::forward::Answered;
+use crate::http::client::h1::Reply;
 use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
 use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
-use crate::http::h1::upstream::Reply;
 use crate::http::h1::{Spare, Step};
 use crate::http::policy::{self, status_allows_length, HeadSink, Kind};
 use crate::http::proxy::Proxy;

@@ -26,19 +26,19 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Identity;
+use crate::http::client::forward::{Answered, Replay};
+use crate::http::client::inflight::in_flight_body;
+use crate::http::client::pool::Lease;
+use crate::http::client::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
 use crate::http::connections::{ClientCert, ConnGuard, ConnPermit, LocalPort, Scheme};
 use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
-use crate::http::forward::{Answered, Replay};
 use crate::http::grpc;
-use crate::http::inflight::in_flight_body;
 use crate::http::mirror::MirrorCopy;
 use crate::http::pipeline::{self, Admitted, Exchange};
 use crate::http::policy::{map_lines, status_allows_length, Line, Origin};
-use crate::http::pool::Lease;
 use crate::http::proxy::{Proxy, RequestLine, Trace};
 use crate::http::router::{request_host, HeaderActions, HyperRequest, RequestView, Target};
 use crate::http::tunnel::{is_upgrade, tunnel};
-use crate::http::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
 use crate::http::{Body, BoxError};
 use crate::table::Service;
 

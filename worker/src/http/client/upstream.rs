@@ -1,4 +1,4 @@
-//! The upstream side: one client per worker, on its own connection pool (see `pool.rs`).
+//! The upstream side: one client per worker, on its own connection pool (see `client/pool.rs`).
 //!
 //! Keep-alive connections to instances are reused across requests of this worker (each worker
 //! has its own pool: the price of processes, visible in per-worker figures). Connect and idle
@@ -15,9 +15,9 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use crate::config::ProxySettings;
-use crate::http::dial::Dialer;
-use crate::http::pool::{Lease, Pool, SendError};
-use crate::http::transport::Transport;
+use crate::http::client::dial::Dialer;
+use crate::http::client::pool::{Lease, Pool, SendError};
+use crate::http::client::transport::Transport;
 use crate::http::Body;
 
 /// An error reading the client's request body (as opposed to the instance failing), tagged

@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::http::dial::Dialer;
-use crate::http::forward::Answer;
+use crate::http::client::dial::Dialer;
+use crate::http::client::forward::Answer;
+use crate::http::client::pool::{IdleSet, Stale};
+use crate::http::client::upstream::UpstreamError;
 use crate::http::h1::body::Upload;
 use crate::http::h1::head::{parse_response, ResponseHead};
-use crate::http::pool::{IdleSet, Stale};
-use crate::http::upstream::UpstreamError;
 
 /// Largest response head accepted from an instance.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;

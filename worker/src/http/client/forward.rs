@@ -16,11 +16,11 @@ use tokio::sync::Semaphore;
 
 use crate::balance::PickContext;
 use crate::config::ProxySettings;
-use crate::http::dial::Dialer;
+use crate::http::client::dial::Dialer;
+use crate::http::client::inflight::InFlight;
+use crate::http::client::pool::{IdleSet, Lease};
+use crate::http::client::upstream::{BodySent, Upstream, UpstreamError};
 use crate::http::error::ProxyError;
-use crate::http::inflight::InFlight;
-use crate::http::pool::{IdleSet, Lease};
-use crate::http::upstream::{BodySent, Upstream, UpstreamError};
 use crate::metrics::Metrics;
 use crate::table::Service;
 

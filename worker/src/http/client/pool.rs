@@ -22,8 +22,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::http::dial::Dialer;
-use crate::http::transport::{TlsClient, Transport};
+use crate::http::client::dial::Dialer;
+use crate::http::client::transport::{TlsClient, Transport};
 use crate::http::Body;
 
 /// A connection that can wait in an [`IdleSet`].

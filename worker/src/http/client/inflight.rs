@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::http::pool::Lease;
+use crate::http::client::pool::Lease;
 use crate::table::Service;
 
 /// Counts a request against its instance (`least_request`, the per-instance limit) and holds
