@@ -25,9 +25,9 @@
 //! - [`tls`]: certificates chosen by SNI, client certificates, the rustls server
 //!   configuration, shared session tickets.
 //! - [`trace`]: W3C trace context (B3 read too) and spans exported over OTLP/HTTP.
-//! - [`http`]: the request path — accept, the HTTP/1.1 engine (`h1`, plain and TLS), the one header policy, hyper connections (HTTP/2), proxy
-//!   phases, limits, forward and retry, router, headers, transports and upstream clients, gRPC
-//!   answers, tunnels, error answers, mirroring, active health checks.
+//! - [`http`]: the request path — one pipeline of phases (route, limits, auth), two protocol
+//!   sides (the HTTP/1.1 engine `h1`; `hyper` for HTTP/2), the one header policy, the client
+//!   to instances.
 //! - [`discovery`]: one ZooKeeper session per registry source and its persistent watch
 //!   (one-shot watches as the fallback), the task that builds route tables (with the removal
 //!   guard), the registry formats and governance (Spring status, Dubbo overrides, slow start),
@@ -65,6 +65,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
+use crate::http::client::transport::{TransportError, Transports};
 use crate::http::connections::Connections;
 use crate::table::{RouteTable, Tracker};
 
@@ -130,7 +131,7 @@ pub enum Error {
     Tls(tls::TlsError),
     /// A service's transport toward its instances could not be built.
     #[error("{0}")]
-    Transport(http::client::transport::TransportError),
+    Transport(TransportError),
 }
 
 /// Runs a worker until SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
@@ -196,9 +197,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
         discovery::start(&config, slot, shared, tracker, metrics).map_err(Error::Runtime)?;
     let (stop, shutdown) = shutdown::channel();
     let connections = Arc::new(Connections::new(config.proxy.max_connections));
-    let transports = Arc::new(
-        http::client::transport::Transports::from_config(&config).map_err(Error::Transport)?,
-    );
+    let transports = Arc::new(Transports::from_config(&config).map_err(Error::Transport)?);
     let auth = load_auth(&config);
     let shared = http::proxy::Shared {
         table: table.clone(),
@@ -213,7 +212,7 @@ async fn serve(mut settings: Settings, lifecycle: Arc<dyn Lifecycle>) -> Result<
     let proxy = Arc::new(http::proxy::Proxy::new(shared, router, &config, &settings.via));
     let server =
         http::server::Server::new(proxy, &config.proxy, shutdown.clone(), metrics, connections);
-    start_health_checks(&config, (&table, host), &transports);
+    http::health_check::start(&config, (&table, host), &transports);
     if let Some(hooks) = settings.fleet.clone() {
         fleet::apply::start(&config, (host, metrics), hooks);
     }
@@ -402,32 +401,6 @@ async fn report_ready(
         );
         lifecycle.ready();
         metrics.host().releases().serving(release.as_deref());
-    }
-}
-
-/// Active health checks, one task per checked service (the lease holder probes for the
-/// host). Probes get their own pool, so they never queue behind client traffic.
-fn start_health_checks(
-    config: &Config,
-    (table, host): (&SharedTable, host::Host),
-    transports: &http::client::transport::Transports,
-) {
-    let checks: Vec<_> = config
-        .services
-        .iter()
-        .filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?)))
-        .collect();
-    if checks.is_empty() {
-        return;
-    }
-    let dialer =
-        http::client::dial::Dialer::new(config.proxy.connect_timeout, config.own_addresses());
-    let checker = Arc::new(http::client::upstream::Upstream::new(&config.proxy, Arc::new(dialer)));
-    for (name, check) in checks {
-        let transport = transports.get(&name).cloned();
-        let shared = (table.clone(), host);
-        let run = http::health_check::run_checks(name, check, shared, checker.clone(), transport);
-        tokio::spawn(run);
     }
 }
 

@@ -13,11 +13,33 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
-use crate::config::HealthCheck;
+use crate::config::{Config, HealthCheck};
 use crate::host::Host;
-use crate::http::client::transport::Transport;
+use crate::http::client::dial::Dialer;
+use crate::http::client::transport::{Transport, Transports};
 use crate::http::client::upstream::Upstream;
 use crate::table::SharedTable;
+
+/// Active health checks, one task per checked service (the lease holder probes for the
+/// host). Probes get their own pool, so they never queue behind client traffic.
+pub fn start(config: &Config, (table, host): (&SharedTable, Host), transports: &Transports) {
+    let checks: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|(n, s)| Some((n.clone(), s.health_check.clone()?)))
+        .collect();
+    if checks.is_empty() {
+        return;
+    }
+    let dialer = Dialer::new(config.proxy.connect_timeout, config.own_addresses());
+    let checker = Arc::new(Upstream::new(&config.proxy, Arc::new(dialer)));
+    for (name, check) in checks {
+        let transport = transports.get(&name).cloned();
+        let shared = (table.clone(), host);
+        let run = run_checks(name, check, shared, checker.clone(), transport);
+        tokio::spawn(run);
+    }
+}
 
 /// Probes every instance of `service` every `interval`, on whatever table is current, while
 /// this worker holds the service's lease.

@@ -1,5 +1,5 @@
 //! The phases of a request, written once for both protocol sides. A side (the engine, `h1`;
-//! hyper's, `hyper`) reads a request's head, shows it to the phases as an [`Exchange`], and
+//! hyper's, `hyper`) reads a request's head, shows it to the phases as an `Exchange`, and
 //! does with their decision what only it can do: write the head it forwards, move the body,
 //! relay the answer.
 //!
@@ -13,8 +13,8 @@
 //!   refuse()  any phase's ProxyError ─▶ the gateway's OwnAnswer, logged once
 //! ```
 //!
-//! "Where is auth applied?" has one answer: [`admit`]. A phase returns `Result<_, ProxyError>`;
-//! the side turns the error into bytes or a `Response` through [`Proxy::refuse`], never by
+//! "Where is auth applied?" has one answer: `admit`. A phase returns `Result<_, ProxyError>`;
+//! the side turns the error into bytes or a `Response` through `Proxy::refuse`, never by
 //! itself.
 
 use std::net::SocketAddr;

@@ -249,3 +249,13 @@ fn a_query_is_never_read_as_part_of_the_path() {
     let t = router.route(&uri, &HeaderMap::new()).unwrap();
     assert_eq!(t.path.path(), target::canonical(uri.path(), &rules).unwrap());
 }
+
+#[test]
+fn cookies_are_found_by_exact_name() {
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::COOKIE, "a=1; sid=xyz; sidx=2".parse().unwrap());
+    let uri = http::Uri::from_static("/");
+    let req = HyperRequest { uri: &uri, headers: &h, host: None };
+    assert_eq!(cookie(&req, "sid"), Some(&b"xyz"[..]));
+    assert_eq!(cookie(&req, "missing"), None);
+}

@@ -61,35 +61,9 @@ impl Watcher {
                         next = futures::FutureExt::now_or_never(watcher.changed());
                     }
                     self.metrics.zk_event();
-                    if at_root {
-                        let what = format!("zookeeper: listing {root}");
-                        let Some(names) = retry(&what, || self.list_names(client, &root)).await else {
-                            return Some(zk::SessionState::Expired);
-                        };
-                        for gone in known.difference(&names) {
-                            self.report.removed(gone);
-                            self.send(Update::Removed(gone.clone()));
-                        }
-                        services.extend(names.difference(&known).cloned());
-                        known = names;
-                    }
-                    for name in services.into_iter().filter(|s| known.contains(s)) {
-                        let what = format!("service {name}: listing");
-                        let known_nodes = stamps.names(&name);
-                        let listing =
-                            retry(&what, || self.list_service_as(client, &name, false, known_nodes));
-                        let Some(mut l) = listing.await else {
-                            return Some(zk::SessionState::Expired);
-                        };
-                        l.warn_malformed(&name, warned.entry(name.clone()).or_default());
-                        if let Some(at) = stamps.seen(&name, &l) {
-                            self.send(Update::Stamp(at));
-                        }
-                        if let Some(w) = l.withdrawals(&name) {
-                            self.send(w);
-                        }
-                        self.report.service(&name, l.nodes);
-                        self.send(Update::Service(name, l.instances));
+                    let seen = (&mut warned, &mut stamps);
+                    if self.relist(client, (&root, &mut known), (services, at_root), seen).await.is_none() {
+                        return Some(zk::SessionState::Expired);
                     }
                 }
                 s = state.changed() => match s {
@@ -114,6 +88,44 @@ impl Watcher {
                 },
             }
         }
+    }
+
+    /// Lists again what a batch of events named: the root's children when a service node
+    /// came or went (`known` updated, removals sent), then each named service still known.
+    /// `None`: ZooKeeper stayed unreachable through the retries (the session is taken for lost).
+    async fn relist(
+        &self,
+        client: &zk::Client,
+        (root, known): (&str, &mut HashSet<String>),
+        (mut services, at_root): (BTreeSet<String>, bool),
+        (warned, stamps): (&mut HashMap<String, HashSet<String>>, &mut Stamps),
+    ) -> Option<()> {
+        if at_root {
+            let what = format!("zookeeper: listing {root}");
+            let names = retry(&what, || self.list_names(client, root)).await?;
+            for gone in known.difference(&names) {
+                self.report.removed(gone);
+                self.send(Update::Removed(gone.clone()));
+            }
+            services.extend(names.difference(known).cloned());
+            *known = names;
+        }
+        for name in services.into_iter().filter(|s| known.contains(s)) {
+            let what = format!("service {name}: listing");
+            let known_nodes = stamps.names(&name);
+            let listing = retry(&what, || self.list_service_as(client, &name, false, known_nodes));
+            let mut l = listing.await?;
+            l.warn_malformed(&name, warned.entry(name.clone()).or_default());
+            if let Some(at) = stamps.seen(&name, &l) {
+                self.send(Update::Stamp(at));
+            }
+            if let Some(w) = l.withdrawals(&name) {
+                self.send(w);
+            }
+            self.report.service(&name, l.nodes);
+            self.send(Update::Service(name, l.instances));
+        }
+        Some(())
     }
 
     /// Which service an event's node belongs to; a change of the root's children (a service

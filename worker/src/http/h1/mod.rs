@@ -25,9 +25,10 @@ pub mod chunked;
 pub mod head;
 pub mod io;
 mod request;
-#[cfg(test)]
-pub(crate) use request::View;
 mod respond;
+mod view;
+#[cfg(test)]
+pub(crate) use view::View;
 
 #[cfg(test)]
 mod tests;

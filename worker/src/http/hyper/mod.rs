@@ -4,4 +4,5 @@
 //! hyper's types ([`request`]).
 
 pub mod conn;
+mod outgoing;
 pub mod request;
