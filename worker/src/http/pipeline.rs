@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! side: head read ─▶ Exchange
+//!   server_itself()  OPTIONS * answered; CONNECT, targets that are not a path refused
 //!   route()   loop check (Via) ─▶ router ─▶ service in the table
 //!   side:     hands the request over / refuses what it cannot carry
 //!   admit()   max_body_bytes ─▶ rate limits, max_requests ─▶ auth ─▶ per-identity limits
@@ -24,7 +25,7 @@ use http::StatusCode;
 
 use crate::auth::Identity;
 use crate::host::admission::InFlightGuard;
-use crate::http::error::{OwnAnswer, ProxyError};
+use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
 use crate::http::policy::Line;
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
 use crate::http::router::{RequestView, Target};
@@ -37,8 +38,33 @@ pub(crate) trait Exchange: RequestView {
     fn lines(&self) -> impl Iterator<Item = Line<'_>> + Clone;
     /// The body length the head declares (`Content-Length`), when it declares one.
     fn declared_length(&self) -> Option<u64>;
+    /// The method, as sent.
+    fn method(&self) -> &str;
     /// The client's address (before `trusted_proxies`: the peer).
     fn client(&self) -> SocketAddr;
+}
+
+/// What a request asks of the gateway itself, before any route: `OPTIONS *` asks about the
+/// server and is answered here; CONNECT (405) and a target that is not a path (400) are
+/// refused. Only origin-form targets (and absolute-form, whose path is used) are ever
+/// forwarded, so no request can make the gateway build an upstream address of its choosing.
+pub(crate) fn server_itself(ex: &impl Exchange) -> Result<Option<OwnAnswer>, ProxyError> {
+    if ex.method() == "CONNECT" {
+        return Err(ProxyError::Refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+        ));
+    }
+    if ex.path() == "*" && ex.method() == "OPTIONS" {
+        let mut answer = OwnAnswer::empty(StatusCode::OK);
+        answer.headers.insert(http::header::ALLOW, http::HeaderValue::from_static(ALLOW));
+        return Ok(Some(answer));
+    }
+    if !ex.path().starts_with('/') {
+        let why = "the request target must be a path (origin-form)";
+        return Err(ProxyError::Refused(StatusCode::BAD_REQUEST, why));
+    }
+    Ok(None)
 }
 
 /// Where a request goes: the route that took it and its service, as the table has it now.

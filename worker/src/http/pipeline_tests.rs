@@ -14,6 +14,11 @@ use crate::http::router::{request_host, HyperRequest};
 
 /// What the phases decided, as compared.
 async fn decide(proxy: &Proxy, ex: &impl Exchange) -> String {
+    match pipeline::server_itself(ex) {
+        Ok(Some(own)) => return format!("own {}", own.status.as_u16()),
+        Err(e) => return format!("refused {}", e.status().as_u16()),
+        Ok(None) => {}
+    }
     let admitted = match pipeline::route(proxy, ex, &mut Trace::default()) {
         Ok(routed) => pipeline::admit(proxy, ex, routed).await,
         Err(e) => Err(e),
@@ -31,17 +36,18 @@ async fn decide(proxy: &Proxy, ex: &impl Exchange) -> String {
 }
 
 /// The request `raw` as hyper's side reads it: method, target and header lines.
-fn hyper_parts(raw: &[u8]) -> (http::Uri, http::HeaderMap) {
+fn hyper_parts(raw: &[u8]) -> (http::Method, http::Uri, http::HeaderMap) {
     let mut lines = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut lines);
     assert!(req.parse(raw).unwrap().is_complete());
+    let method: http::Method = req.method.unwrap().parse().unwrap();
     let uri: http::Uri = req.path.unwrap().parse().unwrap();
     let mut headers = http::HeaderMap::new();
     for h in req.headers.iter() {
         let name = http::HeaderName::from_bytes(h.name.as_bytes()).unwrap();
         headers.append(name, http::HeaderValue::from_bytes(h.value).unwrap());
     }
-    (uri, headers)
+    (method, uri, headers)
 }
 
 #[tokio::test]
@@ -104,10 +110,10 @@ async fn both_adapters_see_the_same_decisions() {
         let mut head = RequestHead::default();
         assert!(matches!(parse_request(raw.as_bytes(), &mut head), Parse::Complete), "{raw}");
         let engine = decide(&proxy, &View::of(raw.as_bytes(), &head, client)).await;
-        let (uri, headers) = hyper_parts(raw.as_bytes());
+        let (method, uri, headers) = hyper_parts(raw.as_bytes());
         let host = request_host(&uri, &headers);
         let req = HyperRequest { uri: &uri, headers: &headers, host: host.as_deref() };
-        let hyper = decide(&proxy, &OnHyper { req, client }).await;
+        let hyper = decide(&proxy, &OnHyper { req, method: &method, client }).await;
         assert_eq!(engine, hyper, "{raw}");
         assert!(engine.starts_with(want), "{raw}: {engine}, expected {want}");
     }

@@ -123,15 +123,14 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     let len = match req.parse_with_uninit_headers(buf, &mut storage) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(_) => return Parse::Handover,
+        // HTTP/2's preface (h2c with prior knowledge) is hyper's.
+        Err(httparse::Error::Version) => return Parse::Handover,
+        Err(e) => return refuse_malformed(e),
     };
     let (Some(method), Some(target), Some(version @ (0 | 1))) = (req.method, req.path, req.version)
     else {
         return Parse::Handover;
     };
-    if method == "CONNECT" || !target.starts_with('/') {
-        return Parse::Handover;
-    }
     let base = buf.as_ptr();
     head.len = len;
     head.method = Span::of(base, method.as_bytes());
@@ -164,14 +163,24 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
         (false, Some(0) | None) => BodyFraming::None,
         (false, Some(n)) => BodyFraming::Length(n),
     };
-    // An Upgrade that Connection does not name is an ordinary hop-by-hop line (dropped); an
-    // upgrade with a body is hyper's (rare, and the tunnel must start after the body).
+    // An Upgrade that Connection does not name is an ordinary hop-by-hop line (dropped). One
+    // with a body goes with its body; the tunnel starts after it.
     if !upgrade_asked {
         head.upgrade = None;
-    } else if head.upgrade.is_some() && head.body != BodyFraming::None {
-        return Parse::Handover;
     }
     Parse::Complete
+}
+
+/// A head httparse cannot read: 400 with what is wrong (hyper answers the same heads 400), or
+/// 431 for more lines than the engine keeps.
+fn refuse_malformed(e: httparse::Error) -> Parse {
+    match e {
+        httparse::Error::TooManyHeaders => Parse::Refuse(431, "too many header lines"),
+        httparse::Error::HeaderName => Parse::Refuse(400, "invalid header name"),
+        httparse::Error::HeaderValue => Parse::Refuse(400, "invalid header value"),
+        httparse::Error::NewLine => Parse::Refuse(400, "invalid line ending"),
+        _ => Parse::Refuse(400, "invalid request line"),
+    }
 }
 
 /// What the header lines say of the message's framing and its connection.
@@ -195,7 +204,10 @@ fn read_lines(
         let kind = kind_of(h.name.as_bytes());
         let value = h.value.trim_ascii();
         match kind {
-            Kind::Host if head.host.is_some() => return Err(Parse::Handover),
+            // RFC 9112 §3.2: a server must answer 400 to more than one Host line.
+            Kind::Host if head.host.is_some() => {
+                return Err(Parse::Refuse(400, "several Host lines"))
+            }
             Kind::Host => head.host = Some(head.lines.len()),
             Kind::TransferEncoding if framed.chunked => {
                 return Err(Parse::Refuse(400, "several Transfer-Encoding lines"))
@@ -396,18 +408,22 @@ mod tests {
     }
 
     #[test]
-    fn what_hyper_serves_is_handed_over() {
+    fn only_http2_is_handed_over_every_other_form_is_the_engines() {
+        assert_eq!(parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").0, Parse::Handover);
         for raw in [
             "GET http://a/ HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT a:443 HTTP/1.1\r\n\r\n",
-            "POST / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\nx",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-            "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            "GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\nx",
         ] {
-            assert_eq!(parse(raw).0, Parse::Handover, "{raw:?}");
+            assert_eq!(parse(raw).0, Parse::Complete, "{raw:?}");
+        }
+        for (raw, status) in [
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400),
+        ] {
+            assert!(matches!(parse(raw).0, Parse::Refuse(s, _) if s == status), "{raw:?}");
         }
         assert_eq!(parse("GET / HTTP/1.1\r\nHost: a").0, Parse::Partial);
     }

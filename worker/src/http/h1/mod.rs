@@ -13,12 +13,15 @@
 //!
 //! Bodies stream both ways with backpressure ([`body`], [`respond`]); framing toward the
 //! instance and toward the client is always the gateway's own; an upgrade the instance accepts
-//! (101) turns the connection into a tunnel (`tunnel::pipe`). What it hands to hyper, before
-//! anything reached an instance, is what hyper does better or only: HTTP/2 prior
-//! knowledge (h2c), targets that are not a plain path, heads hyper refuses (400, 431), an
-//! upgrade with a body, and services whose instances speak HTTP/2 or TLS. hyper
-//! serves the connection from that request on, starting with the bytes already read
-//! ([`End::Handover`]).
+//! (101) turns the connection into a tunnel (`tunnel::pipe`). Every form of an HTTP/1.1
+//! request is the engine's: absolute-form targets (the authority is the host), `OPTIONS *`
+//! (answered), CONNECT (405), upgrades carrying a body (the body first, then the tunnel), and
+//! the heads RFC 9112 refuses (several `Host` lines, a malformed line: 400; too large: 431).
+//! What it hands to hyper, before anything reached an instance, is what hyper does better or
+//! only: HTTP/2 prior knowledge (h2c), targets holding characters a URI may not hold unescaped
+//! (`"`, `{`, `|`, backslash: hyper's parser accepts some, the engine's plain-target check
+//! none), and services whose instances speak HTTP/2 or TLS. hyper serves the connection from
+//! that request on, starting with the bytes already read ([`End::Handover`]).
 
 pub mod body;
 pub mod chunked;
@@ -45,6 +48,9 @@ use crate::http::h1::head::{parse_request, Parse, RequestHead, ResponseHead};
 use crate::http::h1::io::Io;
 use crate::http::proxy::Proxy;
 use crate::shutdown::Shutdown;
+
+/// Why a head over `max_header_bytes` is refused.
+const TOO_LARGE: &str = "request head larger than max_header_bytes";
 
 /// How a connection left the engine.
 pub enum End<S> {
@@ -189,16 +195,17 @@ impl<S: Io> Conn<'_, S> {
         loop {
             if !self.buf.is_empty() {
                 match parse_request(&self.buf, &mut self.head) {
-                    Parse::Complete
-                        if self.head.len <= max_head
-                            && request::plain_target(&self.buf, &self.head) =>
-                    {
+                    Parse::Complete if self.head.len > max_head => {
+                        return Next::Refuse(431, TOO_LARGE)
+                    }
+                    Parse::Complete if request::plain_target(&self.buf, &self.head) => {
                         return Next::Head
                     }
                     Parse::Refuse(status, why) => return Next::Refuse(status, why),
                     Parse::Complete | Parse::Handover => return Next::Handover,
-                    // hyper answers 431 for what does not fit.
-                    Parse::Partial if self.buf.len() > max_head => return Next::Handover,
+                    Parse::Partial if self.buf.len() > max_head => {
+                        return Next::Refuse(431, TOO_LARGE)
+                    }
                     Parse::Partial => {}
                 }
             }

@@ -13,7 +13,7 @@ use crate::http::client::forward::{Answered, Replay};
 use crate::http::client::h1::{Attempt, Reply};
 use crate::http::client::upstream::UpstreamError;
 use crate::http::connections::Client;
-use crate::http::error::ProxyError;
+use crate::http::error::{OwnAnswer, ProxyError};
 use crate::http::h1::body::{self, Start, Upload};
 use crate::http::h1::head::{BodyFraming, RequestHead};
 use crate::http::h1::io::{write_within, Io};
@@ -89,11 +89,18 @@ impl<S: Io> Conn<'_, S> {
             close: head.close || draining,
             body_unread: head.body != BodyFraming::None,
         };
-        match ex.run(&view, &line, &mut trace).await {
+        let answered = match pipeline::server_itself(&view) {
+            Ok(None) => {
+                ex.run(&view, &line, &mut trace).await.map_err(|e| proxy.refuse(e, &line, false))
+            }
+            Ok(Some(own)) => Err(own),
+            Err(e) => Err(proxy.refuse(e, &line, false)),
+        };
+        match answered {
             Ok(step) => step,
-            Err(e) => {
+            Err(own) => {
                 let close = ex.close || ex.body_unread;
-                own_answer(proxy, (ex.stream, ex.out), e, (&line, &trace), close).await
+                write_own(proxy, (ex.stream, ex.out), own, (&line, &trace), close).await
             }
         }
     }
@@ -108,9 +115,9 @@ impl<S: Io> Conn<'_, S> {
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         log::info!("connection from {}: request refused ({status}): {why}", self.client.peer);
-        let e = ProxyError::Refused(status, why);
+        let own = self.proxy.refuse(ProxyError::Refused(status, why), &line, false);
         let to = (&mut self.stream, &mut self.out);
-        own_answer(self.proxy, to, e, (&line, &Trace::default()), true).await;
+        write_own(self.proxy, to, own, (&line, &Trace::default()), true).await;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
     }
 }
@@ -334,15 +341,15 @@ fn mirror(
     });
 }
 
-/// Writes the gateway's own answer for `e` (the one [`Proxy::refuse`] builds) as bytes.
-async fn own_answer<S: Io>(
+/// Writes the gateway's own answer (`OPTIONS *`, or the refusal [`Proxy::refuse`] built) as
+/// bytes, and logs the request.
+async fn write_own<S: Io>(
     proxy: &Proxy,
     (client, out): (&mut S, &mut Vec<u8>),
-    e: ProxyError,
+    answer: OwnAnswer,
     (line, trace): (&RequestLine<'_>, &Trace),
     close: bool,
 ) -> Step {
-    let answer = proxy.refuse(e, line, false);
     answer.write_h1(close, out);
     proxy.log_request(line, trace, answer.status, Some(&answer.body.len().to_string()));
     match write_within(client, out, proxy.settings.idle_timeout).await {

@@ -194,3 +194,87 @@ async fn an_http10_client_gets_a_body_of_unknown_length_unframed_until_the_close
     let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
     assert!(upstream.starts_with("GET /old HTTP/1.1\r\n"), "spoken in 1.1 upstream: {upstream}");
 }
+
+#[tokio::test]
+async fn every_form_of_an_http11_target_is_the_engines_never_handed_over() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let script = b"GET http://www.example/abs?q=1 HTTP/1.1\r\nhost: other.example\r\n\r\n\
+OPTIONS * HTTP/1.1\r\nhost: a\r\n\r\n\
+CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n\
+GET * HTTP/1.1\r\nhost: a\r\n\r\n\
+GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n";
+    let (out, closed) = exchange(&proxy, script).await;
+    assert!(closed, "the engine served the connection to its end");
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> =
+        text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
+    assert_eq!(statuses, ["200", "200", "405", "400", "400"], "{text}");
+    assert!(text.contains("allow: GET, HEAD"), "OPTIONS * says what may be asked: {text}");
+    assert!(text.ends_with("\"error\":\"several Host lines\"}\n"), "{text}");
+    let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(upstream.starts_with("GET /abs?q=1 HTTP/1.1\r\n"), "origin-form out: {upstream}");
+    assert!(upstream.contains("x-forwarded-host: www.example\r\n"), "{upstream}");
+    assert_eq!(upstream.matches(" HTTP/1.1\r\n").count(), 1, "only the first went: {upstream}");
+}
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_is_431_from_the_engine() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let big = format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n", "y".repeat(70_000));
+    let (out, closed) = exchange(&proxy, big.as_bytes()).await;
+    assert!(closed);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431 "));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_upgrade_carrying_a_body_sends_the_body_then_becomes_a_tunnel() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let instance = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nbody") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the head and the body arrive first");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        let mut ping = [0u8; 4];
+        s.read_exact(&mut ping).await.unwrap();
+        s.write_all(b"PONG").await.unwrap();
+        (got, ping)
+    });
+    let proxy = proxy(&address);
+    let script = b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\ncontent-length: 4\r\n\r\nbodyPING";
+    let (mut near, far) = tokio::io::duplex(1 << 16);
+    let (_trigger, mut shutdown) = crate::shutdown::channel();
+    let engine = async { matches!(serve(far, client(), &proxy, &mut shutdown).await, End::Closed) };
+    let talk = async {
+        near.write_all(script).await.unwrap();
+        let mut out = Vec::new();
+        while !out.ends_with(b"PONG") {
+            let mut buf = [0u8; 4096];
+            let n = near.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        // The client ends its side of the tunnel; the instance has ended its own.
+        near.shutdown().await.unwrap();
+        out
+    };
+    let (closed, out) = tokio::join!(engine, talk);
+    assert!(closed, "the engine kept the connection, as a tunnel");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    assert!(text.ends_with("\r\n\r\nPONG"), "{text:?}");
+    let (got, ping) = instance.await.unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("GET /ws HTTP/1.1\r\n") && got.contains("upgrade: websocket"), "{got}");
+    assert_eq!(&ping, b"PING", "what followed the body went through the tunnel");
+}

@@ -21,6 +21,9 @@ pub(crate) struct View<'a> {
     query: Option<&'a str>,
     target: &'a str,
     pub(super) host: Option<&'a str>,
+    /// The authority of an absolute-form target (`GET http://a.example/p`): it replaces `Host`
+    /// (RFC 9112 §3.2.2), as hyper reads it.
+    authority: Option<&'a str>,
     client: SocketAddr,
 }
 
@@ -28,18 +31,22 @@ impl<'a> View<'a> {
     /// The head parsed into `head` from `buf`, sent by `client`.
     pub(crate) fn of(buf: &'a [u8], head: &'a RequestHead, client: SocketAddr) -> Self {
         let method = std::str::from_utf8(head.method.get(buf)).unwrap_or("-");
-        let target = std::str::from_utf8(head.target.get(buf)).unwrap_or("/");
+        let raw = std::str::from_utf8(head.target.get(buf)).unwrap_or("/");
+        let (authority, target) = absolute_form(raw).unwrap_or((None, raw));
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
-        let host = head.host.map(|i| head.lines[i].value.get(buf)).and_then(host_of);
-        View { buf, head, method, path, query, target, host, client }
+        let host_line = head.host.map(|i| head.lines[i].value.get(buf));
+        let host = authority.map(str::as_bytes).or(host_line).and_then(host_of);
+        View { buf, head, method, path, query, target, host, authority, client }
     }
 
-    /// The `Host` line's value as sent (`preserve_host` forwards it as it came).
+    /// The host as sent, for `preserve_host`: an absolute-form target's authority, else the
+    /// `Host` line's value.
     pub(super) fn host_line(&self) -> Option<&'a [u8]> {
-        self.head.host.map(|i| self.head.lines[i].value.get(self.buf))
+        let line = self.head.host.map(|i| self.head.lines[i].value.get(self.buf));
+        self.authority.map(str::as_bytes).or(line)
     }
 
     /// The upgrade asked again on this hop: only to a protocol the operator allows (never
@@ -49,6 +56,24 @@ impl<'a> View<'a> {
         let protocol = self.head.upgrade.map(|i| self.head.lines[i].value.get(self.buf));
         protocol.filter(|p| upgrade_allowed(p, allowed))
     }
+}
+
+/// An absolute-form target (`http://authority/path?query`, the form proxies are sent) split
+/// into its authority and its origin-form rest; `None` for any other form. A target whose
+/// authority carries user information, or whose rest is not a path, gives a rest that is not
+/// one (the pipeline refuses it, 400) rather than a guess.
+fn absolute_form(target: &str) -> Option<(Option<&str>, &str)> {
+    let scheme = target.find("://")?;
+    let (name, rest) = (&target[..scheme], &target[scheme + 3..]);
+    if !name.eq_ignore_ascii_case("http") && !name.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, origin) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') || origin.starts_with('?') {
+        return Some((None, target));
+    }
+    Some((Some(authority), if origin.is_empty() { "/" } else { origin }))
 }
 
 impl RequestView for View<'_> {
@@ -88,6 +113,9 @@ impl Exchange for View<'_> {
             BodyFraming::Length(n) => Some(n),
             _ => None,
         }
+    }
+    fn method(&self) -> &str {
+        self.method
     }
     fn client(&self) -> SocketAddr {
         self.client

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -30,7 +30,7 @@ use crate::http::client::inflight::in_flight_body;
 use crate::http::client::pool::Lease;
 use crate::http::client::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
 use crate::http::connections::{ConnGuard, ConnPermit};
-use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
+use crate::http::error::ProxyError;
 use crate::http::grpc;
 use crate::http::hyper::outgoing::{Asks, Outgoing};
 use crate::http::mirror::MirrorCopy;
@@ -53,6 +53,7 @@ struct Upgrade {
 /// A request's head as the phases read it: hyper's [`Exchange`].
 pub(crate) struct OnHyper<'a> {
     pub(crate) req: HyperRequest<'a>,
+    pub(crate) method: &'a Method,
     pub(crate) client: SocketAddr,
 }
 
@@ -84,6 +85,9 @@ impl Exchange for OnHyper<'_> {
     fn declared_length(&self) -> Option<u64> {
         let length = self.req.headers.get(header::CONTENT_LENGTH)?;
         length.to_str().ok()?.trim().parse().ok()
+    }
+    fn method(&self) -> &str {
+        self.method.as_str()
     }
     fn client(&self) -> SocketAddr {
         self.client
@@ -129,12 +133,13 @@ impl Proxy {
         client: SocketAddr,
         trace: &mut Trace,
     ) -> Result<Response<Body>, ProxyError> {
-        if let Some(answer) = self.request_filter(&req)? {
-            return Ok(answer.into_response());
-        }
+        self.request_filter(&req)?;
         let host = request_host(req.uri(), req.headers());
         let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
-        let view = OnHyper { req: view, client };
+        let view = OnHyper { req: view, method: req.method(), client };
+        if let Some(answer) = pipeline::server_itself(&view)? {
+            return Ok(answer.into_response());
+        }
         let routed = pipeline::route(self, &view, trace)?;
         let admitted = pipeline::admit(self, &view, routed).await?;
         let Admitted { target, service, identity, key, in_flight } = admitted;
@@ -244,28 +249,8 @@ impl Proxy {
         }
     }
 
-    /// What the gateway refuses or answers itself, before routing: only origin-form targets
-    /// (and absolute-form, whose path is used) are ever forwarded, so no request can make the
-    /// gateway build an upstream address of its choosing.
-    fn request_filter(&self, req: &Request<Incoming>) -> Result<Option<OwnAnswer>, ProxyError> {
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::Refused(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not supported",
-            ));
-        }
-        if req.uri().path() == "*" && req.method() == Method::OPTIONS {
-            // OPTIONS * asks about the server itself: the gateway answers.
-            let mut answer = OwnAnswer::empty(StatusCode::OK);
-            answer.headers.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
-            return Ok(Some(answer));
-        }
-        if !req.uri().path().starts_with('/') {
-            return Err(ProxyError::Refused(
-                StatusCode::BAD_REQUEST,
-                "the request target must be a path (origin-form)",
-            ));
-        }
+    /// What hyper's side refuses before the pipeline (the engine refuses it as it parses).
+    fn request_filter(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
         if let Some(te) = req.headers().get(header::TRANSFER_ENCODING) {
             // Only chunked may be de-framed and re-framed; forwarding "gzip, chunked" as chunked
             // would hand the instance a body in a coding it was never told about.
@@ -276,7 +261,7 @@ impl Proxy {
                 ));
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// The client's body, capped at `max_body_bytes` (a declared length over it was refused
