@@ -121,7 +121,12 @@ pub(crate) async fn admit(
     let limited = (&proxy.observe.metrics, &gate.admission);
     let primary = proxy.routes.router.primary(&target);
     let in_flight = gate.limits.admit(limited, (&service, primary), ex, ex.client().ip())?;
-    let identity = proxy.authenticate(&target, &service.name, ex).await?;
+    // Boxed, and only for a route with auth: a check's state (a bcrypt on the blocking pool, a
+    // JWKS fetch) would otherwise enlarge every request's.
+    let identity = match proxy.routes.router.auth(&target) {
+        Some(_) => Box::pin(proxy.authenticate(&target, &service.name, ex)).await?,
+        None => None,
+    };
     gate.limits.admit_identity(limited, (&service, primary), identity.as_ref())?;
     let key = hash_on(&service, ex, ex.client());
     Ok(Admitted { target, service, identity, key, in_flight })

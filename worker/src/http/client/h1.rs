@@ -81,9 +81,9 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
             let (mut conn, reused) = match pooled.take() {
                 Some(c) => (c, true),
                 None => {
-                    let c = self
-                        .dialer
-                        .connect(address)
+                    // Boxed, as every path a kept-alive request does not take: a dial's state
+                    // (resolution, connect timer) would otherwise enlarge every request's.
+                    let c = Box::pin(self.dialer.connect(address))
                         .await
                         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
                     (c, false)
@@ -118,7 +118,8 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
             .await
             .map_err(|e| Failure::Lost { written: false, why: e.to_string() })?;
         if let Some((upload, client)) = self.upload.as_mut() {
-            upload.pump(*client, conn, self.idle_timeout).await.map_err(Failure::Other)?;
+            let pump = Box::pin(upload.pump(*client, conn, self.idle_timeout));
+            pump.await.map_err(Failure::Other)?;
         }
         let (buf, head) = (&mut self.buf, &mut self.head);
         buf.clear();

@@ -295,7 +295,7 @@ impl<S: Io> OnEngine<'_, S> {
             // max_connections permit held) until either side closes or it idles out.
             proxy.log_request(line, trace, status, None);
             let pending = &view.buf[*self.used..];
-            respond::tunnel(proxy, &mut *self.stream, (answered, actions), pending).await;
+            Box::pin(respond::tunnel(proxy, &mut *self.stream, (answered, actions), pending)).await;
             return Ok(Step::Close);
         }
         let length = proxy.observe.access_log.then(|| respond::content_length(&answered.response));

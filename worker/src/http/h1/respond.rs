@@ -100,7 +100,8 @@ pub(super) async fn respond<S: Io>(
             out.extend_from_slice(&ex.buf[body_start..body_start + first]);
             reusable &= have <= n;
             write_within(client, out, idle).await.is_ok()
-                && (have >= n || copy_length(&mut ex, client, n - have, idle, &mut reusable).await)
+                && (have >= n
+                    || Box::pin(copy_length(&mut ex, client, n - have, idle, &mut reusable)).await)
         }
         Framing::Chunked => {
             let mut decoder = Decoder::default();
@@ -112,14 +113,14 @@ pub(super) async fn respond<S: Io>(
                     }
                     write_within(client, out, idle).await.is_ok()
                         && (decoder.is_done()
-                            || copy_chunked(
+                            || Box::pin(copy_chunked(
                                 &mut ex,
                                 client,
                                 (decoder, raw),
                                 idle,
                                 &mut reusable,
                                 out,
-                            )
+                            ))
                             .await)
                 }
                 // Nothing sent yet: the client gets a 502 instead of a cut connection.
@@ -130,7 +131,7 @@ pub(super) async fn respond<S: Io>(
             reusable = false;
             frame(&ex.buf[body_start..], raw, out);
             write_within(client, out, idle).await.is_ok()
-                && copy_until_close(&mut ex, client, (idle, raw), out).await
+                && Box::pin(copy_until_close(&mut ex, client, (idle, raw), out)).await
         }
     };
     let Reply { conn, head, buf, request } = ex;

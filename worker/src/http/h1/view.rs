@@ -32,7 +32,10 @@ impl<'a> View<'a> {
     pub(crate) fn of(buf: &'a [u8], head: &'a RequestHead, client: SocketAddr) -> Self {
         let method = std::str::from_utf8(head.method.get(buf)).unwrap_or("-");
         let raw = std::str::from_utf8(head.target.get(buf)).unwrap_or("/");
-        let (authority, target) = absolute_form(raw).unwrap_or((None, raw));
+        let (authority, target) = match raw.starts_with('/') {
+            true => (None, raw),
+            false => absolute_form(raw).unwrap_or((None, raw)),
+        };
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
