@@ -115,6 +115,23 @@ fn finish(path: &Path, mut config: Config) -> Result<Config, ConfigError> {
     }
     let refuse =
         |message: String| ConfigError { path: path.to_path_buf(), position: None, message };
+    // A route's fixed answer is read now, once: workers never read it, and a missing file
+    // fails `check` and the reload.
+    for (i, r) in config.routes.iter_mut().enumerate() {
+        let Some(answer) = r.answer.as_mut() else { continue };
+        if let Some(file) = answer.body_file.as_mut() {
+            if answer.body.is_some() {
+                return Err(refuse(format!("route[{i}].answer: body and body_file both set")));
+            }
+            relative(file);
+            let body = std::fs::read(&*file).map_err(|e| {
+                refuse(format!("route[{i}].answer.body_file {}: {e}", file.display()))
+            })?;
+            answer.body = Some(String::from_utf8(body).map_err(|_| {
+                refuse(format!("route[{i}].answer.body_file {}: not UTF-8 text", file.display()))
+            })?);
+        }
+    }
     worker::http::client::transport::Transports::from_config(&config)
         .map_err(|e| refuse(e.to_string()))?;
     // Every JWKS and htpasswd file is read now: a bad one fails `check` and the reload, and

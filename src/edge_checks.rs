@@ -16,6 +16,7 @@ pub fn check(config: &Config) -> Result<(), String> {
                 return Err(format!("{at}.auth: no [auth.{name}] section"));
             }
         }
+        check_edge(&at, r)?;
         if let Some(m) = &r.mirror {
             if !(0.0..=100.0).contains(&m.percent) {
                 return Err(format!("{at}.mirror.percent: {} is not within 0..100", m.percent));
@@ -54,6 +55,83 @@ pub fn check(config: &Config) -> Result<(), String> {
         }
         if t.queue == 0 || t.batch == 0 {
             return Err("tracing.queue and tracing.batch: at least 1".into());
+        }
+    }
+    Ok(())
+}
+
+/// A route's `cors`, `redirect` and `answer`.
+fn check_edge(at: &str, r: &worker::config::RouteRule) -> Result<(), String> {
+    if r.redirect.is_some() && r.answer.is_some() {
+        return Err(format!("{at}: redirect and answer both set; a route answers one way"));
+    }
+    if let Some(c) = &r.cors {
+        if c.origins.is_empty() {
+            return Err(format!("{at}.cors.origins: at least one origin (\"*\" for any)"));
+        }
+        for o in &c.origins {
+            if o == "*" {
+                if c.credentials {
+                    return Err(format!(
+                        "{at}.cors: origins = [\"*\"] with credentials = true would hand any site the user's cookies; list the origins"
+                    ));
+                }
+                continue;
+            }
+            let plain = o.replacen("://*.", "://", 1);
+            let ok = plain.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some()
+                    && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+                    && !plain.ends_with('/')
+            });
+            if !ok {
+                return Err(format!(
+                    "{at}.cors.origins: {o:?} is not an origin (scheme://host[:port], e.g. \"https://app.example\" or \"https://*.example.com\")"
+                ));
+            }
+        }
+        for m in &c.methods {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(format!("{at}.cors.methods: {m:?} is not a method"));
+            }
+        }
+        for h in c.headers.iter().chain(&c.expose) {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!("{at}.cors: {h:?} is not a header name"));
+            }
+        }
+    }
+    if let Some(d) = &r.redirect {
+        if ![301, 302, 303, 307, 308].contains(&d.status) {
+            return Err(format!(
+                "{at}.redirect.status: {} is not 301, 302, 303, 307 or 308",
+                d.status
+            ));
+        }
+        let unknown =
+            d.to.split('{')
+                .skip(1)
+                .filter_map(|p| p.split_once('}').map(|(name, _)| name))
+                .find(|name| !matches!(*name, "scheme" | "host" | "port" | "path"));
+        if let Some(name) = unknown {
+            return Err(format!(
+                "{at}.redirect.to: {{{name}}} is not a placeholder ({{scheme}}, {{host}}, {{port}}, {{path}})"
+            ));
+        }
+        if d.to.is_empty() {
+            return Err(format!("{at}.redirect.to: empty"));
+        }
+    }
+    if let Some(a) = &r.answer {
+        if !(200..=599).contains(&a.status) {
+            return Err(format!("{at}.answer.status: {} is not within 200..599", a.status));
+        }
+        if http::HeaderValue::from_str(&a.content_type).is_err() {
+            return Err(format!(
+                "{at}.answer.content_type: {:?} is not a header value",
+                a.content_type
+            ));
         }
     }
     Ok(())

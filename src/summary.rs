@@ -47,7 +47,8 @@ fn listeners(config: &Config) -> String {
     let s = &config.server;
     let list =
         |l: &[std::net::SocketAddr]| l.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
-    let mut out = format!("listen      {}\n", list(&s.listen));
+    let redirect = if s.https_redirect { " (every request redirected to HTTPS)" } else { "" };
+    let mut out = format!("listen      {}{redirect}\n", list(&s.listen));
     if !s.listen_tls.is_empty() {
         out += &format!("listen_tls  {}\n", list(&s.listen_tls));
     }
@@ -115,6 +116,56 @@ fn processes(config: &Config) -> String {
     )
 }
 
+/// A route's edge rules as `check` shows them; nothing for a route without any.
+fn edge_extras(r: &worker::config::RouteRule) -> String {
+    let mut extras = String::new();
+    if !r.allow.is_empty() || !r.deny.is_empty() {
+        extras += &format!(
+            " (allow {}, deny {})",
+            list_or(&toml_list(&r.allow), "any"),
+            list_or(&toml_list(&r.deny), "none")
+        );
+    }
+    if let Some(c) = &r.cors {
+        extras += &format!(
+            " (cors {} methods {}{}, max_age {})",
+            c.origins.join(" "),
+            c.methods.join(","),
+            if c.credentials { ", credentials" } else { "" },
+            human(c.max_age)
+        );
+    }
+    if let Some(d) = &r.redirect {
+        extras += &format!(" (redirect {} {})", d.status, d.to);
+    }
+    if let Some(a) = &r.answer {
+        let body = match (&a.body_file, &a.body) {
+            (Some(f), _) => f.display().to_string(),
+            (None, Some(b)) => format!("{} bytes inline", b.len()),
+            (None, None) => "no body".into(),
+        };
+        extras += &format!(" (answer {} {}, {body})", a.status, a.content_type);
+    }
+    extras
+}
+
+/// The blocks of an `allow`/`deny` list as written back.
+fn toml_list(blocks: &worker::config::AddressBlocks) -> Vec<String> {
+    match toml::Value::try_from(blocks) {
+        Ok(toml::Value::Array(a)) => {
+            a.iter().filter_map(|v| v.as_str().map(String::from)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn list_or(items: &[String], none: &str) -> String {
+    match items.is_empty() {
+        true => none.to_string(),
+        false => items.join(" "),
+    }
+}
+
 fn routing(config: &Config) -> String {
     let h = &config.header_routing;
     let mut out = match h.enabled {
@@ -135,6 +186,7 @@ fn routing(config: &Config) -> String {
         if let Some(m) = &r.mirror {
             extras += &format!(" (mirror {}% to {})", m.percent, m.service);
         }
+        extras += &edge_extras(r);
         out += &format!(
             "route       {}{} -> {}{extras}\n",
             r.host.as_deref().unwrap_or("*"),
@@ -218,11 +270,18 @@ fn services(config: &Config) -> String {
             })
             .collect();
         let lb = config_name(&svc.load_balance.unwrap_or(config.proxy.load_balance));
-        let check = svc
+        let mut check = svc
             .health_check
             .as_ref()
             .map(|h| format!(", health check {}", h.path))
             .unwrap_or_default();
+        if !svc.allow.is_empty() || !svc.deny.is_empty() {
+            check += &format!(
+                ", allow {}, deny {}",
+                list_or(&toml_list(&svc.allow), "any"),
+                list_or(&toml_list(&svc.deny), "none")
+            );
+        }
         out += &match svc.instances {
             Some(_) => {
                 format!("service     {name}: {lb}{check}, static: {}\n", instances.join(", "))

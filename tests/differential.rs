@@ -57,6 +57,8 @@ fn cases() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ("underscores", vec![("x_user", "admin"), ("x-user", "ok")]),
         ("repeated", vec![("x-dup", "a"), ("x-dup", "b"), ("cookie", "a=1"), ("cookie", "b=2")]),
         ("route rules", vec![("x-strip", "secret"), ("x-set", "client")]),
+        ("cors allowed", vec![("origin", "https://app.example")]),
+        ("cors refused", vec![("origin", "https://other.example")]),
     ]
 }
 
@@ -251,7 +253,8 @@ fn every_way_a_request_arrives_gets_the_same_header_policy() {
             "[[route]]",
             "path_prefix = \"/\"\nservice = \"web\"\n\
              request_headers = { remove = [\"x-strip\"], set = { x-set = \"gateway\" }, add = { x-added = \"1\" } }\n\
-             response_headers = { set = { x-answer = \"gw\" }, remove = [\"x-backend\"] }",
+             response_headers = { set = { x-answer = \"gw\" }, remove = [\"x-backend\"] }\n\
+             cors = { origins = [\"https://app.example\"], credentials = true, expose = [\"x-request-id\"] }",
         )
         .section("[[tls]]", &format!("cert = {:?}\nkey = {:?}\n", leaf.cert, leaf.key));
     let gw = Gateway::with(toml)
@@ -296,6 +299,13 @@ fn every_way_a_request_arrives_gets_the_same_header_policy() {
             "{case}:\n{joined}"
         );
         assert!(want_answer.contains(&"x-answer: gw".to_string()), "{case}: {want_answer:?}");
+        // CORS: the gateway's lines on an allowed origin's answer, `Vary: Origin` on every one.
+        let has = |line: &str| want_answer.iter().any(|l| l == line);
+        assert!(has("vary: origin"), "{case}: {want_answer:?}");
+        let allowed = case == "cors allowed";
+        assert_eq!(has("access-control-allow-origin: https://app.example"), allowed, "{case}");
+        assert_eq!(has("access-control-allow-credentials: true"), allowed, "{case}");
+        assert_eq!(has("access-control-expose-headers: x-request-id"), allowed, "{case}");
         assert!(!want_answer.iter().any(|l| l.starts_with("x-backend")), "{case}: {want_answer:?}");
     }
 }

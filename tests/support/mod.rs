@@ -12,6 +12,7 @@ pub mod load;
 pub mod netns;
 pub mod otlp;
 pub mod pki;
+pub mod sides;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

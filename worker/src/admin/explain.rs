@@ -3,15 +3,21 @@
 //! balancer, and each instance with its state in words — routable, ejected (until when, after
 //! what), held by the removal guard, released, unhealthy, ramping at weight w — plus the nodes
 //! of the service the registry has that are not routed, and why (out of service, disabled by an
-//! override, malformed). Reads this worker's table and the host-wide instance state.
+//! override, malformed). With `client=IP` and `header=origin:…`, what the route's edge rules
+//! decide: `allow`/`deny`, its own answer (redirect, fixed answer), CORS. Reads this worker's
+//! table and the host-wide instance state.
+
+use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use serde_json::{json, Value};
 
 use super::Admin;
+use crate::config::RouteRule;
 use crate::discovery::formats::url_decode;
 use crate::discovery::report::Outcome;
-use crate::http::router::Router;
+use crate::http::edge::EdgeRules;
+use crate::http::router::{request_host, HyperRequest, Router};
 use crate::table::{wall_ms, Service, RAMP_SCALE};
 
 /// The query's parameters, percent-decoded.
@@ -58,12 +64,15 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
             match router.route(&uri, &headers) {
                 Ok(t) => {
                     let rule = t.rule.and_then(|i| admin.config.routes.get(i));
+                    let client = get("client").and_then(|c| c.parse().ok());
+                    let edge = rule.map(|r| edge(r, (&uri, &headers), client));
                     let route = json!({
                         "by": if rule.is_some() { "route" } else { "header routing" },
                         "rule": t.rule,
                         "path_prefix": rule.map(|r| r.path_prefix.clone()),
                         "host": rule.and_then(|r| r.host.clone()),
                         "forwarded_path": t.path.as_str(),
+                        "edge": edge,
                     });
                     (t.service, route)
                 }
@@ -85,9 +94,12 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
             }),
         );
     };
+    let addresses =
+        admin.config.services.get(&service).map(|s| json!({"allow": s.allow, "deny": s.deny}));
     let body = json!({
         "route": route,
         "service": service,
+        "service_addresses": addresses,
         "source": svc.source,
         "load_balance": svc.policy.strategy,
         "slow_start_ms": svc.policy.slow_start_ms,
@@ -96,6 +108,40 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
         "worker": {"pid": std::process::id(), "slot": admin.slot},
     });
     (StatusCode::OK, body)
+}
+
+/// What the route's edge rules decide for this request (`?client=IP`: the client's address
+/// after `trusted_proxies`; `header=origin:…` for CORS): `allow`/`deny` and their verdict, the
+/// route's own answer (a redirect with its location, a fixed answer), CORS and whether the
+/// origin is allowed.
+fn edge(rule: &RouteRule, (uri, headers): (&Uri, &HeaderMap), client: Option<IpAddr>) -> Value {
+    let rules = EdgeRules::of(rule);
+    let host = request_host(uri, headers);
+    let req = HyperRequest { uri, headers, host: host.as_deref() };
+    let own = rules.own.as_ref().map(|own| {
+        let answer = own.answer(&req, ("http", 0));
+        let location = answer.headers.get(http::header::LOCATION);
+        json!({
+            "status": answer.status.as_u16(),
+            "location": location.and_then(|l| l.to_str().ok()),
+        })
+    });
+    let origin = headers.get(http::header::ORIGIN).map(HeaderValue::as_bytes);
+    let cors = rules.cors.as_ref().map(|c| {
+        json!({
+            "origins": rule.cors.as_ref().map(|c| &c.origins),
+            "origin": origin.map(String::from_utf8_lossy),
+            "origin_allowed": origin.map(|o| c.allows(o)),
+        })
+    });
+    json!({
+        "allow": rule.allow,
+        "deny": rule.deny,
+        "client": client,
+        "client_allowed": client.map(|ip| rules.addresses.admit(ip)),
+        "answers_itself": own,
+        "cors": cors,
+    })
 }
 
 /// What instance `idx` of `svc` does now, and why, in an operator's words: `routable`, `held`

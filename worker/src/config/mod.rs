@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod defaults;
+pub mod edge;
 pub mod fleet;
 pub mod proxy;
 pub mod route;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, BasicSettings, JwtSettings};
 pub use defaults::*;
+pub use edge::{Cors, Redirect, StaticAnswer};
 pub use fleet::FleetSettings;
 pub use proxy::{
     EscapedSlashes, HeaderRouting, OutlierSettings, PathParameters, PathRules, ProxySettings,
@@ -30,7 +32,7 @@ pub use proxy::{
 pub use route::{Canary, HeaderRules, Mirror, RouteRule};
 pub use service::{HealthCheck, Protocol, ServiceSettings, Services};
 pub use tracing::TracingSettings;
-pub use values::{duration, listen_addr, HashOn, TrustedProxies, Workers};
+pub use values::{duration, listen_addr, AddressBlocks, HashOn, TrustedProxies, Workers};
 pub use zookeeper::{Format, ZkSettings, ZkTls};
 
 /// The whole file.
@@ -290,6 +292,9 @@ pub struct ServerSettings {
     pub user: Option<String>,
     /// Run workers with this group.
     pub group: Option<String>,
+    /// Answer every request on a plain `listen` address with a 301 to the same host and path
+    /// over HTTPS (on the first `listen_tls` port, named when it is not 443).
+    pub https_redirect: bool,
 }
 
 impl Default for ServerSettings {
@@ -305,6 +310,7 @@ impl Default for ServerSettings {
             cpu_affinity: false,
             user: None,
             group: None,
+            https_redirect: false,
         }
     }
 }

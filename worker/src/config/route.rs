@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::absolute_path;
+use super::edge::{Cors, Redirect, StaticAnswer};
+use super::values::{absolute_path, AddressBlocks};
 use super::DEFAULT_PATH_PREFIX;
 
 /// One `[[route]]` rule. Rules are tried in order; the first match wins.
@@ -39,6 +40,21 @@ pub struct RouteRule {
     /// Headers set, added and removed on the response before the client gets it.
     #[serde(default)]
     pub response_headers: HeaderRules,
+    /// Client addresses (after `trusted_proxies`) that may use the route; empty: any.
+    #[serde(default)]
+    pub allow: AddressBlocks,
+    /// Client addresses refused (403), whatever `allow` says.
+    #[serde(default)]
+    pub deny: AddressBlocks,
+    /// Browsers on other origins that may call the route.
+    #[serde(default)]
+    pub cors: Option<Cors>,
+    /// The route answers with a redirect (its service is not asked).
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    /// The route answers every request itself (its service is not asked).
+    #[serde(default)]
+    pub answer: Option<StaticAnswer>,
 }
 
 /// `canary = { service, percent, header, cookie }` of a route.

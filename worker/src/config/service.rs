@@ -48,6 +48,11 @@ pub struct ServiceSettings {
         deserialize_with = "duration::within_opt::<_, 0, 3600000>"
     )]
     pub slow_start: Option<Duration>,
+    /// Client addresses (after `trusted_proxies`) that may reach the service, by any route or
+    /// header; empty: any.
+    pub allow: values::AddressBlocks,
+    /// Client addresses refused (403), whatever `allow` says.
+    pub deny: values::AddressBlocks,
 }
 
 /// The protocol a service's instances speak.

@@ -323,10 +323,14 @@ fn cpus() -> usize {
 /// `proxy.trusted_proxies`: addresses and CIDR blocks (`"10.0.0.0/8"`, `"::1"`) whose
 /// `X-Forwarded-*` and `Forwarded` lines are believed (nginx's `set_real_ip_from`). Empty by
 /// default: a client's own forwarding headers never reach an instance as sent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<(std::net::IpAddr, u8)>);
+pub type TrustedProxies = AddressBlocks;
 
-impl TrustedProxies {
+/// Addresses and CIDR blocks (`"10.0.0.0/8"`, `"2001:db8::/32"`, `"192.0.2.7"`), as
+/// `trusted_proxies`, and a route's or service's `allow` and `deny` take them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressBlocks(Vec<(std::net::IpAddr, u8)>);
+
+impl AddressBlocks {
     /// Parses each entry; an error names the one that is not an address or CIDR block.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut blocks = Vec::new();
@@ -345,10 +349,15 @@ impl TrustedProxies {
             }
             blocks.push((ip, bits));
         }
-        Ok(TrustedProxies(blocks))
+        Ok(AddressBlocks(blocks))
     }
 
-    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 one) is trusted.
+    /// Whether no block is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 one) is in a block.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
         if self.0.is_empty() {
@@ -374,14 +383,14 @@ impl TrustedProxies {
     }
 }
 
-impl<'de> Deserialize<'de> for TrustedProxies {
+impl<'de> Deserialize<'de> for AddressBlocks {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let entries = Vec::<String>::deserialize(d)?;
-        TrustedProxies::parse(entries.iter().map(String::as_str)).map_err(serde::de::Error::custom)
+        AddressBlocks::parse(entries.iter().map(String::as_str)).map_err(serde::de::Error::custom)
     }
 }
 
-impl Serialize for TrustedProxies {
+impl Serialize for AddressBlocks {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.entries().serialize(s)
     }

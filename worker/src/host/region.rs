@@ -49,6 +49,12 @@ pub(crate) struct ServiceStats {
     pub(crate) mirrored: AtomicU64,
     pub(crate) mirror_skipped: AtomicU64,
     pub(crate) mirror_failed: AtomicU64,
+    /// Requests refused by `allow`/`deny` (403), and answered at the edge by the route itself:
+    /// redirects, fixed answers, CORS preflights.
+    pub(crate) address_refused: AtomicU64,
+    pub(crate) redirected: AtomicU64,
+    pub(crate) answered: AtomicU64,
+    pub(crate) preflights: AtomicU64,
 }
 
 /// One worker slot's counters for one `[[route]]` (by its place in the file).

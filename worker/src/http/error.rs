@@ -1,16 +1,13 @@
 //! The gateway's own answers: why a request was not proxied ([`ProxyError`]) and the short
 //! JSON body with the status an operator expects from a gateway (404, 503, 502, 504 …).
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::HeaderMap;
-use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 
 use crate::auth::Refusal;
 use crate::http::client::upstream::UpstreamError;
+pub use crate::http::own::OwnAnswer;
 use crate::http::router::RouteError;
-use crate::http::Body;
 
 /// Why a request was answered by the gateway itself.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +45,13 @@ pub enum ProxyError {
     /// (verification saturated, keys not loaded).
     #[error("{1}")]
     Auth(String, Refusal),
+    /// A route's or service's `allow`/`deny` refused the client's address: 403.
+    #[error("client address not allowed")]
+    AddressRefused(String),
+    /// Not a failure: the route answers the request itself (its redirect, its fixed answer, a
+    /// CORS preflight), through the same door as every answer the gateway writes.
+    #[error("answered by the route")]
+    Answered(Box<OwnAnswer>),
 }
 
 impl ProxyError {
@@ -74,6 +78,8 @@ impl ProxyError {
             }
             ProxyError::Upstream(_, UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::AddressRefused(_) => StatusCode::FORBIDDEN,
+            ProxyError::Answered(answer) => answer.status,
         }
     }
 
@@ -87,13 +93,17 @@ impl ProxyError {
             | ProxyError::BodyTooLarge(s)
             | ProxyError::RateLimited(s, _)
             | ProxyError::Overloaded(s)
-            | ProxyError::Auth(s, _) => Some(s),
-            ProxyError::Route(_) | ProxyError::Refused(..) => None,
+            | ProxyError::Auth(s, _)
+            | ProxyError::AddressRefused(s) => Some(s),
+            ProxyError::Route(_) | ProxyError::Refused(..) | ProxyError::Answered(_) => None,
         }
     }
 
     /// The JSON answer: `{"error": "...", "service": "..."}`.
     pub fn into_answer(self) -> OwnAnswer {
+        if let ProxyError::Answered(answer) = self {
+            return *answer;
+        }
         let message = match &self {
             ProxyError::Upstream(_, UpstreamError::Timeout(_) | UpstreamError::Slow(_)) => {
                 "upstream timeout".to_string()
@@ -130,67 +140,6 @@ impl ProxyError {
     }
 }
 
-/// An answer the gateway writes itself (a refusal, `OPTIONS *`): whole in memory, built once
-/// and rendered by each protocol side — as bytes by the engine ([`OwnAnswer::write_h1`]), as a
-/// `Response` by hyper ([`OwnAnswer::into_response`]) — so both send the same status, headers
-/// and body.
-#[derive(Debug, Clone)]
-pub struct OwnAnswer {
-    /// Its status.
-    pub status: StatusCode,
-    /// Its headers, framing aside (each side frames the body its own way).
-    pub headers: HeaderMap,
-    /// Its body, whole.
-    pub body: Bytes,
-}
-
-impl OwnAnswer {
-    /// A small JSON error body, for the proxy and the server's own refusals.
-    pub fn json(status: StatusCode, error: &str, service: Option<&str>) -> Self {
-        let mut body = serde_json::json!({ "error": error });
-        if let Some(s) = service {
-            body["service"] = serde_json::Value::from(s);
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        OwnAnswer { status, headers, body: Bytes::from(format!("{body}\n")) }
-    }
-
-    /// An empty answer with this status.
-    pub fn empty(status: StatusCode) -> Self {
-        OwnAnswer { status, headers: HeaderMap::new(), body: Bytes::new() }
-    }
-
-    /// The answer on hyper's side.
-    pub fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(Full::new(self.body).map_err(|never| match never {}).boxed());
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers;
-        resp
-    }
-
-    /// The answer as the engine writes it: an HTTP/1.1 head with `Content-Length` (and
-    /// `Connection: close` when the connection ends after it), then the body.
-    pub fn write_h1(&self, close: bool, out: &mut Vec<u8>) {
-        use crate::http::policy::HeadSink as _;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(self.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for (name, value) in &self.headers {
-            out.put(name.as_str().as_bytes(), value.as_bytes());
-        }
-        out.put(b"content-length", self.body.len().to_string().as_bytes());
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
-    }
-}
-
 impl ProxyError {
     /// The gRPC status of this error (for a gRPC client, which reads `grpc-status`, not the
     /// HTTP status): UNAVAILABLE for no instance, DEADLINE_EXCEEDED for a timeout, …
@@ -218,6 +167,8 @@ impl ProxyError {
             }
             ProxyError::Route(RouteError::BadRequest(_)) => (3, "INVALID_ARGUMENT"),
             ProxyError::Refused(StatusCode::SERVICE_UNAVAILABLE, _) => (14, "UNAVAILABLE"),
+            ProxyError::AddressRefused(_) => (7, "PERMISSION_DENIED"),
+            ProxyError::Answered(_) => (0, "OK"),
             ProxyError::Refused(..) => (13, "INTERNAL"),
             ProxyError::Upstream(..) => (14, "UNAVAILABLE"),
         }
@@ -226,6 +177,9 @@ impl ProxyError {
     /// The answer to a gRPC client: HTTP 200 with `grpc-status` and `grpc-message` and no body
     /// (a "trailers-only" response), as gRPC servers and Envoy answer.
     pub fn into_grpc_answer(self) -> OwnAnswer {
+        if let ProxyError::Answered(answer) = self {
+            return *answer;
+        }
         let (code, _) = self.grpc_status();
         let message = match self.service() {
             Some(s) => format!("zkgate: service {s}: {self}"),

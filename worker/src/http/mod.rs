@@ -43,6 +43,7 @@
 pub mod buffers;
 pub mod client;
 pub mod connections;
+pub mod edge;
 pub mod eos;
 pub mod error;
 pub mod grpc;
@@ -54,6 +55,7 @@ pub mod hyper;
 pub mod limits;
 mod logging;
 pub mod mirror;
+pub mod own;
 pub mod pipeline;
 #[cfg(test)]
 mod pipeline_tests;

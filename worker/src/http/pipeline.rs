@@ -25,10 +25,12 @@ use http::StatusCode;
 
 use crate::auth::Identity;
 use crate::host::admission::InFlightGuard;
+use crate::http::edge::{EdgeRules, OwnRule};
 use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
 use crate::http::policy::Line;
 use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
-use crate::http::router::{RequestView, Target};
+use crate::http::router::{HeaderActions, RequestView, Target};
+use crate::metrics::EdgeAnswer;
 use crate::table::Service;
 
 /// A request as the phases read it, whichever side parsed it: its head (the router's view),
@@ -42,13 +44,18 @@ pub(crate) trait Exchange: RequestView {
     fn method(&self) -> &str;
     /// The client's address (before `trusted_proxies`: the peer).
     fn client(&self) -> SocketAddr;
+    /// How the client reached the gateway: `http` or `https`, and the gateway's port.
+    fn came_by(&self) -> (&'static str, u16);
 }
 
 /// What a request asks of the gateway itself, before any route: `OPTIONS *` asks about the
 /// server and is answered here; CONNECT (405) and a target that is not a path (400) are
 /// refused. Only origin-form targets (and absolute-form, whose path is used) are ever
 /// forwarded, so no request can make the gateway build an upstream address of its choosing.
-pub(crate) fn server_itself(ex: &impl Exchange) -> Result<Option<OwnAnswer>, ProxyError> {
+pub(crate) fn server_itself(
+    proxy: &Proxy,
+    ex: &impl Exchange,
+) -> Result<Option<OwnAnswer>, ProxyError> {
     if ex.method() == "CONNECT" {
         return Err(ProxyError::Refused(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -63,6 +70,14 @@ pub(crate) fn server_itself(ex: &impl Exchange) -> Result<Option<OwnAnswer>, Pro
     if !ex.path().starts_with('/') {
         let why = "the request target must be a path (origin-form)";
         return Err(ProxyError::Refused(StatusCode::BAD_REQUEST, why));
+    }
+    if let (Some(port), ("http", _)) = (proxy.routes.https_redirect, ex.came_by()) {
+        let to = match port {
+            443 => "https://{host}{path}".to_string(),
+            port => format!("https://{{host}}:{port}{{path}}"),
+        };
+        let redirect = OwnRule::Redirect { to, status: StatusCode::MOVED_PERMANENTLY };
+        return Ok(Some(redirect.answer(ex, ex.came_by())));
     }
     Ok(None)
 }
@@ -84,6 +99,8 @@ pub(crate) struct Admitted {
     /// Counted in flight (`max_requests`) until dropped: the side holds it until the answer
     /// is sent whole.
     pub(crate) in_flight: Option<InFlightGuard>,
+    /// The answer's header edits when CORS adds to the route's (`None`: the route's own).
+    pub(crate) answer_actions: Option<HeaderActions>,
 }
 
 /// The loop check, the route and the service: what a request is, before anything is spent on
@@ -100,14 +117,60 @@ pub(crate) fn route(
     }
     let target = proxy.routes.router.route_view(ex)?;
     trace.rule = target.rule;
+    if let Some(edge) = proxy.routes.edge(&target) {
+        at_the_edge(proxy, ex, edge, &target)?;
+    }
     let service = proxy.service(&target.service)?;
     trace.service = Some(service.clone());
     Ok(Routed { target, service })
 }
 
+/// A route's edge rules: a client address its `allow`/`deny` refuses (403); what the route
+/// answers itself — a CORS preflight, its redirect, its fixed answer — as
+/// [`ProxyError::Answered`], before its service is looked up (a route that only redirects
+/// needs no instance).
+fn at_the_edge(
+    proxy: &Proxy,
+    ex: &impl Exchange,
+    edge: &EdgeRules,
+    target: &Target,
+) -> Result<(), ProxyError> {
+    let count = |what| {
+        let idx = proxy.observe.metrics.service_index(&target.service);
+        proxy.observe.metrics.edge_answer(idx, what);
+    };
+    if !edge.addresses.is_empty() && !edge.addresses.admit(real_client(proxy, ex)) {
+        count(EdgeAnswer::AddressRefused);
+        return Err(ProxyError::AddressRefused(target.service.clone()));
+    }
+    let origin = ex.header(&http::header::ORIGIN);
+    if let (Some(cors), Some(origin)) = (&edge.cors, origin) {
+        let preflight = ex.method() == "OPTIONS"
+            && ex.header(&http::header::ACCESS_CONTROL_REQUEST_METHOD).is_some();
+        if preflight {
+            count(EdgeAnswer::Preflight);
+            return Err(ProxyError::Answered(Box::new(cors.preflight(origin, ex))));
+        }
+    }
+    if let Some(own) = &edge.own {
+        count(match own {
+            OwnRule::Redirect { .. } => EdgeAnswer::Redirect,
+            OwnRule::Answer(_) => EdgeAnswer::Answer,
+        });
+        return Err(ProxyError::Answered(Box::new(own.answer(ex, ex.came_by()))));
+    }
+    Ok(())
+}
+
+/// The client's address after `trusted_proxies`.
+fn real_client(proxy: &Proxy, ex: &impl Exchange) -> std::net::IpAddr {
+    proxy.policy.client_ip(ex.client().ip(), ex.lines())
+}
+
 /// Whether the request may go: a declared body over `max_body_bytes` (413 before a byte of it
-/// is read), the rate limits and `max_requests`, the route's auth, the limits per verified
-/// identity; then the key a `consistent_hash` service picks its instance by.
+/// is read), the service's `allow`/`deny`, the rate limits and `max_requests`, the route's
+/// auth, the limits per verified identity; then the key a `consistent_hash` service picks its
+/// instance by, and the answer edits CORS adds.
 pub(crate) async fn admit(
     proxy: &Proxy,
     ex: &impl Exchange,
@@ -116,6 +179,13 @@ pub(crate) async fn admit(
     let max_body = proxy.settings.max_body_bytes;
     if max_body != 0 && ex.declared_length().is_some_and(|n| n > max_body) {
         return Err(ProxyError::BodyTooLarge(service.name.clone()));
+    }
+    if let Some(addresses) = proxy.gate.addresses.get(&service.name) {
+        if !addresses.admit(real_client(proxy, ex)) {
+            let idx = proxy.observe.metrics.service_index(&service.name);
+            proxy.observe.metrics.edge_answer(idx, EdgeAnswer::AddressRefused);
+            return Err(ProxyError::AddressRefused(service.name.clone()));
+        }
     }
     let gate = &proxy.gate;
     let limited = (&proxy.observe.metrics, &gate.admission);
@@ -129,7 +199,12 @@ pub(crate) async fn admit(
     };
     gate.limits.admit_identity(limited, (&service, primary), identity.as_ref())?;
     let key = hash_on(&service, ex, ex.client());
-    Ok(Admitted { target, service, identity, key, in_flight })
+    let cors = proxy.routes.edge(&target).and_then(|e| e.cors.as_ref());
+    let answer_actions = cors.map(|cors| {
+        let route = proxy.routes.router.header_actions(&target).map(|(_, response)| response);
+        cors.answer_actions(ex.header(&http::header::ORIGIN), route)
+    });
+    Ok(Admitted { target, service, identity, key, in_flight, answer_actions })
 }
 
 impl Proxy {

@@ -253,6 +253,31 @@ impl Policy {
         &self.via
     }
 
+    /// The client's address as `allow`/`deny` judge it: the peer, or — when the peer is in
+    /// `trusted_proxies` — the last address in `X-Forwarded-For` that is not (nginx's
+    /// `real_ip_recursive`); a value that is not an address ends the walk at what was known.
+    pub fn client_ip<'l>(&self, peer: IpAddr, lines: impl Iterator<Item = Line<'l>>) -> IpAddr {
+        if !self.trusted.contains(peer) {
+            return peer;
+        }
+        let hops: Vec<&[u8]> = lines
+            .filter(|l| l.kind == Kind::ForwardedFor)
+            .flat_map(|l| l.value.split(|b| *b == b','))
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Some(ip) = std::str::from_utf8(hop.trim_ascii()).ok().and_then(|s| s.parse().ok())
+            else {
+                break;
+            };
+            client = ip;
+            if !self.trusted.contains(ip) {
+                break;
+            }
+        }
+        client
+    }
+
     /// Whether the request already passed through this gateway (it is answered 508).
     pub fn looped<'l>(&self, mut lines: impl Iterator<Item = Line<'l>>) -> bool {
         lines.any(|l| l.kind == Kind::Via && via_lists(l.value, &self.via))

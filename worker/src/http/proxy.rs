@@ -20,6 +20,7 @@ use crate::http::client::dial::Dialer;
 use crate::http::client::forward::{Attempts, Forwarder};
 use crate::http::client::transport::Transports;
 use crate::http::connections::Connections;
+use crate::http::edge::{Addresses, EdgeRules};
 use crate::http::error::ProxyError;
 use crate::http::headers;
 use crate::http::limits::Limits;
@@ -56,6 +57,17 @@ pub(crate) struct Routes {
     pub(crate) router: Router,
     /// The metrics row of requests no route took.
     pub(crate) unrouted: usize,
+    /// `[server] https_redirect`: plain requests go to HTTPS, on this port (`None`: no).
+    pub(crate) https_redirect: Option<u16>,
+    /// Each `[[route]]`'s edge rules, by its place in the file.
+    pub(crate) edges: Vec<EdgeRules>,
+}
+
+impl Routes {
+    /// The edge rules of the route a request matched (`allow`/`deny`, CORS, its own answer).
+    pub(crate) fn edge(&self, target: &Target) -> Option<&EdgeRules> {
+        self.edges.get(target.rule?)
+    }
 }
 
 /// Whether a request may go: rate limits and `max_requests`, and the routes' `[auth.NAME]`.
@@ -66,6 +78,8 @@ pub(crate) struct Gate {
     pub(crate) admission: Admission,
     /// The `[auth.NAME]` sections routes name.
     pub(crate) auth: Auth,
+    /// Services' `allow`/`deny`, for those that have any.
+    pub(crate) addresses: std::collections::HashMap<String, Addresses>,
 }
 
 /// How a request is sent: the forwarder (pick, attempts, retries), the transports of
@@ -157,6 +171,10 @@ impl Proxy {
                 ready: shared.ready,
                 router,
                 unrouted: shared.host.service_index(UNROUTED),
+                https_redirect: config.server.https_redirect.then(|| {
+                    config.server.listen_tls.first().map_or(443, std::net::SocketAddr::port)
+                }),
+                edges: config.routes.iter().map(EdgeRules::of).collect(),
             },
             gate: Gate {
                 limits: {
@@ -166,6 +184,14 @@ impl Proxy {
                 },
                 admission: shared.host.admission(),
                 auth: shared.auth,
+                addresses: config
+                    .services
+                    .iter()
+                    .map(|(name, s)| {
+                        (name.clone(), Addresses { allow: s.allow.clone(), deny: s.deny.clone() })
+                    })
+                    .filter(|(_, a)| !a.is_empty())
+                    .collect(),
             },
             send: Sending {
                 forwarder: Forwarder::new(&config.proxy, Metrics::new(shared.host), dialer.clone()),

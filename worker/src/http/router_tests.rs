@@ -16,6 +16,11 @@ fn router() -> Router {
                 auth: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                allow: Default::default(),
+                deny: Default::default(),
+                cors: None,
+                redirect: None,
+                answer: None,
             },
             RouteRule {
                 host: None,
@@ -27,6 +32,11 @@ fn router() -> Router {
                 auth: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                allow: Default::default(),
+                deny: Default::default(),
+                cors: None,
+                redirect: None,
+                answer: None,
             },
             RouteRule {
                 host: None,
@@ -38,6 +48,11 @@ fn router() -> Router {
                 auth: None,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                allow: Default::default(),
+                deny: Default::default(),
+                cors: None,
+                redirect: None,
+                answer: None,
             },
         ],
     )
@@ -63,6 +78,11 @@ fn everything() -> RouteRule {
         auth: None,
         request_headers: Default::default(),
         response_headers: Default::default(),
+        allow: Default::default(),
+        deny: Default::default(),
+        cors: None,
+        redirect: None,
+        answer: None,
     }
 }
 
@@ -94,6 +114,11 @@ fn header_routing_keeps_a_services_route_rules_and_hides_canaries_and_shadows() 
         auth: None,
         request_headers,
         response_headers: Default::default(),
+        allow: Default::default(),
+        deny: Default::default(),
+        cors: None,
+        redirect: None,
+        answer: None,
     }];
     let routing =
         HeaderRouting { deny_services: vec!["internal".into()], ..HeaderRouting::default() };
@@ -156,6 +181,11 @@ fn a_header_cannot_route_around_a_routes_auth() {
         auth: auth.map(String::from),
         request_headers: Default::default(),
         response_headers: Default::default(),
+        allow: Default::default(),
+        deny: Default::default(),
+        cors: None,
+        redirect: None,
+        answer: None,
     };
     // The service's first route is open, a later one guarded: by header, the guard applies.
     let rules = [rule("/open", "pay", None), rule("/pay", "pay", Some("staff"))];
@@ -183,6 +213,11 @@ fn guarded() -> Router {
         auth: auth.map(str::to_string),
         request_headers: Default::default(),
         response_headers: Default::default(),
+        allow: Default::default(),
+        deny: Default::default(),
+        cors: None,
+        redirect: None,
+        answer: None,
     };
     Router::new(
         &HeaderRouting::default(),

@@ -8,6 +8,19 @@ use std::time::Duration;
 use super::{Metrics, BUCKETS, MAX_SERVICES};
 use crate::host::{MAX_LISTENERS, MAX_ROUTES};
 
+/// What the edge answered without an instance.
+#[derive(Debug, Clone, Copy)]
+pub enum EdgeAnswer {
+    /// `allow`/`deny` refused the client's address (403).
+    AddressRefused,
+    /// The route's `redirect`.
+    Redirect,
+    /// The route's fixed `answer`.
+    Answer,
+    /// A CORS preflight, answered by the gateway.
+    Preflight,
+}
+
 /// What became of a mirror copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mirrored {
@@ -52,6 +65,18 @@ impl Metrics {
             Mirrored::Sent => &s.mirrored,
             Mirrored::Skipped => &s.mirror_skipped,
             Mirrored::Failed => &s.mirror_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request the edge answered for service `service_idx` without asking an instance.
+    pub fn edge_answer(&self, service_idx: usize, what: EdgeAnswer) {
+        let s = &self.me().services[service_idx.min(MAX_SERVICES - 1)];
+        let counter = match what {
+            EdgeAnswer::AddressRefused => &s.address_refused,
+            EdgeAnswer::Redirect => &s.redirected,
+            EdgeAnswer::Answer => &s.answered,
+            EdgeAnswer::Preflight => &s.preflights,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

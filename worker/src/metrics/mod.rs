@@ -8,7 +8,7 @@ mod render;
 mod render_edge;
 mod scrape;
 
-pub use edge::Mirrored;
+pub use edge::{EdgeAnswer, Mirrored};
 pub use render_edge::EdgeLabels;
 
 use crate::host::region::{Region, WorkerStats};

@@ -60,7 +60,7 @@ const REQUEST_DURATION: Family = (
 
 /// Per-service counters: the family (an empty help: a further outcome of the one before), the
 /// `outcome` label (empty: none), what is counted.
-const PER_SERVICE: [(Family, &str, Count); 5] = [
+const PER_SERVICE: [(Family, &str, Count); 9] = [
     (
         (
             "zkgate_request_bytes_total",
@@ -84,6 +84,24 @@ const PER_SERVICE: [(Family, &str, Count); 5] = [
     ),
     (("zkgate_mirror_requests_total", ""), "skipped", |s| s.mirror_skipped.load(Ordering::Relaxed)),
     (("zkgate_mirror_requests_total", ""), "failed", |s| s.mirror_failed.load(Ordering::Relaxed)),
+    (
+        (
+            "zkgate_ip_refusals_total",
+            "Requests refused (403) by a route's or service's allow/deny, on the client's address after trusted_proxies.",
+        ),
+        "",
+        |s| s.address_refused.load(Ordering::Relaxed),
+    ),
+    (
+        (
+            "zkgate_edge_answers_total",
+            "Requests a route answered itself, never forwarded: its redirect, its fixed answer, CORS preflights.",
+        ),
+        "redirect",
+        |s| s.redirected.load(Ordering::Relaxed),
+    ),
+    (("zkgate_edge_answers_total", ""), "answer", |s| s.answered.load(Ordering::Relaxed)),
+    (("zkgate_edge_answers_total", ""), "preflight", |s| s.preflights.load(Ordering::Relaxed)),
 ];
 
 fn instances(labels: &EdgeLabels, out: &mut String) {

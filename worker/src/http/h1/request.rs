@@ -68,7 +68,7 @@ impl<S: Io> Conn<'_, S> {
         let proxy: &Proxy = proxy;
         let _active = proxy.send.forwarder.active();
         *used = head.len;
-        let view = View::of(buf, head, client.peer);
+        let view = View::of(buf, head, client);
         let started = StdInstant::now();
         let line =
             RequestLine { method: view.method, path: view.path, client: client.peer, started };
@@ -89,7 +89,7 @@ impl<S: Io> Conn<'_, S> {
             close: head.close || draining,
             body_unread: head.body != BodyFraming::None,
         };
-        let answered = match pipeline::server_itself(&view) {
+        let answered = match pipeline::server_itself(proxy, &view) {
             Ok(None) => {
                 ex.run(&view, &line, &mut trace).await.map_err(|e| proxy.refuse(e, &line, false))
             }
@@ -114,7 +114,10 @@ impl<S: Io> Conn<'_, S> {
             started: StdInstant::now(),
         };
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-        log::info!("connection from {}: request refused ({status}): {why}", self.client.peer);
+        log::info!(
+            "connection from {} closed: invalid HTTP request, answered {status}: {why}",
+            self.client.peer
+        );
         let own = self.proxy.refuse(ProxyError::Refused(status, why), &line, false);
         let to = (&mut self.stream, &mut self.out);
         write_own(self.proxy, to, own, (&line, &Trace::default()), true).await;
@@ -137,9 +140,11 @@ impl<S: Io> OnEngine<'_, S> {
         }
         let admitted = pipeline::admit(proxy, view, routed).await?;
         // Held until the answer is sent (max_requests counts it in flight until then).
-        let Admitted { target, service, identity, key, in_flight: _held } = admitted;
+        let Admitted { target, service, identity, key, in_flight: _held, answer_actions } =
+            admitted;
         let actions = proxy.routes.router.header_actions(&target);
-        let (request_actions, response_actions) = (actions.map(|a| a.0), actions.map(|a| a.1));
+        let request_actions = actions.map(|a| a.0);
+        let response_actions = answer_actions.as_ref().or(actions.map(|a| a.1));
         let traceparent = trace.traceparent();
         let origin = Origin {
             peer: self.client.peer.ip(),

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use http::uri::PathAndQuery;
 use http::HeaderName;
 
+use crate::http::connections::Client;
 use crate::http::h1::head::{lines, BodyFraming, RequestHead};
 use crate::http::pipeline::Exchange;
 use crate::http::policy::{self, upgrade_allowed};
@@ -25,11 +26,13 @@ pub(crate) struct View<'a> {
     /// (RFC 9112 §3.2.2), as hyper reads it.
     authority: Option<&'a str>,
     client: SocketAddr,
+    came_by: (&'static str, u16),
 }
 
 impl<'a> View<'a> {
     /// The head parsed into `head` from `buf`, sent by `client`.
-    pub(crate) fn of(buf: &'a [u8], head: &'a RequestHead, client: SocketAddr) -> Self {
+    pub(crate) fn of(buf: &'a [u8], head: &'a RequestHead, from: &Client) -> Self {
+        let (client, came_by) = (from.peer, (from.scheme.as_str(), from.port));
         let method = std::str::from_utf8(head.method.get(buf)).unwrap_or("-");
         let raw = std::str::from_utf8(head.target.get(buf)).unwrap_or("/");
         let (authority, target) = match raw.starts_with('/') {
@@ -42,7 +45,7 @@ impl<'a> View<'a> {
         };
         let host_line = head.host.map(|i| head.lines[i].value.get(buf));
         let host = authority.map(str::as_bytes).or(host_line).and_then(host_of);
-        View { buf, head, method, path, query, target, host, authority, client }
+        View { buf, head, method, path, query, target, host, authority, client, came_by }
     }
 
     /// The host as sent, for `preserve_host`: an absolute-form target's authority, else the
@@ -122,5 +125,8 @@ impl Exchange for View<'_> {
     }
     fn client(&self) -> SocketAddr {
         self.client
+    }
+    fn came_by(&self) -> (&'static str, u16) {
+        self.came_by
     }
 }

@@ -29,7 +29,7 @@ use crate::http::client::forward::{Answered, Replay};
 use crate::http::client::inflight::in_flight_body;
 use crate::http::client::pool::Lease;
 use crate::http::client::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
-use crate::http::connections::{ConnGuard, ConnPermit};
+use crate::http::connections::{ConnGuard, ConnPermit, LocalPort, Scheme};
 use crate::http::error::ProxyError;
 use crate::http::grpc;
 use crate::http::hyper::outgoing::{Asks, Outgoing};
@@ -55,6 +55,8 @@ pub(crate) struct OnHyper<'a> {
     pub(crate) req: HyperRequest<'a>,
     pub(crate) method: &'a Method,
     pub(crate) client: SocketAddr,
+    /// `http` or `https`, and the gateway's port.
+    pub(crate) came_by: (&'static str, u16),
 }
 
 impl RequestView for OnHyper<'_> {
@@ -91,6 +93,9 @@ impl Exchange for OnHyper<'_> {
     }
     fn client(&self) -> SocketAddr {
         self.client
+    }
+    fn came_by(&self) -> (&'static str, u16) {
+        self.came_by
     }
 }
 
@@ -136,13 +141,16 @@ impl Proxy {
         self.request_filter(&req)?;
         let host = request_host(req.uri(), req.headers());
         let view = HyperRequest { uri: req.uri(), headers: req.headers(), host: host.as_deref() };
-        let view = OnHyper { req: view, method: req.method(), client };
-        if let Some(answer) = pipeline::server_itself(&view)? {
+        let scheme = req.extensions().get::<Scheme>().copied().unwrap_or(Scheme::Http);
+        let port = req.extensions().get::<LocalPort>().map_or(0, |p| p.0);
+        let came_by = (scheme.as_str(), port);
+        let view = OnHyper { req: view, method: req.method(), client, came_by };
+        if let Some(answer) = pipeline::server_itself(self, &view)? {
             return Ok(answer.into_response());
         }
         let routed = pipeline::route(self, &view, trace)?;
         let admitted = pipeline::admit(self, &view, routed).await?;
-        let Admitted { target, service, identity, key, in_flight } = admitted;
+        let Admitted { target, service, identity, key, in_flight, answer_actions } = admitted;
         let upgrade = self.upgrade(&mut req)?;
         let (parts, body) = req.into_parts();
         let bodiless = body_is_empty(&parts.headers, &body);
@@ -179,8 +187,9 @@ impl Proxy {
         let replay = Replay::for_request(&parts.method, bodiless && upgrade.is_none());
         let sent = (&outgoing, body, upgrade.is_some());
         let answered = self.forward(sent, (&service, key), replay, trace).await?;
-        let actions = self.routes.router.header_actions(&target).map(|(_, response)| response);
-        let resp = self.respond(answered, parts.version, upgrade, actions);
+        let route = self.routes.router.header_actions(&target).map(|(_, response)| response);
+        let resp =
+            self.respond(answered, parts.version, upgrade, answer_actions.as_ref().or(route));
         // Counted in flight (max_requests) until the answer's body is done.
         Ok(match in_flight {
             Some(guard) => resp.map(|b| crate::http::hold(b, guard)),
