@@ -85,6 +85,13 @@ fn check_limits(config: &Config) -> Result<(), String> {
             worker::host::RATE_RULES
         ));
     }
+    let identity = |r: &&worker::config::RateLimit| r.per == worker::config::RateKey::Identity;
+    if let Some(r) = config.rate_limits.iter().find(|r| !r.overrides.is_empty() && !identity(r)) {
+        return Err(format!(
+            "[[rate_limit]] on {}: overrides are per consumer, so per = \"identity\"",
+            r.service
+        ));
+    }
     if let Some(r) = config.rate_limits.iter().find(|r| r.service.is_empty()) {
         return Err(format!("[[rate_limit]]: service must name a service (rate {:?})", r.rate));
     }

@@ -107,6 +107,7 @@ fn finish(path: &Path, mut config: Config) -> Result<Config, ConfigError> {
                 j.jwks.as_mut().map(relative);
             }
             worker::config::AuthSettings::Basic(b) => relative(&mut b.htpasswd),
+            worker::config::AuthSettings::Key(k) => relative(&mut k.keys),
         }
     }
     for t in &mut config.tls {

@@ -175,6 +175,15 @@ fn check_auth(name: &str, auth: &AuthSettings) -> Result<(), String> {
                 return Err(format!("{at}.realm: no quotes or line breaks"));
             }
         }
+        AuthSettings::Key(k) => {
+            if http::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+                return Err(format!("{at}.header: {:?} is not a header name", k.header));
+            }
+            let bad = |q: &str| q.is_empty() || q.contains(['&', '=', '#', ' ', '?']);
+            if let Some(q) = k.query.as_deref().filter(|q| bad(q)) {
+                return Err(format!("{at}.query: {q:?} is not a query parameter name"));
+            }
+        }
     }
     Ok(())
 }

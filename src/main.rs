@@ -6,6 +6,7 @@ mod checks;
 mod config;
 mod edge_checks;
 mod fleet;
+mod keys;
 mod rollout;
 mod status;
 mod summary;
@@ -53,6 +54,14 @@ enum Command {
         #[command(subcommand)]
         verb: fleet::Verb,
     },
+    /// API keys of a `type = "key"` section: add (prints the new key once), list, revoke.
+    Key {
+        /// Configuration file (names the section's keys file).
+        #[arg(short, long, default_value = "gateway.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        verb: keys::Verb,
+    },
     /// Register an instance in ZooKeeper (as an ephemeral node, in the configured format) and keep
     /// it registered until TERM/INT, then remove it.
     Register {
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
         Command::Config { config, verb } => fleet::run(&config, verb),
+        Command::Key { config, verb } => keys::run(&config, verb),
         Command::Register { config, service, address, weight } => {
             register(config, &service, &address, weight)
         }

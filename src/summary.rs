@@ -64,8 +64,17 @@ fn rate_limits(config: &Config) -> String {
             worker::config::RateKey::Identity => "identity (after auth)".to_string(),
             worker::config::RateKey::Header(h) => format!("header:{h}"),
         };
+        let overrides: Vec<String> = r
+            .overrides
+            .iter()
+            .map(|(who, rate)| format!("{who} {:.3}/s", rate.per_second))
+            .collect();
+        let overrides = match overrides.is_empty() {
+            true => String::new(),
+            false => format!(", overrides: {}", overrides.join(", ")),
+        };
         out += &format!(
-            "rate_limit  {}: {:.3}/s per {per}, burst {}\n",
+            "rate_limit  {}: {:.3}/s per {per}, burst {}{overrides}\n",
             r.service, r.rate.per_second, r.burst
         );
     }
@@ -211,6 +220,12 @@ fn edge(config: &Config) -> String {
             worker::config::AuthSettings::Basic(b) => {
                 format!("auth        {name}: basic {}\n", b.htpasswd.display())
             }
+            worker::config::AuthSettings::Key(k) => format!(
+                "auth        {name}: key {}, header {}{}\n",
+                k.keys.display(),
+                k.header,
+                k.query.as_ref().map_or_else(String::new, |q| format!(" or query {q}"))
+            ),
         };
     }
     if let Some(t) = &config.tracing {

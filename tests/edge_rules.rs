@@ -197,3 +197,57 @@ fn https_redirect_sends_plain_requests_to_the_tls_listener() {
         assert_eq!(sides.send(way, "GET", "/a/b", &[]).status, 200, "{way}: served");
     }
 }
+
+/// A page on one origin calling the gateway on another with `fetch` and credentials, in
+/// Debian's headless Chromium: the call to a route that allows the page's origin goes through
+/// (preflight, then the PUT); the one to a route that does not is refused by the browser and
+/// never reaches the instance.
+#[test]
+fn a_browser_on_another_origin_calls_the_route_that_allows_it_and_not_the_other() {
+    let b = Backend::start("b");
+    let port = support::free_port();
+    let page = format!(
+        r#"<html><body><script>
+        const call = (path, attr) => fetch("http://localhost:{port}" + path, {{
+            method: "PUT", credentials: "include",
+            headers: {{"Content-Type": "application/json", "X-Token": "t"}}, body: "{{}}"
+        }}).then(r => r.json()).then(j => document.body.setAttribute(attr, "ok " + j.backend))
+          .catch(e => document.body.setAttribute(attr, "blocked"));
+        call("/api/data", "data-allowed"); call("/other/data", "data-refused");
+        </script></body></html>"#
+    );
+    let toml = Toml::new()
+        .backends("web", &[&b])
+        .section(
+            "[[route]]",
+            &format!(
+                "path_prefix = \"/page\"\nservice = \"web\"\nanswer = {{ body = {page:?}, content_type = \"text/html\" }}"
+            ),
+        )
+        .section(
+            "[[route]]",
+            &format!(
+                "path_prefix = \"/api\"\nservice = \"web\"\ncors = {{ origins = [\"http://127.0.0.1:{port}\"], methods = [\"GET\", \"PUT\"], headers = [\"content-type\", \"x-token\"], credentials = true }}"
+            ),
+        )
+        .section(
+            "[[route]]",
+            "path_prefix = \"/other\"\nservice = \"web\"\ncors = { origins = [\"https://elsewhere.example\"], methods = [\"PUT\"], headers = [\"content-type\", \"x-token\"], credentials = true }",
+        );
+    let gw = support::Gateway::with(toml).workers(1).port(port).start();
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .arg("--disable-background-networking")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--virtual-time-budget=10000")
+        .arg("--dump-dom")
+        .arg(format!("http://127.0.0.1:{}/page", gw.port))
+        .output()
+        .expect("chromium (Debian package chromium; scripts/test installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("data-allowed=\"ok b\""), "{dom}");
+    assert!(dom.contains("data-refused=\"blocked\""), "{dom}");
+    assert_eq!(b.requests_to("PUT /api/data"), 1, "the allowed call reached the instance");
+    assert_eq!(b.requests_to("PUT /other") + b.requests_to("OPTIONS"), 0, "nothing else did");
+}

@@ -45,6 +45,11 @@ fuzz_target!(|input: &[u8]| {
         auth: None,
         request_headers: Default::default(),
         response_headers: Default::default(),
+        allow: Default::default(),
+        deny: Default::default(),
+        cors: None,
+        redirect: None,
+        answer: None,
     };
     let router = Router::new(&HeaderRouting::default(), &[rule]).with_paths(rules);
     if let Ok(target) = router.route(&uri, &http::HeaderMap::new()) {

@@ -22,7 +22,12 @@ fn data_of(framing: BodyFraming, sent: &[u8]) -> Vec<u8> {
 }
 
 /// The framed bytes sent on, the leftover, and whether the body ended; `None` when refused.
-fn forward(framing: BodyFraming, input: &[u8], cut: usize, step: usize) -> Option<(Vec<u8>, Vec<u8>, bool)> {
+fn forward(
+    framing: BodyFraming,
+    input: &[u8],
+    cut: usize,
+    step: usize,
+) -> Option<(Vec<u8>, Vec<u8>, bool)> {
     let cut = cut.min(input.len());
     let mut sent = Vec::new();
     match start(framing, &input[..cut], 1 << 20, &mut sent).ok()? {

@@ -1,5 +1,6 @@
 //! The engine's framing rules as a hostile client or a broken instance exercises them:
-//! - a request head the engine takes is complete, origin-form, framed by at most one
+//! - a request head the engine takes is complete (any target form: the pipeline refuses what
+//!   is not a path, or answers it, before routing), framed by at most one
 //!   Content-Length of digits or one `Transfer-Encoding: chunked`, never both, and parses the
 //!   same whatever way its bytes were split across reads;
 //! - a response head's framing is one of the RFC 9112 cases, never a body of two lengths;
@@ -40,7 +41,7 @@ fuzz_target!(|input: &[u8]| {
     let whole = parse_request(input, &mut head);
     if whole == Parse::Complete {
         assert!(head.len <= input.len());
-        assert!(head.target.get(input).starts_with(b"/"));
+        assert!(!head.target.get(input).is_empty());
         let te: Vec<_> = head.lines.iter().filter(|l| l.kind == Kind::TransferEncoding).collect();
         let cl: Vec<_> = head.lines.iter().filter(|l| l.kind == Kind::ContentLength).collect();
         assert!(te.len() <= 1 && cl.len() <= 1 && (te.is_empty() || cl.is_empty()));
@@ -52,7 +53,9 @@ fuzz_target!(|input: &[u8]| {
                 assert!(n > 0 && parse_length(cl[0].value.get(input)) == Some(n))
             }
             BodyFraming::None => {
-                assert!(te.is_empty() && cl.iter().all(|l| parse_length(l.value.get(input)) == Some(0)))
+                assert!(
+                    te.is_empty() && cl.iter().all(|l| parse_length(l.value.get(input)) == Some(0))
+                )
             }
         }
         // A prefix of a complete head is never taken as complete with another length.

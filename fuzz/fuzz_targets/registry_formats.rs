@@ -21,13 +21,17 @@ fuzz_target!(|input: &[u8]| {
                 match instance.address.parse::<std::net::SocketAddr>() {
                     Ok(addr) => {
                         let ip = addr.ip().to_canonical();
-                        assert!(addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast(), "{addr}");
+                        assert!(
+                            addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast(),
+                            "{addr}"
+                        );
                     }
                     Err(_) => {
                         let (host, port) = instance.address.rsplit_once(':').expect("host:port");
                         assert!(port.parse::<u16>().is_ok_and(|p| p != 0), "{}", instance.address);
                         assert!(
-                            host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+                            host.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
                             "{}",
                             instance.address
                         );

@@ -32,6 +32,11 @@ fuzz_target!(|input: &[u8]| {
             auth: Some("staff".into()),
             request_headers: Default::default(),
             response_headers: Default::default(),
+            allow: Default::default(),
+            deny: Default::default(),
+            cors: None,
+            redirect: None,
+            answer: None,
         },
         RouteRule {
             host: Some("api.example".into()),
@@ -43,6 +48,11 @@ fuzz_target!(|input: &[u8]| {
             auth: None,
             request_headers: Default::default(),
             response_headers: Default::default(),
+            allow: Default::default(),
+            deny: Default::default(),
+            cors: None,
+            redirect: None,
+            answer: None,
         },
     ];
     let router = Router::new(&HeaderRouting::default(), &rules);

@@ -5,6 +5,8 @@
 //! - [`fetch`]: a `jwks_url` fetched and re-fetched as its `Cache-Control` says.
 //! - [`basic`]: user and password against an htpasswd file of bcrypt entries, verified off the
 //!   event loop, a bounded number at a time, with verified pairs remembered for a minute.
+//! - [`key`]: API keys, from a header or a query parameter, against a file of SHA-256 digests
+//!   by consumer (read again when it changes).
 //!
 //! A request either carries an [`Identity`] on (headers the instance can trust: the header
 //! policy drops every client line of the same names) or is refused with the gateway's own
@@ -14,6 +16,7 @@
 pub mod basic;
 pub mod fetch;
 pub mod jwt;
+pub mod key;
 pub mod remembered;
 
 use std::collections::HashMap;
@@ -33,6 +36,8 @@ pub enum Method {
     Jwt(jwt::Jwt),
     /// `type = "basic"`.
     Basic(basic::Basic),
+    /// `type = "key"`.
+    Key(key::Keys),
 }
 
 /// Why an `[auth.NAME]` could not be loaded (named in the message).
@@ -44,6 +49,9 @@ pub enum LoadError {
     /// The htpasswd file could not be used.
     #[error("auth.{0}: {1}")]
     Basic(String, basic::HtpasswdError),
+    /// The keys file could not be used.
+    #[error("auth.{0}: {1}")]
+    Key(String, key::KeysError),
 }
 
 /// What a request presented: its `Authorization` value and, for a JWT read from a cookie, that
@@ -54,6 +62,8 @@ pub struct Presented<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The value of the method's cookie ([`Method::cookie`]).
     pub cookie: Option<&'a [u8]>,
+    /// An API key (`type = "key"`), from its header or query parameter.
+    pub key: Option<&'a [u8]>,
 }
 
 /// Who the client proved to be: header lines for the instance (names lower-case).
@@ -71,6 +81,8 @@ pub struct Identity {
 pub struct Hide {
     /// The cookie the token is read from, removed from `Cookie` lines.
     pub cookie: Option<Arc<str>>,
+    /// The header an API key is read from (`None`: the credential is in `Authorization`).
+    pub header: Option<Arc<str>>,
 }
 
 /// A request the gateway answers itself.
@@ -127,6 +139,9 @@ impl Auth {
                 AuthSettings::Basic(s) => basic::Basic::load(s)
                     .map(Method::Basic)
                     .map_err(|e| LoadError::Basic(name.clone(), e)),
+                AuthSettings::Key(s) => {
+                    key::Keys::load(s).map(Method::Key).map_err(|e| LoadError::Key(name.clone(), e))
+                }
             };
             match method {
                 Ok(m) => {
@@ -160,8 +175,13 @@ impl Method {
     /// What of the credential is stripped before forwarding (`hide_credentials`).
     pub fn hide(&self) -> Option<Hide> {
         match self {
-            Method::Jwt(j) if j.hides() => Some(Hide { cookie: j.cookie().map(Arc::from) }),
-            Method::Basic(b) if b.hides() => Some(Hide { cookie: None }),
+            Method::Jwt(j) if j.hides() => {
+                Some(Hide { cookie: j.cookie().map(Arc::from), header: None })
+            }
+            Method::Basic(b) if b.hides() => Some(Hide { cookie: None, header: None }),
+            Method::Key(k) if k.hide() => {
+                Some(Hide { cookie: None, header: Some(Arc::from(k.header.as_str())) })
+            }
             _ => None,
         }
     }
@@ -170,7 +190,7 @@ impl Method {
     pub fn cookie(&self) -> Option<&str> {
         match self {
             Method::Jwt(j) => j.cookie(),
-            Method::Basic(_) => None,
+            Method::Basic(_) | Method::Key(_) => None,
         }
     }
 
@@ -179,6 +199,7 @@ impl Method {
         match self {
             Method::Jwt(j) => j.check(presented),
             Method::Basic(b) => b.check(presented.authorization).await,
+            Method::Key(k) => k.check(presented.key),
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum AuthSettings {
     Jwt(JwtSettings),
     /// `type = "basic"`: user and password against an htpasswd file of bcrypt entries.
     Basic(BasicSettings),
+    /// `type = "key"`: an API key, checked against a file of SHA-256 digests by consumer.
+    Key(KeySettings),
 }
 
 /// `type = "jwt"`.
@@ -78,6 +80,30 @@ pub struct BasicSettings {
     pub hide_credentials: bool,
 }
 
+/// `type = "key"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// The keys file: lines `CONSUMER SHA256-HEX-OF-THE-KEY` (`#` comments, blank lines);
+    /// never a key itself. `zkgate key add|list|revoke` edit it; a worker reads it again when
+    /// it changes, and on HUP.
+    pub keys: PathBuf,
+    /// The request header the key is read from.
+    #[serde(default = "default_key_header")]
+    pub header: String,
+    /// A query parameter the key may come in instead (removed before forwarding); none: the
+    /// header only.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Strip the key's header before forwarding.
+    #[serde(default)]
+    pub hide_credentials: bool,
+}
+
+fn default_key_header() -> String {
+    "X-API-Key".into()
+}
+
 fn default_algorithms() -> Vec<String> {
     ["RS256", "ES256", "EdDSA"].map(String::from).to_vec()
 }
@@ -110,6 +136,9 @@ struct RawAuth {
     hide_credentials: Option<bool>,
     htpasswd: Option<PathBuf>,
     realm: Option<String>,
+    keys: Option<PathBuf>,
+    header: Option<String>,
+    query: Option<String>,
 }
 
 /// `type`.
@@ -118,6 +147,7 @@ struct RawAuth {
 enum Kind {
     Jwt,
     Basic,
+    Key,
 }
 
 fn some_string_or_list<'de, D: serde::Deserializer<'de>>(
@@ -138,54 +168,67 @@ impl<'de> Deserialize<'de> for AuthSettings {
 }
 
 impl RawAuth {
-    /// The settings of its `type`; a key of the other type is refused by name.
+    /// The settings of its `type`; a key of another type is refused by name.
     fn settings(self) -> Result<AuthSettings, String> {
-        let foreign = |keys: &[(&str, bool)], kind: &str| {
-            keys.iter()
-                .find(|(_, set)| *set)
-                .map_or(Ok(()), |(key, _)| Err(format!("{key} is not a key of type = \"{kind}\"")))
+        let kind = match self.kind {
+            Kind::Jwt => "jwt",
+            Kind::Basic => "basic",
+            Kind::Key => "key",
         };
-        match self.kind {
-            Kind::Jwt => {
-                foreign(
-                    &[("htpasswd", self.htpasswd.is_some()), ("realm", self.realm.is_some())],
-                    "jwt",
-                )?;
-                Ok(AuthSettings::Jwt(JwtSettings {
-                    jwks: self.jwks,
-                    jwks_url: self.jwks_url,
-                    insecure_jwks_url: self.insecure_jwks_url.unwrap_or(false),
-                    issuer: self.issuer,
-                    audience: self.audience.unwrap_or_default(),
-                    algorithms: self.algorithms.unwrap_or_else(default_algorithms),
-                    leeway: self.leeway.unwrap_or_else(default_leeway),
-                    cookie: self.cookie,
-                    claims_to_headers: self.claims_to_headers.unwrap_or_default(),
-                    hide_credentials: self.hide_credentials.unwrap_or(false),
-                }))
-            }
-            Kind::Basic => {
-                foreign(
-                    &[
-                        ("jwks", self.jwks.is_some()),
-                        ("jwks_url", self.jwks_url.is_some()),
-                        ("insecure_jwks_url", self.insecure_jwks_url.is_some()),
-                        ("issuer", self.issuer.is_some()),
-                        ("audience", self.audience.is_some()),
-                        ("algorithms", self.algorithms.is_some()),
-                        ("leeway", self.leeway.is_some()),
-                        ("cookie", self.cookie.is_some()),
-                        ("claims_to_headers", self.claims_to_headers.is_some()),
-                    ],
-                    "basic",
-                )?;
-                let htpasswd = self.htpasswd.ok_or("type = \"basic\" needs htpasswd")?;
-                Ok(AuthSettings::Basic(BasicSettings {
-                    htpasswd,
-                    realm: self.realm.unwrap_or_else(default_realm),
-                    hide_credentials: self.hide_credentials.unwrap_or(false),
-                }))
-            }
+        if let Some(key) = self.foreign_key() {
+            return Err(format!("{key} is not a key of type = \"{kind}\""));
         }
+        Ok(match self.kind {
+            Kind::Jwt => AuthSettings::Jwt(JwtSettings {
+                jwks: self.jwks,
+                jwks_url: self.jwks_url,
+                insecure_jwks_url: self.insecure_jwks_url.unwrap_or(false),
+                issuer: self.issuer,
+                audience: self.audience.unwrap_or_default(),
+                algorithms: self.algorithms.unwrap_or_else(default_algorithms),
+                leeway: self.leeway.unwrap_or_else(default_leeway),
+                cookie: self.cookie,
+                claims_to_headers: self.claims_to_headers.unwrap_or_default(),
+                hide_credentials: self.hide_credentials.unwrap_or(false),
+            }),
+            Kind::Basic => AuthSettings::Basic(BasicSettings {
+                htpasswd: self.htpasswd.ok_or("type = \"basic\" needs htpasswd")?,
+                realm: self.realm.unwrap_or_else(default_realm),
+                hide_credentials: self.hide_credentials.unwrap_or(false),
+            }),
+            Kind::Key => AuthSettings::Key(KeySettings {
+                keys: self.keys.ok_or("type = \"key\" needs keys (a file of digests)")?,
+                header: self.header.unwrap_or_else(default_key_header),
+                query: self.query,
+                hide_credentials: self.hide_credentials.unwrap_or(false),
+            }),
+        })
+    }
+
+    /// The first key set that another type takes and this one does not.
+    fn foreign_key(&self) -> Option<&'static str> {
+        let jwt = [
+            ("jwks", self.jwks.is_some()),
+            ("jwks_url", self.jwks_url.is_some()),
+            ("insecure_jwks_url", self.insecure_jwks_url.is_some()),
+            ("issuer", self.issuer.is_some()),
+            ("audience", self.audience.is_some()),
+            ("algorithms", self.algorithms.is_some()),
+            ("leeway", self.leeway.is_some()),
+            ("cookie", self.cookie.is_some()),
+            ("claims_to_headers", self.claims_to_headers.is_some()),
+        ];
+        let basic = [("htpasswd", self.htpasswd.is_some()), ("realm", self.realm.is_some())];
+        let key = [
+            ("keys", self.keys.is_some()),
+            ("header", self.header.is_some()),
+            ("query", self.query.is_some()),
+        ];
+        let others: Vec<&[(&'static str, bool)]> = match self.kind {
+            Kind::Jwt => vec![&basic, &key],
+            Kind::Basic => vec![&jwt, &key],
+            Kind::Key => vec![&jwt, &basic],
+        };
+        others.into_iter().flatten().find(|(_, set)| *set).map(|(name, _)| *name)
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use auth::{AuthSettings, BasicSettings, JwtSettings};
+pub use auth::{AuthSettings, BasicSettings, JwtSettings, KeySettings};
 pub use defaults::*;
 pub use edge::{Cors, Redirect, StaticAnswer};
 pub use fleet::FleetSettings;
@@ -91,6 +91,10 @@ pub struct RateLimit {
     /// Requests allowed at once above the rate (the bucket's size).
     #[serde(deserialize_with = "values::number_within::<_, _, 1, 1000000>")]
     pub burst: u32,
+    /// With `per = "identity"`: another rate for these consumers / subjects / users (same
+    /// burst), `{ partner-a = "1000/s" }`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Rate>,
 }
 
 /// What a rate limit counts separately.

@@ -25,6 +25,8 @@ struct Rule {
     interval_ns: u64,
     /// GCRA's tolerance: `burst - 1` intervals ahead.
     tolerance_ns: u64,
+    /// `overrides`: an identity's own (interval, tolerance).
+    overrides: FxHashMap<Vec<u8>, (u64, u64)>,
 }
 
 /// The limits of every service that has some.
@@ -44,12 +46,21 @@ impl Limits {
     pub fn from_config(config: &Config) -> Self {
         let mut rates: FxHashMap<String, Vec<Rule>> = FxHashMap::default();
         for (index, r) in config.rate_limits.iter().enumerate().take(RATE_RULES) {
-            let interval_ns = r.rate.interval_ns();
+            let ahead = |interval_ns: u64| {
+                (interval_ns, interval_ns.saturating_mul(u64::from(r.burst.saturating_sub(1))))
+            };
+            let (interval_ns, tolerance_ns) = ahead(r.rate.interval_ns());
+            let overrides = r
+                .overrides
+                .iter()
+                .map(|(who, rate)| (who.as_bytes().to_vec(), ahead(rate.interval_ns())))
+                .collect();
             rates.entry(r.service.clone()).or_default().push(Rule {
                 index,
                 per: r.per.clone(),
                 interval_ns,
-                tolerance_ns: interval_ns.saturating_mul(u64::from(r.burst.saturating_sub(1))),
+                tolerance_ns,
+                overrides,
             });
         }
         let max_requests = config
@@ -184,7 +195,9 @@ impl Limits {
                 Some(s) => admission.key(rule.index, &[b"identity\0", s]),
                 None => admission.key(rule.index, &[b"anonymous\0"]),
             };
-            rule.take(admission, key, (now, idx), name)?;
+            let own = subject.and_then(|s| rule.overrides.get(s)).copied();
+            let pace = own.unwrap_or((rule.interval_ns, rule.tolerance_ns));
+            rule.take_at(admission, (key, pace), (now, idx), name)?;
         }
         Ok(())
     }
@@ -199,8 +212,19 @@ impl Rule {
         (now, idx): (u64, usize),
         service: &str,
     ) -> Result<(), ProxyError> {
+        self.take_at(admission, (key, (self.interval_ns, self.tolerance_ns)), (now, idx), service)
+    }
+
+    /// As [`Rule::take`], at the pace `(interval, tolerance)` (an identity's override).
+    fn take_at(
+        &self,
+        admission: &Admission,
+        (key, (interval_ns, tolerance_ns)): (u64, (u64, u64)),
+        (now, idx): (u64, usize),
+        service: &str,
+    ) -> Result<(), ProxyError> {
         admission
-            .rate_limit((self.index, key), now, self.interval_ns, self.tolerance_ns, idx)
+            .rate_limit((self.index, key), now, interval_ns, tolerance_ns, idx)
             .map_err(|wait| ProxyError::RateLimited(service.to_string(), wait))
     }
 }

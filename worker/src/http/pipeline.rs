@@ -23,12 +23,14 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::auth::Identity;
+use http::uri::PathAndQuery;
+
+use crate::auth::{Identity, Method};
 use crate::host::admission::InFlightGuard;
 use crate::http::edge::{EdgeRules, OwnRule};
 use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
 use crate::http::policy::Line;
-use crate::http::proxy::{hash_on, Proxy, RequestLine, Trace};
+use crate::http::proxy::{hash_on, query_values, Proxy, RequestLine, Trace};
 use crate::http::router::{HeaderActions, RequestView, Target};
 use crate::metrics::EdgeAnswer;
 use crate::table::Service;
@@ -174,7 +176,7 @@ fn real_client(proxy: &Proxy, ex: &impl Exchange) -> std::net::IpAddr {
 pub(crate) async fn admit(
     proxy: &Proxy,
     ex: &impl Exchange,
-    Routed { target, service }: Routed,
+    Routed { mut target, service }: Routed,
 ) -> Result<Admitted, ProxyError> {
     let max_body = proxy.settings.max_body_bytes;
     if max_body != 0 && ex.declared_length().is_some_and(|n| n > max_body) {
@@ -194,7 +196,16 @@ pub(crate) async fn admit(
     // Boxed, and only for a route with auth: a check's state (a bcrypt on the blocking pool, a
     // JWKS fetch) would otherwise enlarge every request's.
     let identity = match proxy.routes.router.auth(&target) {
-        Some(_) => Box::pin(proxy.authenticate(&target, &service.name, ex)).await?,
+        Some(name) => {
+            let identity = Box::pin(proxy.authenticate(&target, &service.name, ex)).await?;
+            // An API key in the query never reaches the instance.
+            if let Some(Method::Key(keys)) = proxy.gate.auth.get(name).map(|m| &**m) {
+                if let Some(param) = &keys.query {
+                    target.path = without_param(&target.path, param);
+                }
+            }
+            identity
+        }
         None => None,
     };
     gate.limits.admit_identity(limited, (&service, primary), identity.as_ref())?;
@@ -205,6 +216,21 @@ pub(crate) async fn admit(
         cors.answer_actions(ex.header(&http::header::ORIGIN), route)
     });
     Ok(Admitted { target, service, identity, key, in_flight, answer_actions })
+}
+
+/// `path` without the query parameter `name` (every occurrence); the same when it has none.
+fn without_param(path: &PathAndQuery, name: &str) -> PathAndQuery {
+    let Some(query) = path.query() else { return path.clone() };
+    if query_values(query, name).next().is_none() {
+        return path.clone();
+    }
+    let kept: Vec<&str> =
+        query.split('&').filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name).collect();
+    let rebuilt = match kept.is_empty() {
+        true => path.path().to_string(),
+        false => format!("{}?{}", path.path(), kept.join("&")),
+    };
+    PathAndQuery::try_from(rebuilt).unwrap_or_else(|_| path.clone())
 }
 
 impl Proxy {

@@ -452,11 +452,14 @@ pub fn status_allows_length(status: u16) -> bool {
 mod tests;
 
 /// With `hide_credentials`: whether `line` carries the verified credential — an
-/// `Authorization` line (dropped), or a `Cookie` line with the token's cookie (written here
+/// `Authorization` line or an API key's header (dropped), or a `Cookie` line with the token's cookie (written here
 /// without it, or dropped when nothing else is left).
 fn hidden(hide: &Hide, line: Line<'_>, out: &mut impl HeadSink) -> bool {
-    if line.name.eq_ignore_ascii_case(b"authorization") {
-        return true;
+    match hide.header.as_deref() {
+        Some(key) if line.name.eq_ignore_ascii_case(key.as_bytes()) => return true,
+        Some(_) => {}
+        None if line.name.eq_ignore_ascii_case(b"authorization") => return true,
+        None => {}
     }
     let Some(name) = hide.cookie.as_deref() else { return false };
     if !line.name.eq_ignore_ascii_case(b"cookie") {

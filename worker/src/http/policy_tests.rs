@@ -231,7 +231,7 @@ fn request_trailers_pass_by_an_allow_list_answers_by_a_deny_list() {
 fn hide_credentials_strips_the_verified_credential_only() {
     let identity = Identity {
         headers: vec![(b"x-auth-subject".to_vec(), b"alice".to_vec())],
-        hide: Some(Hide { cookie: Some("session".into()) }),
+        hide: Some(Hide { cookie: Some("session".into()), header: None }),
     };
     let lines = [
         ("Authorization", "Bearer t"),

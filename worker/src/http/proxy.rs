@@ -10,7 +10,8 @@ use std::time::Instant;
 use http::header::HeaderName;
 use tokio::sync::watch;
 
-use crate::auth::{Auth, Identity, Presented, Refusal};
+use crate::auth::key::Keys;
+use crate::auth::{Auth, Identity, Method, Presented, Refusal};
 use crate::balance::hash_key;
 use crate::config::{Config, HashOn, ProxySettings};
 use crate::host::admission::Admission;
@@ -287,9 +288,14 @@ impl Proxy {
                 challenge: None,
             }));
         }
+        let key = match method.as_ref() {
+            Method::Key(keys) => presented_key(req, keys).map_err(refuse)?,
+            _ => None,
+        };
         let presented = Presented {
             authorization: req.header(&http::header::AUTHORIZATION),
             cookie: method.cookie().and_then(|c| cookie(req, c)),
+            key,
         };
         let mut identity = method.check(presented).await.map_err(refuse)?;
         identity.hide = method.hide();
@@ -307,6 +313,45 @@ impl Proxy {
         }
         Err(ProxyError::UnknownService(name.to_string()))
     }
+}
+
+/// The API key a request presents: its header, or its query parameter when the section
+/// names one; presented twice (two lines, two parameters, or both) is refused (400) — the
+/// gateway would check one while the instance might read the other.
+fn presented_key<'r>(
+    req: &'r impl RequestView,
+    keys: &'r Keys,
+) -> Result<Option<&'r [u8]>, Refusal> {
+    let twice = || Refusal {
+        status: 400,
+        reason: "API key presented more than once".into(),
+        challenge: None,
+    };
+    let mut found = None;
+    for line in req.headers(&keys.header) {
+        if found.replace(line).is_some() {
+            return Err(twice());
+        }
+    }
+    if let (Some(name), Some(query)) = (&keys.query, req.query()) {
+        for value in query_values(query, name) {
+            if found.replace(value.as_bytes()).is_some() {
+                return Err(twice());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The values of parameter `name` in a query string (`a=1&name=v`), as sent.
+pub(crate) fn query_values<'q>(
+    query: &'q str,
+    name: &'q str,
+) -> impl Iterator<Item = &'q str> + 'q {
+    query.split('&').filter_map(move |kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
 }
 
 /// The `consistent_hash` key of a request (`None` for other strategies: resolved at table build).
