@@ -66,41 +66,10 @@ fn check_edge(at: &str, r: &worker::config::RouteRule) -> Result<(), String> {
         return Err(format!("{at}: redirect and answer both set; a route answers one way"));
     }
     if let Some(c) = &r.cors {
-        if c.origins.is_empty() {
-            return Err(format!("{at}.cors.origins: at least one origin (\"*\" for any)"));
-        }
-        for o in &c.origins {
-            if o == "*" {
-                if c.credentials {
-                    return Err(format!(
-                        "{at}.cors: origins = [\"*\"] with credentials = true would hand any site the user's cookies; list the origins"
-                    ));
-                }
-                continue;
-            }
-            let plain = o.replacen("://*.", "://", 1);
-            let ok = plain.parse::<http::Uri>().is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https"))
-                    && u.host().is_some()
-                    && u.path_and_query().is_none_or(|p| p.as_str() == "/")
-                    && !plain.ends_with('/')
-            });
-            if !ok {
-                return Err(format!(
-                    "{at}.cors.origins: {o:?} is not an origin (scheme://host[:port], e.g. \"https://app.example\" or \"https://*.example.com\")"
-                ));
-            }
-        }
-        for m in &c.methods {
-            if http::Method::from_bytes(m.as_bytes()).is_err() {
-                return Err(format!("{at}.cors.methods: {m:?} is not a method"));
-            }
-        }
-        for h in c.headers.iter().chain(&c.expose) {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(format!("{at}.cors: {h:?} is not a header name"));
-            }
-        }
+        check_cors(at, c)?;
+    }
+    if let Some(c) = &r.compress {
+        check_compress(at, c)?;
     }
     if let Some(d) = &r.redirect {
         if ![301, 302, 303, 307, 308].contains(&d.status) {
@@ -133,6 +102,74 @@ fn check_edge(at: &str, r: &worker::config::RouteRule) -> Result<(), String> {
                 a.content_type
             ));
         }
+    }
+    Ok(())
+}
+
+/// A route's `cors`: origins, methods and header names that can be what they claim.
+fn check_cors(at: &str, c: &worker::config::Cors) -> Result<(), String> {
+    if c.origins.is_empty() {
+        return Err(format!("{at}.cors.origins: at least one origin (\"*\" for any)"));
+    }
+    for o in &c.origins {
+        if o == "*" {
+            if c.credentials {
+                return Err(format!(
+                    "{at}.cors: origins = [\"*\"] with credentials = true would hand any site the user's cookies; list the origins"
+                ));
+            }
+            continue;
+        }
+        let plain = o.replacen("://*.", "://", 1);
+        let ok = plain.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+                && !plain.ends_with('/')
+        });
+        if !ok {
+            return Err(format!(
+                "{at}.cors.origins: {o:?} is not an origin (scheme://host[:port], e.g. \"https://app.example\" or \"https://*.example.com\")"
+            ));
+        }
+    }
+    for m in &c.methods {
+        if http::Method::from_bytes(m.as_bytes()).is_err() {
+            return Err(format!("{at}.cors.methods: {m:?} is not a method"));
+        }
+    }
+    for h in c.headers.iter().chain(&c.expose) {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(format!("{at}.cors: {h:?} is not a header name"));
+        }
+    }
+    Ok(())
+}
+
+/// A route's `compress`: codings the gateway has, media types, a level some codec takes.
+fn check_compress(at: &str, c: &worker::config::Compress) -> Result<(), String> {
+    if let Some(bad) = c.codings.iter().find(|t| !matches!(t.as_str(), "br" | "zstd" | "gzip")) {
+        return Err(format!("{at}.compress.codings: {bad:?} is not br, zstd or gzip"));
+    }
+    if c.codings.is_empty() || c.types.is_empty() {
+        return Err(format!("{at}.compress: types and codings need at least one entry"));
+    }
+    let token = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+*".contains(&b))
+    };
+    for t in &c.types {
+        let (top, sub) = t.split_once('/').unwrap_or(("", ""));
+        if !token(top) || !token(sub) || (sub.contains('*') && sub != "*") {
+            return Err(format!(
+                "{at}.compress.types: {t:?} is not a media type (\"application/json\", \"text/*\")"
+            ));
+        }
+    }
+    if c.level > 19 {
+        return Err(format!(
+            "{at}.compress.level: {} is above 19 (gzip takes 1..9, brotli 0..11, zstd 1..19)",
+            c.level
+        ));
     }
     Ok(())
 }

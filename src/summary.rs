@@ -144,6 +144,15 @@ fn edge_extras(r: &worker::config::RouteRule) -> String {
             human(c.max_age)
         );
     }
+    if let Some(c) = &r.compress {
+        extras += &format!(
+            " (compress {} at level {}, from {} bytes: {})",
+            c.codings.join(" "),
+            c.level,
+            c.min_bytes,
+            c.types.join(" ")
+        );
+    }
     if let Some(d) = &r.redirect {
         extras += &format!(" (redirect {} {})", d.status, d.to);
     }

@@ -59,6 +59,7 @@ fn cases() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ("route rules", vec![("x-strip", "secret"), ("x-set", "client")]),
         ("cors allowed", vec![("origin", "https://app.example")]),
         ("cors refused", vec![("origin", "https://other.example")]),
+        ("compressed", vec![("accept-encoding", "gzip;q=0.5, zstd")]),
     ]
 }
 
@@ -254,7 +255,8 @@ fn every_way_a_request_arrives_gets_the_same_header_policy() {
             "path_prefix = \"/\"\nservice = \"web\"\n\
              request_headers = { remove = [\"x-strip\"], set = { x-set = \"gateway\" }, add = { x-added = \"1\" } }\n\
              response_headers = { set = { x-answer = \"gw\" }, remove = [\"x-backend\"] }\n\
-             cors = { origins = [\"https://app.example\"], credentials = true, expose = [\"x-request-id\"] }",
+             cors = { origins = [\"https://app.example\"], credentials = true, expose = [\"x-request-id\"] }\n\
+             compress = { min_bytes = 0 }",
         )
         .section("[[tls]]", &format!("cert = {:?}\nkey = {:?}\n", leaf.cert, leaf.key));
     let gw = Gateway::with(toml)
@@ -306,6 +308,9 @@ fn every_way_a_request_arrives_gets_the_same_header_policy() {
         assert_eq!(has("access-control-allow-origin: https://app.example"), allowed, "{case}");
         assert_eq!(has("access-control-allow-credentials: true"), allowed, "{case}");
         assert_eq!(has("access-control-expose-headers: x-request-id"), allowed, "{case}");
+        // Compression: the coding the client weighs highest, only when it asks; caches told.
+        assert!(has("vary: accept-encoding"), "{case}: {want_answer:?}");
+        assert_eq!(has("content-encoding: zstd"), case == "compressed", "{case}: {want_answer:?}");
         assert!(!want_answer.iter().any(|l| l.starts_with("x-backend")), "{case}: {want_answer:?}");
     }
 }

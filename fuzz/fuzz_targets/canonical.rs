@@ -50,6 +50,7 @@ fuzz_target!(|input: &[u8]| {
         cors: None,
         redirect: None,
         answer: None,
+        compress: None,
     };
     let router = Router::new(&HeaderRouting::default(), &[rule]).with_paths(rules);
     if let Ok(target) = router.route(&uri, &http::HeaderMap::new()) {

@@ -37,6 +37,7 @@ fuzz_target!(|input: &[u8]| {
             cors: None,
             redirect: None,
             answer: None,
+            compress: None,
         },
         RouteRule {
             host: Some("api.example".into()),
@@ -53,6 +54,7 @@ fuzz_target!(|input: &[u8]| {
             cors: None,
             redirect: None,
             answer: None,
+            compress: None,
         },
     ];
     let router = Router::new(&HeaderRouting::default(), &rules);

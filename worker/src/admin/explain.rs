@@ -134,9 +134,17 @@ fn edge(rule: &RouteRule, (uri, headers): (&Uri, &HeaderMap), client: Option<IpA
             "origin_allowed": origin.map(|o| c.allows(o)),
         })
     });
+    let accept = headers.get_all(http::header::ACCEPT_ENCODING).iter().map(HeaderValue::as_bytes);
+    let compress = rules.compress.as_ref().map(|c| {
+        json!({
+            "settings": rule.compress,
+            "coding": c.negotiate(accept).map(|c| c.token()),
+        })
+    });
     json!({
         "allow": rule.allow,
         "deny": rule.deny,
+        "compress": compress,
         "client": client,
         "client_allowed": client.map(|ip| rules.addresses.admit(ip)),
         "answers_itself": own,

@@ -95,3 +95,43 @@ fn ok() -> u16 {
 fn text_plain() -> String {
     "text/plain; charset=utf-8".into()
 }
+
+/// `compress = { types, min_bytes, level, codings }`: answers of these types are compressed
+/// for clients that accept a coding (`Accept-Encoding`), as they stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compress {
+    /// Media types compressed: exact (`application/json`) or a whole top-level type
+    /// (`text/*`). Default: `text/*`, `application/json`, `application/javascript`,
+    /// `application/xml`, `image/svg+xml`.
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
+    /// Answers declaring a shorter `Content-Length` are sent as they are; default 1024.
+    #[serde(default = "default_min_bytes")]
+    pub min_bytes: u64,
+    /// The codecs' level: gzip 1..9, brotli 0..11, zstd 1..19 (clamped to each); default 5.
+    #[serde(default = "default_level")]
+    pub level: u32,
+    /// Codings offered, the gateway's preference first when the client weighs them alike;
+    /// default `["br", "zstd", "gzip"]`.
+    #[serde(default = "default_codings")]
+    pub codings: Vec<String>,
+}
+
+fn default_types() -> Vec<String> {
+    ["text/*", "application/json", "application/javascript", "application/xml", "image/svg+xml"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_min_bytes() -> u64 {
+    1024
+}
+
+fn default_level() -> u32 {
+    5
+}
+
+fn default_codings() -> Vec<String> {
+    ["br", "zstd", "gzip"].map(String::from).to_vec()
+}

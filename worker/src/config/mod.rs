@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthSettings, BasicSettings, JwtSettings, KeySettings};
 pub use defaults::*;
-pub use edge::{Cors, Redirect, StaticAnswer};
+pub use edge::{Compress, Cors, Redirect, StaticAnswer};
 pub use fleet::FleetSettings;
 pub use proxy::{
     EscapedSlashes, HeaderRouting, OutlierSettings, PathParameters, PathRules, ProxySettings,

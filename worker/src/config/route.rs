@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::edge::{Cors, Redirect, StaticAnswer};
+use super::edge::{Compress, Cors, Redirect, StaticAnswer};
 use super::values::{absolute_path, AddressBlocks};
 use super::DEFAULT_PATH_PREFIX;
 
@@ -55,6 +55,9 @@ pub struct RouteRule {
     /// The route answers every request itself (its service is not asked).
     #[serde(default)]
     pub answer: Option<StaticAnswer>,
+    /// Answers compressed for clients that accept it.
+    #[serde(default)]
+    pub compress: Option<Compress>,
 }
 
 /// `canary = { service, percent, header, cookie }` of a route.

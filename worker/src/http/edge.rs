@@ -7,6 +7,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
 
 use crate::config::{AddressBlocks, Cors, Redirect, RouteRule, StaticAnswer};
+use crate::http::compress::CompressRule;
 use crate::http::own::OwnAnswer;
 use crate::http::router::{HeaderActions, RequestView};
 
@@ -19,6 +20,8 @@ pub struct EdgeRules {
     pub cors: Option<CorsRule>,
     /// The route answers itself: a redirect or a fixed answer.
     pub own: Option<OwnRule>,
+    /// Answers compressed for clients that accept it.
+    pub compress: Option<CompressRule>,
 }
 
 impl EdgeRules {
@@ -33,6 +36,7 @@ impl EdgeRules {
             addresses: Addresses { allow: rule.allow.clone(), deny: rule.deny.clone() },
             cors: rule.cors.as_ref().map(CorsRule::of),
             own,
+            compress: rule.compress.as_ref().map(CompressRule::of),
         }
     }
 }

@@ -42,6 +42,7 @@
 
 pub mod buffers;
 pub mod client;
+pub mod compress;
 pub mod connections;
 pub mod edge;
 pub mod eos;

@@ -27,6 +27,7 @@ use http::uri::PathAndQuery;
 
 use crate::auth::{Identity, Method};
 use crate::host::admission::InFlightGuard;
+use crate::http::compress::Coding;
 use crate::http::edge::{EdgeRules, OwnRule};
 use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
 use crate::http::policy::Line;
@@ -101,8 +102,11 @@ pub(crate) struct Admitted {
     /// Counted in flight (`max_requests`) until dropped: the side holds it until the answer
     /// is sent whole.
     pub(crate) in_flight: Option<InFlightGuard>,
-    /// The answer's header edits when CORS adds to the route's (`None`: the route's own).
+    /// The answer's header edits when CORS or compression add to the route's (`None`: the
+    /// route's own).
     pub(crate) answer_actions: Option<HeaderActions>,
+    /// The coding the client takes, on a route that compresses (the answer decides whether).
+    pub(crate) coding: Option<Coding>,
 }
 
 /// The loop check, the route and the service: what a request is, before anything is spent on
@@ -210,12 +214,24 @@ pub(crate) async fn admit(
     };
     gate.limits.admit_identity(limited, (&service, primary), identity.as_ref())?;
     let key = hash_on(&service, ex, ex.client());
-    let cors = proxy.routes.edge(&target).and_then(|e| e.cors.as_ref());
-    let answer_actions = cors.map(|cors| {
+    let edge = proxy.routes.edge(&target);
+    let (cors, compress) =
+        (edge.and_then(|e| e.cors.as_ref()), edge.and_then(|e| e.compress.as_ref()));
+    let answer_actions = (cors.is_some() || compress.is_some()).then(|| {
         let route = proxy.routes.router.header_actions(&target).map(|(_, response)| response);
-        cors.answer_actions(ex.header(&http::header::ORIGIN), route)
+        let mut actions = match cors {
+            Some(cors) => cors.answer_actions(ex.header(&http::header::ORIGIN), route),
+            None => route.cloned().unwrap_or_default(),
+        };
+        if compress.is_some() {
+            // Every answer of the route may differ by Accept-Encoding: caches are told so.
+            let vary = http::HeaderValue::from_static("accept-encoding");
+            actions.add.push((http::header::VARY, vary));
+        }
+        actions
     });
-    Ok(Admitted { target, service, identity, key, in_flight, answer_actions })
+    let coding = compress.and_then(|c| c.negotiate(ex.headers(&http::header::ACCEPT_ENCODING)));
+    Ok(Admitted { target, service, identity, key, in_flight, answer_actions, coding })
 }
 
 /// `path` without the query parameter `name` (every occurrence); the same when it has none.

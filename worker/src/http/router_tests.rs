@@ -21,6 +21,7 @@ fn router() -> Router {
                 cors: None,
                 redirect: None,
                 answer: None,
+                compress: None,
             },
             RouteRule {
                 host: None,
@@ -37,6 +38,7 @@ fn router() -> Router {
                 cors: None,
                 redirect: None,
                 answer: None,
+                compress: None,
             },
             RouteRule {
                 host: None,
@@ -53,6 +55,7 @@ fn router() -> Router {
                 cors: None,
                 redirect: None,
                 answer: None,
+                compress: None,
             },
         ],
     )
@@ -83,6 +86,7 @@ fn everything() -> RouteRule {
         cors: None,
         redirect: None,
         answer: None,
+        compress: None,
     }
 }
 
@@ -119,6 +123,7 @@ fn header_routing_keeps_a_services_route_rules_and_hides_canaries_and_shadows() 
         cors: None,
         redirect: None,
         answer: None,
+        compress: None,
     }];
     let routing =
         HeaderRouting { deny_services: vec!["internal".into()], ..HeaderRouting::default() };
@@ -186,6 +191,7 @@ fn a_header_cannot_route_around_a_routes_auth() {
         cors: None,
         redirect: None,
         answer: None,
+        compress: None,
     };
     // The service's first route is open, a later one guarded: by header, the guard applies.
     let rules = [rule("/open", "pay", None), rule("/pay", "pay", Some("staff"))];
@@ -218,6 +224,7 @@ fn guarded() -> Router {
         cors: None,
         redirect: None,
         answer: None,
+        compress: None,
     };
     Router::new(
         &HeaderRouting::default(),

@@ -25,6 +25,7 @@
 
 pub mod body;
 pub mod chunked;
+mod compressed;
 pub mod head;
 pub mod io;
 mod request;

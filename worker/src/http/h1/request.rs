@@ -12,9 +12,11 @@ use http::{Method, StatusCode};
 use crate::http::client::forward::{Answered, Replay};
 use crate::http::client::h1::{Attempt, Reply};
 use crate::http::client::upstream::UpstreamError;
+use crate::http::compress::{Coding, CompressRule};
 use crate::http::connections::Client;
 use crate::http::error::{OwnAnswer, ProxyError};
 use crate::http::h1::body::{self, Start, Upload};
+use crate::http::h1::compressed;
 use crate::http::h1::head::{BodyFraming, RequestHead};
 use crate::http::h1::io::{write_within, Io};
 use crate::http::h1::respond::{self, respond, Responded, ToClient};
@@ -140,8 +142,12 @@ impl<S: Io> OnEngine<'_, S> {
         }
         let admitted = pipeline::admit(proxy, view, routed).await?;
         // Held until the answer is sent (max_requests counts it in flight until then).
-        let Admitted { target, service, identity, key, in_flight: _held, answer_actions } =
+        let Admitted { target, service, identity, key, in_flight: _held, answer_actions, coding } =
             admitted;
+        // A HEAD's answer has no body to compress.
+        let squeeze = coding
+            .filter(|_| view.method != "HEAD")
+            .and_then(|c| proxy.routes.edge(&target)?.compress.as_ref().map(|rule| (rule, c)));
         let actions = proxy.routes.router.header_actions(&target);
         let request_actions = actions.map(|a| a.0);
         let response_actions = answer_actions.as_ref().or(actions.map(|a| a.1));
@@ -180,7 +186,8 @@ impl<S: Io> OnEngine<'_, S> {
             *self.carry = std::mem::take(&mut upload.leftover);
             self.body_unread = !upload.is_done();
         }
-        self.relay(view, (forwarded?, &service.name), response_actions, (line, trace)).await
+        let answering = (response_actions, squeeze);
+        self.relay(view, (forwarded?, &service.name), answering, (line, trace)).await
     }
 
     /// The request line and every header line but `Host` (it depends on the instance picked),
@@ -289,7 +296,7 @@ impl<S: Io> OnEngine<'_, S> {
         &mut self,
         view: &View<'_>,
         (answered, service): (Answered<'_, Reply>, &str),
-        actions: Option<&HeaderActions>,
+        (actions, squeeze): (Option<&HeaderActions>, Option<(&CompressRule, Coding)>),
         (line, trace): (&RequestLine<'_>, &mut Trace),
     ) -> Result<Step, ProxyError> {
         let proxy = self.proxy;
@@ -303,11 +310,26 @@ impl<S: Io> OnEngine<'_, S> {
             Box::pin(respond::tunnel(proxy, &mut *self.stream, (answered, actions), pending)).await;
             return Ok(Step::Close);
         }
-        let length = proxy.observe.access_log.then(|| respond::content_length(&answered.response));
-        trace.bytes_out = respond::declared_length(&answered.response).unwrap_or(0);
         let to = ToClient { close: self.close || self.body_unread, http10: view.head.http10 };
-        let (responded, spare) =
-            respond(proxy, &mut *self.stream, (answered, actions), to, self.out).await;
+        let squeeze = squeeze
+            .filter(|(rule, _)| rule.takes(&compressed::answer_head(&answered.response)))
+            .and_then(|(rule, coding)| Some((rule.encoder(coding).ok()?, coding)));
+        let mut length = None;
+        let (responded, spare) = match squeeze {
+            // Compressed: its length is known at its end only.
+            Some((encoder, coding)) => {
+                let answering = (answered, actions);
+                let (to, client) = ((to, encoder, coding), &mut *self.stream);
+                Box::pin(compressed::respond_compressed(proxy, client, answering, to, self.out))
+                    .await
+            }
+            None => {
+                length =
+                    proxy.observe.access_log.then(|| respond::content_length(&answered.response));
+                trace.bytes_out = respond::declared_length(&answered.response).unwrap_or(0);
+                respond(proxy, &mut *self.stream, (answered, actions), to, self.out).await
+            }
+        };
         *self.spare = spare;
         match responded {
             Responded::Sent(step) => {

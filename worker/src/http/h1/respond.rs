@@ -54,11 +54,13 @@ pub(super) struct ToClient {
 
 /// How the head sent to the client frames its body.
 #[derive(Debug, Clone, Copy)]
-struct HeadFraming {
-    /// The body is re-framed as chunked (its length is unknown): no `Content-Length` line.
-    rechunk: bool,
+pub(super) struct HeadFraming {
+    /// The body is re-framed as chunked (its length is unknown).
+    pub(super) rechunk: bool,
     /// `Connection: close` is added.
-    close: bool,
+    pub(super) close: bool,
+    /// The instance's `Content-Length` goes on (the body is sent as it came).
+    pub(super) length: bool,
 }
 
 /// Sends the instance's answer to the client.
@@ -80,7 +82,8 @@ pub(super) async fn respond<S: Io>(
     let close = close || (http10 && unknown_length);
     let rechunk = unknown_length && !http10;
     let raw = http10;
-    response_head(proxy, (&ex, actions), address, HeadFraming { rechunk, close }, out);
+    let framed = HeadFraming { rechunk, close, length: !rechunk };
+    response_head(proxy, (&ex, actions), address, framed, out);
     if http10 && !close {
         out.truncate(out.len() - 2);
         out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
@@ -158,7 +161,7 @@ pub(super) async fn tunnel<S: Io>(
 ) {
     let Answered { response: mut ex, address, inflight } = answered;
     let mut out = Vec::new();
-    let as_sent = HeadFraming { rechunk: false, close: false };
+    let as_sent = HeadFraming { rechunk: false, close: false, length: true };
     response_head(proxy, (&ex, actions), address, as_sent, &mut out);
     out.truncate(out.len() - 2);
     let protocol =
@@ -182,11 +185,11 @@ pub(super) async fn tunnel<S: Io>(
 }
 
 /// The response head as the client receives it.
-fn response_head(
+pub(super) fn response_head(
     proxy: &Proxy,
     (ex, actions): (&Reply, Option<&HeaderActions>),
     address: &str,
-    HeadFraming { rechunk, close }: HeadFraming,
+    HeadFraming { rechunk, close, length }: HeadFraming,
     out: &mut Vec<u8>,
 ) {
     let (buf, head) = (&ex.buf, &ex.head);
@@ -200,7 +203,7 @@ fn response_head(
         None => out.extend_from_slice(head.reason.get(buf)),
     }
     out.extend_from_slice(b"\r\n");
-    let keep_length = !rechunk && status_allows_length(head.status);
+    let keep_length = length && status_allows_length(head.status);
     proxy.policy.response(lines(buf, &head.lines), keep_length, (actions, address), out);
     if rechunk {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -238,7 +241,7 @@ async fn copy_length<S: Io>(
 }
 
 /// Body data as the client reads it: a chunk, or (HTTP/1.0, `raw`) the bytes themselves.
-fn frame(data: &[u8], raw: bool, out: &mut Vec<u8>) {
+pub(super) fn frame(data: &[u8], raw: bool, out: &mut Vec<u8>) {
     match raw {
         true => out.extend_from_slice(data),
         false => chunked::encode(data, out),

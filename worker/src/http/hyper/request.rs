@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -29,6 +29,7 @@ use crate::http::client::forward::{Answered, Replay};
 use crate::http::client::inflight::in_flight_body;
 use crate::http::client::pool::Lease;
 use crate::http::client::upstream::{sent_body, BodySent, ClientBodyError, UpstreamError};
+use crate::http::compress::{answer_head, Coding, CompressRule, Compressed};
 use crate::http::connections::{ConnGuard, ConnPermit, LocalPort, Scheme};
 use crate::http::error::ProxyError;
 use crate::http::grpc;
@@ -150,7 +151,8 @@ impl Proxy {
         }
         let routed = pipeline::route(self, &view, trace)?;
         let admitted = pipeline::admit(self, &view, routed).await?;
-        let Admitted { target, service, identity, key, in_flight, answer_actions } = admitted;
+        let Admitted { target, service, identity, key, in_flight, answer_actions, coding } =
+            admitted;
         let upgrade = self.upgrade(&mut req)?;
         let (parts, body) = req.into_parts();
         let bodiless = body_is_empty(&parts.headers, &body);
@@ -188,8 +190,12 @@ impl Proxy {
         let sent = (&outgoing, body, upgrade.is_some());
         let answered = self.forward(sent, (&service, key), replay, trace).await?;
         let route = self.routes.router.header_actions(&target).map(|(_, response)| response);
-        let resp =
-            self.respond(answered, parts.version, upgrade, answer_actions.as_ref().or(route));
+        // A HEAD's answer has no body to compress.
+        let squeeze = coding
+            .filter(|_| parts.method != Method::HEAD)
+            .and_then(|c| self.routes.edge(&target)?.compress.as_ref().map(|rule| (rule, c)));
+        let answering = (answer_actions.as_ref().or(route), squeeze);
+        let resp = self.respond(answered, parts.version, upgrade, answering);
         // Counted in flight (max_requests) until the answer's body is done.
         Ok(match in_flight {
             Some(guard) => resp.map(|b| crate::http::hold(b, guard)),
@@ -291,7 +297,7 @@ impl Proxy {
         answered: Answered<'_, (Response<Incoming>, Lease)>,
         version: http::Version,
         upgrade: Option<Upgrade>,
-        actions: Option<&HeaderActions>,
+        (actions, squeeze): (Option<&HeaderActions>, Option<(&CompressRule, Coding)>),
     ) -> Response<Body> {
         let Answered { response: (response, lease), address, mut inflight } = answered;
         inflight.hold(lease);
@@ -315,10 +321,15 @@ impl Proxy {
             conn.put_back(permit);
         }
         let old = std::mem::take(&mut parts.headers);
+        let encoder = squeeze
+            .filter(|(rule, _)| rule.takes(&answer_head(parts.status, &old)))
+            .and_then(|(rule, coding)| Some((rule.encoder(coding).ok()?, coding)));
         // A length beside chunked framing is the instance's contradiction; hyper read the
-        // body as chunked (RFC 9112 §6.3), so the length would cut it short.
+        // body as chunked (RFC 9112 §6.3), so the length would cut it short. A compressed
+        // body's length is another.
         let keep_length = status_allows_length(parts.status.as_u16())
-            && !old.contains_key(header::TRANSFER_ENCODING);
+            && !old.contains_key(header::TRANSFER_ENCODING)
+            && encoder.is_none();
         let lines = map_lines(&old);
         self.policy.response(
             lines.into_iter(),
@@ -334,7 +345,13 @@ impl Proxy {
                 }
             }
         }
-        let body = in_flight_body(body, inflight).map_err(BoxError::from).boxed();
+        let mut body = in_flight_body(body, inflight).map_err(BoxError::from).boxed();
+        if let Some((encoder, coding)) = encoder {
+            parts
+                .headers
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
+            body = Compressed::new(body, encoder).boxed();
+        }
         Response::from_parts(parts, body)
     }
 }

@@ -1,0 +1,180 @@
+//! An instance's answer compressed on its way to the client (the route's `compress`, see
+//! `http/compress.rs`): the head as the policy writes it, without `Content-Length` and with
+//! `Content-Encoding`; the body read by its own framing (a length, chunked, or until the
+//! instance closes), compressed a read at a time and sent chunked — to an HTTP/1.0 client as it
+//! comes, ended by the close. The instance's connection goes back to the pool only when its
+//! answer ended exactly where its framing said, as uncompressed.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::http::buffers::KEPT_CAPACITY;
+use crate::http::client::forward::Answered;
+use crate::http::client::h1::Reply;
+use crate::http::compress::{AnswerHead, Coding, Encoder};
+use crate::http::h1::chunked::{Decoder, LAST_CHUNK};
+use crate::http::h1::head::{parse_length, Framing};
+use crate::http::h1::io::{timeout, write_within, Io};
+use crate::http::h1::respond::{frame, response_head, HeadFraming, Responded, ToClient};
+use crate::http::h1::{Spare, Step};
+use crate::http::policy::{HeadSink, Kind};
+use crate::http::proxy::Proxy;
+use crate::http::router::HeaderActions;
+
+/// Where the instance's body is in its framing.
+struct Source {
+    framing: Framing,
+    /// Bytes a `Content-Length` body still owes.
+    left: u64,
+    decoder: Decoder,
+    done: bool,
+}
+
+impl Source {
+    fn new(framing: Framing) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let done = framing == Framing::Empty || left == 0 && matches!(framing, Framing::Length(_));
+        Source { framing, left, decoder: Decoder::default(), done }
+    }
+
+    /// Takes the body's data out of `raw` (bytes as read from the instance) into `data`;
+    /// clears `reusable` when bytes past the body's end came with it.
+    fn take(&mut self, raw: &[u8], data: &mut Vec<u8>, reusable: &mut bool) -> Result<(), String> {
+        match self.framing {
+            Framing::Empty => *reusable &= raw.is_empty(),
+            Framing::Length(_) => {
+                let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(raw.len());
+                data.extend_from_slice(&raw[..n]);
+                *reusable &= n == raw.len();
+                self.left -= n as u64;
+                self.done = self.left == 0;
+            }
+            Framing::Chunked => {
+                let used = self
+                    .decoder
+                    .decode(raw, |d| data.extend_from_slice(d))
+                    .map_err(|e| e.to_string())?;
+                *reusable &= used == raw.len();
+                self.done = self.decoder.is_done();
+            }
+            Framing::UntilClose => data.extend_from_slice(raw),
+        }
+        Ok(())
+    }
+}
+
+/// The head of an instance's answer, as the route's `compress` judges it.
+pub(super) fn answer_head(ex: &Reply) -> AnswerHead<'_> {
+    let value = |name: &[u8]| {
+        let line = ex.head.lines.iter().find(|l| l.name.get(&ex.buf).eq_ignore_ascii_case(name));
+        line.map(|l| l.value.get(&ex.buf))
+    };
+    let length = ex.head.lines.iter().find(|l| l.kind == Kind::ContentLength);
+    AnswerHead {
+        status: ex.head.status,
+        bodiless: ex.head.framing == Some(Framing::Empty),
+        content_type: value(b"content-type"),
+        content_encoding: value(b"content-encoding"),
+        content_length: length.and_then(|l| parse_length(l.value.get(&ex.buf))),
+        cache_control: ex
+            .head
+            .lines
+            .iter()
+            .filter(|l| l.name.get(&ex.buf).eq_ignore_ascii_case(b"cache-control"))
+            .map(|l| l.value.get(&ex.buf))
+            .collect(),
+        content_range: value(b"content-range").is_some(),
+    }
+}
+
+/// Sends the instance's answer compressed with `encoder` (named `coding` in the head).
+pub(super) async fn respond_compressed<S: Io>(
+    proxy: &Proxy,
+    client: &mut S,
+    (answered, actions): (Answered<'_, Reply>, Option<&HeaderActions>),
+    (to, encoder, coding): (ToClient, Encoder, Coding),
+    out: &mut Vec<u8>,
+) -> (Responded, Option<Spare>) {
+    let ToClient { close, http10 } = to;
+    let Answered { response: mut ex, address, inflight } = answered;
+    let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
+    // The compressed length is not known before the end: chunked, or until the close.
+    let close = close || http10;
+    let head = HeadFraming { rechunk: !http10, close, length: false };
+    response_head(proxy, (&ex, actions), address, head, out);
+    out.truncate(out.len() - 2);
+    out.put(b"content-encoding", coding.token().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut source = Source::new(framing);
+    let mut reusable = ex.head.reusable && framing != Framing::UntilClose;
+    let mut data = Vec::new();
+    let first = &ex.buf[ex.head.len..];
+    if let Err(why) = source.take(first, &mut data, &mut reusable) {
+        return (Responded::Malformed(why), None);
+    }
+    let idle = proxy.settings.idle_timeout;
+    let body = (&mut ex, &mut source, &mut reusable);
+    let sent = relay(client, body, (encoder, http10), (data, out), idle).await;
+    let done = sent.is_ok_and(|()| source.done);
+    let Reply { conn, head, buf, request } = ex;
+    if done && reusable {
+        proxy.send.forwarder.plain_pool().put(address, conn);
+    }
+    drop(inflight);
+    let step = match done && !close {
+        true => Step::KeepAlive,
+        false => Step::Close,
+    };
+    let spare = (buf.capacity() <= KEPT_CAPACITY).then_some(Spare { request, response: buf, head });
+    (Responded::Sent(step), spare)
+}
+
+/// The body loop: compress what was taken, send it, read more, until the body's end.
+async fn relay<S: Io>(
+    client: &mut S,
+    (ex, source, reusable): (&mut Reply, &mut Source, &mut bool),
+    (encoder, raw): (Encoder, bool),
+    (mut data, out): (Vec<u8>, &mut Vec<u8>),
+    idle: Duration,
+) -> Result<(), ()> {
+    let mut encoder = Some(encoder);
+    let mut packed = Vec::new();
+    loop {
+        packed.clear();
+        if let Some(e) = encoder.as_mut().filter(|_| !data.is_empty()) {
+            e.push(&data, &mut packed).map_err(|_| ())?;
+        }
+        data.clear();
+        if source.done {
+            if let Some(e) = encoder.take() {
+                e.finish(&mut packed).map_err(|_| ())?;
+            }
+        }
+        if !packed.is_empty() {
+            frame(&packed, raw, out);
+        }
+        if source.done && !raw {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        if !out.is_empty() {
+            write_within(client, out, idle).await.map_err(|_| ())?;
+            out.clear();
+        }
+        if source.done {
+            return Ok(());
+        }
+        ex.buf.clear();
+        ex.buf.reserve(64 * 1024);
+        match timeout(idle, ex.conn.read_buf(&mut ex.buf)).await {
+            Ok(0) if source.framing == Framing::UntilClose => source.done = true,
+            Ok(0) | Err(_) => return Err(()),
+            Ok(_) => source.take(&ex.buf, &mut data, reusable).map_err(|why| {
+                log::warn!("instance answer: {why}");
+            })?,
+        }
+    }
+}
