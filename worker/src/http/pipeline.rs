@@ -149,8 +149,9 @@ fn at_the_edge(
         count(EdgeAnswer::AddressRefused);
         return Err(ProxyError::AddressRefused(target.service.clone()));
     }
-    let origin = ex.header(&http::header::ORIGIN);
-    if let (Some(cors), Some(origin)) = (&edge.cors, origin) {
+    // Only a route with cors reads Origin (a GET elsewhere pays nothing for it).
+    let cors = edge.cors.as_ref().and_then(|c| Some((c, ex.header(&http::header::ORIGIN)?)));
+    if let Some((cors, origin)) = cors {
         let preflight = ex.method() == "OPTIONS"
             && ex.header(&http::header::ACCESS_CONTROL_REQUEST_METHOD).is_some();
         if preflight {
