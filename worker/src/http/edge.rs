@@ -25,6 +25,14 @@ pub struct EdgeRules {
 }
 
 impl EdgeRules {
+    /// Whether the route has no edge rule at all.
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+            && self.cors.is_none()
+            && self.own.is_none()
+            && self.compress.is_none()
+    }
+
     /// The rules of `rule`.
     pub fn of(rule: &RouteRule) -> Self {
         let own = match (&rule.redirect, &rule.answer) {

@@ -104,7 +104,7 @@ pub(crate) struct Admitted {
     pub(crate) in_flight: Option<InFlightGuard>,
     /// The answer's header edits when CORS or compression add to the route's (`None`: the
     /// route's own).
-    pub(crate) answer_actions: Option<HeaderActions>,
+    pub(crate) answer_actions: Option<Box<HeaderActions>>,
     /// The coding the client takes, on a route that compresses (the answer decides whether).
     pub(crate) coding: Option<Coding>,
 }
@@ -218,7 +218,7 @@ pub(crate) async fn admit(
     let edge = proxy.routes.edge(&target);
     let (cors, compress) =
         (edge.and_then(|e| e.cors.as_ref()), edge.and_then(|e| e.compress.as_ref()));
-    let answer_actions = (cors.is_some() || compress.is_some()).then(|| {
+    let answer_actions = (cors.is_some() || compress.is_some()).then(|| -> Box<HeaderActions> {
         let route = proxy.routes.router.header_actions(&target).map(|(_, response)| response);
         let mut actions = match cors {
             Some(cors) => cors.answer_actions(ex.header(&http::header::ORIGIN), route),
@@ -229,7 +229,7 @@ pub(crate) async fn admit(
             let vary = http::HeaderValue::from_static("accept-encoding");
             actions.add.push((http::header::VARY, vary));
         }
-        actions
+        Box::new(actions)
     });
     let coding = compress.and_then(|c| c.negotiate(ex.headers(&http::header::ACCEPT_ENCODING)));
     Ok(Admitted { target, service, identity, key, in_flight, answer_actions, coding })

@@ -61,13 +61,13 @@ pub(crate) struct Routes {
     /// `[server] https_redirect`: plain requests go to HTTPS, on this port (`None`: no).
     pub(crate) https_redirect: Option<u16>,
     /// Each `[[route]]`'s edge rules, by its place in the file.
-    pub(crate) edges: Vec<EdgeRules>,
+    pub(crate) edges: Vec<Option<EdgeRules>>,
 }
 
 impl Routes {
     /// The edge rules of the route a request matched (`allow`/`deny`, CORS, its own answer).
     pub(crate) fn edge(&self, target: &Target) -> Option<&EdgeRules> {
-        self.edges.get(target.rule?)
+        self.edges.get(target.rule?)?.as_ref()
     }
 }
 
@@ -175,7 +175,12 @@ impl Proxy {
                 https_redirect: config.server.https_redirect.then(|| {
                     config.server.listen_tls.first().map_or(443, std::net::SocketAddr::port)
                 }),
-                edges: config.routes.iter().map(EdgeRules::of).collect(),
+                // `None` for a route without any: its requests skip the phase at once.
+                edges: config
+                    .routes
+                    .iter()
+                    .map(|r| Some(EdgeRules::of(r)).filter(|e| !e.is_empty()))
+                    .collect(),
             },
             gate: Gate {
                 limits: {

@@ -150,7 +150,7 @@ impl<S: Io> OnEngine<'_, S> {
             .and_then(|c| proxy.routes.edge(&target)?.compress.as_ref().map(|rule| (rule, c)));
         let actions = proxy.routes.router.header_actions(&target);
         let request_actions = actions.map(|a| a.0);
-        let response_actions = answer_actions.as_ref().or(actions.map(|a| a.1));
+        let response_actions = answer_actions.as_deref().or(actions.map(|a| a.1));
         let traceparent = trace.traceparent();
         let origin = Origin {
             peer: self.client.peer.ip(),

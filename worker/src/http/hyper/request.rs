@@ -194,7 +194,7 @@ impl Proxy {
         let squeeze = coding
             .filter(|_| parts.method != Method::HEAD)
             .and_then(|c| self.routes.edge(&target)?.compress.as_ref().map(|rule| (rule, c)));
-        let answering = (answer_actions.as_ref().or(route), squeeze);
+        let answering = (answer_actions.as_deref().or(route), squeeze);
         let resp = self.respond(answered, parts.version, upgrade, answering);
         // Counted in flight (max_requests) until the answer's body is done.
         Ok(match in_flight {
