@@ -35,23 +35,7 @@ fuzz_target!(|input: &[u8]| {
         assert!(!once.contains("//"), "{once:?}");
     }
     let Ok(uri) = http::Uri::try_from(path) else { return };
-    let rule = RouteRule {
-        host: None,
-        path_prefix: "/".into(),
-        service: "a".into(),
-        strip_prefix: false,
-        canary: None,
-        mirror: None,
-        auth: None,
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        allow: Default::default(),
-        deny: Default::default(),
-        cors: None,
-        redirect: None,
-        answer: None,
-        compress: None,
-    };
+    let rule = RouteRule::to("/", "a");
     let router = Router::new(&HeaderRouting::default(), &[rule]).with_paths(rules);
     if let Ok(target) = router.route(&uri, &http::HeaderMap::new()) {
         let canonical_uri = canonical(uri.path(), &rules).expect("routed, so readable");

@@ -23,39 +23,11 @@ fuzz_target!(|input: &[u8]| {
     }
     let rules = [
         RouteRule {
-            host: None,
-            path_prefix: "/users".into(),
-            service: "u".into(),
             strip_prefix: true,
-            canary: None,
-            mirror: None,
             auth: Some("staff".into()),
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-            allow: Default::default(),
-            deny: Default::default(),
-            cors: None,
-            redirect: None,
-            answer: None,
-            compress: None,
+            ..RouteRule::to("/users", "u")
         },
-        RouteRule {
-            host: Some("api.example".into()),
-            path_prefix: "/".into(),
-            service: "a".into(),
-            strip_prefix: false,
-            canary: None,
-            mirror: None,
-            auth: None,
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-            allow: Default::default(),
-            deny: Default::default(),
-            cors: None,
-            redirect: None,
-            answer: None,
-            compress: None,
-        },
+        RouteRule { host: Some("api.example".into()), ..RouteRule::to("/", "a") },
     ];
     let router = Router::new(&HeaderRouting::default(), &rules);
     if let Ok(target) = router.route(&uri, &headers) {

@@ -60,6 +60,30 @@ pub struct RouteRule {
     pub compress: Option<Compress>,
 }
 
+impl RouteRule {
+    /// A rule sending `path_prefix` to `service`, everything else at its default (what a
+    /// `[[route]]` with only those two keys reads as).
+    pub fn to(path_prefix: &str, service: &str) -> Self {
+        RouteRule {
+            host: None,
+            path_prefix: path_prefix.into(),
+            service: service.into(),
+            strip_prefix: false,
+            canary: None,
+            mirror: None,
+            auth: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            allow: AddressBlocks::default(),
+            deny: AddressBlocks::default(),
+            cors: None,
+            redirect: None,
+            answer: None,
+            compress: None,
+        }
+    }
+}
+
 /// `canary = { service, percent, header, cookie }` of a route.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -8,55 +8,11 @@ fn router() -> Router {
         &[
             RouteRule {
                 host: Some("api.example.com".into()),
-                path_prefix: "/users".into(),
-                service: "user".into(),
                 strip_prefix: true,
-                canary: None,
-                mirror: None,
-                auth: None,
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                allow: Default::default(),
-                deny: Default::default(),
-                cors: None,
-                redirect: None,
-                answer: None,
-                compress: None,
+                ..RouteRule::to("/users", "user")
             },
-            RouteRule {
-                host: None,
-                path_prefix: "/users".into(),
-                service: "user-public".into(),
-                strip_prefix: false,
-                canary: None,
-                mirror: None,
-                auth: None,
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                allow: Default::default(),
-                deny: Default::default(),
-                cors: None,
-                redirect: None,
-                answer: None,
-                compress: None,
-            },
-            RouteRule {
-                host: None,
-                path_prefix: "/static/".into(),
-                service: "static".into(),
-                strip_prefix: false,
-                canary: None,
-                mirror: None,
-                auth: None,
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                allow: Default::default(),
-                deny: Default::default(),
-                cors: None,
-                redirect: None,
-                answer: None,
-                compress: None,
-            },
+            RouteRule::to("/users", "user-public"),
+            RouteRule::to("/static/", "static"),
         ],
     )
 }
@@ -71,23 +27,7 @@ fn req(uri: &str, headers: &[(&str, &str)]) -> Result<Target, RouteError> {
 
 /// One rule sending every path to service `a`.
 fn everything() -> RouteRule {
-    RouteRule {
-        host: None,
-        path_prefix: "/".into(),
-        service: "a".into(),
-        strip_prefix: false,
-        canary: None,
-        mirror: None,
-        auth: None,
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        allow: Default::default(),
-        deny: Default::default(),
-        cors: None,
-        redirect: None,
-        answer: None,
-        compress: None,
-    }
+    RouteRule::to("/", "a")
 }
 
 #[test]
@@ -109,21 +49,10 @@ fn header_routing_keeps_a_services_route_rules_and_hides_canaries_and_shadows() 
         cookie: None,
     };
     let rules = [RouteRule {
-        host: None,
-        path_prefix: "/users".into(),
-        service: "user".into(),
-        strip_prefix: false,
         canary: Some(canary),
         mirror: Some(crate::config::Mirror { service: "user-shadow".into(), percent: 100.0 }),
-        auth: None,
         request_headers,
-        response_headers: Default::default(),
-        allow: Default::default(),
-        deny: Default::default(),
-        cors: None,
-        redirect: None,
-        answer: None,
-        compress: None,
+        ..RouteRule::to("/users", "user")
     }];
     let routing =
         HeaderRouting { deny_services: vec!["internal".into()], ..HeaderRouting::default() };
@@ -177,21 +106,8 @@ fn rules_match_host_then_prefix_at_segment_boundaries_and_strip() {
 #[test]
 fn a_header_cannot_route_around_a_routes_auth() {
     let rule = |prefix: &str, service: &str, auth: Option<&str>| RouteRule {
-        host: None,
-        path_prefix: prefix.into(),
-        service: service.into(),
-        strip_prefix: false,
-        canary: None,
-        mirror: None,
         auth: auth.map(String::from),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        allow: Default::default(),
-        deny: Default::default(),
-        cors: None,
-        redirect: None,
-        answer: None,
-        compress: None,
+        ..RouteRule::to(prefix, service)
     };
     // The service's first route is open, a later one guarded: by header, the guard applies.
     let rules = [rule("/open", "pay", None), rule("/pay", "pay", Some("staff"))];
@@ -211,20 +127,8 @@ fn a_header_cannot_route_around_a_routes_auth() {
 fn guarded() -> Router {
     let rule = |host: Option<&str>, prefix: &str, auth: Option<&str>| RouteRule {
         host: host.map(str::to_string),
-        path_prefix: prefix.into(),
-        service: "web".into(),
-        strip_prefix: false,
-        canary: None,
-        mirror: None,
         auth: auth.map(str::to_string),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        allow: Default::default(),
-        deny: Default::default(),
-        cors: None,
-        redirect: None,
-        answer: None,
-        compress: None,
+        ..RouteRule::to(prefix, "web")
     };
     Router::new(
         &HeaderRouting::default(),

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::http::buffers::KEPT_CAPACITY;
 use crate::http::client::forward::Answered;
 use crate::http::client::h1::Reply;
 use crate::http::compress::{AnswerHead, Coding, Encoder};
 use crate::http::h1::chunked::{Decoder, LAST_CHUNK};
 use crate::http::h1::head::{parse_length, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
-use crate::http::h1::respond::{frame, response_head, HeadFraming, Responded, ToClient};
-use crate::http::h1::{Spare, Step};
+use crate::http::h1::respond::{frame, response_head, sent, HeadFraming, Responded, ToClient};
+use crate::http::h1::Spare;
 use crate::http::policy::{HeadSink, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
@@ -118,19 +117,9 @@ pub(super) async fn respond_compressed<S: Io>(
     }
     let idle = proxy.settings.idle_timeout;
     let body = (&mut ex, &mut source, &mut reusable);
-    let sent = relay(client, body, (encoder, http10), (data, out), idle).await;
-    let done = sent.is_ok_and(|()| source.done);
-    let Reply { conn, head, buf, request } = ex;
-    if done && reusable {
-        proxy.send.forwarder.plain_pool().put(address, conn);
-    }
-    drop(inflight);
-    let step = match done && !close {
-        true => Step::KeepAlive,
-        false => Step::Close,
-    };
-    let spare = (buf.capacity() <= KEPT_CAPACITY).then_some(Spare { request, response: buf, head });
-    (Responded::Sent(step), spare)
+    let relayed = relay(client, body, (encoder, http10), (data, out), idle).await;
+    let done = relayed.is_ok_and(|()| source.done);
+    sent(proxy, (ex, address, inflight), (done, reusable), close)
 }
 
 /// The body loop: compress what was taken, send it, read more, until the body's end.

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::http::buffers::KEPT_CAPACITY;
 use crate::http::client::forward::Answered;
 use crate::http::client::h1::Reply;
+use crate::http::client::inflight::InFlight;
 use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
 use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
@@ -137,6 +138,18 @@ pub(super) async fn respond<S: Io>(
                 && Box::pin(copy_until_close(&mut ex, client, (idle, raw), out)).await
         }
     };
+    sent(proxy, (ex, address, inflight), (done, reusable), close)
+}
+
+/// After an answer was sent (`done`: whole): the instance's connection back to the pool when its
+/// answer ended where its framing said (`reusable`), the request no longer in flight, the
+/// exchange's buffers kept for the client connection's next one (unless a body grew them).
+pub(super) fn sent(
+    proxy: &Proxy,
+    (ex, address, inflight): (Reply, &str, InFlight),
+    (done, reusable): (bool, bool),
+    close: bool,
+) -> (Responded, Option<Spare>) {
     let Reply { conn, head, buf, request } = ex;
     if done && reusable {
         proxy.send.forwarder.plain_pool().put(address, conn);
