@@ -108,4 +108,13 @@ fn a_consumer_with_an_override_keeps_its_own_rate_when_the_others_are_limited() 
     assert_eq!(&limited[..2], [200, 200], "partner-c's burst: {limited:?}");
     assert!(limited[2..].iter().filter(|s| **s == 429).count() >= 3, "{limited:?}");
     assert!(statuses(&a, 30).iter().all(|s| *s == 200), "partner-a's own 1000/s");
+    // `/explain` names the route's auth and the limits with their overrides.
+    let why = sides.gw.admin_get("/explain?host=api.example&path=/k/x").json();
+    assert_eq!(why["route"]["auth"], "partners", "{why}");
+    let rule = &why["rate_limits"][0]["rule"];
+    assert_eq!(
+        (&rule["per"], &rule["overrides"]["partner-a"]),
+        (&"identity".into(), &"1000/s".into()),
+        "{why}"
+    );
 }

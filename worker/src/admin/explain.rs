@@ -72,6 +72,7 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
                         "path_prefix": rule.map(|r| r.path_prefix.clone()),
                         "host": rule.and_then(|r| r.host.clone()),
                         "forwarded_path": t.path.as_str(),
+                        "auth": rule.and_then(|r| r.auth.clone()),
                         "edge": edge,
                     });
                     (t.service, route)
@@ -96,10 +97,19 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
     };
     let addresses =
         admin.config.services.get(&service).map(|s| json!({"allow": s.allow, "deny": s.deny}));
+    // The limits a request to the service meets: each rule, and its per-consumer overrides.
+    let limits: Vec<Value> = admin
+        .config
+        .rate_limits
+        .iter()
+        .filter(|r| r.service == service)
+        .map(|r| json!({"rule": r, "per_second": r.rate.per_second}))
+        .collect();
     let body = json!({
         "route": route,
         "service": service,
         "service_addresses": addresses,
+        "rate_limits": limits,
         "source": svc.source,
         "load_balance": svc.policy.strategy,
         "slow_start_ms": svc.policy.slow_start_ms,
