@@ -4,8 +4,8 @@
 //! ```text
 //! server::Server::accept_loop ─┬▶ h1::serve           the engine: every HTTP/1.1 request, plain and TLS
 //!                              └▶ hyper::conn::serve  hyper: h2, h2c, and what the engine hands over
-//!   both ─▶ pipeline: route (router, service) ─▶ admit (limits, auth) ─▶ their own head, body,
-//!           forward (client) and answer relay ─▶ logging
+//!   both ─▶ pipeline: server_itself ─▶ route (router, edge rules, service) ─▶ admit (allow/deny,
+//!           limits, auth) ─▶ their own head, body, forward (client) and answer relay ─▶ logging
 //! ```
 //! The core:
 //! - [`pipeline`]: the phases every request goes through, written once over an `Exchange` both
@@ -21,6 +21,10 @@
 //! - [`mirror`]: copies of a route's requests to a shadow service, never waited for;
 //!   [`tunnel`]: upgraded connections (WebSocket) copied both ways, for both sides.
 //! - [`eos`]: the one body wrapper that acts at a body's end ([`tee`], [`trailers`] build on it).
+//! - [`edge`]: a route's edge rules — `allow`/`deny`, CORS, its redirect or fixed answer,
+//!   compression — compiled once; [`own`]: the answers the gateway writes itself;
+//!   [`compress`]: the coding a client takes, whether an answer is compressed, the encoder
+//!   both sides drive.
 //!
 //! The protocol sides (adapters of the pipeline):
 //! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways,
