@@ -38,50 +38,10 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let (service, route) = match get("service") {
         Some(name) => (name.to_string(), json!({"by": "service name"})),
-        None => {
-            let path = get("path").unwrap_or("/");
-            let Ok(uri) = path.parse::<Uri>() else {
-                return (StatusCode::BAD_REQUEST, json!({"error": "path is not a request target"}));
-            };
-            let mut headers = HeaderMap::new();
-            if let Some(host) = get("host") {
-                let Ok(v) = HeaderValue::from_str(host) else {
-                    return (StatusCode::BAD_REQUEST, json!({"error": "invalid host"}));
-                };
-                headers.insert(http::header::HOST, v);
-            }
-            for (_, h) in params.iter().filter(|(n, _)| n == "header") {
-                let Some((name, value)) = h.split_once(':') else {
-                    return (StatusCode::BAD_REQUEST, json!({"error": "header is name:value"}));
-                };
-                match (HeaderName::try_from(name.trim()), HeaderValue::from_str(value.trim())) {
-                    (Ok(n), Ok(v)) => {
-                        headers.append(n, v);
-                    }
-                    _ => return (StatusCode::BAD_REQUEST, json!({"error": "invalid header"})),
-                }
-            }
-            match router.route(&uri, &headers) {
-                Ok(t) => {
-                    let rule = t.rule.and_then(|i| admin.config.routes.get(i));
-                    let client = get("client").and_then(|c| c.parse().ok());
-                    let edge = rule.map(|r| edge(r, (&uri, &headers), client));
-                    let route = json!({
-                        "by": if rule.is_some() { "route" } else { "header routing" },
-                        "rule": t.rule,
-                        "path_prefix": rule.map(|r| r.path_prefix.clone()),
-                        "host": rule.and_then(|r| r.host.clone()),
-                        "forwarded_path": t.path.as_str(),
-                        "auth": rule.and_then(|r| r.auth.clone()),
-                        "edge": edge,
-                    });
-                    (t.service, route)
-                }
-                Err(e) => {
-                    return (StatusCode::NOT_FOUND, json!({"route": null, "error": e.to_string()}))
-                }
-            }
-        }
+        None => match resolve(admin, router, &params) {
+            Ok(routed) => routed,
+            Err(answer) => return answer,
+        },
     };
     let table = admin.table.load();
     let Some(svc) = table.get(&service) else {
@@ -118,6 +78,52 @@ pub(super) fn explain(admin: &Admin, router: &Router, query: &str) -> (StatusCod
         "worker": {"pid": std::process::id(), "slot": admin.slot},
     });
     (StatusCode::OK, body)
+}
+
+/// The request `?host=…&path=…&header=name:value` describes (and `client=IP`), routed: its
+/// service and what the route decides; `Err`: the answer when it is malformed or no route
+/// takes it.
+fn resolve(
+    admin: &Admin,
+    router: &Router,
+    params: &[(String, String)],
+) -> Result<(String, Value), (StatusCode, Value)> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let bad = |why: &str| (StatusCode::BAD_REQUEST, json!({"error": why}));
+    let uri = get("path")
+        .unwrap_or("/")
+        .parse::<Uri>()
+        .map_err(|_| bad("path is not a request target"))?;
+    let mut headers = HeaderMap::new();
+    if let Some(host) = get("host") {
+        let v = HeaderValue::from_str(host).map_err(|_| bad("invalid host"))?;
+        headers.insert(http::header::HOST, v);
+    }
+    for (_, h) in params.iter().filter(|(n, _)| n == "header") {
+        let (name, value) = h.split_once(':').ok_or_else(|| bad("header is name:value"))?;
+        match (HeaderName::try_from(name.trim()), HeaderValue::from_str(value.trim())) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => return Err(bad("invalid header")),
+        }
+    }
+    let t = router
+        .route(&uri, &headers)
+        .map_err(|e| (StatusCode::NOT_FOUND, json!({"route": null, "error": e.to_string()})))?;
+    let rule = t.rule.and_then(|i| admin.config.routes.get(i));
+    let client = get("client").and_then(|c| c.parse().ok());
+    let edge = rule.map(|r| edge(r, (&uri, &headers), client));
+    let route = json!({
+        "by": if rule.is_some() { "route" } else { "header routing" },
+        "rule": t.rule,
+        "path_prefix": rule.map(|r| r.path_prefix.clone()),
+        "host": rule.and_then(|r| r.host.clone()),
+        "forwarded_path": t.path.as_str(),
+        "auth": rule.and_then(|r| r.auth.clone()),
+        "edge": edge,
+    });
+    Ok((t.service, route))
 }
 
 /// What the route's edge rules decide for this request (`?client=IP`: the client's address
