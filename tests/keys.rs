@@ -66,12 +66,20 @@ fn keys_added_by_the_cli_open_the_route_on_every_side_and_revoked_ones_stop_at_o
         assert_eq!(sides.send(way, "GET", "/k/bad", &[("x-api-key", "nope")]).status, 401);
         let twice = format!("/k/twice?api_key={a}");
         assert_eq!(sides.send(way, "GET", &twice, &[("x-api-key", &a)]).status, 400, "{way}");
+        // The name as the instance's framework decodes it: `api%5Fkey` is `api_key` there, so
+        // it is read (and removed) here too, and beside a header it is a second key.
+        let spelled = format!("/k/q?a=1&api%5Fkey={a}&b=2");
+        assert_eq!(sides.send(way, "GET", &spelled, &[]).status, 200, "{way}: spelled");
+        let beside = "/k/twice?api%5fkey=someone-else";
+        assert_eq!(sides.send(way, "GET", beside, &[("x-api-key", &a)]).status, 400, "{way}");
+        let plus = "/k/plus?api+key=x&api_key+=y";
+        assert_eq!(sides.send(way, "GET", plus, &[("x-api-key", &a)]).status, 200, "{way}");
     }
     let heads = b.heads.lock().unwrap().clone();
     let to_k: Vec<&String> = heads.iter().filter(|h| h.starts_with("GET /k/")).collect();
     assert!(to_k.iter().all(|h| h.contains("x-auth-subject: partner-a")), "{to_k:#?}");
     let queried: Vec<&&String> = to_k.iter().filter(|h| h.starts_with("GET /k/q")).collect();
-    assert_eq!(queried.len(), 3);
+    assert_eq!(queried.len(), 6, "three ways, two spellings: {queried:#?}");
     assert!(
         queried.iter().all(|h| h.starts_with("GET /k/q?a=1&b=2 ")),
         "key left out: {queried:#?}"

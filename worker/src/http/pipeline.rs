@@ -31,7 +31,7 @@ use crate::http::compress::Coding;
 use crate::http::edge::{EdgeRules, OwnRule};
 use crate::http::error::{OwnAnswer, ProxyError, ALLOW};
 use crate::http::policy::Line;
-use crate::http::proxy::{hash_on, query_values, Proxy, RequestLine, Trace};
+use crate::http::proxy::{form_decoded, hash_on, query_values, Proxy, RequestLine, Trace};
 use crate::http::router::{HeaderActions, RequestView, Target};
 use crate::metrics::EdgeAnswer;
 use crate::table::Service;
@@ -235,14 +235,17 @@ pub(crate) async fn admit(
     Ok(Admitted { target, service, identity, key, in_flight, answer_actions, coding })
 }
 
-/// `path` without the query parameter `name` (every occurrence); the same when it has none.
+/// `path` without the query parameter `name` (every occurrence, however its name is spelled:
+/// `api%5Fkey` is `api_key` to the instance); the same when it has none.
 fn without_param(path: &PathAndQuery, name: &str) -> PathAndQuery {
     let Some(query) = path.query() else { return path.clone() };
     if query_values(query, name).next().is_none() {
         return path.clone();
     }
-    let kept: Vec<&str> =
-        query.split('&').filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name).collect();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| *form_decoded(kv.split_once('=').map_or(kv, |(k, _)| k)) != *name.as_bytes())
+        .collect();
     let rebuilt = match kept.is_empty() {
         true => path.path().to_string(),
         false => format!("{}?{}", path.path(), kept.join("&")),

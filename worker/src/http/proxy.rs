@@ -3,6 +3,7 @@
 //! (`logging.rs`). Both protocol sides — the engine (`h1`) and hyper's (`h2`) — run their
 //! requests through it, and through `router`, `limits`, `forward` and `policy`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -300,7 +301,7 @@ impl Proxy {
         let presented = Presented {
             authorization: req.header(&http::header::AUTHORIZATION),
             cookie: method.cookie().and_then(|c| cookie(req, c)),
-            key,
+            key: key.as_deref(),
         };
         let mut identity = method.check(presented).await.map_err(refuse)?;
         identity.hide = method.hide();
@@ -326,7 +327,7 @@ impl Proxy {
 fn presented_key<'r>(
     req: &'r impl RequestView,
     keys: &'r Keys,
-) -> Result<Option<&'r [u8]>, Refusal> {
+) -> Result<Option<Cow<'r, [u8]>>, Refusal> {
     let twice = || Refusal {
         status: 400,
         reason: "API key presented more than once".into(),
@@ -334,13 +335,13 @@ fn presented_key<'r>(
     };
     let mut found = None;
     for line in req.headers(&keys.header) {
-        if found.replace(line).is_some() {
+        if found.replace(Cow::Borrowed(line)).is_some() {
             return Err(twice());
         }
     }
     if let (Some(name), Some(query)) = (&keys.query, req.query()) {
         for value in query_values(query, name) {
-            if found.replace(value.as_bytes()).is_some() {
+            if found.replace(value).is_some() {
                 return Err(twice());
             }
         }
@@ -348,15 +349,38 @@ fn presented_key<'r>(
     Ok(found)
 }
 
-/// The values of parameter `name` in a query string (`a=1&name=v`), as sent.
+/// The values of parameter `name` in a query string (`a=1&name=v`), read as the instance's
+/// framework reads them: name and value form-decoded (`%5F` → `_`, `+` → space), so a name
+/// spelled `api%5Fkey` is the parameter `api_key` here too.
 pub(crate) fn query_values<'q>(
     query: &'q str,
     name: &'q str,
-) -> impl Iterator<Item = &'q str> + 'q {
+) -> impl Iterator<Item = Cow<'q, [u8]>> + 'q {
     query.split('&').filter_map(move |kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
+        (*form_decoded(k) == *name.as_bytes()).then(|| form_decoded(v))
     })
+}
+
+/// A query component form-decoded (`%XX` → the byte, `+` → space); a `%` not followed by two
+/// hex digits stays as it is, as the common frameworks leave it.
+pub(crate) fn form_decoded(s: &str) -> Cow<'_, [u8]> {
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'%' | b'+')) {
+        return Cow::Borrowed(bytes);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let pair = bytes.get(i + 1..i + 3).and_then(|p| Some(hex(p[0])? << 4 | hex(p[1])?));
+        match (bytes[i], pair) {
+            (b'%', Some(byte)) => (out.push(byte), i += 3),
+            (b'+', _) => (out.push(b' '), i += 1),
+            (b, _) => (out.push(b), i += 1),
+        };
+    }
+    Cow::Owned(out)
 }
 
 /// The `consistent_hash` key of a request (`None` for other strategies: resolved at table build).
@@ -369,5 +393,19 @@ pub(crate) fn hash_on(
         HashOn::ClientIp => Some(hash_key(client.ip().to_string().as_bytes())),
         HashOn::Header(name) => req.header(name).map(hash_key),
         HashOn::Cookie(name) => cookie(req, name).map(hash_key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_named_as_the_instance_decodes_them() {
+        let q = "a=1&api%5Fkey=k%2B1&api+key=2&api_key+=3&API_KEY=4&api_key=%zz&api%5fkey";
+        let found: Vec<Cow<[u8]>> = query_values(q, "api_key").collect();
+        assert_eq!(found, [&b"k+1"[..], b"%zz", b""]);
+        assert_eq!(&*form_decoded("a+b%20c%2"), b"a b c%2");
+        assert!(matches!(form_decoded("plain"), Cow::Borrowed(_)));
     }
 }
