@@ -95,6 +95,14 @@ impl Backend {
         }
     }
 
+    /// Closes every open connection, as an instance's own idle timeout does, and goes on
+    /// accepting new ones.
+    pub fn close_connections(&self) {
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// How many requests it received whose request line starts with `prefix` ("GET /health").
     pub fn requests_to(&self, prefix: &str) -> usize {
         self.heads.lock().unwrap().iter().filter(|h| h.starts_with(prefix)).count()

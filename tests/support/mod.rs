@@ -13,6 +13,7 @@ pub mod netns;
 pub mod otlp;
 pub mod pki;
 pub mod sides;
+pub mod tls_front;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -34,8 +34,8 @@
 //!   timeout, graceful end) and a request on hyper's types (`request`).
 //!
 //! The client to instances, [`client`]: picking and retrying (`forward`), the engine's own
-//! HTTP/1.1 attempt (`h1`), hyper's client for HTTP/2 and TLS instances (`upstream`,
-//! `transport`), the idle pool (`pool`), dialing with host names resolved and cached (`dial`),
+//! HTTP/1.1 attempt (`h1`) over plain TCP or TLS (`wire`), hyper's client for HTTP/2 instances
+//! and hyper's side (`upstream`, `transport`), the idle pool (`pool`), dialing with host names resolved and cached (`dial`),
 //! a request counted in flight at its instance until its answer ends (`inflight`).
 //!
 //! Around them:

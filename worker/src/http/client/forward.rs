@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use http::Response;
 use hyper::body::Incoming;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::balance::PickContext;
@@ -20,6 +19,7 @@ use crate::http::client::dial::Dialer;
 use crate::http::client::inflight::InFlight;
 use crate::http::client::pool::{IdleSet, Lease};
 use crate::http::client::upstream::{BodySent, Upstream, UpstreamError};
+use crate::http::client::wire::Wire;
 use crate::http::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::table::Service;
@@ -32,8 +32,8 @@ pub struct Forwarder {
     upstream: Upstream,
     /// Opens connections to instances (both sides).
     dialer: Arc<Dialer>,
-    /// The engine's idle connections to instances (plain TCP, see `h1`).
-    plain: Arc<IdleSet<TcpStream>>,
+    /// The engine's idle connections to instances (plain TCP and TLS, see `h1`).
+    engine: Arc<IdleSet<Wire>>,
     settings: ProxySettings,
     metrics: Metrics,
     /// Requests being handled by this worker (the retry budget is a share of them).
@@ -83,7 +83,7 @@ impl Forwarder {
         Forwarder {
             upstream: Upstream::new(settings, dialer.clone()),
             dialer,
-            plain: IdleSet::new(settings.idle_timeout, settings.max_connections_per_instance),
+            engine: IdleSet::new(settings.idle_timeout, settings.max_connections_per_instance),
             settings: settings.clone(),
             metrics,
             active: AtomicUsize::new(0),
@@ -109,8 +109,8 @@ impl Forwarder {
     }
 
     /// The engine's idle connections to instances.
-    pub fn plain_pool(&self) -> &IdleSet<TcpStream> {
-        &self.plain
+    pub fn engine_pool(&self) -> &IdleSet<Wire> {
+        &self.engine
     }
 
     /// The proxy's settings.

@@ -1,5 +1,6 @@
-//! One attempt of the engine at an instance: a pooled or new plain TCP connection, the
-//! request head in one write, the response head read into the attempt's buffer.
+//! One attempt of the engine at an instance: a pooled or new connection (plain TCP, or TLS for
+//! a service with `upstream_tls`), the request head in one write, the response head read into
+//! the attempt's buffer.
 //!
 //! The task serving the client does all of it itself — no connection task, no channel between
 //! the two — which is most of what the engine saves over hyper's client.
@@ -7,12 +8,13 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::http::client::dial::Dialer;
 use crate::http::client::forward::Answer;
 use crate::http::client::pool::{IdleSet, Stale};
+use crate::http::client::transport::TlsClient;
 use crate::http::client::upstream::UpstreamError;
+use crate::http::client::wire::{self, pool_key, Wire};
 use crate::http::h1::body::Upload;
 use crate::http::h1::head::{parse_response, ResponseHead};
 
@@ -23,7 +25,7 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// the connection the rest comes on.
 pub struct Reply {
     /// The connection to the instance.
-    pub conn: TcpStream,
+    pub conn: Wire,
     /// The parsed head (offsets into `buf`).
     pub head: ResponseHead,
     /// What was read: the head, then perhaps body bytes.
@@ -41,9 +43,11 @@ impl Answer for Reply {
 /// How one attempt is made.
 pub struct Attempt<'a, C> {
     /// Idle connections to instances.
-    pub pool: &'a IdleSet<TcpStream>,
+    pub pool: &'a IdleSet<Wire>,
     /// Opens connections (`connect_timeout`, host names).
     pub dialer: &'a Dialer,
+    /// TLS toward the service's instances (`upstream_tls`), or none.
+    pub tls: Option<&'a TlsClient>,
     /// `idle_timeout`: each read and write of a streamed body.
     pub idle_timeout: Duration,
     /// The whole request head, and the body (or its start) framed for the instance.
@@ -75,7 +79,7 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
     /// A pooled connection that turns out closed is handled by the one rule for both sides
     /// ([`Stale::decide`]): at most one fresh connection more.
     pub async fn run(mut self, address: &str) -> Result<Reply, UpstreamError> {
-        let mut pooled = self.pool.take(address);
+        let mut pooled = self.pool.take(&pool_key(address, self.tls.is_some()));
         let mut resent = false;
         loop {
             let (mut conn, reused) = match pooled.take() {
@@ -83,10 +87,7 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
                 None => {
                     // Boxed, as every path a kept-alive request does not take: a dial's state
                     // (resolution, connect timer) would otherwise enlarge every request's.
-                    let c = Box::pin(self.dialer.connect(address))
-                        .await
-                        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-                    (c, false)
+                    (Box::pin(self.dial(address)).await?, false)
                 }
             };
             match self.exchange(&mut conn).await {
@@ -108,15 +109,28 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
         }
     }
 
+    /// A new connection to `address`, with its TLS session when the service asks for one (a
+    /// failed handshake is a connect failure: nothing was sent).
+    async fn dial(&self, address: &str) -> Result<Wire, UpstreamError> {
+        let stream = self.dialer.connect(address).await;
+        let stream = stream.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let Some(tls) = self.tls else { return Ok(Wire::Plain(stream)) };
+        let session = wire::handshake(tls, stream, address, self.dialer.timeout()).await;
+        Ok(Wire::Tls(Box::new(session.map_err(UpstreamError::Connect)?)))
+    }
+
     /// No byte of a streamed body was read yet (it could go on another connection).
     fn upload_untouched(&self) -> bool {
         self.upload.as_ref().is_none_or(|(u, _)| !u.started())
     }
 
-    async fn exchange(&mut self, conn: &mut TcpStream) -> Result<(), Failure> {
-        conn.write_all(&self.request)
-            .await
-            .map_err(|e| Failure::Lost { written: false, why: e.to_string() })?;
+    async fn exchange(&mut self, conn: &mut Wire) -> Result<(), Failure> {
+        // Flushed: a TLS session may keep the end of a write until then (a no-op on TCP).
+        let write = async {
+            conn.write_all(&self.request).await?;
+            conn.flush().await
+        };
+        write.await.map_err(|e| Failure::Lost { written: false, why: e.to_string() })?;
         if let Some((upload, client)) = self.upload.as_mut() {
             let pump = Box::pin(upload.pump(*client, conn, self.idle_timeout));
             pump.await.map_err(Failure::Other)?;

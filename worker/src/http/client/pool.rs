@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::http::client::dial::Dialer;
 use crate::http::client::transport::{TlsClient, Transport};
+use crate::http::client::wire;
 use crate::http::Body;
 
 /// A connection that can wait in an [`IdleSet`].
@@ -348,12 +349,8 @@ impl Pool {
         address: &str,
         tls: &TlsClient,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
-        let name = tls.server_name(address).map_err(ConnectError::Tls)?;
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        tokio::time::timeout(self.dialer.timeout(), connector.connect(name, stream))
-            .await
-            .map_err(|_| ConnectError::Tls("handshake timed out".into()))?
-            .map_err(|e| ConnectError::Tls(e.to_string()))
+        let limit = self.dialer.timeout();
+        wire::handshake(tls, stream, address, limit).await.map_err(ConnectError::Tls)
     }
 }
 

@@ -2,8 +2,9 @@
 //! (`protocol`, `upstream_tls`, `upstream_ca`, `upstream_sni` of `[services.NAME]`).
 //!
 //! Built once per worker from the configuration; only services that are not plain HTTP/1.1
-//! have an entry, so the common path pays one failed map lookup. Those services are served by
-//! hyper's side (the engine hands their requests over before anything is sent).
+//! have an entry, so the common path pays one failed map lookup. HTTP/1.1 over TLS is the
+//! engine's own client's (a [`Wire`](super::wire::Wire)); HTTP/2 services are served by hyper's
+//! side (the engine hands their requests over before anything is sent).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -20,7 +20,8 @@
 //! What it hands to hyper, before anything reached an instance, is what hyper does better or
 //! only: HTTP/2 prior knowledge (h2c), targets holding characters a URI may not hold unescaped
 //! (`"`, `{`, `|`, backslash: hyper's parser accepts some, the engine's plain-target check
-//! none), and services whose instances speak HTTP/2 or TLS. hyper serves the connection from
+//! none), and services whose instances speak HTTP/2 (instances behind TLS speaking HTTP/1.1
+//! are the engine's, over [`Wire`](crate::http::client::wire::Wire)). hyper serves the connection from
 //! that request on, starting with the bytes already read ([`End::Handover`]).
 
 pub mod body;
@@ -75,7 +76,7 @@ enum Step {
     KeepAlive,
     /// Answered (or failed midway); the connection ends.
     Close,
-    /// Not for the engine after all (the service's instances speak HTTP/2 or TLS): nothing
+    /// Not for the engine after all (the service's instances speak HTTP/2): nothing
     /// was sent or consumed; hyper serves the connection from this request on.
     Handover,
 }

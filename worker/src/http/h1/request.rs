@@ -137,7 +137,9 @@ impl<S: Io> OnEngine<'_, S> {
     ) -> Result<Step, ProxyError> {
         let proxy = self.proxy;
         let routed = pipeline::route(proxy, view, trace)?;
-        if proxy.send.transports.get(&routed.service.name).is_some() {
+        // HTTP/2 to the instances is hyper's client's; HTTP/1.1 over TLS is the engine's.
+        let transport = proxy.send.transports.get(&routed.service.name);
+        if transport.is_some_and(|t| t.is_h2()) {
             return Ok(Step::Handover);
         }
         let admitted = pipeline::admit(proxy, view, routed).await?;
@@ -251,6 +253,7 @@ impl<S: Io> OnEngine<'_, S> {
     ) -> Result<Answered<'s, Reply>, ProxyError> {
         let Outgoing { body, upload, upgrade, own_host } = outgoing;
         let forwarder = &self.proxy.send.forwarder;
+        let tls = self.proxy.send.transports.get(&service.name).and_then(|t| t.tls.as_ref());
         let (settings, buffers) = (forwarder.settings(), &self.proxy.send.buffers);
         let preserved = view.host_line().filter(|_| settings.preserve_host);
         let method = Method::from_bytes(view.method.as_bytes()).unwrap_or(Method::POST);
@@ -274,8 +277,9 @@ impl<S: Io> OnEngine<'_, S> {
             request.extend_from_slice(b"\r\n");
             request.extend_from_slice(body);
             let attempt = Attempt {
-                pool: forwarder.plain_pool(),
+                pool: forwarder.engine_pool(),
                 dialer: forwarder.dialer(),
+                tls,
                 idle_timeout: settings.idle_timeout,
                 request,
                 buf: response,

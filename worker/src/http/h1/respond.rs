@@ -14,6 +14,7 @@ use crate::http::buffers::KEPT_CAPACITY;
 use crate::http::client::forward::Answered;
 use crate::http::client::h1::Reply;
 use crate::http::client::inflight::InFlight;
+use crate::http::client::wire::pool_key;
 use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
 use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
@@ -152,7 +153,8 @@ pub(super) fn sent(
 ) -> (Responded, Option<Spare>) {
     let Reply { conn, head, buf, request } = ex;
     if done && reusable {
-        proxy.send.forwarder.plain_pool().put(address, conn);
+        let key = pool_key(address, conn.is_tls());
+        proxy.send.forwarder.engine_pool().put(&key, conn);
     }
     drop(inflight);
     let step = match done && !close {
