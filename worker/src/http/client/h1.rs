@@ -14,7 +14,7 @@ use crate::http::client::forward::Answer;
 use crate::http::client::pool::{IdleSet, Stale};
 use crate::http::client::transport::TlsClient;
 use crate::http::client::upstream::UpstreamError;
-use crate::http::client::wire::{self, pool_key, Wire};
+use crate::http::client::wire::{pool_key, Wire};
 use crate::http::h1::body::Upload;
 use crate::http::h1::head::{parse_response, ResponseHead};
 
@@ -115,7 +115,7 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
         let stream = self.dialer.connect(address).await;
         let stream = stream.map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let Some(tls) = self.tls else { return Ok(Wire::Plain(stream)) };
-        let session = wire::handshake(tls, stream, address, self.dialer.timeout()).await;
+        let session = tls.handshake(stream, address, self.dialer.timeout()).await;
         Ok(Wire::Tls(Box::new(session.map_err(UpstreamError::Connect)?)))
     }
 

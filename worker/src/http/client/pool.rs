@@ -24,7 +24,6 @@ use tokio::time::Instant;
 
 use crate::http::client::dial::Dialer;
 use crate::http::client::transport::{TlsClient, Transport};
-use crate::http::client::wire;
 use crate::http::Body;
 
 /// A connection that can wait in an [`IdleSet`].
@@ -350,7 +349,7 @@ impl Pool {
         tls: &TlsClient,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
         let limit = self.dialer.timeout();
-        wire::handshake(tls, stream, address, limit).await.map_err(ConnectError::Tls)
+        tls.handshake(stream, address, limit).await.map_err(ConnectError::Tls)
     }
 }
 

@@ -59,6 +59,23 @@ impl TlsClient {
     }
 }
 
+impl TlsClient {
+    /// Opens a TLS session over `stream` to the instance at `address`, within `limit`.
+    pub async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        address: &str,
+        limit: std::time::Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let name = self.server_name(address)?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        tokio::time::timeout(limit, connector.connect(name, stream))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake: {e}"))
+    }
+}
+
 impl Transport {
     /// The pool key of a connection to `address` over this transport (plain HTTP/1.1 uses the
     /// address alone).

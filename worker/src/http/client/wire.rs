@@ -5,14 +5,12 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::http::client::pool::Pooled;
-use crate::http::client::transport::TlsClient;
 
 /// A connection to an instance.
 pub enum Wire {
@@ -44,21 +42,6 @@ pub fn pool_key(address: &str, tls: bool) -> std::borrow::Cow<'_, str> {
         false => std::borrow::Cow::Borrowed(address),
         true => std::borrow::Cow::Owned(format!("tls|{address}")),
     }
-}
-
-/// Opens a TLS session over `stream` to the instance at `address`, within `limit`.
-pub async fn handshake(
-    tls: &TlsClient,
-    stream: TcpStream,
-    address: &str,
-    limit: Duration,
-) -> Result<TlsStream<TcpStream>, String> {
-    let name = tls.server_name(address)?;
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    tokio::time::timeout(limit, connector.connect(name, stream))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake: {e}"))
 }
 
 impl Pooled for Wire {
