@@ -2,10 +2,9 @@
 //! connection's own buffer: no `HeaderMap`, no copy of a name or value. Each line is classified
 //! once (host, hop-by-hop, `X-Forwarded-*` …) so writing the outgoing head is one pass.
 //!
-//! What hyper serves better is [`Parse::Handover`]: a head httparse refuses (hyper answers 400
-//! or 431), HTTP/2, `CONNECT`, a target that is not a path, two `Host` lines, an
-//! upgrade that carries a body. Framing in doubt is [`Parse::Refuse`]d here, before anything
-//! is forwarded.
+//! What hyper serves is [`Parse::Handover`]: HTTP/2's preface (h2c with prior knowledge). Any
+//! other head httparse refuses is [`Parse::Refuse`]d with the reason (an HTTP version other
+//! than 1.0 and 1.1: 505), as is framing in doubt, before anything is forwarded.
 
 use std::mem::MaybeUninit;
 
@@ -124,12 +123,15 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parse::Partial,
         // HTTP/2's preface (h2c with prior knowledge) is hyper's.
-        Err(httparse::Error::Version) => return Parse::Handover,
+        Err(httparse::Error::Version) if buf.starts_with(b"PRI * HTTP/2.0\r\n") => {
+            return Parse::Handover
+        }
+        Err(httparse::Error::Version) => return Parse::Refuse(505, "HTTP version not supported"),
         Err(e) => return refuse_malformed(e),
     };
     let (Some(method), Some(target), Some(version @ (0 | 1))) = (req.method, req.path, req.version)
     else {
-        return Parse::Handover;
+        return Parse::Refuse(505, "HTTP version not supported");
     };
     let base = buf.as_ptr();
     head.len = len;
@@ -192,7 +194,7 @@ struct Framed {
 }
 
 /// Reads the header lines into `head` (spans into the buffer at `base`), noting where `Host`,
-/// `Upgrade` and `Expect` are; `Err` with the verdict for a head refused or handed over.
+/// `Upgrade` and `Expect` are; `Err` with the verdict for a head refused.
 fn read_lines(
     head: &mut RequestHead,
     headers: &[httparse::Header<'_>],

@@ -17,11 +17,12 @@
 //! request is the engine's: absolute-form targets (the authority is the host), `OPTIONS *`
 //! (answered), CONNECT (405), upgrades carrying a body (the body first, then the tunnel), and
 //! the heads RFC 9112 refuses (several `Host` lines, a malformed line: 400; too large: 431).
-//! What it hands to hyper, before anything reached an instance, is what hyper does better or
-//! only: HTTP/2 prior knowledge (h2c), targets holding characters a URI may not hold unescaped
-//! (`"`, `{`, `|`, backslash: hyper's parser accepts some, the engine's plain-target check
-//! none), and services whose instances speak HTTP/2 (instances behind TLS speaking HTTP/1.1
-//! are the engine's, over [`Wire`](crate::http::client::wire::Wire)). hyper serves the connection from
+//! Targets holding characters a URI may not hold unescaped are read as hyper would read them
+//! (`{`, `|` in a query, `"` in a path: served; the rest: 400), and an HTTP version other than
+//! 1.x is 505. What it hands to hyper, before anything reached an instance, is what hyper does
+//! only: HTTP/2 prior knowledge (h2c) from the connection's first byte, and requests to
+//! services whose instances speak HTTP/2 (instances behind TLS speaking HTTP/1.1 are the
+//! engine's, over [`Wire`](crate::http::client::wire::Wire)). hyper serves the connection from
 //! that request on, starting with the bytes already read ([`End::Handover`]).
 
 pub mod body;
@@ -200,11 +201,16 @@ impl<S: Io> Conn<'_, S> {
                     Parse::Complete if self.head.len > max_head => {
                         return Next::Refuse(431, TOO_LARGE)
                     }
-                    Parse::Complete if request::plain_target(&self.buf, &self.head) => {
+                    Parse::Complete if request::servable_target(&self.buf, &self.head) => {
                         return Next::Head
                     }
+                    Parse::Complete => return Next::Refuse(400, "invalid request target"),
                     Parse::Refuse(status, why) => return Next::Refuse(status, why),
-                    Parse::Complete | Parse::Handover => return Next::Handover,
+                    // HTTP/2 with prior knowledge, from the connection's first byte: hyper's.
+                    Parse::Handover if self.requests == 0 => return Next::Handover,
+                    Parse::Handover => {
+                        return Next::Refuse(400, "HTTP/2 preface on an HTTP/1.1 connection")
+                    }
                     Parse::Partial if self.buf.len() > max_head => {
                         return Next::Refuse(431, TOO_LARGE)
                     }

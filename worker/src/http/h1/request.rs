@@ -389,11 +389,12 @@ async fn write_own<S: Io>(
     }
 }
 
-/// Whether the target is made of the characters a URI path and query may hold unescaped (hyper
-/// refuses the rest with 400; the engine hands them over).
-pub(super) fn plain_target(buf: &[u8], head: &RequestHead) -> bool {
-    head.target
-        .get(buf)
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(b))
+/// Whether the engine serves the target: made of the characters a URI path and query may hold
+/// unescaped (at once), or else one the `http` crate reads as a URI — the reading hyper would
+/// make, which admits `"`, `{`, `}` and `|` that clients do send unescaped in queries. Any
+/// other is refused (400) by the engine, as hyper would; never handed over.
+pub(super) fn servable_target(buf: &[u8], head: &RequestHead) -> bool {
+    let target = head.target.get(buf);
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(b);
+    target.iter().all(plain) || http::Uri::try_from(target).is_ok()
 }

@@ -278,3 +278,35 @@ async fn an_upgrade_carrying_a_body_sends_the_body_then_becomes_a_tunnel() {
     assert!(got.starts_with("GET /ws HTTP/1.1\r\n") && got.contains("upgrade: websocket"), "{got}");
     assert_eq!(&ping, b"PING", "what followed the body went through the tunnel");
 }
+
+#[tokio::test]
+async fn targets_with_characters_clients_leave_unescaped_are_served_and_the_rest_refused() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let script = b"GET /q?filter={a:1}|b HTTP/1.1\r\nhost: a\r\n\r\n\
+GET /q?a=\"b\" HTTP/1.1\r\nhost: a\r\n\r\n";
+    let (out, closed) = exchange(&proxy, script).await;
+    assert!(closed, "the engine served the connection to its end, never handed it over");
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> =
+        text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert!(text.ends_with("\"error\":\"invalid request target\"}\n"), "{text}");
+    let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(upstream.starts_with("GET /q?filter={a:1}|b HTTP/1.1\r\n"), "as sent: {upstream}");
+    assert_eq!(upstream.matches(" HTTP/1.1\r\n").count(), 1, "{upstream}");
+}
+
+#[tokio::test]
+async fn only_http2s_preface_at_the_start_goes_to_hyper_and_other_versions_are_505() {
+    let (address, seen) = instance(OK).await;
+    let proxy = proxy(&address);
+    let (out, _) =
+        exchange(&proxy, b"GET / HTTP/1.1\r\nhost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("HTTP/1.1 200 ") && text.contains("HTTP/1.1 400 "), "{text}");
+    let (out, closed) = exchange(&proxy, b"GET / HTTP/3.0\r\nhost: a\r\n\r\n").await;
+    assert!(closed && String::from_utf8_lossy(&out).starts_with("HTTP/1.1 505 "));
+    assert_eq!(String::from_utf8_lossy(&seen.lock().unwrap()).matches("GET ").count(), 1);
+}
