@@ -124,7 +124,12 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
         self.upload.as_ref().is_none_or(|(u, _)| !u.started())
     }
 
-    async fn exchange(&mut self, conn: &mut Wire) -> Result<(), Failure> {
+    /// Writes the request (and pumps a streamed body), then reads the answer's head; generic so
+    /// its tests script the instance's side in memory.
+    async fn exchange<W>(&mut self, conn: &mut W) -> Result<(), Failure>
+    where
+        W: AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         // Flushed: a TLS session may keep the end of a write until then (a no-op on TCP).
         let write = async {
             conn.write_all(&self.request).await?;
@@ -178,5 +183,170 @@ impl<C: AsyncRead + Unpin> Attempt<'_, C> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::client::dial::OwnAddresses;
+    use tokio::io::duplex;
+
+    /// An attempt with `request` for `pool` and `dialer`.
+    fn attempt<'a>(
+        (pool, dialer): (&'a IdleSet<Wire>, &'a Dialer),
+        request: &[u8],
+        replayable: bool,
+    ) -> Attempt<'a, tokio::io::DuplexStream> {
+        Attempt {
+            pool,
+            dialer,
+            tls: None,
+            idle_timeout: Duration::from_secs(5),
+            request: request.to_vec(),
+            buf: Vec::new(),
+            head: ResponseHead::default(),
+            head_request: false,
+            replayable,
+            upload: None,
+            upgrade: false,
+        }
+    }
+
+    fn parts() -> (std::sync::Arc<IdleSet<Wire>>, Dialer) {
+        let dialer = Dialer::new(Duration::from_secs(2), OwnAddresses::default());
+        (IdleSet::new(Duration::from_secs(30), 4), dialer)
+    }
+
+    /// Runs the exchange against an instance that answers `script` once it read the request;
+    /// what the instance received, and the outcome.
+    async fn scripted(request: &[u8], script: &'static [u8]) -> (Vec<u8>, Result<u16, String>) {
+        let (pool, dialer) = parts();
+        let mut a = attempt((&pool, &dialer), request, true);
+        let (mut near, mut far) = duplex(1 << 17);
+        let want = request.len();
+        let instance = async move {
+            let mut got = vec![0u8; want];
+            far.read_exact(&mut got).await.unwrap();
+            far.write_all(script).await.unwrap();
+            drop(far);
+            got
+        };
+        let (got, result) = tokio::join!(instance, a.exchange(&mut near));
+        let outcome = result.map(|()| a.head.status).map_err(|f| match f {
+            Failure::Lost { written, why } => format!("lost written={written}: {why}"),
+            Failure::Other(e) => format!("other: {e}"),
+        });
+        (got, outcome)
+    }
+
+    #[tokio::test]
+    async fn the_request_goes_as_built_and_interim_answers_are_skipped() {
+        let req = b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+        let script = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let (got, outcome) = scripted(req, script).await;
+        assert_eq!(got, req);
+        assert_eq!(outcome, Ok(204));
+    }
+
+    #[tokio::test]
+    async fn what_the_instance_did_wrong_is_told_apart_from_a_lost_connection() {
+        let req = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let (_, eof) = scripted(req, b"").await;
+        assert!(eof.unwrap_err().starts_with("lost written=true"), "nothing came back: may resend");
+        let (_, cut) = scripted(req, b"HTTP/1.1 200 OK\r\ncontent-le").await;
+        assert!(cut.unwrap_err().contains("closed before the response head"));
+        let (_, unasked) = scripted(req, b"HTTP/1.1 101 Switching Protocols\r\n\r\n").await;
+        assert!(unasked.unwrap_err().contains("asked no upgrade"));
+        let (_, bad) = scripted(req, b"HTTP/1.1 2x0 OK\r\n\r\n").await;
+        assert!(bad.unwrap_err().starts_with("other: "));
+    }
+
+    #[tokio::test]
+    async fn a_response_head_past_the_limit_is_refused() {
+        let (pool, dialer) = parts();
+        let mut a = attempt((&pool, &dialer), b"GET / HTTP/1.1\r\n\r\n", true);
+        let (mut near, mut far) = duplex(1 << 20);
+        let endless = async move {
+            let mut req = [0u8; 18];
+            far.read_exact(&mut req).await.unwrap();
+            far.write_all(b"HTTP/1.1 200 OK\r\nx-filler: ").await.unwrap();
+            // One header line that never ends.
+            let line = [b'a'; 1024];
+            while far.write_all(&line).await.is_ok() {}
+        };
+        tokio::select! {
+            r = a.exchange(&mut near) => match r {
+                Err(Failure::Other(e)) => assert!(e.to_string().contains("too large"), "{e}"),
+                _ => panic!("a head without end was taken"),
+            },
+            _ = endless => panic!("the instance's writes stopped first"),
+        }
+    }
+
+    /// An instance on loopback that answers the first request on each connection and closes
+    /// the connection on reading a second one, unanswered (an idle close racing a reuse);
+    /// counts (connections, requests read, requests answered).
+    async fn instance() -> (String, std::sync::Arc<std::sync::Mutex<(usize, usize, usize)>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((0, 0, 0)));
+        let counts = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counts.lock().unwrap().0 += 1;
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for answer in [true, false] {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => counts.lock().unwrap().1 += 1,
+                            _ => return,
+                        }
+                        if !answer {
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        s.write_all(ok).await.unwrap();
+                        counts.lock().unwrap().2 += 1;
+                    }
+                });
+            }
+        });
+        (address, seen)
+    }
+
+    /// One request answered on a new connection, which then waits in the pool.
+    async fn pooled_after_one(pool: &IdleSet<Wire>, dialer: &Dialer, address: &str) {
+        let get = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let reply = attempt((pool, dialer), get, true).run(address).await.unwrap();
+        assert_eq!(reply.head.status, 200);
+        pool.put(address, reply.conn);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_under_a_replayable_request_is_replaced_once() {
+        let (address, seen) = instance().await;
+        let (pool, dialer) = parts();
+        pooled_after_one(&pool, &dialer, &address).await;
+        let get = b"GET /again HTTP/1.1\r\nhost: a\r\n\r\n";
+        let again = attempt((&pool, &dialer), get, true).run(&address).await;
+        assert_eq!(again.map(|r| r.head.status).ok(), Some(200));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            (2, 3, 2),
+            "read on the pooled one, answered on a new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_may_have_run_is_not_sent_twice() {
+        let (address, seen) = instance().await;
+        let (pool, dialer) = parts();
+        pooled_after_one(&pool, &dialer, &address).await;
+        let post = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n";
+        let failed = attempt((&pool, &dialer), post, false).run(&address).await;
+        assert!(matches!(failed, Err(UpstreamError::Reset(_))), "the instance may have run it");
+        assert_eq!(*seen.lock().unwrap(), (1, 2, 1), "never sent again");
     }
 }
