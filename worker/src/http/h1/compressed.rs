@@ -12,59 +12,15 @@ use tokio::io::AsyncReadExt;
 use crate::http::client::forward::Answered;
 use crate::http::client::h1::Reply;
 use crate::http::compress::{AnswerHead, Coding, Encoder};
-use crate::http::h1::chunked::{Decoder, LAST_CHUNK};
+use crate::http::h1::chunked::LAST_CHUNK;
 use crate::http::h1::head::{parse_length, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
-use crate::http::h1::respond::{frame, response_head, sent, HeadFraming, Responded, ToClient};
+use crate::http::h1::relay::{frame, Source};
+use crate::http::h1::respond::{response_head, sent, HeadFraming, Responded, ToClient};
 use crate::http::h1::Spare;
 use crate::http::policy::{HeadSink, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
-
-/// Where the instance's body is in its framing.
-struct Source {
-    framing: Framing,
-    /// Bytes a `Content-Length` body still owes.
-    left: u64,
-    decoder: Decoder,
-    done: bool,
-}
-
-impl Source {
-    fn new(framing: Framing) -> Self {
-        let left = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
-        let done = framing == Framing::Empty || left == 0 && matches!(framing, Framing::Length(_));
-        Source { framing, left, decoder: Decoder::default(), done }
-    }
-
-    /// Takes the body's data out of `raw` (bytes as read from the instance) into `data`;
-    /// clears `reusable` when bytes past the body's end came with it.
-    fn take(&mut self, raw: &[u8], data: &mut Vec<u8>, reusable: &mut bool) -> Result<(), String> {
-        match self.framing {
-            Framing::Empty => *reusable &= raw.is_empty(),
-            Framing::Length(_) => {
-                let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(raw.len());
-                data.extend_from_slice(&raw[..n]);
-                *reusable &= n == raw.len();
-                self.left -= n as u64;
-                self.done = self.left == 0;
-            }
-            Framing::Chunked => {
-                let used = self
-                    .decoder
-                    .decode(raw, |d| data.extend_from_slice(d))
-                    .map_err(|e| e.to_string())?;
-                *reusable &= used == raw.len();
-                self.done = self.decoder.is_done();
-            }
-            Framing::UntilClose => data.extend_from_slice(raw),
-        }
-        Ok(())
-    }
-}
 
 /// The head of an instance's answer, as the route's `compress` judges it.
 pub(super) fn answer_head(ex: &Reply) -> AnswerHead<'_> {
@@ -108,24 +64,24 @@ pub(super) async fn respond_compressed<S: Io>(
     out.truncate(out.len() - 2);
     out.put(b"content-encoding", coding.token().as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut source = Source::new(framing);
-    let mut reusable = ex.head.reusable && framing != Framing::UntilClose;
+    let mut source = Source::new(framing, ex.head.reusable);
     let mut data = Vec::new();
     let first = &ex.buf[ex.head.len..];
-    if let Err(why) = source.take(first, &mut data, &mut reusable) {
-        return (Responded::Malformed(why), None);
+    match source.take(first, |d| data.extend_from_slice(d)) {
+        Ok(direct) => data.extend_from_slice(direct),
+        Err(why) => return (Responded::Malformed(why), None),
     }
     let idle = proxy.settings.idle_timeout;
-    let body = (&mut ex, &mut source, &mut reusable);
-    let relayed = relay(client, body, (encoder, http10), (data, out), idle).await;
-    let done = relayed.is_ok_and(|()| source.done);
+    let relayed = squeeze(client, (&mut ex, &mut source), (encoder, http10), (data, out), idle);
+    let done = relayed.await.is_ok_and(|()| source.is_done());
+    let reusable = source.reusable();
     sent(proxy, (ex, address, inflight), (done, reusable), close)
 }
 
 /// The body loop: compress what was taken, send it, read more, until the body's end.
-async fn relay<S: Io>(
+async fn squeeze<S: Io>(
     client: &mut S,
-    (ex, source, reusable): (&mut Reply, &mut Source, &mut bool),
+    (ex, source): (&mut Reply, &mut Source),
     (encoder, raw): (Encoder, bool),
     (mut data, out): (Vec<u8>, &mut Vec<u8>),
     idle: Duration,
@@ -138,7 +94,7 @@ async fn relay<S: Io>(
             e.push(&data, &mut packed).map_err(|_| ())?;
         }
         data.clear();
-        if source.done {
+        if source.is_done() {
             if let Some(e) = encoder.take() {
                 e.finish(&mut packed).map_err(|_| ())?;
             }
@@ -146,24 +102,28 @@ async fn relay<S: Io>(
         if !packed.is_empty() {
             frame(&packed, raw, out);
         }
-        if source.done && !raw {
+        if source.is_done() && !raw {
             out.extend_from_slice(LAST_CHUNK);
         }
         if !out.is_empty() {
             write_within(client, out, idle).await.map_err(|_| ())?;
             out.clear();
         }
-        if source.done {
+        if source.is_done() {
             return Ok(());
         }
         ex.buf.clear();
         ex.buf.reserve(64 * 1024);
         match timeout(idle, ex.conn.read_buf(&mut ex.buf)).await {
-            Ok(0) if source.framing == Framing::UntilClose => source.done = true,
+            Ok(0) if source.closed() => {}
             Ok(0) | Err(_) => return Err(()),
-            Ok(_) => source.take(&ex.buf, &mut data, reusable).map_err(|why| {
-                log::warn!("instance answer: {why}");
-            })?,
+            Ok(_) => match source.take(&ex.buf, |d| data.extend_from_slice(d)) {
+                Ok(direct) => data.extend_from_slice(direct),
+                Err(why) => {
+                    log::warn!("instance answer: {why}");
+                    return Err(());
+                }
+            },
         }
     }
 }

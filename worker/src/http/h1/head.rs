@@ -122,12 +122,7 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     let len = match req.parse_with_uninit_headers(buf, &mut storage) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parse::Partial,
-        // HTTP/2's preface (h2c with prior knowledge) is hyper's.
-        Err(httparse::Error::Version) if buf.starts_with(b"PRI * HTTP/2.0\r\n") => {
-            return Parse::Handover
-        }
-        Err(httparse::Error::Version) => return Parse::Refuse(505, "HTTP version not supported"),
-        Err(e) => return refuse_malformed(e),
+        Err(e) => return refuse_malformed(e, buf),
     };
     let (Some(method), Some(target), Some(version @ (0 | 1))) = (req.method, req.path, req.version)
     else {
@@ -173,10 +168,12 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     Parse::Complete
 }
 
-/// A head httparse cannot read: 400 with what is wrong (hyper answers the same heads 400), or
-/// 431 for more lines than the engine keeps.
-fn refuse_malformed(e: httparse::Error) -> Parse {
+/// A head httparse cannot read: 400 with what is wrong (hyper answers the same heads 400), 431
+/// for more lines than the engine keeps, 505 for a version not 1.x (HTTP/2's preface: hyper's).
+fn refuse_malformed(e: httparse::Error, buf: &[u8]) -> Parse {
     match e {
+        httparse::Error::Version if buf.starts_with(b"PRI * HTTP/2.0\r\n") => Parse::Handover,
+        httparse::Error::Version => Parse::Refuse(505, "HTTP version not supported"),
         httparse::Error::TooManyHeaders => Parse::Refuse(431, "too many header lines"),
         httparse::Error::HeaderName => Parse::Refuse(400, "invalid header name"),
         httparse::Error::HeaderValue => Parse::Refuse(400, "invalid header value"),

@@ -30,6 +30,7 @@ pub mod chunked;
 mod compressed;
 pub mod head;
 pub mod io;
+mod relay;
 mod request;
 mod respond;
 mod view;

@@ -5,21 +5,19 @@
 //! client's connection survives it. The instance's connection goes back to the pool only when
 //! its answer ended exactly where its framing said.
 
-use std::time::Duration;
-
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::http::buffers::KEPT_CAPACITY;
 use crate::http::client::forward::Answered;
 use crate::http::client::h1::Reply;
 use crate::http::client::inflight::InFlight;
 use crate::http::client::wire::pool_key;
-use crate::http::h1::chunked::{self, Decoder, LAST_CHUNK};
 use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
+use crate::http::h1::relay::{relay, Relayed, Source};
 use crate::http::h1::{Spare, Step};
-use crate::http::policy::{self, status_allows_length, HeadSink, Kind};
+use crate::http::policy::{status_allows_length, HeadSink, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
 use crate::http::tunnel::pipe;
@@ -83,7 +81,6 @@ pub(super) async fn respond<S: Io>(
     let unknown_length = matches!(framing, Framing::Chunked | Framing::UntilClose);
     let close = close || (http10 && unknown_length);
     let rechunk = unknown_length && !http10;
-    let raw = http10;
     let framed = HeadFraming { rechunk, close, length: !rechunk };
     response_head(proxy, (&ex, actions), address, framed, out);
     if http10 && !close {
@@ -91,54 +88,14 @@ pub(super) async fn respond<S: Io>(
         out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
     }
     let idle = proxy.settings.idle_timeout;
-    let body_start = ex.head.len;
-    let mut reusable = ex.head.reusable;
-    let done = match framing {
-        Framing::Empty => {
-            // Bytes after a bodiless answer are nobody's: the connection is not reused.
-            reusable &= ex.buf.len() == body_start;
-            write_within(client, out, idle).await.is_ok()
-        }
-        Framing::Length(n) => {
-            let have = (ex.buf.len() - body_start) as u64;
-            let first = usize::try_from(have.min(n)).unwrap_or(usize::MAX);
-            out.extend_from_slice(&ex.buf[body_start..body_start + first]);
-            reusable &= have <= n;
-            write_within(client, out, idle).await.is_ok()
-                && (have >= n
-                    || Box::pin(copy_length(&mut ex, client, n - have, idle, &mut reusable)).await)
-        }
-        Framing::Chunked => {
-            let mut decoder = Decoder::default();
-            match decoder.decode(&ex.buf[body_start..], |data| frame(data, raw, out)) {
-                Ok(used) => {
-                    reusable &= used == ex.buf.len() - body_start || !decoder.is_done();
-                    if decoder.is_done() && !raw {
-                        chunked::finish(&decoder, policy::response_trailer_allowed, out);
-                    }
-                    write_within(client, out, idle).await.is_ok()
-                        && (decoder.is_done()
-                            || Box::pin(copy_chunked(
-                                &mut ex,
-                                client,
-                                (decoder, raw),
-                                idle,
-                                &mut reusable,
-                                out,
-                            ))
-                            .await)
-                }
-                // Nothing sent yet: the client gets a 502 instead of a cut connection.
-                Err(e) => return (Responded::Malformed(e.to_string()), None),
-            }
-        }
-        Framing::UntilClose => {
-            reusable = false;
-            frame(&ex.buf[body_start..], raw, out);
-            write_within(client, out, idle).await.is_ok()
-                && Box::pin(copy_until_close(&mut ex, client, (idle, raw), out)).await
-        }
+    let mut source = Source::new(framing, ex.head.reusable);
+    let done = match relay((&mut ex, &mut source), client, rechunk, out, idle).await {
+        Relayed::Whole => true,
+        Relayed::Cut => false,
+        // Nothing sent yet: the client gets a 502 instead of a cut connection.
+        Relayed::Malformed(why) => return (Responded::Malformed(why), None),
     };
+    let reusable = source.reusable();
     sent(proxy, (ex, address, inflight), (done, reusable), close)
 }
 
@@ -227,100 +184,4 @@ pub(super) fn response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Copies the rest of a `Content-Length` body (`left` bytes).
-async fn copy_length<S: Io>(
-    ex: &mut Reply,
-    client: &mut S,
-    mut left: u64,
-    idle: Duration,
-    reusable: &mut bool,
-) -> bool {
-    let buf = &mut ex.buf;
-    while left > 0 {
-        buf.clear();
-        buf.reserve(64 * 1024);
-        let n = match timeout(idle, ex.conn.read_buf(buf)).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n as u64,
-        };
-        let take = usize::try_from(n.min(left)).unwrap_or(usize::MAX);
-        *reusable &= n <= left;
-        if write_within(client, &buf[..take], idle).await.is_err() {
-            return false;
-        }
-        left -= take as u64;
-    }
-    true
-}
-
-/// Body data as the client reads it: a chunk, or (HTTP/1.0, `raw`) the bytes themselves.
-pub(super) fn frame(data: &[u8], raw: bool, out: &mut Vec<u8>) {
-    match raw {
-        true => out.extend_from_slice(data),
-        false => chunked::encode(data, out),
-    }
-}
-
-/// Decodes the rest of a chunked body and sends it chunked again (raw to HTTP/1.0).
-async fn copy_chunked<S: Io>(
-    ex: &mut Reply,
-    client: &mut S,
-    (mut decoder, raw): (Decoder, bool),
-    idle: Duration,
-    reusable: &mut bool,
-    out: &mut Vec<u8>,
-) -> bool {
-    let buf = &mut ex.buf;
-    while !decoder.is_done() {
-        buf.clear();
-        buf.reserve(64 * 1024);
-        match timeout(idle, ex.conn.read_buf(buf)).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-        out.clear();
-        match decoder.decode(buf, |data| frame(data, raw, out)) {
-            Ok(used) => *reusable &= used == buf.len(),
-            Err(e) => {
-                log::warn!("instance answer: {e}");
-                return false;
-            }
-        }
-        if decoder.is_done() && !raw {
-            chunked::finish(&decoder, policy::response_trailer_allowed, out);
-        }
-        if write_within(client, out, idle).await.is_err() {
-            return false;
-        }
-    }
-    true
-}
-
-/// Sends a body delimited by the instance closing, chunked.
-async fn copy_until_close<S: Io>(
-    ex: &mut Reply,
-    client: &mut S,
-    (idle, raw): (Duration, bool),
-    out: &mut Vec<u8>,
-) -> bool {
-    let buf = &mut ex.buf;
-    loop {
-        buf.clear();
-        buf.reserve(64 * 1024);
-        out.clear();
-        match timeout(idle, ex.conn.read_buf(buf)).await {
-            Err(_) => return false,
-            Ok(0) if !raw => out.extend_from_slice(LAST_CHUNK),
-            Ok(0) => {}
-            Ok(_) => frame(buf, raw, out),
-        }
-        if write_within(client, out, idle).await.is_err() {
-            return false;
-        }
-        if buf.is_empty() {
-            return true;
-        }
-    }
 }
