@@ -91,6 +91,11 @@ impl ConnGuard {
         metrics.connections(1);
         ConnGuard(c, metrics)
     }
+
+    /// The metrics it counts in.
+    pub fn metrics(&self) -> Metrics {
+        self.1
+    }
 }
 
 impl Drop for ConnGuard {

@@ -6,10 +6,13 @@
 //! (hyper's graceful shutdown closes idle keep-alive connections and answers the current request
 //! with `Connection: close`).
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
@@ -127,10 +130,7 @@ impl Server {
         (tls, index): (Option<TlsAcceptor>, usize),
     ) {
         let _ = stream.set_nodelay(true);
-        let guard = (
-            ConnGuard::new(self.connections.clone(), self.metrics),
-            ListenerGuard::new(self.metrics, index),
-        );
+        let open = Open::new(ConnGuard::new(self.connections.clone(), self.metrics), index);
         let (proxy, settings, shutdown) =
             (self.proxy.clone(), self.conn.clone(), self.shutdown.clone());
         let accepted = tokio::time::Instant::now();
@@ -138,37 +138,41 @@ impl Server {
         let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
         let client = Client { peer, port, scheme, accepted, cert_subject: None };
         let on = On { proxy, settings, shutdown, permit: ConnPermit::new(permit) };
-        // Two tasks of their own sizes: a plain connection's task holds none of TLS's state,
-        // and neither holds hyper's until a request is handed over (memory per connection).
-        match tls {
-            None => tokio::spawn(async move {
-                let _open = guard;
-                serve_plain(stream, client, on).await
-            }),
-            Some(acceptor) => tokio::spawn(Box::pin(async move {
-                let _open = guard;
-                serve_tls(stream, acceptor, client, on).await
-            })),
-        };
+        // Until its first byte a connection's task holds what it was accepted with and a read
+        // event — nginx's shape: a silent connection costs its registration, not an engine's
+        // (or a TLS session's) state. That state is boxed when the client speaks; a plain
+        // connection's holds none of TLS's, and neither holds hyper's until a handover.
+        tokio::spawn(async move {
+            // Held by reference: moved into a local, it would be stored twice in the task.
+            let _open = &open;
+            let Some(first) = first_bytes(&stream, (&client, &on), tls.is_some()).await else {
+                return;
+            };
+            match tls {
+                None => Box::pin(serve_http1(stream, first, client, on)).await,
+                Some(acceptor) => Box::pin(serve_tls(stream, acceptor, client, on)).await,
+            }
+        });
     }
 }
 
-/// Counts a connection on its listening socket while it is open.
-struct ListenerGuard {
-    metrics: Metrics,
-    index: usize,
+/// Counts a client connection while it is open: among the worker's connections, and on its
+/// listening socket (`listener`: the socket's index).
+struct Open {
+    conn: ConnGuard,
+    listener: usize,
 }
 
-impl ListenerGuard {
-    fn new(metrics: Metrics, index: usize) -> Self {
-        metrics.listener_connection(index, 1);
-        ListenerGuard { metrics, index }
+impl Open {
+    fn new(conn: ConnGuard, listener: usize) -> Self {
+        conn.metrics().listener_connection(listener, 1);
+        Open { conn, listener }
     }
 }
 
-impl Drop for ListenerGuard {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics.listener_connection(self.index, -1);
+        self.conn.metrics().listener_connection(self.listener, -1);
     }
 }
 
@@ -180,16 +184,64 @@ struct On {
     permit: ConnPermit,
 }
 
-/// A plain TCP connection: HTTP/1.1 on the engine.
-async fn serve_plain(stream: TcpStream, client: Client, on: On) {
-    serve_http1(stream, client, on).await
+/// Waits for the client's first bytes, within `header_read_timeout` of the accept (a TLS
+/// handshake and the first head have to fit in it anyway), holding no buffer meanwhile. tokio
+/// reports a new socket readable at once, so a read that finds nothing gives its buffer back
+/// and the wait goes on without one (nginx frees its buffer there too). Plain TCP: the bytes
+/// read, for the engine; TLS: none taken (the handshake reads them), only seen with a peek.
+/// `None`: closed, failed, or silent too long.
+async fn first_bytes(
+    stream: &TcpStream,
+    (client, on): (&Client, &On),
+    tls: bool,
+) -> Option<Vec<u8>> {
+    let buffers = &on.proxy.send.buffers;
+    let wait = async {
+        loop {
+            // Polled bare: `readable()`'s future would keep a waiter node in the task.
+            std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await.ok()?;
+            let found = match tls {
+                // The handshake reads the bytes itself: they are only looked at.
+                true => stream
+                    .try_io(Interest::READABLE, || {
+                        SockRef::from(stream).peek(&mut [MaybeUninit::uninit()])
+                    })
+                    .map(|n| (n > 0).then(Vec::new)),
+                false => {
+                    let mut buf = buffers.take();
+                    buf.reserve(4096);
+                    match stream.try_read_buf(&mut buf) {
+                        Ok(n) if n > 0 => Ok(Some(buf)),
+                        other => {
+                            buffers.give(buf);
+                            other.map(|_| None)
+                        }
+                    }
+                }
+            };
+            match found {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                found => return found.ok().flatten(),
+            }
+        }
+    };
+    let limit = on.settings.header_read_timeout();
+    match tokio::time::timeout_at(client.accepted + limit, wait).await {
+        Ok(first) => first,
+        Err(_) => {
+            log::info!("connection from {} closed: no request head within {limit:?}", client.peer);
+            None
+        }
+    }
 }
 
-/// HTTP/1.1 on the engine, then hyper from the request it hands over, if any (its state is
-/// boxed: a connection's task does not carry it while the engine serves).
-async fn serve_http1<S: Io + 'static>(stream: S, client: Client, on: On) {
+/// HTTP/1.1 on the engine (`first`: bytes the client sent already), then hyper from the
+/// request it hands over, if any (its state is boxed: a connection's task does not carry it
+/// while the engine serves).
+async fn serve_http1<S: Io + 'static>(stream: S, first: Vec<u8>, client: Client, on: On) {
     let mut drain = on.shutdown.clone();
-    let (stream, read) = match h1::serve(stream, client.clone(), &on.proxy, &mut drain).await {
+    let engine = h1::serve((stream, first), client.clone(), &on.proxy, &mut drain);
+    let (stream, read) = match engine.await {
         End::Closed => return,
         End::Handover(stream, read) => (stream, read),
     };
@@ -227,5 +279,5 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut client: Client,
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         return conn::serve(stream, on.proxy, on.settings, on.shutdown, on.permit, client).await;
     }
-    serve_http1(stream, client, on).await
+    serve_http1(stream, Vec::new(), client, on).await
 }

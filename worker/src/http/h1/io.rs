@@ -10,6 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// A client connection the engine serves: a `TcpStream`, or a rustls stream over one.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// [`Io::ready`] really waits for bytes once a read found none: a read that finds nothing
+    /// may give its buffer back and wait without one (plain TCP; rustls may hold decrypted
+    /// bytes the socket no longer signals).
+    const WAITS_BARE: bool = false;
+
     /// Resolves when a read would find bytes (or the end), so that a connection takes a buffer
     /// only once its client sends something: a silent connection holds none.
     fn ready(&self) -> impl Future<Output = ()> + Send {
@@ -18,8 +23,10 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
 }
 
 impl Io for tokio::net::TcpStream {
+    const WAITS_BARE: bool = true;
+
     async fn ready(&self) {
-        let _ = self.readable().await;
+        let _ = std::future::poll_fn(|cx| self.poll_read_ready(cx)).await;
     }
 }
 

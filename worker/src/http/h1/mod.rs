@@ -49,7 +49,7 @@ use tokio::time::{Instant, Sleep};
 use crate::http::buffers::Buffers;
 use crate::http::connections::{Client, DRAIN_IDLE_GRACE};
 use crate::http::h1::head::{parse_request, Parse, RequestHead, ResponseHead};
-use crate::http::h1::io::Io;
+use crate::http::h1::io::{poll_once, Io};
 use crate::http::proxy::Proxy;
 use crate::shutdown::Shutdown;
 
@@ -115,9 +115,10 @@ struct Conn<'p, S> {
     draining: bool,
 }
 
-/// Serves a client connection until it closes, or until a request the engine does not take.
+/// Serves a client connection (and the bytes it sent already) until it closes, or until a
+/// request the engine does not take.
 pub async fn serve<S: Io>(
-    stream: S,
+    (stream, first): (S, Vec<u8>),
     client: Client,
     proxy: &Proxy,
     shutdown: &mut Shutdown,
@@ -129,7 +130,7 @@ pub async fn serve<S: Io>(
         stream,
         client,
         ip,
-        buf: Vec::new(),
+        buf: first,
         head: RequestHead::default(),
         used: 0,
         carry: Vec::new(),
@@ -274,17 +275,32 @@ impl<S: Io> Conn<'_, S> {
 }
 
 /// Reads more of the client's bytes into `buf`, taking a buffer only once bytes are there.
+/// A readiness with nothing behind it (tokio's, after a read that did not drain the socket)
+/// makes a read that finds nothing: with no head begun, the buffer goes back and the wait
+/// goes on without one, so an idle keep-alive connection holds none (nginx's shape).
 async fn read_more<S: Io>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     buffers: &Buffers,
 ) -> std::io::Result<usize> {
-    if buf.capacity() == 0 {
-        stream.ready().await;
-        *buf = buffers.take();
+    loop {
+        if buf.capacity() == 0 {
+            stream.ready().await;
+            *buf = buffers.take();
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        if !S::WAITS_BARE || !buf.is_empty() {
+            return stream.read_buf(buf).await;
+        }
+        let read = {
+            let read = std::pin::pin!(stream.read_buf(buf));
+            poll_once(read).await
+        };
+        match read {
+            Some(r) => return r,
+            None => buffers.give(std::mem::take(buf)),
+        }
     }
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
-    }
-    stream.read_buf(buf).await
 }

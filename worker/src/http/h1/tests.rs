@@ -80,7 +80,7 @@ async fn exchange_draining(proxy: &Proxy, script: &[u8], draining: bool) -> (Vec
         trigger.fire();
     }
     let engine = async {
-        let end = serve(far, client(), proxy, &mut shutdown).await;
+        let end = serve((far, Vec::new()), client(), proxy, &mut shutdown).await;
         matches!(end, End::Closed)
     };
     let talk = async {
@@ -254,7 +254,9 @@ async fn an_upgrade_carrying_a_body_sends_the_body_then_becomes_a_tunnel() {
     let script = b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\ncontent-length: 4\r\n\r\nbodyPING";
     let (mut near, far) = tokio::io::duplex(1 << 16);
     let (_trigger, mut shutdown) = crate::shutdown::channel();
-    let engine = async { matches!(serve(far, client(), &proxy, &mut shutdown).await, End::Closed) };
+    let engine = async {
+        matches!(serve((far, Vec::new()), client(), &proxy, &mut shutdown).await, End::Closed)
+    };
     let talk = async {
         near.write_all(script).await.unwrap();
         let mut out = Vec::new();
