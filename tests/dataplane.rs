@@ -398,7 +398,7 @@ fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
     let worker = gw.workers();
     // Each with the one answer it gets (the chunked body fails after the head was forwarded:
     // the instance's answer never comes, the client gets the gateway's 400).
-    let hostile: [(&[u8], &str); 6] = [
+    let hostile: [(&[u8], &str); 7] = [
         (b"GARBAGE\r\n\r\n", "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n", "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", "HTTP/1.1 400"),
@@ -410,7 +410,10 @@ fn hostile_requests_get_a_clean_400_and_never_crash_a_worker() {
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
             "HTTP/1.1 400",
         ),
-        (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+        // A version this server does not speak (RFC 9110 §15.6.6, as nginx answers it), and
+        // one no server speaks.
+        (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", "HTTP/1.1 505"),
+        (b"GET / HTTP/1.x\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
     ];
     for (raw, expected) in hostile {
         let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
