@@ -64,9 +64,33 @@ pub enum Kind {
     TraceParent,
 }
 
+/// Whether the header name `name` is `lower` (lower-case letters, digits and `-`), without
+/// regard to case: eight bytes at a time, each folded by setting its 0x20 bit. Only an
+/// upper-case letter folds onto a letter, and only a control byte (below 0x20, refused
+/// here) onto a digit or `-`, so the fold is exact.
+fn is_named(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (name.chunks_exact(8), lower.chunks_exact(8));
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    // A byte below 0x20 in `w`: the classic has-less-than test.
+    let control = |w: u64| w.wrapping_sub(FOLD) & !w & HIGH != 0;
+    let same = |(x, y): (&[u8], &[u8])| {
+        let w = word(x);
+        w | FOLD == word(y) && !control(w)
+    };
+    if !a.by_ref().zip(b.by_ref()).all(same) {
+        return false;
+    }
+    a.remainder().iter().zip(b.remainder()).all(|(x, y)| *x >= 0x20 && x | 0x20 == *y)
+}
+
 /// Classifies a header name; names are compared without regard to case.
 pub fn kind_of(name: &[u8]) -> Kind {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &str| is_named(name, n.as_bytes());
     let kind = match name.len() {
         2 if is("te") => Kind::HopByHop,
         4 if is("host") => Kind::Host,
@@ -107,12 +131,15 @@ pub struct Line<'a> {
     pub name: &'a [u8],
     /// Its value, without surrounding whitespace.
     pub value: &'a [u8],
+    /// The line as it came, from its name to its value's end, when it came in a buffer (the
+    /// engine's): a line going on unchanged is copied in one piece. Empty otherwise.
+    pub raw: &'a [u8],
 }
 
 impl<'a> Line<'a> {
     /// A line from a name and value, classified.
     pub fn new(name: &'a [u8], value: &'a [u8]) -> Self {
-        Line { kind: kind_of(name), name, value }
+        Line { kind: kind_of(name), name, value, raw: &[] }
     }
 }
 
@@ -126,6 +153,11 @@ pub fn map_lines(headers: &HeaderMap) -> Vec<Line<'_>> {
 pub trait HeadSink {
     /// Appends one line.
     fn put(&mut self, name: &[u8], value: &[u8]);
+
+    /// Appends a line of the message as it came.
+    fn put_line(&mut self, line: &Line<'_>) {
+        self.put(line.name, line.value)
+    }
 }
 
 /// The engine's outgoing HTTP/1.1 head.
@@ -135,6 +167,17 @@ impl HeadSink for Vec<u8> {
         self.extend_from_slice(b": ");
         self.extend_from_slice(value);
         self.extend_from_slice(b"\r\n");
+    }
+
+    /// One copy of the line as it came (name, colon, whitespace, value), when it did.
+    fn put_line(&mut self, line: &Line<'_>) {
+        match line.raw.is_empty() {
+            true => self.put(line.name, line.value),
+            false => {
+                self.extend_from_slice(line.raw);
+                self.extend_from_slice(b"\r\n");
+            }
+        }
     }
 }
 
@@ -332,7 +375,7 @@ impl Policy {
                 | Kind::Identity => false,
             };
             if keep {
-                out.put(line.name, line.value);
+                out.put_line(&line);
             }
         }
         if ours(b"x-forwarded-for") {
@@ -388,7 +431,7 @@ impl Policy {
                 _ => actions.is_none_or(|a| !a.drops(line.name)),
             };
             if keep && !named.contains(line.name) {
-                out.put(line.name, line.value);
+                out.put_line(&line);
             }
         }
         out.put(b"via", self.via.as_bytes());

@@ -46,7 +46,10 @@ pub struct Line {
 impl Line {
     /// The line as the policy reads it.
     pub fn view<'a>(&self, buf: &'a [u8]) -> policy::Line<'a> {
-        policy::Line { kind: self.kind, name: self.name.get(buf), value: self.value.get(buf) }
+        let (name, value) = (self.name.get(buf), self.value.get(buf));
+        // Name, colon, whitespace, value, as they came: one span of the buffer.
+        let whole = Span { start: self.name.start, end: self.value.end };
+        policy::Line { kind: self.kind, name, value, raw: whole.get(buf) }
     }
 }
 

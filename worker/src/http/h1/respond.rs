@@ -36,10 +36,13 @@ pub(super) fn content_length(ex: &Reply) -> Option<String> {
     Some(String::from_utf8_lossy(line.value.get(&ex.buf)).into_owned())
 }
 
-/// The answer's `Content-Length` as a number (bytes out, for the metrics): no allocation.
+/// The answer's body length as its framing declares it (bytes out, for the metrics): read once
+/// with the head, not parsed again.
 pub(super) fn declared_length(ex: &Reply) -> Option<u64> {
-    let line = ex.head.lines.iter().find(|l| l.kind == Kind::ContentLength)?;
-    std::str::from_utf8(line.value.get(&ex.buf)).ok()?.trim().parse().ok()
+    match ex.head.framing {
+        Some(Framing::Length(n)) => Some(n),
+        _ => None,
+    }
 }
 
 /// What the client's side of the exchange asks of the answer.
