@@ -159,7 +159,8 @@ impl Forwarder {
             // Pinned here and lent to `timed`: a future moved into it and pinned there would
             // be stored twice in this request's state (its argument, then its pinned local).
             let exchange = std::pin::pin!(exchange);
-            let result = self.timed(service, idx, exchange, body_sent, give_up_when_slow).await;
+            let timing = (sent, give_up_when_slow);
+            let result = self.timed(service, idx, exchange, body_sent, timing).await;
             attempts.latency = Some(sent.elapsed());
             // A held instance (removed by the registry, kept by the removal guard) that cannot
             // be reached has proved gone: released for every worker, and the request goes to a
@@ -206,7 +207,7 @@ impl Forwarder {
         idx: usize,
         mut response: Pin<&mut impl Future<Output = Result<R, UpstreamError>>>,
         body_sent: Option<Arc<BodySent>>,
-        give_up_when_slow: bool,
+        (sent, give_up_when_slow): (Instant, bool),
     ) -> Result<R, UpstreamError> {
         let timeout = self.settings.request_timeout;
         // A request that may go to another instance gives this one at most half its deadline,
@@ -219,17 +220,20 @@ impl Forwarder {
             false => configured,
         };
         // The instance is judged from the moment the whole request is in its hands: both
-        // deadlines count from the end of the body (at once for a request without one).
-        if let Some(sent) = &body_sent {
+        // deadlines count from the end of the body (from the attempt's start for a request
+        // without one: no clock read more).
+        let mut from = sent;
+        if let Some(body) = &body_sent {
             tokio::select! {
                 r = &mut response => return r,
-                _ = sent.wait() => {}
+                _ = body.wait() => from = Instant::now(),
             }
         }
         // One timer per attempt: first at slow_after (when set and shorter), then moved on to
         // request_timeout.
         let slow = !slow_after.is_zero() && slow_after < timeout;
-        let timer = tokio::time::sleep(if slow { slow_after } else { timeout });
+        let first = if slow { slow_after } else { timeout };
+        let timer = tokio::time::sleep_until((from + first).into());
         tokio::pin!(timer);
         tokio::select! {
             r = &mut response => return r,

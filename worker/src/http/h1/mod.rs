@@ -216,7 +216,11 @@ impl<S: Io> Conn<'_, S> {
                     Parse::Partial if self.buf.len() > max_head => {
                         return Next::Refuse(431, TOO_LARGE)
                     }
-                    Parse::Partial => {}
+                    // A head begun: its deadline counts from now (read once, not per read,
+                    // and not at all for the head that comes whole).
+                    Parse::Partial => {
+                        head_started.get_or_insert_with(Instant::now);
+                    }
                 }
             }
             let deadline = if self.requests == 0 {
@@ -237,9 +241,7 @@ impl<S: Io> Conn<'_, S> {
                 biased;
                 r = read_more(&mut self.stream, &mut self.buf, buffers) => match r {
                     Ok(0) | Err(_) => return Next::Closed,
-                    Ok(_) => {
-                        head_started.get_or_insert_with(Instant::now);
-                    }
+                    Ok(_) => {}
                 },
                 _ = timer.as_mut() => {
                     if Instant::now() < deadline {
