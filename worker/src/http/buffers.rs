@@ -23,16 +23,33 @@ impl Buffers {
         self.free.lock().ok().and_then(|mut free| free.pop()).unwrap_or_default()
     }
 
-    /// Takes `buf` back (emptied) for another connection.
-    pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > KEPT_CAPACITY {
+    /// Gives each of `bufs` that has no capacity a free buffer, under one lock.
+    pub fn fill<const N: usize>(&self, bufs: [&mut Vec<u8>; N]) {
+        if bufs.iter().all(|b| b.capacity() > 0) {
             return;
         }
-        buf.clear();
-        if let Ok(mut free) = self.free.lock() {
-            if free.len() < MAX_FREE {
-                free.push(buf);
+        let Ok(mut free) = self.free.lock() else { return };
+        for buf in bufs.into_iter().filter(|b| b.capacity() == 0) {
+            *buf = free.pop().unwrap_or_default();
+        }
+    }
+
+    /// Takes `buf` back (emptied) for another connection.
+    pub fn give(&self, buf: Vec<u8>) {
+        self.give_all([buf]);
+    }
+
+    /// Takes several back under one lock (a connection going idle gives all of its own).
+    pub fn give_all(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
+        let mut kept = bufs.into_iter().filter(|b| (1..=KEPT_CAPACITY).contains(&b.capacity()));
+        let Some(first) = kept.next() else { return };
+        let Ok(mut free) = self.free.lock() else { return };
+        for mut buf in std::iter::once(first).chain(kept) {
+            if free.len() >= MAX_FREE {
+                return;
             }
+            buf.clear();
+            free.push(buf);
         }
     }
 }
@@ -52,5 +69,18 @@ mod tests {
         assert!(b.is_empty() && b.capacity() == cap);
         buffers.give(Vec::with_capacity(KEPT_CAPACITY + 1));
         assert_eq!(buffers.take().capacity(), 0, "a grown buffer is not kept");
+    }
+
+    #[test]
+    fn a_connections_buffers_go_back_and_come_out_together() {
+        let buffers = Buffers::default();
+        let grown = Vec::with_capacity(KEPT_CAPACITY + 1);
+        buffers.give_all([Vec::with_capacity(64), Vec::new(), grown, Vec::with_capacity(128)]);
+        assert_eq!(buffers.free.lock().unwrap().len(), 2, "empty and grown ones are not kept");
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::with_capacity(8), Vec::new());
+        buffers.fill([&mut a, &mut b, &mut c]);
+        assert!(a.capacity() >= 64 && c.capacity() >= 64, "the two kept ones lent again");
+        assert_eq!(b.capacity(), 8, "a buffer that has one keeps it");
+        assert!(buffers.free.lock().unwrap().is_empty());
     }
 }

@@ -264,15 +264,17 @@ impl<S: Io> Conn<'_, S> {
     /// header buffer on keep-alive too): an idle connection holds none, unless the next
     /// request is already in `buf` (pipelined).
     fn release_when_idle(&mut self) {
-        let buffers = &self.proxy.send.buffers;
-        if self.buf.is_empty() {
-            buffers.give(std::mem::take(&mut self.buf));
-        }
-        buffers.give(std::mem::take(&mut self.out));
-        if let Some(spare) = self.spare.as_mut() {
-            buffers.give(std::mem::take(&mut spare.request));
-            buffers.give(std::mem::take(&mut spare.response));
-        }
+        let take = std::mem::take;
+        let buf = match self.buf.is_empty() {
+            true => take(&mut self.buf),
+            false => Vec::new(),
+        };
+        let (request, response) = match self.spare.as_mut() {
+            Some(spare) => (take(&mut spare.request), take(&mut spare.response)),
+            None => (Vec::new(), Vec::new()),
+        };
+        let out = take(&mut self.out);
+        self.proxy.send.buffers.give_all([buf, out, request, response]);
     }
 }
 

@@ -264,11 +264,7 @@ impl<S: Io> OnEngine<'_, S> {
         let attempt = |address: &'s str| {
             let host = preserved.unwrap_or(address.as_bytes());
             let Spare { mut request, mut response, head } = spare.take().unwrap_or_default();
-            for buf in [&mut request, &mut response] {
-                if buf.capacity() == 0 {
-                    *buf = buffers.take();
-                }
-            }
+            buffers.fill([&mut request, &mut response]);
             request.clear();
             request.extend_from_slice(base);
             if own_host {
