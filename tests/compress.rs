@@ -73,6 +73,7 @@ fn script(path: &str) -> (Vec<u8>, bool) {
             (a, true)
         }
         "/c/encoded" => with_length("content-encoding: identity-ish\r\n"),
+        "/c/identity" => with_length("content-encoding: identity\r\n"),
         "/c/notransform" => with_length("cache-control: public, no-transform\r\n"),
         "/c/png" => {
             let mut a = format!(
@@ -133,12 +134,15 @@ fn every_coding_on_every_side_decompresses_to_the_instances_bytes() {
     let sides = gateway(&instance);
     let doc = document();
     for way in WAYS {
-        for path in ["/c/length", "/c/chunked", "/c/close"] {
+        for path in ["/c/length", "/c/chunked", "/c/close", "/c/identity"] {
             for coding in ["gzip", "br", "zstd"] {
                 let accept = format!("{coding}, identity;q=0.5");
                 let r = sides.send(way, "GET", path, &[("accept-encoding", &accept)]);
                 assert_eq!(r.status, 200, "{way} {path} {coding}");
                 assert_eq!(header(&r, "content-encoding"), Some(coding), "{way} {path}");
+                // One coding said, never the instance's `identity` beside the gateway's.
+                let codings = r.headers.iter().filter(|(n, _)| n == "content-encoding").count();
+                assert_eq!(codings, 1, "{way} {path} {coding}: {:?}", r.headers);
                 assert_eq!(header(&r, "content-length"), None, "{way} {path} {coding}");
                 assert_eq!(header(&r, "vary"), Some("accept-encoding"), "{way} {path}");
                 assert!(r.body.len() < doc.len() / 3, "{way} {path} {coding}: {}", r.body.len());

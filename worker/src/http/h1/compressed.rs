@@ -59,7 +59,7 @@ pub(super) async fn respond_compressed<S: Io>(
     let framing = ex.head.framing.unwrap_or(Framing::UntilClose);
     // The compressed length is not known before the end: chunked, or until the close.
     let close = close || http10;
-    let head = HeadFraming { rechunk: !http10, close, length: false };
+    let head = HeadFraming { rechunk: !http10, close, length: false, recoded: true };
     response_head(proxy, (&ex, actions), address, head, out);
     out.truncate(out.len() - 2);
     out.put(b"content-encoding", coding.token().as_bytes());

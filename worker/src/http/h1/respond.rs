@@ -17,7 +17,7 @@ use crate::http::h1::head::{lines, Framing};
 use crate::http::h1::io::{timeout, write_within, Io};
 use crate::http::h1::relay::{relay, Relayed, Source};
 use crate::http::h1::{Spare, Step};
-use crate::http::policy::{status_allows_length, HeadSink, Kind};
+use crate::http::policy::{self, status_allows_length, HeadSink, Kind};
 use crate::http::proxy::Proxy;
 use crate::http::router::HeaderActions;
 use crate::http::tunnel::pipe;
@@ -64,6 +64,9 @@ pub(super) struct HeadFraming {
     pub(super) close: bool,
     /// The instance's `Content-Length` goes on (the body is sent as it came).
     pub(super) length: bool,
+    /// The gateway encodes the body: the instance's own `Content-Encoding` (an `identity`
+    /// compression takes) does not go on beside the gateway's.
+    pub(super) recoded: bool,
 }
 
 /// Sends the instance's answer to the client.
@@ -84,7 +87,7 @@ pub(super) async fn respond<S: Io>(
     let unknown_length = matches!(framing, Framing::Chunked | Framing::UntilClose);
     let close = close || (http10 && unknown_length);
     let rechunk = unknown_length && !http10;
-    let framed = HeadFraming { rechunk, close, length: !rechunk };
+    let framed = HeadFraming { rechunk, close, length: !rechunk, recoded: false };
     response_head(proxy, (&ex, actions), address, framed, out);
     if http10 && !close {
         out.truncate(out.len() - 2);
@@ -136,7 +139,7 @@ pub(super) async fn tunnel<S: Io>(
 ) {
     let Answered { response: mut ex, address, inflight } = answered;
     let mut out = Vec::new();
-    let as_sent = HeadFraming { rechunk: false, close: false, length: true };
+    let as_sent = HeadFraming { rechunk: false, close: false, length: true, recoded: false };
     response_head(proxy, (&ex, actions), address, as_sent, &mut out);
     out.truncate(out.len() - 2);
     let protocol =
@@ -164,7 +167,7 @@ pub(super) fn response_head(
     proxy: &Proxy,
     (ex, actions): (&Reply, Option<&HeaderActions>),
     address: &str,
-    HeadFraming { rechunk, close, length }: HeadFraming,
+    HeadFraming { rechunk, close, length, recoded }: HeadFraming,
     out: &mut Vec<u8>,
 ) {
     let (buf, head) = (&ex.buf, &ex.head);
@@ -179,7 +182,9 @@ pub(super) fn response_head(
     }
     out.extend_from_slice(b"\r\n");
     let keep_length = length && status_allows_length(head.status);
-    proxy.policy.response(lines(buf, &head.lines), keep_length, (actions, address), out);
+    let coding = |l: &policy::Line<'_>| recoded && l.name.eq_ignore_ascii_case(b"content-encoding");
+    let passed = lines(buf, &head.lines).filter(move |l| !coding(l));
+    proxy.policy.response(passed, keep_length, (actions, address), out);
     if rechunk {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
