@@ -16,6 +16,8 @@
 //!   `max_requests`, exact across the host's workers.
 //! - [`policy`]: the one header policy both sides follow, requests, answers and trailers;
 //!   [`headers`]: its values (this gateway's `Via` entry, underscored names, request ids).
+//! - [`lines`]: header lines as the policy reads and writes them (each line's kind decided
+//!   once by its name; the sink the engine's head or hyper's map is).
 //! - [`error`]: the gateway's own answers (JSON, or `grpc-status` for gRPC clients); [`grpc`]:
 //!   which requests are gRPC, and their `grpc-timeout`.
 //! - [`mirror`]: copies of a route's requests to a shadow service, never waited for;
@@ -58,6 +60,7 @@ pub mod health_check;
 pub mod host;
 pub mod hyper;
 pub mod limits;
+pub mod lines;
 mod logging;
 pub mod mirror;
 pub mod own;
