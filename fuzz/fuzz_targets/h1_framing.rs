@@ -3,7 +3,9 @@
 //!   is not a path, or answers it, before routing), framed by at most one
 //!   Content-Length of digits or one `Transfer-Encoding: chunked`, never both, and parses the
 //!   same whatever way its bytes were split across reads;
-//! - a response head's framing is one of the RFC 9112 cases, never a body of two lengths;
+//! - a response head's framing is one of the RFC 9112 cases, never a body of two lengths, and
+//!   the engine's scanner reads it as httparse does (complete with the same lines, incomplete,
+//!   or refused);
 //! - a chunked body decodes to the same data whatever the read boundaries, never reads past
 //!   its end, and what the gateway re-encodes decodes back to exactly that data.
 #![no_main]
@@ -11,8 +13,8 @@
 use libfuzzer_sys::fuzz_target;
 use worker::http::h1::chunked::{encode, Decoder, LAST_CHUNK};
 use worker::http::h1::head::{
-    parse_length, parse_request, parse_response, BodyFraming, Framing, Parse, RequestHead,
-    ResponseHead,
+    parse_length, parse_request, parse_response, BodyFraming, Framing, HeadError, Parse,
+    RequestHead, ResponseHead, MAX_HEADERS,
 };
 use worker::http::policy::Kind;
 
@@ -69,7 +71,29 @@ fuzz_target!(|input: &[u8]| {
 
     // Response heads.
     let mut resp = ResponseHead::default();
-    if let Ok(Some(())) = parse_response(input, split % 2 == 0, &mut resp) {
+    let ours = parse_response(input, split % 2 == 0, &mut resp);
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut theirs = httparse::Response::new(&mut storage);
+    match (&ours, theirs.parse(input)) {
+        (Ok(Some(())), Ok(httparse::Status::Complete(len))) => {
+            assert_eq!((resp.len, resp.status), (len, theirs.code.unwrap()));
+            assert_eq!(resp.lines.len(), theirs.headers.len());
+            for (line, h) in resp.lines.iter().zip(theirs.headers.iter()) {
+                assert_eq!(line.name.get(input), h.name.as_bytes());
+                assert_eq!(line.value.get(input), h.value.trim_ascii());
+            }
+        }
+        (Ok(None), Ok(httparse::Status::Partial)) => {}
+        (Err(HeadError::Malformed("too many headers")), Err(httparse::Error::TooManyHeaders)) => {}
+        (Err(HeadError::Malformed("not HTTP/1.x")), Err(e)) => {
+            assert_ne!(e, httparse::Error::TooManyHeaders)
+        }
+        // Framing in doubt is refused at its line, whatever follows it.
+        (Err(HeadError::Malformed(why)), _)
+            if !why.starts_with("not HTTP") && *why != "too many headers" => {}
+        (ours, theirs) => panic!("engine {ours:?}, httparse {theirs:?}"),
+    }
+    if let Ok(Some(())) = ours {
         let lengths = resp.lines.iter().filter(|l| l.kind == Kind::ContentLength).count();
         let chunked = resp.lines.iter().any(|l| l.kind == Kind::TransferEncoding);
         match resp.framing {

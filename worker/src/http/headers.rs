@@ -51,15 +51,28 @@ impl Underscores {
 
 /// A random 128-bit id as 32 hex digits.
 pub fn request_id_bytes() -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id = rand::random::<u128>().to_be_bytes();
-    let mut buf = [0u8; 32];
-    // Two digits a byte: half the steps of one a nibble (every request without an id pays it).
-    for (pair, byte) in buf.chunks_exact_mut(2).zip(id) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+    hex32(rand::random::<u128>())
+}
+
+/// `id` as 32 lowercase hex digits, eight at a time (every request without an id pays it).
+fn hex32(id: u128) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, shift) in out.chunks_exact_mut(8).zip([96u32, 64, 32, 0]) {
+        chunk.copy_from_slice(&hex8((id >> shift) as u32).to_be_bytes());
     }
-    buf
+    out
+}
+
+/// The eight hex digits of `x`, most significant first in big-endian byte order: the nibbles
+/// spread one a byte, then each turned into its digit without a branch.
+fn hex8(x: u32) -> u64 {
+    let x = u64::from(x);
+    let x = (x & 0xffff_0000) << 16 | (x & 0x0000_ffff);
+    let x = (x & 0x0000_ff00_0000_ff00) << 8 | (x & 0x0000_00ff_0000_00ff);
+    let nibbles = (x & 0x00f0_00f0_00f0_00f0) << 4 | (x & 0x000f_000f_000f_000f);
+    // 1 in each byte whose nibble is 10 or more: those digits are letters, 39 further on.
+    let letters = ((nibbles + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    nibbles + 0x3030_3030_3030_3030 + letters * 39
 }
 
 #[cfg(test)]
@@ -79,5 +92,13 @@ mod tests {
         assert!(via_lists(b"1.0 a, 1.1  zkgate-test (comment)", &via));
         assert!(!via_lists(b"1.1 zkgate-other", &via) && !via_lists(b"1.1 zkgate-tes", &via));
         assert_eq!(request_id_bytes().len(), 32);
+    }
+
+    #[test]
+    fn ids_are_the_hex_of_their_bits() {
+        let ids = [0, 1, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 0xa5 << 120];
+        for id in ids.into_iter().chain((0..64).map(|_| rand::random::<u128>())) {
+            assert_eq!(hex32(id).as_slice(), format!("{id:032x}").as_bytes());
+        }
     }
 }

@@ -11,25 +11,25 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     host_of(headers.get(http::header::HOST)?.as_bytes()).map(str::to_string)
 }
 
+/// The bytes of a plain host name or IPv4 address: letters, digits, `.` and `-`.
+const HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+        b += 1;
+    }
+    table
+};
+
 /// The host of a `Host` value, without port; `None` when it is not a valid authority.
 pub fn host_of(raw: &[u8]) -> Option<&str> {
     // The common shape (a name or IPv4 address, maybe a port), in one pass, without building an
-    // Authority: every request asks.
-    let mut colon = None;
-    let mut plain = !raw.is_empty();
-    for (i, b) in raw.iter().enumerate() {
-        match b {
-            b':' => {
-                colon = Some(i);
-                break;
-            }
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' => {}
-            _ => {
-                plain = false;
-                break;
-            }
-        }
-    }
+    // Authority: every request asks. One table lookup a byte.
+    let stop = raw.iter().position(|b| !HOST_BYTE[usize::from(*b)]);
+    let colon = stop.filter(|i| raw[*i] == b':');
+    let plain = !raw.is_empty() && stop == colon;
     let port_ok = colon.is_none_or(|i| {
         let port = &raw[i + 1..];
         (1..=5).contains(&port.len())

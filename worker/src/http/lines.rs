@@ -142,6 +142,7 @@ pub trait HeadSink {
 /// The engine's outgoing HTTP/1.1 head.
 impl HeadSink for Vec<u8> {
     fn put(&mut self, name: &[u8], value: &[u8]) {
+        self.reserve(name.len() + value.len() + 4);
         self.extend_from_slice(name);
         self.extend_from_slice(b": ");
         self.extend_from_slice(value);

@@ -33,6 +33,7 @@ pub mod io;
 mod relay;
 mod request;
 mod respond;
+pub mod scan;
 mod view;
 #[cfg(test)]
 pub(crate) use view::View;
@@ -166,8 +167,10 @@ pub async fn serve<S: Io>(
         // Boxed: a request's state (forward, retries, the body pump, the answer relay) is many
         // times a waiting connection's, and an unboxed future would make every connection's
         // task that large while it waits (memory per connection); one allocation per request
-        // from the worker's thread-local heap is the price.
-        let step = Box::pin(conn.answer(draining)).await;
+        // from the worker's thread-local heap is the price. Written into the box where it is
+        // made (`Box::new(f)` builds the whole future on the stack and copies all of it, ~4 KB,
+        // though a future that has not started holds only its arguments).
+        let step = Pin::from(Box::write(Box::new_uninit(), conn.answer(draining))).await;
         if matches!(step, Step::Handover) {
             log::debug!("connection from {peer}: request handed over to hyper (service transport)");
             return End::Handover(conn.stream, conn.buf);

@@ -1,0 +1,140 @@
+//! The scanner beside httparse: the same answer (complete with the same lines, incomplete, or
+//! refused) for every head below, every prefix of it, and every byte of it changed to each
+//! byte that matters to a parser.
+
+use std::mem::MaybeUninit;
+
+use super::*;
+
+/// What a reader made of a head: its length, version, code, reason and lines; `Ok(None)`:
+/// incomplete; `Err`: refused (too many lines counted apart).
+type Reading = Result<Option<(usize, u8, u16, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>, bool>;
+
+const MAX: usize = 100;
+
+fn by_httparse(buf: &[u8]) -> Reading {
+    let mut storage = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(len)) => {
+            let lines = resp.headers.iter().map(|h| (h.name.into(), h.value.into())).collect();
+            let (version, code) = (resp.version.unwrap(), resp.code.unwrap());
+            Ok(Some((len, version, code, resp.reason.unwrap().into(), lines)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(e == httparse::Error::TooManyHeaders),
+    }
+}
+
+fn by_scan(buf: &[u8]) -> Reading {
+    let status = match status_line(buf) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(false),
+    };
+    let mut lines = Vec::new();
+    let mut at = status.next;
+    let len = loop {
+        match field(buf, at) {
+            Ok(Some(Field::End(n))) => break n,
+            Ok(Some(Field::Line { name, value, next })) => {
+                if lines.len() == MAX {
+                    return Err(true);
+                }
+                lines.push((buf[name.0..name.1].to_vec(), buf[value.0..value.1].to_vec()));
+                at = next;
+            }
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(false),
+        }
+    };
+    let reason = buf[status.reason.0..status.reason.1].to_vec();
+    Ok(Some((len, status.version, status.code, reason, lines)))
+}
+
+fn heads() -> Vec<Vec<u8>> {
+    let mut heads: Vec<Vec<u8>> = [
+        &b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\nContent-Type: text/html\r\nContent-Length: 615\r\nLast-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\nConnection: keep-alive\r\nETag: \"6390-267\"\r\nAccept-Ranges: bytes\r\n\r\nbody"[..],
+        b"HTTP/1.0 404 Not Found\nContent-Length: 0\n\n",
+        b"\r\n\nHTTP/1.1 204\r\n\r\n",
+        b"HTTP/1.1 200 \r\nX:\r\nY:   \t \r\nZ: a\tb \t\r\n\r\n",
+        b"HTTP/1.1 599 r\xe9sum\xe9\r\nX-Obs: caf\xe9 \xff\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nA-Very-Long-Header-Name-Indeed: 0123456789abcdef0123456789abcdef0123\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n!#$%&'*+-.^_`|~09azAZ: v\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: 1\r\n folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX : 1\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1  200 OK\r\n\r\n",
+        b"HTTP/1.1 200OK\r\n\r\n",
+        b"http/1.1 200 OK\r\n\r\n",
+    ]
+    .iter()
+    .map(|h| h.to_vec())
+    .collect();
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..=MAX {
+        many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    heads.push(many);
+    heads
+}
+
+#[test]
+fn the_scanner_reads_every_head_as_httparse_does() {
+    const BYTES: [u8; 16] = [
+        0, b'\t', b'\n', 0x0b, b'\r', 0x1f, b' ', b'"', b'(', b':', b'0', b'a', b'Z', 0x7f, 0x80,
+        0xff,
+    ];
+    let mut compared = 0;
+    for head in heads() {
+        for end in 0..=head.len() {
+            let prefix = &head[..end];
+            assert_eq!(
+                by_scan(prefix),
+                by_httparse(prefix),
+                "{:?}",
+                String::from_utf8_lossy(prefix)
+            );
+            compared += 1;
+        }
+        for i in 0..head.len() {
+            for b in BYTES {
+                let mut changed = head.clone();
+                changed[i] = b;
+                let (ours, theirs) = (by_scan(&changed), by_httparse(&changed));
+                assert_eq!(
+                    ours,
+                    theirs,
+                    "byte {i} as {b:#x}: {:?}",
+                    String::from_utf8_lossy(&changed)
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 10_000);
+}
+
+#[test]
+fn values_are_checked_eight_bytes_at_a_time_without_missing_a_byte() {
+    for len in 0..40 {
+        for bad in 0..len {
+            for b in [0u8, 0x08, 0x0a, 0x0d, 0x1f, 0x7f] {
+                let mut v = vec![b'v'; len];
+                v[bad] = b;
+                assert_eq!(value_end(&v, 0), bad, "len {len}, {b:#x} at {bad}");
+            }
+            let mut v = vec![0x80u8; len];
+            v[bad] = b'\t';
+            assert_eq!(value_end(&v, 0), len, "tab and obs-text are a value's");
+        }
+    }
+}
