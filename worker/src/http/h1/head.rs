@@ -1,13 +1,11 @@
-//! Request and response heads of the engine, parsed (requests with `httparse`, answers with
-//! [`scan`], which reads what httparse reads in fewer steps) into offsets of the
-//! connection's own buffer: no `HeaderMap`, no copy of a name or value. Each line is classified
-//! once (host, hop-by-hop, `X-Forwarded-*` …) so writing the outgoing head is one pass.
+//! Request and response heads of the engine, read by [`scan`] (exactly what httparse reads, in
+//! fewer steps) into offsets of the connection's own buffer: no `HeaderMap`, no copy of a name
+//! or value. Each line is classified once (host, hop-by-hop, `X-Forwarded-*` …) so writing the
+//! outgoing head is one pass.
 //!
 //! What hyper serves is [`Parse::Handover`]: HTTP/2's preface (h2c with prior knowledge). Any
-//! other head httparse refuses is [`Parse::Refuse`]d with the reason (an HTTP version other
+//! other head the scanner refuses is [`Parse::Refuse`]d with the reason (an HTTP version other
 //! than 1.0 and 1.1: 505), as is framing in doubt, before anything is forwarded.
-
-use std::mem::MaybeUninit;
 
 use crate::http::h1::scan::{self, Field};
 use crate::http::policy::{self, kind_of, lists, Kind};
@@ -23,11 +21,6 @@ pub struct Span {
 }
 
 impl Span {
-    fn of(base: *const u8, part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - base as usize;
-        Span { start: start as u32, end: (start + part.len()) as u32 }
-    }
-
     fn range((start, end): scan::Range) -> Span {
         Span { start: start as u32, end: end as u32 }
     }
@@ -126,33 +119,27 @@ pub enum Parse {
 /// is exactly `chunked` (any other coding 501, anything obfuscated 400), or one
 /// `Content-Length` of digits, never both (the CL.TE / TE.CL smuggling pair).
 pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
-    let mut storage = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut storage) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(e) => return refuse_malformed(e, buf),
+    let line = match scan::request_line(buf) {
+        Ok(Some(line)) => line,
+        Ok(None) => return Parse::Partial,
+        Err(why) => return refuse_malformed(why, buf),
     };
-    let (Some(method), Some(target), Some(version @ (0 | 1))) = (req.method, req.path, req.version)
-    else {
-        return Parse::Refuse(505, "HTTP version not supported");
-    };
-    let base = buf.as_ptr();
-    head.len = len;
-    head.method = Span::of(base, method.as_bytes());
-    head.target = Span::of(base, target.as_bytes());
+    head.method = Span::range(line.method);
+    head.target = Span::range(line.target);
     head.lines.clear();
     head.host = None;
     head.close = false;
     head.body = BodyFraming::None;
     head.expect_continue = false;
     head.upgrade = None;
-    head.http10 = version == 0;
-    let Framed { chunked, length, keep_alive, mut upgrade_asked } =
-        match read_lines(head, req.headers, base) {
-            Ok(framed) => framed,
+    head.http10 = line.version == 0;
+    let (len, Framed { chunked, length, keep_alive, mut upgrade_asked }) =
+        match read_lines(head, buf, line.next) {
+            Ok(Some(read)) => read,
+            Ok(None) => return Parse::Partial,
             Err(refused) => return refused,
         };
+    head.len = len;
     if head.http10 {
         // RFC 9112 §6.1: a transfer coding in an HTTP/1.0 message is a framing in doubt. An
         // expectation is ignored (RFC 9110 §10.1.1) and there is no upgrade from HTTP/1.0.
@@ -177,19 +164,16 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Parse {
     Parse::Complete
 }
 
-/// A head httparse cannot read: 400 with what is wrong (hyper answers the same heads 400), 431
+/// A head the scanner refuses: 400 with what is wrong (hyper answers the same heads 400), 431
 /// for more lines than the engine keeps, 505 for a version not 1.x (HTTP/2's preface: hyper's).
-fn refuse_malformed(e: httparse::Error, buf: &[u8]) -> Parse {
-    match e {
-        httparse::Error::Version if buf.starts_with(b"PRI * HTTP/2.0\r\n") => Parse::Handover,
-        httparse::Error::Version if names_a_version(buf) => {
+fn refuse_malformed(why: scan::Refused, buf: &[u8]) -> Parse {
+    match why {
+        scan::BAD_VERSION if buf.starts_with(b"PRI * HTTP/2.0\r\n") => Parse::Handover,
+        scan::BAD_VERSION if names_a_version(buf) => {
             Parse::Refuse(505, "HTTP version not supported")
         }
-        httparse::Error::TooManyHeaders => Parse::Refuse(431, "too many header lines"),
-        httparse::Error::HeaderName => Parse::Refuse(400, "invalid header name"),
-        httparse::Error::HeaderValue => Parse::Refuse(400, "invalid header value"),
-        httparse::Error::NewLine => Parse::Refuse(400, "invalid line ending"),
-        _ => Parse::Refuse(400, "invalid request line"),
+        scan::BAD_VERSION => Parse::Refuse(400, scan::BAD_REQUEST_LINE),
+        why => Parse::Refuse(400, why),
     }
 }
 
@@ -210,24 +194,40 @@ struct Framed {
     upgrade_asked: bool,
 }
 
-/// Reads the header lines into `head` (spans into the buffer at `base`), noting where `Host`,
-/// `Upgrade` and `Expect` are; `Err` with the verdict for a head refused.
+/// Reads the header lines from `at` into `head` (spans into `buf`), then what they say of
+/// its framing, noting where `Host`, `Upgrade` and `Expect` are: the head's length and that,
+/// `Ok(None)` while incomplete, `Err` with the verdict for a head refused. Framing is judged
+/// on a whole head only, so a line the scanner refuses is told first, whatever came before.
 fn read_lines(
     head: &mut RequestHead,
-    headers: &[httparse::Header<'_>],
-    base: *const u8,
-) -> Result<Framed, Parse> {
+    buf: &[u8],
+    mut at: usize,
+) -> Result<Option<(usize, Framed)>, Parse> {
+    let len = loop {
+        match scan::field(buf, at) {
+            Err(why) => return Err(Parse::Refuse(400, why)),
+            Ok(None) => return Ok(None),
+            Ok(Some(Field::End(len))) => break len,
+            Ok(Some(Field::Line { name, value, next })) => {
+                if head.lines.len() == MAX_HEADERS {
+                    return Err(Parse::Refuse(431, "too many header lines"));
+                }
+                let (name, value) = (Span::range(name), Span::range(value));
+                head.lines.push(Line { name, value, kind: kind_of(name.get(buf)) });
+                at = next;
+            }
+        }
+    };
     let mut framed =
         Framed { chunked: false, length: None, keep_alive: false, upgrade_asked: false };
-    for h in headers {
-        let kind = kind_of(h.name.as_bytes());
-        let value = h.value.trim_ascii();
-        match kind {
+    for (i, line) in head.lines.iter().enumerate() {
+        let (name, value) = (line.name.get(buf), line.value.get(buf));
+        match line.kind {
             // RFC 9112 §3.2: a server must answer 400 to more than one Host line.
             Kind::Host if head.host.is_some() => {
                 return Err(Parse::Refuse(400, "several Host lines"))
             }
-            Kind::Host => head.host = Some(head.lines.len()),
+            Kind::Host => head.host = Some(i),
             Kind::TransferEncoding if framed.chunked => {
                 return Err(Parse::Refuse(400, "several Transfer-Encoding lines"))
             }
@@ -242,10 +242,8 @@ fn read_lines(
                 Some(n) => framed.length = Some(n),
                 None => return Err(Parse::Refuse(400, "Content-Length is not a number")),
             },
-            Kind::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => {
-                head.upgrade = Some(head.lines.len())
-            }
-            Kind::HopByHop if h.name.eq_ignore_ascii_case("expect") => {
+            Kind::HopByHop if name.eq_ignore_ascii_case(b"upgrade") => head.upgrade = Some(i),
+            Kind::HopByHop if name.eq_ignore_ascii_case(b"expect") => {
                 if !value.eq_ignore_ascii_case(b"100-continue") {
                     return Err(Parse::Refuse(417, "only Expect: 100-continue is supported"));
                 }
@@ -258,13 +256,8 @@ fn read_lines(
             }
             _ => {}
         }
-        head.lines.push(Line {
-            name: Span::of(base, h.name.as_bytes()),
-            value: Span::of(base, value),
-            kind,
-        });
     }
-    Ok(framed)
+    Ok(Some((len, framed)))
 }
 
 /// A `Transfer-Encoding` other than `chunked`: a real coding before chunked is unsupported

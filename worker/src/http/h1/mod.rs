@@ -3,7 +3,7 @@
 //! either side (as Pingora and Sozu built their own).
 //!
 //! ```text
-//! serve (mod.rs) ─▶ next_head (httparse into the connection's buffer; idle / head / drain)
+//! serve (mod.rs) ─▶ next_head (h1/scan into the connection's buffer; idle / head / drain)
 //!                ─▶ answer (request.rs) ─┬─ pipeline::route, ::admit       (pipeline.rs)
 //!                                        ├─ Policy::request                (policy.rs)
 //!                                        ├─ body::start / Upload::pump     (body.rs)

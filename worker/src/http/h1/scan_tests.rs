@@ -138,3 +138,110 @@ fn values_are_checked_eight_bytes_at_a_time_without_missing_a_byte() {
         }
     }
 }
+
+/// What a reader made of a request head: length, method, target, version and lines;
+/// `Ok(None)`: incomplete; `Err`: why refused, in the scanner's words.
+type RequestReading = Result<Option<(usize, Vec<u8>, Vec<u8>, u8, Vec<Line>)>, Refused>;
+
+type Line = (Vec<u8>, Vec<u8>);
+
+fn request_by_httparse(buf: &[u8]) -> RequestReading {
+    let mut storage = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut storage) {
+        Ok(httparse::Status::Complete(len)) => {
+            let lines = req.headers.iter().map(|h| (h.name.into(), h.value.into())).collect();
+            let (method, target) = (req.method.unwrap().into(), req.path.unwrap().into());
+            Ok(Some((len, method, target, req.version.unwrap(), lines)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(match e {
+            httparse::Error::Version => BAD_VERSION,
+            httparse::Error::HeaderName => BAD_NAME,
+            httparse::Error::HeaderValue => BAD_VALUE,
+            httparse::Error::NewLine => BAD_LINE_END,
+            httparse::Error::TooManyHeaders => "too many",
+            _ => BAD_REQUEST_LINE,
+        }),
+    }
+}
+
+fn request_by_scan(buf: &[u8]) -> RequestReading {
+    let Some(line) = request_line(buf)? else { return Ok(None) };
+    let mut lines = Vec::new();
+    let mut at = line.next;
+    let len = loop {
+        match field(buf, at)? {
+            Some(Field::End(n)) => break n,
+            Some(Field::Line { name, value, next }) => {
+                if lines.len() == MAX {
+                    return Err("too many");
+                }
+                lines.push((buf[name.0..name.1].to_vec(), buf[value.0..value.1].to_vec()));
+                at = next;
+            }
+            None => return Ok(None),
+        }
+    };
+    let part = |(start, end): Range| buf[start..end].to_vec();
+    Ok(Some((len, part(line.method), part(line.target), line.version, lines)))
+}
+
+fn requests() -> Vec<Vec<u8>> {
+    let mut heads: Vec<Vec<u8>> = [
+        &b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"[..],
+        b"POST /post?a=1&b=%20 HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1024\r\n\r\n{}",
+        b"\r\nGET /caf\xc3\xa9 HTTP/1.0\nX:\n\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://example.com:8080/a/b HTTP/1.1\r\nhost: example.com\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1 \r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\n\r\n",
+        b"G(T / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA-Long-Name-Of-Many-Bytes: value\tand tab \r\nB:c\r\n\r\n",
+    ]
+    .iter()
+    .map(|h| h.to_vec())
+    .collect();
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..=MAX {
+        many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    heads.push(many);
+    heads
+}
+
+#[test]
+fn the_scanner_reads_every_request_head_as_httparse_does_and_refuses_for_the_same_reason() {
+    const BYTES: [u8; 17] = [
+        0, b'\t', b'\n', 0x0b, b'\r', 0x1f, b' ', b'"', b'(', b'/', b':', b'0', b'a', b'Z', 0x7f,
+        0x80, 0xff,
+    ];
+    let mut compared = 0;
+    for head in requests() {
+        for end in 0..=head.len() {
+            let prefix = &head[..end];
+            let (ours, theirs) = (request_by_scan(prefix), request_by_httparse(prefix));
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(prefix));
+            compared += 1;
+        }
+        for i in 0..head.len() {
+            for b in BYTES {
+                let mut changed = head.clone();
+                changed[i] = b;
+                let (ours, theirs) = (request_by_scan(&changed), request_by_httparse(&changed));
+                assert_eq!(
+                    ours,
+                    theirs,
+                    "byte {i} as {b:#x}: {:?}",
+                    String::from_utf8_lossy(&changed)
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 10_000);
+}
