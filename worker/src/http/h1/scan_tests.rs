@@ -8,7 +8,7 @@ use super::*;
 
 /// What a reader made of a head: its length, version, code, reason and lines; `Ok(None)`:
 /// incomplete; `Err`: refused (too many lines counted apart).
-type Reading = Result<Option<(usize, u8, u16, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>, bool>;
+type Reading = Result<Option<(usize, u8, u16, Vec<u8>, Vec<Line>)>, bool>;
 
 const MAX: usize = 100;
 
@@ -36,24 +36,27 @@ fn by_scan(buf: &[u8]) -> Reading {
         Ok(None) => return Ok(None),
         Err(_) => return Err(false),
     };
-    let mut lines = Vec::new();
-    let mut at = status.next;
-    let len = loop {
-        match field(buf, at) {
-            Ok(Some(Field::End(n))) => break n,
-            Ok(Some(Field::Line { name, value, next })) => {
-                if lines.len() == MAX {
-                    return Err(true);
-                }
-                lines.push((buf[name.0..name.1].to_vec(), buf[value.0..value.1].to_vec()));
-                at = next;
-            }
-            Ok(None) => return Ok(None),
-            Err(_) => return Err(false),
-        }
+    let Some((len, lines)) = lines_from(buf, status.next).map_err(|why| why == "too many")? else {
+        return Ok(None);
     };
     let reason = buf[status.reason.0..status.reason.1].to_vec();
     Ok(Some((len, status.version, status.code, reason, lines)))
+}
+
+/// The header lines from `at` to the head's end, and its length, as the scanner reads them.
+fn lines_from(buf: &[u8], mut at: usize) -> Result<Option<(usize, Vec<Line>)>, Refused> {
+    let mut lines = Vec::new();
+    loop {
+        match field(buf, at)? {
+            Some(Field::End(len)) => return Ok(Some((len, lines))),
+            Some(Field::Line { .. }) if lines.len() == MAX => return Err("too many"),
+            Some(Field::Line { name, value, next }) => {
+                lines.push((buf[name.0..name.1].to_vec(), buf[value.0..value.1].to_vec()));
+                at = next;
+            }
+            None => return Ok(None),
+        }
+    }
 }
 
 fn heads() -> Vec<Vec<u8>> {
@@ -78,49 +81,56 @@ fn heads() -> Vec<Vec<u8>> {
     .iter()
     .map(|h| h.to_vec())
     .collect();
-    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    heads.push(too_many_lines(b"HTTP/1.1 200 OK\r\n"));
+    heads
+}
+
+/// `first` and one header line more than a head may hold.
+fn too_many_lines(first: &[u8]) -> Vec<u8> {
+    let mut many = first.to_vec();
     for i in 0..=MAX {
         many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
     }
     many.extend_from_slice(b"\r\n");
-    heads.push(many);
-    heads
+    many
 }
 
-#[test]
-fn the_scanner_reads_every_head_as_httparse_does() {
-    const BYTES: [u8; 16] = [
-        0, b'\t', b'\n', 0x0b, b'\r', 0x1f, b' ', b'"', b'(', b':', b'0', b'a', b'Z', 0x7f, 0x80,
-        0xff,
-    ];
+/// Bytes that matter to a head parser, each put in place of every byte of every head.
+const BYTES: [u8; 17] = [
+    0, b'\t', b'\n', 0x0b, b'\r', 0x1f, b' ', b'"', b'(', b'/', b':', b'0', b'a', b'Z', 0x7f, 0x80,
+    0xff,
+];
+
+/// Asserts `ours` reads every prefix of every head, and every head with one byte changed, as
+/// `theirs` does; returns how many inputs were compared.
+fn compare_everywhere<T: PartialEq + std::fmt::Debug>(
+    heads: Vec<Vec<u8>>,
+    ours: fn(&[u8]) -> T,
+    theirs: fn(&[u8]) -> T,
+) -> usize {
     let mut compared = 0;
-    for head in heads() {
+    for head in heads {
         for end in 0..=head.len() {
             let prefix = &head[..end];
-            assert_eq!(
-                by_scan(prefix),
-                by_httparse(prefix),
-                "{:?}",
-                String::from_utf8_lossy(prefix)
-            );
+            assert_eq!(ours(prefix), theirs(prefix), "{:?}", String::from_utf8_lossy(prefix));
             compared += 1;
         }
         for i in 0..head.len() {
             for b in BYTES {
                 let mut changed = head.clone();
                 changed[i] = b;
-                let (ours, theirs) = (by_scan(&changed), by_httparse(&changed));
-                assert_eq!(
-                    ours,
-                    theirs,
-                    "byte {i} as {b:#x}: {:?}",
-                    String::from_utf8_lossy(&changed)
-                );
+                let text = String::from_utf8_lossy(&changed);
+                assert_eq!(ours(&changed), theirs(&changed), "byte {i} as {b:#x}: {text:?}");
                 compared += 1;
             }
         }
     }
-    assert!(compared > 10_000);
+    compared
+}
+
+#[test]
+fn the_scanner_reads_every_head_as_httparse_does() {
+    assert!(compare_everywhere(heads(), by_scan, by_httparse) > 10_000);
 }
 
 #[test]
@@ -168,21 +178,7 @@ fn request_by_httparse(buf: &[u8]) -> RequestReading {
 
 fn request_by_scan(buf: &[u8]) -> RequestReading {
     let Some(line) = request_line(buf)? else { return Ok(None) };
-    let mut lines = Vec::new();
-    let mut at = line.next;
-    let len = loop {
-        match field(buf, at)? {
-            Some(Field::End(n)) => break n,
-            Some(Field::Line { name, value, next }) => {
-                if lines.len() == MAX {
-                    return Err("too many");
-                }
-                lines.push((buf[name.0..name.1].to_vec(), buf[value.0..value.1].to_vec()));
-                at = next;
-            }
-            None => return Ok(None),
-        }
-    };
+    let Some((len, lines)) = lines_from(buf, line.next)? else { return Ok(None) };
     let part = |(start, end): Range| buf[start..end].to_vec();
     Ok(Some((len, part(line.method), part(line.target), line.version, lines)))
 }
@@ -205,43 +201,11 @@ fn requests() -> Vec<Vec<u8>> {
     .iter()
     .map(|h| h.to_vec())
     .collect();
-    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
-    for i in 0..=MAX {
-        many.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
-    }
-    many.extend_from_slice(b"\r\n");
-    heads.push(many);
+    heads.push(too_many_lines(b"GET / HTTP/1.1\r\n"));
     heads
 }
 
 #[test]
 fn the_scanner_reads_every_request_head_as_httparse_does_and_refuses_for_the_same_reason() {
-    const BYTES: [u8; 17] = [
-        0, b'\t', b'\n', 0x0b, b'\r', 0x1f, b' ', b'"', b'(', b'/', b':', b'0', b'a', b'Z', 0x7f,
-        0x80, 0xff,
-    ];
-    let mut compared = 0;
-    for head in requests() {
-        for end in 0..=head.len() {
-            let prefix = &head[..end];
-            let (ours, theirs) = (request_by_scan(prefix), request_by_httparse(prefix));
-            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(prefix));
-            compared += 1;
-        }
-        for i in 0..head.len() {
-            for b in BYTES {
-                let mut changed = head.clone();
-                changed[i] = b;
-                let (ours, theirs) = (request_by_scan(&changed), request_by_httparse(&changed));
-                assert_eq!(
-                    ours,
-                    theirs,
-                    "byte {i} as {b:#x}: {:?}",
-                    String::from_utf8_lossy(&changed)
-                );
-                compared += 1;
-            }
-        }
-    }
-    assert!(compared > 10_000);
+    assert!(compare_everywhere(requests(), request_by_scan, request_by_httparse) > 10_000);
 }
