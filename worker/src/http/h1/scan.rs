@@ -133,19 +133,15 @@ pub struct RequestLine {
 /// The target is what httparse takes: visible ASCII and obs-text, valid UTF-8.
 pub fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Refused> {
     let Some(start) = skip_empty_lines(buf)? else { return Ok(None) };
-    let Some(len) = buf[start..].iter().position(|b| !TOKEN[usize::from(*b)]) else {
-        return Ok(None);
-    };
-    let method_end = start + len;
-    if len == 0 || buf[method_end] != b' ' {
+    let Some(method_end) = run_end(&TOKEN, buf, start) else { return Ok(None) };
+    if method_end == start || buf[method_end] != b' ' {
         return Err(BAD_REQUEST_LINE);
     }
     let target = method_end + 1;
-    let Some(len) = buf[target..].iter().position(|b| !TARGET[usize::from(*b)]) else {
-        return Ok(None);
-    };
-    let target_end = target + len;
-    if len == 0 || buf[target_end] != b' ' || std::str::from_utf8(&buf[target..target_end]).is_err()
+    let Some(target_end) = run_end(&TARGET, buf, target) else { return Ok(None) };
+    if target_end == target
+        || buf[target_end] != b' '
+        || std::str::from_utf8(&buf[target..target_end]).is_err()
     {
         return Err(BAD_REQUEST_LINE);
     }
@@ -236,11 +232,8 @@ pub fn field(buf: &[u8], at: usize) -> Result<Option<Field>, Refused> {
         }
         _ => {}
     }
-    let Some(len) = buf[at..].iter().position(|b| !TOKEN[usize::from(*b)]) else {
-        return Ok(None);
-    };
-    let colon = at + len;
-    if len == 0 || buf[colon] != b':' {
+    let Some(colon) = run_end(&TOKEN, buf, at) else { return Ok(None) };
+    if colon == at || buf[colon] != b':' {
         return Err(BAD_NAME);
     }
     let Some(skip) = buf[colon + 1..].iter().position(|b| *b != b' ' && *b != b'\t') else {
@@ -279,7 +272,12 @@ fn value_end(buf: &[u8], mut i: usize) -> usize {
         }
         i += 8;
     }
-    i + buf[i..].iter().position(|b| !VALUE[usize::from(*b)]).unwrap_or(buf.len() - i)
+    run_end(&VALUE, buf, i).unwrap_or(buf.len())
+}
+
+/// Where the run of bytes `table` holds, from `at`, stops; `None` when `buf` ends first.
+fn run_end(table: &[bool; 256], buf: &[u8], at: usize) -> Option<usize> {
+    buf[at..].iter().position(|b| !table[usize::from(*b)]).map(|n| at + n)
 }
 
 #[cfg(test)]

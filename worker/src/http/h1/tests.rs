@@ -207,9 +207,7 @@ GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n";
     let (out, closed) = exchange(&proxy, script).await;
     assert!(closed, "the engine served the connection to its end");
     let text = String::from_utf8_lossy(&out);
-    let statuses: Vec<&str> =
-        text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
-    assert_eq!(statuses, ["200", "200", "405", "400", "400"], "{text}");
+    assert_eq!(statuses(&text), ["200", "200", "405", "400", "400"], "{text}");
     assert!(text.contains("allow: GET, HEAD"), "OPTIONS * says what may be asked: {text}");
     assert!(text.ends_with("\"error\":\"several Host lines\"}\n"), "{text}");
     let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
@@ -290,9 +288,7 @@ GET /q?a=\"b\" HTTP/1.1\r\nhost: a\r\n\r\n";
     let (out, closed) = exchange(&proxy, script).await;
     assert!(closed, "the engine served the connection to its end, never handed it over");
     let text = String::from_utf8_lossy(&out);
-    let statuses: Vec<&str> =
-        text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
-    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert_eq!(statuses(&text), ["200", "400"], "{text}");
     assert!(text.ends_with("\"error\":\"invalid request target\"}\n"), "{text}");
     let upstream = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
     assert!(upstream.starts_with("GET /q?filter={a:1}|b HTTP/1.1\r\n"), "as sent: {upstream}");
@@ -311,4 +307,9 @@ async fn only_http2s_preface_at_the_start_goes_to_hyper_and_other_versions_are_5
     let (out, closed) = exchange(&proxy, b"GET / HTTP/3.0\r\nhost: a\r\n\r\n").await;
     assert!(closed && String::from_utf8_lossy(&out).starts_with("HTTP/1.1 505 "));
     assert_eq!(String::from_utf8_lossy(&seen.lock().unwrap()).matches("GET ").count(), 1);
+}
+
+/// The status codes of the answers in `text`, in order.
+fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect()
 }
