@@ -95,7 +95,9 @@ pub fn kind_of(name: &[u8]) -> Kind {
         n if n >= 7 && crate::auth::is_identity_header(name) => Kind::Identity,
         _ => Kind::Plain,
     };
-    if kind == Kind::Plain && name.contains(&b'_') {
+    // A plain loop: names are short, and `contains` calls out to memchr for each.
+    #[allow(clippy::manual_contains)]
+    if kind == Kind::Plain && name.iter().any(|b| *b == b'_') {
         return Kind::Underscored;
     }
     kind

@@ -54,6 +54,10 @@ pub fn lists(value: &[u8], token: &[u8]) -> bool {
 /// Whether a `Connection` value names any header beyond `close` and `keep-alive` (`Keep-Alive`
 /// is hop-by-hop anyway): only then is every line checked against it.
 pub fn names_headers(value: &[u8]) -> bool {
+    // The values nearly every message carries, told at once.
+    if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
+        return false;
+    }
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
         !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
     })

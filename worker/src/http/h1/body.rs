@@ -44,35 +44,34 @@ impl From<BodyError> for UpstreamError {
 /// What the bytes read with the head make of the body.
 #[derive(Debug)]
 pub enum Start {
-    /// The whole body (framed for the instance, appended to the request) was in them; `used`
-    /// bytes of them were the body's.
+    /// The whole body was in them; `used` bytes of them were the body's.
     Whole {
         /// Bytes of the client's buffer that were the body's.
         used: usize,
     },
-    /// Only its start was (all of them, framed, appended to the request); the rest streams.
+    /// Only its start was (all of them); the rest streams.
     Streamed(Upload),
 }
 
-/// Frames the body bytes that came with the head into `out`. `max`: `max_body_bytes` (0: no
-/// limit); a declared length over it was refused before.
-pub fn start(
+/// What the body bytes that came with the head make of the body, and those bytes as they go
+/// on: a `Content-Length` body's where they came (`avail`: not copied, which an upload of a
+/// few KiB would pay in an allocation and a copy), a chunked one's re-framed into `out`.
+/// `max`: `max_body_bytes` (0: no limit); a declared length over it was refused before.
+pub fn start<'a>(
     framing: BodyFraming,
-    avail: &[u8],
+    avail: &'a [u8],
     max: u64,
-    out: &mut Vec<u8>,
-) -> Result<Start, BodyError> {
+    out: &'a mut Vec<u8>,
+) -> Result<(Start, &'a [u8]), BodyError> {
     match framing {
-        BodyFraming::None => Ok(Start::Whole { used: 0 }),
+        BodyFraming::None => Ok((Start::Whole { used: 0 }, &[])),
         BodyFraming::Length(n) => {
             let have = avail.len() as u64;
             if have >= n {
                 let used = usize::try_from(n).unwrap_or(usize::MAX);
-                out.extend_from_slice(&avail[..used]);
-                return Ok(Start::Whole { used });
+                return Ok((Start::Whole { used }, &avail[..used]));
             }
-            out.extend_from_slice(avail);
-            Ok(Start::Streamed(Upload::new(State::Length(n - have), max, have)))
+            Ok((Start::Streamed(Upload::new(State::Length(n - have), max, have)), avail))
         }
         BodyFraming::Chunked => {
             let mut decoder = Decoder::default();
@@ -88,9 +87,9 @@ pub fn start(
             }
             if decoder.is_done() {
                 chunked::finish(&decoder, policy::request_trailer_allowed, out);
-                return Ok(Start::Whole { used });
+                return Ok((Start::Whole { used }, out));
             }
-            Ok(Start::Streamed(Upload::new(State::Chunked(decoder), max, seen)))
+            Ok((Start::Streamed(Upload::new(State::Chunked(decoder), max, seen)), out))
         }
     }
 }
@@ -227,15 +226,18 @@ mod tests {
     #[test]
     fn a_body_that_came_with_its_head_is_whole() {
         let mut out = Vec::new();
-        let got = start(BodyFraming::Length(3), b"abcGET", 0, &mut out).unwrap();
+        let (got, bytes) = start(BodyFraming::Length(3), b"abcGET", 0, &mut out).unwrap();
         assert!(matches!(got, Start::Whole { used: 3 }));
-        assert_eq!(out, b"abc");
-        out.clear();
+        assert_eq!(bytes, b"abc", "where it came, not copied");
+        let (got, bytes) = start(BodyFraming::None, b"GET", 0, &mut out).unwrap();
+        assert!(matches!(got, Start::Whole { used: 0 }) && bytes.is_empty());
+        assert!(out.is_empty());
         let got =
             start(BodyFraming::Chunked, b"3;x=1\r\nabc\r\n0\r\nT: 1\r\n\r\nNEXT", 0, &mut out);
-        assert!(matches!(got, Ok(Start::Whole { used: 23 })), "{got:?}");
+        let (got, bytes) = got.unwrap();
+        assert!(matches!(got, Start::Whole { used: 23 }), "{got:?}");
         assert_eq!(
-            out, b"3\r\nabc\r\n0\r\n\r\n",
+            bytes, b"3\r\nabc\r\n0\r\n\r\n",
             "re-framed; extensions dropped, a request trailer not gRPC's dropped"
         );
     }
@@ -246,7 +248,7 @@ mod tests {
         let over = start(BodyFraming::Chunked, b"5\r\nabcde\r\n", 4, &mut out);
         assert_eq!(over.unwrap_err(), BodyError::TooLarge);
         for bad in [&b"3\nabc\r\n"[..], b"fffffffffffffffff\r\n", b"3\r\nabcd\r\n", b"g\r\n"] {
-            let got = start(BodyFraming::Chunked, bad, 0, &mut Vec::new());
+            let got = start(BodyFraming::Chunked, bad, 0, &mut out).map(|(s, _)| s);
             assert!(matches!(got, Err(BodyError::Malformed(_))), "{bad:?}: {got:?}");
         }
     }
@@ -254,8 +256,10 @@ mod tests {
     #[tokio::test]
     async fn the_rest_streams_and_the_next_request_is_kept() {
         let mut out = Vec::new();
-        let Ok(Start::Streamed(mut up)) = start(BodyFraming::Length(6), b"ab", 0, &mut out) else {
-            panic!("streamed")
+        let Ok((Start::Streamed(mut up), b"ab")) =
+            start(BodyFraming::Length(6), b"ab", 0, &mut out)
+        else {
+            panic!("streamed, its start as it came")
         };
         let (mut client, mut client_end) = tokio::io::duplex(64);
         let (mut instance, mut instance_end) = tokio::io::duplex(64);
@@ -272,11 +276,12 @@ mod tests {
     #[tokio::test]
     async fn a_chunked_body_streams_re_framed() {
         let mut out = Vec::new();
-        let Ok(Start::Streamed(mut up)) = start(BodyFraming::Chunked, b"2\r\nab", 0, &mut out)
+        let Ok((Start::Streamed(mut up), started)) =
+            start(BodyFraming::Chunked, b"2\r\nab", 0, &mut out)
         else {
             panic!("streamed")
         };
-        assert_eq!(out, b"2\r\nab\r\n");
+        assert_eq!(started, b"2\r\nab\r\n");
         let (mut client, mut client_end) = tokio::io::duplex(64);
         let (mut instance, mut instance_end) = tokio::io::duplex(64);
         client_end.write_all(b"\r\n1\r\nc\r\n0\r\n\r\nX").await.unwrap();
@@ -290,7 +295,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_leaves_mid_body_is_its_own_fault() {
-        let Ok(Start::Streamed(mut up)) = start(BodyFraming::Length(10), b"", 0, &mut Vec::new())
+        let Ok((Start::Streamed(mut up), _)) =
+            start(BodyFraming::Length(10), b"", 0, &mut Vec::new())
         else {
             panic!("streamed")
         };

@@ -166,8 +166,8 @@ impl<S: Io> OnEngine<'_, S> {
         };
         let upgrade = view.upgrade(&proxy.settings.upgrade_protocols);
         self.request_head(view, &target.path, (&origin, request_actions), upgrade);
-        let mut body = Vec::new();
-        let mut upload = self.body_start(view, &service, &mut body)?;
+        let mut framed = Vec::new();
+        let (mut upload, body) = self.body_start(view, &service, &mut framed)?;
         if upload.is_some() && view.head.expect_continue {
             // The client waits for this before it sends the body (nginx says it as it starts
             // reading the body, as here).
@@ -177,12 +177,12 @@ impl<S: Io> OnEngine<'_, S> {
             }
         }
         if upgrade.is_none() {
-            let whole = upload.is_none().then_some(&body[..]);
+            let whole = upload.is_none().then_some(body);
             mirror(proxy, view, &target, (&origin, request_actions), whole);
         }
         let own_host = request_actions.is_none_or(|a| !a.drops(b"host"));
         let outgoing =
-            Outgoing { body: &body, upload: upload.as_mut(), upgrade: upgrade.is_some(), own_host };
+            Outgoing { body, upload: upload.as_mut(), upgrade: upgrade.is_some(), own_host };
         let forwarded = self.forward(view, (&service, key), outgoing, trace).await;
         if let Some(upload) = upload.as_mut() {
             *self.carry = std::mem::take(&mut upload.leftover);
@@ -220,23 +220,24 @@ impl<S: Io> OnEngine<'_, S> {
         }
     }
 
-    /// The body: whole with the head (`Ok(None)`), or its start with the rest to stream.
-    fn body_start(
+    /// The body: whole with the head (`None`), or its start with the rest to stream; and the
+    /// bytes that go with the head (where they came, or re-framed into `framed`).
+    fn body_start<'b>(
         &mut self,
-        view: &View<'_>,
+        view: &View<'b>,
         service: &Service,
-        body: &mut Vec<u8>,
-    ) -> Result<Option<Upload>, ProxyError> {
+        framed: &'b mut Vec<u8>,
+    ) -> Result<(Option<Upload>, &'b [u8]), ProxyError> {
         let (head, max) = (view.head, self.proxy.settings.max_body_bytes);
-        match body::start(head.body, &view.buf[head.len..], max, body) {
-            Ok(Start::Whole { used }) => {
+        match body::start(head.body, &view.buf[head.len..], max, framed) {
+            Ok((Start::Whole { used }, bytes)) => {
                 *self.used += used;
                 self.body_unread = false;
-                Ok(None)
+                Ok((None, bytes))
             }
-            Ok(Start::Streamed(upload)) => {
+            Ok((Start::Streamed(upload), bytes)) => {
                 *self.used = view.buf.len();
-                Ok(Some(upload))
+                Ok((Some(upload), bytes))
             }
             Err(e) => Err(ProxyError::Upstream(service.name.clone(), e.into())),
         }
@@ -391,6 +392,5 @@ async fn write_own<S: Io>(
 /// other is refused (400) by the engine, as hyper would; never handed over.
 pub(super) fn servable_target(buf: &[u8], head: &RequestHead) -> bool {
     let target = head.target.get(buf);
-    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(b);
-    target.iter().all(plain) || http::Uri::try_from(target).is_ok()
+    super::scan::plain_target(target) || http::Uri::try_from(target).is_ok()
 }

@@ -34,6 +34,17 @@ const VALUE: [bool; 256] = table!(|c| c == b'\t' || (c >= b' ' && c != 0x7f));
 /// Bytes of a request target as httparse reads one: visible ASCII and obs-text.
 const TARGET: [bool; 256] = table!(|c| c > b' ' && c != 0x7f);
 
+/// Bytes a URI path and query may hold unescaped (RFC 3986 `pchar`, `/`, `?`, and `%` of an
+/// escape).
+const PLAIN_TARGET: [bool; 256] = table!(|c| c.is_ascii_alphanumeric()
+    || matches!(c, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
+    || matches!(c, b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@' | b'/' | b'?' | b'%'));
+
+/// Whether a request target is made of [`PLAIN_TARGET`] bytes only.
+pub fn plain_target(target: &[u8]) -> bool {
+    target.iter().all(|b| PLAIN_TARGET[usize::from(*b)])
+}
+
 /// Why a head is refused.
 pub type Refused = &'static str;
 
@@ -139,10 +150,7 @@ pub fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Refused> {
     }
     let target = method_end + 1;
     let Some(target_end) = run_end(&TARGET, buf, target) else { return Ok(None) };
-    if target_end == target
-        || buf[target_end] != b' '
-        || std::str::from_utf8(&buf[target..target_end]).is_err()
-    {
+    if target_end == target || buf[target_end] != b' ' || !utf8(&buf[target..target_end]) {
         return Err(BAD_REQUEST_LINE);
     }
     let Some(version) = version(&buf[target_end + 1..])? else { return Ok(None) };
@@ -153,6 +161,11 @@ pub fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Refused> {
         version,
         next,
     }))
+}
+
+/// Whether `bytes` are UTF-8 (ASCII, nearly always, told without a call).
+fn utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 /// The status line at the start of `buf` (after any empty lines); `None` while incomplete.

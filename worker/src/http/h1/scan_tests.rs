@@ -209,3 +209,12 @@ fn requests() -> Vec<Vec<u8>> {
 fn the_scanner_reads_every_request_head_as_httparse_does_and_refuses_for_the_same_reason() {
     assert!(compare_everywhere(requests(), request_by_scan, request_by_httparse) > 10_000);
 }
+
+#[test]
+fn a_plain_target_is_one_of_unreserved_sub_delims_colon_at_slash_question_percent() {
+    for b in 0..=255u8 {
+        let rfc = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+        assert_eq!(plain_target(&[b'/', b]), rfc, "byte {b:#04x}");
+    }
+    assert!(plain_target(b"/a/b?c=d%20e") && !plain_target(b"/a b") && !plain_target(b"/{x}"));
+}

@@ -33,7 +33,7 @@ impl<'a> View<'a> {
     /// The head parsed into `head` from `buf`, sent by `client`.
     pub(crate) fn of(buf: &'a [u8], head: &'a RequestHead, from: &Client) -> Self {
         let (client, came_by) = (from.peer, (from.scheme.as_str(), from.port));
-        let method = std::str::from_utf8(head.method.get(buf)).unwrap_or("-");
+        let method = method_str(head.method.get(buf));
         let raw = std::str::from_utf8(head.target.get(buf)).unwrap_or("/");
         let (authority, target) = match raw.starts_with('/') {
             true => (None, raw),
@@ -61,6 +61,18 @@ impl<'a> View<'a> {
     pub(super) fn upgrade(&self, allowed: &[String]) -> Option<&'a [u8]> {
         let protocol = self.head.upgrade.map(|i| self.head.lines[i].value.get(self.buf));
         protocol.filter(|p| upgrade_allowed(p, allowed))
+    }
+}
+
+/// A method as text: the common ones without a UTF-8 check (a call, on every request).
+fn method_str(method: &[u8]) -> &str {
+    match method {
+        b"GET" => "GET",
+        b"POST" => "POST",
+        b"HEAD" => "HEAD",
+        b"PUT" => "PUT",
+        b"DELETE" => "DELETE",
+        other => std::str::from_utf8(other).unwrap_or("-"),
     }
 }
 
