@@ -39,7 +39,9 @@ impl Proxy {
         };
         self.observe.metrics.request(idx, status.as_u16(), trace.attempts.latency);
         let bytes_out = bytes.and_then(|b| b.parse().ok()).unwrap_or(trace.bytes_out);
-        self.observe.metrics.answered(idx, line.started.elapsed(), (trace.bytes_in, bytes_out));
+        let finished = trace.finished.unwrap_or_else(std::time::Instant::now);
+        let took = finished.saturating_duration_since(line.started);
+        self.observe.metrics.answered(idx, took, (trace.bytes_in, bytes_out));
         let instance = trace
             .attempts
             .instance
@@ -71,7 +73,7 @@ impl Proxy {
                 bytes.unwrap_or("-"),
                 trace.service.as_ref().map_or("-", |s| s.name.as_str()),
                 instance.unwrap_or("-"),
-                line.started.elapsed().as_secs_f64() * 1e3
+                took.as_secs_f64() * 1e3
             );
         }
     }

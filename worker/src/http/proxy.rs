@@ -137,6 +137,9 @@ pub(crate) struct Trace {
     /// Answer body bytes, when known (`Content-Length`), if the caller of `log_request`
     /// passes none.
     pub(crate) bytes_out: u64,
+    /// When the answer was sent, if the caller read the clock then already (the engine does,
+    /// for its pool); else `log_request` reads it.
+    pub(crate) finished: Option<std::time::Instant>,
 }
 
 impl Trace {

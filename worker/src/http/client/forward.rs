@@ -119,14 +119,15 @@ impl Forwarder {
     }
 
     /// Sends the request to an instance of `service`, retrying when `replay` allows. `attempt`
-    /// makes one attempt on an instance address: the exchange, and — for a request with a
-    /// body — what tells when the body has been handed over (the timers start there).
+    /// makes one attempt on an instance address, given when it starts: the exchange, and — for
+    /// a request with a body — what tells when the body has been handed over (the timers start
+    /// there).
     pub async fn forward<'s, R: Answer, Fut>(
         &self,
         service: &'s Arc<Service>,
         key: Option<u64>,
         replay: Replay,
-        mut attempt: impl FnMut(&'s str) -> (Fut, Option<Arc<BodySent>>),
+        mut attempt: impl FnMut(&'s str, Instant) -> (Fut, Option<Arc<BodySent>>),
         attempts: &mut Attempts,
     ) -> Result<Answered<'s, R>, ProxyError>
     where
@@ -155,7 +156,7 @@ impl Forwarder {
             let sent = Instant::now();
             let give_up_when_slow =
                 replay == Replay::IfNoResponse && self.may_retry(service, charged);
-            let (exchange, body_sent) = attempt(address);
+            let (exchange, body_sent) = attempt(address, sent);
             // Pinned here and lent to `timed`: a future moved into it and pinned there would
             // be stored twice in this request's state (its argument, then its pinned local).
             let exchange = std::pin::pin!(exchange);

@@ -5,7 +5,7 @@
 //! The task serving the client does all of it itself — no connection task, no channel between
 //! the two — which is most of what the engine saves over hyper's client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -77,9 +77,10 @@ enum Failure {
 impl<C: AsyncRead + Unpin> Attempt<'_, C> {
     /// Sends the request to `address` and reads the response head (skipping interim 1xx).
     /// A pooled connection that turns out closed is handled by the one rule for both sides
-    /// ([`Stale::decide`]): at most one fresh connection more.
-    pub async fn run(mut self, address: &str) -> Result<Reply, UpstreamError> {
-        let mut pooled = self.pool.take(&pool_key(address, self.tls.is_some()));
+    /// ([`Stale::decide`]): at most one fresh connection more. `now`: the attempt's start (the
+    /// pool judges expiry by it: no clock read more).
+    pub async fn run(mut self, address: &str, now: Instant) -> Result<Reply, UpstreamError> {
+        let mut pooled = self.pool.take(&pool_key(address, self.tls.is_some()), now);
         let mut resent = false;
         loop {
             let (mut conn, reused) = match pooled.take() {
@@ -319,9 +320,9 @@ mod tests {
     /// One request answered on a new connection, which then waits in the pool.
     async fn pooled_after_one(pool: &IdleSet<Wire>, dialer: &Dialer, address: &str) {
         let get = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        let reply = attempt((pool, dialer), get, true).run(address).await.unwrap();
+        let reply = attempt((pool, dialer), get, true).run(address, Instant::now()).await.unwrap();
         assert_eq!(reply.head.status, 200);
-        pool.put(address, reply.conn);
+        pool.put(address, reply.conn, Instant::now());
     }
 
     #[tokio::test]
@@ -330,7 +331,7 @@ mod tests {
         let (pool, dialer) = parts();
         pooled_after_one(&pool, &dialer, &address).await;
         let get = b"GET /again HTTP/1.1\r\nhost: a\r\n\r\n";
-        let again = attempt((&pool, &dialer), get, true).run(&address).await;
+        let again = attempt((&pool, &dialer), get, true).run(&address, Instant::now()).await;
         assert_eq!(again.map(|r| r.head.status).ok(), Some(200));
         assert_eq!(
             *seen.lock().unwrap(),
@@ -345,7 +346,7 @@ mod tests {
         let (pool, dialer) = parts();
         pooled_after_one(&pool, &dialer, &address).await;
         let post = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n";
-        let failed = attempt((&pool, &dialer), post, false).run(&address).await;
+        let failed = attempt((&pool, &dialer), post, false).run(&address, Instant::now()).await;
         assert!(matches!(failed, Err(UpstreamError::Reset(_))), "the instance may have run it");
         assert_eq!(*seen.lock().unwrap(), (1, 2, 1), "never sent again");
     }

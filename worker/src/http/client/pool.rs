@@ -19,8 +19,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
+use std::time::Instant;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::http::client::dial::Dialer;
 use crate::http::client::transport::{TlsClient, Transport};
@@ -128,25 +128,28 @@ impl<C: Pooled> IdleSet<C> {
         set
     }
 
-    /// The most recently used usable connection to `address`, if any.
-    pub fn take(&self, address: &str) -> Option<C> {
+    /// The most recently used usable connection to `address`, if any; `now`: a clock reading
+    /// the caller has at hand (the attempt's start), expiry judged by it.
+    pub fn take(&self, address: &str, now: Instant) -> Option<C> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(address)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < self.idle_timeout && entry.conn.is_clean() {
+            let idle_for = now.saturating_duration_since(entry.since);
+            if idle_for < self.idle_timeout && entry.conn.is_clean() {
                 return Some(entry.conn);
             }
         }
         None
     }
 
-    /// Keeps `conn` for the next request to `address` (closed instead when the set is full).
-    pub fn put(&self, address: &str, conn: C) {
+    /// Keeps `conn`, idle since `now`, for the next request to `address` (closed instead when
+    /// the set is full).
+    pub fn put(&self, address: &str, conn: C, now: Instant) {
         if !conn.is_usable() {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else { return };
-        let entry = Idle { conn, since: Instant::now() };
+        let entry = Idle { conn, since: now };
         match idle.get_mut(address) {
             Some(list) if list.len() < self.max_per_instance => list.push(entry),
             Some(_) => {}
@@ -205,7 +208,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let (true, Some(sender)) = (self.reusable, self.sender.take()) {
-            self.pool.idle.put(&self.address, sender);
+            self.pool.idle.put(&self.address, sender, Instant::now());
         }
     }
 }
@@ -243,7 +246,7 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lease), SendError> {
         let mut req = req;
-        let mut pooled = self.idle.take(key);
+        let mut pooled = self.idle.take(key, Instant::now());
         let mut resent = false;
         loop {
             let (mut sender, reused) = match pooled.take() {

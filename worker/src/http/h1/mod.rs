@@ -182,7 +182,6 @@ pub async fn serve<S: Io>(
         conn.buf.drain(..conn.used.min(conn.buf.len()));
         conn.buf.append(&mut conn.carry);
         conn.release_when_idle();
-        conn.idle_since = Instant::now();
     }
 }
 

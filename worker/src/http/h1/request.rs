@@ -8,6 +8,7 @@ use std::time::Instant as StdInstant;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
+use tokio::time::Instant;
 
 use crate::http::client::forward::{Answered, Replay};
 use crate::http::client::h1::{Attempt, Reply};
@@ -66,7 +67,9 @@ struct Outgoing<'b> {
 impl<S: Io> Conn<'_, S> {
     /// Answers the request whose head is in `buf`; sets `used` (and `carry`) to what it took.
     pub(super) async fn answer(&mut self, draining: bool) -> Step {
-        let Conn { proxy, stream, client, ip, buf, head, used, carry, out, spare, .. } = self;
+        let Conn {
+            proxy, stream, client, ip, buf, head, used, carry, out, spare, idle_since, ..
+        } = self;
         let proxy: &Proxy = proxy;
         let _active = proxy.send.forwarder.active();
         *used = head.len;
@@ -98,13 +101,17 @@ impl<S: Io> Conn<'_, S> {
             Ok(Some(own)) => Err(own),
             Err(e) => Err(proxy.refuse(e, &line, false)),
         };
-        match answered {
+        let step = match answered {
             Ok(step) => step,
             Err(own) => {
                 let close = ex.close || ex.body_unread;
                 write_own(proxy, (ex.stream, ex.out), own, (&line, &trace), close).await
             }
-        }
+        };
+        // The keep-alive wait counts from the answer's end: the relay's clock reading if it
+        // took one.
+        *idle_since = trace.finished.map_or_else(Instant::now, Instant::from_std);
+        step
     }
 
     /// Answers a head whose framing is in doubt, then the connection closes.
@@ -262,7 +269,7 @@ impl<S: Io> OnEngine<'_, S> {
         let sent = upload.as_ref().map(|u| u.sent.clone());
         let mut streamed = upload.map(|u| (u, &mut *self.stream));
         let (base, spare) = (&self.out[..], &mut *self.spare);
-        let attempt = |address: &'s str| {
+        let attempt = |address: &'s str, now| {
             let host = preserved.unwrap_or(address.as_bytes());
             let Spare { mut request, mut response, head } = spare.take().unwrap_or_default();
             buffers.fill([&mut request, &mut response]);
@@ -287,7 +294,7 @@ impl<S: Io> OnEngine<'_, S> {
                 upload: streamed.take().map(|(u, c)| (u, &mut *c)),
                 upgrade,
             };
-            (attempt.run(address), sent.clone())
+            (attempt.run(address, now), sent.clone())
         };
         forwarder.forward(service, key, replay, attempt, &mut trace.attempts).await
     }
@@ -333,7 +340,8 @@ impl<S: Io> OnEngine<'_, S> {
         };
         *self.spare = spare;
         match responded {
-            Responded::Sent(step) => {
+            Responded::Sent(step, at) => {
+                trace.finished = Some(at);
                 proxy.log_request(line, trace, status, length.flatten().as_deref());
                 Ok(step)
             }

@@ -5,6 +5,8 @@
 //! client's connection survives it. The instance's connection goes back to the pool only when
 //! its answer ended exactly where its framing said.
 
+use std::time::Instant;
+
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
@@ -24,8 +26,10 @@ use crate::http::tunnel::pipe;
 
 /// What became of an instance's answer.
 pub(super) enum Responded {
-    /// Sent (whole, or cut when either side failed midway).
-    Sent(Step),
+    /// Sent (whole, or cut when either side failed midway), at the instant given: one clock
+    /// reading stamps the pooled connection, the request's duration and the client's idle
+    /// start.
+    Sent(Step, Instant),
     /// Its body was malformed from the start: nothing was sent to the client.
     Malformed(String),
 }
@@ -115,9 +119,10 @@ pub(super) fn sent(
     close: bool,
 ) -> (Responded, Option<Spare>) {
     let Reply { conn, head, buf, request } = ex;
+    let now = Instant::now();
     if done && reusable {
         let key = pool_key(address, conn.is_tls());
-        proxy.send.forwarder.engine_pool().put(&key, conn);
+        proxy.send.forwarder.engine_pool().put(&key, conn, now);
     }
     drop(inflight);
     let step = match done && !close {
@@ -125,7 +130,7 @@ pub(super) fn sent(
         false => Step::Close,
     };
     let spare = (buf.capacity() <= KEPT_CAPACITY).then_some(Spare { request, response: buf, head });
-    (Responded::Sent(step), spare)
+    (Responded::Sent(step, now), spare)
 }
 
 /// Answers 101 and turns the connection into a tunnel to the instance: the answer's head

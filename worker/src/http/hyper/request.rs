@@ -242,7 +242,7 @@ impl Proxy {
             });
         let mut body = Some(body);
         let upstream = self.send.forwarder.upstream();
-        let attempt = |address| {
+        let attempt = |address, _| {
             let b = body.take().unwrap_or_else(empty);
             let from = outgoing.from(Asks { upgrade, te_trailers });
             let req = self.upstream_request(parts, b, outgoing.target, address, from);
