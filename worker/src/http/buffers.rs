@@ -39,17 +39,15 @@ impl Buffers {
         self.give_all([buf]);
     }
 
-    /// Takes several back under one lock (a connection going idle gives all of its own).
-    pub fn give_all(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
-        let mut kept = bufs.into_iter().filter(|b| (1..=KEPT_CAPACITY).contains(&b.capacity()));
-        let Some(first) = kept.next() else { return };
+    /// Takes several back under one lock (a connection going idle gives all of its own);
+    /// those with no capacity, or grown past [`KEPT_CAPACITY`], are dropped instead.
+    pub fn give_all<const N: usize>(&self, bufs: [Vec<u8>; N]) {
         let Ok(mut free) = self.free.lock() else { return };
-        for mut buf in std::iter::once(first).chain(kept) {
-            if free.len() >= MAX_FREE {
-                return;
+        for mut buf in bufs {
+            if (1..=KEPT_CAPACITY).contains(&buf.capacity()) && free.len() < MAX_FREE {
+                buf.clear();
+                free.push(buf);
             }
-            buf.clear();
-            free.push(buf);
         }
     }
 }

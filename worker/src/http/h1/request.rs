@@ -208,9 +208,10 @@ impl<S: Io> OnEngine<'_, S> {
         (origin, actions): (&Origin<'_>, Option<&HeaderActions>),
         upgrade: Option<&[u8]>,
     ) {
-        if self.out.capacity() == 0 {
-            *self.out = self.proxy.send.buffers.take();
-        }
+        // The head's buffer and the attempt's two, lent under one lock.
+        let spare = self.spare.get_or_insert_default();
+        let lent = [&mut *self.out, &mut spare.request, &mut spare.response];
+        self.proxy.send.buffers.fill(lent);
         let (head, base) = (view.head, &mut *self.out);
         base.clear();
         base.extend_from_slice(head.method.get(view.buf));

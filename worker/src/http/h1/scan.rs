@@ -289,8 +289,18 @@ fn value_end(buf: &[u8], mut i: usize) -> usize {
 }
 
 /// Where the run of bytes `table` holds, from `at`, stops; `None` when `buf` ends first.
+/// Four bytes a step while four are there (one bound check for four lookups: a name costs
+/// about half the instructions a byte-at-a-time search does).
 fn run_end(table: &[bool; 256], buf: &[u8], at: usize) -> Option<usize> {
-    buf[at..].iter().position(|b| !table[usize::from(*b)]).map(|n| at + n)
+    let mut i = at;
+    while let Some(&[a, b, c, d]) = buf.get(i..i + 4) {
+        let held = |x: u8| table[usize::from(x)];
+        if !(held(a) && held(b) && held(c) && held(d)) {
+            break;
+        }
+        i += 4;
+    }
+    buf[i..].iter().position(|b| !table[usize::from(*b)]).map(|n| i + n)
 }
 
 #[cfg(test)]
