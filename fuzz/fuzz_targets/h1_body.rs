@@ -29,8 +29,10 @@ fn forward(
     step: usize,
 ) -> Option<(Vec<u8>, Vec<u8>, bool)> {
     let cut = cut.min(input.len());
-    let mut sent = Vec::new();
-    match start(framing, &input[..cut], 1 << 20, &mut sent).ok()? {
+    let mut framed = Vec::new();
+    let (started, first) = start(framing, &input[..cut], 1 << 20, &mut framed).ok()?;
+    let mut sent = first.to_vec();
+    match started {
         Start::Whole { used } => Some((sent, input[used..].to_vec(), true)),
         Start::Streamed(mut upload) => {
             for piece in input[cut..].chunks(step.max(1)) {
