@@ -3,11 +3,12 @@
 //! the reads after it, the instance receives the same data (a length body: the same bytes; a
 //! chunked one: chunks framed per read, decoding to the same data), the same verdict, and the
 //! same leftover (the next pipelined request); a chunked body re-encoded by the gateway decodes
-//! to the data the client sent, and a length body is forwarded to the byte.
+//! to the data the client sent, and a length body is forwarded to the byte. Read as the bridge
+//! to HTTP/2 instances reads it (decoded, no framing), the data, leftover and end are the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use worker::http::h1::body::{start, Start};
+use worker::http::h1::body::{start, Start, Upload};
 use worker::http::h1::chunked::Decoder;
 use worker::http::h1::head::BodyFraming;
 
@@ -49,6 +50,23 @@ fn forward(
     }
 }
 
+/// The body's data as the bridge to HTTP/2 instances reads it (decoded from the first byte,
+/// in pieces of `step`), the leftover, and whether it ended; `None` when refused.
+fn decoded(framing: BodyFraming, input: &[u8], step: usize) -> Option<(Vec<u8>, Vec<u8>, bool)> {
+    let Some(mut upload) = Upload::of(framing, 1 << 20) else {
+        return Some((Vec::new(), input.to_vec(), true));
+    };
+    let mut data = Vec::new();
+    for piece in input.chunks(step.max(1)) {
+        if upload.is_done() {
+            upload.leftover.extend_from_slice(piece);
+            continue;
+        }
+        upload.decode(piece, |d| data.extend_from_slice(d)).ok()?;
+    }
+    Some((data, std::mem::take(&mut upload.leftover), upload.is_done()))
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&a, input)) = input.split_first() else { return };
     let Some((&b, input)) = input.split_first() else { return };
@@ -71,6 +89,14 @@ fuzz_target!(|input: &[u8]| {
         // through the bad part; a split that stops before it may not have seen it yet.
         (None, Some((_, _, done))) => assert!(!done, "a refused body was forwarded whole"),
         _ => {}
+    }
+    // Decoded for HTTP/2, in any pieces: the same data, leftover and end as framed for 1.1.
+    if let (Some((w, wl, true)), Some((d, dl, dd))) =
+        (&whole, decoded(framing, input, usize::from(b) % 23 + 1))
+    {
+        assert!(dd, "decoding in pieces changed where the body ends");
+        assert_eq!(&dl, wl, "decoding changed where the next request starts");
+        assert_eq!(d, data_of(framing, w), "decoding changed the data");
     }
     if let Some((sent, _, true)) = whole {
         match framing {

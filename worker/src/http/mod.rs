@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! server::Server::accept_loop ─┬▶ h1::serve           the engine: every HTTP/1.1 request, plain and TLS
-//!                              └▶ hyper::conn::serve  hyper: h2, h2c, and what the engine hands over
+//!                              └▶ hyper::conn::serve  hyper: h2 (ALPN) and h2c (prior knowledge)
 //!   both ─▶ pipeline: server_itself ─▶ route (router, edge rules, service) ─▶ admit (allow/deny,
 //!           limits, auth) ─▶ their own head, body, forward (client) and answer relay ─▶ logging
 //! ```
@@ -30,10 +30,11 @@
 //!
 //! The protocol sides (adapters of the pipeline):
 //! - [`h1`]: the engine — every HTTP/1.1 request, plain and TLS, bodies streamed both ways,
-//!   upgrades into tunnels, HTTP/1.0 clients; it hands h2c and heads it does not take to
-//!   [`hyper`](mod@hyper).
-//! - [`hyper`](mod@hyper): hyper's side — one connection (`conn`: h2, h2c or handed over; idle
-//!   timeout, graceful end) and a request on hyper's types (`request`).
+//!   upgrades into tunnels, HTTP/1.0 clients, requests to HTTP/2 instances (its bridge onto
+//!   hyper's client); it hands [`hyper`](mod@hyper) only a connection that opens with h2c's
+//!   preface, before anything was read as HTTP/1.1.
+//! - [`hyper`](mod@hyper): hyper's side — one connection (`conn`: h2 or h2c; idle timeout,
+//!   graceful end) and a request on hyper's types (`request`).
 //!
 //! The client to instances, [`client`]: picking and retrying (`forward`), the engine's own
 //! HTTP/1.1 attempt (`h1`) over plain TCP or TLS (`wire`), hyper's client for HTTP/2 instances

@@ -235,8 +235,8 @@ async fn first_bytes(
     }
 }
 
-/// HTTP/1.1 on the engine (`first`: bytes the client sent already), then hyper from the
-/// request it hands over, if any (its state is boxed: a connection's task does not carry it
+/// HTTP/1.1 on the engine (`first`: bytes the client sent already), or hyper for a connection
+/// that opens with HTTP/2's preface (its state is boxed: a connection's task does not carry it
 /// while the engine serves).
 async fn serve_http1<S: Io + 'static>(stream: S, first: Vec<u8>, client: Client, on: On) {
     let mut drain = on.shutdown.clone();
@@ -250,7 +250,7 @@ async fn serve_http1<S: Io + 'static>(stream: S, first: Vec<u8>, client: Client,
 }
 
 /// A TLS connection: the handshake, then HTTP/2 on hyper (ALPN `h2`) or HTTP/1.1 on the
-/// engine, and hyper if a request is handed over.
+/// engine.
 async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, mut client: Client, on: On) {
     let peer = client.peer;
     // The handshake is part of the first head: one deadline for both, from the accept.

@@ -3,8 +3,8 @@
 //!
 //! Built once per worker from the configuration; only services that are not plain HTTP/1.1
 //! have an entry, so the common path pays one failed map lookup. HTTP/1.1 over TLS is the
-//! engine's own client's (a [`Wire`](super::wire::Wire)); HTTP/2 services are served by hyper's
-//! side (the engine hands their requests over before anything is sent).
+//! engine's own client's (a [`Wire`](super::wire::Wire)); HTTP/2 goes out on hyper's client,
+//! from either side (the engine's HTTP/1.1 requests through its bridge, `h1/bridge.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -113,6 +113,8 @@ pub struct Upload {
     /// Marked when the whole body is in the instance's hands (its timers start then).
     pub sent: Arc<BodySent>,
     started: bool,
+    /// A chunked body's decoder once the body ended: its trailer section.
+    ended: Option<Decoder>,
 }
 
 impl Upload {
@@ -124,6 +126,18 @@ impl Upload {
             leftover: Vec::new(),
             sent: Arc::new(BodySent::default()),
             started: false,
+            ended: None,
+        }
+    }
+
+    /// The body `framing` announces, read from its first byte through [`Upload::decode`] (the
+    /// engine's bridge to HTTP/2 instances, which sends data, not HTTP/1.1 framing); `None`
+    /// when there is no body.
+    pub fn of(framing: BodyFraming, max: u64) -> Option<Upload> {
+        match framing {
+            BodyFraming::None | BodyFraming::Length(0) => None,
+            BodyFraming::Length(n) => Some(Upload::new(State::Length(n), max, 0)),
+            BodyFraming::Chunked => Some(Upload::new(State::Chunked(Decoder::default()), max, 0)),
         }
     }
 
@@ -180,23 +194,46 @@ impl Upload {
         read: &'a [u8],
         out: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], BodyError> {
+        match self.state {
+            State::Done => Ok(&[]),
+            // As it came: a slice of `read`, not a copy.
+            State::Length(left) => {
+                let take = usize::try_from((read.len() as u64).min(left)).unwrap_or(usize::MAX);
+                self.decode(&read[..take], |_| {})?;
+                self.leftover.extend_from_slice(&read[take..]);
+                Ok(&read[..take])
+            }
+            State::Chunked(_) => {
+                out.clear();
+                self.decode(read, |data| chunked::encode(data, out))?;
+                if let (State::Done, Some(decoder)) = (&self.state, &self.ended) {
+                    chunked::finish(decoder, policy::request_trailer_allowed, out);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Hands each run of the body's data in `read` to `data` (a chunked body's decoded); the
+    /// rest of `read`, past the body's end (all of it once the body ended), is kept in
+    /// [`Upload::leftover`].
+    pub fn decode(&mut self, read: &[u8], mut data: impl FnMut(&[u8])) -> Result<(), BodyError> {
         match &mut self.state {
             State::Length(left) => {
                 let take = usize::try_from((read.len() as u64).min(*left)).unwrap_or(usize::MAX);
                 *left -= take as u64;
+                data(&read[..take]);
                 self.leftover.extend_from_slice(&read[take..]);
                 if *left == 0 {
                     self.state = State::Done;
                 }
-                Ok(&read[..take])
             }
             State::Chunked(decoder) => {
-                out.clear();
                 let mut seen = self.seen;
                 let used = decoder
-                    .decode(read, |data| {
-                        seen += data.len() as u64;
-                        chunked::encode(data, out);
+                    .decode(read, |d| {
+                        seen += d.len() as u64;
+                        data(d);
                     })
                     .map_err(|e| BodyError::Malformed(e.to_string()))?;
                 self.seen = seen;
@@ -204,14 +241,28 @@ impl Upload {
                     return Err(BodyError::TooLarge);
                 }
                 if decoder.is_done() {
-                    chunked::finish(decoder, policy::request_trailer_allowed, out);
                     self.leftover.extend_from_slice(&read[used..]);
+                    self.ended = Some(std::mem::take(decoder));
                     self.state = State::Done;
                 }
-                Ok(out)
             }
-            State::Done => Ok(&[]),
+            State::Done => self.leftover.extend_from_slice(read),
         }
+        Ok(())
+    }
+
+    /// The trailer fields a chunked body ended with that may reach the instance
+    /// ([`policy::request_trailer_allowed`]); `None` when there are none.
+    pub fn trailers(&self) -> Option<http::HeaderMap> {
+        let decoder = self.ended.as_ref()?;
+        let mut map = http::HeaderMap::new();
+        for (name, value) in decoder.trailer_fields(policy::request_trailer_allowed) {
+            let name = http::HeaderName::from_bytes(name);
+            if let (Ok(n), Ok(v)) = (name, http::HeaderValue::from_bytes(value)) {
+                map.append(n, v);
+            }
+        }
+        (!map.is_empty()).then_some(map)
     }
 }
 
@@ -251,6 +302,32 @@ mod tests {
             let got = start(BodyFraming::Chunked, bad, 0, &mut out).map(|(s, _)| s);
             assert!(matches!(got, Err(BodyError::Malformed(_))), "{bad:?}: {got:?}");
         }
+    }
+
+    #[test]
+    fn a_body_read_as_data_is_decoded_in_any_pieces_with_its_allowed_trailers() {
+        let raw = b"3\r\nabc\r\n2\r\nde\r\n0\r\ngrpc-status: 0\r\nx-auth-user: m\r\n\r\nNEXT";
+        for step in 1..raw.len() {
+            let mut up = Upload::of(BodyFraming::Chunked, 0).unwrap();
+            let mut data = Vec::new();
+            for piece in raw.chunks(step) {
+                up.decode(piece, |d| data.extend_from_slice(d)).unwrap();
+            }
+            assert!(up.is_done() && data == b"abcde" && up.leftover == b"NEXT", "step {step}");
+            let trailers = up.trailers().unwrap();
+            assert_eq!(trailers.len(), 1, "by the allow-list: {trailers:?}");
+            assert_eq!(trailers["grpc-status"], "0");
+        }
+        assert!(
+            Upload::of(BodyFraming::Length(0), 0).is_none()
+                && Upload::of(BodyFraming::None, 0).is_none()
+        );
+        let mut up = Upload::of(BodyFraming::Length(4), 0).unwrap();
+        let mut data = Vec::new();
+        up.decode(b"abcdGET", |d| data.extend_from_slice(d)).unwrap();
+        assert!(
+            up.is_done() && data == b"abcd" && up.leftover == b"GET" && up.trailers().is_none()
+        );
     }
 
     #[tokio::test]

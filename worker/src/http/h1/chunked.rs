@@ -247,20 +247,31 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// `request_trailer_allowed` or `response_trailer_allowed`), the end.
 pub fn finish(decoder: &Decoder, allowed: fn(&[u8]) -> bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
-    for line in decoder.trailer.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        let token = !name.is_empty()
-            && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
-        if token && allowed(name) {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+    for (name, value) in decoder.trailer_fields(allowed) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+impl Decoder {
+    /// The trailer fields the body ended with that `allowed` lets through: well-formed
+    /// `name: value` lines, the value without surrounding whitespace.
+    pub fn trailer_fields(
+        &self,
+        allowed: fn(&[u8]) -> bool,
+    ) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.trailer.split(|b| *b == b'\n').filter_map(move |line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|b| *b == b':')?;
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            let token = !name.is_empty()
+                && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+            (token && allowed(name)).then_some((name, value))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!                                        ├─ Policy::request                (policy.rs)
 //!                                        ├─ body::start / Upload::pump     (body.rs)
 //!                                        ├─ Forwarder::forward ▶ Attempt   (client/h1.rs)
-//!                                        └─ respond (respond.rs)           (Policy::response, framing)
+//!                                        ├─ respond (respond.rs)           (Policy::response, framing)
+//!                                        └─ bridge (bridge.rs)             (HTTP/2 instances, hyper's client)
 //! ```
 //!
 //! Bodies stream both ways with backpressure ([`body`], [`respond`]); framing toward the
@@ -19,11 +20,12 @@
 //! the heads RFC 9112 refuses (several `Host` lines, a malformed line: 400; too large: 431).
 //! Targets holding characters a URI may not hold unescaped are read as hyper would read them
 //! (`{`, `|` in a query, `"` in a path: served; the rest: 400), and an HTTP version other than
-//! 1.x is 505. What it hands to hyper, before anything reached an instance, is what hyper does
-//! only: HTTP/2 prior knowledge (h2c) from the connection's first byte, and requests to
-//! services whose instances speak HTTP/2 (instances behind TLS speaking HTTP/1.1 are the
-//! engine's, over [`Wire`](crate::http::client::wire::Wire)). hyper serves the connection from
-//! that request on, starting with the bytes already read ([`End::Handover`]).
+//! 1.x is 505. Requests to services whose instances speak HTTP/2 go out on hyper's HTTP/2 client
+//! and come back through the engine (`bridge.rs`); instances behind TLS speaking HTTP/1.1 are
+//! the engine's own client's, over [`Wire`](crate::http::client::wire::Wire). The one thing it
+//! hands to hyper, from the connection's first byte and before anything was read as HTTP/1.1,
+//! is HTTP/2 prior knowledge (h2c): hyper serves that connection whole ([`End::Handover`]); a
+//! connection the engine began serving stays the engine's to its end.
 
 pub mod body;
 pub mod chunked;
@@ -79,9 +81,6 @@ enum Step {
     KeepAlive,
     /// Answered (or failed midway); the connection ends.
     Close,
-    /// Not for the engine after all (the service's instances speak HTTP/2): nothing
-    /// was sent or consumed; hyper serves the connection from this request on.
-    Handover,
 }
 
 enum Next {
@@ -171,10 +170,6 @@ pub async fn serve<S: Io>(
         // made (`Box::new(f)` builds the whole future on the stack and copies all of it, ~4 KB,
         // though a future that has not started holds only its arguments).
         let step = Pin::from(Box::write(Box::new_uninit(), conn.answer(draining))).await;
-        if matches!(step, Step::Handover) {
-            log::debug!("connection from {peer}: request handed over to hyper (service transport)");
-            return End::Handover(conn.stream, conn.buf);
-        }
         if matches!(step, Step::Close) {
             let _ = conn.stream.shutdown().await;
             return End::Closed;

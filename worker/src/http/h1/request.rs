@@ -30,6 +30,9 @@ use crate::http::proxy::{Proxy, RequestLine, Trace};
 use crate::http::router::{HeaderActions, RequestView, Target};
 use crate::table::Service;
 
+#[path = "bridge.rs"]
+mod bridge;
+
 /// `100 Continue`, sent before the body is read when the client asked for it.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -144,11 +147,9 @@ impl<S: Io> OnEngine<'_, S> {
     ) -> Result<Step, ProxyError> {
         let proxy = self.proxy;
         let routed = pipeline::route(proxy, view, trace)?;
-        // HTTP/2 to the instances is hyper's client's; HTTP/1.1 over TLS is the engine's.
-        let transport = proxy.send.transports.get(&routed.service.name);
-        if transport.is_some_and(|t| t.is_h2()) {
-            return Ok(Step::Handover);
-        }
+        // HTTP/2 to the instances goes on hyper's client (`bridge.rs`); HTTP/1.1, over TCP or
+        // TLS, on the engine's own.
+        let h2 = proxy.send.transports.get(&routed.service.name).filter(|t| t.is_h2()).cloned();
         let admitted = pipeline::admit(proxy, view, routed).await?;
         // Held until the answer is sent (max_requests counts it in flight until then).
         let Admitted { target, service, identity, key, in_flight: _held, answer_actions, coding } =
@@ -171,6 +172,14 @@ impl<S: Io> OnEngine<'_, S> {
             client_cert: self.client.cert_subject.as_deref().map(str::as_bytes),
             traceparent: traceparent.as_ref().map(|t| &t[..]),
         };
+        if let Some(transport) = h2 {
+            let to = (&service, key, &target, &*transport);
+            let (asked, answering) = ((&origin, request_actions), (response_actions, squeeze));
+            // Boxed: an HTTP/2 exchange's state (hyper's client, the body's channel) would
+            // otherwise enlarge every request's.
+            let bridged = self.bridge(view, to, asked, answering, (line, trace));
+            return Box::pin(bridged).await;
+        }
         let upgrade = view.upgrade(&proxy.settings.upgrade_protocols);
         self.request_head(view, &target.path, (&origin, request_actions), upgrade);
         let mut framed = Vec::new();

@@ -68,7 +68,7 @@ fn client() -> Client {
 }
 
 /// Runs the engine on one connection: writes `script`, reads until the engine closes it.
-async fn exchange(proxy: &Proxy, script: &[u8]) -> (Vec<u8>, bool) {
+pub(super) async fn exchange(proxy: &Proxy, script: &[u8]) -> (Vec<u8>, bool) {
     exchange_draining(proxy, script, false).await
 }
 
