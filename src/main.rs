@@ -1,6 +1,7 @@
 //! `zkgate`: the binary. Parses the command line and `gateway.toml`, then hands the supervisor
 //! its settings and the worker its part (see `app.rs`). Errors get their context here.
 
+mod alloc;
 mod app;
 mod checks;
 mod config;
@@ -11,10 +12,11 @@ mod rollout;
 mod status;
 mod summary;
 
-/// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc). The
-/// supervisor allocates only from its single thread, so forking stays safe.
+/// The allocator for the supervisor and every worker (see Cargo.toml for why mimalloc, and
+/// `alloc.rs` for how it is asked). The supervisor allocates only from its single thread, so
+/// forking stays safe.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 use std::io::Write;
 use std::path::PathBuf;
