@@ -219,8 +219,10 @@ impl Policy {
             }
         }
         if ours(b"x-forwarded-for") {
-            let hops = lines.clone().filter(|l| l.kind == Kind::ForwardedFor);
-            let hops = hops.filter(|l| trusted && !l.value.is_empty() && !named.contains(l.name));
+            // An untrusted peer's hops are not read at all (its lines are not walked again).
+            let walked = lines.clone().take(if trusted { usize::MAX } else { 0 });
+            let hops = walked.filter(|l| l.kind == Kind::ForwardedFor);
+            let hops = hops.filter(|l| !l.value.is_empty() && !named.contains(l.name));
             forwarded_for(hops, origin.peer_text, out);
         }
         if !sent.proto && ours(b"x-forwarded-proto") {

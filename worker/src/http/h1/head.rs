@@ -45,10 +45,13 @@ pub struct Line {
 impl Line {
     /// The line as the policy reads it.
     pub fn view<'a>(&self, buf: &'a [u8]) -> policy::Line<'a> {
-        let (name, value) = (self.name.get(buf), self.value.get(buf));
-        // Name, colon, whitespace, value, as they came: one span of the buffer.
-        let whole = Span { start: self.name.start, end: self.value.end };
-        policy::Line { kind: self.kind, name, value, raw: whole.get(buf) }
+        // Name, colon, whitespace, value, as they came: one span of the buffer, the name and
+        // the value within it.
+        let start = self.name.start;
+        let raw = Span { start, end: self.value.end }.get(buf);
+        let name = &raw[..(self.name.end - start) as usize];
+        let value = &raw[(self.value.start - start) as usize..];
+        policy::Line { kind: self.kind, name, value, raw }
     }
 }
 
