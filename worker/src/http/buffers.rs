@@ -11,6 +11,10 @@ pub const KEPT_CAPACITY: usize = 16 * 1024;
 /// Most buffers kept free at once (beyond them, returned ones are freed).
 const MAX_FREE: usize = 1024;
 
+/// A new buffer's capacity (when none is free): a head fits without the buffer growing (and
+/// being copied) a step at a time.
+const FRESH: usize = 4096;
+
 /// The worker's free buffers.
 #[derive(Default)]
 pub struct Buffers {
@@ -20,7 +24,8 @@ pub struct Buffers {
 impl Buffers {
     /// An empty buffer, with the capacity of one used before when there is one.
     pub fn take(&self) -> Vec<u8> {
-        self.free.lock().ok().and_then(|mut free| free.pop()).unwrap_or_default()
+        let free = self.free.lock().ok().and_then(|mut free| free.pop());
+        free.unwrap_or_else(|| Vec::with_capacity(FRESH))
     }
 
     /// Gives each of `bufs` that has no capacity a free buffer, under one lock.
@@ -30,7 +35,7 @@ impl Buffers {
         }
         let Ok(mut free) = self.free.lock() else { return };
         for buf in bufs.into_iter().filter(|b| b.capacity() == 0) {
-            *buf = free.pop().unwrap_or_default();
+            *buf = free.pop().unwrap_or_else(|| Vec::with_capacity(FRESH));
         }
     }
 
@@ -66,7 +71,7 @@ mod tests {
         let b = buffers.take();
         assert!(b.is_empty() && b.capacity() == cap);
         buffers.give(Vec::with_capacity(KEPT_CAPACITY + 1));
-        assert_eq!(buffers.take().capacity(), 0, "a grown buffer is not kept");
+        assert_eq!(buffers.take().capacity(), FRESH, "a grown buffer is not kept: a new one");
     }
 
     #[test]

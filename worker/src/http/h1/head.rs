@@ -328,6 +328,9 @@ pub fn parse_response(
         return Ok(None);
     };
     head.lines.clear();
+    // An answer has a handful of lines (nginx's: five): room for eight at once, not grown
+    // from four on a connection's first answer.
+    head.lines.reserve(8);
     let mut close = status.version == 0;
     let mut chunked = false;
     let mut length: Option<u64> = None;

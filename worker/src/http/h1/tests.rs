@@ -313,3 +313,18 @@ async fn only_http2s_preface_at_the_start_goes_to_hyper_and_other_versions_are_5
 fn statuses(text: &str) -> Vec<&str> {
     text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect()
 }
+
+#[test]
+fn a_client_address_is_written_as_display_writes_it() {
+    let addresses = ["0.0.0.0", "255.255.255.255", "10.0.100.9", "192.0.2.7", "1.20.3.40"]
+        .into_iter()
+        .chain(["::1", "2001:db8::17", "::ffff:198.51.100.250"]);
+    for text in addresses {
+        let ip: std::net::IpAddr = text.parse().unwrap();
+        assert_eq!(super::ip_text(ip), ip.to_canonical().to_string(), "{text}");
+    }
+    for octet in 0..=255u8 {
+        let ip = std::net::IpAddr::from([octet, octet / 3, 255 - octet, octet / 7]);
+        assert_eq!(super::ip_text(ip), ip.to_string());
+    }
+}
