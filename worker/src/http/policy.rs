@@ -218,23 +218,7 @@ impl Policy {
                 out.put_line(&line);
             }
         }
-        if ours(b"x-forwarded-for") {
-            // An untrusted peer's hops are not read at all (its lines are not walked again).
-            let walked = lines.clone().take(if trusted { usize::MAX } else { 0 });
-            let hops = walked.filter(|l| l.kind == Kind::ForwardedFor);
-            let hops = hops.filter(|l| !l.value.is_empty() && !named.contains(l.name));
-            forwarded_for(hops, origin.peer_text, out);
-        }
-        if !sent.proto && ours(b"x-forwarded-proto") {
-            out.put(b"x-forwarded-proto", origin.scheme.as_bytes());
-        }
-        if let Some(host) = origin.host.filter(|_| !sent.host && ours(b"x-forwarded-host")) {
-            out.put(b"x-forwarded-host", host.as_bytes());
-        }
-        if !sent.port && ours(b"x-forwarded-port") {
-            let mut digits = [0u8; 5];
-            out.put(b"x-forwarded-port", decimal(origin.port, &mut digits));
-        }
+        forwarding(&lines, &named, (origin, trusted, &sent), ours, out);
         out.put(b"via", self.via.as_bytes());
         if !has_request_id && ours(b"x-request-id") {
             out.put(b"x-request-id", &request_id_bytes());
@@ -287,6 +271,35 @@ impl Policy {
         if let Some(actions) = actions {
             put_actions(out, actions);
         }
+    }
+}
+
+/// This hop's forwarding lines: `X-Forwarded-For` (a trusted peer's hops before its address),
+/// then `-Proto`, `-Host` and `-Port` unless a trusted peer sent its own; each unless a route
+/// rule drops it (`ours`).
+fn forwarding<'l, I: Iterator<Item = Line<'l>> + Clone>(
+    lines: &I,
+    named: &Named<'l, I>,
+    (origin, trusted, sent): (&Origin<'_>, bool, &SentForwarded),
+    ours: impl Fn(&[u8]) -> bool,
+    out: &mut impl HeadSink,
+) {
+    if ours(b"x-forwarded-for") {
+        // An untrusted peer's hops are not read at all (its lines are not walked again).
+        let walked = lines.clone().take(if trusted { usize::MAX } else { 0 });
+        let hops = walked.filter(|l| l.kind == Kind::ForwardedFor);
+        let hops = hops.filter(|l| !l.value.is_empty() && !named.contains(l.name));
+        forwarded_for(hops, origin.peer_text, out);
+    }
+    if !sent.proto && ours(b"x-forwarded-proto") {
+        out.put(b"x-forwarded-proto", origin.scheme.as_bytes());
+    }
+    if let Some(host) = origin.host.filter(|_| !sent.host && ours(b"x-forwarded-host")) {
+        out.put(b"x-forwarded-host", host.as_bytes());
+    }
+    if !sent.port && ours(b"x-forwarded-port") {
+        let mut digits = [0u8; 5];
+        out.put(b"x-forwarded-port", decimal(origin.port, &mut digits));
     }
 }
 

@@ -60,7 +60,7 @@ fn lines_from(buf: &[u8], mut at: usize) -> Result<Option<(usize, Vec<Line>)>, R
 }
 
 fn heads() -> Vec<Vec<u8>> {
-    let mut heads: Vec<Vec<u8>> = [
+    let heads: [&[u8]; _] = [
         &b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\nContent-Type: text/html\r\nContent-Length: 615\r\nLast-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\nConnection: keep-alive\r\nETag: \"6390-267\"\r\nAccept-Ranges: bytes\r\n\r\nbody"[..],
         b"HTTP/1.0 404 Not Found\nContent-Length: 0\n\n",
         b"\r\n\nHTTP/1.1 204\r\n\r\n",
@@ -77,12 +77,15 @@ fn heads() -> Vec<Vec<u8>> {
         b"HTTP/1.1  200 OK\r\n\r\n",
         b"HTTP/1.1 200OK\r\n\r\n",
         b"http/1.1 200 OK\r\n\r\n",
-    ]
-    .iter()
-    .map(|h| h.to_vec())
-    .collect();
-    heads.push(too_many_lines(b"HTTP/1.1 200 OK\r\n"));
-    heads
+    ];
+    with_too_many_lines(&heads, b"HTTP/1.1 200 OK\r\n")
+}
+
+/// `heads`, and one more: `first` with one header line more than a head may hold.
+fn with_too_many_lines(heads: &[&[u8]], first: &[u8]) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = heads.iter().map(|h| h.to_vec()).collect();
+    all.push(too_many_lines(first));
+    all
 }
 
 /// `first` and one header line more than a head may hold.
@@ -184,7 +187,7 @@ fn request_by_scan(buf: &[u8]) -> RequestReading {
 }
 
 fn requests() -> Vec<Vec<u8>> {
-    let mut heads: Vec<Vec<u8>> = [
+    let heads: [&[u8]; _] = [
         &b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"[..],
         b"POST /post?a=1&b=%20 HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1024\r\n\r\n{}",
         b"\r\nGET /caf\xc3\xa9 HTTP/1.0\nX:\n\n",
@@ -197,12 +200,8 @@ fn requests() -> Vec<Vec<u8>> {
         b"GET /\xff HTTP/1.1\r\n\r\n",
         b"G(T / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nA-Long-Name-Of-Many-Bytes: value\tand tab \r\nB:c\r\n\r\n",
-    ]
-    .iter()
-    .map(|h| h.to_vec())
-    .collect();
-    heads.push(too_many_lines(b"GET / HTTP/1.1\r\n"));
-    heads
+    ];
+    with_too_many_lines(&heads, b"GET / HTTP/1.1\r\n")
 }
 
 #[test]
